@@ -1,0 +1,1 @@
+"""Core Mesh: a peer-to-peer mesh networking stack."""

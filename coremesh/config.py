@@ -1,0 +1,158 @@
+"""``MeshConfig``: every tunable of a node, validated on construction with errors that name the field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from .addr import Address, parse_address
+from .errors import ConfigError, InvalidAddress, InvalidPeerId
+from .identity import PeerId
+
+MIN_DATAGRAM_SIZE: Final = 1200  # RFC 8899 / QUIC: every IPv6 path carries 1280-byte packets
+MAX_DATAGRAM_SIZE: Final = 65487  # largest UDP payload over IPv6 loopback (MTU 65536)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """A peer's address, optionally pinned to its id: ``[PEERID@]HOST:PORT``."""
+
+    address: Address
+    peer_id: PeerId | None = None
+
+    def __str__(self) -> str:
+        return f"{self.peer_id}@{self.address}" if self.peer_id else str(self.address)
+
+
+def parse_peer_address(text: str, *, require_id: bool = False, allow_names: bool = True) -> PeerAddress:
+    """Parse ``[PEERID@]HOST:PORT``. Raises InvalidAddress / InvalidPeerId with a clear message."""
+    if not isinstance(text, str):
+        raise InvalidAddress("invalid peer address: expected text")
+    peer_text, sep, addr_text = text.strip().rpartition("@")
+    if sep and not peer_text:
+        raise InvalidPeerId(f"invalid peer address {text!r}: empty peer id before '@'")
+    if require_id and not sep:
+        raise InvalidAddress(f"invalid peer address {text!r}: expected PEERID@HOST:PORT")
+    peer = PeerId.from_text(peer_text) if sep else None
+    return PeerAddress(parse_address(addr_text, allow_zero_port=False, allow_names=allow_names), peer)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def parse_duration(value: object, name: str) -> float:
+    """Seconds from a number or text like ``250ms``, ``5s``, ``1m``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
+            return float(m.group(1)) * scale
+    raise ConfigError(f"{name}: expected a duration such as 5, '5s' or '250ms', got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """Configuration of a :class:`~coremesh.MeshNode`.
+
+    ``listen_addr`` ``[::]:PORT`` listens dual-stack (IPv6 and IPv4-mapped) where the host allows it.
+    ``data_dir`` holds the identity key (created on first start); ``None`` runs with a fresh in-memory
+    identity. ``enable_nat_traversal`` and ``enable_relay`` are accepted and validated now and act once
+    the NAT traversal and relay components are configured (see docs/configuration.md).
+    """
+
+    listen_addr: str = "[::]:0"
+    bootstrap_peers: tuple[str, ...] = ()
+    max_connections: int = 256
+    enable_nat_traversal: bool = True
+    enable_relay: bool = True
+    heartbeat_interval: float = 5.0
+    idle_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    data_dir: Path | None = None
+    datagram_size: int = 1200
+    pmtu_discovery: bool = True
+    max_datagram_size: int = MAX_DATAGRAM_SIZE
+    max_message_size: int = 16 * 1024 * 1024
+    send_buffer_size: int = 4 * 1024 * 1024
+    receive_window: int = 4 * 1024 * 1024
+    rekey_after_time: float = 120.0
+    rekey_after_packets: int = 1 << 40
+    socket_buffer_size: int = 4 * 1024 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        try:
+            set_(self, "_listen", parse_address(self.listen_addr))
+        except InvalidAddress as exc:
+            raise ConfigError(f"listen_addr: {exc}") from None
+        if isinstance(self.bootstrap_peers, str):
+            raise ConfigError("bootstrap_peers: expected a list of [PEERID@]HOST:PORT, got a string")
+        peers = []
+        for entry in self.bootstrap_peers:
+            try:
+                peers.append(parse_peer_address(entry))
+            except (InvalidAddress, InvalidPeerId) as exc:
+                raise ConfigError(f"bootstrap_peers: {exc}") from None
+        set_(self, "bootstrap_peers", tuple(self.bootstrap_peers))
+        set_(self, "_bootstrap", tuple(peers))
+        _int(self.max_connections, "max_connections", 1, 1_000_000)
+        for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        for name in ("heartbeat_interval", "idle_timeout", "connect_timeout", "rekey_after_time"):
+            value = parse_duration(getattr(self, name), name)
+            if not 0.01 <= value <= 86400:
+                raise ConfigError(f"{name}: expected 0.01 to 86400 seconds, got {value}")
+            set_(self, name, value)
+        if self.idle_timeout < 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"idle_timeout ({self.idle_timeout}s) must be at least twice heartbeat_interval "
+                f"({self.heartbeat_interval}s), or live peers would time out between keepalives"
+            )
+        if self.data_dir is not None:
+            if not isinstance(self.data_dir, str | Path) or not str(self.data_dir):
+                raise ConfigError(f"data_dir: expected a directory path, got {self.data_dir!r}")
+            set_(self, "data_dir", Path(self.data_dir))
+        _int(self.datagram_size, "datagram_size", MIN_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE)
+        _int(self.max_datagram_size, "max_datagram_size", self.datagram_size, MAX_DATAGRAM_SIZE)
+        _int(self.max_message_size, "max_message_size", 1, 1 << 30)
+        _int(self.send_buffer_size, "send_buffer_size", 64 * 1024, 1 << 30)
+        _int(self.receive_window, "receive_window", 64 * 1024, 1 << 30)
+        _int(self.rekey_after_packets, "rekey_after_packets", 16, 1 << 60)
+        _int(self.socket_buffer_size, "socket_buffer_size", 64 * 1024, 1 << 30)
+
+    @property
+    def listen_address(self) -> Address:
+        return self._listen  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def bootstrap_addresses(self) -> tuple[PeerAddress, ...]:
+        return self._bootstrap  # type: ignore[attr-defined,no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
+        """Build from a mapping (a config file section); unknown keys are refused by name."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values = dict(data)
+        if "bootstrap_peers" in values and isinstance(values["bootstrap_peers"], list):
+            values["bootstrap_peers"] = tuple(values["bootstrap_peers"])
+        return cls(**values)
+
+
+def _int(value: object, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: expected {low} to {high}, got {value}")
