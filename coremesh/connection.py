@@ -1,0 +1,174 @@
+"""``Connection``: the application's handle on one authenticated, reliable peer connection."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .addr import Address
+from .errors import ConnectionClosed, MeshError
+from .identity import PeerId
+
+if TYPE_CHECKING:
+    from .mesh import MeshNode
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """Passed to ``MeshNode.on_connection`` callbacks when a connection changes state."""
+
+    peer_id: PeerId
+    state: ConnectionState
+    address: Address | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    peer_id: PeerId
+    address: Address
+    state: ConnectionState
+    path: str
+    rtt: float | None
+    initiator: bool
+    connected_at: float
+    datagram_size: int
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    rtt: float
+    path: str
+
+
+class Connection:
+    """Messages to and from one peer: reliable, ordered, encrypted and authenticated.
+
+    ``send`` waits while the peer's window or the local send buffer is full (back-pressure).
+    ``receive`` and ``async for`` yield whole messages in order; both end with
+    :class:`~coremesh.errors.ConnectionClosed` / ``StopAsyncIteration`` once the connection is
+    closed and every message that arrived before the close has been read.
+    """
+
+    def __init__(self, node: MeshNode, peer_id: PeerId, address: Address, *, initiator: bool) -> None:
+        self._node = node
+        self.peer_id = peer_id
+        self._address = address
+        self.initiator = initiator
+        self.path = "direct"
+        self._inbox: deque[bytes] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._closed_reason: str | None = None
+        self._closed_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open"
+        return f"<Connection {self.peer_id.short()} {self._address} {state}>"
+
+    @property
+    def remote_address(self) -> Address:
+        return self._address
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._closed_reason
+
+    async def send(self, data: bytes) -> None:
+        """Queue one message; waits while back-pressure applies. Raises ConnectionClosed."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("send() takes bytes")
+        while True:
+            if self._closed_reason is not None:
+                raise ConnectionClosed(f"connection to {self.peer_id} is closed", self._closed_reason)
+            if self._node._can_send(self.peer_id):
+                break
+            self._writable.clear()
+            await self._writable.wait()
+        self._node._send(self.peer_id, bytes(data))
+
+    async def receive(self) -> bytes:
+        """The next message. Raises ConnectionClosed when closed and drained."""
+        while not self._inbox:
+            if self._closed_reason is not None:
+                raise ConnectionClosed(f"connection to {self.peer_id} is closed", self._closed_reason)
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._inbox.popleft()
+        self._node._consumed(self.peer_id, len(data))
+        return data
+
+    def receive_nowait(self) -> bytes | None:
+        if not self._inbox:
+            return None
+        data = self._inbox.popleft()
+        self._node._consumed(self.peer_id, len(data))
+        return data
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time in seconds, measured with a PING frame over this connection."""
+        return (await self._node.ping(self.peer_id, timeout=timeout)).rtt
+
+    async def close(self) -> None:
+        """Close gracefully: the peer sees a close, not a timeout. Waits until done (bounded)."""
+        if self._closed_reason is None:
+            self._node._close(self.peer_id)
+        try:
+            await asyncio.wait_for(self._closed_event.wait(), timeout=5.0)
+        except TimeoutError:
+            self._mark_closed("closed")
+
+    async def wait_closed(self) -> str:
+        await self._closed_event.wait()
+        assert self._closed_reason is not None
+        return self._closed_reason
+
+    # -- called by MeshNode --------------------------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        self._inbox.append(data)
+        self._readable.set()
+
+    def _set_writable(self) -> None:
+        self._writable.set()
+
+    def _set_address(self, address: Address) -> None:
+        self._address = address
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+            self._readable.set()
+            self._writable.set()
+            self._closed_event.set()
+
+
+__all__ = ["Connection", "ConnectionEvent", "ConnectionState", "MeshError", "PeerInfo", "PingResult"]

@@ -1,0 +1,189 @@
+"""The local mesh demo (the README's first command).
+
+Starts a few ``coremesh-node`` processes on loopback, connects them into a full mesh through their
+admin APIs, exchanges messages and pings, prints what happens, and shuts them down with SIGTERM.
+Everything stays on 127.0.0.1; every process it started is stopped by its PID, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DemoNode:
+    name: str
+    listen: str
+    admin: str
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    peer_id: str = ""
+    log: list[str] = field(default_factory=list)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 15.0) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"http://{self.admin}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise RuntimeError(f"{self.name} {method} {path}: HTTP {exc.code}: {detail}") from None
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(node: DemoNode, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert node.process is not None
+        if node.process.poll() is not None:
+            raise RuntimeError(f"{node.name} exited with code {node.process.returncode}")
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            node.call("GET", "/readyz", timeout=1.0)
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{node.name} did not become ready within {timeout:g}s")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run(count: int, keep: bool) -> int:
+    nodes: list[DemoNode] = []
+    with tempfile.TemporaryDirectory(prefix="coremesh-demo-") as tmp:
+        try:
+            for i in range(count):
+                node = DemoNode(
+                    name=f"node-{i}",
+                    listen=f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+                    admin=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                    data_dir=Path(tmp) / f"node-{i}",
+                )
+                cmd = [
+                    sys.executable, "-m", "coremesh_node",
+                    "--listen", node.listen, "--data-dir", str(node.data_dir), "--admin", node.admin,
+                    "--log-format", "text", "--log-level", "warning",
+                ]  # fmt: skip
+                node.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+                nodes.append(node)
+            for node in nodes:
+                wait_ready(node)
+                node.peer_id = node.call("GET", "/v1/status")["peer_id"]
+                say(f"[{node.name}] started  pid={node.process.pid if node.process else '?'}  "
+                    f"udp={node.listen}  admin={node.admin}  id={node.peer_id}")  # fmt: skip
+
+            say("\n-- connecting every pair (Noise IK handshake over UDP)")
+            for i, a in enumerate(nodes):
+                for b in nodes[i + 1 :]:
+                    r = a.call("POST", "/v1/connect", {"peer": f"{b.peer_id}@{b.listen}"})
+                    say(f"[{a.name}] -> [{b.name}] connected in {r['connect_ms']:.2f} ms ({r['path']})")
+
+            say("\n-- every node sends a message to every other node")
+            for a in nodes:
+                for b in nodes:
+                    if a is not b:
+                        a.call(
+                            "POST", "/v1/send", {"peer": b.peer_id, "data": f"hello {b.name}, from {a.name}"}
+                        )
+            names = {n.peer_id: n.name for n in nodes}
+            for b in nodes:
+                got = b.call("GET", f"/v1/messages?count={count - 1}&timeout=10")["messages"]
+                for m in got:
+                    say(f"[{b.name}] received from [{names.get(m['from'], m['from'][:10])}]: {m['data']!r}")
+                if len(got) != count - 1:
+                    say(f"[{b.name}] expected {count - 1} messages, got {len(got)}")
+                    return 1
+
+            say("\n-- a 1 MiB message, fragmented and reassembled")
+            big = "x" * (1 << 20)
+            nodes[0].call("POST", "/v1/send", {"peer": nodes[-1].peer_id, "data": big})
+            got = nodes[-1].call("GET", "/v1/messages?count=1&timeout=10")["messages"]
+            ok = len(got) == 1 and got[0]["data"] == big
+            say(f"[{nodes[-1].name}] received {len(got[0]['data']) if got else 0} bytes intact: {ok}")
+            if not ok:
+                return 1
+
+            say("\n-- pings")
+            for b in nodes[1:]:
+                r = nodes[0].call("POST", "/v1/ping", {"peer": b.peer_id, "count": 3})
+                say(f"[{nodes[0].name}] ping [{b.name}]: rtt {r['rtt_ms']:.3f} ms over {r['path']} path")
+
+            say("\n-- peers of node-0")
+            for p in nodes[0].call("GET", "/v1/peers")["peers"]:
+                rtt = p.get("rtt_ms")
+                rtt_text = f"{rtt:.3f} ms" if isinstance(rtt, int | float) else "-"
+                say(f"  {names.get(p['peer_id'], '?'):8} {p['address']:22} {p['state']:10} rtt {rtt_text}")
+
+            if keep:
+                say("\nThe mesh keeps running; try: coremesh --admin " + nodes[0].admin + " peers")
+                say("Press Ctrl-C to stop.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while all(n.process and n.process.poll() is None for n in nodes):
+                        time.sleep(0.5)
+            say("\n-- stopping (SIGTERM): peers see a close, not a timeout")
+            return 0
+        finally:
+            stop_all(nodes)
+
+
+def stop_all(nodes: list[DemoNode]) -> None:
+    for node in nodes:
+        if node.process is not None and node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+    for node in nodes:
+        if node.process is None:
+            continue
+        try:
+            code = node.process.wait(timeout=10)
+            say(f"[{node.name}] exited with code {code}")
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+            say(f"[{node.name}] did not stop within 10 s; killed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m coremesh.demo",
+        description="Run a local mesh of coremesh-node processes on loopback and exchange messages.",
+    )
+    parser.add_argument("--nodes", type=int, default=4, help="how many node processes (2-16, default 4)")
+    parser.add_argument("--keep", action="store_true", help="keep the mesh running until Ctrl-C")
+    args = parser.parse_args(argv)
+    if not 2 <= args.nodes <= 16:
+        parser.error("--nodes must be between 2 and 16")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        return run(args.nodes, args.keep)
+    except RuntimeError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Events the endpoint core emits, drained with ``Endpoint.next_event()``.
+
+Frozen, keyword-only dataclasses: the asyncio shell, the simulator and tests consume the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .addr import Address
+from .identity import PeerId
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerConnected:
+    peer_id: PeerId
+    address: Address
+    initiator: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerDisconnected:
+    """The connection ended. ``clean`` is True for a close by either side, False for a failure."""
+
+    peer_id: PeerId
+    reason: str
+    clean: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectFailed:
+    peer_id: PeerId
+    address: Address
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageReceived:
+    peer_id: PeerId
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PongReceived:
+    peer_id: PeerId
+    token: int
+    rtt: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendReady:
+    """The peer's send buffer has room again (back-pressure released)."""
+
+    peer_id: PeerId
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AddressChanged:
+    """An authenticated packet arrived from a new address (NAT rebinding, roaming)."""
+
+    peer_id: PeerId
+    old: Address
+    new: Address
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IdentityResolved:
+    """Answer to ``Endpoint.probe_identity``: which peer id the address claims (``None``: no answer)."""
+
+    address: Address
+    nonce: int
+    peer_id: PeerId | None
+
+
+Event = (
+    PeerConnected
+    | PeerDisconnected
+    | ConnectFailed
+    | MessageReceived
+    | PongReceived
+    | SendReady
+    | AddressChanged
+    | IdentityResolved
+)

@@ -1,0 +1,426 @@
+"""``MeshNode``: the public face of a mesh node, wiring the endpoint core to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any
+
+from . import events as ev
+from .addr import Address, parse_address
+from .config import MeshConfig, PeerAddress, parse_peer_address
+from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
+from .endpoint import Endpoint, PeerState
+from .errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    InvalidAddress,
+    LocalProtocolError,
+    MeshError,
+    PeerNotFound,
+)
+from .identity import Identity, PeerId, load_or_create_identity
+from .runtime import UdpRuntime, open_udp_socket
+
+log = logging.getLogger("coremesh.node")
+
+_STATE_MAP = {
+    PeerState.CONNECTING: ConnectionState.CONNECTING,
+    PeerState.CONNECTED: ConnectionState.CONNECTED,
+    PeerState.CLOSING: ConnectionState.CLOSED,
+    PeerState.DRAINING: ConnectionState.CLOSED,
+}
+STOP_LINGER = 2.0
+
+
+class MeshNode:
+    """A mesh node: one UDP socket, an identity, and authenticated connections to peers.
+
+    Use ``async with MeshNode(config) as node:`` or ``await node.start()`` / ``await node.stop()``.
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig | None = None,
+        *,
+        identity: Identity | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config if config is not None else MeshConfig()
+        if identity is None:
+            data_dir = self.config.data_dir
+            identity = load_or_create_identity(data_dir) if data_dir is not None else Identity.generate()
+        self._identity = identity
+        # Production randomness comes from the OS; tests may inject a seeded generator.
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self._endpoint: Endpoint | None = None
+        self._runtime: UdpRuntime | None = None
+        self._connections: dict[PeerId, Connection] = {}
+        self._connect_waiters: dict[PeerId, list[asyncio.Future[Connection]]] = {}
+        self._ping_waiters: dict[tuple[PeerId, int], asyncio.Future[float]] = {}
+        self._probe_waiters: dict[int, asyncio.Future[PeerId | None]] = {}
+        self._callbacks: list[Callable[[ConnectionEvent], object]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._started_at: float | None = None
+        self._stopping = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._identity.peer_id
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def is_running(self) -> bool:
+        return self._runtime is not None
+
+    @property
+    def listen_addresses(self) -> list[Address]:
+        """The bound address(es); a wildcard listen also lists its loopback addresses."""
+        if self._runtime is None:
+            return []
+        bound = self._runtime.local_address
+        if bound.host == "::":
+            return [Address("127.0.0.1", bound.port), Address("::1", bound.port), bound]
+        if bound.host == "0.0.0.0":
+            return [Address("127.0.0.1", bound.port), bound]
+        return [bound]
+
+    @property
+    def local_address(self) -> Address:
+        if self._runtime is None:
+            raise LocalProtocolError("node is not started")
+        return self._runtime.local_address
+
+    async def start(self) -> None:
+        if self._runtime is not None:
+            return
+        loop = asyncio.get_running_loop()
+        sock = open_udp_socket(self.config.listen_address, self.config.socket_buffer_size)
+        self._endpoint = Endpoint(
+            self._identity, self.config, rng=self._rng, wall_offset=time.time() - loop.time()
+        )
+        self._runtime = UdpRuntime(self._endpoint, sock, self._on_event)
+        self._runtime.start()
+        self._started_at = time.time()
+        self._stopping = False
+        log.info("node started", extra={"peer_id": str(self.peer_id), "address": str(self.local_address)})
+        for entry in self.config.bootstrap_addresses:
+            if entry.peer_id is not None:
+                self._spawn(self._dial_forever(entry))
+
+    async def stop(self) -> None:
+        """Close every connection gracefully (peers see a close), then release the socket."""
+        runtime, endpoint = self._runtime, self._endpoint
+        if runtime is None or endpoint is None:
+            return
+        self._stopping = True
+        for task in list(self._background):
+            task.cancel()
+        endpoint.close_all(runtime.now())
+        runtime.pump()
+        deadline = runtime.now() + STOP_LINGER
+        while any(s.state is PeerState.CLOSING for s in endpoint.snapshots()) and runtime.now() < deadline:
+            await asyncio.sleep(0.01)
+        runtime.close()
+        self._runtime = None
+        for conn in list(self._connections.values()):
+            conn._mark_closed("node stopped")
+        self._connections.clear()
+        self._fail_waiters(ConnectionFailed("node stopped"))
+        log.info("node stopped", extra={"peer_id": str(self.peer_id)})
+
+    async def __aenter__(self) -> MeshNode:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def connect(
+        self, peer: PeerId | str, addr: str | Address | None = None, *, timeout: float | None = None
+    ) -> Connection:
+        """Connect to a peer (or return the existing connection).
+
+        ``peer`` is a PeerId, its text, or ``PEERID@HOST:PORT``; ``addr`` gives the address when
+        ``peer`` does not. Until discovery is configured, an address must be known.
+        """
+        runtime, endpoint = self._require_running()
+        target = self._resolve_target(peer, addr)
+        timeout = self.config.connect_timeout if timeout is None else timeout
+        if target.peer_id is None:
+            target = PeerAddress(target.address, await self._probe(target.address, timeout))
+        peer_id = target.peer_id
+        assert peer_id is not None
+        existing = self._connections.get(peer_id)
+        if existing is not None and not existing.is_closed:
+            return existing
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Connection] = loop.create_future()
+        self._connect_waiters.setdefault(peer_id, []).append(fut)
+        try:
+            endpoint.connect(peer_id, target.address, runtime.now())
+        except LocalProtocolError as exc:
+            self._connect_waiters[peer_id].remove(fut)
+            raise ConnectionFailed(str(exc)) from None
+        self._notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, target.address))
+        runtime.pump()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout + 0.5)
+        except TimeoutError:
+            raise ConnectionFailed(f"connecting to {peer_id} at {target.address} timed out") from None
+        finally:
+            waiters = self._connect_waiters.get(peer_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+
+    def _resolve_target(self, peer: PeerId | str, addr: str | Address | None) -> PeerAddress:
+        if isinstance(peer, str):
+            if "@" in peer or (addr is None and ":" in peer):
+                target = parse_peer_address(peer) if "@" in peer else PeerAddress(parse_address(peer))
+                if addr is not None:
+                    raise InvalidAddress("give the address either in PEERID@HOST:PORT or as addr, not both")
+                return target
+            peer = PeerId.from_text(peer)
+        if addr is None:
+            known = self._connections.get(peer)
+            if known is not None and not known.is_closed:
+                return PeerAddress(known.remote_address, peer)
+            raise PeerNotFound(f"no address known for {peer}: connect with PEERID@HOST:PORT")
+        address = addr if isinstance(addr, Address) else parse_address(addr, allow_zero_port=False)
+        return PeerAddress(address, peer)
+
+    async def _probe(self, address: Address, timeout: float) -> PeerId:
+        runtime, endpoint = self._require_running()
+        nonce = endpoint.probe_identity(address)
+        fut: asyncio.Future[PeerId | None] = asyncio.get_running_loop().create_future()
+        self._probe_waiters[nonce] = fut
+        endpoint.start_probe(nonce, runtime.now())
+        runtime.pump()
+        try:
+            peer = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            peer = None
+        finally:
+            self._probe_waiters.pop(nonce, None)
+        if peer is None:
+            raise ConnectionFailed(f"no mesh node answered at {address}")
+        return peer
+
+    def get_connection(self, peer: PeerId) -> Connection | None:
+        conn = self._connections.get(peer)
+        return conn if conn is not None and not conn.is_closed else None
+
+    def connections(self) -> list[Connection]:
+        return [c for c in self._connections.values() if not c.is_closed]
+
+    def get_peers(self) -> list[PeerInfo]:
+        if self._endpoint is None:
+            return []
+        wall = time.time() - (self._runtime.now() if self._runtime else 0.0)
+        peers = []
+        for snap in self._endpoint.snapshots():
+            if snap.state is PeerState.CONNECTING:
+                continue
+            peers.append(
+                PeerInfo(
+                    peer_id=snap.peer_id,
+                    address=snap.address,
+                    state=_STATE_MAP[snap.state],
+                    path="direct",
+                    rtt=snap.rtt,
+                    initiator=snap.initiator,
+                    connected_at=(snap.connected_at or 0.0) + wall,
+                    datagram_size=snap.datagram_size,
+                    bytes_sent=snap.bytes_sent,
+                    bytes_received=snap.bytes_received,
+                    messages_sent=snap.messages_sent,
+                    messages_received=snap.messages_received,
+                )
+            )
+        return peers
+
+    async def broadcast(self, data: bytes) -> int:
+        """Send ``data`` to every connected peer; returns how many it was queued for."""
+        conns = self.connections()
+        results = await asyncio.gather(*(c.send(data) for c in conns), return_exceptions=True)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    async def ping(self, peer: PeerId | str, *, timeout: float = 5.0) -> PingResult:
+        runtime, endpoint = self._require_running()
+        peer_id = PeerId.from_text(peer) if isinstance(peer, str) else peer
+        if self.get_connection(peer_id) is None:
+            raise PeerNotFound(f"not connected to {peer_id}")
+        token = endpoint.ping(peer_id, runtime.now())
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._ping_waiters[(peer_id, token)] = fut
+        runtime.schedule_flush()
+        try:
+            rtt = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ConnectionFailed(f"no answer to ping from {peer_id} within {timeout:g}s") from None
+        finally:
+            self._ping_waiters.pop((peer_id, token), None)
+        return PingResult(rtt=rtt, path="direct")
+
+    def on_connection(self, callback: Callable[[ConnectionEvent], object]) -> Callable[[], None]:
+        """Call ``callback`` on every connection state change; returns a function that unsubscribes."""
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def stats(self) -> dict[str, int]:
+        if self._endpoint is None:
+            return {}
+        counters = dict(self._endpoint.counters)
+        if self._runtime is not None:
+            counters["datagrams_received"] = self._runtime.datagrams_received
+            counters["datagrams_sent"] = self._runtime.datagrams_sent
+        counters["connections"] = len(self.connections())
+        return counters
+
+    # -- used by Connection --------------------------------------------------------------------
+
+    def _can_send(self, peer: PeerId) -> bool:
+        if self._endpoint is None:
+            return True
+        try:
+            return self._endpoint.can_send(peer)
+        except MeshError:
+            return True  # send() will raise the precise error
+
+    def _send(self, peer: PeerId, data: bytes) -> None:
+        runtime, endpoint = self._require_running()
+        try:
+            endpoint.send(peer, data, runtime.now())
+        except PeerNotFound:
+            raise ConnectionClosed(f"connection to {peer} is closed", "closed") from None
+        runtime.schedule_flush()
+
+    def _consumed(self, peer: PeerId, nbytes: int) -> None:
+        endpoint, runtime = self._endpoint, self._runtime
+        if endpoint is not None and runtime is not None and endpoint.consume(peer, nbytes):
+            runtime.schedule_flush()
+
+    def _close(self, peer: PeerId) -> None:
+        if self._endpoint is None or self._runtime is None:
+            return
+        self._endpoint.close(peer, self._runtime.now())
+        self._runtime.pump()
+
+    # -- events from the core ------------------------------------------------------------------
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.MessageReceived):
+            conn = self._connections.get(event.peer_id)
+            if conn is not None:
+                conn._deliver(event.data)
+        elif isinstance(event, ev.SendReady):
+            conn = self._connections.get(event.peer_id)
+            if conn is not None:
+                conn._set_writable()
+        elif isinstance(event, ev.PongReceived):
+            fut = self._ping_waiters.pop((event.peer_id, event.token), None)
+            if fut is not None and not fut.done():
+                fut.set_result(event.rtt)
+        elif isinstance(event, ev.PeerConnected):
+            self._on_connected(event)
+        elif isinstance(event, ev.PeerDisconnected):
+            self._on_disconnected(event)
+        elif isinstance(event, ev.ConnectFailed):
+            self._fail_waiters(
+                ConnectionFailed(f"cannot connect to {event.peer_id}: {event.reason}"), event.peer_id
+            )
+            self._notify(ConnectionEvent(event.peer_id, ConnectionState.FAILED, event.address, event.reason))
+        elif isinstance(event, ev.AddressChanged):
+            conn = self._connections.get(event.peer_id)
+            if conn is not None:
+                conn._set_address(event.new)
+            log.info("peer address changed", extra={"peer_id": str(event.peer_id), "address": str(event.new)})
+        elif isinstance(event, ev.IdentityResolved):
+            fut2 = self._probe_waiters.pop(event.nonce, None)
+            if fut2 is not None and not fut2.done():
+                fut2.set_result(event.peer_id)
+
+    def _on_connected(self, event: ev.PeerConnected) -> None:
+        old = self._connections.get(event.peer_id)
+        if old is not None:
+            old._mark_closed("replaced by a new connection")
+        conn = Connection(self, event.peer_id, event.address, initiator=event.initiator)
+        self._connections[event.peer_id] = conn
+        for fut in self._connect_waiters.pop(event.peer_id, []):
+            if not fut.done():
+                fut.set_result(conn)
+        self._notify(ConnectionEvent(event.peer_id, ConnectionState.CONNECTED, event.address))
+
+    def _on_disconnected(self, event: ev.PeerDisconnected) -> None:
+        conn = self._connections.pop(event.peer_id, None)
+        address = conn.remote_address if conn is not None else None
+        if conn is not None:
+            conn._mark_closed(event.reason)
+        for key, fut in list(self._ping_waiters.items()):
+            if key[0] == event.peer_id and not fut.done():
+                fut.set_exception(ConnectionClosed(f"connection to {event.peer_id} closed", event.reason))
+        state = ConnectionState.CLOSED if event.clean else ConnectionState.FAILED
+        self._notify(ConnectionEvent(event.peer_id, state, address, event.reason))
+
+    def _fail_waiters(self, error: MeshError, peer: PeerId | None = None) -> None:
+        for key in list(self._connect_waiters):
+            if peer is None or key == peer:
+                for fut in self._connect_waiters.pop(key):
+                    if not fut.done():
+                        fut.set_exception(error)
+
+    def _notify(self, event: ConnectionEvent) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("on_connection callback failed")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _require_running(self) -> tuple[UdpRuntime, Endpoint]:
+        if self._runtime is None or self._endpoint is None:
+            raise LocalProtocolError("node is not started (use 'async with MeshNode(...)' or await start())")
+        return self._runtime, self._endpoint
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _dial_forever(self, entry: PeerAddress) -> None:
+        """Keep a pinned bootstrap peer connected, with exponential backoff between attempts."""
+        delay = 0.5
+        while not self._stopping:
+            assert entry.peer_id is not None
+            conn = self.get_connection(entry.peer_id)
+            if conn is None:
+                try:
+                    conn = await self.connect(entry.peer_id, entry.address)
+                    delay = 0.5
+                except MeshError as exc:
+                    log.warning("bootstrap peer unreachable", extra={"peer": str(entry), "error": str(exc)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+            await conn.wait_closed()
+            await asyncio.sleep(delay)

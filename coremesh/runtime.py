@@ -1,0 +1,346 @@
+"""The asyncio shell around the endpoint core: one UDP socket, one timer, nothing else.
+
+It passes ``loop.time()`` into the core, sends what comes out, re-arms exactly one timer and hands
+events to a callback. Reads are drained in batches (many datagrams per wake-up) and the output of a
+whole batch is flushed at once, which keeps per-datagram Python work small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from .addr import Address, normalize_socket_address
+from .endpoint import Endpoint
+from .errors import ConfigError
+from .events import Event
+
+log = logging.getLogger("coremesh.runtime")
+
+RECV_BATCH: Final = 512
+RECV_BUFFER: Final = 65536
+# Linux UDP segmentation offload: one sendmsg carries many equal-size datagrams (GSO), and the
+# receiver gets many datagrams in one recvmsg (GRO). On loopback neither is ever split on the wire.
+UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO: Final = getattr(socket, "UDP_GRO", 104)
+GSO_MAX_SEGMENTS: Final = 64
+GSO_MAX_BYTES: Final = 65000
+_GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
+_SEGMENT_SIZE = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
+_IP_PMTUDISC_PROBE: Final = 3  # set DF, ignore the kernel's PMTU cache: DPLPMTUD probes for itself
+_IPV6_PMTUDISC_PROBE: Final = 3
+
+
+def open_udp_socket(address: Address, buffer_size: int) -> socket.socket:
+    """Bind a non-blocking UDP socket. ``::`` listens dual-stack (IPv4-mapped) where the host allows."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if family == socket.AF_INET6 and host == "::" and not socket.has_ipv6:
+        family, host = socket.AF_INET, "0.0.0.0"
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:
+        if host != "::":
+            raise
+        family, host = socket.AF_INET, "0.0.0.0"
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+            _try_setsockopt(
+                sock, socket.IPPROTO_IPV6, getattr(socket, "IPV6_MTU_DISCOVER", 23), _IPV6_PMTUDISC_PROBE
+            )
+        if family == socket.AF_INET or host == "::":
+            _try_setsockopt(
+                sock, socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10), _IP_PMTUDISC_PROBE
+            )
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            _try_setsockopt(sock, socket.SOL_SOCKET, opt, buffer_size)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"listen_addr: {address} is already in use") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"listen_addr: {host} is not an address of this host") from None
+        raise ConfigError(f"listen_addr: cannot bind {address}: {exc.strerror}") from None
+    return sock
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _try_setsockopt(sock: socket.socket, level: int, opt: int, value: int) -> None:
+    try:
+        sock.setsockopt(level, opt, value)
+    except OSError:
+        log.debug("setsockopt(%s, %s) not supported", level, opt)
+
+
+class UdpRuntime:
+    """Drives one :class:`Endpoint` from one socket on the running event loop."""
+
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, on_event: Callable[[Event], None]) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._v6 = sock.family == socket.AF_INET6
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pending: deque[tuple[bytes, Address]] = deque()
+        self._writer_armed = False
+        self._flush_scheduled = False
+        self._closed = False
+        self.datagrams_received = 0
+        self.datagrams_sent = 0
+        self.send_errors = 0
+        self.gso = sys.platform == "linux"
+        self.gro = sys.platform == "linux" and _enable_gro(sock)
+
+    @property
+    def local_address(self) -> Address:
+        return normalize_socket_address(self.sock.getsockname())
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def start(self) -> None:
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        self.pump()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.sock.fileno())
+        if self._writer_armed:
+            self._loop.remove_writer(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self.sock.close()
+
+    def schedule_flush(self) -> None:
+        """Coalesce the work of many API calls in one loop iteration into one flush."""
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what the core has, deliver its events, re-arm its timer."""
+        if self._closed:
+            return
+        endpoint = self.endpoint
+        now = self._loop.time()
+        out = endpoint.datagrams_to_send(now)
+        if out:
+            self._send_all(out, now)
+        on_event = self._on_event
+        while (event := endpoint.next_event()) is not None:
+            on_event(event)
+        # Event handlers may have queued more work (e.g. a reply); send it in the same pass.
+        out = endpoint.datagrams_to_send(now)
+        if out:
+            self._send_all(out, now)
+        self._arm_timer(endpoint.get_timer())
+
+    def _arm_timer(self, when: float | None) -> None:
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        self.endpoint.handle_timer(self._loop.time())
+        self.pump()
+
+    def _on_readable(self) -> None:
+        if self.gro:
+            self._on_readable_gro()
+            return
+        recvfrom = self.sock.recvfrom
+        receive = self.endpoint.receive_datagram
+        now = self._loop.time()
+        count = 0
+        cache: dict[object, Address] = {}
+        for _ in range(RECV_BATCH):
+            try:
+                data, sockaddr = recvfrom(RECV_BUFFER)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP errors surface here on some systems; they are not fatal for a UDP socket.
+                self.endpoint.counters["socket_errors"] += 1
+                log.debug("recvfrom: %s", exc)
+                continue
+            addr = cache.get(sockaddr)
+            if addr is None:
+                addr = cache[sockaddr] = normalize_socket_address(sockaddr)
+            receive(data, addr, now)
+            count += 1
+        self.datagrams_received += count
+        self.pump()
+
+    def _on_readable_gro(self) -> None:
+        recvmsg = self.sock.recvmsg
+        receive = self.endpoint.receive_datagram
+        now = self._loop.time()
+        count = 0
+        cache: dict[object, Address] = {}
+        for _ in range(RECV_BATCH):
+            try:
+                data, ancdata, _flags, sockaddr = recvmsg(RECV_BUFFER, _GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.endpoint.counters["socket_errors"] += 1
+                log.debug("recvmsg: %s", exc)
+                continue
+            addr = cache.get(sockaddr)
+            if addr is None:
+                addr = cache[sockaddr] = normalize_socket_address(sockaddr)
+            segment = 0
+            for level, kind, value in ancdata:
+                if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(value) >= 4:
+                    segment = _GRO_SIZE.unpack_from(value)[0]
+            if segment <= 0 or segment >= len(data):
+                receive(data, addr, now)
+                count += 1
+                continue
+            for offset in range(0, len(data), segment):
+                receive(data[offset : offset + segment], addr, now)
+                count += 1
+        self.datagrams_received += count
+        self.pump()
+
+    def _sockaddr(self, address: Address) -> tuple[str, int]:
+        host = address.host
+        if self._v6 and ":" not in host:
+            host = "::ffff:" + host
+        return host, address.port
+
+    def _send_all(self, out: list[tuple[bytes, Address]], now: float) -> None:
+        if self._pending:
+            self._pending.extend(out)
+            return
+        if self.gso and len(out) > 1:
+            self._send_all_gso(out, now)
+            return
+        sendto = self.sock.sendto
+        sockaddr = self._sockaddr
+        last: Address | None = None
+        target: tuple[str, int] = ("", 0)
+        for i, (data, address) in enumerate(out):
+            if address is not last:
+                last, target = address, sockaddr(address)
+            try:
+                sendto(data, target)
+            except (BlockingIOError, InterruptedError):
+                self._pending.extend(out[i:])
+                self._arm_writer()
+                return
+            except OSError as exc:
+                self._send_failed(exc, data, address, now)
+                continue
+            self.datagrams_sent += 1
+
+    def _send_all_gso(self, out: list[tuple[bytes, Address]], now: float) -> None:
+        """Send runs of equal-size datagrams to one address with one sendmsg each (the last
+        datagram of a run may be shorter, as GSO allows)."""
+        sendmsg = self.sock.sendmsg
+        n = len(out)
+        i = 0
+        while i < n:
+            data, address = out[i]
+            size = len(data)
+            j = i + 1
+            total = size
+            limit = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size) if size else 1
+            while j < n and j - i < limit:
+                nxt, nxt_addr = out[j]
+                if nxt_addr != address or len(nxt) > size:
+                    break
+                total += len(nxt)
+                j += 1
+                if len(nxt) < size:
+                    break
+            try:
+                if j - i == 1:
+                    self.sock.sendto(data, self._sockaddr(address))
+                else:
+                    buffers = [d for d, _ in out[i:j]]
+                    cmsg = [(socket.IPPROTO_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))]
+                    sendmsg(buffers, cmsg, 0, self._sockaddr(address))
+            except (BlockingIOError, InterruptedError):
+                self._pending.extend(out[i:])
+                self._arm_writer()
+                return
+            except OSError as exc:
+                if j - i > 1 and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    # No segmentation offload on this path: fall back to one datagram per call.
+                    log.info("UDP GSO unavailable (%s); sending datagrams one by one", exc.strerror)
+                    self.gso = False
+                    self._send_all(out[i:], now)
+                    return
+                self._send_failed(exc, data, address, now)
+                i += 1
+                continue
+            self.datagrams_sent += j - i
+            i = j
+
+    def _send_failed(self, exc: OSError, data: bytes, address: Address, now: float) -> None:
+        self.send_errors += 1
+        if exc.errno == errno.EMSGSIZE:
+            self.endpoint.on_datagram_too_big(address, len(data), now)
+        else:
+            self.endpoint.counters["drop_send_error"] += 1
+            log.debug("sendto %s: %s", address, exc)
+
+    def _arm_writer(self) -> None:
+        if not self._writer_armed and not self._closed:
+            self._writer_armed = True
+            self._loop.add_writer(self.sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        now = self._loop.time()
+        pending = self._pending
+        while pending:
+            data, address = pending[0]
+            try:
+                self.sock.sendto(data, self._sockaddr(address))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._send_failed(exc, data, address, now)
+            else:
+                self.datagrams_sent += 1
+            pending.popleft()
+        self._writer_armed = False
+        self._loop.remove_writer(self.sock.fileno())
+        self.pump()

@@ -1,0 +1,238 @@
+"""The secure session: a Noise IK handshake that authenticates both PeerIds, and the AEAD transport.
+
+Why IK: a node dials a peer whose id it knows (``PEERID@HOST:PORT``, a DHT record), so the responder's
+static key is known up front and the handshake takes one round trip. The Noise static keys are the
+X25519 forms of the nodes' Ed25519 identities (:mod:`coremesh.identity`), and the initiator sends its
+Ed25519 key in the encrypted payload; the responder checks that it maps to the static key the
+handshake authenticated. The long-term identity is thereby bound into the handshake itself.
+
+Cheap checks come before expensive ones: a handshake packet carries ``mac1`` (keyed BLAKE2s under the
+responder's public key, as WireGuard does) so that a node drops packets not meant for it without any
+Diffie-Hellman; ``mac2`` is reserved for cookies under load. The initiation carries a timestamp: a
+responder refuses one that is not newer than the last it accepted from that peer, so a replayed
+initiation creates no state.
+
+Transport packets use explicit 64-bit counters as AEAD nonces (packets arrive out of order over UDP)
+and a sliding replay window. Nothing here reads a clock or a random source: both are passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import nacl.bindings as sodium
+
+from . import wire
+from .errors import AuthenticationFailed, DecodeError
+from .identity import Identity, PeerId
+from .noise import CipherState, HandshakeState, KeyPair
+from .replay import ReplayWindow
+
+PROTOCOL_NAME: Final = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
+PROLOGUE: Final = b"coremesh/1"
+_TAI64_BASE: Final = 1 << 62
+_TIMESTAMP = struct.Struct("!QI")
+COUNTER_LIMIT: Final = (1 << 64) - 2  # nonce 2^64-1 is reserved by Noise
+
+
+def mac1_key(static_public: bytes) -> bytes:
+    return hashlib.blake2s(b"mac1----" + static_public).digest()
+
+
+def compute_mac(key: bytes, data: bytes) -> bytes:
+    return hashlib.blake2s(data, key=key, digest_size=wire.MAC_LEN).digest()
+
+
+def encode_timestamp(wall_time: float) -> bytes:
+    """TAI64N-style 12-byte timestamp (seconds + nanoseconds), big-endian so bytes compare in order."""
+    seconds = int(wall_time)
+    nanos = int((wall_time - seconds) * 1e9)
+    return _TIMESTAMP.pack(_TAI64_BASE + seconds, min(max(nanos, 0), 999_999_999))
+
+
+class SecureSession:
+    """One set of transport keys, from one completed handshake, between two indexes.
+
+    A connection holds up to three at a time (previous, current, next) so that rekeying never
+    drops a packet in flight.
+    """
+
+    __slots__ = (
+        "_recv",
+        "_send",
+        "confirmed",
+        "created_at",
+        "is_initiator",
+        "local_index",
+        "packets_received",
+        "remote_index",
+        "replay",
+        "send_counter",
+    )
+
+    def __init__(
+        self,
+        *,
+        local_index: int,
+        remote_index: int,
+        send: CipherState,
+        recv: CipherState,
+        is_initiator: bool,
+        created_at: float,
+    ) -> None:
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self._send = send
+        self._recv = recv
+        self.is_initiator = is_initiator
+        self.created_at = created_at
+        # The initiator knows the responder holds the keys (it answered); the responder learns
+        # that the initiator holds them only when a transport packet arrives under them.
+        self.confirmed = is_initiator
+        self.send_counter = 0
+        self.packets_received = 0
+        self.replay = ReplayWindow()
+
+    def seal(self, plaintext: bytes) -> bytes:
+        counter = self.send_counter
+        if counter >= COUNTER_LIMIT:
+            raise AuthenticationFailed("session exhausted its nonces; a rekey was overdue")
+        self.send_counter = counter + 1
+        header = wire.encode_transport_header(self.remote_index, counter)
+        return header + self._send.encrypt_with_nonce(counter, header, plaintext)
+
+    def open(self, packet: bytes, counter: int) -> bytes:
+        """Decrypt and authenticate one transport packet; raises AuthenticationFailed on a forgery
+        or a replay. The replay window moves only after the packet authenticated."""
+        if not self.replay.check(counter):
+            raise AuthenticationFailed("replayed or too old packet")
+        header = packet[: wire.TRANSPORT_HEADER_LEN]
+        plaintext = self._recv.decrypt_with_nonce(counter, header, packet[wire.TRANSPORT_HEADER_LEN :])
+        self.replay.update(counter)
+        self.packets_received += 1
+        return plaintext
+
+
+@dataclass(frozen=True, slots=True)
+class InitiationReceived:
+    """What a responder learned from a valid initiation."""
+
+    peer_id: PeerId
+    timestamp: bytes
+    conn_id: bytes
+    session: SecureSession
+    response: bytes
+
+
+class InitiatorHandshake:
+    """The initiator's half of one IK handshake attempt."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        remote: PeerId,
+        *,
+        local_index: int,
+        conn_id: bytes,
+        wall_time: float,
+        random_bytes: Callable[[int], bytes],
+        started_at: float,
+    ) -> None:
+        self.remote = remote
+        self.local_index = local_index
+        self.started_at = started_at
+        remote_static = remote.x25519_public()
+        self._local_mac1_key = mac1_key(identity.x25519_public)
+        self._hs = HandshakeState(
+            PROTOCOL_NAME,
+            initiator=True,
+            prologue=PROLOGUE,
+            s=KeyPair(identity.x25519_private, identity.x25519_public),
+            rs=remote_static,
+            random_bytes=random_bytes,
+        )
+        payload = identity.peer_id.key + encode_timestamp(wall_time) + conn_id
+        packet = wire.encode_handshake_init(local_index, self._hs.write_message(payload))
+        self.packet = packet + compute_mac(mac1_key(remote_static), packet) + bytes(wire.MAC_LEN)
+
+    def check_mac1(self, resp: wire.HandshakeResp) -> bool:
+        return hmac.compare_digest(compute_mac(self._local_mac1_key, resp.covered), resp.mac1)
+
+    def complete(self, resp: wire.HandshakeResp, now: float) -> tuple[SecureSession, bytes]:
+        """Finish with the responder's message: the new session and the responder's instance id."""
+        payload = self._hs.read_message(resp.noise)
+        if len(payload) != wire.RESP_PAYLOAD_LEN:
+            raise AuthenticationFailed("handshake response payload has the wrong size")
+        send, recv = self._hs.split()
+        session = SecureSession(
+            local_index=self.local_index,
+            remote_index=resp.sender_index,
+            send=send,
+            recv=recv,
+            is_initiator=True,
+            created_at=now,
+        )
+        return session, payload
+
+
+class Responder:
+    """The responder's side: stateless until an initiation has authenticated its sender."""
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+        self._keypair = KeyPair(identity.x25519_private, identity.x25519_public)
+        self._mac1_key = mac1_key(identity.x25519_public)
+
+    def check_mac1(self, init: wire.HandshakeInit) -> bool:
+        return hmac.compare_digest(compute_mac(self._mac1_key, init.covered), init.mac1)
+
+    def respond(
+        self,
+        init: wire.HandshakeInit,
+        *,
+        local_index: int,
+        random_bytes: Callable[[int], bytes],
+        now: float,
+    ) -> InitiationReceived:
+        """Authenticate an initiation and build the response. Raises AuthenticationFailed."""
+        hs = HandshakeState(
+            PROTOCOL_NAME,
+            initiator=False,
+            prologue=PROLOGUE,
+            s=self._keypair,
+            random_bytes=random_bytes,
+        )
+        try:
+            payload = hs.read_message(init.noise)
+        except DecodeError as exc:
+            raise AuthenticationFailed(f"malformed handshake: {exc}") from None
+        if len(payload) != wire.INIT_PAYLOAD_LEN:
+            raise AuthenticationFailed("handshake payload has the wrong size")
+        ed_key, timestamp, conn_id = payload[:32], payload[32:44], payload[44:]
+        try:
+            peer_id = PeerId(ed_key)
+            claimed_static = peer_id.x25519_public()
+        except Exception:
+            raise AuthenticationFailed("handshake carries an invalid identity key") from None
+        remote_static = hs.remote_static
+        if remote_static is None or not sodium.sodium_memcmp(claimed_static, remote_static):
+            raise AuthenticationFailed("identity key does not match the handshake's static key")
+        # The response echoes the connection id: the initiator matches it to the connection it opened.
+        message = hs.write_message(conn_id)
+        recv, send = hs.split()
+        session = SecureSession(
+            local_index=local_index,
+            remote_index=init.sender_index,
+            send=send,
+            recv=recv,
+            is_initiator=False,
+            created_at=now,
+        )
+        packet = wire.encode_handshake_resp(local_index, init.sender_index, message)
+        response = packet + compute_mac(mac1_key(remote_static), packet) + bytes(wire.MAC_LEN)
+        return InitiationReceived(peer_id, timestamp, conn_id, session, response)

@@ -1,0 +1,192 @@
+"""The outer packet format of the mesh: what travels in one UDP datagram.
+
+Every mesh packet starts with a type byte in 0xE0..0xEF. That range is unused by the protocols that
+share the node's socket (RFC 7983 / RFC 9443 first-byte rules: STUN 0-3, TURN ChannelData 64-79), so
+one socket can carry STUN, TURN and mesh traffic, demultiplexed by :func:`classify`.
+
+Only the handshake and transport packets are defined by this issue; the other types are reserved so
+that later features (cookies under load, forwarding through peers) slot in without a format change.
+Transport packets carry the *receiver's* session index, not an address, so a packet can be matched
+to its session after a NAT rebinding, and a forwarding peer can route a packet it cannot read.
+
+Layouts (big-endian)::
+
+    HANDSHAKE_INIT  type | version | sender_index:4 | noise_msg1 | mac1:16 | mac2:16
+    HANDSHAKE_RESP  type | version | sender_index:4 | receiver_index:4 | noise_msg2 | mac1:16 | mac2:16
+    TRANSPORT       type | receiver_index:4 | counter:8 | AEAD(plaintext, ad=the 13 header bytes)
+    IDENTITY_PROBE  type | version | nonce:8 | padding          (ask an address which peer it is)
+    IDENTITY_REPLY  type | version | nonce:8 | peer_id:32 | signature:64
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import DecodeError
+
+PROTOCOL_VERSION: Final = 1
+MAC_LEN: Final = 16
+TRANSPORT_HEADER_LEN: Final = 13
+AEAD_TAG_LEN: Final = 16
+TRANSPORT_OVERHEAD: Final = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
+
+
+class PacketType(enum.IntEnum):
+    HANDSHAKE_INIT = 0xE1
+    HANDSHAKE_RESP = 0xE2
+    COOKIE_REPLY = 0xE3  # reserved: handshake cookies under load (access-control issue)
+    TRANSPORT = 0xE4
+    IDENTITY_PROBE = 0xE5
+    IDENTITY_REPLY = 0xE6
+    ROUTED = 0xE8  # reserved: end-to-end encrypted packet forwarded by PeerId (overlay routing issue)
+
+
+class Protocol(enum.Enum):
+    """Which protocol a datagram on the shared socket belongs to (RFC 7983 first-byte ranges)."""
+
+    STUN = "stun"
+    TURN_CHANNEL = "turn-channel"
+    MESH = "mesh"
+    UNKNOWN = "unknown"
+
+
+def classify(datagram: bytes) -> Protocol:
+    if not datagram:
+        return Protocol.UNKNOWN
+    b = datagram[0]
+    if b <= 3:
+        return Protocol.STUN
+    if 64 <= b <= 79:
+        return Protocol.TURN_CHANNEL
+    if 0xE0 <= b <= 0xEF:
+        return Protocol.MESH
+    return Protocol.UNKNOWN
+
+
+_INIT_HEAD = struct.Struct("!BBI")
+_RESP_HEAD = struct.Struct("!BBII")
+_TRANSPORT_HEAD = struct.Struct("!BIQ")
+_PROBE = struct.Struct("!BBQ")
+
+# Noise IK message sizes (X25519, ChaChaPoly): msg1 = e(32) + enc s(32+16) + enc payload(+16),
+# msg2 = e(32) + enc payload(+16).
+INIT_PAYLOAD_LEN: Final = 32 + 12 + 8  # ed25519 key, timestamp, connection id
+RESP_PAYLOAD_LEN: Final = 8  # the connection id, echoed
+NOISE_MSG1_LEN: Final = 32 + 48 + INIT_PAYLOAD_LEN + 16
+NOISE_MSG2_LEN: Final = 32 + RESP_PAYLOAD_LEN + 16
+HANDSHAKE_INIT_LEN: Final = _INIT_HEAD.size + NOISE_MSG1_LEN + 2 * MAC_LEN
+HANDSHAKE_RESP_LEN: Final = _RESP_HEAD.size + NOISE_MSG2_LEN + 2 * MAC_LEN
+IDENTITY_REPLY_LEN: Final = _PROBE.size + 32 + 64
+# A probe is padded to the size of its reply so the reply never amplifies traffic.
+IDENTITY_PROBE_LEN: Final = IDENTITY_REPLY_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeInit:
+    sender_index: int
+    noise: bytes
+    mac1: bytes
+    mac2: bytes
+    covered: bytes  # the received bytes mac1 covers, exactly as they arrived
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeResp:
+    sender_index: int
+    receiver_index: int
+    noise: bytes
+    mac1: bytes
+    mac2: bytes
+    covered: bytes
+
+
+def encode_handshake_init(sender_index: int, noise: bytes) -> bytes:
+    """The packet without its MACs; the caller appends mac1 and mac2 (see :mod:`coremesh.handshake`)."""
+    if len(noise) != NOISE_MSG1_LEN:
+        raise ValueError(f"noise message 1 must be {NOISE_MSG1_LEN} bytes")
+    return _INIT_HEAD.pack(PacketType.HANDSHAKE_INIT, PROTOCOL_VERSION, sender_index) + noise
+
+
+def encode_handshake_resp(sender_index: int, receiver_index: int, noise: bytes) -> bytes:
+    if len(noise) != NOISE_MSG2_LEN:
+        raise ValueError(f"noise message 2 must be {NOISE_MSG2_LEN} bytes")
+    head = _RESP_HEAD.pack(PacketType.HANDSHAKE_RESP, PROTOCOL_VERSION, sender_index, receiver_index)
+    return head + noise
+
+
+def _check_version(data: bytes, kind: PacketType) -> None:
+    if len(data) < 2:
+        raise DecodeError("truncated packet")
+    if data[0] != kind:
+        raise DecodeError(f"not a {kind.name} packet (type {data[0]:#x})")
+    if data[1] != PROTOCOL_VERSION:
+        raise DecodeError(f"unsupported protocol version {data[1]} (this node speaks {PROTOCOL_VERSION})")
+
+
+def decode_handshake_init(data: bytes) -> HandshakeInit:
+    _check_version(data, PacketType.HANDSHAKE_INIT)
+    if len(data) != HANDSHAKE_INIT_LEN:
+        raise DecodeError(f"handshake init must be {HANDSHAKE_INIT_LEN} bytes, got {len(data)}")
+    _, _, sender = _INIT_HEAD.unpack_from(data)
+    end = HANDSHAKE_INIT_LEN - 2 * MAC_LEN
+    return HandshakeInit(
+        sender, data[_INIT_HEAD.size : end], data[end : end + MAC_LEN], data[end + MAC_LEN :], data[:end]
+    )
+
+
+def decode_handshake_resp(data: bytes) -> HandshakeResp:
+    _check_version(data, PacketType.HANDSHAKE_RESP)
+    if len(data) != HANDSHAKE_RESP_LEN:
+        raise DecodeError(f"handshake response must be {HANDSHAKE_RESP_LEN} bytes, got {len(data)}")
+    _, _, sender, receiver = _RESP_HEAD.unpack_from(data)
+    end = HANDSHAKE_RESP_LEN - 2 * MAC_LEN
+    return HandshakeResp(
+        sender,
+        receiver,
+        data[_RESP_HEAD.size : end],
+        data[end : end + MAC_LEN],
+        data[end + MAC_LEN :],
+        data[:end],
+    )
+
+
+def encode_transport_header(receiver_index: int, counter: int) -> bytes:
+    return _TRANSPORT_HEAD.pack(PacketType.TRANSPORT, receiver_index, counter)
+
+
+def decode_transport_header(data: bytes) -> tuple[int, int]:
+    """``(receiver_index, counter)``; the ciphertext is ``data[13:]``."""
+    if len(data) < TRANSPORT_OVERHEAD:
+        raise DecodeError("truncated transport packet")
+    if data[0] != PacketType.TRANSPORT:
+        raise DecodeError(f"not a TRANSPORT packet (type {data[0]:#x})")
+    _, index, counter = _TRANSPORT_HEAD.unpack_from(data)
+    return index, counter
+
+
+def encode_identity_probe(nonce: int) -> bytes:
+    head = _PROBE.pack(PacketType.IDENTITY_PROBE, PROTOCOL_VERSION, nonce)
+    return head + bytes(IDENTITY_PROBE_LEN - len(head))
+
+
+def decode_identity_probe(data: bytes) -> int:
+    _check_version(data, PacketType.IDENTITY_PROBE)
+    if len(data) < IDENTITY_PROBE_LEN:
+        raise DecodeError("identity probe too short (it must be padded to its reply's size)")
+    return int(_PROBE.unpack_from(data)[2])
+
+
+def encode_identity_reply(nonce: int, peer_id: bytes, signature: bytes) -> bytes:
+    return _PROBE.pack(PacketType.IDENTITY_REPLY, PROTOCOL_VERSION, nonce) + peer_id + signature
+
+
+def decode_identity_reply(data: bytes) -> tuple[int, bytes, bytes]:
+    """``(nonce, peer_id bytes, signature)``."""
+    _check_version(data, PacketType.IDENTITY_REPLY)
+    if len(data) != IDENTITY_REPLY_LEN:
+        raise DecodeError(f"identity reply must be {IDENTITY_REPLY_LEN} bytes, got {len(data)}")
+    nonce = int(_PROBE.unpack_from(data)[2])
+    return nonce, data[_PROBE.size : _PROBE.size + 32], data[_PROBE.size + 32 :]

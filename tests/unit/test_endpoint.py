@@ -1,0 +1,332 @@
+"""The endpoint core end to end under the seeded virtual-time network: no sockets, no clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coremesh import events as ev
+from coremesh import wire
+from coremesh.addr import Address
+from coremesh.config import MeshConfig
+from coremesh.endpoint import Endpoint, PeerState
+from coremesh.identity import Identity
+from coremesh.session import compute_mac, mac1_key
+from coremesh.sim import LinkProfile, SimNetwork
+
+A_ADDR = Address("192.0.2.1", 1000)
+B_ADDR = Address("192.0.2.2", 2000)
+
+
+@dataclass
+class Node:
+    """Wraps an Endpoint for the simulator and records the events it emits."""
+
+    endpoint: Endpoint
+    events: list[ev.Event] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)
+
+    def _drain(self) -> None:
+        while (e := self.endpoint.next_event()) is not None:
+            self.events.append(e)
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.endpoint.receive_datagram(data, addr, now)
+        self._drain()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out = self.endpoint.datagrams_to_send(now)
+        self.sent.extend(data for data, _ in out)
+        self._drain()
+        return out
+
+    def get_timer(self) -> float | None:
+        return self.endpoint.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.endpoint.handle_timer(now)
+        self._drain()
+
+    def of(self, kind: type) -> list:  # type: ignore[type-arg]
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def messages(self) -> list[bytes]:
+        return [e.data for e in self.of(ev.MessageReceived)]
+
+
+def make(seed: int, identity_seed: int, **config: object) -> Node:
+    cfg = MeshConfig(**{"heartbeat_interval": 1.0, "idle_timeout": 5.0, **config})  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    identity = Identity(random.Random(identity_seed).randbytes(32))
+    return Node(Endpoint(identity, cfg, rng=rng, wall_offset=1.7e9))
+
+
+def pair(
+    seed: int = 1, profile: LinkProfile | None = None, **config: object
+) -> tuple[SimNetwork, Node, Node]:
+    net = SimNetwork(seed, profile or LinkProfile(latency=0.01))
+    a, b = make(seed * 2 + 1, 1, **config), make(seed * 2 + 2, 2, **config)
+    net.attach(A_ADDR, a)
+    net.attach(B_ADDR, b)
+    return net, a, b
+
+
+def connect(net: SimNetwork, a: Node, b: Node, timeout: float = 30.0) -> None:
+    a.endpoint.connect(b.endpoint.peer_id, B_ADDR, net.clock.now)
+    net.flush()
+    assert net.run_until(
+        lambda: bool(a.of(ev.PeerConnected)) and bool(b.of(ev.PeerConnected)), timeout=timeout
+    ), (a.events, b.events, a.endpoint.counters, b.endpoint.counters)
+
+
+def test_connect_and_exchange_messages() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    (ca,) = a.of(ev.PeerConnected)
+    (cb,) = b.of(ev.PeerConnected)
+    assert ca.peer_id == b.endpoint.peer_id and ca.initiator
+    assert cb.peer_id == a.endpoint.peer_id and not cb.initiator and cb.address == A_ADDR
+    a.endpoint.send(b.endpoint.peer_id, b"to b", net.clock.now)
+    b.endpoint.send(a.endpoint.peer_id, b"to a", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.messages()) and bool(b.messages()), timeout=5)
+    assert b.messages() == [b"to b"] and a.messages() == [b"to a"]
+
+
+def test_connect_time_is_one_round_trip() -> None:
+    net, a, b = pair(profile=LinkProfile(latency=0.025))
+    connect(net, a, b)
+    # The initiator is connected after exactly one RTT (2 x 25 ms); the responder after 1.5 RTT.
+    assert net.clock.now == pytest.approx(0.075, abs=1e-6)
+
+
+ADVERSE = LinkProfile(
+    latency=0.02, jitter=0.01, loss=0.1, duplicate=0.05, reorder=0.1, reorder_delay=0.03, corrupt=0.02
+)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_message_arrives_once_in_order_on_a_hostile_network(seed: int) -> None:
+    net, a, b = pair(seed, ADVERSE)
+    connect(net, a, b, timeout=60)
+    rng = random.Random(seed)
+    to_b = [rng.randbytes(rng.choice([0, 1, 100, 1200, 3000, 20000])) for _ in range(120)]
+    to_a = [rng.randbytes(rng.randint(0, 5000)) for _ in range(60)]
+    for i in range(max(len(to_a), len(to_b))):
+        if i < len(to_b):
+            a.endpoint.send(b.endpoint.peer_id, to_b[i], net.clock.now)
+        if i < len(to_a):
+            b.endpoint.send(a.endpoint.peer_id, to_a[i], net.clock.now)
+        if i % 10 == 0:
+            net.flush()
+            net.run_for(0.005)
+    net.flush()
+    done = net.run_until(
+        lambda: len(b.messages()) >= len(to_b) and len(a.messages()) >= len(to_a), timeout=120
+    )
+    assert done, (len(b.messages()), len(a.messages()), net.stats)
+    assert b.messages() == to_b
+    assert a.messages() == to_a
+    assert (
+        net.stats.corrupted == 0
+        or a.endpoint.counters["drop_auth_failed"]
+        + b.endpoint.counters["drop_auth_failed"]
+        + a.endpoint.counters["drop_malformed"]
+        + b.endpoint.counters["drop_malformed"]
+        > 0
+    )
+    assert not a.of(ev.PeerDisconnected) and not b.of(ev.PeerDisconnected)
+
+
+def test_wrong_peer_id_fails_without_creating_state_at_the_responder() -> None:
+    net, a, b = pair(connect_timeout=2.0)
+    impostor = Identity(bytes(range(32))).peer_id  # B's address, but not B's key
+    a.endpoint.connect(impostor, B_ADDR, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.ConnectFailed)), timeout=10)
+    assert b.endpoint.counters["drop_bad_mac1"] >= 1
+    assert b.endpoint.snapshots() == [] and not b.events
+    assert a.endpoint.state_of(impostor) is None
+
+
+def test_forged_initiation_with_valid_mac1_creates_no_state() -> None:
+    _net, _, b = pair()
+    bogus = wire.encode_handshake_init(7, random.Random(5).randbytes(wire.NOISE_MSG1_LEN))
+    packet = bogus + compute_mac(mac1_key(b.endpoint.identity.x25519_public), bogus) + bytes(16)
+    b.receive_datagram(packet, A_ADDR, 0.0)
+    assert b.endpoint.counters["drop_handshake_auth_failed"] == 1
+    assert b.endpoint.snapshots() == [] and not b.events
+
+
+def test_replayed_initiation_is_refused() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    captured = [d for d in a.sent if d[0] == wire.PacketType.HANDSHAKE_INIT]
+    assert captured
+    b.receive_datagram(captured[0], Address("198.51.100.9", 9), net.clock.now)
+    assert b.endpoint.counters["drop_replayed_handshake"] == 1
+    assert len(b.of(ev.PeerConnected)) == 1 and not b.of(ev.PeerDisconnected)
+
+
+def test_keepalives_hold_an_idle_connection_and_silence_times_it_out() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    net.run_for(20.0)  # four idle timeouts with no application traffic
+    assert not a.of(ev.PeerDisconnected) and not b.of(ev.PeerDisconnected)
+    net.partition(A_ADDR, B_ADDR)
+    net.partition(B_ADDR, A_ADDR)
+    started = net.clock.now
+    assert net.run_until(
+        lambda: bool(a.of(ev.PeerDisconnected)) and bool(b.of(ev.PeerDisconnected)), timeout=10
+    )
+    (gone,) = a.of(ev.PeerDisconnected)
+    assert "idle timeout" in gone.reason and not gone.clean
+    assert 4.0 <= net.clock.now - started <= 6.5
+    assert a.endpoint.snapshots() == [] and b.endpoint.snapshots() == []
+
+
+def test_explicit_close_is_seen_by_the_peer() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    a.endpoint.send(b.endpoint.peer_id, b"last words", net.clock.now)
+    a.endpoint.close(b.endpoint.peer_id, net.clock.now, "bye")
+    net.flush()
+    assert net.run_until(
+        lambda: bool(a.of(ev.PeerDisconnected)) and bool(b.of(ev.PeerDisconnected)), timeout=3
+    )
+    assert b.messages() == [b"last words"]
+    (theirs,) = b.of(ev.PeerDisconnected)
+    assert theirs.clean and theirs.reason == "closed by peer: bye"
+    (ours,) = a.of(ev.PeerDisconnected)
+    assert ours.clean and ours.reason == "closed"
+    net.run_for(3.0)
+    assert a.endpoint.snapshots() == [] and b.endpoint.snapshots() == []
+
+
+def test_rekeying_by_time_and_volume_loses_nothing() -> None:
+    net, a, b = pair(3, LinkProfile(latency=0.005, loss=0.02), rekey_after_time=1.0, rekey_after_packets=64)
+    connect(net, a, b)
+    sent = []
+    for i in range(400):
+        data = i.to_bytes(4, "big") * 100
+        sent.append(data)
+        a.endpoint.send(b.endpoint.peer_id, data, net.clock.now)
+        net.flush()
+        net.run_for(0.02)
+    assert net.run_until(lambda: len(b.messages()) == len(sent), timeout=30)
+    assert b.messages() == sent
+    assert a.endpoint.counters["rekeys_started"] + b.endpoint.counters["rekeys_started"] >= 8
+    assert len(a.of(ev.PeerConnected)) == 1 and not a.of(ev.PeerDisconnected)
+
+
+def test_simultaneous_open_makes_one_connection() -> None:
+    net, a, b = pair(profile=LinkProfile(latency=0.02))
+    a.endpoint.connect(b.endpoint.peer_id, B_ADDR, 0.0)
+    b.endpoint.connect(a.endpoint.peer_id, A_ADDR, 0.0)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.PeerConnected)) and bool(b.of(ev.PeerConnected)), timeout=5)
+    a.endpoint.send(b.endpoint.peer_id, b"x", net.clock.now)
+    b.endpoint.send(a.endpoint.peer_id, b"y", net.clock.now)
+    net.flush()
+    net.run_for(2.0)
+    assert b.messages() == [b"x"] and a.messages() == [b"y"]
+    assert len(a.of(ev.PeerConnected)) == len(b.of(ev.PeerConnected)) == 1
+    assert not a.of(ev.PeerDisconnected) and not b.of(ev.PeerDisconnected)
+
+
+def test_a_restarted_peer_replaces_its_old_connection() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    net.detach(B_ADDR)
+    b2 = make(99, 2)  # same identity, fresh process
+    net.attach(B_ADDR, b2)
+    b2.endpoint.connect(a.endpoint.peer_id, A_ADDR, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(b2.of(ev.PeerConnected)), timeout=5)
+    (gone,) = a.of(ev.PeerDisconnected)
+    assert gone.reason == "peer opened a new connection"
+    assert len(a.of(ev.PeerConnected)) == 2
+    b2.endpoint.send(a.endpoint.peer_id, b"i'm back", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: a.messages() == [b"i'm back"], timeout=5)
+
+
+def test_authenticated_packets_from_a_new_address_migrate_the_session() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    new_addr = Address("192.0.2.3", 3000)
+    net.detach(B_ADDR)
+    net.attach(new_addr, b)  # a NAT rebinding: B's packets now come from another port
+    b.endpoint.send(a.endpoint.peer_id, b"from my new port", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.messages()), timeout=5)
+    (moved,) = a.of(ev.AddressChanged)
+    assert moved.new == new_addr
+    a.endpoint.send(b.endpoint.peer_id, b"reply", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: b.messages() == [b"reply"], timeout=5)
+
+
+def test_max_connections_is_enforced_at_the_responder() -> None:
+    net = SimNetwork(7, LinkProfile(latency=0.001))
+    hub = make(1, 1, max_connections=2)
+    net.attach(A_ADDR, hub)
+    spokes = []
+    for i in range(3):
+        spoke = make(10 + i, 10 + i, connect_timeout=1.0)
+        addr = Address("192.0.2.50", 5000 + i)
+        net.attach(addr, spoke)
+        spoke.endpoint.connect(hub.endpoint.peer_id, A_ADDR, net.clock.now)
+        spokes.append(spoke)
+    net.flush()
+    net.run_for(3.0)
+    assert len(hub.of(ev.PeerConnected)) == 2
+    assert hub.endpoint.counters["drop_max_connections"] >= 1
+    assert sum(1 for s in spokes if s.of(ev.ConnectFailed)) == 1
+
+
+def test_identity_probe_learns_the_peer_id() -> None:
+    net, a, b = pair()
+    nonce = a.endpoint.probe_identity(B_ADDR)
+    a.endpoint.start_probe(nonce, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.IdentityResolved)), timeout=2)
+    (resolved,) = a.of(ev.IdentityResolved)
+    assert resolved.peer_id == b.endpoint.peer_id and resolved.nonce == nonce
+
+
+def test_identity_probe_without_answer_resolves_to_none() -> None:
+    net, a, _ = pair()
+    nonce = a.endpoint.probe_identity(Address("192.0.2.99", 1))
+    a.endpoint.start_probe(nonce, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.IdentityResolved)), timeout=5)
+    assert a.of(ev.IdentityResolved)[0].peer_id is None
+
+
+def test_sending_to_an_unknown_peer_is_a_typed_error() -> None:
+    from coremesh.errors import PeerNotFound
+
+    _, a, b = pair()
+    with pytest.raises(PeerNotFound):
+        a.endpoint.send(b.endpoint.peer_id, b"x", 0.0)
+    assert a.endpoint.state_of(b.endpoint.peer_id) is None
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=200), max_size=20), st.integers(0xE0, 0xEF))
+def test_fuzz_garbage_is_counted_never_raised(datagrams: list[bytes], first: int) -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    before = a.endpoint.state_of(b.endpoint.peer_id)
+    for data in datagrams:
+        a.receive_datagram(bytes([first]) + data, B_ADDR, net.clock.now)
+        a.receive_datagram(data, B_ADDR, net.clock.now)
+    assert a.endpoint.state_of(b.endpoint.peer_id) is before is PeerState.CONNECTED
+    a.endpoint.send(b.endpoint.peer_id, b"still fine", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: b.messages() == [b"still fine"], timeout=5)
