@@ -2,28 +2,41 @@
 
 Identities are Ed25519 keys (:class:`PeerId`); peers talk over Noise-encrypted, reliable, ordered
 connections on one UDP socket per node (:class:`MeshNode`, :class:`Connection`).
+
+Names are imported lazily, so that small tools (the ``coremesh`` CLI) start fast.
 """
 
-from .addr import Address, parse_address
-from .config import MeshConfig
-from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
-from .errors import (
-    AuthenticationFailed,
-    ConfigError,
-    ConnectionClosed,
-    ConnectionFailed,
-    IdentityError,
-    InvalidAddress,
-    InvalidPeerId,
-    MeshError,
-    MessageTooLarge,
-    NatTraversalFailed,
-    PeerNotFound,
-)
-from .identity import Identity, PeerId
-from .mesh import MeshNode
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Address": "addr",
+    "parse_address": "addr",
+    "MeshConfig": "config",
+    "Connection": "connection",
+    "ConnectionEvent": "connection",
+    "ConnectionState": "connection",
+    "PeerInfo": "connection",
+    "PingResult": "connection",
+    "AuthenticationFailed": "errors",
+    "ConfigError": "errors",
+    "ConnectionClosed": "errors",
+    "ConnectionFailed": "errors",
+    "IdentityError": "errors",
+    "InvalidAddress": "errors",
+    "InvalidPeerId": "errors",
+    "MeshError": "errors",
+    "MessageTooLarge": "errors",
+    "NatTraversalFailed": "errors",
+    "PeerNotFound": "errors",
+    "Identity": "identity",
+    "PeerId": "identity",
+    "MeshNode": "mesh",
+}
 
 __all__ = [
     "Address",
@@ -45,7 +58,38 @@ __all__ = [
     "NatTraversalFailed",
     "PeerId",
     "PeerInfo",
+    "PeerNotFound",
     "PingResult",
     "__version__",
     "parse_address",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coremesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .addr import Address, parse_address
+    from .config import MeshConfig
+    from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
+    from .errors import (
+        AuthenticationFailed,
+        ConfigError,
+        ConnectionClosed,
+        ConnectionFailed,
+        IdentityError,
+        InvalidAddress,
+        InvalidPeerId,
+        MeshError,
+        MessageTooLarge,
+        NatTraversalFailed,
+        PeerNotFound,
+    )
+    from .identity import Identity, PeerId
+    from .mesh import MeshNode

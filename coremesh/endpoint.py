@@ -110,7 +110,8 @@ class PeerConnection:
         self.last_ping_at = now
         self.connected_at: float | None = None
         self.announced = False
-        self.finished = False
+        self.end_announced = False  # PeerDisconnected emitted (it may still linger to ack a CLOSE)
+        self.finished = False  # removed from the endpoint
         self.linger_deadline: float | None = None
         self.ping_tokens = 0
 
@@ -371,7 +372,7 @@ class PeerConnection:
             state=self.state,
             initiator=self.initiator,
             connected_at=self.connected_at,
-            rtt=s.smoothed_rtt if s.packets_received else None,
+            rtt=s.smoothed_rtt if s.min_rtt > 0 else None,  # None until the first RTT sample
             datagram_size=s.max_datagram_size,
             bytes_sent=s.bytes_sent,
             bytes_received=s.bytes_received,
@@ -448,8 +449,8 @@ class Endpoint:
         self._dirty[conn] = None
 
     def announce_end(self, conn: PeerConnection, *, reason: str, clean: bool) -> None:
-        if conn.announced and not conn.finished:
-            conn.finished = True
+        if conn.announced and not conn.end_announced:
+            conn.end_announced = True
             self.emit(ev.PeerDisconnected(peer_id=conn.peer_id, reason=reason, clean=clean))
 
     def remove(self, conn: PeerConnection, *, reason: str, clean: bool, announce: bool = True) -> None:

@@ -233,8 +233,8 @@ class MeshNode:
         wall = time.time() - (self._runtime.now() if self._runtime else 0.0)
         peers = []
         for snap in self._endpoint.snapshots():
-            if snap.state is PeerState.CONNECTING:
-                continue
+            if snap.state is not PeerState.CONNECTED:
+                continue  # connecting, or closed and only lingering to acknowledge the CLOSE
             peers.append(
                 PeerInfo(
                     peer_id=snap.peer_id,

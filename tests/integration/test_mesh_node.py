@@ -68,8 +68,9 @@ def test_large_messages_are_fragmented_and_reassembled() -> None:
     async def body() -> None:
         async with MeshNode(LOOP4) as a, MeshNode(LOOP4) as b:
             conn = await a.connect(f"{b.peer_id}@{b.local_address}")
-            blobs = [random.Random(i).randbytes(n) for i, n in enumerate([0, 1, 1199, 1200, 70_000, 5_000_000])]
-            sender = asyncio.ensure_future(asyncio.gather(*(conn.send(x) for x in blobs)))
+            sizes = [0, 1, 1199, 1200, 70_000, 5_000_000]
+            blobs = [random.Random(i).randbytes(n) for i, n in enumerate(sizes)]
+            sender = asyncio.gather(*(conn.send(x) for x in blobs))
             incoming = b.get_connection(a.peer_id)
             assert incoming is not None
             got = [await incoming.receive() for _ in blobs]
@@ -82,8 +83,9 @@ def test_large_messages_are_fragmented_and_reassembled() -> None:
 
 
 def test_send_waits_when_the_peer_does_not_read() -> None:
+    window = 256 * 1024
     config = MeshConfig(
-        listen_addr="127.0.0.1:0", send_buffer_size=256 * 1024, receive_window=256 * 1024, pmtu_discovery=False
+        listen_addr="127.0.0.1:0", send_buffer_size=window, receive_window=window, pmtu_discovery=False
     )
 
     async def body() -> None:
@@ -104,7 +106,7 @@ def test_send_waits_when_the_peer_does_not_read() -> None:
             incoming = b.get_connection(a.peer_id)
             assert incoming is not None
             # Reading releases the window and the sender resumes.
-            reader = asyncio.ensure_future(asyncio.gather(*(incoming.receive() for _ in range(sent + 20))))
+            reader = asyncio.gather(*(incoming.receive() for _ in range(sent + 20)))
             for _ in range(20):
                 await asyncio.wait_for(conn.send(chunk), 10)
             assert len(await asyncio.wait_for(reader, 20)) == sent + 20

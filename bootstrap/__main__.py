@@ -1,0 +1,7 @@
+"""``python -m coremesh_bootstrap``: same as ``coremesh-bootstrap``."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m coremesh``: same as the ``coremesh`` operator CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,468 @@
+"""``coremesh``: the operator CLI. It talks to a running ``coremesh-node`` over its admin HTTP API.
+
+    coremesh [--admin HOST:PORT] status [--json]
+    coremesh [--admin HOST:PORT] peers [--json]
+    coremesh [--admin HOST:PORT] connect PEERID@HOST:PORT [--json]
+    coremesh [--admin HOST:PORT] ping PEERID [--count N] [--json]
+    coremesh [--admin HOST:PORT] send PEERID TEXT [--json]
+    coremesh [--admin HOST:PORT] recv [--count N] [--timeout S] [--json]
+
+Only the standard library is used (``http.client``), so the command starts fast. Peer ids and addresses
+are checked locally before any request. Every failure is one line on stderr (``coremesh: error: ...``)
+and a non-zero exit status: 2 for a bad command line or input, 1 for anything else (node not running,
+unknown peer, timeout, fewer messages than asked for). See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any, Final, NoReturn
+from urllib.parse import urlencode
+
+from .addr import Address, parse_address
+from .config import parse_peer_address
+from .errors import InvalidAddress, InvalidPeerId
+from .identity import PeerId
+
+PROG: Final = "coremesh"
+DEFAULT_ADMIN: Final = "127.0.0.1:7947"
+ENV_ADMIN: Final = "COREMESH_ADMIN"
+HTTP_TIMEOUT: Final = 10.0
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+JsonObject = dict[str, Any]
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr, with an exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---------------------------------------------------------------------------------------- HTTP client
+
+
+class AdminClient:
+    """A small JSON client for the node's admin API (one HTTP connection per request)."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout: float = HTTP_TIMEOUT
+    ) -> JsonObject:
+        where = f"the admin API at {self.address}"
+        conn = http.client.HTTPConnection(self.address.host, self.address.port, timeout=timeout)
+        try:
+            payload = None if body is None else json.dumps(body).encode("utf-8")
+            headers = {"Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except ConnectionRefusedError:
+            raise CliError(
+                f"cannot reach {where}: connection refused (is coremesh-node running with "
+                f"--admin {self.address}?)"
+            ) from None
+        except TimeoutError:
+            raise CliError(f"{where} did not answer within {timeout:g}s") from None
+        except socket.gaierror as exc:
+            raise CliError(f"cannot resolve {self.address.host!r}: {exc.strerror}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise CliError(f"cannot reach {where}: {detail}") from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CliError(
+                f"unexpected answer from {where} (HTTP {response.status}, not JSON): is it a coremesh node?"
+            ) from None
+        if not isinstance(data, dict):
+            raise CliError(f"unexpected answer from {where}: expected a JSON object")
+        if response.status >= 400:
+            message = str(data.get("error") or f"HTTP {response.status} {response.reason}")
+            raise CliError(message.splitlines()[0] if message else f"HTTP {response.status}")
+        return data
+
+
+# ------------------------------------------------------------------------------------- local checks
+
+
+def check_peer_id(text: str) -> PeerId:
+    try:
+        return PeerId.from_text(text)
+    except InvalidPeerId as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def check_peer_address(text: str) -> str:
+    try:
+        return str(parse_peer_address(text, require_id=True))
+    except (InvalidPeerId, InvalidAddress) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def check_admin(text: str) -> Address:
+    try:
+        return parse_address(text, allow_zero_port=False, allow_names=True)
+    except InvalidAddress as exc:
+        raise CliError(f"--admin: {exc}", EXIT_USAGE) from None
+
+
+# ------------------------------------------------------------------------------------- human output
+
+
+def _ms(value: object) -> str:
+    return f"{float(value):.3f} ms" if isinstance(value, int | float) else "-"
+
+
+def format_status(st: JsonObject) -> str:
+    lines = [
+        f"peer_id      {st.get('peer_id')}",
+        f"role         {st.get('role', 'node')}",
+        f"addresses    {', '.join(map(str, st.get('addresses') or [])) or '-'}",
+        f"listen       {', '.join(map(str, st.get('listen') or [])) or '-'}",
+        f"admin        {st.get('admin') or '-'}",
+        f"version      {st.get('version', '-')}",
+        f"uptime       {float(st.get('uptime_s') or 0):.1f}s",
+        f"connections  {st.get('connections', 0)}",
+    ]
+    inbox = st.get("inbox")
+    if isinstance(inbox, dict):
+        lines.append(f"inbox        {inbox.get('queued', 0)} queued, {inbox.get('dropped', 0)} dropped")
+    return "\n".join(lines)
+
+
+def format_peers(data: JsonObject) -> str:
+    peers = data.get("peers") or []
+    if not peers:
+        return "no peers"
+    rows = [("PEER_ID", "ADDRESS", "STATE", "PATH", "RTT")]
+    for p in peers:
+        rows.append(
+            (
+                str(p.get("peer_id")),
+                str(p.get("address")),
+                str(p.get("state")),
+                str(p.get("path", "-")),
+                _ms(p.get("rtt_ms")),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
+    )
+
+
+def format_connect(data: JsonObject) -> str:
+    return (
+        f"connected to {data.get('peer_id')} at {data.get('address')} "
+        f"(path {data.get('path')}, {_ms(data.get('connect_ms'))})"
+    )
+
+
+def format_ping(data: JsonObject) -> str:
+    sent, received = data.get("sent", 0), data.get("received", 0)
+    loss = 100.0 * (1 - received / sent) if isinstance(sent, int) and sent else 0.0
+    return (
+        f"ping {data.get('peer_id')} via {data.get('path')}: {sent} sent, {received} received, "
+        f"{loss:.0f}% loss, rtt min/avg/max = "
+        f"{float(data.get('min_ms', 0)):.3f}/{float(data.get('rtt_ms', 0)):.3f}/"
+        f"{float(data.get('max_ms', 0)):.3f} ms"
+    )
+
+
+def format_send(data: JsonObject) -> str:
+    return f"sent {data.get('bytes')} bytes to {data.get('peer_id')}"
+
+
+def format_message(msg: JsonObject) -> str:
+    if msg.get("encoding") == "base64":
+        return f"{msg.get('from')} (base64): {msg.get('data')}"
+    return f"{msg.get('from')}: {msg.get('data')}"
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+class Output:
+    def __init__(self, stream: IO[str], as_json: bool) -> None:
+        self.stream = stream
+        self.as_json = as_json
+
+    def emit(self, data: JsonObject, human: Callable[[JsonObject], str]) -> None:
+        text = json.dumps(data, ensure_ascii=False) if self.as_json else human(data)
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def cmd_status(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    out.emit(client.request("GET", "/v1/status"), format_status)
+    return EXIT_OK
+
+
+def cmd_peers(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    out.emit(client.request("GET", "/v1/peers"), format_peers)
+    return EXIT_OK
+
+
+def cmd_connect(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    peer = check_peer_address(args.peer)
+    body = {"peer": peer, "timeout": args.timeout}
+    out.emit(client.request("POST", "/v1/connect", body, timeout=args.timeout + 5), format_connect)
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    peer = check_peer_id(args.peer)
+    body = {"peer": peer.to_text(), "count": args.count, "timeout": args.timeout, "interval": args.interval}
+    budget = args.count * (args.timeout + args.interval) + 5
+    out.emit(client.request("POST", "/v1/ping", body, timeout=budget), format_ping)
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    peer = check_peer_id(args.peer)
+    body: JsonObject = {"peer": peer.to_text()}
+    if args.base64:
+        try:
+            base64.b64decode(args.text, validate=True)
+        except (binascii.Error, ValueError):
+            raise CliError("TEXT is not valid base64 (--base64 was given)", EXIT_USAGE) from None
+        body["data_b64"] = args.text
+    else:
+        body["data"] = args.text
+    out.emit(client.request("POST", "/v1/send", body), format_send)
+    return EXIT_OK
+
+
+def cmd_recv(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    query: dict[str, str] = {"timeout": f"{args.timeout:g}"}
+    if args.count > 0:
+        query["count"] = str(args.count)
+    t0 = time.monotonic()
+    data = client.request("GET", "/v1/messages?" + urlencode(query), timeout=args.timeout + 10)
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise CliError(f"unexpected answer from the admin API at {client.address}: no message list")
+    for msg in messages:
+        out.emit(msg, format_message)
+    if args.count > 0 and len(messages) < args.count:
+        waited = time.monotonic() - t0
+        raise CliError(f"received {len(messages)} of {args.count} message(s) within {waited:.1f}s")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are ONE line on stderr, then exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG) :].strip()  # "coremesh ping" -> "ping"
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"{PROG}: error: {where}{message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
+def _count_or_zero(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, got {text}")
+    return value
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("coremesh")
+    except Exception:
+        return "unknown"
+
+
+_FMT: Final = argparse.RawDescriptionHelpFormatter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Operate a running coremesh-node through its admin HTTP API: show its status and peers, "
+            "connect to peers, ping them, send and receive messages."
+        ),
+        epilog=(
+            "examples:\n"
+            "  coremesh status\n"
+            "  coremesh --admin 127.0.0.1:7947 connect PEERID@192.0.2.10:7946\n"
+            "  coremesh ping PEERID --count 5 --json\n"
+            "  coremesh send PEERID 'hello'\n"
+            "  coremesh recv --count 1 --timeout 10 --json\n\n"
+            f"--admin defaults to ${ENV_ADMIN}, else {DEFAULT_ADMIN}.\n"
+            "exit status: 0 ok; 1 the operation failed (node not running, unknown peer, timeout,\n"
+            "fewer messages than --count); 2 bad command line or input (malformed peer id, ...)."
+        ),
+        formatter_class=_FMT,
+    )
+    parser.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        default=None,
+        help=f"the node's admin API (default: ${ENV_ADMIN} or {DEFAULT_ADMIN})",
+    )
+    parser.add_argument("--json", action="store_true", default=False, help="machine-readable JSON output")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog="examples:\n" + examples,
+            formatter_class=_FMT,
+        )
+        p.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print the admin API's JSON answer instead of text",
+        )
+        return p
+
+    p = command(
+        "status",
+        "show the node's identity, addresses and counters",
+        "Show the node's peer id, the addresses peers can dial, the admin address, version, uptime, "
+        "number of connections and its counters.\n--json prints an object with at least peer_id and "
+        "addresses.",
+        "  coremesh status\n  coremesh --admin 127.0.0.1:7947 status --json | jq -r .peer_id",
+    )
+    p.set_defaults(func=cmd_status)
+
+    p = command(
+        "peers",
+        "list the node's peers",
+        "List every peer the node knows: peer id, address, connection state, path and round-trip time.\n"
+        '--json prints {"peers": [...]} with every field the node reports.',
+        "  coremesh peers\n  coremesh peers --json | jq '.peers[] | select(.state == \"connected\")'",
+    )
+    p.set_defaults(func=cmd_peers)
+
+    p = command(
+        "connect",
+        "connect to a peer",
+        "Make the node connect to a peer and wait until the secure session is up (or fails).\n"
+        "The peer id is checked before anything is sent.",
+        "  coremesh connect PEERID@192.0.2.10:7946\n  coremesh connect PEERID@[2001:db8::7]:7946 --json",
+    )
+    p.add_argument("peer", metavar="PEERID@HOST:PORT", help="the peer's id and UDP address")
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S", help="give up after S seconds (10)")
+    p.set_defaults(func=cmd_connect)
+
+    p = command(
+        "ping",
+        "measure the round-trip time to a connected peer",
+        "Send COUNT pings to a connected peer over the mesh and report the round-trip times.\n"
+        "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received.",
+        "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
+    )
+    p.add_argument("peer", metavar="PEERID", help="a connected peer's id")
+    p.add_argument("--count", "-c", type=_positive_int, default=1, metavar="N", help="number of pings (1)")
+    p.add_argument("--interval", type=_seconds, default=0.1, metavar="S", help="between pings (0.1)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="wait per ping (5)")
+    p.set_defaults(func=cmd_ping)
+
+    p = command(
+        "send",
+        "send one message to a connected peer",
+        "Send TEXT (UTF-8) as one message to a connected peer. With --base64, TEXT is base64 and the "
+        "decoded bytes are sent.",
+        "  coremesh send PEERID 'hello, mesh'\n  coremesh send PEERID --base64 AAECAw==",
+    )
+    p.add_argument("peer", metavar="PEERID", help="a connected peer's id")
+    p.add_argument("text", metavar="TEXT", help="the message")
+    p.add_argument("--base64", action="store_true", help="TEXT is base64-encoded bytes")
+    p.set_defaults(func=cmd_send)
+
+    p = command(
+        "recv",
+        "receive messages from the node's inbox",
+        "Wait until COUNT messages are in the node's inbox or TIMEOUT seconds passed, then take them out "
+        "and print them in arrival order (one line each; with --json one object per line with from, "
+        'data, ts, and "encoding": "base64" when the payload is not UTF-8).\n'
+        "Exits 1 if fewer than COUNT came in time, after printing those that did. --count 0 takes "
+        "every queued message (waiting up to TIMEOUT for the first).",
+        "  coremesh recv\n  coremesh recv --count 3 --timeout 30 --json",
+    )
+    p.add_argument(
+        "--count", "-c", type=_count_or_zero, default=1, metavar="N", help="messages to wait for (1)"
+    )
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S", help="wait at most S seconds (10)")
+    p.set_defaults(func=cmd_recv)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+    try:
+        client = AdminClient(check_admin(args.admin or env.get(ENV_ADMIN) or DEFAULT_ADMIN))
+        func: Callable[[argparse.Namespace, AdminClient, Output], int] = args.func
+        return func(args, client, Output(sys.stdout, bool(args.json)))
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `coremesh peers | head -1`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""NewReno congestion control in bytes (RFC 9002 §7, pseudocode in Appendix B).
+
+``cwnd`` starts at ``10 * max_datagram_size`` and never drops below ``2 * max_datagram_size``.
+Slow start grows the window by the bytes acknowledged; congestion avoidance by one
+``max_datagram_size`` per window acknowledged (RFC 9002 §7.3.3); a loss halves the window once per
+recovery period (§7.3.2); persistent congestion collapses it to the minimum (§7.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["INITIAL_WINDOW_PACKETS", "LOSS_REDUCTION_FACTOR", "MINIMUM_WINDOW_PACKETS", "NewReno"]
+
+INITIAL_WINDOW_PACKETS = 10
+MINIMUM_WINDOW_PACKETS = 2
+LOSS_REDUCTION_FACTOR = 0.5
+
+
+class NewReno:
+    """The window arithmetic of NewReno; ``bytes_in_flight`` is tracked by the caller."""
+
+    __slots__ = ("_ca_acked", "cwnd", "max_datagram_size", "recovery_start", "ssthresh")
+
+    def __init__(self, max_datagram_size: int) -> None:
+        self.max_datagram_size = max_datagram_size
+        self.cwnd = INITIAL_WINDOW_PACKETS * max_datagram_size
+        self.ssthresh: float = float("inf")
+        self.recovery_start: float | None = None
+        self._ca_acked = 0
+
+    @property
+    def minimum_window(self) -> int:
+        return MINIMUM_WINDOW_PACKETS * self.max_datagram_size
+
+    def in_recovery(self, time_sent: float) -> bool:
+        """Whether a packet sent at ``time_sent`` was sent during the current recovery period."""
+        return self.recovery_start is not None and time_sent <= self.recovery_start
+
+    def on_packets_acked(self, acked: Iterable[tuple[float, int]], app_limited: bool = False) -> None:
+        """Grow the window for newly acknowledged ``(time_sent, sent_bytes)`` packets (RFC 9002 §7.3)."""
+        if app_limited:
+            # RFC 9002 §7.8: the window does not grow when it is not fully used.
+            return
+        recovery_start = self.recovery_start
+        self.on_bytes_acked(
+            sum(size for time_sent, size in acked if recovery_start is None or time_sent > recovery_start)
+        )
+
+    def on_bytes_acked(self, nbytes: int) -> None:
+        """Grow the window for ``nbytes`` acknowledged, all sent outside the recovery period.
+
+        Slow start adds them; congestion avoidance adds one ``max_datagram_size`` per window of
+        acknowledged bytes (RFC 9002 §7.3.3)."""
+        if self.cwnd < self.ssthresh:
+            self.cwnd += nbytes
+            return
+        acked = self._ca_acked + nbytes
+        cwnd = self.cwnd
+        while acked >= cwnd:
+            acked -= cwnd
+            cwnd += self.max_datagram_size
+        self.cwnd = cwnd
+        self._ca_acked = acked
+
+    def on_congestion_event(self, time_sent: float, now: float) -> None:
+        """React to a loss of a packet sent at ``time_sent`` (RFC 9002 §7.3.2, §B.6)."""
+        if self.in_recovery(time_sent):
+            return
+        self.recovery_start = now
+        self.cwnd = max(int(self.cwnd * LOSS_REDUCTION_FACTOR), self.minimum_window)
+        self.ssthresh = self.cwnd
+        self._ca_acked = 0
+
+    def on_persistent_congestion(self) -> None:
+        """Collapse the window (RFC 9002 §7.6.2)."""
+        self.cwnd = self.minimum_window
+        self.recovery_start = None
+        self._ca_acked = 0
+
+    def set_max_datagram_size(self, size: int) -> None:
+        """Follow a path MTU change; the window stays at least the new minimum."""
+        self.max_datagram_size = size
+        if self.cwnd < self.minimum_window:
+            self.cwnd = self.minimum_window

@@ -1,0 +1,628 @@
+"""The node's admin HTTP API (JSON over HTTP/1.1, aiohttp), and the inbox it serves messages from.
+
+Endpoints (documented with examples in docs/admin-api.md):
+
+    GET  /v1/status     identity, addresses, uptime, connection count, counters
+    GET  /v1/peers      one object per known peer
+    POST /v1/connect    {"peer": "PEERID@HOST:PORT"}
+    POST /v1/ping       {"peer": "PEERID", "count": N}
+    POST /v1/send       {"peer": "PEERID", "data": "text"} or {"data_b64": "..."}
+    GET  /v1/messages   ?count=N&timeout=S  long-poll, then remove and return up to N messages
+    GET  /healthz       the process answers
+    GET  /readyz        the node is started and serving (503 while starting or stopping)
+
+Every error is ``{"error": "one clear line", "code": "..."}`` with a 4xx/5xx status; a handler never
+answers with a traceback. The app is built by :func:`create_admin_app` so tests can run it in-process
+against any object with the :class:`NodeLike` surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import enum
+import functools
+import ipaddress
+import json
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from coremesh.addr import Address, format_address, parse_address
+from coremesh.config import parse_peer_address
+from coremesh.errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    ConnectionFailed,
+    InvalidAddress,
+    InvalidPeerId,
+    MeshError,
+    MessageTooLarge,
+    PeerNotFound,
+)
+from coremesh.identity import PeerId
+
+from .logs import log
+
+INBOX_SIZE: Final = 10_000
+MAX_POLL_TIMEOUT: Final = 300.0
+MAX_PING_COUNT: Final = 1000
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+DEFAULT_SEND_TIMEOUT: Final = 10.0
+
+
+class NodeLike(Protocol):
+    """What the admin API needs from a node (``coremesh.MeshNode`` has all of it)."""
+
+    @property
+    def peer_id(self) -> PeerId: ...
+    @property
+    def listen_addresses(self) -> list[Address]: ...
+    async def connect(self, peer: Any, addr: Any = None, *, timeout: float | None = None) -> Any: ...
+    def get_peers(self) -> list[Any]: ...
+    def get_connection(self, peer: PeerId) -> Any: ...
+    async def ping(self, peer: PeerId, *, timeout: float = 5.0) -> Any: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+# ---------------------------------------------------------------------------------------------- inbox
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    sender: PeerId
+    data: bytes
+    ts: float  # wall-clock time of arrival, seconds since the epoch
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"from": self.sender.to_text()}
+        try:
+            out["data"] = self.data.decode("utf-8")
+        except UnicodeDecodeError:
+            out["data"] = base64.b64encode(self.data).decode("ascii")
+            out["encoding"] = "base64"
+        out["ts"] = round(self.ts, 6)
+        return out
+
+
+class Inbox:
+    """Received messages in arrival order, bounded: when full, the oldest is dropped and counted."""
+
+    def __init__(self, maxlen: int = INBOX_SIZE) -> None:
+        self.maxlen = maxlen
+        self._items: deque[InboxMessage] = deque()
+        self._changed = asyncio.Event()
+        self._closed = False
+        self.received = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, sender: PeerId, data: bytes, ts: float | None = None) -> None:
+        if len(self._items) >= self.maxlen:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(InboxMessage(sender, bytes(data), time.time() if ts is None else ts))
+        self.received += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, count: int, timeout: float) -> None:
+        """Return once ``count`` messages are queued, ``timeout`` seconds passed, or the inbox closed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self._items) < count and not self._closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def take(self, count: int | None = None) -> list[InboxMessage]:
+        """Remove and return up to ``count`` messages (all if None), oldest first."""
+        n = len(self._items) if count is None else min(count, len(self._items))
+        return [self._items.popleft() for _ in range(n)]
+
+    def close(self) -> None:
+        """Wake every waiting long-poll (shutdown)."""
+        self._closed = True
+        self._wake()
+
+
+class InboxPump:
+    """Reads every connected peer's messages into the inbox: one reader task per Connection."""
+
+    def __init__(self, node: NodeLike, inbox: Inbox) -> None:
+        self._node = node
+        self._inbox = inbox
+        self._readers: dict[int, asyncio.Task[None]] = {}
+
+    def on_event(self, event: Any) -> None:
+        """A ``MeshNode.on_connection`` callback: start a reader on every CONNECTED event."""
+        if _state_text(event.state) != "connected":
+            return
+        conn = self._node.get_connection(event.peer_id)
+        if conn is None:
+            return
+        key = id(conn)
+        task = self._readers.get(key)
+        if task is not None and not task.done():
+            return
+        task = asyncio.get_running_loop().create_task(self._read(conn), name=f"inbox-{event.peer_id}")
+        self._readers[key] = task
+        task.add_done_callback(functools.partial(self._forget, key))
+
+    def _forget(self, key: int, _task: asyncio.Task[None]) -> None:
+        self._readers.pop(key, None)
+
+    async def _read(self, conn: Any) -> None:
+        sender: PeerId = conn.peer_id
+        try:
+            async for data in conn:
+                self._inbox.append(sender, data)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("inbox.reader_failed", peer_id=str(sender), error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self) -> None:
+        tasks = list(self._readers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._readers.clear()
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _state_text(state: Any) -> str:
+    return str(state.value if isinstance(state, enum.Enum) else state)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, PeerId):
+        return value.to_text()
+    if isinstance(value, Address):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
+
+
+def peer_info_json(info: Any) -> dict[str, Any]:
+    """A PeerInfo as JSON: every field, ``rtt`` (seconds) shown as ``rtt_ms``."""
+    out: dict[str, Any] = {}
+    items = (
+        [(f.name, getattr(info, f.name)) for f in dataclasses.fields(info)]
+        if dataclasses.is_dataclass(info)
+        else list(vars(info).items())
+    )
+    for name, value in items:
+        if name == "rtt":
+            out["rtt_ms"] = None if value is None else round(float(value) * 1000, 3)
+        else:
+            out[name] = _jsonable(value)
+    return out
+
+
+def advertised_addresses(listen: Iterable[Address]) -> list[str]:
+    """Concrete addresses peers can dial: a wildcard bind is shown as loopback plus the primary
+    outbound address of each family (found by routing lookup; no packet is sent)."""
+    out: list[str] = []
+    for addr in listen:
+        try:
+            ip = ipaddress.ip_address(addr.host)
+        except ValueError:
+            out.append(str(addr))
+            continue
+        if not ip.is_unspecified:
+            out.append(str(addr))
+            continue
+        hosts = ["127.0.0.1"]
+        v4 = _primary_ip(socket.AF_INET, "192.0.2.1")
+        if v4:
+            hosts.append(v4)
+        if ip.version == 6:
+            hosts.append("::1")
+            v6 = _primary_ip(socket.AF_INET6, "2001:db8::1")
+            if v6:
+                hosts.append(v6)
+        for host in hosts:
+            text = format_address(host, addr.port)
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def _primary_ip(family: socket.AddressFamily, probe: str) -> str | None:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            host = str(s.getsockname()[0])
+    except OSError:
+        return None
+    return None if host in ("0.0.0.0", "::") else host
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("coremesh")
+    except Exception:
+        return "unknown"
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "bad_request", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "request body must be a JSON object")
+    return body
+
+
+def _peer_id(value: Any, name: str = "peer") -> PeerId:
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "bad_request", f'"{name}" is required: a peer id (56 base32 characters)')
+    return PeerId.from_text(value)
+
+
+def _number(value: Any, name: str, default: float, low: float, high: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_request", f'"{name}": expected a number, got {value!r}') from None
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ApiError(400, "bad_request", f'"{name}": expected {low:g} to {high:g}, got {value!r}')
+    return number
+
+
+def _integer(value: Any, name: str, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value, 10) if isinstance(value, str) else value
+    except ValueError:
+        number = None
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ApiError(400, "bad_request", f'"{name}": expected an integer, got {value!r}')
+    if not low <= number <= high:
+        raise ApiError(400, "bad_request", f'"{name}": expected {low} to {high}, got {number}')
+    return number
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+# The library's errors as API errors; the first matching class wins (subclasses first).
+_ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
+    (InvalidPeerId, 400, "invalid_peer_id"),
+    (InvalidAddress, 400, "invalid_address"),
+    (PeerNotFound, 404, "peer_not_found"),
+    (MessageTooLarge, 413, "message_too_large"),
+    (AuthenticationFailed, 502, "authentication_failed"),
+    (ConnectionClosed, 409, "connection_closed"),
+    (ConnectionFailed, 502, "connect_failed"),
+    (TimeoutError, 504, "timeout"),
+    (MeshError, 500, "mesh_error"),
+)
+_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = f"{request.method} {request.path}: {exc.reason}"
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        for cls, status, code in _ERROR_MAP:
+            if isinstance(exc, cls):
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return error_response(status, code, text)
+        log.error("admin.internal_error", method=request.method, path=request.path, exc_info=True)
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------------------------- app
+
+
+@dataclass
+class AdminState:
+    node: NodeLike
+    inbox: Inbox
+    role: str = "node"
+    listen: str | None = None  # the configured listen address, as text
+    admin_address: str | None = None  # set once the server is bound
+    started_at: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    extra_status: dict[str, Any] = field(default_factory=dict)
+    _addresses: list[str] | None = None
+
+    def addresses(self) -> list[str]:
+        if self._addresses is None:
+            self._addresses = advertised_addresses(self.node.listen_addresses)
+        return self._addresses
+
+
+STATE: Final = web.AppKey("coremesh_admin_state", AdminState)
+
+
+def create_admin_app(
+    node: NodeLike,
+    inbox: Inbox,
+    *,
+    role: str = "node",
+    listen: str | None = None,
+    extra_status: dict[str, Any] | None = None,
+    max_body: int = 64 * 1024 * 1024,
+) -> web.Application:
+    """The admin API over ``node`` and ``inbox``. Set ``app[STATE].ready`` once the node is serving."""
+    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app[STATE] = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/peers", _peers)
+    app.router.add_post("/v1/connect", _connect)
+    app.router.add_post("/v1/ping", _ping)
+    app.router.add_post("/v1/send", _send)
+    app.router.add_get("/v1/messages", _messages)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    return app
+
+
+async def _status(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    node = st.node
+    peers = node.get_peers()
+    connected = sum(1 for p in peers if _state_text(p.state) == "connected")
+    body: dict[str, Any] = {
+        "role": st.role,
+        "peer_id": node.peer_id.to_text(),
+        "addresses": st.addresses(),
+        "listen": [str(a) for a in node.listen_addresses],
+        "admin": st.admin_address,
+        "version": _version(),
+        "uptime_s": round(time.monotonic() - st.started_at, 3),
+        "connections": connected,
+        "stats": _jsonable(node.stats()),
+        "inbox": {"queued": len(st.inbox), "received": st.inbox.received, "dropped": st.inbox.dropped},
+    }
+    body.update(_jsonable(st.extra_status))
+    return web.json_response(body)
+
+
+async def _peers(request: web.Request) -> web.Response:
+    node = request.app[STATE].node
+    return web.json_response({"peers": [peer_info_json(p) for p in node.get_peers()]})
+
+
+async def resolve_address(address: Address) -> Address:
+    """A host name (``localhost:7946``) resolved to a literal IP; literal IPs pass through.
+
+    Raises :class:`InvalidAddress` if the name does not resolve.
+    """
+    try:
+        ipaddress.ip_address(address.host)
+        return address
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise InvalidAddress(f"cannot resolve {address.host!r}: {exc.strerror or exc}") from None
+    return parse_address(format_address(str(infos[0][4][0]), address.port))
+
+
+async def _connect_peer(node: NodeLike, text: str, timeout: float) -> tuple[Any, float]:
+    target = parse_peer_address(text)
+    if target.peer_id is None:
+        raise ApiError(400, "bad_request", f'"peer": expected PEERID@HOST:PORT, got {text!r}')
+    address = await resolve_address(target.address)
+    t0 = time.monotonic()
+    try:
+        conn = await asyncio.wait_for(node.connect(target.peer_id, address, timeout=timeout), timeout + 2)
+    except TimeoutError:
+        raise ApiError(
+            504, "timeout", f"no answer from {target.peer_id} at {address} within {timeout:g}s"
+        ) from None
+    return conn, (time.monotonic() - t0) * 1000
+
+
+async def _connect(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await _json_body(request)
+    text = body.get("peer")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "bad_request", '"peer" is required: PEERID@HOST:PORT')
+    timeout = _number(body.get("timeout"), "timeout", DEFAULT_CONNECT_TIMEOUT, 0.1, 300)
+    conn, connect_ms = await _connect_peer(st.node, text, timeout)
+    return web.json_response(
+        {
+            "peer_id": conn.peer_id.to_text(),
+            "address": str(conn.remote_address),
+            "path": conn.path,
+            "connect_ms": round(connect_ms, 3),
+        }
+    )
+
+
+async def _ping(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await _json_body(request)
+    peer = _peer_id(body.get("peer"))
+    count = _integer(body.get("count"), "count", 1, 1, MAX_PING_COUNT)
+    timeout = _number(body.get("timeout"), "timeout", 5.0, 0.01, 60)
+    interval = _number(body.get("interval"), "interval", 0.1, 0, 10)
+    rtts: list[float] = []
+    path: str | None = None
+    sent = 0
+    for i in range(count):
+        if i and interval:
+            await asyncio.sleep(interval)
+        sent += 1
+        try:
+            result = await asyncio.wait_for(st.node.ping(peer, timeout=timeout), timeout + 2)
+        except PeerNotFound:
+            if not rtts:
+                raise ApiError(404, "peer_not_found", f"not connected to {peer}; connect first") from None
+            break
+        except (ConnectionFailed, TimeoutError):
+            continue
+        rtts.append(float(result.rtt) * 1000)
+        path = result.path
+    if not rtts:
+        raise ApiError(504, "timeout", f"no reply from {peer} to {sent} ping(s) within {timeout:g}s each")
+    if path is None:
+        conn = st.node.get_connection(peer)
+        path = getattr(conn, "path", "unknown")
+    return web.json_response(
+        {
+            "peer_id": peer.to_text(),
+            "path": path,
+            "rtt_ms": round(sum(rtts) / len(rtts), 3),
+            "rtts_ms": [round(r, 3) for r in rtts],
+            "min_ms": round(min(rtts), 3),
+            "max_ms": round(max(rtts), 3),
+            "sent": sent,
+            "received": len(rtts),
+        }
+    )
+
+
+async def _send(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await _json_body(request)
+    text = body.get("peer")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "bad_request", '"peer" is required: PEERID or PEERID@HOST:PORT')
+    timeout = _number(body.get("timeout"), "timeout", DEFAULT_SEND_TIMEOUT, 0.1, 300)
+    has_text, has_b64 = "data" in body, "data_b64" in body
+    if has_text == has_b64:
+        raise ApiError(400, "bad_request", 'give exactly one of "data" (text) or "data_b64" (base64)')
+    if has_text:
+        if not isinstance(body["data"], str):
+            raise ApiError(400, "bad_request", '"data" must be a string (use "data_b64" for bytes)')
+        data = body["data"].encode("utf-8")
+    else:
+        try:
+            data = base64.b64decode(str(body["data_b64"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "bad_request", '"data_b64" is not valid base64') from None
+    if "@" in text:
+        conn, _ = await _connect_peer(st.node, text, DEFAULT_CONNECT_TIMEOUT)
+        peer = conn.peer_id
+    else:
+        peer = _peer_id(text)
+        conn = st.node.get_connection(peer)
+        if conn is None or conn.is_closed:
+            raise ApiError(404, "peer_not_found", f"not connected to {peer}; connect first")
+    try:
+        await asyncio.wait_for(conn.send(data), timeout)
+    except TimeoutError:
+        raise ApiError(
+            504, "timeout", f"send to {peer} blocked for {timeout:g}s (peer not reading?)"
+        ) from None
+    return web.json_response({"peer_id": peer.to_text(), "bytes": len(data), "path": conn.path})
+
+
+async def _messages(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    q = request.query
+    count = _integer(q.get("count"), "count", 0, 1, 1_000_000) if "count" in q else None
+    timeout = _number(q.get("timeout"), "timeout", 0.0, 0, MAX_POLL_TIMEOUT)
+    if timeout > 0:
+        await st.inbox.wait_for(1 if count is None else count, timeout)
+    messages = st.inbox.take(count)
+    return web.json_response({"messages": [m.to_json() for m in messages]})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    if not st.ready:
+        return error_response(503, "not_ready", "the node is not serving (starting or stopping)")
+    return web.json_response({"ready": True, "peer_id": st.node.peer_id.to_text()})
+
+
+# -------------------------------------------------------------------------------------------- runner
+
+
+class AdminServer:
+    """Runs an admin app on one TCP address: ``await start(addr)`` → bound address; ``await stop()``."""
+
+    def __init__(self, app: web.Application, *, shutdown_timeout: float = 2.0) -> None:
+        self.app = app
+        self._runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+        self.address: Address | None = None
+
+    async def start(self, address: Address) -> Address:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, address.host, address.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        bound = self._runner.addresses[0]
+        self.address = Address(str(bound[0]), int(bound[1]))
+        self.app[STATE].admin_address = str(self.address)
+        return self.address
+
+    async def stop(self) -> None:
+        st = self.app[STATE]
+        st.ready = False
+        st.inbox.close()  # long-polls return now instead of holding the shutdown
+        await self._runner.cleanup()

@@ -1,0 +1,278 @@
+"""``coremesh-node``: the mesh node daemon.
+
+    coremesh-node --listen HOST:PORT --data-dir DIR --admin HOST:PORT [--bootstrap [PEERID@]HOST:PORT]...
+
+Starts a :class:`coremesh.MeshNode`, reads every connection's messages into an inbox, serves the admin
+API, dials ``--connect`` peers and bootstrap peers that carry an id (retrying with backoff, and again
+whenever the connection drops), and shuts down gracefully on SIGTERM/SIGINT: the admin server stops,
+then ``node.stop()`` closes every connection so that peers see a close at once.
+
+Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (one line on stderr);
+1 when the node cannot run (address in use, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+from coremesh import MeshNode
+from coremesh.config import PeerAddress
+from coremesh.errors import ConfigError, IdentityError, MeshError
+
+from . import logs
+from .admin import STATE, AdminServer, Inbox, InboxPump, create_admin_app, resolve_address
+from .logs import log
+from .settings import PROG, NodeSettings, resolve
+
+EXIT_OK: Final = 0
+EXIT_RUNTIME: Final = 1
+EXIT_CONFIG: Final = 2
+SHUTDOWN_TIMEOUT: Final = 10.0
+BACKOFF_FIRST: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+
+
+class StartupError(Exception):
+    """The node cannot start; ``exit_code`` says whether it is the configuration's fault (2) or not (1)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = resolve(argv, os.environ)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_CONFIG
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except StartupError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    except Exception as exc:  # a bug: one line for the operator, the traceback in the log
+        log.error("node.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        _fail(f"unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_RUNTIME
+
+
+class Daemon:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.inbox = Inbox()
+        self._stop = asyncio.Event()
+        self._dialers: list[asyncio.Task[None]] = []
+        self._closed_events: dict[Any, asyncio.Event] = {}
+        self.node: MeshNode | None = None
+        self.pump: InboxPump | None = None
+        self.admin: AdminServer | None = None
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._start()
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            # A second signal during shutdown ends the process at once.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            await asyncio.wait_for(self._shutdown(), SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            log.error("node.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
+            return EXIT_RUNTIME
+        return EXIT_OK
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("node.stopping", signal=sig.name)
+        self._stop.set()
+
+    async def _start(self) -> None:
+        s = self.settings
+        mesh = s.mesh
+        if mesh.data_dir is None:
+            log.warning(
+                "identity.ephemeral",
+                reason="no --data-dir: this run uses a fresh identity that is lost on exit",
+            )
+        try:
+            self.node = MeshNode(mesh)
+        except (IdentityError, ConfigError) as exc:
+            raise StartupError(str(exc), EXIT_CONFIG) from None
+        node = self.node
+        self.pump = InboxPump(node, self.inbox)
+        node.on_connection(self._on_connection)
+        try:
+            await node.start()
+        except (IdentityError, ConfigError) as exc:
+            raise StartupError(str(exc), EXIT_CONFIG) from None
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {mesh.listen_addr}: {_os_error(exc)}", EXIT_RUNTIME
+            ) from None
+        except MeshError as exc:
+            raise StartupError(f"cannot start the node: {exc}", EXIT_RUNTIME) from None
+
+        app = create_admin_app(
+            node,
+            self.inbox,
+            role="node",
+            listen=mesh.listen_addr,
+            extra_status={"bootstrap": list(mesh.bootstrap_peers)},
+            max_body=min(mesh.max_message_size * 4 // 3 + 64 * 1024, 256 * 1024 * 1024),
+        )
+        self.admin = AdminServer(app)
+        try:
+            admin_address = await self.admin.start(s.admin)
+        except OSError as exc:
+            await node.stop()
+            raise StartupError(
+                f"cannot serve the admin API on {s.admin}: {_os_error(exc)}", EXIT_RUNTIME
+            ) from None
+        app[STATE].ready = True
+
+        for entry in s.dial_peers:
+            self._dialers.append(asyncio.create_task(self._keep_connected(entry), name=f"dial-{entry}"))
+        for entry in s.pinned_bootstrap:
+            log.info(
+                "bootstrap.dialing",
+                peer_id=str(entry.peer_id),
+                address=str(entry.address),
+                note="dialed at start and kept connected, retrying with backoff",
+            )
+        for entry in s.deferred_bootstrap:
+            log.warning(
+                "bootstrap.deferred",
+                address=str(entry.address),
+                reason="bootstrap entry without a peer id: kept for the discovery service (not yet "
+                "available); it is not dialed. Give PEERID@HOST:PORT to dial it now",
+            )
+        log.info(
+            "node.ready",
+            peer_id=node.peer_id.to_text(),
+            addresses=app[STATE].addresses(),
+            listen=[str(a) for a in node.listen_addresses],
+            admin=str(admin_address),
+            data_dir=str(mesh.data_dir) if mesh.data_dir else None,
+            dialing=[str(e) for e in (*s.dial_peers, *s.pinned_bootstrap)],
+            pid=os.getpid(),
+        )
+
+    async def _shutdown(self) -> None:
+        for task in self._dialers:
+            task.cancel()
+        for task in self._dialers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.admin is not None:
+            await self.admin.stop()
+        stats: dict[str, int] = {}
+        if self.node is not None:
+            stats = self.node.stats()  # the final counters, read while the socket is still open
+            await self.node.stop()
+        if self.pump is not None:
+            await self.pump.stop()
+        log.info(
+            "node.stopped",
+            peer_id=self.node.peer_id.to_text() if self.node else None,
+            inbox_received=self.inbox.received,
+            inbox_dropped=self.inbox.dropped,
+            stats=stats,
+        )
+
+    # ----------------------------------------------------------------------------- connections
+
+    def _on_connection(self, event: Any) -> None:
+        state = getattr(event.state, "value", str(event.state))
+        fields: dict[str, Any] = {
+            "peer_id": event.peer_id.to_text(),
+            "state": state,
+            "address": str(event.address) if event.address is not None else None,
+        }
+        if event.reason:
+            fields["reason"] = event.reason
+        if state == "failed":
+            log.warning("connection.failed", **fields)
+        else:
+            log.info(f"connection.{state}", **fields)
+        if self.pump is not None:
+            self.pump.on_event(event)
+        if state in ("closed", "failed"):
+            waiter = self._closed_events.get(event.peer_id)
+            if waiter is not None:
+                waiter.set()
+
+    async def _keep_connected(self, entry: PeerAddress) -> None:
+        """Dial ``entry`` until connected; when the connection ends, dial again. Backoff with jitter."""
+        node = self.node
+        peer = entry.peer_id
+        assert node is not None and peer is not None
+        delay = BACKOFF_FIRST
+        attempt = 0
+        while True:
+            attempt += 1
+            closed = asyncio.Event()
+            self._closed_events[peer] = closed
+            try:
+                address = await resolve_address(entry.address)
+                conn = await node.connect(peer, address, timeout=node.config.connect_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                wait = delay * random.uniform(0.8, 1.2)
+                log.warning(
+                    "dial.failed",
+                    peer_id=peer.to_text(),
+                    address=str(entry.address),
+                    attempt=attempt,
+                    error=str(exc) or type(exc).__name__,
+                    retry_in_s=round(wait, 2),
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            log.info("dial.connected", peer_id=peer.to_text(), address=str(entry.address), attempt=attempt)
+            attempt, delay = 0, BACKOFF_FIRST
+            if not conn.is_closed:
+                await closed.wait()
+            wait = BACKOFF_FIRST * random.uniform(0.8, 1.2)
+            log.info(
+                "dial.reconnecting", peer_id=peer.to_text(), address=str(entry.address), in_s=round(wait, 2)
+            )
+            await asyncio.sleep(wait)
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this host"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The daemon's settings: command-line flags, environment, config file and defaults, merged.
+
+Precedence, highest first: flags > environment (``COREMESH_*``) > config file (``[node]`` table of a
+TOML file) > defaults. A list (bootstrap peers, ``--connect``) given at a higher level replaces the
+lower one as a whole; lists are never concatenated across levels.
+
+Everything is validated here, before any socket is opened, and every problem is a
+:class:`~coremesh.errors.ConfigError` whose message names the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+from coremesh.addr import Address, parse_address
+from coremesh.config import MeshConfig, PeerAddress, parse_peer_address
+from coremesh.errors import ConfigError, InvalidAddress, InvalidPeerId
+
+PROG: Final = "coremesh-node"
+DEFAULT_LISTEN: Final = "[::]:7946"
+DEFAULT_ADMIN: Final = "127.0.0.1:7947"
+LOG_FORMATS: Final = ("json", "text")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+# Environment variable -> settings key. Lists are comma-separated.
+ENV_VARS: Final[Mapping[str, str]] = {
+    "COREMESH_CONFIG": "config",
+    "COREMESH_LISTEN": "listen_addr",
+    "COREMESH_DATA_DIR": "data_dir",
+    "COREMESH_ADMIN": "admin",
+    "COREMESH_BOOTSTRAP": "bootstrap_peers",
+    "COREMESH_CONNECT": "connect",
+    "COREMESH_LOG_FORMAT": "log_format",
+    "COREMESH_LOG_LEVEL": "log_level",
+}
+_LIST_KEYS: Final = frozenset({"bootstrap_peers", "connect"})
+
+# Keys of the [node] table besides the MeshConfig fields.
+NODE_KEYS: Final = frozenset({"admin", "admin_allow_remote", "log_format", "log_level", "connect"})
+MESH_KEYS: Final = frozenset(f.name for f in fields(MeshConfig)) - {"extra"}
+
+EXAMPLES: Final = f"""\
+examples:
+  {PROG} --listen 0.0.0.0:7946 --data-dir /var/lib/coremesh --admin 127.0.0.1:7947
+  {PROG} --listen '[::]:7946' --data-dir ./n1 --admin 127.0.0.1:7947 \\
+      --bootstrap PEERID@198.51.100.7:7946 --connect PEERID@192.0.2.10:7946
+  {PROG} --config /etc/coremesh/node.toml --log-format text
+
+precedence: flags > environment > config file > defaults. Environment variables:
+  {", ".join(ENV_VARS)}
+  (COREMESH_BOOTSTRAP and COREMESH_CONNECT are comma-separated lists).
+
+config file (TOML), all keys optional, in a [node] table:
+  [node]
+  listen_addr = "[::]:7946"
+  data_dir = "/var/lib/coremesh"
+  admin = "127.0.0.1:7947"
+  bootstrap_peers = ["PEERID@198.51.100.7:7946", "192.0.2.1:7946"]
+  connect = ["PEERID@192.0.2.10:7946"]
+  log_format = "json"      # or "text"
+  log_level = "info"
+  heartbeat_interval = "5s"
+  idle_timeout = "30s"
+  # ... and any other MeshConfig field (see docs/configuration.md)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Everything the daemon needs, validated."""
+
+    mesh: MeshConfig
+    admin: Address
+    admin_allow_remote: bool
+    log_format: str
+    log_level: str
+    connect: tuple[PeerAddress, ...]
+    config_file: Path | None
+
+    @property
+    def pinned_bootstrap(self) -> tuple[PeerAddress, ...]:
+        """Bootstrap entries with a peer id: ``MeshNode`` dials them at start and keeps them connected."""
+        return tuple(e for e in self.mesh.bootstrap_addresses if e.peer_id is not None)
+
+    @property
+    def dial_peers(self) -> tuple[PeerAddress, ...]:
+        """``--connect`` peers the daemon dials and keeps connected (minus those the node dials itself
+        as pinned bootstrap peers, and duplicates)."""
+        out: list[PeerAddress] = []
+        seen = {e.peer_id for e in self.pinned_bootstrap}
+        for entry in self.connect:
+            if entry.peer_id not in seen:
+                seen.add(entry.peer_id)
+                out.append(entry)
+        return tuple(out)
+
+    @property
+    def deferred_bootstrap(self) -> tuple[PeerAddress, ...]:
+        """Bootstrap entries without a peer id: kept for the discovery service, not dialed now."""
+        return tuple(e for e in self.mesh.bootstrap_addresses if e.peer_id is None)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are ONE line on stderr, then exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description=(
+            "Run a Core Mesh node: listen for peers over UDP, keep connections to the peers it is told "
+            "about, and serve the admin HTTP API (JSON) that the `coremesh` CLI talks to."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Every default is None: "not given", so lower levels (env, file, defaults) show through.
+    p.add_argument("--config", metavar="FILE", help="TOML config file with a [node] table")
+    p.add_argument(
+        "--listen", dest="listen_addr", metavar="HOST:PORT", help=f"UDP address ({DEFAULT_LISTEN})"
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="directory of the identity key (created if missing)")
+    p.add_argument("--admin", metavar="HOST:PORT", help=f"admin HTTP API address ({DEFAULT_ADMIN})")
+    p.add_argument(
+        "--admin-allow-remote",
+        action="store_const",
+        const=True,
+        default=None,
+        help="allow a non-loopback --admin address (the admin API has no authentication)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        dest="bootstrap_peers",
+        action="append",
+        metavar="[PEERID@]HOST:PORT",
+        help="bootstrap peer (repeatable): with a PEERID it is dialed at start and kept connected; "
+        "without one it is kept for the discovery service (not dialed yet; logged)",
+    )
+    p.add_argument(
+        "--connect",
+        action="append",
+        metavar="PEERID@HOST:PORT",
+        help="peer to dial at start and keep connected, retrying with backoff (repeatable)",
+    )
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="log format on stderr (json)")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="log level (info)")
+    p.add_argument("--heartbeat-interval", metavar="DURATION", help="keepalive interval, e.g. 5s (5s)")
+    p.add_argument("--idle-timeout", metavar="DURATION", help="close silent connections after, e.g. 30s")
+    p.add_argument("--connect-timeout", metavar="DURATION", help="handshake timeout, e.g. 5s (5s)")
+    p.add_argument("--max-connections", metavar="N", help="maximum concurrent connections (256)")
+    p.add_argument("--datagram-size", metavar="BYTES", help="initial datagram size, 1200-65487 (1200)")
+    p.add_argument(
+        "--no-pmtu-discovery",
+        dest="pmtu_discovery",
+        action="store_const",
+        const=False,
+        default=None,
+        help="keep the datagram size fixed instead of probing the path MTU",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("coremesh")
+    except Exception:
+        return "unknown"
+
+
+_INT_FLAGS: Final = ("max_connections", "datagram_size")
+
+
+def _from_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(ns).items():
+        if value is None or key == "config":
+            continue
+        if key in _INT_FLAGS:
+            value = _parse_int(value, "--" + key.replace("_", "-"))
+        out[key] = value
+    return out
+
+
+def _parse_int(text: str, name: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for var, key in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        if key in _LIST_KEYS:
+            out[key] = [item.strip() for item in raw.split(",") if item.strip()]
+        elif key in ("log_format", "log_level"):
+            out[key] = raw.strip().lower()
+        else:
+            out[key] = raw.strip()
+    return out
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The ``[node]`` table of a TOML file, keys checked; ConfigError names the file on any problem."""
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    stray = sorted(k for k, v in doc.items() if not isinstance(v, dict))
+    if stray:
+        raise ConfigError(
+            f"config file {path}: key(s) {', '.join(stray)} outside a table; put them under [node]"
+        )
+    table = doc.get("node", {})
+    unknown = sorted(set(table) - MESH_KEYS - NODE_KEYS)
+    if unknown:
+        known = ", ".join(sorted(MESH_KEYS | NODE_KEYS))
+        raise ConfigError(
+            f"config file {path}: unknown key(s) in [node]: {', '.join(unknown)}; known: {known}"
+        )
+    for key in _LIST_KEYS:
+        if key in table and not (
+            isinstance(table[key], list) and all(isinstance(x, str) for x in table[key])
+        ):
+            raise ConfigError(f"config file {path}: {key}: expected a list of strings")
+    for key in ("admin", "log_format", "log_level", "listen_addr", "data_dir"):
+        if key in table and not isinstance(table[key], str):
+            raise ConfigError(f"config file {path}: {key}: expected a string, got {table[key]!r}")
+    if "admin_allow_remote" in table and not isinstance(table["admin_allow_remote"], bool):
+        raise ConfigError(f"config file {path}: admin_allow_remote: expected true or false")
+    return dict(table)
+
+
+def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> NodeSettings:
+    """Parse flags (exits 2 with one line on a malformed command line), merge, validate.
+
+    Raises :class:`ConfigError` for a bad value from any source.
+    """
+    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    env = {} if env is None else env
+    flags = _from_flags(ns)
+    env_values = _from_env(env)
+    config_path = ns.config if ns.config is not None else env_values.pop("config", None)
+    env_values.pop("config", None)
+    file_values: dict[str, Any] = {}
+    config_file = Path(config_path) if config_path else None
+    if config_file is not None:
+        file_values = load_config_file(config_file)
+    return merge(flags=flags, env=env_values, file=file_values, config_file=config_file)
+
+
+def merge(
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, Any],
+    file: Mapping[str, Any],
+    config_file: Path | None = None,
+) -> NodeSettings:
+    """Merge the three sources (flags > env > file > defaults) and validate the result."""
+    values: dict[str, Any] = {
+        "listen_addr": DEFAULT_LISTEN,
+        "admin": DEFAULT_ADMIN,
+        "admin_allow_remote": False,
+        "log_format": "json",
+        "log_level": "info",
+        "connect": [],
+    }
+    source: dict[str, str] = dict.fromkeys(values, "default")
+    for name, layer in (("config file", file), ("environment", env), ("flag", flags)):
+        for key, value in layer.items():
+            values[key] = value
+            source[key] = name
+
+    def where(key: str) -> str:
+        src = source.get(key, "default")
+        if src == "flag":
+            return "--" + {"listen_addr": "listen", "bootstrap_peers": "bootstrap"}.get(key, key).replace(
+                "_", "-"
+            )
+        if src == "environment":
+            return next((v for v, k in ENV_VARS.items() if k == key), key)
+        if src == "config file":
+            return f"{key} in {config_file}"
+        return key
+
+    log_format = str(values["log_format"]).lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"{where('log_format')}: expected json or text, got {values['log_format']!r}")
+    log_level = str(values["log_level"]).lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"{where('log_level')}: expected one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}"
+        )
+
+    admin = _parse_admin(str(values["admin"]), where("admin"))
+    allow_remote = bool(values["admin_allow_remote"])
+    if not allow_remote and not ipaddress.ip_address(admin.host).is_loopback:
+        raise ConfigError(
+            f"{where('admin')}: {admin} is not a loopback address; the admin API has no authentication, "
+            "so it listens on loopback only unless --admin-allow-remote is given"
+        )
+
+    connect: list[PeerAddress] = []
+    for entry in values["connect"]:
+        try:
+            connect.append(parse_peer_address(entry, require_id=True))
+        except (InvalidAddress, InvalidPeerId) as exc:
+            raise ConfigError(f"{where('connect')}: {exc}") from None
+
+    mesh_values = {k: v for k, v in values.items() if k in MESH_KEYS}
+    if "bootstrap_peers" in mesh_values:
+        mesh_values["bootstrap_peers"] = tuple(mesh_values["bootstrap_peers"])
+    try:
+        mesh = MeshConfig.from_dict(mesh_values)
+    except ConfigError as exc:
+        key, sep, rest = str(exc).partition(":")
+        if not sep or key not in source or where(key) == key:
+            raise
+        raise ConfigError(f"{where(key)}:{rest}") from None
+    except TypeError as exc:  # a value of the wrong type that MeshConfig did not name
+        raise ConfigError(f"config: {exc}") from None
+    return NodeSettings(
+        mesh=mesh,
+        admin=admin,
+        admin_allow_remote=allow_remote,
+        log_format=log_format,
+        log_level=log_level,
+        connect=tuple(connect),
+        config_file=config_file,
+    )
+
+
+def _parse_admin(text: str, where: str) -> Address:
+    if text.strip().lower().startswith("localhost:"):
+        text = "127.0.0.1:" + text.strip()[len("localhost:") :]
+    try:
+        return parse_address(text)
+    except InvalidAddress as exc:
+        raise ConfigError(f"{where}: {exc}") from None
