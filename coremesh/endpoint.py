@@ -105,7 +105,9 @@ class PeerConnection:
         self.handshake: InitiatorHandshake | None = None
         self.handshake_attempt = 0
         self.handshake_retry_at: float | None = None
-        self.connect_deadline: float | None = now + endpoint.config.connect_timeout if initiator else None
+        # An initiator gives up after connect_timeout; a responder forgets a session the initiator
+        # never confirmed after the same time, so no half-open state outlives a lost handshake.
+        self.connect_deadline: float | None = now + endpoint.config.connect_timeout
         self.last_received = now
         self.last_ping_at = now
         self.connected_at: float | None = None
@@ -213,6 +215,10 @@ class PeerConnection:
             ep.remove(self, reason=reason, clean=True)
             return
         if self.connect_deadline is not None and now >= self.connect_deadline and not self.announced:
+            if not self.initiator:
+                ep.counters["handshakes_unconfirmed"] += 1
+                ep.remove(self, reason="handshake never confirmed", clean=False, announce=False)
+                return
             ep.counters["connect_timeouts"] += 1
             ep.emit(
                 ev.ConnectFailed(

@@ -162,6 +162,19 @@ def test_forged_initiation_with_valid_mac1_creates_no_state() -> None:
     assert b.endpoint.snapshots() == [] and not b.events
 
 
+def test_an_unconfirmed_responder_session_is_forgotten() -> None:
+    net, a, b = pair(connect_timeout=2.0)
+    a.endpoint.connect(b.endpoint.peer_id, B_ADDR, net.clock.now)
+    net.flush()
+    net.set_link(B_ADDR, A_ADDR, LinkProfile(loss=1.0))  # B's responses never arrive
+    net.run_for(0.5)
+    assert b.endpoint.snapshots() and not b.events
+    net.run_for(5.0)
+    assert b.endpoint.snapshots() == [] and not b.events
+    assert b.endpoint.counters["handshakes_unconfirmed"] >= 1
+    assert a.of(ev.ConnectFailed)
+
+
 def test_replayed_initiation_is_refused() -> None:
     net, a, b = pair()
     connect(net, a, b)
