@@ -161,6 +161,9 @@ class MeshNode:
         runtime, endpoint = self._require_running()
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
+        reason = runtime.unreachable_reason(target.address)
+        if reason is not None:
+            raise ConnectionFailed(reason)
         if target.peer_id is None:
             target = PeerAddress(target.address, await self._probe(target.address, timeout))
         peer_id = target.peer_id

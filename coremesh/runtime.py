@@ -119,6 +119,21 @@ class UdpRuntime:
     def now(self) -> float:
         return self._loop.time()
 
+    def unreachable_reason(self, address: Address) -> str | None:
+        """Why this socket cannot send to ``address`` (its address family), or None if it can."""
+        local = self.local_address
+        if not self._v6 and address.is_ipv6:
+            return (
+                f"this node listens on IPv4 only ({local}) and cannot reach the IPv6 address {address}; "
+                "listen on [::]:PORT for dual-stack"
+            )
+        if self._v6 and not address.is_ipv6 and local.host != "::":
+            return (
+                f"this node listens on IPv6 only ({local}) and cannot reach the IPv4 address {address}; "
+                "listen on [::]:PORT for dual-stack"
+            )
+        return None
+
     def start(self) -> None:
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
         self.pump()

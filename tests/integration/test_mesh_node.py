@@ -149,6 +149,17 @@ def test_ipv6_and_dual_stack() -> None:
     run(body)
 
 
+def test_an_address_of_the_other_family_fails_at_once_with_the_reason() -> None:
+    async def body() -> None:
+        async with MeshNode(LOOP4) as a, MeshNode(MeshConfig(listen_addr="[::1]:0")) as b:
+            with pytest.raises(ConnectionFailed, match="IPv4 only"):
+                await a.connect(b.peer_id, b.local_address)
+            with pytest.raises(ConnectionFailed, match="IPv6 only"):
+                await b.connect(a.peer_id, a.local_address)
+
+    run(body)
+
+
 def test_close_and_stop_are_seen_by_the_peer_as_a_close() -> None:
     async def body() -> None:
         seen: list[ConnectionEvent] = []
