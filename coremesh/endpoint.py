@@ -224,7 +224,10 @@ class PeerConnection:
                 ev.ConnectFailed(
                     peer_id=self.peer_id,
                     address=self.address,
-                    reason=f"no handshake response from {self.address} within {cfg.connect_timeout:g}s",
+                    reason=(
+                        f"no handshake response from {self.address} within {cfg.connect_timeout:g}s "
+                        f"(no node listening there, or the node there is not {self.peer_id.short()}…)"
+                    ),
                 )
             )
             ep.remove(self, reason="connect timeout", clean=False, announce=False)
