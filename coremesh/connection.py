@@ -8,9 +8,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .addr import Address
 from .errors import ConnectionClosed, MeshError
 from .identity import PeerId
+from .paths import PathAddress
 
 if TYPE_CHECKING:
     from .mesh import MeshNode
@@ -29,14 +29,14 @@ class ConnectionEvent:
 
     peer_id: PeerId
     state: ConnectionState
-    address: Address | None
+    address: PathAddress | None
     reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
     peer_id: PeerId
-    address: Address
+    address: PathAddress
     state: ConnectionState
     path: str
     rtt: float | None
@@ -64,7 +64,7 @@ class Connection:
     closed and every message that arrived before the close has been read.
     """
 
-    def __init__(self, node: MeshNode, peer_id: PeerId, address: Address, *, initiator: bool) -> None:
+    def __init__(self, node: MeshNode, peer_id: PeerId, address: PathAddress, *, initiator: bool) -> None:
         self._node = node
         self.peer_id = peer_id
         self._address = address
@@ -82,7 +82,7 @@ class Connection:
         return f"<Connection {self.peer_id.short()} {self._address} {state}>"
 
     @property
-    def remote_address(self) -> Address:
+    def remote_address(self) -> PathAddress:
         return self._address
 
     @property
@@ -160,7 +160,7 @@ class Connection:
     def _set_writable(self) -> None:
         self._writable.set()
 
-    def _set_address(self, address: Address) -> None:
+    def _set_address(self, address: PathAddress) -> None:
         self._address = address
 
     def _mark_closed(self, reason: str) -> None:

@@ -25,7 +25,6 @@ from typing import Final
 
 from . import events as ev
 from . import wire
-from .addr import Address
 from .config import MeshConfig
 from .errors import (
     AuthenticationFailed,
@@ -36,6 +35,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .identity import Identity, PeerId
+from .paths import PathAddress
 from .reliability import ReliabilityConfig, ReliableStream
 from .reliability import events as rev
 from .session import InitiatorHandshake, Responder, SecureSession
@@ -64,7 +64,7 @@ class PeerSnapshot:
     """Read-only view of one connection, for the API and the admin server."""
 
     peer_id: PeerId
-    address: Address
+    address: PathAddress
     state: PeerState
     initiator: bool
     connected_at: float | None
@@ -86,7 +86,7 @@ class PeerConnection:
         self,
         endpoint: Endpoint,
         peer_id: PeerId,
-        address: Address,
+        address: PathAddress,
         conn_id: bytes,
         *,
         initiator: bool,
@@ -265,7 +265,7 @@ class PeerConnection:
     # -- packets ------------------------------------------------------------------------------
 
     def on_transport(
-        self, session: SecureSession, plaintext: bytes, addr: Address, newest: bool, now: float
+        self, session: SecureSession, plaintext: bytes, addr: PathAddress, newest: bool, now: float
     ) -> None:
         ep = self.endpoint
         self.last_received = now
@@ -422,10 +422,10 @@ class Endpoint:
         self._peers: dict[PeerId, PeerConnection] = {}
         self._indexes: dict[int, PeerConnection] = {}
         self._timestamps: OrderedDict[PeerId, bytes] = OrderedDict()
-        self._probes: dict[int, tuple[Address, int, float]] = {}
+        self._probes: dict[int, tuple[PathAddress, int, float]] = {}
         self._dirty: dict[PeerConnection, None] = {}
         self._events: deque[ev.Event] = deque()
-        self.out: list[tuple[bytes, Address]] = []
+        self.out: list[tuple[bytes, PathAddress]] = []
         self.counters: Counter[str] = Counter()
 
     # -- plumbing used by PeerConnection -------------------------------------------------------
@@ -448,7 +448,7 @@ class Endpoint:
     def release_index(self, index: int) -> None:
         self._indexes.pop(index, None)
 
-    def transmit(self, data: bytes, address: Address) -> None:
+    def transmit(self, data: bytes, address: PathAddress) -> None:
         self.out.append((data, address))
 
     def emit(self, event: ev.Event) -> None:
@@ -476,7 +476,7 @@ class Endpoint:
 
     # -- the sans-IO interface ----------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: PathAddress, now: float) -> None:
         if not data:
             self.counters["drop_empty"] += 1
             return
@@ -499,7 +499,7 @@ class Endpoint:
         except AuthenticationFailed:
             self.counters["drop_auth_failed"] += 1
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, PathAddress]]:
         if self._dirty:
             dirty = self._dirty
             self._dirty = {}
@@ -538,7 +538,7 @@ class Endpoint:
 
     # -- commands -----------------------------------------------------------------------------
 
-    def connect(self, peer_id: PeerId, address: Address, now: float) -> PeerState:
+    def connect(self, peer_id: PeerId, address: PathAddress, now: float) -> PeerState:
         """Start connecting (idempotent). Returns the connection's state after the call."""
         if peer_id == self.peer_id:
             raise LocalProtocolError("a node cannot connect to itself")
@@ -587,7 +587,7 @@ class Endpoint:
         for conn in list(self._peers.values()):
             conn.close(now, reason)
 
-    def probe_identity(self, address: Address) -> int:
+    def probe_identity(self, address: PathAddress) -> int:
         """Ask ``address`` which peer it is; answered by an :class:`~coremesh.events.IdentityResolved`.
 
         The answer is not proof: the handshake that follows authenticates the claimed id.
@@ -603,7 +603,7 @@ class Endpoint:
         self._probes[nonce] = (address, attempts, now + PROBE_INTERVAL)
         self.transmit(wire.encode_identity_probe(nonce), address)
 
-    def on_datagram_too_big(self, address: Address, size: int, now: float) -> None:
+    def on_datagram_too_big(self, address: PathAddress, size: int, now: float) -> None:
         """The shell's send failed with EMSGSIZE: tell the stream of the peer at that address."""
         self.counters["drop_emsgsize"] += 1
         for conn in self._peers.values():
@@ -632,7 +632,7 @@ class Endpoint:
 
     # -- receive paths ------------------------------------------------------------------------
 
-    def _on_transport(self, data: bytes, addr: Address, now: float) -> None:
+    def _on_transport(self, data: bytes, addr: PathAddress, now: float) -> None:
         index, counter = wire.decode_transport_header(data)
         conn = self._indexes.get(index)
         session = conn.session_for_index(index) if conn is not None else None
@@ -648,7 +648,7 @@ class Endpoint:
         self.counters["transport_packets_received"] += 1
         conn.on_transport(session, plaintext, addr, newest, now)
 
-    def _on_initiation(self, data: bytes, addr: Address, now: float) -> None:
+    def _on_initiation(self, data: bytes, addr: PathAddress, now: float) -> None:
         init = wire.decode_handshake_init(data)
         if not self._responder.check_mac1(init):
             self.counters["drop_bad_mac1"] += 1
@@ -697,7 +697,7 @@ class Endpoint:
         self.transmit(result.response, addr)
         self.counters["handshake_responses_sent"] += 1
 
-    def _on_response(self, data: bytes, addr: Address, now: float) -> None:
+    def _on_response(self, data: bytes, addr: PathAddress, now: float) -> None:
         resp = wire.decode_handshake_resp(data)
         conn = self._indexes.get(resp.receiver_index)
         hs = conn.handshake if conn is not None else None
@@ -728,12 +728,12 @@ class Endpoint:
         self.mark_dirty(conn)
         self.counters["handshakes_completed"] += 1
 
-    def _on_identity_probe(self, data: bytes, addr: Address) -> None:
+    def _on_identity_probe(self, data: bytes, addr: PathAddress) -> None:
         nonce = wire.decode_identity_probe(data)
         self.counters["identity_probes_answered"] += 1
         self.transmit(wire.encode_identity_reply(nonce, self.peer_id.key, bytes(64)), addr)
 
-    def _on_identity_reply(self, data: bytes, addr: Address) -> None:
+    def _on_identity_reply(self, data: bytes, addr: PathAddress) -> None:
         nonce, key, _ = wire.decode_identity_reply(data)
         probe = self._probes.get(nonce)
         if probe is None or probe[0] != addr:

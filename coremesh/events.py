@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .addr import Address
 from .identity import PeerId
+from .paths import PathAddress
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PeerConnected:
     peer_id: PeerId
-    address: Address
+    address: PathAddress
     initiator: bool
 
 
@@ -30,7 +30,7 @@ class PeerDisconnected:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ConnectFailed:
     peer_id: PeerId
-    address: Address
+    address: PathAddress
     reason: str
 
 
@@ -59,15 +59,15 @@ class AddressChanged:
     """An authenticated packet arrived from a new address (NAT rebinding, roaming)."""
 
     peer_id: PeerId
-    old: Address
-    new: Address
+    old: PathAddress
+    new: PathAddress
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class IdentityResolved:
     """Answer to ``Endpoint.probe_identity``: which peer id the address claims (``None``: no answer)."""
 
-    address: Address
+    address: PathAddress
     nonce: int
     peer_id: PeerId | None
 

@@ -159,6 +159,10 @@ class MeshNode:
         ``peer`` does not. Until discovery is configured, an address must be known.
         """
         runtime, endpoint = self._require_running()
+        if addr is None and (isinstance(peer, PeerId) or (":" not in peer and "@" not in peer)):
+            known = self.get_connection(peer if isinstance(peer, PeerId) else PeerId.from_text(peer))
+            if known is not None:
+                return known
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
         reason = runtime.unreachable_reason(target.address)
@@ -199,9 +203,6 @@ class MeshNode:
                 return target
             peer = PeerId.from_text(peer)
         if addr is None:
-            known = self._connections.get(peer)
-            if known is not None and not known.is_closed:
-                return PeerAddress(known.remote_address, peer)
             raise PeerNotFound(f"no address known for {peer}: connect with PEERID@HOST:PORT")
         address = addr if isinstance(addr, Address) else parse_address(addr, allow_zero_port=False)
         return PeerAddress(address, peer)

@@ -15,12 +15,28 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from .addr import Address, normalize_socket_address
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .events import Event
+from .paths import PathAddress, RelayAddress
+
+
+class Route(Protocol):
+    """An indirect way to a UDP address (a TURN allocation): wraps a datagram for its server."""
+
+    server: Address
+
+    def wrap(self, data: bytes, peer: Address, now: float) -> bytes: ...
+
+
+# Called with (datagram, source, now) for what arrives on the socket and is not a mesh packet
+# (STUN, TURN ChannelData); returns mesh packets unwrapped from it as (data, peer address) pairs.
+ForeignHandler = Callable[[bytes, Address, float], list[tuple[bytes, Address]]]
+RelaySender = Callable[[RelayAddress, bytes], bool]
+_MESH_FIRST_BYTE: Final = 0xE0
 
 log = logging.getLogger("coremesh.runtime")
 
@@ -111,6 +127,24 @@ class UdpRuntime:
         self.send_errors = 0
         self.gso = sys.platform == "linux"
         self.gro = sys.platform == "linux" and _enable_gro(sock)
+        # Indirect paths: TURN routes by peer address, the keyed relay by PeerId, and a handler for
+        # the STUN/TURN traffic that shares this socket (RFC 7983 first-byte demultiplexing).
+        self.routes: dict[Address, Route] = {}
+        self.relay_sender: RelaySender | None = None
+        self.foreign_handler: ForeignHandler | None = None
+
+    def send_raw(self, data: bytes, address: Address) -> None:
+        """Send one datagram that is not a mesh packet (a STUN or TURN request) from our socket."""
+        if self._closed:
+            return
+        self._send_direct([(data, address)], self._loop.time())
+
+    def deliver(self, data: bytes, address: PathAddress) -> None:
+        """Feed a mesh packet that arrived by an indirect path (the keyed relay) into the core."""
+        if self._closed:
+            return
+        self.endpoint.receive_datagram(data, address, self._loop.time())
+        self.schedule_flush()
 
     @property
     def local_address(self) -> Address:
@@ -119,8 +153,10 @@ class UdpRuntime:
     def now(self) -> float:
         return self._loop.time()
 
-    def unreachable_reason(self, address: Address) -> str | None:
+    def unreachable_reason(self, address: PathAddress) -> str | None:
         """Why this socket cannot send to ``address`` (its address family), or None if it can."""
+        if isinstance(address, RelayAddress):
+            return None if self.relay_sender is not None else "no keyed relay is configured"
         local = self.local_address
         if not self._v6 and address.is_ipv6:
             return (
@@ -217,10 +253,21 @@ class UdpRuntime:
             addr = cache.get(sockaddr)
             if addr is None:
                 addr = cache[sockaddr] = normalize_socket_address(sockaddr)
-            receive(data, addr, now)
+            if data and data[0] >= _MESH_FIRST_BYTE:
+                receive(data, addr, now)
+            else:
+                self._on_foreign(data, addr, now)
             count += 1
         self.datagrams_received += count
         self.pump()
+
+    def _on_foreign(self, data: bytes, addr: Address, now: float) -> None:
+        handler = self.foreign_handler
+        if handler is None:
+            self.endpoint.counters["drop_not_mesh"] += 1
+            return
+        for inner, peer in handler(data, addr, now):
+            self.endpoint.receive_datagram(inner, peer, now)
 
     def _on_readable_gro(self) -> None:
         recvmsg = self.sock.recvmsg
@@ -245,11 +292,18 @@ class UdpRuntime:
                 if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(value) >= 4:
                     segment = _GRO_SIZE.unpack_from(value)[0]
             if segment <= 0 or segment >= len(data):
-                receive(data, addr, now)
+                if data and data[0] >= _MESH_FIRST_BYTE:
+                    receive(data, addr, now)
+                else:
+                    self._on_foreign(data, addr, now)
                 count += 1
                 continue
             for offset in range(0, len(data), segment):
-                receive(data[offset : offset + segment], addr, now)
+                chunk = data[offset : offset + segment]
+                if chunk[0] >= _MESH_FIRST_BYTE:
+                    receive(chunk, addr, now)
+                else:
+                    self._on_foreign(chunk, addr, now)
                 count += 1
         self.datagrams_received += count
         self.pump()
@@ -260,7 +314,32 @@ class UdpRuntime:
             host = "::ffff:" + host
         return host, address.port
 
-    def _send_all(self, out: list[tuple[bytes, Address]], now: float) -> None:
+    def _send_all(self, out: list[tuple[bytes, PathAddress]], now: float) -> None:
+        if self.routes or self.relay_sender is not None or any(type(a) is not Address for _, a in out):
+            direct = self._send_indirect(out, now)
+        else:
+            direct = out  # type: ignore[assignment]  # all plain UDP addresses
+        if direct:
+            self._send_direct(direct, now)
+
+    def _send_indirect(self, out: list[tuple[bytes, PathAddress]], now: float) -> list[tuple[bytes, Address]]:
+        """Send what goes by the keyed relay; wrap what goes by TURN; return what goes direct."""
+        direct: list[tuple[bytes, Address]] = []
+        routes = self.routes
+        for data, address in out:
+            if isinstance(address, RelayAddress):
+                sender = self.relay_sender
+                if sender is None or not sender(address, data):
+                    self.endpoint.counters["drop_relay_unavailable"] += 1
+                continue
+            route = routes.get(address)
+            if route is None:
+                direct.append((data, address))
+            else:
+                direct.append((route.wrap(data, address, now), route.server))
+        return direct
+
+    def _send_direct(self, out: list[tuple[bytes, Address]], now: float) -> None:
         if self._pending:
             self._pending.extend(out)
             return
@@ -321,7 +400,7 @@ class UdpRuntime:
                     # No segmentation offload on this path: fall back to one datagram per call.
                     log.info("UDP GSO unavailable (%s); sending datagrams one by one", exc.strerror)
                     self.gso = False
-                    self._send_all(out[i:], now)
+                    self._send_direct(out[i:], now)
                     return
                 self._send_failed(exc, data, address, now)
                 i += 1
