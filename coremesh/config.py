@@ -39,6 +39,48 @@ def parse_peer_address(text: str, *, require_id: bool = False, allow_names: bool
     return PeerAddress(parse_address(addr_text, allow_zero_port=False, allow_names=allow_names), peer)
 
 
+@dataclass(frozen=True, slots=True)
+class RelayServer:
+    """A STUN/TURN server the node uses: ``[USER:PASSWORD@]HOST:PORT``."""
+
+    address: Address
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.username}:***@{self.address}" if self.username else str(self.address)
+
+
+def parse_relay(text: str) -> RelayServer:
+    """Parse ``[USER:PASSWORD@]HOST:PORT``. The user part is split at its last ``:`` because
+    time-limited TURN usernames (``EXPIRY:USER``) contain one; passwords never contain ``@``."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidAddress("invalid relay: expected [USER:PASSWORD@]HOST:PORT")
+    userinfo, sep, hostport = text.strip().rpartition("@")
+    address = parse_address(hostport, allow_zero_port=False, allow_names=True)
+    if not sep:
+        return RelayServer(address)
+    user, colon, password = userinfo.rpartition(":")
+    if not colon or not user or not password:
+        raise InvalidAddress(f"invalid relay {text!r}: credentials must be USER:PASSWORD@")
+    return RelayServer(address, user, password)
+
+
+_KEYED_SCHEMES = ("tcp", "tls", "ws", "wss")
+
+
+def parse_keyed_relay(text: str) -> str:
+    """Validate a keyed relay URL (``tcp://``, ``tls://``, ``ws://``, ``wss://`` HOST:PORT[/path])."""
+    scheme, sep, rest = str(text).strip().partition("://")
+    if not sep or scheme not in _KEYED_SCHEMES:
+        raise InvalidAddress(
+            f"invalid keyed relay {text!r}: expected tcp://, tls://, ws:// or wss://HOST:PORT"
+        )
+    hostport = rest.split("/", 1)[0]
+    parse_address(hostport, allow_zero_port=False, allow_names=True)
+    return f"{scheme}://{rest}"
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
@@ -68,6 +110,8 @@ class MeshConfig:
 
     listen_addr: str = "[::]:0"
     bootstrap_peers: tuple[str, ...] = ()
+    relays: tuple[str, ...] = ()
+    keyed_relays: tuple[str, ...] = ()
     max_connections: int = 256
     enable_nat_traversal: bool = True
     enable_relay: bool = True
@@ -102,6 +146,18 @@ class MeshConfig:
                 raise ConfigError(f"bootstrap_peers: {exc}") from None
         set_(self, "bootstrap_peers", tuple(self.bootstrap_peers))
         set_(self, "_bootstrap", tuple(peers))
+        for name, parse in (("relays", parse_relay), ("keyed_relays", parse_keyed_relay)):
+            entries = getattr(self, name)
+            if isinstance(entries, str):
+                raise ConfigError(f"{name}: expected a list, got a string")
+            parsed = []
+            for entry in entries:
+                try:
+                    parsed.append(parse(entry))
+                except InvalidAddress as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
+            set_(self, name, tuple(entries))
+            set_(self, f"_{name}", tuple(parsed))
         _int(self.max_connections, "max_connections", 1, 1_000_000)
         for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery"):
             if not isinstance(getattr(self, name), bool):
@@ -136,6 +192,14 @@ class MeshConfig:
     def bootstrap_addresses(self) -> tuple[PeerAddress, ...]:
         return self._bootstrap  # type: ignore[attr-defined,no-any-return]
 
+    @property
+    def relay_servers(self) -> tuple[RelayServer, ...]:
+        return self._relays  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def keyed_relay_urls(self) -> tuple[str, ...]:
+        return self._keyed_relays  # type: ignore[attr-defined,no-any-return]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
         """Build from a mapping (a config file section); unknown keys are refused by name."""
@@ -146,8 +210,9 @@ class MeshConfig:
                 f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        if "bootstrap_peers" in values and isinstance(values["bootstrap_peers"], list):
-            values["bootstrap_peers"] = tuple(values["bootstrap_peers"])
+        for key in ("bootstrap_peers", "relays", "keyed_relays"):
+            if key in values and isinstance(values[key], list):
+                values[key] = tuple(values[key])
         return cls(**values)
 
 

@@ -36,11 +36,13 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "COREMESH_DATA_DIR": "data_dir",
     "COREMESH_ADMIN": "admin",
     "COREMESH_BOOTSTRAP": "bootstrap_peers",
+    "COREMESH_RELAY": "relays",
+    "COREMESH_KEYED_RELAY": "keyed_relays",
     "COREMESH_CONNECT": "connect",
     "COREMESH_LOG_FORMAT": "log_format",
     "COREMESH_LOG_LEVEL": "log_level",
 }
-_LIST_KEYS: Final = frozenset({"bootstrap_peers", "connect"})
+_LIST_KEYS: Final = frozenset({"bootstrap_peers", "relays", "keyed_relays", "connect"})
 
 # Keys of the [node] table besides the MeshConfig fields.
 NODE_KEYS: Final = frozenset({"admin", "admin_allow_remote", "log_format", "log_level", "connect"})
@@ -145,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[PEERID@]HOST:PORT",
         help="bootstrap peer (repeatable): with a PEERID it is dialed at start and kept connected; "
         "without one it is kept for the discovery service (not dialed yet; logged)",
+    )
+    p.add_argument(
+        "--relay",
+        dest="relays",
+        action="append",
+        metavar="[USER:PASSWORD@]HOST:PORT",
+        help="STUN/TURN server (repeatable): the node learns its public address there and allocates a "
+        "relayed address, used when a peer cannot be reached directly",
+    )
+    p.add_argument(
+        "--keyed-relay",
+        dest="keyed_relays",
+        action="append",
+        metavar="URL",
+        help="keyed mesh relay (repeatable): tcp://, tls://, ws:// or wss://HOST:PORT[/v1/relay]; the "
+        "node registers there by its PeerId and reaches peers through it when UDP fails",
     )
     p.add_argument(
         "--connect",
@@ -295,9 +313,13 @@ def merge(
     def where(key: str) -> str:
         src = source.get(key, "default")
         if src == "flag":
-            return "--" + {"listen_addr": "listen", "bootstrap_peers": "bootstrap"}.get(key, key).replace(
-                "_", "-"
-            )
+            flag_names = {
+                "listen_addr": "listen",
+                "bootstrap_peers": "bootstrap",
+                "relays": "relay",
+                "keyed_relays": "keyed-relay",
+            }
+            return "--" + flag_names.get(key, key).replace("_", "-")
         if src == "environment":
             return next((v for v, k in ENV_VARS.items() if k == key), key)
         if src == "config file":
@@ -329,8 +351,9 @@ def merge(
             raise ConfigError(f"{where('connect')}: {exc}") from None
 
     mesh_values = {k: v for k, v in values.items() if k in MESH_KEYS}
-    if "bootstrap_peers" in mesh_values:
-        mesh_values["bootstrap_peers"] = tuple(mesh_values["bootstrap_peers"])
+    for key in ("bootstrap_peers", "relays", "keyed_relays"):
+        if key in mesh_values:
+            mesh_values[key] = tuple(mesh_values[key])
     try:
         mesh = MeshConfig.from_dict(mesh_values)
     except ConfigError as exc:

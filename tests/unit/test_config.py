@@ -58,3 +58,26 @@ def test_peer_address_parsing() -> None:
         parse_peer_address("@127.0.0.1:9")
     with pytest.raises(InvalidAddress):
         parse_peer_address(f"{peer}@127.0.0.1:0")
+
+
+def test_relays_parse_with_and_without_credentials() -> None:
+    from coremesh.config import parse_relay
+
+    config = MeshConfig(relays=("127.0.0.1:3478", "1700000000:alice:c2VjcmV0@[::1]:3478"))
+    plain, timed = config.relay_servers
+    assert plain.username is None and plain.address.port == 3478
+    assert (timed.username, timed.password, timed.address.host) == ("1700000000:alice", "c2VjcmV0", "::1")
+    assert "c2VjcmV0" not in str(timed)
+    assert parse_relay("relay.example:3478").address.host == "relay.example"
+    for bad in ("", "user@1.2.3.4:3478", ":pw@1.2.3.4:3478", "1.2.3.4"):
+        with pytest.raises(InvalidAddress):
+            parse_relay(bad)
+    with pytest.raises(ConfigError, match="relays"):
+        MeshConfig(relays=("nope",))
+
+
+def test_keyed_relay_urls_are_validated() -> None:
+    config = MeshConfig(keyed_relays=("ws://127.0.0.1:8443/v1/relay", "tcp://[::1]:9000"))
+    assert config.keyed_relay_urls == ("ws://127.0.0.1:8443/v1/relay", "tcp://[::1]:9000")
+    with pytest.raises(ConfigError, match="keyed_relays"):
+        MeshConfig(keyed_relays=("http://127.0.0.1:80",))
