@@ -555,6 +555,21 @@ class Endpoint:
         self.counters["connects_started"] += 1
         return conn.state
 
+    def redirect(self, peer_id: PeerId, address: PathAddress, now: float) -> bool:
+        """Aim a pending connect at another path (e.g. a relay) and send a fresh initiation now.
+
+        Returns False if there is no pending connect to that peer. The connect deadline restarts.
+        """
+        conn = self._peers.get(peer_id)
+        if conn is None or conn.finished or conn.announced or not conn.initiator:
+            return False
+        conn.address = address
+        conn.handshake_attempt = 0
+        conn.connect_deadline = now + self.config.connect_timeout
+        conn.start_handshake(now)
+        self.counters["connects_redirected"] += 1
+        return True
+
     def send(self, peer_id: PeerId, data: bytes, now: float) -> None:
         conn = self._connected(peer_id)
         conn.stream.send_message(data, now)

@@ -354,3 +354,18 @@ def test_fuzz_garbage_is_counted_never_raised(datagrams: list[bytes], first: int
     a.endpoint.send(b.endpoint.peer_id, b"still fine", net.clock.now)
     net.flush()
     assert net.run_until(lambda: b.messages() == [b"still fine"], timeout=5)
+
+
+def test_a_pending_connect_can_be_redirected_to_another_path() -> None:
+    net, a, b = pair(connect_timeout=2.0)
+    dead = Address("192.0.2.77", 7)
+    a.endpoint.connect(b.endpoint.peer_id, dead, net.clock.now)
+    net.flush()
+    net.run_for(1.5)
+    assert not a.of(ev.PeerConnected) and not a.of(ev.ConnectFailed)
+    assert a.endpoint.redirect(b.endpoint.peer_id, B_ADDR, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.PeerConnected)), timeout=1.0)
+    assert not a.of(ev.ConnectFailed)  # the deadline restarted with the redirect
+    assert a.endpoint.counters["connects_redirected"] == 1
+    assert not a.endpoint.redirect(b.endpoint.peer_id, dead, net.clock.now)  # connected: nothing pending
