@@ -108,6 +108,7 @@ class PeerConnection:
         # An initiator gives up after connect_timeout; a responder forgets a session the initiator
         # never confirmed after the same time, so no half-open state outlives a lost handshake.
         self.connect_deadline: float | None = now + endpoint.config.connect_timeout
+        self.created_at = now
         self.last_received = now
         self.last_ping_at = now
         self.connected_at: float | None = None
@@ -115,6 +116,7 @@ class PeerConnection:
         self.end_announced = False  # PeerDisconnected emitted (it may still linger to ack a CLOSE)
         self.finished = False  # removed from the endpoint
         self.linger_deadline: float | None = None
+        self.close_started = 0.0
         self.ping_tokens = 0
 
     # -- sessions -----------------------------------------------------------------------------
@@ -198,7 +200,15 @@ class PeerConnection:
             candidates.append(self.last_received + cfg.idle_timeout)
             if self.current is not None and self.handshake is None:
                 candidates.append(self.rekey_due_at())
+            if self.current is not None:
+                candidates.append(self.keys_expire_at())
         return min(candidates) if candidates else None
+
+    def keys_expire_at(self) -> float:
+        """After three rekey periods without a successful rekey the keys are refused (WireGuard's
+        reject-after-time): a connection cannot go on forever on one set of keys."""
+        assert self.current is not None
+        return self.current.created_at + 3 * self.endpoint.config.rekey_after_time
 
     def rekey_due_at(self) -> float:
         assert self.current is not None
@@ -211,8 +221,17 @@ class PeerConnection:
         ep = self.endpoint
         cfg = ep.config
         if self.linger_deadline is not None and now >= self.linger_deadline:
-            reason = "closed" if self.state is PeerState.CLOSING else "closed by peer"
-            ep.remove(self, reason=reason, clean=True)
+            if self.state is PeerState.CLOSING:
+                # Data queued before the close still drains while the peer keeps acknowledging.
+                if (
+                    now - self.last_received <= self.linger_time()
+                    and now - self.close_started < cfg.idle_timeout
+                ):
+                    self.linger_deadline = now + self.linger_time()
+                    return
+                ep.remove(self, reason="closed, but the peer did not acknowledge the close", clean=False)
+            else:
+                ep.remove(self, reason="closed by peer", clean=True)
             return
         if self.connect_deadline is not None and now >= self.connect_deadline and not self.announced:
             if not self.initiator:
@@ -231,6 +250,10 @@ class PeerConnection:
                 )
             )
             ep.remove(self, reason="connect timeout", clean=False, announce=False)
+            return
+        if self.state is PeerState.CONNECTED and self.current is not None and now >= self.keys_expire_at():
+            ep.counters["keys_expired"] += 1
+            ep.remove(self, reason="session keys expired: rekeying did not succeed", clean=False)
             return
         if self.state is PeerState.CONNECTED and now >= self.last_received + cfg.idle_timeout:
             ep.counters["idle_timeouts"] += 1
@@ -291,6 +314,7 @@ class PeerConnection:
         ep.mark_dirty(self)
 
     def announce(self, now: float) -> None:
+        self.endpoint.promote(self)
         self.announced = True
         self.state = PeerState.CONNECTED
         self.connected_at = now
@@ -333,6 +357,7 @@ class PeerConnection:
             return
         self.cancel_handshake()
         self.state = PeerState.CLOSING
+        self.close_started = now
         self.stream.close(CLOSE_NORMAL, reason, now)
         self.linger_deadline = now + self.linger_time()
         self.endpoint.mark_dirty(self)
@@ -420,6 +445,10 @@ class Endpoint:
         )
         self._responder = Responder(identity)
         self._peers: dict[PeerId, PeerConnection] = {}
+        self._replacements: dict[PeerId, PeerConnection] = {}  # new connections awaiting confirmation
+        # Unconfirmed responder state is capped apart (flood defence until handshake cookies land):
+        # throwaway identities can hold at most this many of the max_connections slots.
+        self.max_unconfirmed = max(2, config.max_connections // 4)
         self._indexes: dict[int, PeerConnection] = {}
         self._timestamps: OrderedDict[PeerId, bytes] = OrderedDict()
         self._probes: dict[int, tuple[PathAddress, int, float]] = {}
@@ -472,6 +501,8 @@ class Endpoint:
         conn.previous = conn.current = conn.next = None
         if self._peers.get(conn.peer_id) is conn:
             del self._peers[conn.peer_id]
+        if self._replacements.get(conn.peer_id) is conn:
+            del self._replacements[conn.peer_id]
         self._dirty.pop(conn, None)
 
     # -- the sans-IO interface ----------------------------------------------------------------
@@ -510,7 +541,7 @@ class Endpoint:
 
     def get_timer(self) -> float | None:
         best: float | None = None
-        for conn in self._peers.values():
+        for conn in self._all_connections():
             t = conn.next_timer()
             if t is not None and (best is None or t < best):
                 best = t
@@ -520,7 +551,7 @@ class Endpoint:
         return best
 
     def handle_timer(self, now: float) -> None:
-        for conn in list(self._peers.values()):
+        for conn in list(self._all_connections()):
             t = conn.next_timer()
             if t is not None and t <= now:
                 conn.on_timer(now)
@@ -533,13 +564,21 @@ class Endpoint:
                     self._probes[nonce] = (address, attempts + 1, now + PROBE_INTERVAL)
                     self.transmit(wire.encode_identity_probe(nonce), address)
 
+    def _all_connections(self) -> Iterator[PeerConnection]:
+        yield from self._peers.values()
+        yield from self._replacements.values()
+
     def next_event(self) -> ev.Event | None:
         return self._events.popleft() if self._events else None
 
     # -- commands -----------------------------------------------------------------------------
 
-    def connect(self, peer_id: PeerId, address: PathAddress, now: float) -> PeerState:
-        """Start connecting (idempotent). Returns the connection's state after the call."""
+    def connect(
+        self, peer_id: PeerId, address: PathAddress, now: float, timeout: float | None = None
+    ) -> PeerState:
+        """Start connecting (idempotent). Returns the connection's state after the call.
+
+        The handshake is retried until ``timeout`` (default: ``config.connect_timeout``)."""
         if peer_id == self.peer_id:
             raise LocalProtocolError("a node cannot connect to itself")
         conn = self._peers.get(peer_id)
@@ -550,6 +589,8 @@ class Endpoint:
         if len(self._peers) >= self.config.max_connections:
             raise LocalProtocolError(f"max_connections ({self.config.max_connections}) reached")
         conn = PeerConnection(self, peer_id, address, self.rng.randbytes(8), initiator=True, now=now)
+        if timeout is not None:
+            conn.connect_deadline = now + timeout
         self._peers[peer_id] = conn
         conn.start_handshake(now)
         self.counters["connects_started"] += 1
@@ -679,6 +720,12 @@ class Endpoint:
         if peer == self.peer_id or (last is not None and result.timestamp <= last):
             self.counters["drop_replayed_handshake" if peer != self.peer_id else "drop_self_handshake"] += 1
             return
+        # Authenticated and newer than anything seen from this peer: remember it before deciding,
+        # so that a delayed copy of this very initiation is refused later.
+        self._timestamps[peer] = result.timestamp
+        self._timestamps.move_to_end(peer)
+        if len(self._timestamps) > MAX_TIMESTAMPS:
+            self._timestamps.popitem(last=False)
         conn = self._peers.get(peer)
         if conn is not None and conn.conn_id != result.conn_id:
             if conn.state is PeerState.CONNECTING and conn.initiator and not conn.announced:
@@ -688,13 +735,24 @@ class Endpoint:
                     return
                 conn.cancel_handshake()
                 conn.conn_id = result.conn_id
+                conn.initiator = False
                 conn.connect_deadline = now + self.config.connect_timeout
-            else:
-                self.remove(conn, reason="peer opened a new connection", clean=False)
+            elif not conn.announced:
+                self.remove(conn, reason="superseded", clean=False, announce=False)
                 conn = None
+            else:
+                # A live connection is only replaced once the new session is confirmed by a transport
+                # packet: a replayed or stale initiation must not tear it down.
+                conn = self._replacement_for(peer, result.conn_id, addr, now)
+                if conn is None:
+                    return
         if conn is None:
+            # Refused rather than evicted: an initiator that gets no response fails cleanly, while
+            # one whose response was sent and whose state we then dropped would be left half-open.
             if len(self._peers) >= self.config.max_connections:
                 self.counters["drop_max_connections"] += 1
+                return
+            if not self._make_room_for_unconfirmed():
                 return
             conn = PeerConnection(self, peer, addr, result.conn_id, initiator=False, now=now)
             self._peers[peer] = conn
@@ -702,15 +760,50 @@ class Endpoint:
             self.counters["drop_handshake_closing"] += 1
             return
         self._indexes[index] = conn
-        self._timestamps[peer] = result.timestamp
-        self._timestamps.move_to_end(peer)
-        if len(self._timestamps) > MAX_TIMESTAMPS:
-            self._timestamps.popitem(last=False)
         conn.set_next(result.session)
         if conn.address != addr and not conn.announced:
             conn.address = addr
         self.transmit(result.response, addr)
         self.counters["handshake_responses_sent"] += 1
+
+    def _replacement_for(
+        self, peer: PeerId, conn_id: bytes, addr: PathAddress, now: float
+    ) -> PeerConnection | None:
+        pending = self._replacements.get(peer)
+        if pending is not None and pending.conn_id == conn_id:
+            return pending
+        if pending is not None:
+            self.remove(pending, reason="superseded", clean=False, announce=False)
+        if not self._make_room_for_unconfirmed():
+            return None
+        pending = PeerConnection(self, peer, addr, conn_id, initiator=False, now=now)
+        self._replacements[peer] = pending
+        return pending
+
+    def _unconfirmed(self) -> list[PeerConnection]:
+        waiting = [c for c in self._peers.values() if not c.announced and not c.initiator]
+        return waiting + list(self._replacements.values())
+
+    def _make_room_for_unconfirmed(self) -> bool:
+        """Unconfirmed responder state has its own small quota, so that initiations from throwaway
+        identities cannot take the slots of real connections; the oldest is evicted first."""
+        waiting = self._unconfirmed()
+        if len(waiting) < self.max_unconfirmed:
+            return True
+        oldest = min(waiting, key=lambda c: c.created_at)
+        self.remove(oldest, reason="evicted", clean=False, announce=False)
+        self.counters["unconfirmed_evicted"] += 1
+        return True
+
+    def promote(self, conn: PeerConnection) -> None:
+        """A confirmed replacement becomes the peer's connection; the old one ends."""
+        if self._replacements.get(conn.peer_id) is not conn:
+            return
+        del self._replacements[conn.peer_id]
+        old = self._peers.get(conn.peer_id)
+        if old is not None and old is not conn:
+            self.remove(old, reason="peer opened a new connection", clean=False)
+        self._peers[conn.peer_id] = conn
 
     def _on_response(self, data: bytes, addr: PathAddress, now: float) -> None:
         resp = wire.decode_handshake_resp(data)
@@ -739,7 +832,9 @@ class Endpoint:
         if not conn.announced:
             conn.address = addr
             conn.announce(now)
-        conn.send_keepalive()
+        # The responder only trusts the new keys once a packet arrives under them: send an
+        # ack-eliciting PING, which the stream retransmits until it is acknowledged.
+        conn.send_ping(now)
         self.mark_dirty(conn)
         self.counters["handshakes_completed"] += 1
 

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from .addr import Address, parse_address
@@ -25,7 +25,11 @@ from .errors import (
     PeerNotFound,
 )
 from .identity import Identity, PeerId, load_or_create_identity
+from .paths import PathAddress, RelayAddress
 from .runtime import UdpRuntime, open_udp_socket
+
+if TYPE_CHECKING:
+    from .relays import RelayManager
 
 log = logging.getLogger("coremesh.node")
 
@@ -68,6 +72,7 @@ class MeshNode:
         self._background: set[asyncio.Task[None]] = set()
         self._started_at: float | None = None
         self._stopping = False
+        self._relays: RelayManager | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -111,6 +116,11 @@ class MeshNode:
         )
         self._runtime = UdpRuntime(self._endpoint, sock, self._on_event)
         self._runtime.start()
+        if self.config.keyed_relay_urls:
+            from .relays import RelayManager  # imported lazily: only nodes with relays need it
+
+            self._relays = RelayManager(self._identity, self._runtime, self.config.keyed_relay_urls)
+            await self._relays.start()
         self._started_at = time.time()
         self._stopping = False
         log.info("node started", extra={"peer_id": str(self.peer_id), "address": str(self.local_address)})
@@ -131,6 +141,9 @@ class MeshNode:
         deadline = runtime.now() + STOP_LINGER
         while any(s.state is PeerState.CLOSING for s in endpoint.snapshots()) and runtime.now() < deadline:
             await asyncio.sleep(0.01)
+        if self._relays is not None:
+            await self._relays.stop()
+            self._relays = None
         runtime.close()
         self._runtime = None
         for conn in list(self._connections.values()):
@@ -151,13 +164,24 @@ class MeshNode:
     # -- connections --------------------------------------------------------------------------
 
     async def connect(
-        self, peer: PeerId | str, addr: str | Address | None = None, *, timeout: float | None = None
+        self,
+        peer: PeerId | str,
+        addr: str | Address | None = None,
+        *,
+        timeout: float | None = None,
+        path: str = "auto",
     ) -> Connection:
         """Connect to a peer (or return the existing connection).
 
         ``peer`` is a PeerId, its text, or ``PEERID@HOST:PORT``; ``addr`` gives the address when
         ``peer`` does not. Until discovery is configured, an address must be known.
+
+        ``path``: ``"direct"`` (UDP to the address only), ``"relay"`` (through a relay only), or
+        ``"auto"``: directly first, then through a relay if no direct handshake completes within
+        a third of the timeout.
         """
+        if path not in ("auto", "direct", "relay"):
+            raise ValueError(f"path must be 'auto', 'direct' or 'relay', not {path!r}")
         runtime, endpoint = self._require_running()
         if addr is None and (isinstance(peer, PeerId) or (":" not in peer and "@" not in peer)):
             known = self.get_connection(peer if isinstance(peer, PeerId) else PeerId.from_text(peer))
@@ -175,17 +199,30 @@ class MeshNode:
         existing = self._connections.get(peer_id)
         if existing is not None and not existing.is_closed:
             return existing
+        relay = self._relays.keyed_relay() if self._relays is not None else None
+        if path == "relay" and relay is None:
+            raise ConnectionFailed("no relay is available (configure keyed_relays / --keyed-relay)")
+        first: PathAddress = RelayAddress(relay, peer_id) if path == "relay" and relay else target.address
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Connection] = loop.create_future()
         self._connect_waiters.setdefault(peer_id, []).append(fut)
         try:
-            endpoint.connect(peer_id, target.address, runtime.now())
+            endpoint.connect(peer_id, first, runtime.now(), timeout=timeout)
         except LocalProtocolError as exc:
             self._connect_waiters[peer_id].remove(fut)
             raise ConnectionFailed(str(exc)) from None
-        self._notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, target.address))
+        self._notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, first))
         runtime.pump()
         try:
+            if path == "auto" and relay is not None:
+                done, _ = await asyncio.wait({fut}, timeout=timeout / 3)
+                if not done:
+                    relay = self._relays.keyed_relay() if self._relays is not None else None
+                    if relay is not None and endpoint.redirect(
+                        peer_id, RelayAddress(relay, peer_id), runtime.now()
+                    ):
+                        log.info("no direct answer; trying the relay", extra={"peer_id": str(peer_id)})
+                        runtime.pump()
             return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout + 0.5)
         except TimeoutError:
             raise ConnectionFailed(f"connecting to {peer_id} at {target.address} timed out") from None
@@ -244,7 +281,7 @@ class MeshNode:
                     peer_id=snap.peer_id,
                     address=snap.address,
                     state=_STATE_MAP[snap.state],
-                    path="direct",
+                    path=self._path_of(snap.address),
                     rtt=snap.rtt,
                     initiator=snap.initiator,
                     connected_at=(snap.connected_at or 0.0) + wall,
@@ -278,7 +315,16 @@ class MeshNode:
             raise ConnectionFailed(f"no answer to ping from {peer_id} within {timeout:g}s") from None
         finally:
             self._ping_waiters.pop((peer_id, token), None)
-        return PingResult(rtt=rtt, path="direct")
+        conn = self.get_connection(peer_id)
+        return PingResult(rtt=rtt, path=self._path_of(conn.remote_address) if conn else "direct")
+
+    def _path_of(self, address: PathAddress) -> str:
+        """``relay`` when a relay carries the traffic (keyed relay, or a TURN route), else ``direct``."""
+        if isinstance(address, RelayAddress):
+            return "relay"
+        if self._runtime is not None and address in self._runtime.routes:
+            return "relay"
+        return "direct"
 
     def on_connection(self, callback: Callable[[ConnectionEvent], object]) -> Callable[[], None]:
         """Call ``callback`` on every connection state change; returns a function that unsubscribes."""
@@ -357,6 +403,7 @@ class MeshNode:
             conn = self._connections.get(event.peer_id)
             if conn is not None:
                 conn._set_address(event.new)
+                conn.path = self._path_of(event.new)
             log.info("peer address changed", extra={"peer_id": str(event.peer_id), "address": str(event.new)})
         elif isinstance(event, ev.IdentityResolved):
             fut2 = self._probe_waiters.pop(event.nonce, None)
@@ -368,6 +415,7 @@ class MeshNode:
         if old is not None:
             old._mark_closed("replaced by a new connection")
         conn = Connection(self, event.peer_id, event.address, initiator=event.initiator)
+        conn.path = self._path_of(event.address)
         self._connections[event.peer_id] = conn
         for fut in self._connect_waiters.pop(event.peer_id, []):
             if not fut.done():

@@ -270,7 +270,7 @@ def test_a_restarted_peer_replaces_its_old_connection() -> None:
     net.attach(B_ADDR, b2)
     b2.endpoint.connect(a.endpoint.peer_id, A_ADDR, net.clock.now)
     net.flush()
-    assert net.run_until(lambda: bool(b2.of(ev.PeerConnected)), timeout=5)
+    assert net.run_until(lambda: bool(b2.of(ev.PeerConnected)) and bool(a.of(ev.PeerDisconnected)), timeout=5)
     (gone,) = a.of(ev.PeerDisconnected)
     assert gone.reason == "peer opened a new connection"
     b2.endpoint.send(a.endpoint.peer_id, b"i'm back", net.clock.now)
@@ -369,3 +369,127 @@ def test_a_pending_connect_can_be_redirected_to_another_path() -> None:
     assert not a.of(ev.ConnectFailed)  # the deadline restarted with the redirect
     assert a.endpoint.counters["connects_redirected"] == 1
     assert not a.endpoint.redirect(b.endpoint.peer_id, dead, net.clock.now)  # connected: nothing pending
+
+
+# -- regressions found in review ------------------------------------------------------------------
+
+
+def test_a_delayed_initiation_after_simultaneous_open_changes_nothing() -> None:
+    net, a, b = pair()
+    lo, hi = sorted([a, b], key=lambda n: n.endpoint.peer_id.key)  # lo's dial wins the tie-break
+    lo_addr, hi_addr = (A_ADDR, B_ADDR) if lo is a else (B_ADDR, A_ADDR)
+    held: list[tuple[bytes, Address]] = []
+    deliver = lo.receive_datagram
+
+    def hold_first_initiation(data: bytes, addr: Address, now: float) -> None:
+        if data[0] == wire.PacketType.HANDSHAKE_INIT and not held:
+            held.append((data, addr))
+            return
+        deliver(data, addr, now)
+
+    lo.receive_datagram = hold_first_initiation  # type: ignore[method-assign]
+    hi.endpoint.connect(lo.endpoint.peer_id, lo_addr, 0.0)
+    lo.endpoint.connect(hi.endpoint.peer_id, hi_addr, 0.0)
+    net.flush()
+    net.run_for(1.0)
+    lo.receive_datagram = deliver  # type: ignore[method-assign]
+    lo.receive_datagram(*held[0], net.clock.now)  # the held copy arrives a second late
+    net.flush()
+    net.run_for(20.0)
+    for node in (lo, hi):
+        assert len(node.of(ev.PeerConnected)) == 1 and not node.of(ev.PeerDisconnected), node.events
+
+
+def test_a_replayed_initiation_cannot_tear_down_a_live_connection() -> None:
+    net, a, b = pair()
+    connect(net, a, b)
+    captured = next(d for d in a.sent if d[0] == wire.PacketType.HANDSHAKE_INIT)
+    a.endpoint.close(b.endpoint.peer_id, net.clock.now)
+    net.flush()
+    net.run_for(3)
+    net.detach(B_ADDR)
+    b2 = make(99, 2)  # B restarts: it remembers no timestamps
+    net.attach(B_ADDR, b2)
+    b2.endpoint.connect(a.endpoint.peer_id, A_ADDR, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(b2.of(ev.PeerConnected)), timeout=5)
+    b2.receive_datagram(captured, Address("198.51.100.66", 4444), net.clock.now)  # the replay
+    net.flush()
+    net.run_for(10)
+    assert b2.endpoint.state_of(a.endpoint.peer_id) is PeerState.CONNECTED
+    assert not b2.of(ev.PeerDisconnected)
+
+
+def test_losing_the_first_packet_after_the_handshake_does_not_leave_a_half_open_connection() -> None:
+    net, a, b = pair(heartbeat_interval=5.0, idle_timeout=30.0, connect_timeout=5.0)
+    deliver = b.receive_datagram
+    dropped: list[float] = []
+
+    def lose_first_transport_packet(data: bytes, addr: Address, now: float) -> None:
+        if data[0] == wire.PacketType.TRANSPORT and not dropped:
+            dropped.append(now)
+            return
+        deliver(data, addr, now)
+
+    b.receive_datagram = lose_first_transport_packet  # type: ignore[method-assign]
+    a.endpoint.connect(b.endpoint.peer_id, B_ADDR, 0.0)
+    net.flush()
+    net.run_for(6.0)  # past the responder's confirmation deadline
+    assert dropped and b.endpoint.state_of(a.endpoint.peer_id) is PeerState.CONNECTED
+    a.endpoint.send(b.endpoint.peer_id, b"hello", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: b.messages() == [b"hello"], timeout=5)
+
+
+def test_throwaway_identities_cannot_take_every_slot() -> None:
+    from coremesh.session import InitiatorHandshake
+
+    net, a, b = pair(max_connections=16)
+    for i in range(16):
+        hs = InitiatorHandshake(
+            Identity(random.Random(1000 + i).randbytes(32)),
+            b.endpoint.peer_id,
+            local_index=i + 1,
+            conn_id=bytes(8),
+            wall_time=1.7e9,
+            random_bytes=random.Random(i).randbytes,
+            started_at=0.0,
+        )
+        b.receive_datagram(hs.packet, Address("198.51.100.7", 1000 + i), 0.0)
+    assert len(b.endpoint.snapshots()) <= b.endpoint.max_unconfirmed < 16
+    connect(net, a, b, timeout=3)
+    b.endpoint.connect(Identity(bytes(range(5, 37))).peer_id, Address("192.0.2.9", 9), net.clock.now)
+
+
+def test_a_close_with_a_backlog_delivers_everything_first() -> None:
+    net, a, b = pair(profile=LinkProfile(latency=0.01, bandwidth_bps=2_000_000, queue_limit=200_000))
+    connect(net, a, b)
+    sent = [bytes([i]) * 20_000 for i in range(50)]  # 1 MB: about 4 s at 2 Mbit/s
+    for data in sent:
+        a.endpoint.send(b.endpoint.peer_id, data, net.clock.now)
+    a.endpoint.close(b.endpoint.peer_id, net.clock.now, "bye")
+    net.flush()
+    assert net.run_until(lambda: bool(b.of(ev.PeerDisconnected)), timeout=20)
+    assert b.messages() == sent
+    assert b.of(ev.PeerDisconnected)[0].reason == "closed by peer: bye"
+    assert net.run_until(lambda: bool(a.of(ev.PeerDisconnected)), timeout=5)
+    assert a.of(ev.PeerDisconnected)[0].clean
+
+
+def test_keys_expire_when_rekeying_keeps_failing() -> None:
+    net, a, b = pair(rekey_after_time=10.0, heartbeat_interval=1.0, idle_timeout=5.0)
+    connect(net, a, b)
+    deliver_b, deliver_a = b.receive_datagram, a.receive_datagram
+
+    def no_handshakes(deliver):  # type: ignore[no-untyped-def]
+        def receive(data: bytes, addr: Address, now: float) -> None:
+            if data[0] not in (wire.PacketType.HANDSHAKE_INIT, wire.PacketType.HANDSHAKE_RESP):
+                deliver(data, addr, now)
+
+        return receive
+
+    b.receive_datagram = no_handshakes(deliver_b)  # type: ignore[method-assign]
+    a.receive_datagram = no_handshakes(deliver_a)  # type: ignore[method-assign]
+    assert net.run_until(lambda: bool(a.of(ev.PeerDisconnected)), timeout=40)
+    (gone,) = a.of(ev.PeerDisconnected)
+    assert "keys expired" in gone.reason and 29.0 <= net.clock.now <= 31.0
