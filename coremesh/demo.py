@@ -152,12 +152,12 @@ def run(count: int, keep: bool) -> int:
 
 
 def stop_all(nodes: list[DemoNode]) -> None:
-    for node in nodes:
-        if node.process is not None and node.process.poll() is None:
-            node.process.send_signal(signal.SIGTERM)
+    # One at a time, so each node's peers are still running to acknowledge its close.
     for node in nodes:
         if node.process is None:
             continue
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
         try:
             code = node.process.wait(timeout=10)
             say(f"[{node.name}] exited with code {code}")
