@@ -116,10 +116,17 @@ class MeshNode:
         )
         self._runtime = UdpRuntime(self._endpoint, sock, self._on_event)
         self._runtime.start()
-        if self.config.keyed_relay_urls:
+        if self.config.keyed_relay_urls or self.config.relay_servers:
             from .relays import RelayManager  # imported lazily: only nodes with relays need it
 
-            self._relays = RelayManager(self._identity, self._runtime, self.config.keyed_relay_urls)
+            self._relays = RelayManager(
+                self._identity,
+                self._runtime,
+                self.config.keyed_relay_urls,
+                self.config.relay_servers,
+                rng=self._rng,
+                wall_offset=time.time() - loop.time(),
+            )
             await self._relays.start()
         self._started_at = time.time()
         self._stopping = False
@@ -199,10 +206,20 @@ class MeshNode:
         existing = self._connections.get(peer_id)
         if existing is not None and not existing.is_closed:
             return existing
-        relay = self._relays.keyed_relay() if self._relays is not None else None
-        if path == "relay" and relay is None:
-            raise ConnectionFailed("no relay is available (configure keyed_relays / --keyed-relay)")
-        first: PathAddress = RelayAddress(relay, peer_id) if path == "relay" and relay else target.address
+        relays = self._relays
+        has_relay = relays is not None and (
+            relays.turn_link() is not None or relays.keyed_relay() is not None
+        )
+        if path == "relay" and not has_relay:
+            raise ConnectionFailed("no relay is available (configure relays / --relay or keyed_relays)")
+        first: PathAddress = target.address
+        # With path="relay", prepare the relay path before the first initiation leaves, so that
+        # none goes direct.
+        if path == "relay" and await self._turn_route(target.address) is None:
+            keyed = relays.keyed_relay() if relays is not None else None
+            if keyed is None:
+                raise ConnectionFailed(f"no relay could carry traffic to {target.address}")
+            first = RelayAddress(keyed, peer_id)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Connection] = loop.create_future()
         self._connect_waiters.setdefault(peer_id, []).append(fut)
@@ -214,15 +231,10 @@ class MeshNode:
         self._notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, first))
         runtime.pump()
         try:
-            if path == "auto" and relay is not None:
+            if path != "direct" and has_relay:
                 done, _ = await asyncio.wait({fut}, timeout=timeout / 3)
                 if not done:
-                    relay = self._relays.keyed_relay() if self._relays is not None else None
-                    if relay is not None and endpoint.redirect(
-                        peer_id, RelayAddress(relay, peer_id), runtime.now()
-                    ):
-                        log.info("no direct answer; trying the relay", extra={"peer_id": str(peer_id)})
-                        runtime.pump()
+                    await self._fall_back(peer_id, target.address, first, fut, timeout)
             return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout + 0.5)
         except TimeoutError:
             raise ConnectionFailed(f"connecting to {peer_id} at {target.address} timed out") from None
@@ -230,6 +242,53 @@ class MeshNode:
             waiters = self._connect_waiters.get(peer_id)
             if waiters and fut in waiters:
                 waiters.remove(fut)
+
+    async def _turn_route(self, address: Address) -> object | None:
+        """Route ``address`` through a TURN allocation (channel bound); None if none can carry it."""
+        runtime, _ = self._require_running()
+        link = self._relays.turn_link() if self._relays is not None else None
+        if link is None or not await link.prepare(address):
+            return None
+        runtime.routes[address] = link
+        return link
+
+    async def _fall_back(
+        self,
+        peer_id: PeerId,
+        address: Address,
+        tried: PathAddress,
+        fut: asyncio.Future[Connection],
+        timeout: float,
+    ) -> None:
+        """Move a pending connect to the next path, in order of cost: a TURN allocation (UDP; the
+        peer sees our relayed address), then a keyed relay (by PeerId, over TCP/WebSocket)."""
+        runtime, endpoint = self._require_running()
+        relays = self._relays
+        if relays is None:
+            return
+        if address not in runtime.routes and not isinstance(tried, RelayAddress):
+            link = await self._turn_route(address)
+            if link is not None and endpoint.redirect(peer_id, address, runtime.now()):
+                log.info("no direct answer; trying through TURN", extra={"peer_id": str(peer_id)})
+                runtime.pump()
+                done, _ = await asyncio.wait({fut}, timeout=timeout / 3)
+                if done:
+                    return
+        runtime.routes.pop(address, None)
+        keyed = relays.keyed_relay()
+        if keyed is not None and endpoint.redirect(peer_id, RelayAddress(keyed, peer_id), runtime.now()):
+            log.info("trying through the keyed relay", extra={"peer_id": str(peer_id), "relay": keyed})
+            runtime.pump()
+
+    def candidates(self) -> list[dict[str, str]]:
+        """Addresses peers may reach this node at: host, server-reflexive and relayed candidates."""
+        out = [{"type": "host", "address": str(a)} for a in self.listen_addresses]
+        if self._relays is not None:
+            out.extend(self._relays.candidates())
+        return out
+
+    def relay_status(self) -> dict[str, Any]:
+        return self._relays.status() if self._relays is not None else {}
 
     def _resolve_target(self, peer: PeerId | str, addr: str | Address | None) -> PeerAddress:
         if isinstance(peer, str):
@@ -425,6 +484,8 @@ class MeshNode:
     def _on_disconnected(self, event: ev.PeerDisconnected) -> None:
         conn = self._connections.pop(event.peer_id, None)
         address = conn.remote_address if conn is not None else None
+        if address is not None and self._runtime is not None:
+            self._runtime.routes.pop(address, None)  # type: ignore[arg-type]
         if conn is not None:
             conn._mark_closed(event.reason)
         for key, fut in list(self._ping_waiters.items()):

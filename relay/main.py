@@ -1,35 +1,227 @@
-"""``coremesh-relay``: placeholder until the relay issue lands.
+"""``coremesh-relay``: STUN/TURN server, keyed mesh relay, and their admin HTTP API.
 
-It prints the planned command line and says plainly that it is not implemented: exit status 2
-(``--help`` exits 0 with the same note), so a deployment that starts it fails loudly, not silently.
+    coremesh-relay [--listen HOST:PORT] [--alt-address IP] [--realm REALM] [--user NAME:PASSWORD]...
+                   [--static-auth-secret SECRET] [--keyed-listen HOST:PORT] [--admin HOST:PORT] ...
+
+Starts the STUN/TURN service (:mod:`coremesh_relay.stunturn`) and, with ``--keyed-listen``, the keyed
+relay (:mod:`coremesh_relay.keyed`), then serves the admin API (:mod:`coremesh_relay.admin`). On
+SIGTERM/SIGINT: readiness goes to 503, the services stop accepting and close their sessions, the admin
+API stops, and the process exits 0. A second signal during shutdown ends it at once.
+
+Exit codes: 0 after a clean shutdown; 2 for bad flags or configuration (one line on stderr); 1 when the
+relay cannot run (address in use, ...). See docs/relay.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, Final
 
-PROG: Final = "coremesh-relay"
-USAGE: Final = f"""\
-usage: {PROG} --listen HOST:PORT --admin HOST:PORT --realm REALM --user NAME:PASSWORD [--user ...]
+from coremesh.errors import ConfigError, IdentityError
+from coremesh.identity import Identity, load_or_create_identity
+from coremesh.service import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    StartupError,
+    fail,
+    os_error_text,
+)
+from coremesh.service import logs as service_logs
+from coremesh.service.logs import EventLogger
 
-Planned: a TURN-style relay (RFC 8656) for peers that cannot reach each other directly.
-  --listen HOST:PORT       UDP/TCP address of the relay
-  --admin HOST:PORT        admin HTTP API (loopback only by default)
-  --realm REALM            authentication realm
-  --user NAME:PASSWORD     a relay user (repeatable)
-"""
-NOTE: Final = f"{PROG}: not implemented yet: lands with the relay/discovery issue"
+from .admin import AdminServer, RelayState, create_admin_app
+from .keyed import KeyedRelayConfig, KeyedRelayServer
+from .settings import PROG, RelaySettings, resolve
+from .stunturn import StunTurnConfig, StunTurnService
+
+SHUTDOWN_TIMEOUT: Final = 10.0
+
+log = EventLogger("coremesh_relay")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(USAGE + "\n" + NOTE)
-        return 0
-    print(USAGE + "\n" + NOTE, file=sys.stderr)
-    return 2
+    try:
+        settings = resolve(argv, os.environ)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+        return EXIT_CONFIG
+    service_logs.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(Relay(settings).run())
+    except StartupError as exc:
+        fail(PROG, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    except Exception as exc:  # a bug: one line for the operator, the traceback in the log
+        log.error("relay.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        fail(PROG, f"unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_RUNTIME
+
+
+def stun_turn_config(s: RelaySettings) -> StunTurnConfig:
+    return StunTurnConfig(
+        listen=s.listen,
+        alt_address=None if s.alt_address is None else s.alt_address.compressed,
+        realm=s.realm,
+        users=dict(s.users),
+        static_auth_secret=s.static_auth_secret,
+        allow_loopback_peers=s.allow_loopback_peers,
+        allowed_peer_ips=s.allowed_peer_ips,
+        denied_peer_ips=s.denied_peer_ips,
+        min_port=s.min_port,
+        max_port=s.max_port,
+        user_quota=s.user_quota,
+        total_quota=s.total_quota,
+        max_bps=s.max_bps,
+        no_tcp=s.no_tcp,
+        no_udp=s.no_udp,
+        ssl_context=s.ssl_context,
+    )
+
+
+def keyed_config(s: RelaySettings, identity: Identity | None) -> KeyedRelayConfig:
+    assert s.keyed_listen is not None
+    return KeyedRelayConfig(listen=str(s.keyed_listen), ssl_context=s.ssl_context, identity=identity)
+
+
+class Relay:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self.stun_turn: StunTurnService | None = None
+        self.keyed: KeyedRelayServer | None = None
+        self.admin: AdminServer | None = None
+        self._started: list[tuple[str, StunTurnService | KeyedRelayServer]] = []
+        self.state = RelayState(settings=settings.summary())
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            try:
+                await self._start()
+            except BaseException:
+                await asyncio.wait_for(self._shutdown(quiet=True), SHUTDOWN_TIMEOUT)
+                raise
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            # A second signal during shutdown ends the process at once.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            await asyncio.wait_for(self._shutdown(), SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            log.error("relay.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
+            return EXIT_RUNTIME
+        return EXIT_OK
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("relay.stopping", signal=sig.name)
+        self.state.ready = False
+        self._stop.set()
+
+    async def _start(self) -> None:
+        s = self.settings
+        st = self.state
+        identity: Identity | None = None
+        if s.data_dir is not None:
+            try:
+                identity = load_or_create_identity(s.data_dir)
+            except IdentityError as exc:
+                raise StartupError(str(exc), EXIT_CONFIG) from None
+            except OSError as exc:
+                raise StartupError(f"--data-dir {s.data_dir}: {os_error_text(exc)}", EXIT_CONFIG) from None
+            st.peer_id = identity.peer_id.to_text()
+        try:
+            self.stun_turn = StunTurnService(stun_turn_config(s))
+        except (ConfigError, ValueError) as exc:
+            raise StartupError(f"STUN/TURN: {exc}", EXIT_CONFIG) from None
+        await _start_service("STUN/TURN", str(s.listen), self.stun_turn.start())
+        stun_turn = self.stun_turn
+        self._started.append(("stun_turn", stun_turn))
+        st.services["stun_turn"] = stun_turn
+        st.service_info["stun_turn"] = lambda: {
+            "addresses": _texts(stun_turn.addresses),
+            "alt_address": s.summary()["alt_address"],
+            "udp": not s.no_udp,
+            "tcp": not s.no_tcp,
+            "tls": s.ssl_context is not None,
+        }
+        bound = stun_turn.addresses
+        st.listen = [str(bound[0] if bound else s.listen)]  # port 0 resolved
+        st.addresses = _texts(stun_turn.addresses)
+
+        if s.keyed_listen is not None:
+            try:
+                self.keyed = KeyedRelayServer(keyed_config(s, identity))
+            except (ConfigError, ValueError) as exc:
+                raise StartupError(f"keyed relay: {exc}", EXIT_CONFIG) from None
+            await _start_service("the keyed relay", str(s.keyed_listen), self.keyed.start())
+            keyed = self.keyed
+            self._started.append(("keyed", keyed))
+            st.services["keyed"] = keyed
+            st.service_info["keyed"] = lambda: {
+                "address": str(keyed.address),
+                "urls": [keyed.url("tcp"), keyed.url("ws")],
+                "tls": s.ssl_context is not None,
+            }
+            st.listen.append(str(keyed.address))
+            st.addresses = _texts([*st.addresses, keyed.address])
+
+        self.admin = AdminServer(create_admin_app(st))
+        try:
+            admin_address = await self.admin.start(s.admin)
+        except OSError as exc:
+            self.admin = None
+            raise StartupError(
+                f"cannot serve the admin API on {s.admin}: {os_error_text(exc)}", EXIT_RUNTIME
+            ) from None
+        st.ready = not self._stop.is_set()
+        log.info(
+            "relay.ready",
+            peer_id=st.peer_id,
+            addresses=st.addresses,
+            admin=str(admin_address),
+            settings=s.summary(),
+            pid=os.getpid(),
+        )
+
+    async def _shutdown(self, *, quiet: bool = False) -> None:
+        self.state.ready = False
+        final: dict[str, Any] = {}
+        for name, service in reversed(self._started):
+            try:
+                final[name] = dict(service.stats())
+                await service.stop()
+            except Exception as exc:
+                log.error("relay.stop_failed", service=name, error=f"{type(exc).__name__}: {exc}")
+        if self.admin is not None:
+            await self.admin.stop()
+        if not quiet:
+            log.info("relay.stopped", stats=final)
+
+
+async def _start_service(what: str, where: str, start: Awaitable[None]) -> None:
+    try:
+        await start
+    except OSError as exc:
+        raise StartupError(f"cannot start {what} on {where}: {os_error_text(exc)}", EXIT_RUNTIME) from None
+    except ConfigError as exc:
+        raise StartupError(f"{what}: {exc}", EXIT_CONFIG) from None
+
+
+def _texts(addresses: Iterable[object]) -> list[str]:
+    """Addresses as text, each once, in order (UDP and TCP on one address are one entry)."""
+    return list(dict.fromkeys(str(a) for a in addresses))
 
 
 if __name__ == "__main__":

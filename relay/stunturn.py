@@ -1,0 +1,530 @@
+"""The asyncio shell of one STUN/TURN relay: sockets, one timer, nothing else.
+
+- UDP: one socket on ``listen``; with ``alt_address`` (RFC 5780) four: primary and alternate IP ×
+  primary port and port + 1. Every one answers STUN Binding (:class:`~coremesh.stun.binding.
+  BindingServer`, each reply leaves from the socket its ``via`` names) and TURN
+  (:class:`~coremesh.turn.server.TurnServer`).
+- TCP on ``listen`` (TLS when ``ssl_context`` is given): STUN messages and ChannelData framed as
+  RFC 8489 §6.2.2 / RFC 8656 §12.5 say (ChannelData padded to four bytes). An allocation made over a
+  connection ends when the connection closes.
+- One UDP socket per allocation, bound on the port the core picked in ``[min_port, max_port]``
+  (the core's :class:`OpenRelay` effect; the bind's outcome goes back through
+  :meth:`TurnServer.confirm_relay` at once, so the client's answer waits for a bound socket).
+
+The TURN core takes POSIX time (``time.time()``) because TURN REST API credentials carry wall-clock
+expiries; the one timer is armed for ``get_timer() - time.time()`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import random
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from coremesh.addr import Address, normalize_socket_address, parse_address
+from coremesh.errors import ConfigError, DecodeError
+from coremesh.stun.binding import BindingServer
+from coremesh.stun.channeldata import frame_length
+from coremesh.stun.message import Method
+from coremesh.turn.allocation import Transport
+from coremesh.turn.policy import PeerPolicy, parse_ip_range
+from coremesh.turn.server import (
+    CloseRelay,
+    Effect,
+    OpenRelay,
+    SendFromRelay,
+    SendToClient,
+    TurnServer,
+    TurnServerConfig,
+    stun_method,
+)
+
+log = logging.getLogger("coremesh.relay.stunturn")
+
+SOFTWARE: Final = "coremesh-relay"
+RECV_SIZE: Final = 65536
+RECV_BATCH: Final = 256
+UDP_BUFFER: Final = 4 * 1024 * 1024
+MAX_TCP_BUFFER: Final = 256 * 1024
+_WILDCARDS: Final = ("0.0.0.0", "::")
+
+
+@dataclass(frozen=True, slots=True)
+class StunTurnConfig:
+    """Everything one relay needs; validated on construction (:class:`ConfigError` names the field).
+
+    ``listen`` is ``HOST:PORT`` (an :class:`Address` or its text); port 0 picks a free port.
+    ``alt_address`` is an IP of the same family (RFC 5780: the relay then also listens on it and on
+    PORT+1). ``users`` maps names to passwords; ``static_auth_secret`` enables TURN REST API
+    credentials. Quotas and ``max_bps`` (bytes per second per allocation): 0 means unlimited.
+    ``ssl_context`` turns the TCP listener into TLS.
+    """
+
+    listen: Address
+    alt_address: str | None = None
+    realm: str = "coremesh"
+    users: Mapping[str, str] = field(default_factory=dict)
+    static_auth_secret: str | None = None
+    allow_loopback_peers: bool = False
+    allowed_peer_ips: tuple[str, ...] = ()
+    denied_peer_ips: tuple[str, ...] = ()
+    min_port: int = 49152
+    max_port: int = 65535
+    user_quota: int = 0
+    total_quota: int = 0
+    max_bps: int = 0
+    no_tcp: bool = False
+    no_udp: bool = False
+    ssl_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        listen: object = self.listen
+        if isinstance(listen, str):
+            object.__setattr__(self, "listen", parse_address(listen))
+        elif not isinstance(listen, Address):
+            raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
+        if self.alt_address is not None:
+            try:
+                alt = ipaddress.ip_address(self.alt_address)
+            except ValueError:
+                raise ConfigError(f"alt_address: {self.alt_address!r} is not an IP address") from None
+            if alt.compressed == self.listen.host:
+                raise ConfigError("alt_address: must differ from the listen address")
+            if (alt.version == 6) != self.listen.is_ipv6:
+                raise ConfigError("alt_address: must be of the same IP family as listen")
+            if self.listen.host in _WILDCARDS:
+                raise ConfigError("alt_address: needs a concrete listen address, not a wildcard")
+            if self.listen.port == 65535:
+                raise ConfigError("alt_address: listen port + 1 must be a port (listen port < 65535)")
+            object.__setattr__(self, "alt_address", alt.compressed)
+        if not self.realm or len(self.realm) > 127:
+            raise ConfigError("realm: must be 1-127 characters")
+        for name, password in self.users.items():
+            if not name or not password:
+                raise ConfigError("users: names and passwords must not be empty")
+        if self.static_auth_secret is not None and not self.static_auth_secret:
+            raise ConfigError("static_auth_secret: must not be empty")
+        for fld in ("min_port", "max_port"):
+            value = getattr(self, fld)
+            if not isinstance(value, int) or not 1 <= value <= 65535:
+                raise ConfigError(f"{fld}: expected 1-65535, got {value!r}")
+        if self.min_port > self.max_port:
+            raise ConfigError(f"min_port: {self.min_port} is above max_port {self.max_port}")
+        for fld in ("user_quota", "total_quota", "max_bps"):
+            value = getattr(self, fld)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{fld}: expected an integer >= 0 (0 = unlimited), got {value!r}")
+        if self.no_tcp and self.no_udp:
+            raise ConfigError("no_tcp/no_udp: at least one of UDP and TCP must stay on")
+        for fld in ("allowed_peer_ips", "denied_peer_ips"):
+            for text in getattr(self, fld):
+                parse_ip_range(text, field=fld)
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise ConfigError("ssl_context: expected an ssl.SSLContext")
+
+
+_DatagramHandler = Callable[["_UdpSocket", bytes, Address], None]
+
+
+class _UdpSocket:
+    """One non-blocking UDP socket read by ``loop.add_reader``."""
+
+    def __init__(self, sock: socket.socket, on_datagram: _DatagramHandler) -> None:
+        self.sock = sock
+        self.address = normalize_socket_address(sock.getsockname())
+        self._on_datagram = on_datagram
+
+    def read(self) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                data, src = self.sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP errors surface here on Linux; nothing to do for UDP
+                continue
+            self._on_datagram(self, data, normalize_socket_address(src))
+
+
+def _bind_udp(address: Address, *, reuse: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address.host == "::" else 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def relay_ip(listen_host: str, version: int) -> str | None:
+    """The IP relayed addresses of that IP version are bound on: the listen IP when it is concrete;
+    for a wildcard listen address, the source address the host would route from (a UDP ``connect``
+    to a documentation address sends nothing); ``None`` when there is none (Allocate then gets 440).
+    """
+    if listen_host not in _WILDCARDS:
+        return listen_host if (":" in listen_host) == (version == 6) else None
+    if listen_host == "0.0.0.0" and version == 6:
+        return None
+    family, probe = (socket.AF_INET, "192.0.2.1") if version == 4 else (socket.AF_INET6, "2001:db8::1")
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            ip = str(s.getsockname()[0])
+    except OSError:
+        return None
+    return None if ip in _WILDCARDS else ip
+
+
+class StunTurnService:
+    """One STUN/TURN relay on the running event loop: ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: StunTurnConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.SystemRandom()
+        self.counters: Counter[str] = Counter()
+        self._udp: dict[Address, _UdpSocket] = {}
+        self._relays: dict[Address, _UdpSocket] = {}
+        self._tcp_servers: list[asyncio.Server] = []
+        self._tcp_conns: dict[tuple[Address, Address, Transport], asyncio.StreamWriter] = {}
+        self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self.turn: TurnServer | None = None
+        self.binding: BindingServer | None = None
+        self._addresses: list[Address] = []
+        # Built now so that a bad config fails before any socket is opened.
+        self._policy = PeerPolicy.build(
+            allow_loopback_peers=config.allow_loopback_peers,
+            allowed_peer_ips=config.allowed_peer_ips,
+            denied_peer_ips=config.denied_peer_ips,
+        )
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The addresses listened on (UDP sockets first, then TCP), once started."""
+        return list(self._addresses)
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("StunTurnService already started")
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        try:
+            primary = self._open_listeners()
+            if not cfg.no_tcp:
+                await self._open_tcp(primary)
+        except BaseException:
+            await self._close_sockets()
+            raise
+        self._started = True
+        other = Address(cfg.alt_address, primary.port + 1) if cfg.alt_address is not None else None
+        self.binding = BindingServer(SOFTWARE, other_address=other, primary_address=primary)
+        host = primary.host
+        concrete = host not in _WILDCARDS
+        own = [host] if concrete else []
+        if cfg.alt_address is not None:
+            own.append(cfg.alt_address)
+        relay_v4, relay_v6 = relay_ip(host, 4), relay_ip(host, 6)
+        own.extend(ip for ip in (relay_v4, relay_v6) if ip is not None)
+        self.turn = TurnServer(
+            TurnServerConfig(
+                realm=cfg.realm,
+                users=dict(cfg.users),
+                static_auth_secret=cfg.static_auth_secret,
+                policy=self._policy.with_own_ips(own),
+                min_port=cfg.min_port,
+                max_port=cfg.max_port,
+                user_quota=cfg.user_quota,
+                total_quota=cfg.total_quota,
+                max_bps=cfg.max_bps,
+                relay_ipv4=relay_v4,
+                relay_ipv6=relay_v6,
+                software=SOFTWARE,
+            ),
+            rng=random.Random(self._rng.getrandbits(64)),
+            secret=self._rng.randbytes(32),
+        )
+        self.turn.server_addresses.update(self._addresses)
+        log.info("STUN/TURN listening on %s", ", ".join(map(str, self._addresses)))
+
+    def _open_listeners(self) -> Address:
+        """Bind the UDP listeners (and pick the port when ``listen`` has port 0)."""
+        cfg = self.config
+        listen = cfg.listen
+        attempts = 20 if listen.port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                return self._try_listeners(listen)
+            except OSError as exc:
+                self._close_udp()
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _try_listeners(self, listen: Address) -> Address:
+        cfg = self.config
+        # Port 0: bind the primary UDP socket (or a probe one) to learn a port, then the others.
+        probe = _bind_udp(listen)
+        port = normalize_socket_address(probe.getsockname()).port
+        primary = Address(listen.host, port)
+        if cfg.no_udp:
+            probe.close()
+            if cfg.no_tcp:  # pragma: no cover - refused by the config
+                raise ConfigError("no_tcp/no_udp: nothing to listen on")
+            return primary
+        self._add_udp(probe)
+        if cfg.alt_address is not None:
+            for addr in (
+                Address(primary.host, port + 1),
+                Address(cfg.alt_address, port),
+                Address(cfg.alt_address, port + 1),
+            ):
+                self._add_udp(_bind_udp(addr))
+        return primary
+
+    def _add_udp(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        us = _UdpSocket(sock, self._on_listener_datagram)
+        self._udp[us.address] = us
+        self._addresses.append(us.address)
+        self._loop.add_reader(sock.fileno(), us.read)
+
+    async def _open_tcp(self, primary: Address) -> None:
+        cfg = self.config
+        transport: Transport = "tls" if cfg.ssl_context is not None else "tcp"
+
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tcp_tasks.add(task)
+            try:
+                await self._serve_tcp(reader, writer, transport)
+            finally:
+                if task is not None:
+                    self._tcp_tasks.discard(task)
+
+        server = await asyncio.start_server(
+            on_conn, primary.host, primary.port, ssl=cfg.ssl_context, reuse_address=True
+        )
+        self._tcp_servers.append(server)
+        for s in server.sockets:
+            self._addresses.append(normalize_socket_address(s.getsockname()))
+
+    async def stop(self) -> None:
+        if self.turn is not None:
+            self._run(self.turn.close_all())
+        await self._close_sockets()
+        self._started = False
+
+    async def _close_sockets(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for server in self._tcp_servers:
+            server.close()
+        for writer in list(self._tcp_conns.values()):
+            writer.close()
+        for task in list(self._tcp_tasks):
+            task.cancel()
+        if self._tcp_tasks:
+            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+        for server in self._tcp_servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._tcp_servers.clear()
+        self._tcp_conns.clear()
+        self._close_udp()
+        for relay in list(self._relays):
+            self._close_relay(relay)
+
+    def _close_udp(self) -> None:
+        for us in self._udp.values():
+            if self._loop is not None:
+                self._loop.remove_reader(us.sock.fileno())
+            us.sock.close()
+        self._udp.clear()
+        self._addresses = [a for a in self._addresses if a in self._udp]
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the admin API and metrics: the TURN core's, Binding's, and the shell's."""
+        out: dict[str, int] = dict(self.counters)
+        if self.turn is not None:
+            out.update(self.turn.stats())
+        if self.binding is not None:
+            for name, value in self.binding.counters.items():
+                out[f"binding_{name}" if not name.startswith("binding") else name] = value
+        out["relay_sockets"] = len(self._relays)
+        out["tcp_connections"] = len(self._tcp_conns)
+        return out
+
+    # ---------------------------------------------------------------------------------- input
+
+    def _on_listener_datagram(self, us: _UdpSocket, data: bytes, src: Address) -> None:
+        self.counters["udp_datagrams_received"] += 1
+        self._dispatch(data, src, us.address, "udp")
+
+    def _dispatch(self, data: bytes, src: Address, local: Address, transport: Transport) -> None:
+        turn, binding = self.turn, self.binding
+        if turn is None or binding is None:
+            return
+        if stun_method(data) == Method.BINDING:
+            for reply in binding.handle(data, src, local, time.time()):
+                if transport == "udp":
+                    self._send_udp(reply.via, reply.data, reply.dst)
+                else:
+                    self._send_tcp((reply.dst, local, transport), reply.data)
+            return
+        self._run(turn.handle_client(data, src, local, transport, time.time()))
+
+    def _on_relay_datagram(self, us: _UdpSocket, data: bytes, src: Address) -> None:
+        if self.turn is not None:
+            self._run(self.turn.handle_peer(data, us.address, src, time.time()))
+
+    async def _serve_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: Transport
+    ) -> None:
+        peer = normalize_socket_address(writer.get_extra_info("peername"))
+        local = normalize_socket_address(writer.get_extra_info("sockname"))
+        key = (peer, local, transport)
+        self._tcp_conns[key] = writer
+        self.counters["tcp_connections_total"] += 1
+        buf = bytearray()
+        try:
+            while True:
+                chunk = await reader.read(RECV_SIZE)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_TCP_BUFFER:
+                    self.counters["tcp_drop_oversize"] += 1
+                    break
+                while (n := frame_length(buf)) is not None and len(buf) >= n:
+                    frame = bytes(buf[:n])
+                    del buf[:n]
+                    self.counters["tcp_frames_received"] += 1
+                    self._dispatch(frame, peer, local, transport)
+        except DecodeError:
+            self.counters["tcp_drop_malformed"] += 1
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("TCP connection from %s ended: %s", peer, exc)
+        finally:
+            self._tcp_conns.pop(key, None)
+            if self.turn is not None:
+                self._run(self.turn.connection_closed(peer, local, transport, time.time()))
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # --------------------------------------------------------------------------------- output
+
+    def _run(self, effects: list[Effect]) -> None:
+        """Carry out effects in order; relay binds are confirmed to the core at once."""
+        turn = self.turn
+        queue = list(effects)
+        i = 0
+        while i < len(queue):
+            e = queue[i]
+            i += 1
+            if isinstance(e, SendToClient):
+                if e.transport == "udp":
+                    self._send_udp(e.local, e.data, e.client)
+                else:
+                    self._send_tcp((e.client, e.local, e.transport), e.data)
+            elif isinstance(e, SendFromRelay):
+                relay = self._relays.get(e.relay)
+                if relay is not None:
+                    self._sendto(relay.sock, e.data, e.peer)
+            elif isinstance(e, OpenRelay):
+                ok = self._open_relay(e.relay)
+                if turn is not None:
+                    queue.extend(turn.confirm_relay(e.relay, ok, time.time()))
+            elif isinstance(e, CloseRelay):
+                self._close_relay(e.relay)
+        self._arm_timer()
+
+    def _open_relay(self, relay: Address) -> bool:
+        assert self._loop is not None
+        try:
+            sock = _bind_udp(relay)
+        except OSError as exc:
+            log.info("cannot bind relay %s: %s", relay, exc.strerror)
+            return False
+        us = _UdpSocket(sock, self._on_relay_datagram)
+        self._relays[relay] = us
+        self._loop.add_reader(sock.fileno(), us.read)
+        return True
+
+    def _close_relay(self, relay: Address) -> None:
+        us = self._relays.pop(relay, None)
+        if us is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(us.sock.fileno())
+        us.sock.close()
+
+    def _send_udp(self, via: Address, data: bytes, dst: Address) -> None:
+        us = self._udp.get(via)
+        if us is None:
+            self.counters["send_no_socket"] += 1
+            return
+        self._sendto(us.sock, data, dst)
+
+    def _sendto(self, sock: socket.socket, data: bytes, dst: Address) -> None:
+        try:
+            sock.sendto(data, dst)
+            self.counters["udp_datagrams_sent"] += 1
+        except (BlockingIOError, InterruptedError):
+            self.counters["send_dropped_full"] += 1
+        except OSError:
+            self.counters["send_errors"] += 1
+
+    def _send_tcp(self, key: tuple[Address, Address, Transport], data: bytes) -> None:
+        writer = self._tcp_conns.get(key)
+        if writer is None or writer.is_closing():
+            self.counters["send_no_connection"] += 1
+            return
+        transport = writer.transport
+        if transport.get_write_buffer_size() > MAX_TCP_BUFFER:
+            self.counters["tcp_send_dropped_full"] += 1  # a slow client loses datagrams, as on UDP
+            return
+        writer.write(data)
+
+    def _arm_timer(self) -> None:
+        turn, loop = self.turn, self._loop
+        if turn is None or loop is None:
+            return
+        at = turn.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = loop.call_later(max(0.0, at - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.turn is not None:
+            self._run(self.turn.handle_timer(time.time()))

@@ -1,0 +1,497 @@
+"""The keyed mesh relay over real sockets on loopback: raw TCP, WebSocket, TLS, limits, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from coremesh.errors import ConnectionFailed
+from coremesh.identity import Identity, PeerId
+from coremesh.keyedrelay import KeyedRelayClient
+from coremesh.keyedrelay.protocol import (
+    MAGIC,
+    Challenge,
+    Close,
+    CloseCode,
+    Error,
+    FrameReader,
+    Recv,
+    Register,
+    Registered,
+    RelayNotRegistered,
+    Send,
+    decode_frame,
+    encode_frame,
+    make_register,
+    tcp_frame,
+)
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+FAST = {"rate_bytes_per_s": 1e9, "rate_packets_per_s": 1e6}
+
+
+def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
+    """Run a test body; any exception the event loop saw (a traceback in a callback) fails it."""
+    errors: list[dict[str, Any]] = []
+
+    async def bounded() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    result = asyncio.run(bounded())
+    assert not errors, errors
+    return result
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.packets: list[tuple[PeerId, bytes]] = []
+        self.states: list[str] = []
+
+    def on_packet(self, src: PeerId, packet: bytes) -> None:
+        self.packets.append((src, packet))
+
+    def on_state(self, state: str) -> None:
+        self.states.append(state)
+
+
+def make_client(
+    url: str, inbox: Inbox, identity: Identity | None = None, **kw: Any
+) -> tuple[KeyedRelayClient, Identity]:
+    identity = identity if identity is not None else Identity.generate()
+    kw.setdefault("backoff_initial", 0.05)
+    kw.setdefault("backoff_max", 0.2)
+    client = KeyedRelayClient(identity, url, on_packet=inbox.on_packet, on_state=inbox.on_state, **kw)
+    return client, identity
+
+
+@asynccontextmanager
+async def relay(**kw: Any) -> AsyncIterator[KeyedRelayServer]:
+    server = KeyedRelayServer(KeyedRelayConfig(**kw))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class RawClient:
+    """A hand-driven raw TCP client, for what a well-behaved client never does."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames = FrameReader()
+        self.pending: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, server: KeyedRelayServer, preamble: bytes = MAGIC) -> RawClient:
+        reader, writer = await asyncio.open_connection(server.address.host, server.address.port)
+        writer.write(preamble)
+        return cls(reader, writer)
+
+    async def next_frame(self, timeout: float = 5.0) -> object | None:
+        """The next frame, or None at EOF."""
+        while not self.pending:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                return None
+            self.pending += self.frames.feed(data)
+        return decode_frame(self.pending.pop(0))
+
+    def send(self, frame: object) -> None:
+        self.writer.write(tcp_frame(encode_frame(frame)))  # type: ignore[arg-type]
+
+    async def register(self, identity: Identity) -> None:
+        challenge = await self.next_frame()
+        assert isinstance(challenge, Challenge)
+        self.send(make_register(identity, challenge.nonce))
+        assert isinstance(await self.next_frame(), Registered)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def self_signed(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server and a client TLS context for a fresh self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "coremesh keyed relay test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_path, key_path)
+    client_ctx = ssl.create_default_context(cafile=str(cert_path))
+    return server_ctx, client_ctx
+
+
+async def exchange(
+    a: KeyedRelayClient,
+    a_inbox: Inbox,
+    a_id: Identity,
+    b: KeyedRelayClient,
+    b_inbox: Inbox,
+    b_id: Identity,
+    count: int,
+) -> None:
+    """``count`` packets each way, of varied sizes; checks they arrive byte-exact and in order."""
+    start_a, start_b = len(a_inbox.packets), len(b_inbox.packets)
+
+    def packet(tag: bytes, i: int) -> bytes:
+        return tag + i.to_bytes(4, "big") + bytes((i * 7 + j) & 0xFF for j in range((i * 37) % 1400))
+
+    for i in range(count):
+        a.send(b_id.peer_id, packet(b"A", i))
+        b.send(a_id.peer_id, packet(b"B", i))
+        if i % 50 == 49:
+            await asyncio.sleep(0)
+
+    def from_(inbox: Inbox, start: int, src: Identity) -> list[tuple[PeerId, bytes]]:
+        return [p for p in inbox.packets[start:] if p[0] == src.peer_id]
+
+    await eventually(
+        lambda: len(from_(a_inbox, start_a, b_id)) >= count and len(from_(b_inbox, start_b, a_id)) >= count,
+        what=f"{count} packets each way",
+    )
+    assert from_(b_inbox, start_b, a_id) == [(a_id.peer_id, packet(b"A", i)) for i in range(count)]
+    assert from_(a_inbox, start_a, b_id) == [(b_id.peer_id, packet(b"B", i)) for i in range(count)]
+
+
+def test_tcp_and_websocket_clients_exchange_1000_packets_each_way() -> None:
+    async def body() -> None:
+        async with relay(**FAST) as server:
+            a_inbox, b_inbox = Inbox(), Inbox()
+            a, a_id = make_client(server.url("tcp"), a_inbox)
+            b, b_id = make_client(server.url("ws"), b_inbox)
+            await a.start()
+            await b.start()
+            assert a.registered and b.registered and a.url.scheme == "tcp" and b.url.scheme == "ws"
+            await exchange(a, a_inbox, a_id, b, b_inbox, b_id, 1000)
+            stats = server.stats()
+            assert stats["frames_forwarded"] == 2000 and stats["sessions_ws_total"] == 1
+            assert stats["sessions_registered"] == 2 and stats["drop_queue_full"] == 0
+            assert a.stats()["packets_received"] == 1000 and b.stats()["packets_sent"] == 1000
+            assert a_inbox.states == ["connecting", "registering", "registered"]
+            await a.stop()
+            await b.stop()
+            assert a_inbox.states[-1] == "stopped"
+            await eventually(lambda: server.stats()["sessions_current"] == 0, what="sessions to end")
+
+    run(body)
+
+
+def test_forged_registration_is_refused_and_counted() -> None:
+    async def body() -> None:
+        async with relay(**FAST) as server:
+            alice_inbox, bob_inbox = Inbox(), Inbox()
+            alice, alice_id = make_client(server.url("tcp"), alice_inbox)
+            bob, bob_id = make_client(server.url("ws"), bob_inbox)
+            await alice.start()
+            await bob.start()
+            mallory = Identity.generate()
+            raw = await RawClient.connect(server)
+            challenge = await raw.next_frame()
+            assert isinstance(challenge, Challenge)
+            signature = make_register(mallory, challenge.nonce).signature
+            raw.send(Register(peer_id=alice_id.peer_id, signature=signature))
+            answer = await raw.next_frame()
+            assert isinstance(answer, Error) and answer.code == CloseCode.AUTH_FAILED
+            assert await raw.next_frame() is None  # closed
+            raw.close()
+            # a REGISTER sent before any challenge: refused too (it signs no nonce of ours)
+            raw2 = await RawClient.connect(server)
+            raw2.send(make_register(alice_id, bytes(32)))
+            assert isinstance(await raw2.next_frame(), Challenge)
+            answer = await raw2.next_frame()
+            assert isinstance(answer, Error) and answer.code == CloseCode.AUTH_FAILED
+            raw2.close()
+            stats = server.stats()
+            assert stats["auth_failures"] == 2 and stats["sessions_registered"] == 2
+            bob.send(alice_id.peer_id, b"still yours")
+            await eventually(lambda: alice_inbox.packets == [(bob_id.peer_id, b"still yours")])
+            await alice.stop()
+            await bob.stop()
+
+    run(body)
+
+
+def test_a_peer_over_its_rate_is_limited_and_the_others_are_not() -> None:
+    async def body() -> None:
+        async with relay(rate_packets_per_s=1000, rate_bytes_per_s=2_000_000, burst=1.0) as server:
+            a_inbox, b_inbox, c_inbox = Inbox(), Inbox(), Inbox()
+            a, a_id = make_client(server.url("tcp"), a_inbox)
+            b, b_id = make_client(server.url("ws"), b_inbox)
+            c, _ = make_client(server.url("tcp"), c_inbox)
+            for client in (a, b, c):
+                await client.start()
+            blast = bytes(1000)
+            for i in range(20_000):  # 20 MB at once: 20 s of c's byte rate
+                c.send(b_id.peer_id, blast)
+                if i % 100 == 99:
+                    await asyncio.sleep(0)
+            await exchange(a, a_inbox, a_id, b, b_inbox, b_id, 300)
+            await eventually(lambda: server.stats()["drop_rate_limited"] > 0, what="rate-limit drops")
+            stats = server.stats()
+            from_c = len(b_inbox.packets) - 300
+            assert stats["drop_rate_limited"] >= 20_000 - 4000 and from_c < 4000
+            assert stats["drop_queue_full"] == 0
+            for client in (a, b, c):
+                await client.stop()
+
+    run(body)
+
+
+def test_a_slow_reader_does_not_grow_the_relay_queue() -> None:
+    async def body() -> None:
+        limit = 256 * 1024
+        async with relay(queue_limit=limit, **FAST) as server:
+            slow_id = Identity.generate()
+            slow = await RawClient.connect(server)
+            await slow.register(slow_id)  # ... and never reads again
+            a_inbox = Inbox()
+            a, _ = make_client(server.url("tcp"), a_inbox, queue_limit=4 << 20)
+            await a.start()
+            packet = bytes(1200)
+            for i in range(40_000):  # 48 MB, more than the kernel buffers hold
+                a.send(slow_id.peer_id, packet)
+                if i % 200 == 199:
+                    await asyncio.sleep(0)
+            await eventually(lambda: server.stats()["drop_queue_full"] > 0, what="queue drops")
+            stats = server.stats()
+            assert stats["queued_bytes"] <= limit
+            assert stats["queue_peak_bytes"] <= limit
+            # the relay still serves others
+            b_inbox = Inbox()
+            b, b_id = make_client(server.url("ws"), b_inbox)
+            await b.start()
+            a.send(b_id.peer_id, b"ok")
+            await eventually(lambda: len(b_inbox.packets) == 1)
+            slow.close()
+            await a.stop()
+            await b.stop()
+
+    run(body)
+
+
+def test_connections_that_do_not_register_are_closed_after_the_timeout() -> None:
+    async def body() -> None:
+        async with relay(register_timeout=0.5) as server:
+            silent = await RawClient.connect(server, preamble=b"")  # not even the preamble
+            lazy = await RawClient.connect(server)  # reads the challenge, never registers
+            assert isinstance(await lazy.next_frame(), Challenge)
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.url("ws"))
+                first = await ws.receive()
+                assert isinstance(decode_frame(first.data), Challenge)
+                t0 = asyncio.get_running_loop().time()
+                closing = await lazy.next_frame()
+                assert closing == Close(code=CloseCode.REGISTER_TIMEOUT, reason="no registration in time")
+                assert await lazy.next_frame() is None
+                assert await silent.next_frame() is None
+                elapsed = asyncio.get_running_loop().time() - t0
+                assert elapsed < 1.5
+                msg = await ws.receive(timeout=2)
+                assert decode_frame(msg.data) == closing
+                msg = await ws.receive(timeout=2)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                await ws.close()
+            stats = server.stats()
+            assert stats["closed_register_timeout"] == 3 and stats["sessions_current"] == 0
+
+    run(body)
+
+
+def test_garbage_is_counted_and_closed_never_a_traceback() -> None:
+    async def body() -> None:
+        async with relay(**FAST) as server:
+            junk = await RawClient.connect(server, preamble=b"\x16\x03\x01\x00garbage")
+            assert await junk.next_frame() is None
+            bad = await RawClient.connect(server)
+            await bad.register(Identity.generate())
+            bad.writer.write(b"\x05" + b"\xee" * 5)  # a 5-byte frame of an unknown type
+            closing = await bad.next_frame()
+            assert isinstance(closing, Close) and closing.code == CloseCode.PROTOCOL_ERROR
+            huge = await RawClient.connect(server)
+            await huge.register(Identity.generate())
+            huge.writer.write(b"\xbf\xff\xff\xff")  # a 1 GB frame length
+            closing = await huge.next_frame()
+            assert isinstance(closing, Close) and "outside" in closing.reason
+            early = await RawClient.connect(server)
+            assert isinstance(await early.next_frame(), Challenge)
+            early.send(Send(dst=Identity.generate().peer_id, packet=b"x"))
+            closing = await early.next_frame()
+            assert closing == Close(code=CloseCode.PROTOCOL_ERROR, reason="SEND not allowed before REGISTER")
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.url("ws"))
+                await ws.receive()
+                await ws.send_str("hello?")
+                msg = await ws.receive(timeout=2)
+                closing = decode_frame(msg.data)
+                assert isinstance(closing, Close) and "text WebSocket message" in closing.reason
+                await ws.close()
+                async with http.get(f"http://{server.address.host}:{server.address.port}/") as resp:
+                    assert resp.status == 404
+            stats = server.stats()
+            assert stats["drop_bad_preamble"] == 1 and stats["drop_malformed"] == 3
+            assert stats["drop_protocol_error"] == 1
+            for raw in (junk, bad, huge, early):
+                raw.close()
+
+    run(body)
+
+
+def test_a_second_registration_replaces_the_first_and_the_first_backs_off() -> None:
+    async def body() -> None:
+        async with relay(**FAST) as server:
+            identity = Identity.generate()
+            first_inbox, second_inbox, peer_inbox = Inbox(), Inbox(), Inbox()
+            first, _ = make_client(server.url("tcp"), first_inbox, identity, backoff_max=30.0)
+            second, _ = make_client(server.url("ws"), second_inbox, identity)
+            peer, _ = make_client(server.url("tcp"), peer_inbox)
+            await first.start()
+            await peer.start()
+            await second.start()
+            await eventually(lambda: first.last_close is not None, what="the first session to end")
+            assert first.last_close == (CloseCode.REPLACED, "replaced by a newer registration")
+            assert not first.registered and second.registered
+            peer.send(identity.peer_id, b"to the newest")
+            await eventually(lambda: len(second_inbox.packets) == 1)
+            assert first_inbox.packets == [] and server.stats()["sessions_replaced"] == 1
+            for client in (first, second, peer):
+                await client.stop()
+
+    run(body)
+
+
+def test_clients_see_the_relay_stop_and_come_back_when_it_returns() -> None:
+    async def body() -> None:
+        server = KeyedRelayServer(KeyedRelayConfig(**FAST))
+        await server.start()
+        port = server.address.port
+        a_inbox, b_inbox = Inbox(), Inbox()
+        a, a_id = make_client(server.url("tcp"), a_inbox)
+        b, b_id = make_client(server.url("ws"), b_inbox)
+        await a.start()
+        await b.start()
+        await exchange(a, a_inbox, a_id, b, b_inbox, b_id, 10)
+        await server.stop()
+        await eventually(lambda: not a.registered and not b.registered, what="clients to notice")
+        assert a.last_close == (CloseCode.SHUTDOWN, "relay shutting down")
+        assert b.last_close == (CloseCode.SHUTDOWN, "relay shutting down")
+        assert "disconnected" in a_inbox.states and "disconnected" in b_inbox.states
+        await asyncio.sleep(0.5)  # they retry against nothing for a while
+        server2 = KeyedRelayServer(KeyedRelayConfig(listen=f"127.0.0.1:{port}", **FAST))
+        await server2.start()
+        try:
+            await a.wait_registered(10)
+            await b.wait_registered(10)
+            await exchange(a, a_inbox, a_id, b, b_inbox, b_id, 100)
+            assert a.stats()["registrations"] == 2 and b.stats()["registrations"] == 2
+        finally:
+            await a.stop()
+            await b.stop()
+            await server2.stop()
+
+    run(body)
+
+
+def test_tls_and_secure_websocket(tmp_path: Path) -> None:
+    server_ctx, client_ctx = self_signed(tmp_path)
+
+    async def body() -> None:
+        async with relay(ssl_context=server_ctx, **FAST) as server:
+            assert server.url("tcp").startswith("tls://") and server.url("ws").startswith("wss://")
+            a_inbox, b_inbox = Inbox(), Inbox()
+            a, a_id = make_client(server.url("tcp"), a_inbox, ssl_context=client_ctx)
+            b, b_id = make_client(server.url("ws"), b_inbox, ssl_context=client_ctx)
+            await a.start()
+            await b.start()
+            await exchange(a, a_inbox, a_id, b, b_inbox, b_id, 300)
+            # a client that does not trust the certificate never registers
+            c, _ = make_client(server.url("tcp"), Inbox())
+            with pytest.raises(ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                await c.start(timeout=1.0)
+            # plain TCP against the TLS listener is not a session either
+            raw = await RawClient.connect(server, preamble=MAGIC + bytes(60))
+            with contextlib.suppress(ConnectionResetError):
+                assert await raw.next_frame() is None
+            raw.close()
+            await a.stop()
+            await b.stop()
+            assert server.stats()["registrations_total"] == 2
+
+    run(body)
+
+
+def test_a_client_started_against_nothing_fails_clearly() -> None:
+    async def body() -> None:
+        async with relay() as server:
+            url = server.url("tcp")
+        c, _ = make_client(url, Inbox())
+        with pytest.raises(ConnectionFailed, match=r"could not register at relay tcp://127\.0\.0\.1") as info:
+            await c.start(timeout=0.5)
+        assert "ConnectionRefusedError" in str(info.value)
+        with pytest.raises(RelayNotRegistered, match="not connected to relay"):
+            c.send(Identity.generate().peer_id, b"x")
+
+    run(body)
+
+
+def test_recv_frames_carry_the_source() -> None:
+    async def body() -> None:
+        async with relay(**FAST) as server:
+            a, b = await RawClient.connect(server), await RawClient.connect(server)
+            a_id, b_id = Identity.generate(), Identity.generate()
+            await a.register(a_id)
+            await b.register(b_id)
+            a.send(Send(dst=b_id.peer_id, packet=b"\xe4opaque"))
+            assert await b.next_frame() == Recv(src=a_id.peer_id, packet=b"\xe4opaque")
+            a.close()
+            b.close()
+
+    run(body)

@@ -1,0 +1,481 @@
+"""The relay core and the client session, sans-IO, with time advanced by hand."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from coremesh.identity import Identity
+from coremesh.keyedrelay.protocol import (
+    MIN_FRAME,
+    Action,
+    Challenge,
+    ClientSession,
+    ClientState,
+    Close,
+    CloseCode,
+    Disconnect,
+    Error,
+    PacketReceived,
+    PacketTooLarge,
+    PeerUnknown,
+    PeerUnknownEvent,
+    Ping,
+    Pong,
+    Recv,
+    Register,
+    Registered,
+    RegisteredEvent,
+    RelayCore,
+    RelayLimits,
+    RelayNotRegistered,
+    Send,
+    SessionEnded,
+    SessionState,
+    TokenBucket,
+    Transmit,
+    decode_frame,
+    encode_frame,
+    make_register,
+)
+
+ALICE = Identity(b"a" * 32)
+BOB = Identity(b"b" * 32)
+MALLORY = Identity(b"m" * 32)
+
+
+def counting_bytes() -> Callable[[int], bytes]:
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+def make_core(**limits: float) -> RelayCore:
+    return RelayCore(RelayLimits(**limits), random_bytes=counting_bytes())  # type: ignore[arg-type]
+
+
+def decoded(actions: list[Action]) -> list[tuple[int, object]]:
+    out: list[tuple[int, object]] = []
+    for a in actions:
+        if isinstance(a, Disconnect):
+            out.append((a.conn, a))
+        else:
+            out.append((a.conn, decode_frame(a.frame)))
+    return out
+
+
+def open_(core: RelayCore, now: float = 0.0) -> tuple[int, bytes]:
+    conn = core.open_session(now)
+    [(c, challenge)] = decoded(core.drain())
+    assert c == conn and isinstance(challenge, Challenge)
+    return conn, challenge.nonce
+
+
+def register(core: RelayCore, identity: Identity, now: float = 0.0) -> int:
+    conn, nonce = open_(core, now)
+    core.receive_frame(conn, encode_frame(make_register(identity, nonce)), now)
+    assert decoded(core.drain()) == [(conn, Registered(max_packet=core.limits.max_packet))]
+    assert core.session_state(conn) is SessionState.REGISTERED
+    return conn
+
+
+def closed_with(actions: list[Action], conn: int, code: int) -> str:
+    """Assert the actions are CLOSE/ERROR(code) then Disconnect(code) for conn; return the reason."""
+    frames = decoded(actions)
+    assert len(frames) == 2, frames
+    (c1, frame), (c2, disc) = frames
+    assert c1 == c2 == conn
+    assert isinstance(frame, Close | Error) and frame.code == code
+    assert isinstance(disc, Disconnect) and disc.code == code
+    return frame.reason
+
+
+# --- token bucket ---
+
+
+def test_token_bucket_is_exact_with_a_hand_clock() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
+    assert [bucket.consume(1, 0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert not bucket.consume(1, 0.05)  # half a token
+    assert bucket.consume(1, 0.1) and not bucket.consume(1, 0.1)
+    assert bucket.tokens(10.0) == 5.0  # capped at capacity
+    assert not bucket.consume(6, 10.0)  # more than capacity never passes, and takes nothing
+    assert bucket.consume(5, 10.0) and bucket.tokens(10.0) == 0.0
+    assert bucket.tokens(9.0) == 0.0  # time going backwards adds nothing
+    assert bucket.consume(2.5, 10.25)
+
+
+def test_token_bucket_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1, 0.0)
+    with pytest.raises(ValueError):
+        TokenBucket(1, 0, 0.0)
+
+
+# --- registration ---
+
+
+def test_good_signature_is_accepted() -> None:
+    core = make_core()
+    conn = register(core, ALICE)
+    assert core.peer_of(conn) == ALICE.peer_id and core.conn_of(ALICE.peer_id) == conn
+    assert core.stats()["registrations_total"] == 1 and core.sessions_registered == 1
+
+
+def test_challenge_nonces_are_fresh_and_injected() -> None:
+    core = make_core()
+    _, n1 = open_(core)
+    _, n2 = open_(core)
+    assert n1 != n2 and n1 == (1).to_bytes(32, "big")
+
+
+def test_wrong_signature_is_refused_and_counted() -> None:
+    core = make_core()
+    conn, nonce = open_(core)
+    forged = Register(peer_id=ALICE.peer_id, signature=make_register(MALLORY, nonce).signature)
+    core.receive_frame(conn, encode_frame(forged), 0.0)
+    assert "does not verify" in closed_with(core.drain(), conn, CloseCode.AUTH_FAILED)
+    assert core.stats()["auth_failures"] == 1 and core.conn_of(ALICE.peer_id) is None
+    assert core.session_state(conn) is SessionState.CLOSED
+
+
+def test_signature_over_another_nonce_is_refused() -> None:
+    core = make_core()
+    conn, _ = open_(core)
+    stale = make_register(ALICE, bytes(32))
+    core.receive_frame(conn, encode_frame(stale), 0.0)
+    closed_with(core.drain(), conn, CloseCode.AUTH_FAILED)
+    assert core.stats()["auth_failures"] == 1
+
+
+def test_register_replayed_on_a_new_connection_is_refused() -> None:
+    core = make_core()
+    conn, nonce = open_(core)
+    captured = encode_frame(make_register(ALICE, nonce))
+    core.receive_frame(conn, captured, 0.0)
+    core.drain()
+    conn2, _ = open_(core)
+    core.receive_frame(conn2, captured, 0.0)
+    closed_with(core.drain(), conn2, CloseCode.AUTH_FAILED)
+    assert core.conn_of(ALICE.peer_id) == conn  # the real session is untouched
+
+
+def test_second_register_on_the_same_session_is_a_protocol_error() -> None:
+    core = make_core()
+    conn, nonce = open_(core)
+    frame = encode_frame(make_register(ALICE, nonce))
+    core.receive_frame(conn, frame, 0.0)
+    core.drain()
+    core.receive_frame(conn, frame, 0.0)
+    reason = closed_with(core.drain(), conn, CloseCode.PROTOCOL_ERROR)
+    assert reason == "REGISTER not allowed after REGISTERED"
+    assert core.stats()["drop_protocol_error"] == 1 and core.conn_of(ALICE.peer_id) is None
+
+
+def test_send_before_register_is_refused() -> None:
+    core = make_core()
+    register(core, BOB)
+    conn, _ = open_(core)
+    core.receive_frame(conn, encode_frame(Send(dst=BOB.peer_id, packet=b"sneaky")), 0.0)
+    assert closed_with(core.drain(), conn, CloseCode.PROTOCOL_ERROR) == "SEND not allowed before REGISTER"
+    assert core.stats()["frames_forwarded"] == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Challenge(nonce=bytes(32)),
+        Registered(max_packet=100),
+        Recv(src=BOB.peer_id, packet=b"x"),
+        PeerUnknown(dst=BOB.peer_id),
+        Error(code=1),
+    ],
+)
+def test_relay_only_frames_from_a_client_close_the_session(frame: object) -> None:
+    core = make_core()
+    conn = register(core, ALICE)
+    core.receive_frame(conn, encode_frame(frame), 0.0)  # type: ignore[arg-type]
+    closed_with(core.drain(), conn, CloseCode.PROTOCOL_ERROR)
+
+
+def test_malformed_frames_are_counted_and_close_only_that_session() -> None:
+    core = make_core()
+    bob = register(core, BOB)
+    for bad in (b"", b"\x00", b"\x05" + bytes(10), b"\x02\x01", b"\xee" * 50):
+        conn = register(core, ALICE)
+        core.receive_frame(conn, bad, 0.0)
+        assert closed_with(core.drain(), conn, CloseCode.PROTOCOL_ERROR).startswith("malformed frame")
+    assert core.stats()["drop_malformed"] == 5
+    assert core.session_state(bob) is SessionState.REGISTERED
+
+
+def test_a_second_registration_replaces_the_first() -> None:
+    core = make_core()
+    old = register(core, ALICE)
+    new, nonce = open_(core)
+    core.receive_frame(new, encode_frame(make_register(ALICE, nonce)), 0.0)
+    core.drain()
+    assert core.session_state(old) is SessionState.CLOSED
+    assert core.conn_of(ALICE.peer_id) == new
+    assert core.stats()["sessions_replaced"] == 1 and core.sessions_current == 1
+
+
+def test_replacement_notifies_the_old_session() -> None:
+    core = make_core()
+    old = register(core, ALICE)
+    conn, nonce = open_(core)
+    core.receive_frame(conn, encode_frame(make_register(ALICE, nonce)), 0.0)
+    frames = decoded(core.drain())
+    assert frames[0] == (old, Close(code=CloseCode.REPLACED, reason="replaced by a newer registration"))
+    assert frames[1] == (old, Disconnect(old, CloseCode.REPLACED, "replaced by a newer registration"))
+    assert frames[2] == (conn, Registered(max_packet=core.limits.max_packet))
+    core.connection_lost(old)  # the old transport going away later must not unregister the new one
+    assert core.conn_of(ALICE.peer_id) == conn
+
+
+# --- forwarding and limits ---
+
+
+def test_forwarding_rewrites_send_into_recv_from_the_authenticated_source() -> None:
+    core = make_core()
+    a, b = register(core, ALICE), register(core, BOB)
+    core.receive_frame(a, encode_frame(Send(dst=BOB.peer_id, packet=b"ciphertext")), 0.0)
+    assert decoded(core.drain()) == [(b, Recv(src=ALICE.peer_id, packet=b"ciphertext"))]
+    stats = core.stats()
+    assert stats["frames_forwarded"] == 1 and stats["bytes_forwarded"] == 10
+
+
+def test_unknown_destination_is_counted_and_reported_at_a_limited_rate() -> None:
+    core = make_core()
+    a = register(core, ALICE)
+    send = encode_frame(Send(dst=MALLORY.peer_id, packet=b"x"))
+    for _ in range(10):
+        core.receive_frame(a, send, 0.0)
+    notices = decoded(core.drain())
+    assert notices == [(a, PeerUnknown(dst=MALLORY.peer_id))] * 4  # the burst
+    core.receive_frame(a, send, 0.5)  # one more after half a second at 2/s
+    assert decoded(core.drain()) == [(a, PeerUnknown(dst=MALLORY.peer_id))]
+    assert core.stats()["drop_peer_unknown"] == 11 and core.stats()["peer_unknown_sent"] == 5
+
+
+def test_packet_rate_limit_per_peer() -> None:
+    core = make_core(rate_packets_per_s=10, burst=0.5)  # 5 packets banked
+    a, b = register(core, ALICE), register(core, BOB)
+    send = encode_frame(Send(dst=BOB.peer_id, packet=b"x"))
+    for _ in range(8):
+        core.receive_frame(a, send, 1.0)
+    assert len(core.drain()) == 5
+    core.receive_frame(a, send, 1.1)
+    assert len(core.drain()) == 1
+    back = encode_frame(Send(dst=ALICE.peer_id, packet=b"y"))
+    core.receive_frame(b, back, 1.1)  # Bob has his own bucket
+    assert len(core.drain()) == 1
+    assert core.stats()["drop_rate_limited"] == 3
+
+
+def test_byte_rate_limit_per_peer_banks_at_least_one_max_packet() -> None:
+    core = make_core(rate_bytes_per_s=1000, burst=1.0, max_frame=MIN_FRAME)  # max packet 1280 > 1000
+    a, _ = register(core, ALICE), register(core, BOB)
+    big = encode_frame(Send(dst=BOB.peer_id, packet=bytes(1280)))
+    core.receive_frame(a, big, 0.0)
+    assert len(core.drain()) == 1
+    core.receive_frame(a, big, 1.0)  # 1000 tokens back: not enough
+    assert core.drain() == []
+    core.receive_frame(a, big, 1.28)
+    assert len(core.drain()) == 1
+    assert core.stats()["drop_rate_limited"] == 1
+
+
+def test_packet_larger_than_max_frame_closes_the_session() -> None:
+    core = make_core(max_frame=MIN_FRAME)
+    a, _ = register(core, ALICE), register(core, BOB)
+    core.receive_frame(a, encode_frame(Send(dst=BOB.peer_id, packet=bytes(1281))), 0.0)
+    closed_with(core.drain(), a, CloseCode.PROTOCOL_ERROR)
+
+
+def test_max_sessions() -> None:
+    core = make_core(max_sessions=2)
+    open_(core)
+    open_(core)
+    conn = core.open_session(0.0)
+    closed_with(core.drain(), conn, CloseCode.SERVER_FULL)
+    assert core.stats()["drop_server_full"] == 1 and core.sessions_current == 2
+
+
+def test_ping_is_answered_before_and_after_registration() -> None:
+    core = make_core()
+    conn, _ = open_(core)
+    core.receive_frame(conn, encode_frame(Ping(data=b"12345678")), 0.0)
+    assert decoded(core.drain()) == [(conn, Pong(data=b"12345678"))]
+
+
+def test_client_close_ends_the_session_quietly() -> None:
+    core = make_core()
+    a = register(core, ALICE)
+    core.receive_frame(a, encode_frame(Close(code=0, reason="bye")), 0.0)
+    assert core.drain() == [] and core.conn_of(ALICE.peer_id) is None
+
+
+# --- timers ---
+
+
+def test_registration_timeout() -> None:
+    core = make_core(register_timeout=5.0)
+    conn, _ = open_(core, now=100.0)
+    assert core.get_timer() == 105.0
+    core.handle_timer(104.9)
+    assert core.drain() == []
+    core.handle_timer(105.0)
+    closed_with(core.drain(), conn, CloseCode.REGISTER_TIMEOUT)
+    assert core.stats()["closed_register_timeout"] == 1 and core.get_timer() is None
+
+
+def test_idle_session_is_pinged_then_closed() -> None:
+    core = make_core(idle_timeout=10.0)
+    conn = register(core, ALICE, now=0.0)
+    assert core.get_timer() == 5.0
+    core.receive_frame(conn, encode_frame(Pong()), 3.0)  # traffic moves the deadline
+    core.handle_timer(5.0)
+    assert core.drain() == [] and core.get_timer() == 8.0
+    core.handle_timer(8.0)
+    [(c, ping)] = decoded(core.drain())
+    assert c == conn and isinstance(ping, Ping)
+    assert core.get_timer() == 13.0
+    core.handle_timer(13.0)
+    closed_with(core.drain(), conn, CloseCode.IDLE_TIMEOUT)
+    assert core.stats()["closed_idle_timeout"] == 1
+
+
+def test_answered_ping_keeps_the_session() -> None:
+    core = make_core(idle_timeout=10.0)
+    conn = register(core, ALICE)
+    core.handle_timer(5.0)
+    [(_, ping)] = decoded(core.drain())
+    assert isinstance(ping, Ping)
+    core.receive_frame(conn, encode_frame(Pong(data=ping.data)), 5.1)
+    core.handle_timer(10.0)
+    assert core.drain() == [] and core.get_timer() == 10.1
+    core.handle_timer(12.0)  # quiet again: another PING, not a close
+    [(_, ping2)] = decoded(core.drain())
+    assert isinstance(ping2, Ping) and core.session_state(conn) is SessionState.REGISTERED
+
+
+def test_close_all_says_shutdown_to_everyone() -> None:
+    core = make_core()
+    a, b, pending = register(core, ALICE), register(core, BOB), core.open_session(0.0)
+    core.drain()
+    core.close_all(CloseCode.SHUTDOWN, "bye")
+    closes = [c for c, f in decoded(core.drain()) if isinstance(f, Close) and f.code == CloseCode.SHUTDOWN]
+    assert sorted(closes) == sorted([a, b, pending]) and core.sessions_current == 0
+
+
+def test_limits_are_validated_with_clear_messages() -> None:
+    with pytest.raises(ValueError, match="rate_bytes_per_s must be a positive number"):
+        RelayLimits(rate_bytes_per_s=0)
+    with pytest.raises(ValueError, match="max_frame must be an integer in"):
+        RelayLimits(max_frame=100)
+    with pytest.raises(ValueError, match="max_sessions"):
+        RelayLimits(max_sessions=0)
+
+
+# --- the client session, alone and paired with a core ---
+
+
+def client(now: float = 0.0, **kw: float) -> ClientSession:
+    return ClientSession(ALICE, now=now, random_bytes=counting_bytes(), **kw)  # type: ignore[arg-type]
+
+
+def test_client_answers_the_challenge_and_registers() -> None:
+    c = client()
+    relay = BOB.peer_id
+    c.receive_frame(encode_frame(Challenge(nonce=b"n" * 32, relay_id=relay)), 0.0)
+    [reg] = c.frames_to_send()
+    assert decode_frame(reg) == make_register(ALICE, b"n" * 32)
+    assert c.state is ClientState.AWAIT_REGISTERED and not c.registered
+    with pytest.raises(RelayNotRegistered):
+        c.encode_send(BOB.peer_id, b"x")
+    c.receive_frame(encode_frame(Registered(max_packet=1500)), 0.0)
+    assert c.next_event() == RegisteredEvent(1500, relay) and c.registered
+    assert c.encode_send(BOB.peer_id, b"x") == encode_frame(Send(dst=BOB.peer_id, packet=b"x"))
+    with pytest.raises(PacketTooLarge):
+        c.encode_send(BOB.peer_id, bytes(1501))
+    c.receive_frame(encode_frame(Recv(src=BOB.peer_id, packet=b"hi")), 0.1)
+    c.receive_frame(encode_frame(PeerUnknown(dst=MALLORY.peer_id)), 0.1)
+    assert c.next_event() == PacketReceived(BOB.peer_id, b"hi")
+    assert c.next_event() == PeerUnknownEvent(MALLORY.peer_id)
+
+
+def test_client_refuses_another_version_and_an_unexpected_relay() -> None:
+    c = client()
+    c.receive_frame(encode_frame(Challenge(nonce=bytes(32), version=2)), 0.0)
+    assert c.next_event() == SessionEnded(
+        CloseCode.UNSUPPORTED_VERSION, "relay speaks version 2, we speak 1", False
+    )
+    c2 = ClientSession(ALICE, now=0.0, expected_relay=BOB.peer_id)
+    c2.receive_frame(encode_frame(Challenge(nonce=bytes(32), relay_id=MALLORY.peer_id)), 0.0)
+    ended = c2.next_event()
+    assert isinstance(ended, SessionEnded) and ended.code == CloseCode.AUTH_FAILED
+
+
+def test_client_reports_relay_error_and_protocol_violations() -> None:
+    c = client()
+    c.receive_frame(encode_frame(Error(code=CloseCode.SERVER_FULL, reason="relay full")), 0.0)
+    assert c.next_event() == SessionEnded(CloseCode.SERVER_FULL, "relay full", True)
+    c = client()
+    c.receive_frame(encode_frame(Recv(src=BOB.peer_id, packet=b"early")), 0.0)
+    ended = c.next_event()
+    assert isinstance(ended, SessionEnded) and ended.code == CloseCode.PROTOCOL_ERROR and not ended.by_relay
+    assert decode_frame(c.frames_to_send()[0]) == Close(code=CloseCode.PROTOCOL_ERROR, reason=ended.reason)
+    c = client()
+    c.receive_frame(b"\x77garbage", 0.0)
+    assert isinstance(c.next_event(), SessionEnded) and c.state is ClientState.CLOSED
+
+
+def test_client_timers() -> None:
+    c = client(now=0.0, register_timeout=5.0, keepalive_interval=10.0)
+    assert c.get_timer() == 5.0
+    c.handle_timer(5.0)
+    assert c.next_event() == SessionEnded(CloseCode.REGISTER_TIMEOUT, "registration timed out", False)
+    c = client(now=0.0, keepalive_interval=10.0)
+    c.receive_frame(encode_frame(Challenge(nonce=bytes(32))), 0.0)
+    c.receive_frame(encode_frame(Registered(max_packet=100)), 1.0)
+    c.frames_to_send()
+    c.next_event()
+    assert c.get_timer() == 11.0
+    c.handle_timer(11.0)
+    [ping] = c.frames_to_send()
+    assert isinstance(decode_frame(ping), Ping) and c.get_timer() == 31.0
+    c.receive_frame(encode_frame(Ping(data=b"abcdefgh")), 20.0)
+    assert c.frames_to_send() == [encode_frame(Pong(data=b"abcdefgh"))]
+    c.handle_timer(50.0)
+    assert c.next_event() == SessionEnded(CloseCode.IDLE_TIMEOUT, "relay idle timeout", False)
+
+
+def test_client_and_core_in_memory_exchange_packets() -> None:
+    core = make_core()
+    clients: dict[int, ClientSession] = {}
+    for identity in (ALICE, BOB):
+        conn = core.open_session(0.0)
+        clients[conn] = ClientSession(identity, now=0.0)
+    a, b = clients
+    moved = True
+    while moved:
+        moved = False
+        for action in core.drain():
+            moved = True
+            if isinstance(action, Transmit):
+                clients[action.conn].receive_frame(action.frame, 0.0)
+        for conn, c in clients.items():
+            for frame in c.frames_to_send():
+                moved = True
+                core.receive_frame(conn, frame, 0.0)
+    assert clients[a].registered and clients[b].registered
+    for i in range(100):
+        core.receive_frame(a, clients[a].encode_send(BOB.peer_id, b"%d" % i), 0.0)
+    for action in core.drain():
+        assert isinstance(action, Transmit)
+        clients[action.conn].receive_frame(action.frame, 0.0)
+    events = [clients[b].next_event() for _ in range(101)]
+    assert isinstance(events[0], RegisteredEvent)
+    assert events[1:] == [PacketReceived(ALICE.peer_id, b"%d" % i) for i in range(100)]
