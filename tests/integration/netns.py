@@ -102,8 +102,9 @@ class Namespace:
                 last = str(exc)
             for proc in self.processes:
                 if proc.poll() is not None and proc.returncode not in (0, None):
+                    command = proc.args[4:]  # type: ignore[index]
                     raise RuntimeError(
-                        f"{proc.args[4:]} in {self.name} exited with {proc.returncode}:\n{self.log_tail(proc)}"
+                        f"{command} in {self.name} exited with {proc.returncode}:\n{self.log_tail(proc)}"
                     )
             time.sleep(0.1)
         raise RuntimeError(f"{address}{path} not ready within {timeout}s: {last}")
