@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Final, NoReturn
 from urllib.parse import urlencode
@@ -40,6 +41,16 @@ HTTP_TIMEOUT: Final = 10.0
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
+
+# The ranges the admin API accepts (node/admin.py imports these), checked here too so that a value the
+# node would refuse is a usage error (exit 2) before any request. (low, high), inclusive.
+CONNECT_TIMEOUT_RANGE: Final = (0.1, 300.0)  # seconds
+SEND_TIMEOUT_RANGE: Final = (0.1, 300.0)
+PING_COUNT_RANGE: Final = (1, 1000)
+PING_TIMEOUT_RANGE: Final = (0.01, 60.0)  # per ping
+PING_INTERVAL_RANGE: Final = (0.0, 10.0)
+RECV_TIMEOUT_RANGE: Final = (0.0, 300.0)
+MAX_RECV_COUNT: Final = 1_000_000
 
 JsonObject = dict[str, Any]
 
@@ -133,6 +144,13 @@ def _ms(value: object) -> str:
     return f"{float(value):.3f} ms" if isinstance(value, int | float) else "-"
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def format_status(st: JsonObject) -> str:
     lines = [
         f"peer_id      {st.get('peer_id')}",
@@ -146,7 +164,10 @@ def format_status(st: JsonObject) -> str:
     ]
     inbox = st.get("inbox")
     if isinstance(inbox, dict):
-        lines.append(f"inbox        {inbox.get('queued', 0)} queued, {inbox.get('dropped', 0)} dropped")
+        text = f"{inbox.get('queued', 0)} queued"
+        if isinstance(inbox.get("bytes"), int) and isinstance(inbox.get("max_bytes"), int):
+            text += f" ({_size(inbox['bytes'])} of {_size(inbox['max_bytes'])})"
+        lines.append(f"inbox        {text}, {inbox.get('dropped', 0)} dropped")
     return "\n".join(lines)
 
 
@@ -193,10 +214,58 @@ def format_send(data: JsonObject) -> str:
     return f"sent {data.get('bytes')} bytes to {data.get('peer_id')}"
 
 
+_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Escaped: controls (C0, DEL, C1: ESC, CSI, ...), format characters (bidi overrides, ...), surrogates,
+# unassigned code points, line and paragraph separators. Zero-width (non-)joiners stay: emoji use them.
+_UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+_KEPT: Final = frozenset({"\u200c", "\u200d"})
+
+
+def escape_text(value: object) -> str:
+    """``value`` as one line that is safe to print on a terminal: a backslash, newline, ESC or other
+    control or format character becomes an escape as in a Python string literal (``\\\\``, ``\\n``,
+    ``\\x1b``, ``\\u202e``); other text is kept as is."""
+    out: list[str] = []
+    for ch in str(value):
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch not in _KEPT and unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            code = ord(ch)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def json_line(data: JsonObject) -> str:
+    """``data`` as one line of JSON, UTF-8 kept readable, but with the characters :func:`escape_text`
+    escapes written as ``\\uXXXX`` (json.dumps leaves C1 controls, bidi overrides and U+2028 raw):
+    the decoded value is exactly the same, and the line stays one line and safe on a terminal."""
+    out: list[str] = []
+    for ch in json.dumps(data, ensure_ascii=False):
+        if ch not in _KEPT and unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            code = ord(ch)
+            if code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:  # a UTF-16 surrogate pair, as JSON spells astral code points
+                code -= 0x10000
+                out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def format_message(msg: JsonObject) -> str:
+    """One line per message; the peer-controlled payload is escaped (see :func:`escape_text`)."""
+    sender, data = escape_text(msg.get("from")), escape_text(msg.get("data"))
     if msg.get("encoding") == "base64":
-        return f"{msg.get('from')} (base64): {msg.get('data')}"
-    return f"{msg.get('from')}: {msg.get('data')}"
+        return f"{sender} (base64): {data}"
+    return f"{sender}: {data}"
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -208,7 +277,7 @@ class Output:
         self.as_json = as_json
 
     def emit(self, data: JsonObject, human: Callable[[JsonObject], str]) -> None:
-        text = json.dumps(data, ensure_ascii=False) if self.as_json else human(data)
+        text = json_line(data) if self.as_json else human(data)
         self.stream.write(text + "\n")
         self.stream.flush()
 
@@ -282,34 +351,72 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {where}{message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
+def _whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
-def _count_or_zero(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: seconds from ``low`` to ``high`` (NaN and infinities are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low:g} to {high:g} seconds, got {text}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, got {text}")
-    return value
+def _span(limits: tuple[float, float]) -> str:
+    return f"{limits[0]:g} to {limits[1]:g}"
+
+
+_SEND_OPTIONS: Final = frozenset({"-h", "--help", "--json", "--base64"})
+
+
+def protect_send_text(argv: Sequence[str]) -> list[str]:
+    """``send PEERID -hello``: make a TEXT (or PEERID) that starts with ``-`` a positional argument.
+
+    argparse would take ``-hello`` for options (``-h`` with ``ello``). Within ``send``, every argument
+    that is not one of send's own options (``-h``, ``--help``, ``--json``, ``--base64``) is moved after
+    a ``--``; an explicit ``--`` keeps working. So a TEXT that is exactly one of those options still
+    needs ``--`` before it: ``coremesh send PEERID -- --json``.
+    """
+    args = list(argv)
+    i = 0
+    while i < len(args):  # skip the global options to find the command
+        token = args[i]
+        if token == "--" or not token.startswith("-") or token == "-":
+            break
+        name, has_value, _ = token.partition("=")
+        if not has_value and len(name) > 2 and "--admin".startswith(name):
+            i += 1  # --admin's value
+        i += 1
+    if i >= len(args) or args[i] != "send":
+        return args
+    options: list[str] = []
+    positionals: list[str] = []
+    rest = args[i + 1 :]
+    for j, token in enumerate(rest):
+        if token == "--":
+            positionals.extend(rest[j + 1 :])
+            break
+        (options if token in _SEND_OPTIONS else positionals).append(token)
+    return [*args[: i + 1], *options, "--", *positionals]
 
 
 def _version() -> str:
@@ -397,7 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         "  coremesh connect PEERID@192.0.2.10:7946\n  coremesh connect PEERID@[2001:db8::7]:7946 --json",
     )
     p.add_argument("peer", metavar="PEERID@HOST:PORT", help="the peer's id and UDP address")
-    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S", help="give up after S seconds (10)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds(*CONNECT_TIMEOUT_RANGE),
+        default=10.0,
+        metavar="S",
+        help=f"give up after S seconds (10; {_span(CONNECT_TIMEOUT_RANGE)})",
+    )
     p.set_defaults(func=cmd_connect)
 
     p = command(
@@ -408,17 +521,38 @@ def build_parser() -> argparse.ArgumentParser:
         "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
     )
     p.add_argument("peer", metavar="PEERID", help="a connected peer's id")
-    p.add_argument("--count", "-c", type=_positive_int, default=1, metavar="N", help="number of pings (1)")
-    p.add_argument("--interval", type=_seconds, default=0.1, metavar="S", help="between pings (0.1)")
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="wait per ping (5)")
+    p.add_argument(
+        "--count",
+        "-c",
+        type=_whole_number(*PING_COUNT_RANGE),
+        default=1,
+        metavar="N",
+        help=f"number of pings (1; {_span(PING_COUNT_RANGE)})",
+    )
+    p.add_argument(
+        "--interval",
+        type=_seconds(*PING_INTERVAL_RANGE),
+        default=0.1,
+        metavar="S",
+        help=f"between pings (0.1; {_span(PING_INTERVAL_RANGE)})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds(*PING_TIMEOUT_RANGE),
+        default=5.0,
+        metavar="S",
+        help=f"wait per ping (5; {_span(PING_TIMEOUT_RANGE)})",
+    )
     p.set_defaults(func=cmd_ping)
 
     p = command(
         "send",
         "send one message to a connected peer",
         "Send TEXT (UTF-8) as one message to a connected peer. With --base64, TEXT is base64 and the "
-        "decoded bytes are sent.",
-        "  coremesh send PEERID 'hello, mesh'\n  coremesh send PEERID --base64 AAECAw==",
+        "decoded bytes are sent.\nTEXT may start with '-' (coremesh send PEERID -hello); a TEXT that is "
+        "exactly one of send's options (--json, --base64, -h, --help) needs -- before it.",
+        "  coremesh send PEERID 'hello, mesh'\n  coremesh send PEERID --base64 AAECAw==\n"
+        "  coremesh send PEERID -- --json",
     )
     p.add_argument("peer", metavar="PEERID", help="a connected peer's id")
     p.add_argument("text", metavar="TEXT", help="the message")
@@ -436,9 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
         "  coremesh recv\n  coremesh recv --count 3 --timeout 30 --json",
     )
     p.add_argument(
-        "--count", "-c", type=_count_or_zero, default=1, metavar="N", help="messages to wait for (1)"
+        "--count",
+        "-c",
+        type=_whole_number(0, MAX_RECV_COUNT),
+        default=1,
+        metavar="N",
+        help="messages to wait for (1; 0 takes every queued message)",
     )
-    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="S", help="wait at most S seconds (10)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds(*RECV_TIMEOUT_RANGE),
+        default=10.0,
+        metavar="S",
+        help=f"wait at most S seconds (10; {_span(RECV_TIMEOUT_RANGE)})",
+    )
     p.set_defaults(func=cmd_recv)
     return parser
 
@@ -448,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(protect_send_text(sys.argv[1:] if argv is None else argv))
     try:
         client = AdminClient(check_admin(args.admin or env.get(ENV_ADMIN) or DEFAULT_ADMIN))
         func: Callable[[argparse.Namespace, AdminClient, Output], int] = args.func

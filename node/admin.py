@@ -37,6 +37,15 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from coremesh.addr import Address, format_address, parse_address
+from coremesh.cli import (
+    CONNECT_TIMEOUT_RANGE,
+    MAX_RECV_COUNT,
+    PING_COUNT_RANGE,
+    PING_INTERVAL_RANGE,
+    PING_TIMEOUT_RANGE,
+    RECV_TIMEOUT_RANGE,
+    SEND_TIMEOUT_RANGE,
+)
 from coremesh.config import parse_peer_address
 from coremesh.errors import (
     AuthenticationFailed,
@@ -52,9 +61,11 @@ from coremesh.identity import PeerId
 
 from .logs import log
 
-INBOX_SIZE: Final = 10_000
-MAX_POLL_TIMEOUT: Final = 300.0
-MAX_PING_COUNT: Final = 1000
+INBOX_SIZE: Final = 10_000  # messages
+INBOX_BYTES: Final = 64 * 1024 * 1024  # payload bytes; see Inbox
+# The ranges below are shared with the CLI (coremesh.cli), so that it refuses locally what we would.
+MAX_POLL_TIMEOUT: Final = RECV_TIMEOUT_RANGE[1]
+MAX_PING_COUNT: Final = PING_COUNT_RANGE[1]
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_SEND_TIMEOUT: Final = 10.0
 
@@ -94,26 +105,78 @@ class InboxMessage:
 
 
 class Inbox:
-    """Received messages in arrival order, bounded: when full, the oldest is dropped and counted."""
+    """Received messages in arrival order, bounded by a message count and a total byte size.
 
-    def __init__(self, maxlen: int = INBOX_SIZE) -> None:
+    The :class:`InboxPump` adds messages with :meth:`put`, which *waits* while the inbox is full: the
+    pump then stops reading that connection, so the library's flow control pushes back on the sender
+    (its ``send`` blocks) instead of the daemon buffering without limit or dropping. Only a message
+    larger than ``max_bytes`` on its own can never fit: it is dropped, counted and logged.
+
+    :meth:`append` is the non-blocking form: it makes room by dropping the oldest messages (counted).
+    """
+
+    def __init__(self, maxlen: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
+        if maxlen < 1:
+            raise ValueError(f"inbox maxlen: expected 1 or more, got {maxlen}")
+        if max_bytes < 1:
+            raise ValueError(f"inbox max_bytes: expected 1 or more, got {max_bytes}")
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
         self._items: deque[InboxMessage] = deque()
         self._changed = asyncio.Event()
         self._closed = False
+        self.bytes = 0  # payload bytes queued
         self.received = 0
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def append(self, sender: PeerId, data: bytes, ts: float | None = None) -> None:
-        if len(self._items) >= self.maxlen:
-            self._items.popleft()
-            self.dropped += 1
+    def fits(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes can be queued now without dropping anything."""
+        return len(self._items) < self.maxlen and self.bytes + size <= self.max_bytes
+
+    def _push(self, sender: PeerId, data: bytes, ts: float | None) -> None:
         self._items.append(InboxMessage(sender, bytes(data), time.time() if ts is None else ts))
+        self.bytes += len(data)
         self.received += 1
         self._wake()
+
+    def _drop_oversized(self, sender: PeerId, size: int) -> None:
+        self.received += 1
+        self.dropped += 1
+        log.warning(
+            "inbox.message_dropped",
+            peer_id=str(sender),
+            bytes=size,
+            max_bytes=self.max_bytes,
+            reason="the message alone is larger than the inbox",
+        )
+
+    def append(self, sender: PeerId, data: bytes, ts: float | None = None) -> None:
+        """Queue at once, dropping (and counting) the oldest messages until this one fits."""
+        if len(data) > self.max_bytes:
+            self._drop_oversized(sender, len(data))
+            return
+        while self._items and not self.fits(len(data)):
+            self.bytes -= len(self._items.popleft().data)
+            self.dropped += 1
+        self._push(sender, data, ts)
+
+    async def put(self, sender: PeerId, data: bytes, ts: float | None = None) -> bool:
+        """Queue ``data``, waiting until there is room. False if it was not queued: larger than
+        ``max_bytes`` on its own (dropped, counted, logged), or the inbox closed while waiting."""
+        if len(data) > self.max_bytes:
+            self._drop_oversized(sender, len(data))
+            return False
+        while not self.fits(len(data)):
+            if self._closed:
+                return False
+            await self._changed.wait()
+        if self._closed:
+            return False
+        self._push(sender, data, ts)
+        return True
 
     def _wake(self) -> None:
         self._changed.set()
@@ -134,16 +197,35 @@ class Inbox:
     def take(self, count: int | None = None) -> list[InboxMessage]:
         """Remove and return up to ``count`` messages (all if None), oldest first."""
         n = len(self._items) if count is None else min(count, len(self._items))
-        return [self._items.popleft() for _ in range(n)]
+        out = [self._items.popleft() for _ in range(n)]
+        if out:
+            self.bytes -= sum(len(m.data) for m in out)
+            self._wake()  # a reader waiting in put() may go on
+        return out
+
+    def status(self) -> dict[str, int]:
+        return {
+            "queued": len(self._items),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "max_messages": self.maxlen,
+            "received": self.received,
+            "dropped": self.dropped,
+        }
 
     def close(self) -> None:
-        """Wake every waiting long-poll (shutdown)."""
+        """Wake every waiting long-poll and reader (shutdown)."""
         self._closed = True
         self._wake()
 
 
 class InboxPump:
-    """Reads every connected peer's messages into the inbox: one reader task per Connection."""
+    """Reads every connected peer's messages into the inbox: one reader task per Connection.
+
+    A reader takes the next message from its connection only once the previous one is in the inbox:
+    while the inbox is full it waits, the connection's receive window is not re-opened, and the
+    sender's ``send`` blocks (back-pressure end to end).
+    """
 
     def __init__(self, node: NodeLike, inbox: Inbox) -> None:
         self._node = node
@@ -172,7 +254,7 @@ class InboxPump:
         sender: PeerId = conn.peer_id
         try:
             async for data in conn:
-                self._inbox.append(sender, data)
+                await self._inbox.put(sender, data)
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
@@ -434,8 +516,14 @@ async def _status(request: web.Request) -> web.Response:
         "uptime_s": round(time.monotonic() - st.started_at, 3),
         "connections": connected,
         "stats": _jsonable(node.stats()),
-        "inbox": {"queued": len(st.inbox), "received": st.inbox.received, "dropped": st.inbox.dropped},
+        "inbox": st.inbox.status(),
     }
+    candidates = getattr(node, "candidates", None)
+    if callable(candidates):
+        body["candidates"] = candidates()  # host, server-reflexive and relayed addresses
+    relay_status = getattr(node, "relay_status", None)
+    if callable(relay_status):
+        body["relays"] = _jsonable(relay_status())
     body.update(_jsonable(st.extra_status))
     return web.json_response(body)
 
@@ -484,7 +572,7 @@ async def _connect(request: web.Request) -> web.Response:
     text = body.get("peer")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "bad_request", '"peer" is required: PEERID@HOST:PORT')
-    timeout = _number(body.get("timeout"), "timeout", DEFAULT_CONNECT_TIMEOUT, 0.1, 300)
+    timeout = _number(body.get("timeout"), "timeout", DEFAULT_CONNECT_TIMEOUT, *CONNECT_TIMEOUT_RANGE)
     conn, connect_ms = await _connect_peer(st.node, text, timeout)
     return web.json_response(
         {
@@ -500,9 +588,9 @@ async def _ping(request: web.Request) -> web.Response:
     st = request.app[STATE]
     body = await _json_body(request)
     peer = _peer_id(body.get("peer"))
-    count = _integer(body.get("count"), "count", 1, 1, MAX_PING_COUNT)
-    timeout = _number(body.get("timeout"), "timeout", 5.0, 0.01, 60)
-    interval = _number(body.get("interval"), "interval", 0.1, 0, 10)
+    count = _integer(body.get("count"), "count", 1, *PING_COUNT_RANGE)
+    timeout = _number(body.get("timeout"), "timeout", 5.0, *PING_TIMEOUT_RANGE)
+    interval = _number(body.get("interval"), "interval", 0.1, *PING_INTERVAL_RANGE)
     rtts: list[float] = []
     path: str | None = None
     sent = 0
@@ -545,7 +633,7 @@ async def _send(request: web.Request) -> web.Response:
     text = body.get("peer")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "bad_request", '"peer" is required: PEERID or PEERID@HOST:PORT')
-    timeout = _number(body.get("timeout"), "timeout", DEFAULT_SEND_TIMEOUT, 0.1, 300)
+    timeout = _number(body.get("timeout"), "timeout", DEFAULT_SEND_TIMEOUT, *SEND_TIMEOUT_RANGE)
     has_text, has_b64 = "data" in body, "data_b64" in body
     if has_text == has_b64:
         raise ApiError(400, "bad_request", 'give exactly one of "data" (text) or "data_b64" (base64)')
@@ -578,8 +666,8 @@ async def _send(request: web.Request) -> web.Response:
 async def _messages(request: web.Request) -> web.Response:
     st = request.app[STATE]
     q = request.query
-    count = _integer(q.get("count"), "count", 0, 1, 1_000_000) if "count" in q else None
-    timeout = _number(q.get("timeout"), "timeout", 0.0, 0, MAX_POLL_TIMEOUT)
+    count = _integer(q.get("count"), "count", 0, 1, MAX_RECV_COUNT) if "count" in q else None
+    timeout = _number(q.get("timeout"), "timeout", 0.0, *RECV_TIMEOUT_RANGE)
     if timeout > 0:
         await st.inbox.wait_for(1 if count is None else count, timeout)
     messages = st.inbox.take(count)

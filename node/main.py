@@ -28,7 +28,7 @@ from coremesh.config import PeerAddress
 from coremesh.errors import ConfigError, IdentityError, MeshError
 
 from . import logs
-from .admin import STATE, AdminServer, Inbox, InboxPump, create_admin_app, resolve_address
+from .admin import INBOX_BYTES, STATE, AdminServer, Inbox, InboxPump, create_admin_app, resolve_address
 from .logs import log
 from .settings import PROG, NodeSettings, resolve
 
@@ -73,9 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class Daemon:
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, *, inbox_bytes: int | None = None) -> None:
         self.settings = settings
-        self.inbox = Inbox()
+        # The inbox's byte cap: while it is full the node stops reading from peers, so their sends
+        # block (back-pressure) instead of the daemon's memory growing.
+        # `--inbox-bytes` / `inbox_bytes` in [node]; a parameter for tests.
+        if inbox_bytes is None:
+            inbox_bytes = settings.inbox_bytes or INBOX_BYTES
+        self.inbox = Inbox(max_bytes=inbox_bytes)
         self._stop = asyncio.Event()
         self._dialers: list[asyncio.Task[None]] = []
         self._closed_events: dict[Any, asyncio.Event] = {}

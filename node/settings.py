@@ -41,11 +41,14 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "COREMESH_CONNECT": "connect",
     "COREMESH_LOG_FORMAT": "log_format",
     "COREMESH_LOG_LEVEL": "log_level",
+    "COREMESH_INBOX_BYTES": "inbox_bytes",
 }
 _LIST_KEYS: Final = frozenset({"bootstrap_peers", "relays", "keyed_relays", "connect"})
 
 # Keys of the [node] table besides the MeshConfig fields.
-NODE_KEYS: Final = frozenset({"admin", "admin_allow_remote", "log_format", "log_level", "connect"})
+NODE_KEYS: Final = frozenset(
+    {"admin", "admin_allow_remote", "log_format", "log_level", "connect", "inbox_bytes"}
+)
 MESH_KEYS: Final = frozenset(f.name for f in fields(MeshConfig)) - {"extra"}
 
 EXAMPLES: Final = f"""\
@@ -85,6 +88,7 @@ class NodeSettings:
     log_level: str
     connect: tuple[PeerAddress, ...]
     config_file: Path | None
+    inbox_bytes: int = 64 * 1024 * 1024
 
     @property
     def pinned_bootstrap(self) -> tuple[PeerAddress, ...]:
@@ -169,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="PEERID@HOST:PORT",
         help="peer to dial at start and keep connected, retrying with backoff (repeatable)",
+    )
+    p.add_argument(
+        "--inbox-bytes",
+        metavar="BYTES",
+        help="bytes of received messages held for `coremesh recv` (64 MiB); when full the node stops "
+        "reading from peers, so their sends wait (back-pressure)",
     )
     p.add_argument("--log-format", choices=LOG_FORMATS, help="log format on stderr (json)")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="log level (info)")
@@ -303,6 +313,7 @@ def merge(
         "log_format": "json",
         "log_level": "info",
         "connect": [],
+        "inbox_bytes": 64 * 1024 * 1024,
     }
     source: dict[str, str] = dict.fromkeys(values, "default")
     for name, layer in (("config file", file), ("environment", env), ("flag", flags)):
@@ -363,6 +374,14 @@ def merge(
         raise ConfigError(f"{where(key)}:{rest}") from None
     except TypeError as exc:  # a value of the wrong type that MeshConfig did not name
         raise ConfigError(f"config: {exc}") from None
+    try:
+        inbox_bytes = int(values["inbox_bytes"])
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where('inbox_bytes')}: expected a number of bytes, got {values['inbox_bytes']!r}"
+        ) from None
+    if not 1024 * 1024 <= inbox_bytes <= 1 << 40:
+        raise ConfigError(f"{where('inbox_bytes')}: expected 1 MiB to 1 TiB, got {inbox_bytes}")
     return NodeSettings(
         mesh=mesh,
         admin=admin,
@@ -371,6 +390,7 @@ def merge(
         log_level=log_level,
         connect=tuple(connect),
         config_file=config_file,
+        inbox_bytes=inbox_bytes,
     )
 
 

@@ -216,6 +216,32 @@ def test_status_connect_ping_send_recv_peers(pair: tuple[Node, Node]) -> None:
     assert "node.ready" in events and "connection.connected" in events
 
 
+def test_dash_text_escaped_recv_inbox_status_and_connect_timeout(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    # the per-call --timeout bounds the handshake (not the node's connect_timeout, 5 s by default)
+    silent = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    t0 = time.monotonic()
+    result = cli(a.admin, "connect", f"{b.peer_id}@{silent}", "--timeout", "0.5")
+    # (without it: the node's 5 s, cut by the admin API's own limit of timeout + 2 s = 2.5 s)
+    assert time.monotonic() - t0 < 2.2, "connect --timeout 0.5 was not honoured"
+    assert_one_error_line(result)
+    assert cli(a.admin, "connect", f"{b.peer_id}@{b.listen}", "--timeout", "0.1e3").returncode == 0
+
+    for text in ("-hello", "two\nlines\x1b[31m"):
+        result = cli(a.admin, "send", b.peer_id, text)
+        assert result.returncode == 0, result.stderr
+    result = cli(b.admin, "recv", "--count", "2", "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{a.peer_id}: -hello", f"{a.peer_id}: two\\nlines\\x1b[31m"]
+
+    inbox = cli_json(b.admin, "status", "--json")["inbox"]
+    assert inbox["max_bytes"] == 64 * 1024 * 1024 and inbox["bytes"] == 0 and inbox["received"] == 2
+    # out of range: refused by the CLI before asking the node
+    bad = cli(b.admin, "recv", "--timeout", "301")
+    assert bad.returncode == 2
+    assert_one_error_line(bad, "--timeout", "0 to 300")
+
+
 def test_recv_shortfall_prints_then_fails(pair: tuple[Node, Node]) -> None:
     a, b = pair
     assert cli(a.admin, "connect", f"{b.peer_id}@{b.listen}").returncode == 0
@@ -356,7 +382,7 @@ def test_admin_address_in_use_exits_1(nodes: Nodes, tmp_path: Path) -> None:
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("module", ["coremesh_relay", "coremesh_bootstrap"])
+@pytest.mark.parametrize("module", ["coremesh_bootstrap"])
 def test_unimplemented_services(module: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", module, "--listen", "127.0.0.1:1"], capture_output=True, text=True, timeout=30

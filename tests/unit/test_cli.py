@@ -313,6 +313,100 @@ def test_help_on_every_command(capsys: pytest.CaptureFixture[str], command: list
     assert "examples:" in out and "--json" in out
 
 
+# ------------------------------------------------------ ranges, TEXT starting with '-', escaping
+
+
+# Just outside what the admin API accepts: refused locally (exit 2, one line), before any request.
+OUT_OF_RANGE = [
+    ["recv", "--timeout", "301"],
+    ["recv", "--timeout", "-1"],
+    ["recv", "--count", "1000001"],
+    ["ping", PEER_B.to_text(), "--count", "1001"],
+    ["ping", PEER_B.to_text(), "--timeout", "60.5"],
+    ["ping", PEER_B.to_text(), "--timeout", "0.001"],
+    ["ping", PEER_B.to_text(), "--interval", "10.5"],
+    ["ping", PEER_B.to_text(), "--timeout", "nan"],
+    ["connect", f"{PEER_B}@127.0.0.1:9", "--timeout", "0.05"],
+    ["connect", f"{PEER_B}@127.0.0.1:9", "--timeout", "301"],
+]
+
+
+@pytest.mark.parametrize("argv", OUT_OF_RANGE)
+def test_out_of_range_values_are_refused_locally(
+    fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    admin, canned = fake
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--admin", admin, *argv], env={})
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, argv[-2], "expected")
+    assert canned.requests == []
+
+
+SENT = {"peer_id": PEER_B.to_text(), "bytes": 6, "path": "direct"}
+
+
+def test_send_text_starting_with_a_dash(fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str]) -> None:
+    admin, canned = fake
+    canned.routes[("POST", "/v1/send")] = (200, SENT)
+    peer = PEER_B.to_text()
+    for argv, data, as_json in [
+        (["send", peer, "-hello"], "-hello", False),
+        (["send", peer, "--", "-hello"], "-hello", False),
+        (["send", peer, "-h x"], "-h x", False),
+        (["send", peer, "-hello", "--json"], "-hello", True),  # --json after TEXT is still the option
+        (["--json", "send", "--", peer, "--json"], "--json", True),
+        (["send", peer, "-"], "-", False),
+    ]:
+        code, out, err = run(["--admin", admin, *argv], capsys)
+        assert (code, err) == (0, ""), argv
+        assert canned.requests[-1][3] == {"peer": peer, "data": data}, argv
+        assert out == (json.dumps(SENT) + "\n" if as_json else f"sent 6 bytes to {PEER_B}\n"), argv
+    code, _, _ = run(["--admin", admin, "send", peer, "--base64", "-_8="], capsys)
+    assert code == 2  # "-_8=" is TEXT (invalid base64), --base64 still the option
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--admin", admin, "send", peer, "-hello", "extra"], env={})
+    assert info.value.code == 2
+
+
+def test_recv_text_output_escapes_control_characters(
+    fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin, canned = fake
+    hostile = [
+        {"from": PEER_B.to_text(), "data": "line1\nPEER: forged\r\x1b[2J\x1b]0;title\x07", "ts": 1.0},
+        {"from": PEER_C.to_text(), "data": "a\\n\u202etxt.exe\x9b\u2028 \ttab héllo 👍", "ts": 2.0},
+    ]
+    canned.routes[("GET", "/v1/messages")] = (200, {"messages": hostile})
+    code, out, _ = run(["--admin", admin, "recv", "--count", "2"], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        f"{PEER_B}: line1\\nPEER: forged\\r\\x1b[2J\\x1b]0;title\\x07",
+        f"{PEER_C}: a\\\\n\\u202etxt.exe\\x9b\\u2028 \\ttab héllo 👍",
+    ]
+    assert all(ch.isprintable() or ch == "\n" for ch in out)
+    code, out, _ = run(["--admin", admin, "recv", "--count", "2", "--json"], capsys)
+    assert [json.loads(line) for line in out.splitlines()] == hostile  # --json: the exact values
+    assert all(ch.isprintable() or ch == "\n" for ch in out) and "héllo 👍" in out
+    assert cli.json_line({"a": "\U000e0001"}) == '{"a": "\\udb40\\udc01"}'
+    assert json.loads(cli.json_line({"a": "\U000e0001"})) == {"a": "\U000e0001"}
+
+
+def test_status_shows_inbox_bytes(fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str]) -> None:
+    admin, canned = fake
+    inbox = {
+        "queued": 2,
+        "bytes": 3 * 1024 * 1024,
+        "max_bytes": 64 * 1024 * 1024,
+        "received": 2,
+        "dropped": 0,
+    }
+    canned.routes[("GET", "/v1/status")] = (200, {**STATUS, "inbox": inbox})
+    code, out, _ = run(["--admin", admin, "status"], capsys)
+    assert code == 0 and "inbox        2 queued (3.0 MiB of 64.0 MiB), 0 dropped" in out
+
+
 # -------------------------------------------------------------- the real admin app over a fake node
 
 
@@ -351,8 +445,10 @@ class FakeNode:
         self.listen_addresses = [Address("127.0.0.1", 7946)]
         self.connections: dict[PeerId, FakeConnection] = {}
         self.unreachable: set[PeerId] = set()
+        self.connect_timeouts: list[float | None] = []
 
     async def connect(self, peer: Any, addr: Any = None, *, timeout: float | None = None) -> FakeConnection:
+        self.connect_timeouts.append(timeout)
         if peer in self.unreachable:
             raise ConnectionFailed(f"connecting to {peer} at {addr} timed out")
         conn = self.connections.setdefault(peer, FakeConnection(peer, addr))
@@ -469,7 +565,14 @@ def test_inbox_overflow_drops_oldest_and_counts(api: AdminThread) -> None:
     for i in range(5):
         api.call(api.inbox.append, PEER_B, f"m{i}".encode())
     status = api.request("GET", "/v1/status")[1]
-    assert status["inbox"] == {"queued": 3, "received": 5, "dropped": 2}
+    assert status["inbox"] == {
+        "queued": 3,
+        "bytes": 6,
+        "max_bytes": 64 * 1024 * 1024,
+        "max_messages": 3,
+        "received": 5,
+        "dropped": 2,
+    }
     assert [m["data"] for m in api.request("GET", "/v1/messages")[1]["messages"]] == ["m2", "m3", "m4"]
 
 
@@ -549,6 +652,83 @@ def test_api_connect_failure(api: AdminThread, capsys: pytest.CaptureFixture[str
     assert_one_error_line(err, "timed out")
 
 
+def test_connect_timeout_reaches_the_node(api: AdminThread, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run(["--admin", api.admin, "connect", f"{PEER_B}@127.0.0.1:9", "--timeout", "2.5"], capsys)
+    assert code == 0 and api.node.connect_timeouts[-1] == 2.5
+    code, _, _ = run(["--admin", api.admin, "connect", f"{PEER_C}@127.0.0.1:9"], capsys)
+    assert code == 0 and api.node.connect_timeouts[-1] == 10.0  # the documented default
+
+
+def test_cli_and_api_ranges_are_the_same() -> None:
+    from coremesh_node import admin
+
+    assert admin.MAX_POLL_TIMEOUT == cli.RECV_TIMEOUT_RANGE[1] == 300
+    assert admin.MAX_PING_COUNT == cli.PING_COUNT_RANGE[1] == 1000
+    assert cli.PING_TIMEOUT_RANGE == (0.01, 60) and cli.PING_INTERVAL_RANGE == (0, 10)
+    assert cli.CONNECT_TIMEOUT_RANGE == (0.1, 300) and cli.MAX_RECV_COUNT == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "method", "path", "body"),
+    [
+        (["recv", "--timeout", "{}"], "GET", "/v1/messages?timeout={}", None),
+        (["recv", "--count", "{}", "--timeout", "0"], "GET", "/v1/messages?count={}", None),
+        (["ping", PEER_B.to_text(), "--count", "{}"], "POST", "/v1/ping", {"count": "{}", "interval": "0"}),
+        (["ping", PEER_B.to_text(), "--timeout", "{}"], "POST", "/v1/ping", {"timeout": "{}"}),
+        (["ping", PEER_B.to_text(), "--interval", "{}"], "POST", "/v1/ping", {"interval": "{}"}),
+        (["connect", f"{PEER_B}@127.0.0.1:9", "--timeout", "{}"], "POST", "/v1/connect", {"timeout": "{}"}),
+    ],
+)
+def test_cli_refuses_exactly_what_the_api_refuses(
+    api: AdminThread,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    method: str,
+    path: str,
+    body: dict[str, str] | None,
+) -> None:
+    """At each limit and just beyond it, the CLI (exit 2 before any request) and the API (400) agree."""
+    flag = argv[argv.index("{}") - 1]
+    low, high = {
+        ("recv", "--timeout"): cli.RECV_TIMEOUT_RANGE,
+        ("recv", "--count"): (1, cli.MAX_RECV_COUNT),
+        ("ping", "--count"): cli.PING_COUNT_RANGE,
+        ("ping", "--timeout"): cli.PING_TIMEOUT_RANGE,
+        ("ping", "--interval"): cli.PING_INTERVAL_RANGE,
+        ("connect", "--timeout"): cli.CONNECT_TIMEOUT_RANGE,
+    }[(argv[0], flag)]
+    step = 1 if isinstance(low, int) and isinstance(high, int) else 0.001
+    api.node.connections[PEER_B] = FakeConnection(PEER_B, Address("127.0.0.1", 9))
+    for value, ok in ((low, True), (high, True), (low - step, False), (high + step, False)):
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        if argv[0] == "recv" and flag == "--count" and value == low - step:
+            continue  # the CLI's --count 0 means "all" (no count sent)
+        if body is None:
+            api.call(api.inbox.append, PEER_B, b"x")  # so that a long poll returns at once
+            status, _ = api.request(method, path.format(text))
+        else:
+            request = {"peer": f"{PEER_B}@127.0.0.1:9" if argv[0] == "connect" else PEER_B.to_text()}
+            request.update({k: v.format(text) for k, v in body.items()})
+            status, _ = api.request(method, path, {k: _num(v) for k, v in request.items()})
+        assert (status == 200) is ok, (value, status)
+        if ok:
+            continue
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--admin", api.admin, *(a.format(text) for a in argv)], env={})
+        assert info.value.code == 2, value
+        assert_one_error_line(capsys.readouterr().err, flag)
+
+
+def _num(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
 def test_health_and_readiness(api: AdminThread) -> None:
     assert api.request("GET", "/healthz") == (200, {"ok": True})
     assert api.request("GET", "/readyz") == (200, {"ready": True, "peer_id": PEER_A.to_text()})
@@ -570,7 +750,7 @@ def test_advertised_addresses_expand_wildcards() -> None:
 # ---------------------------------------------------------------------- relay and bootstrap stubs
 
 
-@pytest.mark.parametrize("module", ["coremesh_relay.main", "coremesh_bootstrap.main"])
+@pytest.mark.parametrize("module", ["coremesh_bootstrap.main"])
 def test_unimplemented_services_say_so(module: str, capsys: pytest.CaptureFixture[str]) -> None:
     import importlib
 
