@@ -45,6 +45,7 @@ EXIT_USAGE: Final = 2
 # The ranges the admin API accepts (node/admin.py imports these), checked here too so that a value the
 # node would refuse is a usage error (exit 2) before any request. (low, high), inclusive.
 CONNECT_TIMEOUT_RANGE: Final = (0.1, 300.0)  # seconds
+CONNECT_PATHS: Final = ("auto", "direct", "relay")
 SEND_TIMEOUT_RANGE: Final = (0.1, 300.0)
 PING_COUNT_RANGE: Final = (1, 1000)
 PING_TIMEOUT_RANGE: Final = (0.01, 60.0)  # per ping
@@ -294,7 +295,7 @@ def cmd_peers(args: argparse.Namespace, client: AdminClient, out: Output) -> int
 
 def cmd_connect(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     peer = check_peer_address(args.peer)
-    body = {"peer": peer, "timeout": args.timeout}
+    body = {"peer": peer, "timeout": args.timeout, "path": args.path}
     out.emit(client.request("POST", "/v1/connect", body, timeout=args.timeout + 5), format_connect)
     return EXIT_OK
 
@@ -510,6 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="S",
         help=f"give up after S seconds (10; {_span(CONNECT_TIMEOUT_RANGE)})",
+    )
+    p.add_argument(
+        "--path",
+        choices=CONNECT_PATHS,
+        default="auto",
+        help="auto: directly, then through the node's relays if the peer does not answer (default); "
+        "direct: UDP only; relay: through a TURN allocation or the keyed relay only",
     )
     p.set_defaults(func=cmd_connect)
 

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from coremesh.addr import Address, format_address, parse_address
 from coremesh.cli import (
+    CONNECT_PATHS,
     CONNECT_TIMEOUT_RANGE,
     MAX_RECV_COUNT,
     PING_COUNT_RANGE,
@@ -77,7 +78,9 @@ class NodeLike(Protocol):
     def peer_id(self) -> PeerId: ...
     @property
     def listen_addresses(self) -> list[Address]: ...
-    async def connect(self, peer: Any, addr: Any = None, *, timeout: float | None = None) -> Any: ...
+    async def connect(
+        self, peer: Any, addr: Any = None, *, timeout: float | None = None, path: str = "auto"
+    ) -> Any: ...
     def get_peers(self) -> list[Any]: ...
     def get_connection(self, peer: PeerId) -> Any: ...
     async def ping(self, peer: PeerId, *, timeout: float = 5.0) -> Any: ...
@@ -551,14 +554,15 @@ async def resolve_address(address: Address) -> Address:
     return parse_address(format_address(str(infos[0][4][0]), address.port))
 
 
-async def _connect_peer(node: NodeLike, text: str, timeout: float) -> tuple[Any, float]:
+async def _connect_peer(node: NodeLike, text: str, timeout: float, path: str = "auto") -> tuple[Any, float]:
     target = parse_peer_address(text)
     if target.peer_id is None:
         raise ApiError(400, "bad_request", f'"peer": expected PEERID@HOST:PORT, got {text!r}')
     address = await resolve_address(target.address)
     t0 = time.monotonic()
     try:
-        conn = await asyncio.wait_for(node.connect(target.peer_id, address, timeout=timeout), timeout + 2)
+        connect = node.connect(target.peer_id, address, timeout=timeout, path=path)
+        conn = await asyncio.wait_for(connect, timeout + 2)
     except TimeoutError:
         raise ApiError(
             504, "timeout", f"no answer from {target.peer_id} at {address} within {timeout:g}s"
@@ -573,7 +577,12 @@ async def _connect(request: web.Request) -> web.Response:
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "bad_request", '"peer" is required: PEERID@HOST:PORT')
     timeout = _number(body.get("timeout"), "timeout", DEFAULT_CONNECT_TIMEOUT, *CONNECT_TIMEOUT_RANGE)
-    conn, connect_ms = await _connect_peer(st.node, text, timeout)
+    path = body.get("path", "auto")
+    if path not in CONNECT_PATHS:
+        raise ApiError(
+            400, "bad_request", f'"path": expected one of {", ".join(CONNECT_PATHS)}, got {path!r}'
+        )
+    conn, connect_ms = await _connect_peer(st.node, text, timeout, path)
     return web.json_response(
         {
             "peer_id": conn.peer_id.to_text(),

@@ -135,6 +135,11 @@ class _TcpLink(asyncio.Protocol):
         t.write(tcp_frame(frame))
         return True
 
+    @property
+    def queued(self) -> int:
+        t = self._transport
+        return t.get_write_buffer_size() if t is not None else 0
+
     def close(self) -> None:
         t = self._transport
         if t is not None and not t.is_closing():
@@ -169,6 +174,10 @@ class _WsLink:
         self._queued += len(frame)
         self._wake.set()
         return True
+
+    @property
+    def queued(self) -> int:
+        return self._queued
 
     def close(self) -> None:
         self._closing = True
@@ -281,6 +290,7 @@ class KeyedRelayClient:
         self._stopping = False
         self._state = "stopped"
         self._registered_event: asyncio.Event | None = None
+        self._stop_event: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session_registered = False
@@ -320,9 +330,16 @@ class KeyedRelayClient:
         core = self._core
         return core.max_packet if core is not None else 0
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the send queue (at most ``queue_limit``): a back-pressure signal."""
+        link = self._link
+        return link.queued if link is not None else 0
+
     def stats(self) -> dict[str, int]:
         out = dict(self._counters)
         out["registered"] = int(self.registered)
+        out["queued_bytes"] = self.queued_bytes
         return out
 
     async def start(self, *, wait: bool = True, timeout: float | None = None) -> None:
@@ -333,6 +350,7 @@ class KeyedRelayClient:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._registered_event = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"keyed-relay-client {self.url}")
         if not wait:
             return
@@ -356,11 +374,15 @@ class KeyedRelayClient:
     async def stop(self) -> None:
         """Say CLOSE to the relay (if connected), close, and stop reconnecting."""
         self._stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
         core, link = self._core, self._link
         if core is not None and link is not None:
             core.close(CloseCode.NORMAL, "client stopping")
             self._pump(link)
         task, self._task = self._task, None
+        if task is not None and link is None:
+            task.cancel()  # connecting or backing off: nothing to say goodbye on
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), CLOSE_LINGER + 1.0)
@@ -409,7 +431,9 @@ class KeyedRelayClient:
                 delay = self._backoff_max  # another instance of us took over: do not flap with it
             elif self._session_registered:
                 delay = self._backoff_initial
-            await asyncio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
+            assert self._stop_event is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), delay * (0.5 + 0.5 * self._rng.random()))
             delay = min(delay * 2, self._backoff_max)
 
     async def _connect_once(self) -> None:

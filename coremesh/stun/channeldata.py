@@ -57,6 +57,8 @@ def encode_channel_data(channel: int, data: bytes, *, pad: bool = False) -> byte
 
 def decode_channel_data(data: bytes, *, pad: bool = False) -> ChannelData:
     """Parse one ChannelData message (a whole datagram, or one frame from :func:`frame_length`)."""
+    if type(data) is not bytes:  # a bytearray or memoryview from a stream buffer
+        data = bytes(data)
     n = len(data)
     if n < CHANNEL_HEADER_SIZE:
         raise StunDecodeError(f"ChannelData of {n} bytes is shorter than its 4-byte header")

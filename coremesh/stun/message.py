@@ -362,6 +362,8 @@ def decode(data: bytes, *, allow_rfc3489: bool = False, max_size: int = MAX_MESS
     ``allow_rfc3489`` accepts a message without the magic cookie as a classic RFC 3489 message
     whose transaction id is the 16 bytes after the length field.
     """
+    if type(data) is not bytes:  # a bytearray or memoryview from a stream buffer
+        data = bytes(data)
     n = len(data)
     if n < HEADER_SIZE:
         raise StunDecodeError(f"STUN message of {n} bytes is shorter than the 20-byte header")

@@ -446,9 +446,13 @@ class FakeNode:
         self.connections: dict[PeerId, FakeConnection] = {}
         self.unreachable: set[PeerId] = set()
         self.connect_timeouts: list[float | None] = []
+        self.connect_paths: list[str] = []
 
-    async def connect(self, peer: Any, addr: Any = None, *, timeout: float | None = None) -> FakeConnection:
+    async def connect(
+        self, peer: Any, addr: Any = None, *, timeout: float | None = None, path: str = "auto"
+    ) -> FakeConnection:
         self.connect_timeouts.append(timeout)
+        self.connect_paths.append(path)
         if peer in self.unreachable:
             raise ConnectionFailed(f"connecting to {peer} at {addr} timed out")
         conn = self.connections.setdefault(peer, FakeConnection(peer, addr))
@@ -657,6 +661,17 @@ def test_connect_timeout_reaches_the_node(api: AdminThread, capsys: pytest.Captu
     assert code == 0 and api.node.connect_timeouts[-1] == 2.5
     code, _, _ = run(["--admin", api.admin, "connect", f"{PEER_C}@127.0.0.1:9"], capsys)
     assert code == 0 and api.node.connect_timeouts[-1] == 10.0  # the documented default
+    assert api.node.connect_paths[-1] == "auto"
+
+
+def test_connect_path_reaches_the_node(api: AdminThread, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run(["--admin", api.admin, "connect", f"{PEER_B}@127.0.0.1:9", "--path", "relay"], capsys)
+    assert code == 0 and api.node.connect_paths[-1] == "relay"
+    with pytest.raises(SystemExit) as refused:
+        cli.main(
+            ["--admin", api.admin, "connect", f"{PEER_B}@127.0.0.1:9", "--path", "carrier-pigeon"], env={}
+        )
+    assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_cli_and_api_ranges_are_the_same() -> None:
