@@ -18,6 +18,7 @@ from typing import Any
 from . import stun
 from .addr import Address, normalize_socket_address
 from .config import RelayServer
+from .errors import MeshError
 from .identity import Identity, PeerId
 from .keyedrelay import KeyedRelayClient
 from .paths import RelayAddress
@@ -237,11 +238,14 @@ class RelayManager:
         pending = [link.ready.wait() for link in self.turn if link.error is None]
         if pending:
             await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=2.0)
-        # A relay that is down at start must not stop the node: clients reconnect by themselves.
+        # A relay that is down at start must not stop the node: clients keep retrying in the
+        # background; we only wait briefly so that a reachable relay is usable right away.
+        for client in self._keyed.values():
+            await client.start(wait=False)
         for url, client in self._keyed.items():
             try:
-                await asyncio.wait_for(client.start(), timeout=5.0)
-            except (OSError, TimeoutError) as exc:
+                await client.wait_registered(2.0)
+            except (OSError, TimeoutError, MeshError) as exc:
                 log.warning("keyed relay not reachable yet", extra={"relay": url, "error": str(exc)})
 
     async def stop(self) -> None:

@@ -123,6 +123,25 @@ def test_the_keyed_relay_carries_a_connection_by_peer_id() -> None:
     run(body)
 
 
+def test_a_node_starts_and_works_while_its_keyed_relay_is_down() -> None:
+    import socket
+
+    async def body() -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"tcp://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens here
+        config = MeshConfig(listen_addr=LOOP, keyed_relays=(dead,))
+        started = asyncio.get_running_loop().time()
+        async with MeshNode(config) as a, MeshNode(MeshConfig(listen_addr=LOOP)) as b:
+            assert asyncio.get_running_loop().time() - started < 5
+            assert a.relay_status()["keyed"][dead]["registered"] is False
+            with pytest.raises(ConnectionFailed, match="no relay"):
+                await a.connect(b.peer_id, b.local_address, path="relay")
+            assert (await a.connect(b.peer_id, b.local_address)).path == "direct"
+
+    run(body)
+
+
 # -- real processes where the direct path is impossible -------------------------------------------
 
 
