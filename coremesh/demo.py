@@ -73,24 +73,40 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def spawn(name: str, tmp: str, module: str, args: list[str]) -> DemoNode:
+    node = DemoNode(
+        name=name,
+        listen=f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+        admin=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+        data_dir=Path(tmp) / name,
+    )
+    cmd = [
+        sys.executable, "-m", module, "--listen", node.listen, "--admin", node.admin,
+        "--log-format", "text", "--log-level", "warning", *args,
+    ]  # fmt: skip
+    if module == "coremesh_node":
+        cmd += ["--data-dir", str(node.data_dir)]
+    node.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    return node
+
+
 def run(count: int, keep: bool) -> int:
     nodes: list[DemoNode] = []
+    extra: list[DemoNode] = []
+    relay: DemoNode | None = None
     with tempfile.TemporaryDirectory(prefix="coremesh-demo-") as tmp:
         try:
+            keyed_port = free_port(socket.SOCK_STREAM)
+            relay_args = ["--user", "demo:demo-secret", "--allow-loopback-peers"]
+            relay = spawn(
+                "relay", tmp, "coremesh_relay", [*relay_args, "--keyed-listen", f"127.0.0.1:{keyed_port}"]
+            )
+            wait_ready(relay)
+            say(f"[relay] STUN/TURN on {relay.listen} (udp+tcp), keyed relay on tcp://127.0.0.1:{keyed_port}")
+            turn = ["--relay", f"demo:demo-secret@{relay.listen}"]
+            keyed = ["--keyed-relay", f"tcp://127.0.0.1:{keyed_port}"]
             for i in range(count):
-                node = DemoNode(
-                    name=f"node-{i}",
-                    listen=f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
-                    admin=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
-                    data_dir=Path(tmp) / f"node-{i}",
-                )
-                cmd = [
-                    sys.executable, "-m", "coremesh_node",
-                    "--listen", node.listen, "--data-dir", str(node.data_dir), "--admin", node.admin,
-                    "--log-format", "text", "--log-level", "warning",
-                ]  # fmt: skip
-                node.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-                nodes.append(node)
+                nodes.append(spawn(f"node-{i}", tmp, "coremesh_node", [*turn, *keyed]))
             for node in nodes:
                 wait_ready(node)
                 node.peer_id = node.call("GET", "/v1/status")["peer_id"]
@@ -139,6 +155,31 @@ def run(count: int, keep: bool) -> int:
                 rtt_text = f"{rtt:.3f} ms" if isinstance(rtt, int | float) else "-"
                 say(f"  {names.get(p['peer_id'], '?'):8} {p['address']:22} {p['state']:10} rtt {rtt_text}")
 
+            say("\n-- candidates of node-0 (learned from the relay)")
+            for c in nodes[0].call("GET", "/v1/status").get("candidates", []):
+                say(f"  {c['type']:6} {c['address']}")
+
+            say("\n-- through the relay (TURN allocation, then the keyed relay by PeerId)")
+            extra.append(spawn("node-turn", tmp, "coremesh_node", turn))
+            extra.append(spawn("node-keyed", tmp, "coremesh_node", keyed))
+            for node in extra:
+                wait_ready(node)
+                node.peer_id = node.call("GET", "/v1/status")["peer_id"]
+                names[node.peer_id] = node.name
+                target = nodes[0]
+                r = node.call(
+                    "POST", "/v1/connect", {"peer": f"{target.peer_id}@{target.listen}", "path": "relay"}
+                )
+                ping = node.call("POST", "/v1/ping", {"peer": target.peer_id, "count": 3})
+                node.call("POST", "/v1/send", {"peer": target.peer_id, "data": f"hello from {node.name}"})
+                got = target.call("GET", "/v1/messages?count=1&timeout=10")["messages"]
+                if not got or r["path"] != "relay":
+                    say(f"[{node.name}] expected a relayed connection and a message, got {r} and {got}")
+                    return 1
+                say(f"[{node.name}] -> [{target.name}] connected over {r['path']} path via {r['address']}; "
+                    f"rtt {ping['rtt_ms']:.3f} ms ({ping['path']}); "
+                    f"[{target.name}] received {got[0]['data']!r}")  # fmt: skip
+
             if keep:
                 say("\nThe mesh keeps running; try: coremesh --admin " + nodes[0].admin + " peers")
                 say("Press Ctrl-C to stop.")
@@ -148,7 +189,7 @@ def run(count: int, keep: bool) -> int:
             say("\n-- stopping (SIGTERM): peers see a close, not a timeout")
             return 0
         finally:
-            stop_all(nodes)
+            stop_all(extra + nodes + ([relay] if relay is not None else []))
 
 
 def stop_all(nodes: list[DemoNode]) -> None:

@@ -52,6 +52,7 @@ class TurnLink:
         self._timer: asyncio.TimerHandle | None = None
         self._binding_id = b""
         self._binding_task: asyncio.Future[None] | None = None
+        self._stopping = False
         self._permission_failures: dict[str, str] = {}  # peer IP -> reason
 
     def _now(self) -> float:
@@ -85,6 +86,7 @@ class TurnLink:
         log.warning("relay unreachable", extra={"relay": str(self.server)})
 
     def stop(self) -> None:
+        self._stopping = True
         if self._binding_task is not None:
             self._binding_task.cancel()
         if self.client is not None and self.client.state is turn.ClientState.ALLOCATED:
@@ -143,6 +145,8 @@ class TurnLink:
                 self.relayed = None
                 self.error = f"{type(event).__name__}: {event.reason}"
                 self.ready.set()
+                if self._stopping:  # releasing our own allocation at shutdown is no news
+                    continue
                 log.warning(
                     "TURN allocation unavailable", extra={"relay": str(self.server), "error": self.error}
                 )

@@ -16,6 +16,10 @@ def test_demo_runs_a_local_mesh() -> None:
     assert out.count("connected in") == 3, everything  # every pair of three nodes
     assert out.count("received from") == 6, everything  # every node from every other node
     assert "received 1048576 bytes intact: True" in out, everything
-    assert out.count("exited with code 0") == 3, everything
+    assert out.count("exited with code 0") == 3 + 2 + 1, everything  # nodes, relayed nodes, relay
+    assert "srflx" in out and "relay  127.0.0.1" in out, everything  # candidates from the relay
+    assert "[node-turn] -> [node-0] connected over relay path" in out, everything
+    assert "[node-keyed] -> [node-0] connected over relay path via tcp://" in out, everything
+    assert "received 'hello from node-turn'" in out and "received 'hello from node-keyed'" in out, everything
     assert "Traceback" not in proc.stderr, everything
     assert "did not acknowledge" not in proc.stderr, everything  # stopping one by one is clean
