@@ -1,8 +1,9 @@
 """TURN ChannelData messages (RFC 8656 section 12.4) and stream framing for STUN over TCP.
 
-A ChannelData message is ``channel number:2 | length:2 | application data``. Channel numbers are
-0x4000-0x4FFF (RFC 8656 section 12: 0x5000-0x7FFF are reserved, and anything else is not
-ChannelData at all); the first byte is therefore 64-79, which is how RFC 7983 demultiplexes it.
+A ChannelData message is ``channel number:2 | length:2 | application data``. RFC 8656 section 12
+allots 0x4000-0x4FFF (first byte 64-79, how RFC 7983 demultiplexes it) and our client picks from
+there; RFC 5766 allowed 0x4000-0x7FFF, and deployed clients (coturn's ``turnutils_uclient`` among
+them) still use that range, so it is accepted (:data:`CHANNEL_MAX_ACCEPTED`) for interoperability.
 ``length`` counts the application data only, not the padding.
 
 Padding: over TCP and TLS the message is padded to a multiple of four bytes (``pad=True``); over
@@ -21,7 +22,8 @@ from typing import Final, NamedTuple
 from .attributes import StunDecodeError, StunEncodeError
 
 CHANNEL_MIN: Final = 0x4000
-CHANNEL_MAX: Final = 0x4FFF
+CHANNEL_MAX: Final = 0x4FFF  # RFC 8656: what we allocate
+CHANNEL_MAX_ACCEPTED: Final = 0x7FFF  # RFC 5766's range: what we accept from others
 CHANNEL_HEADER_SIZE: Final = 4
 MAX_CHANNEL_DATA: Final = 0xFFFF
 
@@ -34,17 +36,18 @@ class ChannelData(NamedTuple):
 
 
 def is_valid_channel(channel: int) -> bool:
-    return CHANNEL_MIN <= channel <= CHANNEL_MAX
+    return CHANNEL_MIN <= channel <= CHANNEL_MAX_ACCEPTED
 
 
 def is_channel_data(data: bytes) -> bool:
-    """Fast demultiplexing test (RFC 7983): first byte 64-79 and a whole header."""
-    return len(data) >= CHANNEL_HEADER_SIZE and 0x40 <= data[0] <= 0x4F
+    """Fast demultiplexing test: first byte 64-127 (RFC 7983 gives 64-79; RFC 5766 clients use up to
+    127) and a whole header."""
+    return len(data) >= CHANNEL_HEADER_SIZE and 0x40 <= data[0] <= 0x7F
 
 
 def encode_channel_data(channel: int, data: bytes, *, pad: bool = False) -> bytes:
     """One ChannelData message; ``pad`` for TCP/TLS (a multiple of four bytes)."""
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+    if not CHANNEL_MIN <= channel <= CHANNEL_MAX_ACCEPTED:
         raise StunEncodeError(f"channel 0x{channel:04X} outside 0x4000-0x4FFF")
     n = len(data)
     if n > MAX_CHANNEL_DATA:
@@ -63,7 +66,7 @@ def decode_channel_data(data: bytes, *, pad: bool = False) -> ChannelData:
     if n < CHANNEL_HEADER_SIZE:
         raise StunDecodeError(f"ChannelData of {n} bytes is shorter than its 4-byte header")
     channel, length = _HEAD.unpack_from(data)
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+    if not CHANNEL_MIN <= channel <= CHANNEL_MAX_ACCEPTED:
         raise StunDecodeError(f"channel 0x{channel:04X} outside 0x4000-0x4FFF")
     end = CHANNEL_HEADER_SIZE + length
     if n < end:
@@ -91,6 +94,6 @@ def frame_length(buffer: bytes | bytearray | memoryview) -> int | None:
         if length & 3:
             raise StunDecodeError(f"STUN length {length} in the stream is not a multiple of 4")
         return 20 + length
-    if first <= 0x4F:
+    if first <= 0x7F:
         return CHANNEL_HEADER_SIZE + length + (-length & 3)
     raise StunDecodeError(f"stream byte 0x{first:02X} starts neither STUN nor ChannelData")

@@ -236,7 +236,7 @@ class TurnClient:
             return None
         first = data[0]
         try:
-            if 0x40 <= first <= 0x4F:
+            if 0x40 <= first <= 0x7F:
                 cd = decode_channel_data(data, pad=self.transport != "udp")
                 ch = self._channels.get(cd.channel)
                 if ch is None:

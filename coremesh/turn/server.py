@@ -28,10 +28,10 @@ from typing import Final
 from ..addr import Address
 from ..errors import DecodeError
 from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, Attr, StunEncodeError
-from ..stun.channeldata import decode_channel_data, encode_channel_data
+from ..stun.channeldata import CHANNEL_MAX_ACCEPTED, decode_channel_data, encode_channel_data
 from ..stun.credentials import NonceStatus, check_nonce, check_rest_api_username, long_term_key, make_nonce
 from ..stun.message import Method, StunClass, StunMessage, decode, encode, verify_integrity
-from .allocation import CHANNEL_MAX, CHANNEL_MIN, Allocation, FiveTuple, TokenBucket, Transport
+from .allocation import CHANNEL_MIN, Allocation, FiveTuple, TokenBucket, Transport
 from .policy import PeerPolicy
 
 log = logging.getLogger("coremesh.turn.server")
@@ -227,7 +227,7 @@ class TurnServer:
             if not data:
                 return self._drop("drop_malformed")
             first = data[0]
-            if 0x40 <= first <= 0x4F:
+            if 0x40 <= first <= 0x7F:
                 return self._on_channel_data(data, key, now)
             if first > 0x03:
                 return self._drop("drop_unknown_type")
@@ -706,7 +706,7 @@ class TurnServer:
         number = msg.get_uint(Attr.CHANNEL_NUMBER)
         if number is None:
             raise _Reject(400, "Bad Request: CHANNEL-NUMBER missing")
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= number <= CHANNEL_MAX_ACCEPTED:  # RFC 5766's range, for deployed clients
             raise _Reject(400, "Bad Request: channel number out of range")
         peers = self._peer_addresses(msg, alloc)
         if len(peers) != 1:

@@ -45,7 +45,14 @@ def test_layout() -> None:
     assert decode_channel_data(b"\x4f\xff\0\0", pad=True) == ChannelData(0x4FFF, b"")
 
 
-@pytest.mark.parametrize("channel", [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize("channel", [0x5000, 0x7FFF])
+def test_rfc5766_channels_are_accepted_for_interoperability(channel: int) -> None:
+    encoded = encode_channel_data(channel, b"x")
+    assert decode_channel_data(encoded) == ChannelData(channel, b"x")
+    assert is_channel_data(encoded + b"\0")
+
+
+@pytest.mark.parametrize("channel", [0x0000, 0x3FFF, 0x8000, 0xFFFF])
 def test_channel_range(channel: int) -> None:
     with pytest.raises(StunEncodeError):
         encode_channel_data(channel, b"x")
@@ -78,7 +85,8 @@ def test_length_checks() -> None:
 def test_is_channel_data() -> None:
     assert is_channel_data(b"\x40\x00\x00\x00")
     assert is_channel_data(b"\x4f\xff\x00\x00")
-    assert not is_channel_data(b"\x50\x00\x00\x00")
+    assert is_channel_data(b"\x7f\xff\x00\x00")  # RFC 5766's range
+    assert not is_channel_data(b"\x80\x00\x00\x00")
     assert not is_channel_data(b"\x3f\x00\x00\x00")
     assert not is_channel_data(b"\x40\x00\x00")
 

@@ -426,7 +426,7 @@ def test_channel_expires_after_600s_then_data_indications() -> None:
 def test_channel_bind_conflicts_and_range() -> None:
     pair = make_pair()
     pair.allocate()
-    for number, peer, code in ((0x3FFF, PEER, 400), (0x5000, PEER, 400)):
+    for number, peer, code in ((0x3FFF, PEER, 400), (0x8000, PEER, 400)):
         msg = StunMessage(Method.CHANNEL_BIND, StunClass.REQUEST, b"c" * 12)
         msg.add_uint(Attr.CHANNEL_NUMBER, number)
         msg.add_address(Attr.XOR_PEER_ADDRESS, peer)
