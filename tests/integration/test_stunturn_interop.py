@@ -242,9 +242,10 @@ def uclient_argv(
     messages: int = 50,
     send_indications: bool = True,
     tcp: bool = False,
+    size: int = 1200,
 ) -> list[str]:
     argv = [tool("turnutils_uclient"), "-p", str(server_port), "-e", peer.host, "-r", str(peer.port)]
-    argv += ["-u", user, "-m", str(clients), "-l", "1200", "-n", str(messages)]
+    argv += ["-u", user, "-m", str(clients), "-l", str(size), "-n", str(messages)]
     argv += ["-w", password] if password is not None else ["-W", str(secret)]
     if send_indications:
         argv.append("-s")
@@ -253,11 +254,11 @@ def uclient_argv(
     return [*argv, LOOPBACK]
 
 
-def assert_relayed(rc: int, output: str, clients: int, messages: int) -> UclientReport:
+def assert_relayed(rc: int, output: str, clients: int, messages: int, size: int = 1200) -> UclientReport:
     assert rc == 0, f"turnutils_uclient exited with {rc}:\n{output[-3000:]}"
     report = parse_uclient(output)
     assert report.sent_msgs == clients * messages, report
-    assert report.sent_bytes == report.sent_msgs * 1200, report
+    assert report.sent_bytes == report.sent_msgs * size, report
     assert report.loss_percent <= 2.0, report  # paced at 20 ms per client on loopback: none expected
     assert report.recv_msgs >= report.sent_msgs * 0.98, report
     return report
@@ -441,21 +442,27 @@ def test_coremesh_relay_cli_with_coturn_style_flags_serves_uclient() -> None:
         run(lambda: body(Path(tmp) / "relay.log"), timeout=120)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="turnutils_uclient picks channel numbers in 0x4000-0x7FFF (RFC 5766's range, coturn's "
-    "STUN_VALID_CHANNEL); our server allows RFC 8656's 0x4000-0x4FFF and answers 400 "
-    "'channel number out of range' to the rest",
-)
-def test_turnutils_uclient_channels_through_us() -> None:
+@pytest.mark.parametrize(("transport", "size"), [("udp", 1200), ("tcp", 1200), ("udp", 1201), ("tcp", 1201)])
+def test_turnutils_uclient_channels_through_us(transport: str, size: int) -> None:
+    """uclient's default: ChannelBind, then ChannelData. It picks channel numbers in 0x4000-0x7FFF
+    (RFC 5766's range; RFC 8656 narrowed it to 0x4000-0x4FFF), so the server must accept those.
+    Over TCP, uclient does not pad ChannelData to four bytes (size 1201) unless given -D."""
+
     async def body() -> None:
         with processes() as procs:
             peer = start_echo_peer(procs)
             async with our_server() as service:
-                argv = uclient_argv(udp_port(service), peer, user=USER, password=PASSWORD)
-                argv.remove("-s")  # ChannelBind + ChannelData, uclient's default
+                argv = uclient_argv(
+                    udp_port(service),
+                    peer,
+                    user=USER,
+                    password=PASSWORD,
+                    send_indications=False,
+                    tcp=transport == "tcp",
+                    size=size,
+                )
                 rc, out = await run_tool(argv, timeout=60)
-                assert_relayed(rc, out, clients=4, messages=50)
+                assert_relayed(rc, out, clients=4, messages=50, size=size)
 
     run(body, timeout=90)
 
