@@ -112,6 +112,7 @@ def _loopback_alias_works(host: str) -> bool:
 def test_change_request_answers_from_the_other_ip_and_port() -> None:
     # All of 127.0.0.0/8 is loopback on Linux; if 127.0.0.2 is missing, fail rather than skip.
     assert _loopback_alias_works("127.0.0.2"), "127.0.0.2 must be usable (it is loopback on Linux)"
+
     async def body() -> None:
         service = StunTurnService(config(alt_address="127.0.0.2"))
         sock = udp_socket()
