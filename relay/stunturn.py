@@ -25,6 +25,7 @@ import logging
 import random
 import socket
 import ssl
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -54,6 +55,12 @@ log = logging.getLogger("coremesh.relay.stunturn")
 SOFTWARE: Final = "coremesh-relay"
 RECV_SIZE: Final = 65536
 RECV_BATCH: Final = 256
+# Linux UDP segmentation offload (see coremesh/runtime.py): GRO to read bursts, GSO to send them.
+_UDP_GRO: Final = getattr(socket, "UDP_GRO", 104)
+_UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)
+_GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
+_GSO_MAX_SEGMENTS: Final = 64
+_GSO_MAX_BYTES: Final = 65000
 UDP_BUFFER: Final = 4 * 1024 * 1024
 MAX_TCP_BUFFER: Final = 256 * 1024
 _WILDCARDS: Final = ("0.0.0.0", "::")
@@ -137,22 +144,50 @@ _DatagramHandler = Callable[["_UdpSocket", bytes, Address], None]
 
 
 class _UdpSocket:
-    """One non-blocking UDP socket read by ``loop.add_reader``."""
+    """One non-blocking UDP socket read by ``loop.add_reader``.
+
+    On Linux it asks for UDP GRO, so that a burst of equal-size datagrams from one source arrives
+    in one ``recvmsg``; the relay's cost per datagram is then Python work, not system calls.
+    """
 
     def __init__(self, sock: socket.socket, on_datagram: _DatagramHandler) -> None:
         self.sock = sock
         self.address = normalize_socket_address(sock.getsockname())
         self._on_datagram = on_datagram
+        self.gro = False
+        if sys.platform == "linux":
+            try:
+                sock.setsockopt(socket.IPPROTO_UDP, _UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                pass
 
     def read(self) -> None:
+        addresses: dict[object, Address] = {}
+        on_datagram = self._on_datagram
         for _ in range(RECV_BATCH):
             try:
-                data, src = self.sock.recvfrom(RECV_SIZE)
+                if self.gro:
+                    data, ancdata, _flags, src = self.sock.recvmsg(RECV_SIZE, _GRO_CMSG_SPACE)
+                else:
+                    data, src = self.sock.recvfrom(RECV_SIZE)
+                    ancdata = []
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # ICMP errors surface here on Linux; nothing to do for UDP
                 continue
-            self._on_datagram(self, data, normalize_socket_address(src))
+            address = addresses.get(src)
+            if address is None:
+                address = addresses[src] = normalize_socket_address(src)
+            segment = 0
+            for level, kind, value in ancdata:
+                if level == socket.IPPROTO_UDP and kind == _UDP_GRO and len(value) >= 4:
+                    segment = int.from_bytes(value[:4], sys.byteorder)
+            if 0 < segment < len(data):
+                for offset in range(0, len(data), segment):
+                    on_datagram(self, data[offset : offset + segment], address)
+            else:
+                on_datagram(self, data, address)
 
 
 def _bind_udp(address: Address, *, reuse: bool = False) -> socket.socket:
@@ -200,6 +235,10 @@ class StunTurnService:
         self.counters: Counter[str] = Counter()
         self._udp: dict[Address, _UdpSocket] = {}
         self._relays: dict[Address, _UdpSocket] = {}
+        self._batching = False
+        self._timer_dirty = False
+        self._out: list[tuple[socket.socket, Address, bytes]] = []
+        self._gso = sys.platform == "linux"
         self._tcp_servers: list[asyncio.Server] = []
         self._tcp_conns: dict[tuple[Address, Address, Transport], asyncio.StreamWriter] = {}
         self._tcp_tasks: set[asyncio.Task[None]] = set()
@@ -307,7 +346,7 @@ class StunTurnService:
         us = _UdpSocket(sock, self._on_listener_datagram)
         self._udp[us.address] = us
         self._addresses.append(us.address)
-        self._loop.add_reader(sock.fileno(), us.read)
+        self._loop.add_reader(sock.fileno(), self._read, us)
 
     async def _open_tcp(self, primary: Address) -> None:
         cfg = self.config
@@ -460,7 +499,10 @@ class StunTurnService:
                     queue.extend(turn.confirm_relay(e.relay, ok, time.time()))
             elif isinstance(e, CloseRelay):
                 self._close_relay(e.relay)
-        self._arm_timer()
+        if self._batching:
+            self._timer_dirty = True  # re-armed once for the whole batch
+        else:
+            self._arm_timer()
 
     def _open_relay(self, relay: Address) -> bool:
         assert self._loop is not None
@@ -471,7 +513,7 @@ class StunTurnService:
             return False
         us = _UdpSocket(sock, self._on_relay_datagram)
         self._relays[relay] = us
-        self._loop.add_reader(sock.fileno(), us.read)
+        self._loop.add_reader(sock.fileno(), self._read, us)
         return True
 
     def _close_relay(self, relay: Address) -> None:
@@ -490,6 +532,9 @@ class StunTurnService:
         self._sendto(us.sock, data, dst)
 
     def _sendto(self, sock: socket.socket, data: bytes, dst: Address) -> None:
+        if self._batching:
+            self._out.append((sock, dst, data))
+            return
         try:
             sock.sendto(data, dst)
             self.counters["udp_datagrams_sent"] += 1
@@ -497,6 +542,55 @@ class StunTurnService:
             self.counters["send_dropped_full"] += 1
         except OSError:
             self.counters["send_errors"] += 1
+
+    def _read(self, us: _UdpSocket) -> None:
+        """Read a batch from one socket, then send what it produced, batched with GSO."""
+        self._batching = True
+        try:
+            us.read()
+        finally:
+            self._batching = False
+            if self._out:
+                self._flush_out()
+            if self._timer_dirty:
+                self._timer_dirty = False
+                self._arm_timer()
+
+    def _flush_out(self) -> None:
+        """Runs of equal-size datagrams from one socket to one destination go out in one sendmsg
+        (UDP GSO; the last of a run may be shorter); anything else one by one."""
+        out, self._out = self._out, []
+        n = len(out)
+        i = 0
+        while i < n:
+            sock, dst, data = out[i]
+            size = len(data)
+            limit = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // max(size, 1)) if self._gso else 1
+            j = i + 1
+            while j < n and j - i < limit:
+                nsock, ndst, ndata = out[j]
+                if nsock is not sock or ndst != dst or len(ndata) > size:
+                    break
+                j += 1
+                if len(ndata) < size:
+                    break
+            try:
+                if j - i == 1:
+                    sock.sendto(data, dst)
+                else:
+                    cmsg = [(socket.IPPROTO_UDP, _UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+                    sock.sendmsg([d for _, _, d in out[i:j]], cmsg, 0, dst)
+                self.counters["udp_datagrams_sent"] += j - i
+            except (BlockingIOError, InterruptedError):
+                self.counters["send_dropped_full"] += j - i
+            except OSError as exc:
+                if j - i > 1 and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    self._gso = False  # no segmentation offload here: one by one from now on
+                    self._out = out[i:] + self._out
+                    self._flush_out()
+                    return
+                self.counters["send_errors"] += j - i
+            i = j
 
     def _send_tcp(self, key: tuple[Address, Address, Transport], data: bytes) -> None:
         writer = self._tcp_conns.get(key)
