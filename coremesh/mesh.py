@@ -250,6 +250,7 @@ class MeshNode:
         if link is None or not await link.prepare(address):
             return None
         runtime.routes[address] = link
+        link.routed.add(address)
         return link
 
     async def _fall_back(
@@ -275,6 +276,7 @@ class MeshNode:
                 if done:
                     return
         runtime.routes.pop(address, None)
+        relays.forget(address)
         keyed = relays.keyed_relay()
         if keyed is not None and endpoint.redirect(peer_id, RelayAddress(keyed, peer_id), runtime.now()):
             log.info("trying through the keyed relay", extra={"peer_id": str(peer_id), "relay": keyed})
@@ -484,8 +486,10 @@ class MeshNode:
     def _on_disconnected(self, event: ev.PeerDisconnected) -> None:
         conn = self._connections.pop(event.peer_id, None)
         address = conn.remote_address if conn is not None else None
-        if address is not None and self._runtime is not None:
-            self._runtime.routes.pop(address, None)  # type: ignore[arg-type]
+        if address is not None and self._runtime is not None and isinstance(address, Address):
+            self._runtime.routes.pop(address, None)
+            if self._relays is not None:
+                self._relays.forget(address)
         if conn is not None:
             conn._mark_closed(event.reason)
         for key, fut in list(self._ping_waiters.items()):

@@ -27,6 +27,9 @@ from .turn import client as turn
 
 log = logging.getLogger("coremesh.relays")
 
+RETRY_INITIAL = 1.0  # seconds before allocating again after a loss or a failure, doubling
+RETRY_MAX = 60.0
+
 
 class TurnLink:
     """One STUN/TURN server, used over the node's own UDP socket.
@@ -54,6 +57,9 @@ class TurnLink:
         self._binding_task: asyncio.Future[None] | None = None
         self._stopping = False
         self._permission_failures: dict[str, str] = {}  # peer IP -> reason
+        self.routed: set[Address] = set()  # peers whose traffic this allocation carries
+        self._retry_task: asyncio.Future[None] | None = None
+        self._retry_delay = RETRY_INITIAL
 
     def _now(self) -> float:
         """POSIX time: time-limited TURN credentials carry wall-clock expiry times."""
@@ -62,13 +68,43 @@ class TurnLink:
     async def start(self) -> None:
         self.server = await _resolve(self.config.address, self._runtime)
         if self.config.username and self.config.password:
-            self.client = turn.TurnClient(
-                self.server, self.config.username, self.config.password, random_bytes=self._rng.randbytes
-            )
-            self.client.allocate(self._now())
-            self._flush()
+            self._allocate()
         else:
             self._binding_task = asyncio.ensure_future(self._bind())
+
+    def _allocate(self) -> None:
+        assert self.config.username and self.config.password
+        self.client = turn.TurnClient(
+            self.server, self.config.username, self.config.password, random_bytes=self._rng.randbytes
+        )
+        self.client.allocate(self._now())
+        self._flush()
+
+    def _lost(self) -> None:
+        """The allocation is gone (or never came): stop routing through it, and try again later."""
+        routes = self._runtime.routes
+        for address in [a for a, route in routes.items() if route is self]:
+            del routes[address]  # traffic goes direct again rather than into a dead allocation
+        if not self._stopping and (self._retry_task is None or self._retry_task.done()):
+            self._retry_task = asyncio.ensure_future(self._retry())
+
+    async def _retry(self) -> None:
+        """Allocate again with exponential backoff; then carry the peers it carried before."""
+        await asyncio.sleep(self._retry_delay * (0.8 + 0.4 * self._rng.random()))
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        if self._stopping:
+            return
+        self.ready = asyncio.Event()
+        self._allocate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), 40.0)
+        if not self.allocated:
+            return  # _lost() scheduled the next try
+        self._retry_delay = RETRY_INITIAL
+        log.info("TURN allocation restored", extra={"relay": str(self.server), "relayed": str(self.relayed)})
+        for address in list(self.routed):
+            if address not in self._runtime.routes and await self.prepare(address):
+                self._runtime.routes[address] = self
 
     async def _bind(self) -> None:
         """RFC 8489 Binding with the usual retransmissions (0, 0.5, 1.5 s...), bounded."""
@@ -87,8 +123,9 @@ class TurnLink:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._binding_task is not None:
-            self._binding_task.cancel()
+        for task in (self._binding_task, self._retry_task):
+            if task is not None:
+                task.cancel()
         if self.client is not None and self.client.state is turn.ClientState.ALLOCATED:
             with contextlib.suppress(Exception):
                 self.client.close(self._now())
@@ -147,6 +184,7 @@ class TurnLink:
                 self.ready.set()
                 if self._stopping:  # releasing our own allocation at shutdown is no news
                     continue
+                self._lost()
                 log.warning(
                     "TURN allocation unavailable", extra={"relay": str(self.server), "error": self.error}
                 )
@@ -266,6 +304,11 @@ class RelayManager:
             if client.registered:
                 return url
         return None
+
+    def forget(self, address: Address) -> None:
+        """The connection to ``address`` ended: no allocation needs to carry it any more."""
+        for link in self.turn:
+            link.routed.discard(address)
 
     def turn_link(self) -> TurnLink | None:
         """A TURN server where this node holds an allocation, if any."""

@@ -266,7 +266,14 @@ class UdpRuntime:
         if handler is None:
             self.endpoint.counters["drop_not_mesh"] += 1
             return
-        for inner, peer in handler(data, addr, now):
+        try:
+            unwrapped = handler(data, addr, now)
+        except Exception:
+            # A bug or a hostile answer in a relay client must never stop the mesh receive loop.
+            self.endpoint.counters["drop_foreign_error"] += 1
+            log.exception("relay client failed on a datagram from %s", addr)
+            return
+        for inner, peer in unwrapped:
             self.endpoint.receive_datagram(inner, peer, now)
 
     def _on_readable_gro(self) -> None:

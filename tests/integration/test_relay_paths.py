@@ -8,6 +8,7 @@ namespace where a firewall rule makes the direct path between the two nodes impo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -71,6 +72,51 @@ def test_turn_carries_a_connection_and_ping_says_relay() -> None:
                 assert await conn.receive() == b"back"
                 assert (await a.ping(b.peer_id)).path == "relay"
                 assert service.stats().get("packets_to_peer", 0) > 0
+        finally:
+            await service.stop()
+
+    run(body)
+
+
+def test_a_lost_allocation_stops_routing_and_is_replaced() -> None:
+    async def body() -> None:
+        config = StunTurnConfig(listen=LOOP, users={"alice": "s3cret"}, allow_loopback_peers=True)
+        service = StunTurnService(config)
+        await service.start()
+        port = service.addresses[0].port
+        try:
+            config_a = MeshConfig(listen_addr=LOOP, relays=(f"alice:s3cret@127.0.0.1:{port}",))
+            async with MeshNode(config_a) as a, MeshNode(MeshConfig(listen_addr=LOOP)) as b:
+                conn = await a.connect(b.peer_id, b.local_address, path="relay")
+                first = next(c["address"] for c in a.candidates() if c["type"] == "relay")
+                # The relay restarts: the node's allocation is gone. The node notices when its
+                # allocation times out; force that moment instead of waiting ten minutes.
+                await service.stop()
+                service = StunTurnService(dataclasses.replace(config, listen=f"127.0.0.1:{port}"))
+                await service.start()
+                link = a._relays.turn[0]  # type: ignore[union-attr]
+                assert link.client is not None
+                link.client.handle_timer(link._now() + 7200)  # its refresh is now due
+                link._flush()
+                for _ in range(100):  # the new server does not know the allocation: it is lost
+                    if link.error is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                assert link.error is not None and "Lost" in link.error, link.error
+                assert b.local_address not in a._runtime.routes  # type: ignore[union-attr]  # no black hole
+                for _ in range(100):  # re-allocated after about a second, and the route restored
+                    if link.allocated and b.local_address in a._runtime.routes:  # type: ignore[union-attr]
+                        break
+                    await asyncio.sleep(0.05)
+                second = next(c["address"] for c in a.candidates() if c["type"] == "relay")
+                assert second != first
+                await conn.send(b"after the restart")
+                incoming = b.get_connection(a.peer_id)
+                assert incoming is not None
+                while await incoming.receive() != b"after the restart":
+                    pass
+                assert str(incoming.remote_address) == second  # B followed A to its new relayed address
+                assert (await a.ping(b.peer_id)).path == "relay"
         finally:
             await service.stop()
 
