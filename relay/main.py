@@ -176,6 +176,7 @@ class Relay:
             }
             st.listen.append(str(keyed.address))
             st.addresses = _texts([*st.addresses, keyed.address])
+            stun_turn.add_server_addresses([keyed.address])  # TURN never relays into our own listeners
 
         self.admin = AdminServer(create_admin_app(st))
         try:
@@ -185,6 +186,7 @@ class Relay:
             raise StartupError(
                 f"cannot serve the admin API on {s.admin}: {os_error_text(exc)}", EXIT_RUNTIME
             ) from None
+        stun_turn.add_server_addresses([admin_address])
         st.ready = not self._stop.is_set()
         log.info(
             "relay.ready",

@@ -6,7 +6,11 @@
   (:class:`~coremesh.turn.server.TurnServer`).
 - TCP on ``listen`` (TLS when ``ssl_context`` is given): STUN messages and ChannelData framed as
   RFC 8489 §6.2.2 / RFC 8656 §12.5 say (ChannelData padded to four bytes). An allocation made over a
-  connection ends when the connection closes.
+  connection ends when the connection closes. Connections are capped per source IP (per /64 for
+  IPv6) and in total, and closed when they send no valid request soon after connecting, idle without
+  an allocation, or hold a partial frame too long (slowloris); see :class:`StunTurnConfig`.
+- A wildcard listen address is expanded to the host's own addresses (:func:`host_local_ips`) for
+  the loop check (``TurnServer.server_addresses``) and the peer policy's own IPs.
 - One UDP socket per allocation, bound on the port the core picked in ``[min_port, max_port]``
   (the core's :class:`OpenRelay` effect; the bind's outcome goes back through
   :meth:`TurnServer.confirm_relay` at once, so the client's answer waits for a bound socket).
@@ -23,12 +27,13 @@ import errno
 import ipaddress
 import logging
 import random
+import resource
 import socket
 import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -37,7 +42,7 @@ from coremesh.errors import ConfigError, DecodeError
 from coremesh.stun.binding import BindingServer
 from coremesh.stun.channeldata import frame_length
 from coremesh.stun.message import Method
-from coremesh.turn.allocation import Transport
+from coremesh.turn.allocation import FiveTuple, Transport
 from coremesh.turn.policy import PeerPolicy, parse_ip_range
 from coremesh.turn.server import (
     CloseRelay,
@@ -64,6 +69,13 @@ _GSO_MAX_BYTES: Final = 65000
 UDP_BUFFER: Final = 4 * 1024 * 1024
 MAX_TCP_BUFFER: Final = 256 * 1024
 _WILDCARDS: Final = ("0.0.0.0", "::")
+# TCP/TLS connection limits (the defaults of the StunTurnConfig fields of the same names, lowercase).
+MAX_TCP_CONNECTIONS: Final = 4096  # in total (also at most half the process's file descriptor limit)
+MAX_TCP_CONNECTIONS_PER_IP: Final = 64  # per source IPv4 address / IPv6 /64
+TCP_REQUEST_TIMEOUT: Final = 10.0  # s from connecting (or the TLS handshake) to the first valid request
+TCP_IDLE_TIMEOUT: Final = 30.0  # s without a valid request on a connection that has no allocation
+TCP_PARTIAL_TIMEOUT: Final = 5.0  # s one incomplete frame may take to arrive in full
+_TCP_STOP_GRACE: Final = 1.0  # s stop() lets connections close cleanly before aborting them
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +87,13 @@ class StunTurnConfig:
     PORT+1). ``users`` maps names to passwords; ``static_auth_secret`` enables TURN REST API
     credentials. Quotas and ``max_bps`` (bytes per second per allocation): 0 means unlimited.
     ``ssl_context`` turns the TCP listener into TLS.
+
+    TCP/TLS limits: at most ``max_tcp_connections`` connections (and never more than half the
+    process's ``RLIMIT_NOFILE``, so relay sockets always find descriptors) and
+    ``max_tcp_connections_per_ip`` from one IPv4 address or IPv6 /64; a connection is closed when it
+    sends no valid STUN request within ``tcp_request_timeout`` seconds of connecting, when it has no
+    allocation and sent no valid request for ``tcp_idle_timeout`` seconds, or when one incomplete
+    frame stays incomplete for ``tcp_partial_timeout`` seconds.
     """
 
     listen: Address
@@ -93,6 +112,11 @@ class StunTurnConfig:
     no_tcp: bool = False
     no_udp: bool = False
     ssl_context: ssl.SSLContext | None = None
+    max_tcp_connections: int = MAX_TCP_CONNECTIONS
+    max_tcp_connections_per_ip: int = MAX_TCP_CONNECTIONS_PER_IP
+    tcp_request_timeout: float = TCP_REQUEST_TIMEOUT
+    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT
+    tcp_partial_timeout: float = TCP_PARTIAL_TIMEOUT
 
     def __post_init__(self) -> None:
         listen: object = self.listen
@@ -138,6 +162,14 @@ class StunTurnConfig:
                 parse_ip_range(text, field=fld)
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context: expected an ssl.SSLContext")
+        for fld in ("max_tcp_connections", "max_tcp_connections_per_ip"):
+            value = getattr(self, fld)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{fld}: expected an integer >= 1, got {value!r}")
+        for fld in ("tcp_request_timeout", "tcp_idle_timeout", "tcp_partial_timeout"):
+            value = getattr(self, fld)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e6:
+                raise ConfigError(f"{fld}: expected seconds > 0, got {value!r}")
 
 
 _DatagramHandler = Callable[["_UdpSocket", bytes, Address], None]
@@ -226,6 +258,122 @@ def relay_ip(listen_host: str, version: int) -> str | None:
     return None if ip in _WILDCARDS else ip
 
 
+def local_ips_from_proc(fib_trie: str, if_inet6: str) -> list[str]:
+    """The host's own IPs from the text of Linux's ``/proc/net/fib_trie`` (IPv4: the leaves marked
+    ``/32 host LOCAL``) and ``/proc/net/if_inet6`` (IPv6: the first column, 32 hex digits), each
+    once, IPv4 first. Lines that do not parse are skipped. Pure, for tests."""
+    out: dict[str, None] = {}
+    leaf: str | None = None
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|--"):
+            leaf = text[3:].strip()
+        elif text.startswith("/") and leaf is not None:
+            words = text.split()
+            if words[:1] == ["/32"] and words[1:3] == ["host", "LOCAL"]:
+                with contextlib.suppress(ValueError):
+                    out[str(ipaddress.IPv4Address(leaf))] = None
+        elif not text.startswith("/"):
+            leaf = None
+    for line in if_inet6.splitlines():
+        words = line.split()
+        if words and len(words[0]) == 32:
+            with contextlib.suppress(ValueError):
+                out[ipaddress.IPv6Address(int(words[0], 16)).compressed] = None
+    return list(out)
+
+
+def host_local_ips() -> list[str] | None:
+    """The host's own IPs (:func:`local_ips_from_proc`); ``None`` when ``/proc`` cannot be read."""
+    texts = []
+    for path in ("/proc/net/fib_trie", "/proc/net/if_inet6"):
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                texts.append(f.read())
+        except OSError:
+            texts.append("")
+    if not any(texts):
+        return None
+    return local_ips_from_proc(*texts) or None
+
+
+def own_ips(listen_host: str, local_ips: Iterable[str] | None) -> list[str]:
+    """The IPs a listener on ``listen_host`` receives on: the host itself when concrete; for
+    ``0.0.0.0`` the host's IPv4 addresses, for ``::`` (dual-stack) all of them. ``local_ips`` is
+    :func:`host_local_ips`; when it is ``None`` the :func:`relay_ip` addresses stand in."""
+    if listen_host not in _WILDCARDS:
+        return [listen_host]
+    if local_ips is None:
+        found = [relay_ip(listen_host, 4), relay_ip(listen_host, 6)]
+        return [ip for ip in found if ip is not None]
+    return [ip for ip in local_ips if listen_host == "::" or ":" not in ip]
+
+
+_V4_LOOPBACK: Final = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+class _ServerAddresses(set[Address]):
+    """``TurnServer.server_addresses`` (what relayed data must never be sent to) that also knows the
+    wildcard listeners: all of 127.0.0.0/8 reaches a ``0.0.0.0`` (or dual-stack ``::``) listener,
+    and that range is too big to list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loopback_ports: set[int] = set()
+
+    def __contains__(self, item: object) -> bool:
+        if super().__contains__(item):
+            return True
+        if not isinstance(item, Address) or item.port not in self.loopback_ports:
+            return False
+        try:
+            return ipaddress.ip_address(item.host) in _V4_LOOPBACK
+        except ValueError:
+            return False
+
+
+class _TcpConn:
+    """One TCP/TLS connection's state for the limits (times are ``loop.time()``)."""
+
+    __slots__ = ("group", "key", "last_valid", "opened", "partial_since", "reason", "validated", "writer")
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, key: tuple[Address, Address, Transport], group: str, now: float
+    ) -> None:
+        self.writer = writer
+        self.key = key
+        self.group = group  # the source IPv4 address or IPv6 /64 the per-IP cap counts
+        self.opened = now
+        self.last_valid = now
+        self.partial_since: float | None = None  # when the incomplete frame in the buffer began
+        self.validated = False
+        self.reason: str | None = None  # why the relay closed it, once it did
+
+
+def _ip_group(host: str) -> str:
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host, 64), strict=False))
+    except ValueError:
+        return host
+
+
+def _tcp_limit(configured: int) -> int:
+    """``max_tcp_connections``, but at most half the soft ``RLIMIT_NOFILE``: the other half stays
+    for listeners and relay sockets, so a flood of connections cannot make Allocate fail."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover
+        return configured
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return configured
+    limit = min(configured, max(16, soft // 2))
+    if limit < configured:
+        log.info("max_tcp_connections %d lowered to %d (half of RLIMIT_NOFILE %d)", configured, limit, soft)
+    return limit
+
+
 class StunTurnService:
     """One STUN/TURN relay on the running event loop: ``await start()``, ``await stop()``."""
 
@@ -240,8 +388,13 @@ class StunTurnService:
         self._out: list[tuple[socket.socket, Address, bytes]] = []
         self._gso = sys.platform == "linux"
         self._tcp_servers: list[asyncio.Server] = []
-        self._tcp_conns: dict[tuple[Address, Address, Transport], asyncio.StreamWriter] = {}
+        self._tcp_conns: dict[tuple[Address, Address, Transport], _TcpConn] = {}
+        self._tcp_per_ip: Counter[str] = Counter()
         self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._tcp_sweep: asyncio.TimerHandle | None = None
+        self._tcp_limit = config.max_tcp_connections
+        self._closing = False
+        self._extra_addresses: list[Address] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,6 +402,7 @@ class StunTurnService:
         self.turn: TurnServer | None = None
         self.binding: BindingServer | None = None
         self._addresses: list[Address] = []
+        self._local_ips: list[str] | None = None
         # Built now so that a bad config fails before any socket is opened.
         self._policy = PeerPolicy.build(
             allow_loopback_peers=config.allow_loopback_peers,
@@ -276,11 +430,13 @@ class StunTurnService:
             await self._close_sockets()
             raise
         self._started = True
+        self._closing = False
+        self._tcp_limit = _tcp_limit(cfg.max_tcp_connections)
         other = Address(cfg.alt_address, primary.port + 1) if cfg.alt_address is not None else None
         self.binding = BindingServer(SOFTWARE, other_address=other, primary_address=primary)
         host = primary.host
-        concrete = host not in _WILDCARDS
-        own = [host] if concrete else []
+        self._local_ips = host_local_ips() if host in _WILDCARDS else None
+        own = own_ips(host, self._local_ips)
         if cfg.alt_address is not None:
             own.append(cfg.alt_address)
         relay_v4, relay_v6 = relay_ip(host, 4), relay_ip(host, 6)
@@ -303,8 +459,34 @@ class StunTurnService:
             rng=random.Random(self._rng.getrandbits(64)),
             secret=self._rng.randbytes(32),
         )
-        self.turn.server_addresses.update(self._addresses)
+        self.turn.server_addresses = _ServerAddresses()
+        self._add_server_addresses([*self._addresses, *self._extra_addresses])
         log.info("STUN/TURN listening on %s", ", ".join(map(str, self._addresses)))
+
+    def add_server_addresses(self, addresses: Iterable[Address]) -> None:
+        """Other addresses this relay listens on (e.g. the keyed relay's): relayed data is never
+        sent to them either. Wildcard hosts are expanded as for ``listen``. Before or after start."""
+        added = list(addresses)
+        self._extra_addresses.extend(added)
+        if self.turn is not None:
+            self._add_server_addresses(added)
+
+    def _add_server_addresses(self, addresses: Iterable[Address]) -> None:
+        turn = self.turn
+        assert turn is not None
+        table = turn.server_addresses
+        for addr in addresses:
+            if addr.host not in _WILDCARDS:
+                table.add(addr)
+                continue
+            if self._local_ips is None:
+                self._local_ips = host_local_ips()
+            ips = own_ips(addr.host, self._local_ips)
+            relay_ips = (relay_ip(addr.host, 4), relay_ip(addr.host, 6))
+            for ip in dict.fromkeys([*ips, *(ip for ip in relay_ips if ip is not None)]):
+                table.add(Address(ip, addr.port))
+            if isinstance(table, _ServerAddresses):
+                table.loopback_ports.add(addr.port)
 
     def _open_listeners(self) -> Address:
         """Bind the UDP listeners (and pick the port when ``listen`` has port 0)."""
@@ -358,12 +540,22 @@ class StunTurnService:
                 self._tcp_tasks.add(task)
             try:
                 await self._serve_tcp(reader, writer, transport)
+            except asyncio.CancelledError:
+                # Only a last resort of stop() or the loop's shutdown cancels this task; ending it
+                # normally keeps Python 3.11's StreamReaderProtocol callback from logging the
+                # CancelledError as "Exception in callback".
+                writer.transport.abort()
             finally:
                 if task is not None:
                     self._tcp_tasks.discard(task)
 
         server = await asyncio.start_server(
-            on_conn, primary.host, primary.port, ssl=cfg.ssl_context, reuse_address=True
+            on_conn,
+            primary.host,
+            primary.port,
+            ssl=cfg.ssl_context,
+            reuse_address=True,
+            ssl_handshake_timeout=cfg.tcp_request_timeout if cfg.ssl_context is not None else None,
         )
         self._tcp_servers.append(server)
         for s in server.sockets:
@@ -376,22 +568,36 @@ class StunTurnService:
         self._started = False
 
     async def _close_sockets(self) -> None:
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._tcp_sweep is not None:
+            self._tcp_sweep.cancel()
+            self._tcp_sweep = None
         for server in self._tcp_servers:
             server.close()
-        for writer in list(self._tcp_conns.values()):
-            writer.close()
-        for task in list(self._tcp_tasks):
+        # End the handlers by closing their connections (they then read EOF and return), never by
+        # cancelling them mid-read: first cleanly, then, for those that do not finish, abruptly.
+        for conn in list(self._tcp_conns.values()):
+            conn.writer.close()
+        for abort in (False, True):
+            if not self._tcp_tasks:
+                break
+            if abort:
+                for conn in list(self._tcp_conns.values()):
+                    conn.writer.transport.abort()
+            await asyncio.wait(set(self._tcp_tasks), timeout=_TCP_STOP_GRACE)
+        for task in list(self._tcp_tasks):  # pragma: no cover - a handler stuck past an abort
             task.cancel()
-        if self._tcp_tasks:
-            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+        if self._tcp_tasks:  # pragma: no cover
+            await asyncio.wait(set(self._tcp_tasks), timeout=_TCP_STOP_GRACE)
         for server in self._tcp_servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         self._tcp_servers.clear()
         self._tcp_conns.clear()
+        self._tcp_per_ip.clear()
         self._close_udp()
         for relay in list(self._relays):
             self._close_relay(relay)
@@ -442,11 +648,32 @@ class StunTurnService:
     async def _serve_tcp(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: Transport
     ) -> None:
-        peer = normalize_socket_address(writer.get_extra_info("peername"))
-        local = normalize_socket_address(writer.get_extra_info("sockname"))
+        loop = asyncio.get_running_loop()
+        peername, sockname = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        if self._closing or peername is None or sockname is None:
+            writer.transport.abort()
+            return
+        peer = normalize_socket_address(peername)
+        local = normalize_socket_address(sockname)
         key = (peer, local, transport)
-        self._tcp_conns[key] = writer
+        group = _ip_group(peer.host)
         self.counters["tcp_connections_total"] += 1
+        cfg = self.config
+        refused = None
+        if len(self._tcp_conns) >= self._tcp_limit:
+            refused = "total_limit"
+        elif self._tcp_per_ip[group] >= cfg.max_tcp_connections_per_ip:
+            refused = "per_ip_limit"
+        if refused is not None:
+            self.counters[f"tcp_closed_{refused}"] += 1
+            log.debug("TCP connection from %s refused: %s", peer, refused)
+            writer.transport.abort()
+            return
+        conn = _TcpConn(writer, key, group, loop.time())
+        self._tcp_conns[key] = conn
+        self._tcp_per_ip[group] += 1
+        if self._tcp_sweep is None:
+            self._tcp_sweep = loop.call_later(self._sweep_interval(), self._sweep_tcp)
         buf = bytearray()
         try:
             while True:
@@ -457,22 +684,68 @@ class StunTurnService:
                 if len(buf) > MAX_TCP_BUFFER:
                     self.counters["tcp_drop_oversize"] += 1
                     break
+                now = loop.time()
+                progress = False
                 while (n := frame_length(buf)) is not None and len(buf) >= n:
                     frame = bytes(buf[:n])
                     del buf[:n]
+                    progress = True
                     self.counters["tcp_frames_received"] += 1
+                    if stun_method(frame) is not None:  # STUN-shaped: a request (or indication)
+                        conn.validated = True
+                        conn.last_valid = now
                     self._dispatch(frame, peer, local, transport)
+                if not buf:
+                    conn.partial_since = None
+                elif progress or conn.partial_since is None:
+                    conn.partial_since = now
         except DecodeError:
             self.counters["tcp_drop_malformed"] += 1
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("TCP connection from %s ended: %s", peer, exc)
         finally:
-            self._tcp_conns.pop(key, None)
+            if self._tcp_conns.get(key) is conn:
+                del self._tcp_conns[key]
+            self._tcp_per_ip[group] -= 1
+            if self._tcp_per_ip[group] <= 0:
+                del self._tcp_per_ip[group]
             if self.turn is not None:
                 self._run(self.turn.connection_closed(peer, local, transport, time.time()))
+            if conn.reason is not None:
+                log.debug("TCP connection from %s closed: %s", peer, conn.reason)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _sweep_interval(self) -> float:
+        cfg = self.config
+        return min(1.0, cfg.tcp_request_timeout / 4, cfg.tcp_idle_timeout / 4, cfg.tcp_partial_timeout / 4)
+
+    def _sweep_tcp(self) -> None:
+        """Close the TCP connections that broke a time limit (runs while there are connections)."""
+        self._tcp_sweep = None
+        loop, cfg, turn = self._loop, self.config, self.turn
+        if loop is None or self._closing:
+            return
+        now = loop.time()
+        for conn in list(self._tcp_conns.values()):
+            if conn.reason is not None:
+                continue
+            reason = None
+            if conn.partial_since is not None and now - conn.partial_since > cfg.tcp_partial_timeout:
+                reason = "partial_frame"
+            elif not conn.validated and now - conn.opened > cfg.tcp_request_timeout:
+                reason = "request_timeout"
+            elif now - conn.last_valid > cfg.tcp_idle_timeout and (
+                turn is None or FiveTuple(*conn.key) not in turn.allocations
+            ):
+                reason = "idle"
+            if reason is not None:
+                conn.reason = reason
+                self.counters[f"tcp_closed_{reason}"] += 1
+                conn.writer.transport.abort()  # the handler reads EOF and cleans up
+        if self._tcp_conns:
+            self._tcp_sweep = loop.call_later(self._sweep_interval(), self._sweep_tcp)
 
     # --------------------------------------------------------------------------------- output
 
@@ -593,10 +866,11 @@ class StunTurnService:
             i = j
 
     def _send_tcp(self, key: tuple[Address, Address, Transport], data: bytes) -> None:
-        writer = self._tcp_conns.get(key)
-        if writer is None or writer.is_closing():
+        conn = self._tcp_conns.get(key)
+        if conn is None or conn.writer.is_closing():
             self.counters["send_no_connection"] += 1
             return
+        writer = conn.writer
         transport = writer.transport
         if transport.get_write_buffer_size() > MAX_TCP_BUFFER:
             self.counters["tcp_send_dropped_full"] += 1  # a slow client loses datagrams, as on UDP

@@ -17,6 +17,9 @@ CHANNEL_LIFETIME: Final = 600.0
 CHANNEL_QUARANTINE: Final = 300.0
 CHANNEL_MIN: Final = 0x4000
 CHANNEL_MAX: Final = 0x4FFF
+# Caps on what one allocation may hold and one request may carry (the server can override them).
+MAX_PERMISSIONS: Final = 256
+MAX_PEERS_PER_REQUEST: Final = 16
 
 
 class FiveTuple(NamedTuple):
@@ -81,6 +84,8 @@ class Allocation:
     channels: dict[int, Channel] = field(default_factory=dict)
     channel_by_peer: dict[Address, Channel] = field(default_factory=dict)
     success: bytes = b""  # the encoded Allocate success response, resent on a retransmitted request
+    timer_seq: int = 0  # sequence number of this allocation's live expiry-heap entry (0: none)
+    timer_at: float = 0.0  # the time of that entry; never later than ``expires``
 
     def has_permission(self, host: str, now: float) -> bool:
         expiry = self.permissions.get(host)
@@ -88,6 +93,18 @@ class Allocation:
 
     def install_permission(self, host: str, now: float) -> None:
         self.permissions[host] = now + PERMISSION_LIFETIME
+
+    def room_for_permissions(self, hosts: set[str], now: float, cap: int) -> bool:
+        """Whether installing or refreshing permissions for ``hosts`` keeps at most ``cap`` live
+        permissions. Expired ones are forgotten first; refreshing a live one needs no room."""
+        new = {h for h in hosts if not self.has_permission(h, now)}
+        if not new:
+            return True
+        if len(self.permissions) + len(new) <= cap:
+            return True
+        for host in [h for h, t in self.permissions.items() if t <= now]:
+            del self.permissions[host]
+        return len(self.permissions) + len(new) <= cap
 
     def live_channel(self, number: int, now: float) -> Channel | None:
         ch = self.channels.get(number)

@@ -30,7 +30,7 @@ from typing import Final, Literal
 
 from ..addr import Address
 from ..errors import DecodeError, LocalProtocolError
-from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, Attr, StunEncodeError
+from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, Attr, encode_text
 from ..stun.channeldata import decode_channel_data, encode_channel_data
 from ..stun.credentials import long_term_key
 from ..stun.message import Method, StunClass, StunMessage, decode, encode, verify_integrity
@@ -255,7 +255,7 @@ class TurnClient:
                 return peer, payload
             if msg.msg_class in (StunClass.SUCCESS, StunClass.ERROR):
                 self._on_response(msg, data, now)
-        except (DecodeError, StunEncodeError):
+        except (DecodeError, ValueError):  # ValueError: StunEncodeError, CredentialError
             self._counters.add("drop_malformed")
         return None
 
@@ -401,33 +401,45 @@ class TurnClient:
         ):
             self._counters.add("drop_bad_integrity")
             return
-        del self._txns[msg.transaction_id]
+        # Read every attribute that is acted on before the transaction is consumed: a malformed one
+        # raises DecodeError here, the response is dropped and the request is retransmitted or times
+        # out, instead of the client waiting forever for an answer it already threw away.
         if msg.msg_class is StunClass.SUCCESS:
+            _check_success(txn.method, msg)
+            del self._txns[msg.transaction_id]
             self._on_success(txn, msg, now)
             return
         err = msg.get_error()
+        realm = msg.get_text(Attr.REALM)
+        nonce = msg.get_text(Attr.NONCE)
+        del self._txns[msg.transaction_id]
         code = err.code if err is not None else 0
         reason = err.reason if err is not None else "error response without ERROR-CODE"
         if code in (401, 438) and txn.build is not None:
-            realm = msg.get_text(Attr.REALM)
-            nonce = msg.get_text(Attr.NONCE)
             first_challenge = code == 401 and self._key is None
             if nonce is not None and (
                 first_challenge or (code == 438 and txn.nonce_retries < MAX_NONCE_RETRIES)
             ):
-                if realm is not None and realm != self.realm:
-                    self.realm = realm
-                    self._key = long_term_key(self.username, realm, self._password)
-                self._nonce = nonce
-                if self._key is not None:
-                    self._request(
-                        txn.method,
-                        txn.build,
-                        now,
-                        peer=txn.peer,
-                        channel=txn.channel,
-                        nonce_retries=txn.nonce_retries + 1,
-                    )
+                try:  # what the server sent must be usable in every later request
+                    encode_text(Attr.NONCE, nonce)
+                    if realm is not None and realm != self.realm:
+                        encode_text(Attr.REALM, realm)
+                        self._key = long_term_key(self.username, realm, self._password)
+                        self.realm = realm
+                    self._nonce = nonce
+                    if self._key is not None:
+                        self._request(
+                            txn.method,
+                            txn.build,
+                            now,
+                            peer=txn.peer,
+                            channel=txn.channel,
+                            nonce_retries=txn.nonce_retries + 1,
+                        )
+                        return
+                except ValueError as exc:  # StunEncodeError, or CredentialError from SASLprep
+                    self._counters.add("bad_challenge")
+                    self._on_failure(txn, code, f"{code} {reason}: unusable credentials: {exc}", now)
                     return
         self._on_failure(txn, code, f"{code} {reason}", now)
 
@@ -517,6 +529,16 @@ class TurnClient:
         self._refresh_at = None
         log.info("allocation %s on %s ended: %s", self.relayed_address, self.server, reason)
         self._events.append(AllocationLost(reason=reason))
+
+
+def _check_success(method: int, msg: StunMessage) -> None:
+    """Raise :class:`DecodeError` if an attribute :meth:`TurnClient._on_success` reads is malformed."""
+    if method == Method.ALLOCATE:
+        msg.get_all_addresses(Attr.XOR_RELAYED_ADDRESS)
+        msg.get_address(Attr.XOR_MAPPED_ADDRESS)
+        msg.get_uint(Attr.LIFETIME)
+    elif method == Method.REFRESH:
+        msg.get_uint(Attr.LIFETIME)
 
 
 def _udp_span() -> float:

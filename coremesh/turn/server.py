@@ -31,7 +31,15 @@ from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, Attr, StunEncodeError
 from ..stun.channeldata import CHANNEL_MAX_ACCEPTED, decode_channel_data, encode_channel_data
 from ..stun.credentials import NonceStatus, check_nonce, check_rest_api_username, long_term_key, make_nonce
 from ..stun.message import Method, StunClass, StunMessage, decode, encode, verify_integrity
-from .allocation import CHANNEL_MIN, Allocation, FiveTuple, TokenBucket, Transport
+from .allocation import (
+    CHANNEL_MIN,
+    MAX_PEERS_PER_REQUEST,
+    MAX_PERMISSIONS,
+    Allocation,
+    FiveTuple,
+    TokenBucket,
+    Transport,
+)
 from .policy import PeerPolicy
 
 log = logging.getLogger("coremesh.turn.server")
@@ -42,6 +50,9 @@ NONCE_LIFETIME: Final = 600.0
 RESERVATION_LIFETIME: Final = 30.0
 MAX_BIND_ATTEMPTS: Final = 8
 SWEEP_INTERVAL: Final = 30.0
+# The expiry heap is rebuilt once it holds more than twice as many entries as allocations (plus
+# this slack): entries of deleted allocations, and of allocations whose expiry moved earlier, go.
+HEAP_SLACK: Final = 16
 UDP_PROTOCOL: Final = 17
 SOFTWARE: Final = "coremesh-turn"
 
@@ -135,6 +146,8 @@ class TurnServerConfig:
     username))). ``relay_ipv4`` / ``relay_ipv6`` are the IPs relayed addresses are bound on; when one
     is unset, the server address the request arrived on is used if it is of that family.
     ``max_bps`` is in bytes per second (as coturn's ``--max-bps``), both directions together.
+    ``max_permissions`` caps the live permissions of one allocation (508 beyond it) and
+    ``max_peers_per_request`` the XOR-PEER-ADDRESS attributes of one CreatePermission (400 beyond).
     """
 
     realm: str = "coremesh"
@@ -152,6 +165,8 @@ class TurnServerConfig:
     max_lifetime: float = MAX_LIFETIME
     nonce_lifetime: float = NONCE_LIFETIME
     software: str | None = SOFTWARE
+    max_permissions: int = MAX_PERMISSIONS
+    max_peers_per_request: int = MAX_PEERS_PER_REQUEST
 
     def __post_init__(self) -> None:
         if not self.realm:
@@ -161,6 +176,9 @@ class TurnServerConfig:
         for name in ("user_quota", "total_quota", "max_bps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("max_permissions", "max_peers_per_request"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         if not 0 < self.default_lifetime <= self.max_lifetime:
             raise ValueError("need 0 < default_lifetime <= max_lifetime")
 
@@ -318,11 +336,16 @@ class TurnServer:
     def handle_timer(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         while self._expiries and self._expiries[0][0] <= now:
-            _, _, key = heapq.heappop(self._expiries)
+            _, seq, key = heapq.heappop(self._expiries)
             alloc = self.allocations.get(key)
-            if alloc is not None and alloc.expires <= now:
+            if alloc is None or alloc.timer_seq != seq:
+                continue  # stale: the allocation is gone, or has an earlier entry of its own
+            alloc.timer_seq = 0
+            if alloc.expires <= now:
                 self.counters["allocations_expired"] += 1
                 effects.extend(self._delete(alloc))
+            else:  # refreshed since this entry was pushed
+                self._push_expiry(alloc)
         if self._next_sweep is not None and now >= self._next_sweep:
             for alloc in self.allocations.values():
                 alloc.expire(now)
@@ -346,6 +369,7 @@ class TurnServer:
         out["allocations_current"] = len(self.allocations)
         out["permissions_current"] = sum(len(a.permissions) for a in self.allocations.values())
         out["channels_current"] = sum(len(a.channels) for a in self.allocations.values())
+        out["expiry_entries"] = len(self._expiries)
         return out
 
     # ------------------------------------------------------------------------------- internals
@@ -625,13 +649,36 @@ class TurnServer:
         return max(self.config.default_lifetime, min(float(asked), self.config.max_lifetime))
 
     def _schedule(self, alloc: Allocation, now: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._expiries, (alloc.expires, self._seq, alloc.key))
+        """Make sure the expiry heap wakes up no later than ``alloc.expires``. Each allocation has at
+        most one live entry, pushed again only when its expiry moves earlier than that entry; a later
+        expiry is picked up when the entry fires (and is pushed again then)."""
+        if alloc.timer_seq == 0 or alloc.expires < alloc.timer_at:
+            self._push_expiry(alloc)
+            self._compact_expiries()
         if self._next_sweep is None:
             self._next_sweep = now + SWEEP_INTERVAL
 
+    def _push_expiry(self, alloc: Allocation) -> None:
+        self._seq += 1
+        alloc.timer_seq = self._seq
+        alloc.timer_at = alloc.expires
+        heapq.heappush(self._expiries, (alloc.expires, self._seq, alloc.key))
+
+    def _compact_expiries(self) -> None:
+        """Rebuild the heap from the live entries once stale ones outnumber them."""
+        if len(self._expiries) <= 2 * len(self.allocations) + HEAP_SLACK:
+            return
+        live = [
+            (at, seq, key)
+            for at, seq, key in self._expiries
+            if (alloc := self.allocations.get(key)) is not None and alloc.timer_seq == seq
+        ]
+        heapq.heapify(live)
+        self._expiries = live
+
     def _forget(self, alloc: Allocation) -> None:
         self.allocations.pop(alloc.key, None)
+        alloc.timer_seq = 0
         self._pending.pop(alloc.key, None)
         for relay in alloc.relays.values():
             if self._by_relay.get(relay) is alloc:
@@ -639,6 +686,7 @@ class TurnServer:
         self._per_user[alloc.username] -= 1
         if self._per_user[alloc.username] <= 0:
             del self._per_user[alloc.username]
+        self._compact_expiries()
 
     def _delete(self, alloc: Allocation) -> list[Effect]:
         self._forget(alloc)
@@ -678,6 +726,9 @@ class TurnServer:
     # -- CreatePermission (RFC 8656 §9) and ChannelBind (§11) ----------------------------------
 
     def _peer_addresses(self, msg: StunMessage, alloc: Allocation) -> list[Address]:
+        if len(msg.get_all(Attr.XOR_PEER_ADDRESS)) > self.config.max_peers_per_request:
+            self.counters["peer_limit_refusals"] += 1
+            raise _Reject(400, "Bad Request: too many XOR-PEER-ADDRESS attributes")
         peers = msg.get_all_addresses(Attr.XOR_PEER_ADDRESS)
         if not peers:
             raise _Reject(400, "Bad Request: XOR-PEER-ADDRESS missing")
@@ -691,11 +742,22 @@ class TurnServer:
                 raise _Reject(403, "Forbidden")
         return peers
 
+    def _check_room(self, alloc: Allocation, peers: list[Address], now: float) -> None:
+        """508 when the new permissions would take ``alloc`` past ``max_permissions``: RFC 8656 §9.2
+        names 508 for a valid request the server cannot fulfil because of a capacity limit (486 is
+        the Allocate quota). Nothing of the request is installed; refreshing live ones still works."""
+        if not alloc.room_for_permissions({p.host for p in peers}, now, self.config.max_permissions):
+            self.counters["permission_limit_refusals"] += 1
+            log.info("allocation %s: permission cap %d reached", alloc.key, self.config.max_permissions)
+            raise _Reject(508, "Insufficient Capacity: too many permissions")
+
     def _create_permission(
         self, msg: StunMessage, key: FiveTuple, username: str, hmac_key: bytes, now: float
     ) -> list[Effect]:
         alloc = self._existing(key, username, now)
-        for peer in self._peer_addresses(msg, alloc):
+        peers = self._peer_addresses(msg, alloc)
+        self._check_room(alloc, peers, now)
+        for peer in peers:
             alloc.install_permission(peer.host, now)
         return [self._reply(self._success(msg), key, hmac_key, msg)]
 
@@ -711,6 +773,7 @@ class TurnServer:
         peers = self._peer_addresses(msg, alloc)
         if len(peers) != 1:
             raise _Reject(400, "Bad Request: one XOR-PEER-ADDRESS expected")
+        self._check_room(alloc, peers, now)  # the binding installs a permission for the peer too
         conflict = alloc.bind_channel(number, peers[0], now)
         if conflict is not None:
             raise _Reject(400, f"Bad Request: {conflict}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -341,3 +342,334 @@ def test_stop_releases_every_socket() -> None:
     port = run(body)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))  # free again: stop() closed the listener
+
+
+# ------------------------------------------------------------------------ TCP connection limits
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """Whether the server ends the connection (EOF or reset) within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while loop.time() < deadline:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
+            if not chunk:
+                return True
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return False
+
+
+async def wait_for_stat(service: StunTurnService, name: str, value: int, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while service.stats().get(name, 0) != value:
+        assert loop.time() < deadline, (name, service.stats().get(name, 0), value)
+        await asyncio.sleep(0.02)
+
+
+FAST = {"tcp_request_timeout": 0.4, "tcp_idle_timeout": 0.8, "tcp_partial_timeout": 0.4}
+
+
+def test_tcp_limits_are_validated() -> None:
+    assert config().max_tcp_connections == 4096 and config().max_tcp_connections_per_ip == 64
+    for fld, bad in (
+        ("max_tcp_connections", 0),
+        ("max_tcp_connections_per_ip", -1),
+        ("tcp_request_timeout", 0),
+        ("tcp_idle_timeout", -5.0),
+        ("tcp_partial_timeout", "5"),
+    ):
+        with pytest.raises(ConfigError, match=fld):
+            config(**{fld: bad})
+
+
+def test_tcp_silent_half_frame_and_idle_connections_are_closed() -> None:
+    async def body() -> None:
+        service = StunTurnService(config(**FAST))
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            await service.start()
+            tcp = service.addresses[-1]
+
+            async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                reader, writer = await asyncio.open_connection(tcp.host, tcp.port)
+                writers.append(writer)
+                return reader, writer
+
+            # Sends nothing at all: closed once the first request is overdue.
+            silent, _ = await connect()
+            # HTTP on the TURN port: "GE" reads as a ChannelData header whose length never arrives.
+            http, w = await connect()
+            w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Slowloris: a STUN header announcing 100 bytes, then one byte every 0.1 s. It keeps
+            # sending, but the frame never completes within tcp_partial_timeout.
+            drip, w_drip = await connect()
+            header = encode(binding_request())[:20]
+            w_drip.write(header[:2] + (100).to_bytes(2, "big") + header[4:])
+
+            async def dribble() -> None:
+                for _ in range(30):
+                    await asyncio.sleep(0.1)
+                    if w_drip.is_closing():
+                        return
+                    with contextlib.suppress(ConnectionError):
+                        w_drip.write(b"\0")
+
+            dribbler = asyncio.create_task(dribble())
+            # A Binding request, answered, then nothing: closed after tcp_idle_timeout (it has no
+            # allocation), not at tcp_request_timeout.
+            idle, w_idle = await connect()
+            msg = binding_request()
+            w_idle.write(encode(msg))
+            buf = bytearray(await asyncio.wait_for(idle.read(65536), 3))
+            assert decode(bytes(buf)).transaction_id == msg.transaction_id
+
+            assert await closed_by_server(silent, 2.0)
+            assert await closed_by_server(http, 2.0)
+            assert await closed_by_server(drip, 2.0)
+            await dribbler
+            assert not await closed_by_server(idle, 0.05)  # still open past the request timeout
+            assert await closed_by_server(idle, 2.0)
+            await wait_for_stat(service, "tcp_connections", 0)
+            stats = service.stats()
+            assert stats["tcp_closed_request_timeout"] == 1
+            assert stats["tcp_closed_partial_frame"] == 2
+            assert stats["tcp_closed_idle"] == 1
+        finally:
+            for w in writers:
+                w.close()
+            await service.stop()
+
+    run(body)
+
+
+def test_tcp_connections_are_capped_per_ip_and_in_total() -> None:
+    assert _loopback_alias_works("127.0.0.3"), "127.0.0.2-3 must be usable (loopback on Linux)"
+
+    async def body() -> None:
+        service = StunTurnService(config(max_tcp_connections=3, max_tcp_connections_per_ip=2))
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            await service.start()
+            tcp = service.addresses[-1]
+
+            async def connect(src: str) -> asyncio.StreamReader:
+                reader, writer = await asyncio.open_connection(tcp.host, tcp.port, local_addr=(src, 0))
+                writers.append(writer)
+                return reader
+
+            first = [await connect("127.0.0.1"), await connect("127.0.0.1")]
+            await wait_for_stat(service, "tcp_connections", 2)
+            assert await closed_by_server(await connect("127.0.0.1"), 2.0)  # third from one IP
+            assert not await closed_by_server(await connect("127.0.0.2"), 0.2)  # another IP: fine
+            await wait_for_stat(service, "tcp_connections", 3)
+            assert await closed_by_server(await connect("127.0.0.3"), 2.0)  # over the total
+            stats = service.stats()
+            assert stats["tcp_closed_per_ip_limit"] == 1 and stats["tcp_closed_total_limit"] == 1
+            for reader in first:
+                assert not await closed_by_server(reader, 0.01)
+        finally:
+            for w in writers:
+                w.close()
+            await service.stop()
+
+    run(body)
+
+
+def test_tcp_connection_with_an_allocation_outlives_the_idle_timeout() -> None:
+    async def body() -> None:
+        service = StunTurnService(config(**FAST))
+        writer: asyncio.StreamWriter | None = None
+        try:
+            await service.start()
+            tcp = service.addresses[-1]
+            reader, writer = await asyncio.open_connection(tcp.host, tcp.port)
+            loop = asyncio.get_running_loop()
+            client = TurnClient(tcp, "alice", "secret", random_bytes=random.randbytes, transport="tcp")
+            client.allocate(loop.time())
+            events: list[object] = []
+            buf = bytearray()
+            deadline = loop.time() + 5
+            while not events:
+                for data in client.datagrams_to_send():
+                    writer.write(data)
+                with contextlib.suppress(TimeoutError):
+                    buf += await asyncio.wait_for(reader.read(65536), 0.05)
+                while (n := frame_length(buf)) is not None and len(buf) >= n:
+                    client.on_datagram(bytes(buf[:n]), loop.time())
+                    del buf[:n]
+                while (ev := client.next_event()) is not None:
+                    events.append(ev)
+                assert loop.time() < deadline
+            assert isinstance(events[0], Allocated)
+            # Three idle timeouts without a byte: the allocation keeps the connection.
+            assert not await closed_by_server(reader, 3 * FAST["tcp_idle_timeout"])
+            assert service.stats()["allocations_current"] == 1 and service.stats()["tcp_connections"] == 1
+            assert not any(k.startswith("tcp_closed_") for k in service.stats())
+        finally:
+            if writer is not None:
+                writer.close()
+            await service.stop()
+
+    run(body)
+
+
+# ------------------------------------------------------------- wildcard listen and loop protection
+
+FIB_TRIE = """\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 192.0.2.0/24 2 0 2
+        +-- 192.0.2.0/30 2 0 2
+           |-- 192.0.2.0
+              /24 link UNICAST
+           |-- 192.0.2.2
+              /32 host LOCAL
+        |-- 192.0.2.255
+           /32 link BROADCAST
+     |-- 198.51.100.7
+        /32 link UNICAST
+        /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 127.0.0.0/8 2 0 2
+           |-- 127.0.0.1
+              /32 host LOCAL
+           |-- 192.0.2.2
+              /32 host LOCAL
+"""
+
+IF_INET6 = """\
+fd000000000000000000000000000002 04 40 00 82     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+garbage
+"""
+
+
+def test_local_ips_from_proc_reads_fib_trie_and_if_inet6() -> None:
+    from coremesh_relay.stunturn import local_ips_from_proc, own_ips
+
+    ips = local_ips_from_proc(FIB_TRIE, IF_INET6)
+    assert ips == ["127.0.0.1", "192.0.2.2", "198.51.100.7", "fd00::2", "::1", "fe80::fc:ff:fe00:1"]
+    assert local_ips_from_proc("", "") == []
+    assert own_ips("0.0.0.0", ips) == ["127.0.0.1", "192.0.2.2", "198.51.100.7"]
+    assert own_ips("::", ips) == ips
+    assert own_ips("10.1.2.3", ips) == ["10.1.2.3"]
+
+
+def test_wildcard_listen_blocks_relaying_to_the_relays_own_listeners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listening on 0.0.0.0, a client allowed loopback peers must not make the relay send to its own
+    listener via 127.0.0.1, another loopback address, or another host address."""
+    import coremesh_relay.stunturn as st
+
+    # Keep every relayed address on loopback, whatever this host's routes are.
+    monkeypatch.setattr(st, "relay_ip", lambda host, version: "127.0.0.1" if version == 4 else None)
+    monkeypatch.setattr(st, "host_local_ips", local_ips_from_proc_sample, raising=False)
+
+    async def body() -> None:
+        service = StunTurnService(config(listen=Address("0.0.0.0", 0)))
+        sock = udp_socket()
+        client_inbox.clear()
+        try:
+            await service.start()
+            assert service.turn is not None
+            port = service.addresses[0].port
+            server = Address("127.0.0.1", port)
+            loop = asyncio.get_running_loop()
+            client = TurnClient(server, "alice", "secret", random_bytes=random.randbytes)
+            client.allocate(loop.time())
+            events: list[object] = []
+
+            def allocated() -> bool:
+                while (ev := client.next_event()) is not None:
+                    events.append(ev)
+                return bool(events)
+
+            await drive_udp(client, sock, server, allocated)
+            assert isinstance(events[0], Allocated), events
+            targets = [Address("127.0.0.1", port), Address("127.0.0.2", port)]
+            for target in targets:
+                client.create_permission(target, loop.time())
+                await drive_udp(client, sock, server, lambda: not client._txns)
+            received = service.stats()["udp_datagrams_received"]
+            for target in targets:
+                sock.sendto(client.wrap(b"loop?", target), server)
+            await asyncio.sleep(0.2)
+            stats = service.stats()
+            assert stats["udp_datagrams_received"] == received + len(targets)  # nothing came back round
+            assert stats.get("packets_to_peer", 0) == 0 and stats.get("drop_loop", 0) == len(targets)
+
+            table = service.turn.server_addresses
+            for addr in (
+                Address("127.0.0.1", port),
+                Address("192.0.2.2", port),
+                Address("198.51.100.7", port),
+                Address("127.0.0.9", port),
+            ):
+                assert addr in table, addr
+            assert Address("127.0.0.1", port + 1) not in table
+            assert {"192.0.2.2", "198.51.100.7"} <= service.turn.config.policy.own_ips
+            # The relay's other listeners (e.g. the keyed relay's), wildcard or not.
+            service.add_server_addresses([Address("0.0.0.0", 4433), Address("127.0.0.1", 4434)])
+            for addr in (Address("192.0.2.2", 4433), Address("127.0.0.5", 4433), Address("127.0.0.1", 4434)):
+                assert addr in table, addr
+        finally:
+            sock.close()
+            await service.stop()
+
+    run(body)
+
+
+def local_ips_from_proc_sample() -> list[str]:
+    from coremesh_relay.stunturn import local_ips_from_proc
+
+    return local_ips_from_proc(FIB_TRIE, IF_INET6)
+
+
+# --------------------------------------------------------------------------------- clean stop
+
+
+def test_stop_with_open_tcp_connections_logs_no_exception(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        problems: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: problems.append(context))
+        service = StunTurnService(config())
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            await service.start()
+            tcp = service.addresses[-1]
+            for data in (b"", b"GET / HTTP/1.1\r\n", encode(binding_request())):
+                _reader, writer = await asyncio.open_connection(tcp.host, tcp.port)
+                writers.append(writer)
+                writer.write(data)
+            await wait_for_stat(service, "tcp_connections", 3)
+            await asyncio.sleep(0.1)  # every handler is now waiting in a read
+        finally:
+            await service.stop()
+        for _ in range(10):  # let done-callbacks run
+            await asyncio.sleep(0)
+        assert service.stats()["tcp_connections"] == 0
+        assert problems == []
+        for writer in writers:
+            writer.close()
+
+    with caplog.at_level("DEBUG", logger="asyncio"):
+        run(body)
+    bad = [r for r in caplog.records if r.levelno >= 40 or "CancelledError" in r.getMessage()]
+    assert not bad, [r.getMessage() for r in bad]

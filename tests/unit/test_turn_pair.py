@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -655,3 +656,202 @@ def test_client_retransmits_then_gives_up_after_39_5_s() -> None:
     assert now == 39.5
     ev = client.next_event()
     assert isinstance(ev, AllocationFailed) and "timed out" in ev.reason
+
+
+# --------------------------------------------------------------- caps on permissions and timers
+
+
+class Signed:
+    """Sends requests from ``addr`` with valid credentials, reusing one nonce (time by hand)."""
+
+    def __init__(self, pair: Pair, addr: Address = CLIENT, user: str = "alice") -> None:
+        from coremesh.stun.credentials import long_term_key
+
+        self.pair, self.addr, self.user = pair, addr, user
+        self.key = long_term_key(user, "example.org", {"alice": "secret", "bob": "hunter2"}[user])
+        probe = StunMessage(Method.REFRESH, StunClass.REQUEST, b"p" * 12)
+        (ch,) = pair.server.handle_client(encode(probe), addr, SERVER, "udp", pair.net.now)
+        assert isinstance(ch, SendToClient)
+        nonce = decode(ch.data).get_text(Attr.NONCE)
+        assert nonce is not None
+        self.nonce = nonce
+        self.rng = random.Random(99)
+
+    def request(self, method: Method, *, peers: Sequence[Address] = (), **uints: int) -> StunMessage:
+        msg = StunMessage(method, StunClass.REQUEST, self.rng.randbytes(12))
+        for name, value in uints.items():
+            msg.add_uint(Attr[name], value)
+        for peer in peers:
+            msg.add_address(Attr.XOR_PEER_ADDRESS, peer)
+        msg.add_text(Attr.USERNAME, self.user)
+        msg.add_text(Attr.REALM, "example.org")
+        msg.add_text(Attr.NONCE, self.nonce)
+        data = encode(msg, integrity_key=self.key)
+        net = self.pair.net
+        net.run(self.pair.server.handle_client(data, self.addr, SERVER, "udp", net.now))
+        replies = [e for e in net.to_clients if e.client == self.addr]
+        net.to_clients = [e for e in net.to_clients if e.client != self.addr]
+        (reply,) = replies
+        return decode(reply.data)
+
+
+def _code(answer: StunMessage) -> int:
+    err = answer.get_error()
+    return 0 if err is None else err.code
+
+
+def _hosts(start: int, n: int) -> list[Address]:
+    return [Address(f"20.0.{i // 256}.{i % 256}", 1000) for i in range(start, start + n)]
+
+
+def test_create_permission_with_too_many_peer_addresses_is_400() -> None:
+    pair = make_pair()
+    pair.allocate()
+    signed = Signed(pair)
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(0, 16))) == 0
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(16, 17))) == 400
+    stats = pair.server.stats()
+    assert stats["peer_limit_refusals"] == 1 and stats["permissions_current"] == 16
+    # A hundred in one request (the decoder itself stops at 128 attributes) installs nothing either.
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(100, 100))) == 400
+    assert pair.server.stats()["permissions_current"] == 16
+
+
+def test_permissions_per_allocation_are_capped_with_508() -> None:
+    pair = make_pair(lifetime=3600)
+    ev = pair.allocate()
+    signed = Signed(pair)
+    for start in range(0, 256, 16):
+        assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(start, 16))) == 0
+    assert pair.server.stats()["permissions_current"] == 256
+    # One more host: 508 (capacity, RFC 8656 §9.2), nothing installed, counted.
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(256, 1))) == 508
+    # A request mixing known and new hosts is refused as a whole.
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=[*_hosts(0, 3), *_hosts(300, 1)])) == 508
+    # ChannelBind installs a permission too, so a new host is refused the same way.
+    answer = signed.request(Method.CHANNEL_BIND, peers=_hosts(400, 1), CHANNEL_NUMBER=0x4001)
+    assert _code(answer) == 508
+    stats = pair.server.stats()
+    assert stats["permission_limit_refusals"] == 3 and stats["error_508"] == 3
+    assert stats["permissions_current"] == 256 and stats["channels_current"] == 0
+    # Refreshing (or binding a channel to) hosts that already have a permission still works.
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(0, 16))) == 0
+    assert _code(signed.request(Method.CHANNEL_BIND, peers=_hosts(5, 1), CHANNEL_NUMBER=0x4000)) == 0
+    assert not pair.server.handle_peer(b"x", ev.relayed_address, _hosts(256, 1)[0], pair.net.now)
+    # Once permissions expire (300 s) there is room again.
+    pair.net.now += 301
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(256, 1))) == 0
+    assert pair.server.stats()["permissions_current"] <= 256
+
+
+def test_permission_caps_are_configurable() -> None:
+    server = make_server(relay_ipv4="198.51.100.1", max_permissions=2, max_peers_per_request=1)
+    pair = make_pair(server=server)
+    pair.allocate()
+    signed = Signed(pair)
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(0, 2))) == 400
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(0, 1))) == 0
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(1, 1))) == 0
+    assert _code(signed.request(Method.CREATE_PERMISSION, peers=_hosts(2, 1))) == 508
+    with pytest.raises(ValueError, match="max_permissions"):
+        TurnServerConfig(max_permissions=0)
+
+
+def test_twenty_thousand_refreshes_keep_the_expiry_heap_bounded() -> None:
+    pair = make_pair(lifetime=3600)
+    pair.allocate()
+    server = pair.server
+    signed = Signed(pair)
+    for i in range(20_000):
+        pair.net.now += 0.01  # 200 s in all: the nonce (600 s) stays valid
+        # Alternate long and short lifetimes: the expiry moves later, then earlier, again and again.
+        answer = signed.request(Method.REFRESH, LIFETIME=600 if i % 2 else 3600)
+        assert _code(answer) == 0
+    live = len(server.allocations)
+    assert live == 1
+    assert len(server._expiries) <= 2 * live + 16  # was 20,001
+    assert server.stats()["expiry_entries"] == len(server._expiries)
+    # The last Refresh (600 s) wins, although earlier ones asked for 3600 s: expiry is exact.
+    last = pair.net.now
+    pair.net.run(server.handle_timer(last + 599))
+    assert server.stats()["allocations_current"] == 1
+    pair.net.run(server.handle_timer(last + 600))
+    assert server.stats()["allocations_current"] == 0 and server.stats()["allocations_expired"] == 1
+    pair.net.run(server.handle_timer(last + 3600))  # a stale entry left over fires harmlessly
+    assert not server._expiries and server.get_timer() is None
+
+
+def test_refresh_later_then_expiry_fires_at_the_new_time() -> None:
+    pair = make_pair()
+    pair.allocate()
+    server = pair.server
+    signed = Signed(pair)
+    pair.net.now += 100
+    assert _code(signed.request(Method.REFRESH, LIFETIME=3600)) == 0
+    assert len(server._expiries) == 1  # no second entry for a later expiry
+    pair.net.run(server.handle_timer(T0 + 600))  # the old entry fires, the allocation lives on
+    assert server.stats()["allocations_current"] == 1 and len(server._expiries) == 1
+    assert server.get_timer() is not None and server.get_timer() <= T0 + 100 + 3600  # type: ignore[operator]
+    pair.net.run(server.handle_timer(T0 + 100 + 3599))
+    assert server.stats()["allocations_current"] == 1
+    pair.net.run(server.handle_timer(T0 + 100 + 3600))
+    assert server.stats()["allocations_current"] == 0
+
+
+def test_deleted_allocations_leave_no_heap_entries_behind() -> None:
+    net = Net(make_server(relay_ipv4="198.51.100.1", min_port=50000, max_port=50099))
+    for _ in range(300):
+        pair = make_pair(net=net)
+        pair.allocate()
+        pair.client.close(net.now)
+        pair.pump()
+        assert isinstance(pair.events[-1], AllocationLost)
+        net.now += 1
+    assert not net.server.allocations
+    assert len(net.server._expiries) <= 16  # was 300 until each one's lifetime passed
+
+
+# ------------------------------------------------------------------------ garbage challenges
+
+
+def _challenge_client(code: int, attrs: list[tuple[int, bytes]]) -> tuple[TurnClient, bytes]:
+    client = TurnClient(SERVER, "alice", "secret", random_bytes=random.Random(3).randbytes)
+    client.allocate(0.0)
+    (request,) = client.datagrams_to_send()
+    err = decode(request).response(StunClass.ERROR)
+    err.add_error(code, "Unauthorized" if code == 401 else "Stale Nonce")
+    err.attributes.extend(attrs)
+    return client, encode(err)
+
+
+def test_401_with_a_prohibited_realm_fails_the_allocation() -> None:
+    # U+0001 is a control character SASLprep prohibits: long_term_key raises CredentialError.
+    client, data = _challenge_client(401, [(Attr.REALM, b"ex\x01ample"), (Attr.NONCE, b"n0nce")])
+    assert client.on_datagram(data, 0.1) is None  # used to raise CredentialError
+    ev = client.next_event()
+    assert isinstance(ev, AllocationFailed) and ev.code == 401 and "U+0001" in ev.reason
+    assert client.state.value == "failed" and client.get_timer() is None
+    assert client.realm is None and not client.datagrams_to_send()
+
+
+def test_401_with_a_realm_too_long_to_send_back_fails_the_allocation() -> None:
+    # 200 characters decode (at most 763 bytes) but cannot be encoded (at most 128 characters):
+    # this used to leave the client ALLOCATING for ever with nothing pending.
+    client, data = _challenge_client(401, [(Attr.REALM, b"r" * 200), (Attr.NONCE, b"n0nce")])
+    client.on_datagram(data, 0.1)
+    ev = client.next_event()
+    assert isinstance(ev, AllocationFailed) and ev.code == 401
+    assert client.state.value == "failed"
+
+
+def test_malformed_error_response_is_dropped_and_the_request_still_times_out() -> None:
+    # REALM not UTF-8: the response is dropped, the transaction stays and retransmits/times out.
+    client2, data = _challenge_client(401, [(Attr.REALM, b"\xff\xfe"), (Attr.NONCE, b"n")])
+    client2.on_datagram(data, 0.1)
+    assert client2.stats()["drop_malformed"] == 1 and client2.next_event() is None
+    now = 0.1
+    while (t := client2.get_timer()) is not None:
+        now = t
+        client2.handle_timer(now)
+    ev = client2.next_event()
+    assert isinstance(ev, AllocationFailed) and "timed out" in ev.reason and now == 39.5
