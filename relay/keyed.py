@@ -5,16 +5,28 @@ One listener (optionally TLS) carries both transports. The first bytes of each c
 which serves the WebSocket transport at ``GET /v1/relay`` (one binary message = one frame). Anything
 else is counted (``drop_bad_preamble``) and closed.
 
-The shell owns sockets, one timer and the per-session send queues; the core owns everything else.
-A session's send queue is bounded by ``queue_limit`` bytes (the transport's write buffer for raw
-TCP, a deque for WebSocket): a frame that does not fit is dropped and counted (``drop_queue_full``),
-so a slow reader never grows the relay's memory.
+The shell owns sockets, one timer, the per-session send queues and the admission of unregistered
+connections; the core owns everything else.
+
+- A session's send queue is bounded by ``queue_limit`` bytes (the transport's write buffer for raw
+  TCP, a deque plus the transport's buffer for WebSocket): a frame that does not fit is dropped and
+  counted (``drop_queue_full``). All queues together are bounded by ``total_queue_limit``: a frame
+  that would exceed it is dropped (``drop_total_queue_full``), and the session with the largest
+  queue, if it has been stuck (frames to it dropped, its queue never shrinking) for
+  ``queue_stuck_timeout``, is closed (CLOSE(SLOW_READER), aborted at once; ``closed_slow_reader``).
+  Only frames sent at most once per connection bypass a bound: ERROR and CLOSE both bounds,
+  CHALLENGE and REGISTERED the relay-wide one (so that a relay out of queue memory still admits).
+- Connections that have not registered are capped apart from registered sessions
+  (:class:`UnregisteredLimiter`): ``max_unregistered`` in all, ``max_unregistered_per_ip`` per source
+  address (IPv6: per /64); a new connection over a cap closes the oldest unregistered one
+  (``closed_unregistered_evicted``). ``max_sessions`` caps registered sessions only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import ssl
@@ -38,6 +50,8 @@ from coremesh.keyedrelay.protocol import (
     FrameType,
     RelayCore,
     RelayLimits,
+    SessionState,
+    UnregisteredLimiter,
     tcp_frame,
 )
 
@@ -46,6 +60,10 @@ log = logging.getLogger("coremesh_relay.keyed")
 DISCONNECT_LINGER: Final = 2.0  # seconds a closing session may take to flush before it is aborted
 _HTTP_STARTS: Final = (b"GET ", b"HEAD", b"POST", b"PUT ", b"OPTI", b"DELE", b"PATC", b"CONN", b"TRAC")
 _CONTROL_FRAMES: Final = frozenset({FrameType.CLOSE, FrameType.ERROR})  # never dropped by the queue bound
+# Sent once per connection (66 and 3 bytes): not held to the relay-wide budget, so that a relay out
+# of queue memory still lets clients register.
+_ONCE_FRAMES: Final = frozenset({FrameType.CHALLENGE, FrameType.REGISTERED})
+_RECOUNT_INTERVAL: Final = 0.01  # seconds between exact recounts of all queues when over budget
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,9 +74,16 @@ class KeyedRelayConfig:
     - ``ssl_context``: a server-side TLS context; both transports then run over TLS.
     - ``rate_bytes_per_s``, ``rate_packets_per_s``: per-peer token buckets on what a peer sends;
       ``burst``: seconds of rate a bucket banks (the byte bucket holds at least one max packet).
-    - ``max_sessions``: connections at once (registered or not); more get ERROR(SERVER_FULL).
+    - ``max_sessions``: registered sessions at once; a REGISTER of a new peer beyond gets
+      ERROR(SERVER_FULL) (a registered peer may still replace its own session).
+    - ``max_unregistered``, ``max_unregistered_per_ip``: connections that have not registered yet,
+      in all and per source address (IPv6: per /64); a new one over a cap closes the oldest.
     - ``max_frame``: the largest frame accepted (type + peer id + packet), ``MIN_FRAME..MAX_FRAME``.
     - ``queue_limit``: bytes queued towards one session before frames to it are dropped.
+    - ``total_queue_limit``: bytes queued towards all sessions together before frames are dropped;
+      ``queue_stuck_timeout``: seconds a session's queue may stay stuck (frames to it dropped, the
+      queue never shrinking) before, when the relay is out of queue memory, it is closed
+      (CLOSE(SLOW_READER)).
     - ``register_timeout``: seconds a connection has to register; ``idle_timeout``: seconds of
       silence before a session is closed (the relay PINGs at half of it).
     - ``identity``: the relay's own identity; its PeerId is announced in CHALLENGE.
@@ -70,8 +95,12 @@ class KeyedRelayConfig:
     rate_packets_per_s: float = 20_000.0
     burst: float = 1.0
     max_sessions: int = 10_000
+    max_unregistered: int = 1024
+    max_unregistered_per_ip: int = 32
     max_frame: int = MAX_FRAME
     queue_limit: int = 1 << 20
+    total_queue_limit: int = 64 << 20
+    queue_stuck_timeout: float = 5.0
     register_timeout: float = 10.0
     idle_timeout: float = 60.0
     identity: Identity | None = None
@@ -87,10 +116,24 @@ class KeyedRelayConfig:
             self.limits()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if not isinstance(self.queue_limit, int) or self.queue_limit < self.max_frame:
+        if not _is_int(self.queue_limit) or self.queue_limit < self.max_frame:
             raise ConfigError(
                 f"queue_limit must be an integer of at least max_frame ({self.max_frame}) bytes, "
                 f"got {self.queue_limit!r}"
+            )
+        if not _is_int(self.total_queue_limit) or self.total_queue_limit < self.queue_limit:
+            raise ConfigError(
+                f"total_queue_limit must be an integer of at least queue_limit ({self.queue_limit}) "
+                f"bytes, got {self.total_queue_limit!r}"
+            )
+        stuck = self.queue_stuck_timeout
+        if not isinstance(stuck, int | float) or isinstance(stuck, bool) or not stuck > 0:
+            raise ConfigError(f"queue_stuck_timeout must be a positive number, got {stuck!r}")
+        per_ip = self.max_unregistered_per_ip
+        if not _is_int(per_ip) or not 1 <= per_ip <= self.max_unregistered:
+            raise ConfigError(
+                f"max_unregistered_per_ip must be an integer in 1..max_unregistered "
+                f"({self.max_unregistered}), got {per_ip!r}"
             )
         if self.identity is not None and not isinstance(self.identity, Identity):
             raise ConfigError("identity must be a coremesh Identity or None")
@@ -108,14 +151,42 @@ class KeyedRelayConfig:
             max_frame=self.max_frame,
             register_timeout=self.register_timeout,
             idle_timeout=self.idle_timeout,
+            max_unregistered=self.max_unregistered,
         )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _source_of(transport: asyncio.BaseTransport) -> str:
+    """The key unregistered connections are counted under: the peer's IP address, IPv6 by /64."""
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return ""
+    host = str(peer[0]).partition("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class _Link(Protocol):
+    conn: int
+    recorded: int  # queued bytes as last counted into the server's total (never below the truth)
+    stuck_since: float | None  # since when frames to it are dropped while its queue never shrinks
+
     def transmit(self, frame: bytes) -> None: ...
-    def disconnect(self) -> None: ...
+    def disconnect(self, abort: bool = False) -> None: ...
     @property
     def queued(self) -> int: ...
+    @property
+    def closing(self) -> bool: ...
 
 
 class _RawSession(asyncio.Protocol):
@@ -126,11 +197,17 @@ class _RawSession(asyncio.Protocol):
         self._transport = transport
         self._reader = FrameReader(server.config.max_frame)
         self._closing = False
-        self.conn = server._open(self)
+        self.recorded = 0
+        self.stuck_since: float | None = None
+        self.conn = server._open(self, transport)
 
     @property
     def queued(self) -> int:
         return self._transport.get_write_buffer_size()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -151,21 +228,24 @@ class _RawSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._server._lost(self.conn)
+        self._server._release(self)
 
     def transmit(self, frame: bytes) -> None:
         if self._closing:
             return
-        size = self._transport.get_write_buffer_size()
-        if size + len(frame) > self._server.config.queue_limit and frame[0] not in _CONTROL_FRAMES:
-            self._server._counters["drop_queue_full"] += 1
+        transport = self._transport
+        if not self._server._may_queue(self, transport.get_write_buffer_size(), frame):
             return
-        self._transport.write(tcp_frame(frame))
-        self._server._note_queue(size + len(frame))
+        transport.write(tcp_frame(frame))
+        self._server._queued_now(self, transport.get_write_buffer_size())
 
-    def disconnect(self) -> None:
+    def disconnect(self, abort: bool = False) -> None:
         if self._closing:
             return
         self._closing = True
+        if abort:
+            self._transport.abort()
+            return
         self._transport.close()
         asyncio.get_running_loop().call_later(DISCONNECT_LINGER, self._transport.abort)
 
@@ -173,35 +253,51 @@ class _RawSession(asyncio.Protocol):
 class _WsSession:
     """A WebSocket session: a bounded deque drained by one writer task."""
 
-    def __init__(self, server: KeyedRelayServer, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, server: KeyedRelayServer, ws: web.WebSocketResponse, transport: asyncio.Transport | None
+    ) -> None:
         self._server = server
         self._ws = ws
+        self._transport = transport
         self._frames: deque[bytes] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
+        self.recorded = 0
+        self.stuck_since: float | None = None
         self._writer = asyncio.create_task(self._write_loop())
-        self.conn = server._open(self)
+        self.conn = server._open(self, transport)
 
     @property
     def queued(self) -> int:
-        return self._queued
+        """The deque, plus what the writer already handed to the transport."""
+        transport = self._transport
+        in_transport = transport.get_write_buffer_size() if transport is not None else 0
+        return self._queued + in_transport
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def transmit(self, frame: bytes) -> None:
         if self._closing:
             return
-        if self._queued + len(frame) > self._server.config.queue_limit and frame[0] not in _CONTROL_FRAMES:
-            self._server._counters["drop_queue_full"] += 1
+        if not self._server._may_queue(self, self.queued, frame):
             return
         self._frames.append(frame)
         self._queued += len(frame)
-        self._server._note_queue(self._queued)
+        self._server._queued_now(self, self.queued)
         self._wake.set()
 
-    def disconnect(self) -> None:
+    def disconnect(self, abort: bool = False) -> None:
         if self._closing:
             return
         self._closing = True
+        if abort:
+            self._frames.clear()
+            self._queued = 0
+            if self._transport is not None:
+                self._transport.abort()
         self._wake.set()
 
     async def _write_loop(self) -> None:
@@ -223,6 +319,7 @@ class _WsSession:
             self._queued = 0
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), DISCONNECT_LINGER)
+            self._server._release(self)
 
     async def run(self) -> None:
         ws = self._ws
@@ -269,14 +366,20 @@ class _Demux(asyncio.Protocol):
         self._server._pending.add(transport)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._server.config.register_timeout, self._expire)
+        self._server._admit(transport)
 
     def _expire(self) -> None:
         # Still undecided, or HTTP that never became a relay WebSocket: the registration time is up.
         transport = self._transport
-        if transport is not None and transport in self._server._pending:
-            self._server._counters["closed_register_timeout"] += 1
-            self._server._pending.discard(transport)
+        if transport is None:
+            return
+        server = self._server
+        if transport in server._pending:
+            server._counters["closed_register_timeout"] += 1
+            server._pending.discard(transport)
             transport.abort()
+        if transport not in server._unregistered_conn:  # not a core session (that has its own timer)
+            server._unregistered.remove(transport)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -315,6 +418,7 @@ class _Demux(asyncio.Protocol):
         self._stop_timer()
         if self._transport is not None:
             self._server._pending.discard(self._transport)
+            self._server._unregistered.remove(self._transport)
 
 
 class KeyedRelayServer:
@@ -330,9 +434,29 @@ class KeyedRelayServer:
         relay_id = self.config.identity.peer_id if self.config.identity is not None else None
         self._core = RelayCore(self.config.limits(), relay_id=relay_id, random_bytes=random_bytes)
         self._links: dict[int, _Link] = {}
+        self._accounted: set[_Link] = set()  # links holding queued bytes: open, or closing and flushing
+        self._queued_total = 0  # sum of their ``recorded``: never below the bytes really queued
+        self._recounted_at = float("-inf")
         self._pending: set[asyncio.Transport] = set()
+        config = self.config
+        self._unregistered: UnregisteredLimiter[asyncio.Transport] = UnregisteredLimiter(
+            config.max_unregistered, config.max_unregistered_per_ip
+        )
+        self._unregistered_conn: dict[asyncio.Transport, int] = {}  # ... those that are core sessions
+        self._conn_unregistered: dict[int, asyncio.Transport] = {}
         self._counters: Counter[str] = Counter(
-            {"drop_queue_full": 0, "drop_bad_preamble": 0, "queue_peak_bytes": 0, "sessions_ws_total": 0}
+            dict.fromkeys(
+                (
+                    "drop_queue_full",
+                    "drop_total_queue_full",
+                    "drop_bad_preamble",
+                    "queue_peak_bytes",
+                    "sessions_ws_total",
+                    "closed_slow_reader",
+                    "closed_unregistered_evicted",
+                ),
+                0,
+            )
         )
         self._server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -363,7 +487,8 @@ class KeyedRelayServer:
         out = self._core.stats()
         for name, value in self._counters.items():  # the shell's own counts add to the core's
             out[name] = out.get(name, 0) + value
-        out["queued_bytes"] = sum(link.queued for link in self._links.values())
+        out["queued_bytes"] = sum(link.queued for link in self._accounted)
+        out["sessions_unregistered"] = len(self._unregistered)  # including those not yet a session
         return out
 
     async def start(self) -> None:
@@ -430,43 +555,146 @@ class KeyedRelayServer:
 
     # -- for the sessions --
 
-    def _open(self, link: _Link) -> int:
+    def _open(self, link: _Link, transport: asyncio.Transport | None) -> int:
         assert self._loop is not None
         core = self._core
         conn = core.open_session(self._loop.time())
         self._links[conn] = link
+        self._accounted.add(link)
+        if transport is not None and transport in self._unregistered:
+            self._unregistered_conn[transport] = conn
+            self._conn_unregistered[conn] = transport
         self._flush()
         return conn
 
     def _receive(self, conn: int, frames: tuple[bytes, ...] | list[bytes]) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        receive = self._core.receive_frame
+        core = self._core
+        receive = core.receive_frame
         for frame in frames:
             receive(conn, frame, now)
+        if conn in self._conn_unregistered and core.session_state(conn) is not SessionState.AWAIT_REGISTER:
+            self._registered_or_gone(conn)  # registered (or refused): no longer counted as unregistered
         self._flush()
 
     def _lost(self, conn: int) -> None:
         self._links.pop(conn, None)
+        self._registered_or_gone(conn)
         self._core.connection_lost(conn)
         self._flush()
 
-    def _note_queue(self, size: int) -> None:
+    # -- unregistered connections --
+
+    def _admit(self, transport: asyncio.Transport) -> None:
+        """A new connection: counted as unregistered; over a cap, the oldest unregistered is closed."""
+        evicted = self._unregistered.admit(transport, _source_of(transport))
+        for old in evicted:
+            self._counters["closed_unregistered_evicted"] += 1
+            conn = self._unregistered_conn.pop(old, None)
+            if conn is not None:
+                self._conn_unregistered.pop(conn, None)
+                self._core.close_session(conn, CloseCode.SERVER_FULL, "too many unregistered connections")
+            else:  # not even a session yet (no preamble, or HTTP not upgraded)
+                self._pending.discard(old)
+                old.abort()
+        if evicted:
+            self._flush()
+
+    def _registered_or_gone(self, conn: int) -> None:
+        transport = self._conn_unregistered.pop(conn, None)
+        if transport is not None:
+            self._unregistered_conn.pop(transport, None)
+            self._unregistered.remove(transport)
+
+    # -- send queues --
+
+    def _may_queue(self, link: _Link, size: int, frame: bytes) -> bool:
+        """May ``frame`` join ``link``'s queue of ``size`` bytes? Counts a drop when not."""
+        if size < link.recorded:
+            link.stuck_since = None  # it drains: not stuck
+        self._queued_total += size - link.recorded
+        link.recorded = size
+        kind = frame[0]
+        if kind in _CONTROL_FRAMES:
+            return True
+        n = len(frame)
+        if size + n > self.config.queue_limit:
+            self._counters["drop_queue_full"] += 1
+        elif kind in _ONCE_FRAMES or not self._over_budget(n):
+            return True
+        else:
+            self._counters["drop_total_queue_full"] += 1
+        if link.stuck_since is None:
+            assert self._loop is not None
+            link.stuck_since = self._loop.time()
+        return False
+
+    def _over_budget(self, n: int) -> bool:
+        """Would ``n`` more bytes exceed ``total_queue_limit``? The running total is an upper bound
+        (queues drain unseen); this recounts exactly, at most every 10 ms so that a relay out of
+        queue memory does not scan every session per frame. When over, the largest queue that has
+        been stuck (dropping frames, never draining) for ``queue_stuck_timeout`` is closed."""
+        budget = self.config.total_queue_limit
+        if self._queued_total + n <= budget:
+            return False
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._recounted_at < _RECOUNT_INTERVAL:
+            return self._queued_total + n > budget
+        self._recounted_at = now
+        total = 0
+        stuck: _Link | None = None
+        stuck_size = 0
+        for link in self._accounted:
+            size = link.queued
+            if size < link.recorded:
+                link.stuck_since = None
+            link.recorded = size
+            total += size
+            if link.stuck_since is not None and not link.closing and size > stuck_size:
+                stuck, stuck_size = link, size
+        self._queued_total = total
+        if total + n <= budget:
+            return False
+        if (
+            stuck is not None
+            and stuck.stuck_since is not None
+            and now - stuck.stuck_since >= self.config.queue_stuck_timeout
+        ):
+            self._counters["closed_slow_reader"] += 1
+            log.info("keyed relay out of queue memory: closing session %d (queue stuck)", stuck.conn)
+            self._core.close_session(stuck.conn, CloseCode.SLOW_READER, "send queue stuck")
+        return True
+
+    def _queued_now(self, link: _Link, size: int) -> None:
+        self._queued_total += size - link.recorded
+        link.recorded = size
         if size > self._counters["queue_peak_bytes"]:
             self._counters["queue_peak_bytes"] = size
 
+    def _release(self, link: _Link) -> None:
+        """``link``'s transport is gone: its queue is freed."""
+        if link in self._accounted:
+            self._accounted.discard(link)
+            self._queued_total -= link.recorded
+            link.recorded = 0
+
     def _flush(self) -> None:
         links = self._links
-        for action in self._core.drain():
-            if isinstance(action, Disconnect):
-                link = links.pop(action.conn, None)
-                if link is not None:
-                    log.debug("session %d closed: %s (%d)", action.conn, action.reason, action.code)
-                    link.disconnect()
-            else:
-                link = links.get(action.conn)
-                if link is not None:
-                    link.transmit(action.frame)
+        core = self._core
+        while actions := core.drain():  # a transmit may close a stuck session: drain again
+            for action in actions:
+                if isinstance(action, Disconnect):
+                    link = links.pop(action.conn, None)
+                    self._registered_or_gone(action.conn)
+                    if link is not None:
+                        log.debug("session %d closed: %s (%d)", action.conn, action.reason, action.code)
+                        link.disconnect(abort=action.code == CloseCode.SLOW_READER)
+                else:
+                    link = links.get(action.conn)
+                    if link is not None:
+                        link.transmit(action.frame)
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -497,6 +725,6 @@ class KeyedRelayServer:
         )
         await ws.prepare(request)
         self._counters["sessions_ws_total"] += 1
-        session = _WsSession(self, ws)
+        session = _WsSession(self, ws, transport)
         await session.run()
         return ws

@@ -8,7 +8,8 @@ IP address, and is carried over TCP or WebSocket, for networks where UDP is bloc
 - the frame codec (:func:`encode_frame`, :func:`decode_frame`) and the raw-TCP framing
   (:data:`MAGIC`, :func:`tcp_frame`, :class:`FrameReader`). Decoders are pure and bounded: bad
   input raises :class:`DecodeError` and nothing else;
-- :class:`TokenBucket`, the per-peer rate limiter;
+- :class:`TokenBucket`, the per-peer rate limiter; :class:`UnregisteredLimiter`, the cap on
+  connections that have not registered (in all and per source; the oldest makes room);
 - :class:`RelayCore`, every session of a relay: registration, replacement, forwarding, limits,
   timeouts and counters. Fed with ``open_session`` / ``receive_frame`` / ``connection_lost`` /
   ``handle_timer(now)``; drained with :meth:`RelayCore.drain` (:class:`Transmit` and
@@ -26,10 +27,10 @@ import enum
 import heapq
 import os
 import struct
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from coremesh.errors import DecodeError, LocalProtocolError
 from coremesh.identity import Identity, PeerId, verify_signature
@@ -75,8 +76,9 @@ class CloseCode(enum.IntEnum):
     AUTH_FAILED = 4  # REGISTER's signature does not verify
     REGISTER_TIMEOUT = 5  # no valid REGISTER in time
     IDLE_TIMEOUT = 6  # nothing heard for idle_timeout
-    SERVER_FULL = 7  # max_sessions reached
+    SERVER_FULL = 7  # max_sessions registered peers, or the unregistered connections' cap, reached
     UNSUPPORTED_VERSION = 8  # the client does not speak the relay's version
+    SLOW_READER = 9  # the session's send queue stayed full while the relay ran out of queue memory
 
 
 # --- frames ------------------------------------------------------------------------------------
@@ -390,6 +392,71 @@ class TokenBucket:
         return False
 
 
+# --- admission of unregistered connections ------------------------------------------------------
+
+K = TypeVar("K", bound=Hashable)
+
+
+class UnregisteredLimiter(Generic[K]):
+    """Connections that have not registered (yet), oldest first, capped in total and per source.
+
+    ``admit(key, source, now)`` adds a new connection and returns the ones to close to make room,
+    oldest first: the oldest of the same ``source`` while that source holds ``max_per_source``,
+    then the oldest of all while there are ``max_total``. So idle connections can neither lock out
+    a newcomer nor hold more than their share; a client that registers promptly is never the oldest
+    for long. ``remove(key)`` when the connection registers or ends (unknown keys are ignored).
+    Keys are opaque to this class (the server uses its transports); sources are e.g. IP addresses.
+    """
+
+    __slots__ = ("_all", "_by_source", "max_per_source", "max_total")
+
+    def __init__(self, max_total: int, max_per_source: int) -> None:
+        if not 1 <= max_per_source <= max_total:
+            raise ValueError("need 1 <= max_per_source <= max_total")
+        self.max_total = max_total
+        self.max_per_source = max_per_source
+        self._all: OrderedDict[K, Hashable] = OrderedDict()
+        self._by_source: dict[Hashable, OrderedDict[K, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._all
+
+    def count(self, source: Hashable) -> int:
+        keys = self._by_source.get(source)
+        return len(keys) if keys is not None else 0
+
+    def admit(self, key: K, source: Hashable) -> list[K]:
+        evicted: list[K] = []
+        same = self._by_source.get(source)
+        while same is not None and len(same) >= self.max_per_source:
+            oldest = next(iter(same))
+            self.remove(oldest)
+            evicted.append(oldest)
+            same = self._by_source.get(source)
+        while len(self._all) >= self.max_total:
+            oldest = next(iter(self._all))
+            self.remove(oldest)
+            evicted.append(oldest)
+        self._all[key] = source
+        self._by_source.setdefault(source, OrderedDict())[key] = None
+        return evicted
+
+    def remove(self, key: K) -> None:
+        source = self._all.pop(key, _MISSING)
+        if source is _MISSING:
+            return
+        keys = self._by_source[source]
+        del keys[key]
+        if not keys:
+            del self._by_source[source]
+
+
+_MISSING: Final = object()
+
+
 # --- the relay's core ----------------------------------------------------------------------------
 
 
@@ -423,10 +490,11 @@ class RelayLimits:
     rate_bytes_per_s: float = 12_500_000.0
     rate_packets_per_s: float = 20_000.0
     burst: float = 1.0  # seconds of rate a bucket can bank
-    max_sessions: int = 10_000
+    max_sessions: int = 10_000  # registered sessions (peers) at once
     max_frame: int = MAX_FRAME
     register_timeout: float = 10.0
     idle_timeout: float = 60.0
+    max_unregistered: int = 1024  # sessions that have not registered (yet), counted apart
 
     def __post_init__(self) -> None:
         for name in ("rate_bytes_per_s", "rate_packets_per_s", "burst", "register_timeout", "idle_timeout"):
@@ -435,6 +503,8 @@ class RelayLimits:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.max_sessions, int) or self.max_sessions < 1:
             raise ValueError(f"max_sessions must be a positive integer, got {self.max_sessions!r}")
+        if not isinstance(self.max_unregistered, int) or self.max_unregistered < 1:
+            raise ValueError(f"max_unregistered must be a positive integer, got {self.max_unregistered!r}")
         if not isinstance(self.max_frame, int) or not MIN_FRAME <= self.max_frame <= MAX_FRAME:
             raise ValueError(
                 f"max_frame must be an integer in {MIN_FRAME}..{MAX_FRAME}, got {self.max_frame!r}"
@@ -555,22 +625,33 @@ class RelayCore:
         entry = self._peers.get(peer)
         return entry.conn if entry is not None else None
 
+    @property
+    def sessions_unregistered(self) -> int:
+        return len(self._sessions) - len(self._peers)  # one registered session per peer
+
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
         out["sessions_current"] = self.sessions_current
         out["sessions_registered"] = self.sessions_registered
+        out["sessions_unregistered"] = self.sessions_unregistered
         return out
 
     # -- inputs --
 
     def open_session(self, now: float) -> int:
-        """A new connection. Returns its id; its CHALLENGE (or, when full, ERROR) is in :meth:`drain`."""
+        """A new connection. Returns its id; its CHALLENGE (or, when full, ERROR) is in :meth:`drain`.
+
+        Unregistered sessions are capped by ``max_unregistered`` (a backstop: the server evicts the
+        oldest unregistered connection before it gets here, see :class:`UnregisteredLimiter`);
+        ``max_sessions`` caps registered sessions only and is checked at REGISTER.
+        """
         conn = self._next_conn
         self._next_conn += 1
-        if len(self._sessions) >= self.limits.max_sessions:
+        if self.sessions_unregistered >= self.limits.max_unregistered:
+            reason = "too many unregistered connections"
             self.counters["drop_server_full"] += 1
-            self._emit(conn, encode_frame(Error(code=CloseCode.SERVER_FULL, reason="relay full")))
-            self._actions.append(Disconnect(conn, CloseCode.SERVER_FULL, "relay full"))
+            self._emit(conn, encode_frame(Error(code=CloseCode.SERVER_FULL, reason=reason)))
+            self._actions.append(Disconnect(conn, CloseCode.SERVER_FULL, reason))
             return conn
         nonce = self._random_bytes(NONCE_LEN)
         if len(nonce) != NONCE_LEN:
@@ -710,6 +791,14 @@ class RelayCore:
             self._emit(session.conn, encode_frame(Error(code=CloseCode.AUTH_FAILED, reason=reason)))
             self._end(session, CloseCode.AUTH_FAILED, reason)
             self._actions.append(Disconnect(session.conn, CloseCode.AUTH_FAILED, reason))
+            return
+        if frame.peer_id not in self._peers and len(self._peers) >= self.limits.max_sessions:
+            # Full: a new peer is refused, a registered peer may still replace its own session.
+            self.counters["drop_server_full"] += 1
+            reason = "relay full"
+            self._emit(session.conn, encode_frame(Error(code=CloseCode.SERVER_FULL, reason=reason)))
+            self._end(session, CloseCode.SERVER_FULL, reason)
+            self._actions.append(Disconnect(session.conn, CloseCode.SERVER_FULL, reason))
             return
         self._transition(session, "register-ok")
         session.peer_id = frame.peer_id

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -108,10 +109,28 @@ class RawClient:
         self.pending: list[bytes] = []
 
     @classmethod
-    async def connect(cls, server: KeyedRelayServer, preamble: bytes = MAGIC) -> RawClient:
-        reader, writer = await asyncio.open_connection(server.address.host, server.address.port)
+    async def connect(
+        cls, server: KeyedRelayServer, preamble: bytes = MAGIC, *, local: str | None = None, rcvbuf: int = 0
+    ) -> RawClient:
+        """``local``: the source address (any of 127.0.0.0/8); ``rcvbuf``: a small receive buffer."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if local is not None:
+            sock.bind((local, 0))
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (server.address.host, server.address.port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(preamble)
         return cls(reader, writer)
+
+    @property
+    def at_eof(self) -> bool:
+        return self.reader.at_eof()
 
     async def next_frame(self, timeout: float = 5.0) -> object | None:
         """The next frame, or None at EOF."""
@@ -314,6 +333,117 @@ def test_a_slow_reader_does_not_grow_the_relay_queue() -> None:
             slow.close()
             await a.stop()
             await b.stop()
+
+    run(body)
+
+
+def test_all_send_queues_together_are_bounded_and_a_stuck_one_is_closed() -> None:
+    """Slow readers each within queue_limit cannot together hold more than total_queue_limit."""
+
+    async def body() -> None:
+        limit, total = 128 * 1024, 256 * 1024
+        async with relay(
+            queue_limit=limit, total_queue_limit=total, queue_stuck_timeout=0.5, **FAST
+        ) as server:
+            slow_ids = [Identity.generate() for _ in range(4)]
+            slow = []
+            for identity in slow_ids:
+                raw = await RawClient.connect(server, rcvbuf=4096)
+                await raw.register(identity)  # ... and never reads again
+                slow.append(raw)
+            a_inbox = Inbox()
+            a, _ = make_client(server.url("tcp"), a_inbox, queue_limit=4 << 20)
+            await a.start()
+            packet = bytes(1200)
+            for i in range(40_000):  # 48 MB in all, more than the kernel buffers hold
+                a.send(slow_ids[i % 4].peer_id, packet)
+                if i % 200 == 199:
+                    await asyncio.sleep(0)
+                    assert server.stats()["queued_bytes"] <= total
+            await eventually(lambda: server.stats()["drop_total_queue_full"] > 0, what="budget drops")
+            stats = server.stats()
+            assert stats["queued_bytes"] <= total and stats["queue_peak_bytes"] <= limit
+            # The queues stay stuck: once that has lasted queue_stuck_timeout, the relay, still out of
+            # queue memory, closes the largest (aborted: a stuck reader would never read a CLOSE).
+            await asyncio.sleep(0.6)
+            for i in range(2000):
+                a.send(slow_ids[i % 4].peer_id, packet)
+                if i % 100 == 99:
+                    await asyncio.sleep(0.01)
+            await eventually(lambda: server.stats()["closed_slow_reader"] > 0, what="a stuck session closed")
+            assert server.stats()["sessions_registered"] < 5
+            # the relay still serves others
+            b_inbox = Inbox()
+            b, b_id = make_client(server.url("ws"), b_inbox)
+            await b.start()
+            a.send(b_id.peer_id, b"ok")
+            await eventually(lambda: len(b_inbox.packets) == 1)
+            for raw in slow:
+                raw.close()
+            await a.stop()
+            await b.stop()
+            await eventually(lambda: server.stats()["queued_bytes"] == 0, what="queues to be freed")
+
+    run(body)
+
+
+def test_idle_unregistered_connections_do_not_lock_out_a_client() -> None:
+    """The reviewer's case: max_sessions idle CMRL connections no longer make the relay full."""
+
+    async def body() -> None:
+        async with relay(max_sessions=20, **FAST) as server:
+            idle = [await RawClient.connect(server) for _ in range(20)]
+            for raw in idle:
+                assert isinstance(await raw.next_frame(), Challenge)
+            idle += [await RawClient.connect(server, b"") for _ in range(10)]  # not even a preamble
+            inbox = Inbox()
+            client, _ = make_client(server.url("tcp"), inbox)
+            await client.start(timeout=5)
+            assert client.registered and server.stats()["drop_server_full"] == 0
+            assert server.stats()["sessions_unregistered"] == 30
+            await client.stop()
+            for raw in idle:
+                raw.close()
+
+    run(body)
+
+
+def test_unregistered_connections_are_capped_per_address_oldest_first() -> None:
+    async def body() -> None:
+        async with relay(max_sessions=2, max_unregistered=8, max_unregistered_per_ip=4, **FAST) as server:
+            other = [await RawClient.connect(server, local="127.0.0.2") for _ in range(3)]
+            flood = [await RawClient.connect(server, local="127.0.0.1") for _ in range(20)]
+            flood += [await RawClient.connect(server, b"", local="127.0.0.1") for _ in range(5)]
+            await eventually(lambda: server.stats()["closed_unregistered_evicted"] == 21, what="evictions")
+            assert server.stats()["sessions_unregistered"] == 7
+            # the oldest of the flooding address were closed; the other address kept its connections
+            for raw in flood[:20]:
+                assert isinstance(await raw.next_frame(), Challenge)
+            for raw in flood[:16]:
+                end = await raw.next_frame()
+                assert isinstance(end, Close) and end.code == CloseCode.SERVER_FULL
+                assert await raw.next_frame() is None
+            assert not any(raw.at_eof for raw in other)
+            # a legitimate client from the flooding address registers; so does one from the other
+            a_inbox, b_inbox = Inbox(), Inbox()
+            a, _ = make_client(server.url("tcp"), a_inbox)
+            b, b_id = make_client(server.url("ws"), b_inbox)
+            await a.start(timeout=5)
+            await b.start(timeout=5)
+            a.send(b_id.peer_id, b"hello")
+            await eventually(lambda: len(b_inbox.packets) == 1)
+            # registered peers' slots are theirs: at max_sessions a new peer is refused at REGISTER
+            late = await RawClient.connect(server, local="127.0.0.2")
+            challenge = await late.next_frame()
+            assert isinstance(challenge, Challenge)
+            late.send(make_register(Identity.generate(), challenge.nonce))
+            refused = await late.next_frame()
+            assert isinstance(refused, Error) and refused.code == CloseCode.SERVER_FULL
+            assert a.registered and b.registered
+            await a.stop()
+            await b.stop()
+            for raw in (*other, *flood, late):
+                raw.close()
 
     run(body)
 

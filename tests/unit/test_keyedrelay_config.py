@@ -16,6 +16,8 @@ def test_defaults_are_valid() -> None:
     config = KeyedRelayConfig()
     assert config.listen_address.port == 0
     assert config.limits().max_packet == 65535
+    assert config.total_queue_limit == 64 << 20 and config.limits().max_unregistered == 1024
+    assert config.max_unregistered_per_ip == 32
 
 
 @pytest.mark.parametrize(
@@ -29,6 +31,15 @@ def test_defaults_are_valid() -> None:
         ({"max_sessions": 0}, "max_sessions must be a positive integer"),
         ({"max_frame": 10}, "max_frame must be an integer in 1313..65568"),
         ({"queue_limit": 1000}, "queue_limit must be an integer of at least max_frame"),
+        (
+            {"total_queue_limit": (1 << 20) - 1},
+            "total_queue_limit must be an integer of at least queue_limit",
+        ),
+        ({"total_queue_limit": 1e9}, "total_queue_limit must be an integer"),
+        ({"queue_stuck_timeout": 0}, "queue_stuck_timeout must be a positive number"),
+        ({"max_unregistered": 0}, "max_unregistered must be a positive integer"),
+        ({"max_unregistered_per_ip": 0}, "max_unregistered_per_ip must be an integer in 1..max_unregistered"),
+        ({"max_unregistered": 8, "max_unregistered_per_ip": 9}, "max_unregistered_per_ip must be"),
         ({"register_timeout": 0}, "register_timeout must be a positive number"),
         ({"idle_timeout": float("nan")}, "idle_timeout must be a positive number"),
         ({"ssl_context": "yes"}, "ssl_context must be an ssl.SSLContext"),

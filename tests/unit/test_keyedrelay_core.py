@@ -36,6 +36,7 @@ from coremesh.keyedrelay.protocol import (
     SessionState,
     TokenBucket,
     Transmit,
+    UnregisteredLimiter,
     decode_frame,
     encode_frame,
     make_register,
@@ -294,8 +295,27 @@ def test_packet_larger_than_max_frame_closes_the_session() -> None:
     closed_with(core.drain(), a, CloseCode.PROTOCOL_ERROR)
 
 
-def test_max_sessions() -> None:
-    core = make_core(max_sessions=2)
+def test_max_sessions_counts_registered_peers_only() -> None:
+    """Connections that never register do not take registered peers' slots (they are capped apart)."""
+    core = make_core(max_sessions=1)
+    alice = register(core, ALICE)
+    idle = [open_(core) for _ in range(5)]  # unregistered: admitted, each with its CHALLENGE
+    bob, bob_nonce = open_(core)
+    core.receive_frame(bob, encode_frame(make_register(BOB, bob_nonce)), 0.0)
+    assert closed_with(core.drain(), bob, CloseCode.SERVER_FULL) == "relay full"
+    assert core.session_state(bob) is SessionState.CLOSED and core.stats()["drop_server_full"] == 1
+    # a registered peer may still replace its own session when full
+    again, nonce = open_(core)
+    core.receive_frame(again, encode_frame(make_register(ALICE, nonce)), 0.0)
+    actions = decoded(core.drain())
+    assert actions[-1] == (again, Registered(max_packet=core.limits.max_packet))
+    assert core.conn_of(ALICE.peer_id) == again and core.session_state(alice) is SessionState.CLOSED
+    stats = core.stats()
+    assert stats["sessions_registered"] == 1 and stats["sessions_unregistered"] == len(idle)
+
+
+def test_max_unregistered_is_a_backstop_in_the_core() -> None:
+    core = make_core(max_unregistered=2)
     open_(core)
     open_(core)
     conn = core.open_session(0.0)
@@ -377,6 +397,8 @@ def test_limits_are_validated_with_clear_messages() -> None:
         RelayLimits(max_frame=100)
     with pytest.raises(ValueError, match="max_sessions"):
         RelayLimits(max_sessions=0)
+    with pytest.raises(ValueError, match="max_unregistered"):
+        RelayLimits(max_unregistered=0)
 
 
 # --- the client session, alone and paired with a core ---
@@ -479,3 +501,50 @@ def test_client_and_core_in_memory_exchange_packets() -> None:
     events = [clients[b].next_event() for _ in range(101)]
     assert isinstance(events[0], RegisteredEvent)
     assert events[1:] == [PacketReceived(ALICE.peer_id, b"%d" % i) for i in range(100)]
+
+
+# --- unregistered connections ---
+
+
+def test_unregistered_limiter_evicts_the_oldest_of_the_same_source_first() -> None:
+    lim: UnregisteredLimiter[str] = UnregisteredLimiter(max_total=5, max_per_source=2)
+    assert lim.admit("a1", "A") == [] and lim.admit("a2", "A") == []
+    assert lim.admit("b1", "B") == []
+    assert lim.admit("a3", "A") == ["a1"]  # A is at its cap: its oldest goes, not B's
+    assert lim.count("A") == 2 and "a1" not in lim and "b1" in lim
+    lim.remove("a2")  # registered
+    lim.remove("a2")  # unknown keys are ignored
+    assert lim.admit("a4", "A") == [] and len(lim) == 3
+
+
+def test_unregistered_limiter_evicts_the_oldest_overall_at_the_total_cap() -> None:
+    lim: UnregisteredLimiter[int] = UnregisteredLimiter(max_total=3, max_per_source=3)
+    for key, source in ((1, "A"), (2, "B"), (3, "C")):
+        assert lim.admit(key, source) == []
+    assert lim.admit(4, "D") == [1]
+    assert lim.admit(5, "B") == [2] and lim.count("B") == 1 and lim.count("A") == 0
+    assert len(lim) == 3
+    with pytest.raises(ValueError):
+        UnregisteredLimiter(max_total=2, max_per_source=3)
+
+
+def test_idle_unregistered_connections_cannot_lock_out_a_client() -> None:
+    """Many idle connections from one source: a newcomer is always admitted and can register."""
+    core = make_core(max_sessions=4, max_unregistered=8)
+    lim: UnregisteredLimiter[int] = UnregisteredLimiter(max_total=8, max_per_source=3)
+
+    def connect(source: str) -> tuple[int, bytes]:
+        conn, nonce = open_(core)
+        for old in lim.admit(conn, source):
+            core.close_session(old, CloseCode.SERVER_FULL, "too many unregistered connections")
+            closed_with(core.drain(), old, CloseCode.SERVER_FULL)
+        return conn, nonce
+
+    for _ in range(50):
+        connect("10.0.0.66")
+    assert core.sessions_current == 3 and lim.count("10.0.0.66") == 3
+    conn, nonce = connect("10.0.0.66")  # the legitimate client happens to share the address
+    core.receive_frame(conn, encode_frame(make_register(ALICE, nonce)), 0.0)
+    assert decoded(core.drain()) == [(conn, Registered(max_packet=core.limits.max_packet))]
+    lim.remove(conn)
+    assert core.sessions_registered == 1 and core.sessions_unregistered == 2
