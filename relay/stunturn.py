@@ -422,13 +422,22 @@ class StunTurnService:
             raise RuntimeError("StunTurnService already started")
         self._loop = asyncio.get_running_loop()
         cfg = self.config
-        try:
-            primary = self._open_listeners()
-            if not cfg.no_tcp:
-                await self._open_tcp(primary)
-        except BaseException:
-            await self._close_sockets()
-            raise
+        # With port 0 the UDP port is picked first and TCP must then get the same number: if another
+        # process holds it for TCP, start over with a fresh port rather than fail.
+        attempts = 20 if cfg.listen.port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                primary = self._open_listeners()
+                if not cfg.no_tcp:
+                    await self._open_tcp(primary)
+                break
+            except OSError as exc:
+                await self._close_sockets()
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
+            except BaseException:
+                await self._close_sockets()
+                raise
         self._started = True
         self._closing = False
         self._tcp_limit = _tcp_limit(cfg.max_tcp_connections)

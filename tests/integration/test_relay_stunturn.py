@@ -673,3 +673,34 @@ def test_stop_with_open_tcp_connections_logs_no_exception(caplog: pytest.LogCapt
         run(body)
     bad = [r for r in caplog.records if r.levelno >= 40 or "CancelledError" in r.getMessage()]
     assert not bad, [r.getMessage() for r in bad]
+
+
+def test_port_zero_retries_when_tcp_cannot_take_the_udp_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import coremesh_relay.stunturn as shell_module
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]  # TCP port in use by someone else
+        real_bind = shell_module._bind_udp
+        calls = []
+
+        def first_pick_collides(address: Address, **kwargs: object) -> socket.socket:
+            calls.append(address)
+            if len(calls) == 1:
+                return real_bind(Address("127.0.0.1", taken))  # UDP gets the port TCP cannot have
+            return real_bind(address, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(shell_module, "_bind_udp", first_pick_collides)
+
+        async def body() -> None:
+            service = shell_module.StunTurnService(config())
+            await service.start()
+            try:
+                ports = {a.port for a in service.addresses}
+                assert len(ports) == 1 and taken not in ports  # UDP and TCP on one fresh port
+            finally:
+                await service.stop()
+
+        asyncio.run(asyncio.wait_for(body(), 20))
+    assert len(calls) >= 2
