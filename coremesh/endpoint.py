@@ -448,7 +448,7 @@ class Endpoint:
         self._replacements: dict[PeerId, PeerConnection] = {}  # new connections awaiting confirmation
         # Unconfirmed responder state is capped apart (flood defence until handshake cookies land):
         # throwaway identities can hold at most this many of the max_connections slots.
-        self.max_unconfirmed = max(2, config.max_connections // 4)
+        self.max_unconfirmed = max(2, config.max_connections // 2)
         self._indexes: dict[int, PeerConnection] = {}
         self._timestamps: OrderedDict[PeerId, bytes] = OrderedDict()
         self._probes: dict[int, tuple[PathAddress, int, float]] = {}
@@ -785,15 +785,14 @@ class Endpoint:
         return waiting + list(self._replacements.values())
 
     def _make_room_for_unconfirmed(self) -> bool:
-        """Unconfirmed responder state has its own small quota, so that initiations from throwaway
-        identities cannot take the slots of real connections; the oldest is evicted first."""
-        waiting = self._unconfirmed()
-        if len(waiting) < self.max_unconfirmed:
+        """Unconfirmed responder state has its own quota, so that initiations from throwaway
+        identities cannot take every slot. When it is full a new initiation is refused, not an
+        older one evicted: a refused initiator just retries, while one whose response went out and
+        whose state we dropped would be left half-open."""
+        if len(self._unconfirmed()) < self.max_unconfirmed:
             return True
-        oldest = min(waiting, key=lambda c: c.created_at)
-        self.remove(oldest, reason="evicted", clean=False, announce=False)
-        self.counters["unconfirmed_evicted"] += 1
-        return True
+        self.counters["drop_unconfirmed_full"] += 1
+        return False
 
     def promote(self, conn: PeerConnection) -> None:
         """A confirmed replacement becomes the peer's connection; the old one ends."""

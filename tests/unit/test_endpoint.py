@@ -444,7 +444,7 @@ def test_losing_the_first_packet_after_the_handshake_does_not_leave_a_half_open_
 def test_throwaway_identities_cannot_take_every_slot() -> None:
     from coremesh.session import InitiatorHandshake
 
-    net, a, b = pair(max_connections=16)
+    net, a, b = pair(max_connections=16, connect_timeout=2.0)
     for i in range(16):
         hs = InitiatorHandshake(
             Identity(random.Random(1000 + i).randbytes(32)),
@@ -456,9 +456,15 @@ def test_throwaway_identities_cannot_take_every_slot() -> None:
             started_at=0.0,
         )
         b.receive_datagram(hs.packet, Address("198.51.100.7", 1000 + i), 0.0)
-    assert len(b.endpoint.snapshots()) <= b.endpoint.max_unconfirmed < 16
-    connect(net, a, b, timeout=3)
+    assert len(b.endpoint.snapshots()) == b.endpoint.max_unconfirmed < 16
+    assert b.endpoint.counters["drop_unconfirmed_full"] == 16 - b.endpoint.max_unconfirmed
+    # The other slots stay usable: B can still dial out.
     b.endpoint.connect(Identity(bytes(range(5, 37))).peer_id, Address("192.0.2.9", 9), net.clock.now)
+    # A real peer is refused while the quota is full (no state dropped, nothing half-open) and gets
+    # in by retrying once the unconfirmed entries expire.
+    a.endpoint.connect(b.endpoint.peer_id, B_ADDR, net.clock.now, timeout=10.0)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.PeerConnected)) and bool(b.of(ev.PeerConnected)), timeout=8)
 
 
 def test_a_close_with_a_backlog_delivers_everything_first() -> None:
@@ -493,3 +499,21 @@ def test_keys_expire_when_rekeying_keeps_failing() -> None:
     assert net.run_until(lambda: bool(a.of(ev.PeerDisconnected)), timeout=40)
     (gone,) = a.of(ev.PeerDisconnected)
     assert "keys expired" in gone.reason and 29.0 <= net.clock.now <= 31.0
+
+
+def test_a_burst_of_connects_larger_than_the_unconfirmed_quota_all_succeed() -> None:
+    net = SimNetwork(11, LinkProfile(latency=0.001))
+    hub = make(1, 1, max_connections=16)  # 8 unconfirmed at a time
+    net.attach(A_ADDR, hub)
+    spokes = []
+    for i in range(14):
+        spoke = make(100 + i, 100 + i)
+        net.attach(Address("192.0.2.60", 6000 + i), spoke)
+        spoke.endpoint.connect(hub.endpoint.peer_id, A_ADDR, 0.0)
+        spokes.append(spoke)
+    net.flush()
+    assert net.run_until(lambda: all(s.of(ev.PeerConnected) for s in spokes), timeout=5)
+    assert len(hub.of(ev.PeerConnected)) == 14
+    assert hub.endpoint.counters["drop_unconfirmed_full"] > 0  # the quota was hit, and nobody lost out
+    net.run_for(3.0)
+    assert not any(s.of(ev.PeerDisconnected) for s in spokes) and not hub.of(ev.PeerDisconnected)
