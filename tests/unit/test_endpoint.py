@@ -512,8 +512,9 @@ def test_a_burst_of_connects_larger_than_the_unconfirmed_quota_all_succeed() -> 
         spoke.endpoint.connect(hub.endpoint.peer_id, A_ADDR, 0.0)
         spokes.append(spoke)
     net.flush()
-    assert net.run_until(lambda: all(s.of(ev.PeerConnected) for s in spokes), timeout=5)
-    assert len(hub.of(ev.PeerConnected)) == 14
+    assert net.run_until(
+        lambda: all(s.of(ev.PeerConnected) for s in spokes) and len(hub.of(ev.PeerConnected)) == 14, timeout=5
+    )
     assert hub.endpoint.counters["drop_unconfirmed_full"] > 0  # the quota was hit, and nobody lost out
     net.run_for(3.0)
     assert not any(s.of(ev.PeerDisconnected) for s in spokes) and not hub.of(ev.PeerDisconnected)
