@@ -14,7 +14,7 @@ from coremesh import stun
 from coremesh.addr import normalize_socket_address
 from coremesh.turn import client as turn
 
-from .test_keyed_relay import self_signed
+from ..certs import self_signed
 
 
 async def read_frame(reader: asyncio.StreamReader, buffer: bytearray) -> bytes:

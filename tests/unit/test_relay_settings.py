@@ -4,7 +4,6 @@ services: health, readiness, Prometheus metrics read from ``stats()``, and a sta
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -22,14 +21,12 @@ from coremesh_relay.settings import (
     build_parser,
     resolve,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from coremesh.addr import Address
 from coremesh.cli import format_status
 from coremesh.errors import ConfigError
+
+from ..certs import make_cert
 
 
 def settings(*argv: str, env: Mapping[str, str] | None = None) -> RelaySettings:
@@ -259,30 +256,6 @@ def test_bad_flag_syntax_exits_2_with_one_line(capsys: pytest.CaptureFixture[str
 
 
 # ---------------------------------------------------------------------------------------------- TLS
-
-
-def make_cert(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 def test_tls_cert_and_key(tmp_path: Path) -> None:
