@@ -59,6 +59,7 @@ from coremesh.errors import (
     PeerNotFound,
 )
 from coremesh.identity import PeerId
+from coremesh.service.admin import AdminRunner
 
 from .logs import log
 
@@ -697,29 +698,13 @@ async def _readyz(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------------------------- runner
 
 
-class AdminServer:
-    """Runs an admin app on one TCP address: ``await start(addr)`` → bound address; ``await stop()``."""
+class AdminServer(AdminRunner):
+    """The admin app on one TCP address (see :class:`coremesh.service.admin.AdminRunner`)."""
 
-    def __init__(self, app: web.Application, *, shutdown_timeout: float = 2.0) -> None:
-        self.app = app
-        self._runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
-        self.address: Address | None = None
+    def started(self, address: Address) -> None:
+        self.app[STATE].admin_address = str(address)
 
-    async def start(self, address: Address) -> Address:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, address.host, address.port, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await self._runner.cleanup()
-            raise
-        bound = self._runner.addresses[0]
-        self.address = Address(str(bound[0]), int(bound[1]))
-        self.app[STATE].admin_address = str(self.address)
-        return self.address
-
-    async def stop(self) -> None:
+    def stopping(self) -> None:
         st = self.app[STATE]
         st.ready = False
         st.inbox.close()  # long-polls return now instead of holding the shutdown
-        await self._runner.cleanup()

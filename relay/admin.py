@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from coremesh.addr import Address
 from coremesh.service import version
+from coremesh.service.admin import AdminRunner
 from coremesh.service.logs import EventLogger
 
 log = EventLogger("coremesh_relay.admin")
@@ -348,27 +349,11 @@ async def _status(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------------------------- runner
 
 
-class AdminServer:
-    """Runs the admin app on one TCP address: ``await start(addr)`` → bound address; ``await stop()``."""
+class AdminServer(AdminRunner):
+    """The admin app on one TCP address (see :class:`coremesh.service.admin.AdminRunner`)."""
 
-    def __init__(self, app: web.Application, *, shutdown_timeout: float = 2.0) -> None:
-        self.app = app
-        self._runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
-        self.address: Address | None = None
+    def started(self, address: Address) -> None:
+        self.app[STATE].admin_address = str(address)
 
-    async def start(self, address: Address) -> Address:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, address.host, address.port, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await self._runner.cleanup()
-            raise
-        bound = self._runner.addresses[0]
-        self.address = Address(str(bound[0]), int(bound[1]))
-        self.app[STATE].admin_address = str(self.address)
-        return self.address
-
-    async def stop(self) -> None:
+    def stopping(self) -> None:
         self.app[STATE].ready = False
-        await self._runner.cleanup()
