@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 from collections import Counter, deque
@@ -494,6 +495,7 @@ class KeyedRelayClient:
             register_timeout=self._register_timeout,
             keepalive_interval=self._keepalive,
             expected_relay=self._expected_relay,
+            random_bytes=os.urandom,  # the asyncio shell supplies the core's randomness
         )
         self._link = link
         self._set_state("registering")

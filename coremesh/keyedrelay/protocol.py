@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import heapq
-import os
 import struct
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -587,7 +586,7 @@ class RelayCore:
         limits: RelayLimits | None = None,
         *,
         relay_id: PeerId | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: Callable[[int], bytes],
     ) -> None:
         self.limits = limits if limits is not None else RelayLimits()
         self.relay_id = relay_id
@@ -960,7 +959,7 @@ class ClientSession:
     keepalive_interval: float = 15.0
     idle_timeout: float | None = None
     expected_relay: PeerId | None = None
-    random_bytes: Callable[[int], bytes] = os.urandom
+    random_bytes: Callable[[int], bytes] = field(kw_only=True)  # injected: the core reads no randomness
     state: ClientState = field(default=ClientState.AWAIT_CHALLENGE, init=False)
     max_packet: int = field(default=MAX_PACKET, init=False)
     relay_id: PeerId | None = field(default=None, init=False)

@@ -434,7 +434,7 @@ def test_client_refuses_another_version_and_an_unexpected_relay() -> None:
     assert c.next_event() == SessionEnded(
         CloseCode.UNSUPPORTED_VERSION, "relay speaks version 2, we speak 1", False
     )
-    c2 = ClientSession(ALICE, now=0.0, expected_relay=BOB.peer_id)
+    c2 = ClientSession(ALICE, now=0.0, expected_relay=BOB.peer_id, random_bytes=counting_bytes())  # type: ignore[arg-type]
     c2.receive_frame(encode_frame(Challenge(nonce=bytes(32), relay_id=MALLORY.peer_id)), 0.0)
     ended = c2.next_event()
     assert isinstance(ended, SessionEnded) and ended.code == CloseCode.AUTH_FAILED
@@ -479,7 +479,7 @@ def test_client_and_core_in_memory_exchange_packets() -> None:
     clients: dict[int, ClientSession] = {}
     for identity in (ALICE, BOB):
         conn = core.open_session(0.0)
-        clients[conn] = ClientSession(identity, now=0.0)
+        clients[conn] = ClientSession(identity, now=0.0, random_bytes=counting_bytes())  # type: ignore[arg-type]
     a, b = clients
     moved = True
     while moved:
