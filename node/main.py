@@ -26,6 +26,7 @@ from typing import Any, Final
 from coremesh import MeshNode
 from coremesh.config import PeerAddress
 from coremesh.errors import ConfigError, IdentityError, MeshError
+from coremesh.service.lifecycle import serve_until_signalled
 
 from . import logs
 from .admin import INBOX_BYTES, STATE, AdminServer, Inbox, InboxPump, create_admin_app, resolve_address
@@ -91,21 +92,10 @@ class Daemon:
     # ------------------------------------------------------------------------------- lifecycle
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        try:
-            await self._start()
-            await self._stop.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            # A second signal during shutdown ends the process at once.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            await asyncio.wait_for(self._shutdown(), SHUTDOWN_TIMEOUT)
-        except TimeoutError:
+        done = await serve_until_signalled(
+            self._start, self._shutdown, self._stop, self._on_signal, timeout=SHUTDOWN_TIMEOUT
+        )
+        if not done:
             log.error("node.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
             return EXIT_RUNTIME
         return EXIT_OK

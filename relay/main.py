@@ -32,6 +32,7 @@ from coremesh.service import (
     os_error_text,
 )
 from coremesh.service import logs as service_logs
+from coremesh.service.lifecycle import serve_until_signalled
 from coremesh.service.logs import EventLogger
 
 from .admin import AdminServer, RelayState, create_admin_app
@@ -101,25 +102,15 @@ class Relay:
         self.state = RelayState(settings=settings.summary())
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        try:
-            try:
-                await self._start()
-            except BaseException:
-                await asyncio.wait_for(self._shutdown(quiet=True), SHUTDOWN_TIMEOUT)
-                raise
-            await self._stop.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            # A second signal during shutdown ends the process at once.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            await asyncio.wait_for(self._shutdown(), SHUTDOWN_TIMEOUT)
-        except TimeoutError:
+        done = await serve_until_signalled(
+            self._start,
+            self._shutdown,
+            self._stop,
+            self._on_signal,
+            timeout=SHUTDOWN_TIMEOUT,
+            after_failed_start=lambda: self._shutdown(quiet=True),
+        )
+        if not done:
             log.error("relay.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
             return EXIT_RUNTIME
         return EXIT_OK
