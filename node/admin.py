@@ -58,6 +58,7 @@ from coremesh.errors import (
     MessageTooLarge,
     PeerNotFound,
 )
+from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
 from coremesh.service.admin import AdminRunner
 
@@ -327,41 +328,8 @@ def peer_info_json(info: Any) -> dict[str, Any]:
 
 def advertised_addresses(listen: Iterable[Address]) -> list[str]:
     """Concrete addresses peers can dial: a wildcard bind is shown as loopback plus the primary
-    outbound address of each family (found by routing lookup; no packet is sent)."""
-    out: list[str] = []
-    for addr in listen:
-        try:
-            ip = ipaddress.ip_address(addr.host)
-        except ValueError:
-            out.append(str(addr))
-            continue
-        if not ip.is_unspecified:
-            out.append(str(addr))
-            continue
-        hosts = ["127.0.0.1"]
-        v4 = _primary_ip(socket.AF_INET, "192.0.2.1")
-        if v4:
-            hosts.append(v4)
-        if ip.version == 6:
-            hosts.append("::1")
-            v6 = _primary_ip(socket.AF_INET6, "2001:db8::1")
-            if v6:
-                hosts.append(v6)
-        for host in hosts:
-            text = format_address(host, addr.port)
-            if text not in out:
-                out.append(text)
-    return out
-
-
-def _primary_ip(family: socket.AddressFamily, probe: str) -> str | None:
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((probe, 9))
-            host = str(s.getsockname()[0])
-    except OSError:
-        return None
-    return None if host in ("0.0.0.0", "::") else host
+    address of each family (see :mod:`coremesh.hostaddrs`)."""
+    return list(dict.fromkeys(str(a) for addr in listen for a in host_addresses(addr)))
 
 
 def _version() -> str:
