@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from coremesh.addr import Address
+from coremesh.dht.service import record_json
 from coremesh.errors import InvalidPeerId, MeshError, PeerNotFound
 from coremesh.identity import PeerId
 from coremesh.service import version
@@ -55,7 +56,9 @@ class BootstrapNode(Protocol):
 
 # Gauges among the DHT's stats(); every other key is a counter. Keys named drop_<reason> become one
 # family labelled by reason.
-_GAUGES: Final = frozenset({"routing_table_size", "records_stored", "known_peers", "buckets", "lookups_active"})
+_GAUGES: Final = frozenset(
+    {"routing_table_size", "records_stored", "known_peers", "buckets", "lookups_active"}
+)
 
 
 class BootstrapCollector(Collector):
@@ -79,7 +82,9 @@ class BootstrapCollector(Collector):
         connections.add_metric([], sum(1 for p in node.get_peers() if _state_text(p.state) == "connected"))
         yield connections
         stats: Mapping[str, Any] = node.dht_status().get("stats", {})
-        drops = CounterMetricFamily(f"{NAMESPACE}_dht_drops", "DHT datagrams dropped, by reason", labels=["reason"])
+        drops = CounterMetricFamily(
+            f"{NAMESPACE}_dht_drops", "DHT datagrams dropped, by reason", labels=["reason"]
+        )
         for key, value in sorted(stats.items()):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
@@ -89,7 +94,9 @@ class BootstrapCollector(Collector):
                 yield GaugeMetricFamily(f"{NAMESPACE}_dht_{key}", f"DHT {key.replace('_', ' ')}", value=value)
             else:
                 name = key.removesuffix("_total")
-                yield CounterMetricFamily(f"{NAMESPACE}_dht_{name}", f"DHT {name.replace('_', ' ')}", value=value)
+                yield CounterMetricFamily(
+                    f"{NAMESPACE}_dht_{name}", f"DHT {name.replace('_', ' ')}", value=value
+                )
         yield drops
         for key, value in sorted(node.stats().items()):
             if key.startswith("drop_") and isinstance(value, int):
@@ -219,8 +226,8 @@ async def _lookup(request: web.Request) -> web.Response:
     if not 0 < timeout <= LOOKUP_TIMEOUT_MAX:
         raise ApiError(400, "bad_request", f'"timeout": expected 0 to {LOOKUP_TIMEOUT_MAX:g} seconds')
     started = time.monotonic()
-    result = await node.lookup(peer, timeout=timeout)
-    body = result.to_json() if hasattr(result, "to_json") else {"record": str(result)}
+    record = await node.lookup(peer, timeout=timeout)
+    body = record_json(record, time.time())
     body["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)
     return web.json_response(body)
 

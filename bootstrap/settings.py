@@ -220,7 +220,8 @@ def merge(
         except (InvalidAddress, InvalidPeerId) as exc:
             raise ConfigError(f"{w('bootstrap')}: {exc}") from None
     advertise = tuple(
-        parse_host_port(a, w("advertise"), allow_zero_port=False) for a in parse_list(src["advertise"], w("advertise"))
+        parse_host_port(a, w("advertise"), allow_zero_port=False)
+        for a in parse_list(src["advertise"], w("advertise"))
     )
     for a in advertise:
         if a.host in ("0.0.0.0", "::"):

@@ -321,8 +321,8 @@ def test_connect_flag_dials_at_start_and_retries(nodes: Nodes) -> None:
     # the id is b's (any valid id will do: nobody answers at that port, so dials fail and are retried)
     c = nodes.start("c", "--connect", f"{b.peer_id}@127.0.0.1:{late_port}", "--bootstrap", "127.0.0.1:9")
     wait_for(lambda: "dial.failed" in c.log(), 15, "a failed dial to be logged")
-    deferred = [e for e in c.log_events() if e["event"] == "bootstrap.deferred"]
-    assert deferred and deferred[0]["address"] == "127.0.0.1:9"
+    seeds = [e for e in c.log_events() if e["event"] == "bootstrap.seed"]
+    assert seeds and seeds[0]["address"] == "127.0.0.1:9"
 
 
 @pytest.mark.parametrize(
