@@ -213,12 +213,12 @@ class MeshNode:
             raise ValueError(f"path must be 'auto', 'direct' or 'relay', not {path!r}")
         runtime, endpoint = self._require_running()
         if addr is None and (isinstance(peer, PeerId) or (":" not in peer and "@" not in peer)):
-            peer_id = peer if isinstance(peer, PeerId) else PeerId.from_text(peer)
-            known = self.get_connection(peer_id)
+            wanted = peer if isinstance(peer, PeerId) else PeerId.from_text(peer)
+            known = self.get_connection(wanted)
             if known is not None:
                 return known
             if self._dht is not None:
-                return await self._connect_discovered(peer_id, timeout=timeout, path=path)
+                return await self._connect_discovered(wanted, timeout=timeout, path=path)
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
         reason = runtime.unreachable_reason(target.address)

@@ -27,12 +27,25 @@ from ..runtime import UdpRuntime
 from ..wire import PacketType
 from .events import LookupFinished
 from .node import DhtNode
-from .records import PeerRecord
+from .records import MAX_ADDRESSES, PeerRecord
 
 log = logging.getLogger("coremesh.dht")
 
 SNAPSHOT_FILE: Final = "dht.snapshot"
+_EVENT_COUNTERS: Final = frozenset(
+    {
+        "pex_sent",
+        "pex_received",
+        "records_accepted",
+        "records_expired",
+        "evicted_dead",
+        "demoted",
+        "request_timeout",
+        "lookup_timeout",
+    }
+)
 SAVE_INTERVAL: Final = 60.0
+ADDRESS_CHECK_INTERVAL: Final = 2.0  # how soon a new address (a relay's srflx, say) is published
 
 AddressSource = Callable[[], list[tuple[str, str]]]
 
@@ -116,7 +129,7 @@ class DhtService:
 
     def publish(self, *, force: bool = False) -> bool:
         """Sign and publish this node's record if its addresses changed (or ``force``)."""
-        addresses = tuple(dict.fromkeys(self._addresses()))[: self.max_addresses]
+        addresses = tuple(dict.fromkeys(self._addresses()))[:MAX_ADDRESSES]
         if not force and addresses == self._published:
             return False
         if not addresses:
@@ -132,16 +145,12 @@ class DhtService:
         self._pump()
         return True
 
-    @property
-    def max_addresses(self) -> int:
-        from .records import MAX_ADDRESSES
-
-        return MAX_ADDRESSES
 
     def status(self) -> dict[str, Any]:
         stats = dict(self.core.stats())
         for key, value in self.core.counters.items():
-            stats[key if key.startswith("drop_") else f"drop_{key}"] = value
+            # Events worth counting are counted as they are; the rest are drops, by reason.
+            stats[key if key in _EVENT_COUNTERS else f"drop_{key}"] = value
         return {
             "enabled": True,
             "routing_table_size": len(self.core.routing_table()),
@@ -218,15 +227,15 @@ class DhtService:
 
     async def _maintain(self) -> None:
         """Republish when the node's addresses change, gossip to connected peers, save the table."""
-        interval = self._config.gossip_interval
-        last_save = self._loop.time()
+        last_gossip = last_save = self._loop.time()
         while True:
-            await asyncio.sleep(min(interval, 5.0))
+            await asyncio.sleep(ADDRESS_CHECK_INTERVAL)
             try:
                 self.publish()
                 peers = self._connected_peers()
-                if peers:
-                    self.core.gossip(peers, self._loop.time())
+                if peers and self._loop.time() - last_gossip >= self._config.gossip_interval:
+                    last_gossip = self._loop.time()
+                    self.core.gossip(peers, last_gossip)
                     self._pump()
                 if self._loop.time() - last_save >= SAVE_INTERVAL:
                     await asyncio.to_thread(self.save)
