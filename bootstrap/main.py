@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from coremesh import MeshConfig, MeshNode
-from coremesh.errors import ConfigError, IdentityError
+from coremesh.errors import ConfigError, IdentityError, MeshError
 from coremesh.service import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, StartupError, fail, os_error_text
 from coremesh.service import logs as service_logs
 from coremesh.service.lifecycle import serve_until_signalled
@@ -110,6 +110,10 @@ class Bootstrap:
             await node.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {s.listen}: {os_error_text(exc)}", EXIT_RUNTIME) from None
+        except IdentityError as exc:
+            raise StartupError(str(exc), EXIT_CONFIG) from None
+        except (ConfigError, MeshError) as exc:  # the socket cannot be opened (address in use, ...)
+            raise StartupError(f"cannot start on {s.listen}: {exc}", EXIT_RUNTIME) from None
         self.node = node
         self.state.node = node
         self.state.addresses = [str(a) for a in node.advertised_addresses()]

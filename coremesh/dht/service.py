@@ -145,7 +145,6 @@ class DhtService:
         self._pump()
         return True
 
-
     def status(self) -> dict[str, Any]:
         stats = dict(self.core.stats())
         for key, value in self.core.counters.items():

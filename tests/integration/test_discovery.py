@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import signal
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,3 +163,40 @@ def _valid_unknown_id() -> str:
     from coremesh.identity import Identity
 
     return Identity.generate().peer_id.to_text()
+
+
+def test_bootstrap_service_operations(procs: Nodes, tmp_path: Path) -> None:
+    boot = procs.start("boot", module="coremesh_bootstrap")
+    node = procs.start("n", "--bootstrap", boot.listen)
+    wait_for(lambda: lookup(node, boot)[0] == 200, 20, "the bootstrap's own record to be found")
+    status, ready = http_get(boot.admin, "/readyz")
+    assert status == 200 and ready["role"] == "bootstrap"
+    with urllib.request.urlopen(f"http://{boot.admin}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for name in (
+        "coremesh_bootstrap_dht_routing_table_size",
+        "coremesh_bootstrap_dht_records_stored",
+        "coremesh_bootstrap_dht_lookups_served_total",
+        "coremesh_bootstrap_connections",
+        "process_resident_memory_bytes",
+    ):
+        assert name in metrics, name
+    # The same UDP port twice: exit 1 with one line; no data dir: exit 2.
+    taken = subprocess.run(
+        [sys.executable, "-m", "coremesh_bootstrap", "--listen", boot.listen,
+         "--data-dir", str(tmp_path / "x"), "--admin", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert taken.returncode == 1 and "Traceback" not in taken.stderr
+    last = taken.stderr.strip().splitlines()[-1]
+    assert last.startswith("coremesh-bootstrap: error: cannot start on") and "in use" in last
+    missing = subprocess.run(
+        [sys.executable, "-m", "coremesh_bootstrap", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "--data-dir is required" in missing.stderr
+    # SIGTERM: readiness goes away, exit 0, the routing table is saved.
+    boot.proc.send_signal(signal.SIGTERM)
+    assert boot.proc.wait(15) == 0
+    assert (tmp_path / "boot" / "dht.snapshot").stat().st_size > 0
+    assert '"bootstrap.stopped"' in boot.log()

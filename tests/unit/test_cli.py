@@ -257,7 +257,8 @@ def test_non_json_answer(fake: tuple[str, Canned], capsys: pytest.CaptureFixture
         ["ping", "not-a-peer-id"],
         ["ping", PEER_B.to_text()[:-1] + ("a" if PEER_B.to_text()[-1] != "a" else "b")],  # checksum
         ["send", "nope", "hi"],
-        ["connect", PEER_B.to_text()],  # no address
+        ["connect", PEER_B.to_text()[:-1] + ("a" if PEER_B.to_text()[-1] != "a" else "b")],  # id alone
+        ["lookup", "nope"],
         ["connect", f"{PEER_B}@127.0.0.1"],  # no port
         ["connect", "zz@127.0.0.1:9"],
     ],
