@@ -133,6 +133,8 @@ class DhtNode:
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int]] = []  # (deadline, txid), lazily cleaned
         self._queries: dict[int, _Query] = {}
+        self._queued: deque[_Query] = deque()
+        self._starting_queued = False
         self._query_ids = itertools.count(1)
         self._probing: dict[PeerId, int] = {}  # liveness/verify pings in flight, by peer
         self._verified_at: OrderedDict[PeerId, float] = OrderedDict()
@@ -300,6 +302,7 @@ class DhtNode:
             "lookups_served": self.lookups_served,
             "lookups_started": self.lookups_started,
             "lookups_active": len(self._queries),
+            "lookups_queued": len(self._queued),
             "pending_requests": len(self._pending),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
@@ -619,19 +622,29 @@ class DhtNode:
         qid = next(self._query_ids)
         cfg = self.config
         self._refreshed[self.table.bucket_index(target)] = now
-        seeds = [(c.peer_id, c.address) for c in self.table.closest(target, cfg.k)]
-        it = ClosestPeersIter(target, seeds, k=cfg.k, alpha=cfg.alpha, exclude=self.peer_id)
+        it = ClosestPeersIter(target, [], k=cfg.k, alpha=cfg.alpha)  # replaced when it runs
         q = _Query(qid, kind, target, it, now, now + cfg.lookup_timeout)
         if kind is _QueryKind.USER:
             self.lookups_started += 1
         if len(self._queries) >= cfg.max_lookups:
+            if kind is _QueryKind.USER and len(self._queued) < 16 * cfg.max_lookups:
+                self._queued.append(q)  # started when a running lookup ends; elapsed counts the wait
+                return qid
             self.counters["lookup_refused"] += 1
             it.finish()
             self._finish(q, now)
             return qid
-        self._queries[qid] = q
-        self._drive(q, now)
+        self._run_query(q, now)
         return qid
+
+    def _run_query(self, q: _Query, now: float) -> None:
+        # Seeds are taken when the lookup really starts (it may have waited in the queue).
+        cfg = self.config
+        seeds = [(c.peer_id, c.address) for c in self.table.closest(q.target, cfg.k)]
+        q.iter = ClosestPeersIter(q.target, seeds, k=cfg.k, alpha=cfg.alpha, exclude=self.peer_id)
+        q.deadline = now + cfg.lookup_timeout
+        self._queries[q.id] = q
+        self._drive(q, now)
 
     def _drive(self, q: _Query, now: float) -> None:
         body: m.Body = m.FindValue(q.target) if q.kind is _QueryKind.USER else m.FindNode(q.target)
@@ -685,6 +698,17 @@ class DhtNode:
             if not pub.pending:
                 self._publish = None
                 self._emit(ev.PublishFinished(seq=own.seq, stored=0, attempted=0))
+        self._start_queued(now)
+
+    def _start_queued(self, now: float) -> None:
+        if self._starting_queued:
+            return  # an outer call is already looping (a queued lookup may end at once)
+        self._starting_queued = True
+        try:
+            while self._queued and len(self._queries) < self.config.max_lookups:
+                self._run_query(self._queued.popleft(), now)
+        finally:
+            self._starting_queued = False
 
     def _store_done(self, txid: int, ok: bool) -> None:
         pub = self._publish
