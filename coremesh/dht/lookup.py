@@ -120,6 +120,12 @@ class ClosestPeersIter:
 
     # ---- the iterator ---------------------------------------------------------------------------
 
+    def add_peers(self, peers: Iterable[tuple[PeerId, Address]]) -> None:
+        """Add first-hop candidates while the lookup runs (a seed that answered late)."""
+        if not self.finished:
+            for peer, address in peers:
+                self._insert(peer, address, 1)
+
     @property
     def num_waiting(self) -> int:
         return self._num_waiting
@@ -181,6 +187,15 @@ class ClosestPeersIter:
         if e is None or e.state is not PeerState.WAITING:
             return False
         e.state = PeerState.FAILED
+        self._num_waiting -= 1
+        return True
+
+    def retry(self, peer: PeerId) -> bool:
+        """Ask ``peer`` again (its request was lost): it goes back to not-contacted."""
+        e = self._by_peer.get(peer)
+        if e is None or e.state is not PeerState.WAITING or self.finished:
+            return False
+        e.state = PeerState.NOT_CONTACTED
         self._num_waiting -= 1
         return True
 
