@@ -5,7 +5,8 @@ The caller asks :meth:`ClosestPeersIter.next` what to do: ``Waiting(peer)`` (sen
 the answers back with :meth:`on_success` (with the closer peers the answer named) and
 :meth:`on_failure` (timeout, garbage). Nothing here sends, sleeps or reads a clock.
 
-Termination: the k closest peers known have all answered, or no peer is left to ask. After alpha
+Termination: the k closest peers known have all answered (none of them is still in flight), or no
+peer is left to ask. After alpha
 answers in a row bring no peer closer than the closest known, the lookup is *stalled* and widens its
 parallelism to k (it then asks all the remaining k closest at once). In value mode the caller ends
 the lookup with :meth:`on_value` when a peer returned a valid record.
@@ -119,6 +120,12 @@ class ClosestPeersIter:
 
     # ---- the iterator ---------------------------------------------------------------------------
 
+    def add_peers(self, peers: Iterable[tuple[PeerId, Address]]) -> None:
+        """Add first-hop candidates while the lookup runs (a seed that answered late)."""
+        if not self.finished:
+            for peer, address in peers:
+                self._insert(peer, address, 1)
+
     @property
     def num_waiting(self) -> int:
         return self._num_waiting
@@ -130,11 +137,14 @@ class ClosestPeersIter:
             return FINISHED
         parallelism = self.k if self.stalled else self.alpha
         succeeded = 0
+        closer_in_flight = False
         for e in self._entries:
             state = e.state
             if state is PeerState.SUCCEEDED:
                 succeeded += 1
                 if succeeded >= self.k:
+                    if closer_in_flight:
+                        return WAITING_AT_CAPACITY  # one of the k closest has yet to answer
                     self.finished = True
                     return FINISHED
             elif state is PeerState.NOT_CONTACTED:
@@ -143,8 +153,10 @@ class ClosestPeersIter:
                 e.state = PeerState.WAITING
                 self._num_waiting += 1
                 return Waiting(e.peer_id, e.address)
-            elif state is PeerState.WAITING and self._num_waiting >= parallelism:
-                return WAITING_AT_CAPACITY
+            elif state is PeerState.WAITING:
+                if self._num_waiting >= parallelism:
+                    return WAITING_AT_CAPACITY
+                closer_in_flight = True
         if self._num_waiting > 0:
             return WAITING_AT_CAPACITY
         self.finished = True
@@ -175,6 +187,15 @@ class ClosestPeersIter:
         if e is None or e.state is not PeerState.WAITING:
             return False
         e.state = PeerState.FAILED
+        self._num_waiting -= 1
+        return True
+
+    def retry(self, peer: PeerId) -> bool:
+        """Ask ``peer`` again (its request was lost): it goes back to not-contacted."""
+        e = self._by_peer.get(peer)
+        if e is None or e.state is not PeerState.WAITING or self.finished:
+            return False
+        e.state = PeerState.NOT_CONTACTED
         self._num_waiting -= 1
         return True
 

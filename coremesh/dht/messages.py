@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,10 +187,15 @@ class Message:
 
 def encode_address(address: Address) -> bytes:
     """``family | ip | port``. Raises ValueError if ``address`` is not a literal IP and port."""
-    ip = ipaddress.ip_address(address.host)
     if not 0 <= address.port <= 65535:
         raise ValueError(f"port out of range: {address.port}")
-    return bytes((ip.version,)) + ip.packed + address.port.to_bytes(2, "big")
+    host = address.host
+    if ":" not in host:
+        try:
+            return b"\x04" + socket.inet_pton(socket.AF_INET, host) + address.port.to_bytes(2, "big")
+        except OSError:
+            raise ValueError(f"not an IPv4 address: {host!r}") from None
+    return b"\x06" + ipaddress.IPv6Address(host).packed + address.port.to_bytes(2, "big")
 
 
 def address_size(address: Address) -> int:
@@ -209,14 +215,13 @@ def _decode_address(data: bytes, pos: int) -> tuple[Address, int]:
     end = pos + 1 + n + 2
     if end > len(data):
         raise DecodeError("truncated address")
-    raw = data[pos + 1 : pos + 1 + n]
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-        ipaddress.IPv4Address(raw) if n == 4 else ipaddress.IPv6Address(raw)
-    )
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    raw = bytes(data[pos + 1 : pos + 1 + n])
     port = int.from_bytes(data[end - 2 : end], "big")
-    return Address(ip.compressed, port), end
+    if n == 4:
+        return Address(socket.inet_ntop(socket.AF_INET, raw), port), end
+    ip = ipaddress.IPv6Address(raw)
+    mapped = ip.ipv4_mapped
+    return Address(mapped.compressed if mapped is not None else ip.compressed, port), end
 
 
 def contact_size(contact: Contact) -> int:

@@ -64,7 +64,7 @@ class _QueryKind(enum.Enum):
 
 
 class _Query:
-    __slots__ = ("deadline", "id", "iter", "kind", "record", "started", "target")
+    __slots__ = ("deadline", "id", "iter", "kind", "record", "retried", "started", "target")
 
     def __init__(
         self, qid: int, kind: _QueryKind, target: PeerId, it: ClosestPeersIter, now: float, deadline: float
@@ -76,6 +76,7 @@ class _Query:
         self.started = now
         self.deadline = deadline
         self.record: PeerRecord | None = None
+        self.retried = False
 
 
 class _Pending:
@@ -133,6 +134,8 @@ class DhtNode:
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int]] = []  # (deadline, txid), lazily cleaned
         self._queries: dict[int, _Query] = {}
+        self._queued: deque[_Query] = deque()
+        self._starting_queued = False
         self._query_ids = itertools.count(1)
         self._probing: dict[PeerId, int] = {}  # liveness/verify pings in flight, by peer
         self._verified_at: OrderedDict[PeerId, float] = OrderedDict()
@@ -141,7 +144,10 @@ class DhtNode:
         self._own: PeerRecord | None = None
         self._next_republish: float | None = None
         self._publish: _Publish | None = None
+        self._publish_due = False
         self._joining = False
+        self._join_attempts = 0
+        self._last_join = 0.0
         self._bootstrap_pings = 0
         self._next_maintenance: float | None = None
         self.observed_address: Address | None = None  # how the last peer that answered PING saw us
@@ -248,6 +254,8 @@ class DhtNode:
         self._next_republish = now + self.config.republish_interval
         if len(self.table) and not self._joining:
             self._start_query(_QueryKind.PUBLISH, self.peer_id, now)
+        else:
+            self._publish_due = True  # when the join ends, or at the first maintenance with contacts
 
     def set_own_record(self, record: PeerRecord) -> None:
         """Replace the own record (a newer seq, new addresses); the next republication carries it."""
@@ -300,6 +308,7 @@ class DhtNode:
             "lookups_served": self.lookups_served,
             "lookups_started": self.lookups_started,
             "lookups_active": len(self._queries),
+            "lookups_queued": len(self._queued),
             "pending_requests": len(self._pending),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
@@ -531,7 +540,7 @@ class DhtNode:
             if isinstance(body, m.Pong):
                 self.observed_address = body.observed
             if self._joining and sender in self.table:
-                self._join(now)
+                self._join(now, (sender, addr))
         elif isinstance(body, m.Pong):
             self.observed_address = body.observed
         elif p.purpose is _Purpose.STORE and isinstance(body, m.Stored):
@@ -609,7 +618,11 @@ class DhtNode:
             self._maybe_join_failed(now)
         q = p.query
         if q is not None and p.peer is not None and self._queries.get(q.id) is q:
-            q.iter.on_failure(p.peer)
+            if p.peer == q.target and not q.retried:
+                q.retried = True  # the target itself is the surest holder of its record: ask twice
+                q.iter.retry(p.peer)
+            else:
+                q.iter.on_failure(p.peer)
             self._drive(q, now)
 
     # ---- lookups --------------------------------------------------------------------------------
@@ -619,19 +632,29 @@ class DhtNode:
         qid = next(self._query_ids)
         cfg = self.config
         self._refreshed[self.table.bucket_index(target)] = now
-        seeds = [(c.peer_id, c.address) for c in self.table.closest(target, cfg.k)]
-        it = ClosestPeersIter(target, seeds, k=cfg.k, alpha=cfg.alpha, exclude=self.peer_id)
+        it = ClosestPeersIter(target, [], k=cfg.k, alpha=cfg.alpha)  # replaced when it runs
         q = _Query(qid, kind, target, it, now, now + cfg.lookup_timeout)
         if kind is _QueryKind.USER:
             self.lookups_started += 1
         if len(self._queries) >= cfg.max_lookups:
+            if kind is _QueryKind.USER and len(self._queued) < 16 * cfg.max_lookups:
+                self._queued.append(q)  # started when a running lookup ends; elapsed counts the wait
+                return qid
             self.counters["lookup_refused"] += 1
             it.finish()
             self._finish(q, now)
             return qid
-        self._queries[qid] = q
-        self._drive(q, now)
+        self._run_query(q, now)
         return qid
+
+    def _run_query(self, q: _Query, now: float) -> None:
+        # Seeds are taken when the lookup really starts (it may have waited in the queue).
+        cfg = self.config
+        seeds = [(c.peer_id, c.address) for c in self.table.closest(q.target, cfg.k)]
+        q.iter = ClosestPeersIter(q.target, seeds, k=cfg.k, alpha=cfg.alpha, exclude=self.peer_id)
+        q.deadline = now + cfg.lookup_timeout
+        self._queries[q.id] = q
+        self._drive(q, now)
 
     def _drive(self, q: _Query, now: float) -> None:
         body: m.Body = m.FindValue(q.target) if q.kind is _QueryKind.USER else m.FindNode(q.target)
@@ -670,21 +693,43 @@ class DhtNode:
                 )
             )
         elif q.kind is _QueryKind.JOIN:
+            if not q.iter.closest() and len(self.table) and self._join_attempts < 3:
+                self._join_attempts += 1  # every request of the join was lost: try again at once
+                self._start_query(_QueryKind.JOIN, self.peer_id, now)
+                return
+            self._join_attempts = 0
             self._joining = False
             self._emit(ev.BootstrapFinished(contacts=len(self.table)))
             if self._own is not None:
-                self._start_query(_QueryKind.PUBLISH, self.peer_id, now)
-        elif q.kind is _QueryKind.PUBLISH and self._own is not None:
-            own = self._own
-            pub = self._publish = _Publish(own.seq)
-            for peer, address in q.iter.closest():
-                txid = self._request(peer, address, m.Store(own), _Purpose.STORE, None, now)
-                if txid is not None:
-                    pub.pending.add(txid)
-                    pub.attempted += 1
-            if not pub.pending:
-                self._publish = None
-                self._emit(ev.PublishFinished(seq=own.seq, stored=0, attempted=0))
+                self._store_own(q.iter.closest(), now)  # the join lookup found our k closest already
+        elif q.kind is _QueryKind.PUBLISH:
+            self._store_own(q.iter.closest(), now)
+        self._start_queued(now)
+
+    def _store_own(self, closest: list[tuple[PeerId, Address]], now: float) -> None:
+        own = self._own
+        if own is None:
+            return
+        self._publish_due = False
+        pub = self._publish = _Publish(own.seq)
+        for peer, address in closest:
+            txid = self._request(peer, address, m.Store(own), _Purpose.STORE, None, now)
+            if txid is not None:
+                pub.pending.add(txid)
+                pub.attempted += 1
+        if not pub.pending:
+            self._publish = None
+            self._emit(ev.PublishFinished(seq=own.seq, stored=0, attempted=0))
+
+    def _start_queued(self, now: float) -> None:
+        if self._starting_queued:
+            return  # an outer call is already looping (a queued lookup may end at once)
+        self._starting_queued = True
+        try:
+            while self._queued and len(self._queries) < self.config.max_lookups:
+                self._run_query(self._queued.popleft(), now)
+        finally:
+            self._starting_queued = False
 
     def _store_done(self, txid: int, ok: bool) -> None:
         pub = self._publish
@@ -696,9 +741,14 @@ class DhtNode:
             self._publish = None
             self._emit(ev.PublishFinished(seq=pub.seq, stored=pub.stored, attempted=pub.attempted))
 
-    def _join(self, now: float) -> None:
-        if any(q.kind is _QueryKind.JOIN for q in self._queries.values()):
-            return
+    def _join(self, now: float, seed: tuple[PeerId, Address] | None = None) -> None:
+        for q in self._queries.values():
+            if q.kind is _QueryKind.JOIN:
+                if seed is not None:
+                    q.iter.add_peers([seed])  # a second seed answered: the running join uses it too
+                    self._drive(q, now)
+                return
+        self._last_join = now
         self._start_query(_QueryKind.JOIN, self.peer_id, now)
 
     def _maybe_join_failed(self, now: float) -> None:
@@ -738,9 +788,20 @@ class DhtNode:
                 elif now - last >= cfg.refresh_interval:
                     self._start_query(_QueryKind.REFRESH, self._random_id_in_bucket(i), now)
                     break
+        # A table smaller than one bucket (a lossy join, mass departures): look ourselves up again.
+        if (
+            0 < len(self.table) < cfg.k
+            and not self._joining
+            and now - self._last_join >= 8 * cfg.maintenance_interval
+        ):
+            self._last_join = now
+            self._start_query(_QueryKind.REFRESH, self.peer_id, now)
         # Republish (and renew) the own record.
         own = self._own
-        if own is not None and self._next_republish is not None and now >= self._next_republish:
+        if own is not None and self._publish_due and len(self.table) and not self._joining:
+            self._start_query(_QueryKind.PUBLISH, self.peer_id, now)
+            self._publish_due = False
+        elif own is not None and self._next_republish is not None and now >= self._next_republish:
             self._next_republish = now + cfg.republish_interval
             if own.expires_at - wall < cfg.record_ttl / 2:
                 try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import heapq
 import ipaddress
+import socket
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -53,15 +54,25 @@ class Update(enum.Enum):
 
 def address_prefix(address: Address, v4_bits: int, v6_bits: int) -> bytes | None:
     """The network prefix the per-bucket limit counts, or None if exempt (loopback) or unparsable."""
+    host = address.host
+    if ":" not in host:
+        try:
+            packed = socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            return None
+        if packed[0] == 127:
+            return None
+        value = int.from_bytes(packed, "big") >> (32 - v4_bits)
+        return bytes((4, v4_bits)) + value.to_bytes(4, "big")
     try:
-        ip = ipaddress.ip_address(address.host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
     if ip.is_loopback:
         return None
     bits = v4_bits if ip.version == 4 else v6_bits
-    packed = int.from_bytes(ip.packed, "big") >> (len(ip.packed) * 8 - bits)
-    return bytes((ip.version, bits)) + packed.to_bytes((bits + 7) // 8, "big")
+    top = int.from_bytes(ip.packed, "big") >> (len(ip.packed) * 8 - bits)
+    return bytes((ip.version, bits)) + top.to_bytes((bits + 7) // 8, "big")
 
 
 class _Bucket:
@@ -159,8 +170,13 @@ class RoutingTable:
         bucket = self._buckets.get(index)
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
-        prefix = self._prefix(address)
         contact = bucket.contacts.get(peer)
+        if contact is not None and contact.address == address:
+            contact.last_seen = now
+            contact.failures = 0
+            bucket.contacts.move_to_end(peer)
+            return Update.REFRESHED
+        prefix = self._prefix(address)
         if contact is not None:
             if contact.address != address:
                 if not self._prefix_ok(bucket, prefix, peer):
