@@ -29,6 +29,9 @@ from .paths import PathAddress, RelayAddress
 from .runtime import UdpRuntime, open_udp_socket
 
 if TYPE_CHECKING:
+    from .discovery.base import DiscoveredPeer, DiscoveryService
+    from .netcheck import Netchecker
+    from .netreport import NetcheckReport
     from .relays import RelayManager
 
 log = logging.getLogger("coremesh.node")
@@ -40,6 +43,8 @@ _STATE_MAP = {
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
 STOP_LINGER = 2.0
+DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
+MAX_DISCOVERED_TRIES = 4  # addresses of one peer tried when connecting by PeerId alone
 
 
 class MeshNode:
@@ -73,6 +78,8 @@ class MeshNode:
         self._started_at: float | None = None
         self._stopping = False
         self._relays: RelayManager | None = None
+        self._netcheck: Netchecker | None = None
+        self._discovery: list[DiscoveryService] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -128,6 +135,7 @@ class MeshNode:
                 wall_offset=time.time() - loop.time(),
             )
             await self._relays.start()
+        await self._start_netcheck_and_discovery()
         self._started_at = time.time()
         self._stopping = False
         log.info("node started", extra={"peer_id": str(self.peer_id), "address": str(self.local_address)})
@@ -143,6 +151,7 @@ class MeshNode:
         self._stopping = True
         for task in list(self._background):
             task.cancel()
+        await self._stop_netcheck_and_discovery()
         endpoint.close_all(runtime.now())
         runtime.pump()
         deadline = runtime.now() + STOP_LINGER
@@ -191,9 +200,12 @@ class MeshNode:
             raise ValueError(f"path must be 'auto', 'direct' or 'relay', not {path!r}")
         runtime, endpoint = self._require_running()
         if addr is None and (isinstance(peer, PeerId) or (":" not in peer and "@" not in peer)):
-            known = self.get_connection(peer if isinstance(peer, PeerId) else PeerId.from_text(peer))
+            wanted = peer if isinstance(peer, PeerId) else PeerId.from_text(peer)
+            known = self.get_connection(wanted)
             if known is not None:
                 return known
+            if self._discovery:
+                return await self._connect_discovered(wanted, timeout=timeout, path=path)
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
         reason = runtime.unreachable_reason(target.address)
@@ -511,6 +523,113 @@ class MeshNode:
                 callback(event)
             except Exception:
                 log.exception("on_connection callback failed")
+
+    # -- netcheck and discovery ------------------------------------------------------------------
+
+    async def netcheck(self, refresh: bool = False) -> NetcheckReport:
+        """What this node knows about its network (NAT mapping and filtering, public addresses,
+        hairpinning, relay latency, UDP blocked): the last report at once, or a new run with
+        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.NetcheckError`
+        when no STUN server is configured (``stun_servers``, or ``relays``)."""
+        from .netcheck import NetcheckError
+
+        self._require_running()
+        if self._netcheck is None:
+            raise NetcheckError(
+                "netcheck needs a STUN server: configure stun_servers or relays (--stun-server / --relay)"
+            )
+        return await self._netcheck.report(refresh)
+
+    def with_discovery(self, service: DiscoveryService) -> MeshNode:
+        """Register a discovery service (started and stopped with the node; asked for addresses when
+        connecting to a bare PeerId). Returns the node, for chaining."""
+        if service not in self._discovery:
+            self._discovery.append(service)
+        return self
+
+    @property
+    def discovery_services(self) -> list[DiscoveryService]:
+        return list(self._discovery)
+
+    async def discovered_peers(self) -> list[DiscoveredPeer]:
+        """Every peer the registered discovery services currently know (other than this node)."""
+        found: list[DiscoveredPeer] = []
+        for service in list(self._discovery):
+            try:
+                peers = await asyncio.wait_for(service.discover_peers(), DISCOVERY_TIMEOUT)
+            except (MeshError, OSError, TimeoutError) as exc:
+                log.warning("discovery failed", extra={"service": service.name, "error": str(exc)})
+                continue
+            found.extend(p for p in peers if p.peer_id != self.peer_id)
+        return found
+
+    async def _discovered_addresses(self, peer_id: PeerId) -> list[Address]:
+        """Addresses the discovery sources give for ``peer_id``, best first, those this socket can
+        reach only. The hook other sources (the DHT) plug into."""
+        runtime, _ = self._require_running()
+        out: list[Address] = []
+        for peer in await self.discovered_peers():
+            if peer.peer_id != peer_id:
+                continue
+            for address in peer.addresses:
+                if address not in out and runtime.unreachable_reason(address) is None:
+                    out.append(address)
+        return out
+
+    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
+        addresses = await self._discovered_addresses(peer_id)
+        if not addresses:
+            raise PeerNotFound(f"no address known for {peer_id}: no discovery source has found it")
+        timeout = self.config.connect_timeout if timeout is None else timeout
+        tried = addresses[:MAX_DISCOVERED_TRIES]
+        share = max(timeout / len(tried), 1.0)
+        errors = []
+        for address in tried:
+            try:
+                return await self.connect(peer_id, address, timeout=share, path=path)
+            except ConnectionFailed as exc:
+                errors.append(f"{address}: {exc}")
+        raise ConnectionFailed(f"cannot connect to {peer_id} at any discovered address ({'; '.join(errors)})")
+
+    async def _start_netcheck_and_discovery(self) -> None:
+        runtime, _ = self._require_running()
+        servers = self.config.stun_addresses
+        if servers:
+            from .netcheck import Netchecker
+
+            relays = self._relays
+            interval = self.config.netcheck_interval
+            self._netcheck = Netchecker(
+                runtime,
+                servers,
+                keyed_urls=self.config.keyed_relay_urls,
+                keyed_registered=lambda: relays is not None and relays.keyed_relay() is not None,
+                interval=interval or 300.0,
+                watch_interval=min(30.0, interval) if interval else 30.0,
+                rng=self._rng,
+            )
+            self._netcheck.start(periodic=bool(interval))
+        if self.config.mdns and not any(s.name == "mdns" for s in self._discovery):
+            from .discovery.mdns import MdnsDiscovery
+
+            self._discovery.append(MdnsDiscovery(interfaces=self.config.mdns_interfaces))
+        for service in list(self._discovery):
+            try:
+                await service.start(self)
+            except (MeshError, OSError) as exc:
+                log.warning(
+                    "discovery service did not start", extra={"service": service.name, "error": str(exc)}
+                )
+
+    async def _stop_netcheck_and_discovery(self) -> None:
+        for service in list(self._discovery):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("discovery service %s failed to stop", service.name)
+        if self._netcheck is not None:
+            await self._netcheck.stop()
+            self._netcheck = None
 
     # -- helpers ------------------------------------------------------------------------------
 
