@@ -257,8 +257,8 @@ def _discovery_fields(config: MeshConfig) -> None:
             raise ConfigError(f"stun_servers: {exc}") from None
     set_(config, "_stun", tuple(stun))
     interval = parse_duration(config.netcheck_interval, "netcheck_interval")
-    if interval != 0 and not 10 <= interval <= 86400:
-        raise ConfigError(f"netcheck_interval: expected 0 (off) or 10 to 86400 seconds, got {interval}")
+    if interval != 0 and not 1 <= interval <= 86400:
+        raise ConfigError(f"netcheck_interval: expected 0 (off) or 1 to 86400 seconds, got {interval}")
     set_(config, "netcheck_interval", interval)
     if not isinstance(config.mdns, bool):
         raise ConfigError(f"mdns: expected true or false, got {config.mdns!r}")

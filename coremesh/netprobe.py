@@ -145,6 +145,7 @@ class NetcheckProbe:
     def handle_timer(self, now: float) -> None:
         for result in self._table.handle_timer(now):
             self._binding_done(result, now)
+        self._binding_over(now)
         if self.discovery is not None:
             self.discovery.handle_timer(now)
             self._check_discovery()
@@ -165,6 +166,7 @@ class NetcheckProbe:
         if result is None:
             return False
         self._binding_done(result, now)
+        self._binding_over(now)
         return True
 
     # -- the steps ---------------------------------------------------------------------------
@@ -173,6 +175,8 @@ class NetcheckProbe:
         server = self._server_of[result.transaction_id]
         txn = self._sent[result.transaction_id]
         self._answers[server] = _answer(server, result, now - txn.send_times[-1])
+
+    def _binding_over(self, now: float) -> None:
         if len(self._table) == 0 and self.phase is ProbePhase.BINDING:
             self._start_discovery(now)
 
