@@ -44,6 +44,7 @@ _STATE_MAP = {
 }
 STOP_LINGER = 2.0
 DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
+DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
 MAX_DISCOVERED_TRIES = 4  # addresses of one peer tried when connecting by PeerId alone
 
 
@@ -577,10 +578,18 @@ class MeshNode:
         return out
 
     async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
-        addresses = await self._discovered_addresses(peer_id)
-        if not addresses:
-            raise PeerNotFound(f"no address known for {peer_id}: no discovery source has found it")
         timeout = self.config.connect_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A source may find the peer a moment later (an mDNS browse answers within a second):
+        # ask again until the connect timeout.
+        while not (addresses := await self._discovered_addresses(peer_id)):
+            if loop.time() >= deadline:
+                raise PeerNotFound(
+                    f"no address known for {peer_id}: no discovery source found it within {timeout:g}s"
+                )
+            await asyncio.sleep(DISCOVERY_POLL)
+        timeout = max(deadline - loop.time(), 1.0)
         tried = addresses[:MAX_DISCOVERED_TRIES]
         share = max(timeout / len(tried), 1.0)
         errors = []
