@@ -614,7 +614,8 @@ class MeshNode:
                 keyed_urls=self.config.keyed_relay_urls,
                 keyed_registered=lambda: relays is not None and relays.keyed_relay() is not None,
                 interval=interval or 300.0,
-                watch_interval=min(30.0, interval) if interval else 30.0,
+                # between runs, a cheap check for a changed address every quarter interval (<= 30 s)
+                watch_interval=max(0.5, min(30.0, interval / 4)) if interval else 30.0,
                 rng=self._rng,
             )
             self._netcheck.start(periodic=bool(interval))

@@ -253,26 +253,34 @@ class Netchecker:
                 log.warning("netcheck failed", extra={"error": str(exc)})
 
     async def _changed(self) -> str | None:
-        """Why a new run is due now, or None."""
+        """Why a new run is due now, or None. A changed address is named before the schedule."""
         last = self.last
-        if last is None or time.time() - last.ran_at >= self.interval:
+        if last is None:
             return "periodic"
         if self._current_local_ips() != self._local_ips:
             return "local-address-change"
-        if last.discovery_server is None and last.public_ipv4 is None and last.public_ipv6 is None:
-            return None  # nothing to compare with until the next periodic run
+        if await self._public_address_changed(last):
+            return "srflx-change"
+        if time.time() - last.ran_at >= self.interval:
+            return "periodic"
+        return None
+
+    async def _public_address_changed(self, last: NetcheckReport) -> bool:
+        """One Binding request to the server of the last run: does it see another address now?"""
+        if last.public_ipv4 is None and last.public_ipv6 is None:
+            return False  # nothing to compare with until the next periodic run
         servers = await self._resolve_servers()
         reference = next((s for s in servers if str(s) == last.discovery_server), None)
         if reference is None and servers:
             reference = servers[0]
         if reference is None:
-            return None
+            return False
         check = await self._probe([reference], discover=False)
         mapped = check.answers[0].mapped
         if mapped is None:
-            return None  # one lost answer is not a change; the periodic run will tell
+            return False  # one lost answer is not a change; the periodic run will tell
         before = last.public_ipv6 if mapped.is_ipv6 else last.public_ipv4
-        return "srflx-change" if str(mapped) != before else None
+        return str(mapped) != before
 
     # -- the host's side ----------------------------------------------------------------------
 
