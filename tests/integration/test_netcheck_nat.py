@@ -53,18 +53,28 @@ class NatTopology:
         # a home router drops unsolicited new packets on its WAN side
         r.iptables("-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
 
-    def nat(self, *masquerade: str, forward_port: int | None = None) -> None:
-        """MASQUERADE (endpoint-independent mapping, address-and-port-dependent filtering), with
-        extra options (``--random-fully``: endpoint-dependent mapping); ``forward_port`` opens that
-        port to everyone (endpoint-independent filtering: a full cone for a host on that port)."""
-        r = self.router
-        r.run("iptables", "-t", "nat", "-F")
-        r.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE", *masquerade)
-        if forward_port is not None:
+    def nat(self, port: int, *masquerade: str, opened: str | None = None) -> None:
+        """NAT for the host's UDP port ``port``: MASQUERADE (endpoint-independent mapping,
+        address-and-port-dependent filtering), with extra options (``--random-fully``:
+        endpoint-dependent mapping). ``opened`` lets packets in to that port (which MASQUERADE
+        preserves) from anyone (``"endpoint-independent"``: a full cone) or from any port of an IP
+        the host has sent to (``"address-dependent"``: a restricted cone; the ``recent`` match
+        keeps the IPs)."""
+        r, sport = self.router, ("-p", "udp", "--sport", str(port))
+        r.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "wan", *sport, "-j", "MASQUERADE", *masquerade)
+        if opened is None:
+            return
+        only_known: tuple[str, ...] = ()
+        if opened == "address-dependent":
+            name = f"sent{port}"
             r.iptables(
-                "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport", str(forward_port),
-                "-j", "DNAT", "--to-destination", f"{HOST}:{forward_port}",
-            )  # fmt: skip
+                "-A", "FORWARD", "-i", "lan", *sport, "-m", "recent", "--name", name, "--set", "--rdest"
+            )
+            only_known = ("-m", "recent", "--name", name, "--rcheck", "--rsource")
+        r.iptables(
+            "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport", str(port),
+            *only_known, "-j", "DNAT", "--to-destination", f"{HOST}:{port}",
+        )  # fmt: skip
 
     def destroy(self) -> None:
         for ns in self.all:
@@ -89,12 +99,17 @@ def topology() -> Iterator[NatTopology]:
         topo.destroy()
 
 
-def start_node(topo: NatTopology, port: int, admin: int, *extra: str) -> str:
+def spawn_node(topo: NatTopology, port: int, admin: int, *extra: str) -> str:
     address = f"127.0.0.1:{admin}"
     topo.host.python(
         "-m", "coremesh_node", "--listen", f"0.0.0.0:{port}", "--admin", address,
         "--relay", f"{RELAY}:3478", *extra,
     )  # fmt: skip
+    return address
+
+
+def start_node(topo: NatTopology, port: int, admin: int, *extra: str) -> str:
+    address = spawn_node(topo, port, admin, *extra)
     topo.host.wait_http(address)
     return address
 
@@ -104,17 +119,23 @@ def netcheck(topo: NatTopology, admin: str, refresh: bool = False) -> Any:
 
 
 def test_each_nat_behaviour_is_reported_as_configured(topology: NatTopology) -> None:
+    eim, adf, apdf = "endpoint-independent", "address-dependent", "address-and-port-dependent"
     cases = [
-        # (iptables options, forwarded, mapping, filtering, nat type)
-        ((), False, "endpoint-independent", "address-and-port-dependent", "port-restricted cone"),
-        (("--random-fully",), False, "address-and-port-dependent", "address-and-port-dependent", "symmetric"),
-        ((), True, "endpoint-independent", "endpoint-independent", "full cone"),
+        # (MASQUERADE options, filter opened by the router, mapping, filtering, nat type)
+        ((), None, eim, apdf, "port-restricted cone"),
+        (("--random-fully",), None, apdf, apdf, "symmetric"),
+        ((), eim, eim, eim, "full cone"),
+        ((), adf, eim, adf, "restricted cone"),
     ]
-    for i, (options, forwarded, mapping, filtering, name) in enumerate(cases):
-        port = 7000 + i  # a fresh local port: no NAT state left from the case before
-        topology.nat(*options, forward_port=port if forwarded else None)
-        admin = start_node(topology, port, 7100 + i)
-        report = netcheck(topology, admin)
+    # one host port per case, each with its own NAT rules, all measured at once
+    admins = []
+    for i, (options, opened, *_) in enumerate(cases):
+        topology.nat(7000 + i, *options, opened=opened)
+        admins.append(spawn_node(topology, 7000 + i, 7100 + i))
+    for i, (options, _, mapping, filtering, name) in enumerate(cases):
+        port = 7000 + i
+        topology.host.wait_http(admins[i])
+        report = netcheck(topology, admins[i])
         got = (report["mapping"], report["filtering"], report["nat_type"])
         assert got == (mapping, filtering, name), report
         assert report["public_ipv4"].startswith(WAN + ":"), report
@@ -128,7 +149,7 @@ def test_each_nat_behaviour_is_reported_as_configured(topology: NatTopology) -> 
 
 
 def test_a_new_public_address_is_noticed(topology: NatTopology) -> None:
-    topology.nat()
+    topology.nat(7200)
     admin = start_node(topology, 7200, 7201, "--netcheck-interval", "8s")  # checks every 2 s
     first = netcheck(topology, admin)
     assert first["public_ipv4"] == f"{WAN}:7200"
