@@ -247,3 +247,37 @@ def test_a_dead_server_is_not_udp_blocked() -> None:
             assert [(r.kind, r.rtt_ms) for r in report.relays] == [("stun", None), ("stun-tcp", None)]
 
     run(body)
+
+
+def test_netcheck_shares_the_socket_with_a_turn_allocation() -> None:
+    """Netcheck takes only its own STUN answers: the TURN client on the same socket keeps working."""
+    from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+
+    async def body() -> None:
+        service = StunTurnService(
+            StunTurnConfig(
+                listen="127.0.0.1:0",  # type: ignore[arg-type]
+                alt_address="127.0.0.2",
+                users={"alice": "s3cret"},
+                allow_loopback_peers=True,
+            )
+        )
+        await service.start()
+        try:
+            port = service.addresses[0].port
+            config = MeshConfig(listen_addr="127.0.0.1:0", relays=(f"alice:s3cret@127.0.0.1:{port}",))
+            async with MeshNode(config) as a, MeshNode(MeshConfig(listen_addr="127.0.0.1:0")) as b:
+                report = await a.netcheck(refresh=True)
+                assert report.mapping == "no-nat" and report.discovery_server == f"127.0.0.1:{port}"
+                assert any(c["type"] == "relay" for c in a.candidates())
+                conn = await a.connect(b.peer_id, b.local_address, path="relay")
+                report = await a.netcheck(refresh=True)  # while TURN carries the connection
+                assert report.filtering == "endpoint-independent"
+                assert (await a.ping(b.peer_id)).path == "relay"
+                await conn.send(b"still relayed")
+                incoming = b.get_connection(a.peer_id)
+                assert incoming is not None and await incoming.receive() == b"still relayed"
+        finally:
+            await service.stop()
+
+    run(body)
