@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from .dht.events import LookupFinished
     from .dht.records import PeerRecord
     from .dht.service import DhtService
+    from .discovery.base import DiscoveredPeer, DiscoveryService
+    from .netcheck import Netchecker
+    from .netreport import NetcheckReport
     from .relays import RelayManager
 
 log = logging.getLogger("coremesh.node")
@@ -45,6 +48,9 @@ _STATE_MAP = {
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
 STOP_LINGER = 2.0
+DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
+DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
+MAX_DISCOVERED_TRIES = 8  # addresses of one peer tried when connecting by PeerId alone
 
 
 class MeshNode:
@@ -79,6 +85,8 @@ class MeshNode:
         self._stopping = False
         self._relays: RelayManager | None = None
         self._dht: DhtService | None = None
+        self._netcheck: Netchecker | None = None
+        self._discovery: list[DiscoveryService] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -146,6 +154,7 @@ class MeshNode:
                 rng=self._rng,
             )
             self._dht.start(self.config.bootstrap_addresses)
+        await self._start_netcheck_and_discovery()
         self._started_at = time.time()
         self._stopping = False
         log.info("node started", extra={"peer_id": str(self.peer_id), "address": str(self.local_address)})
@@ -161,6 +170,7 @@ class MeshNode:
         self._stopping = True
         for task in list(self._background):
             task.cancel()
+        await self._stop_netcheck_and_discovery()
         endpoint.close_all(runtime.now())
         runtime.pump()
         deadline = runtime.now() + STOP_LINGER
@@ -217,7 +227,7 @@ class MeshNode:
             known = self.get_connection(wanted)
             if known is not None:
                 return known
-            if self._dht is not None:
+            if self._dht is not None or self._discovery:
                 return await self._connect_discovered(wanted, timeout=timeout, path=path)
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
@@ -269,13 +279,34 @@ class MeshNode:
                 waiters.remove(fut)
 
     async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
-        """Resolve ``peer_id`` through the DHT, then connect to its candidates in turn."""
+        """Find ``peer_id``'s addresses, then connect to them in turn.
+
+        The registered discovery services (mDNS: local and quick) are asked first, then the DHT.
+        When neither knows the peer but a service is registered, the services are asked again
+        until the connect timeout: an mDNS browse answers within a second or so."""
         runtime, _ = self._require_running()
         loop = asyncio.get_running_loop()
         budget = self.config.connect_timeout if timeout is None else timeout
-        candidates = [a for a in await self.resolve(peer_id) if runtime.unreachable_reason(a) is None]
+        search_deadline = loop.time() + budget
+        candidates = await self._discovered_addresses(peer_id)
+        not_found: PeerNotFound | None = None
+        if self._dht is not None:
+            try:
+                found = await self.resolve(peer_id)
+            except PeerNotFound as exc:
+                not_found = exc
+            else:
+                candidates += [
+                    a for a in found if a not in candidates and runtime.unreachable_reason(a) is None
+                ]
+        while not candidates and self._discovery and loop.time() < search_deadline:
+            await asyncio.sleep(DISCOVERY_POLL)
+            candidates = await self._discovered_addresses(peer_id)
         if not candidates:
-            raise PeerNotFound(f"the record of {peer_id} lists no address this node can reach")
+            if not_found is not None:
+                raise not_found
+            raise PeerNotFound(f"no address known for {peer_id}: no discovery source found it")
+        candidates = candidates[:MAX_DISCOVERED_TRIES]
         if path == "relay":
             return await self.connect(peer_id, candidates[0], timeout=budget, path="relay")
         deadline = loop.time() + budget
@@ -627,6 +658,99 @@ class MeshNode:
                 callback(event)
             except Exception:
                 log.exception("on_connection callback failed")
+
+    # -- netcheck and discovery ------------------------------------------------------------------
+
+    async def netcheck(self, refresh: bool = False) -> NetcheckReport:
+        """What this node knows about its network (NAT mapping and filtering, public addresses,
+        hairpinning, relay latency, UDP blocked): the last report at once, or a new run with
+        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.NetcheckError`
+        when no STUN server is configured (``stun_servers``, or ``relays``)."""
+        from .netcheck import NetcheckError
+
+        self._require_running()
+        if self._netcheck is None:
+            raise NetcheckError(
+                "netcheck needs a STUN server: configure stun_servers or relays (--stun-server / --relay)"
+            )
+        return await self._netcheck.report(refresh)
+
+    def with_discovery(self, service: DiscoveryService) -> MeshNode:
+        """Register a discovery service (started and stopped with the node; asked for addresses when
+        connecting to a bare PeerId). Returns the node, for chaining."""
+        if service not in self._discovery:
+            self._discovery.append(service)
+        return self
+
+    @property
+    def discovery_services(self) -> list[DiscoveryService]:
+        return list(self._discovery)
+
+    async def discovered_peers(self) -> list[DiscoveredPeer]:
+        """Every peer the registered discovery services currently know (other than this node)."""
+        found: list[DiscoveredPeer] = []
+        for service in list(self._discovery):
+            try:
+                peers = await asyncio.wait_for(service.discover_peers(), DISCOVERY_TIMEOUT)
+            except (MeshError, OSError, TimeoutError) as exc:
+                log.warning("discovery failed", extra={"service": service.name, "error": str(exc)})
+                continue
+            found.extend(p for p in peers if p.peer_id != self.peer_id)
+        return found
+
+    async def _discovered_addresses(self, peer_id: PeerId) -> list[Address]:
+        """Addresses the discovery sources give for ``peer_id``, best first, those this socket can
+        reach only. The hook other sources (the DHT) plug into."""
+        runtime, _ = self._require_running()
+        out: list[Address] = []
+        for peer in await self.discovered_peers():
+            if peer.peer_id != peer_id:
+                continue
+            for address in peer.addresses:
+                if address not in out and runtime.unreachable_reason(address) is None:
+                    out.append(address)
+        return out
+
+    async def _start_netcheck_and_discovery(self) -> None:
+        runtime, _ = self._require_running()
+        servers = self.config.stun_addresses
+        if servers:
+            from .netcheck import Netchecker
+
+            relays = self._relays
+            interval = self.config.netcheck_interval
+            self._netcheck = Netchecker(
+                runtime,
+                servers,
+                keyed_urls=self.config.keyed_relay_urls,
+                keyed_registered=lambda: relays is not None and relays.keyed_relay() is not None,
+                interval=interval or 300.0,
+                # between runs, a cheap check for a changed address every quarter interval (<= 30 s)
+                watch_interval=max(0.5, min(30.0, interval / 4)) if interval else 30.0,
+                rng=self._rng,
+            )
+            self._netcheck.start(periodic=bool(interval))
+        if self.config.mdns and not any(s.name == "mdns" for s in self._discovery):
+            from .discovery.mdns import MdnsDiscovery
+
+            self._discovery.append(MdnsDiscovery(interfaces=self.config.mdns_interfaces))
+        for service in list(self._discovery):
+            try:
+                await service.start(self)
+            except (MeshError, OSError) as exc:
+                log.warning(
+                    "discovery service did not start", extra={"service": service.name, "error": str(exc)}
+                )
+
+    async def _stop_netcheck_and_discovery(self) -> None:
+        for service in list(self._discovery):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("discovery service %s failed to stop", service.name)
+        if self._netcheck is not None:
+            await self._netcheck.stop()
+            self._netcheck = None
 
     # -- helpers ------------------------------------------------------------------------------
 
