@@ -208,7 +208,7 @@ def format_ping(data: JsonObject) -> str:
         f"{loss:.0f}% loss, rtt min/avg/max = "
         f"{float(data.get('min_ms', 0)):.3f}/{float(data.get('rtt_ms', 0)):.3f}/"
         f"{float(data.get('max_ms', 0)):.3f} ms"
-    )
+    ) + (f"\n  relayed ({data.get('via')}): {data['reason']}" if data.get("reason") else "")
 
 
 def format_send(data: JsonObject) -> str:
@@ -525,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ping",
         "measure the round-trip time to a connected peer",
         "Send COUNT pings to a connected peer over the mesh and report the round-trip times.\n"
-        "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received.",
+        "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received,\n"
+        "via (direct, turn or keyed) and reason (why the path is relayed, or null).",
         "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
     )
     p.add_argument("peer", metavar="PEERID", help="a connected peer's id")

@@ -117,6 +117,8 @@ class MeshConfig:
     enable_relay: bool = True
     heartbeat_interval: float = 5.0
     idle_timeout: float = 30.0
+    path_dead_after: float = 3.0  # a direct path unacknowledged this long falls back to the relay
+    traversal_retry_max: float = 30.0  # while relayed, direct checks are retried at most this far apart
     connect_timeout: float = 5.0
     data_dir: Path | None = None
     datagram_size: int = 1200
@@ -162,7 +164,14 @@ class MeshConfig:
         for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
-        for name in ("heartbeat_interval", "idle_timeout", "connect_timeout", "rekey_after_time"):
+        for name in (
+            "heartbeat_interval",
+            "idle_timeout",
+            "connect_timeout",
+            "rekey_after_time",
+            "path_dead_after",
+            "traversal_retry_max",
+        ):
             value = parse_duration(getattr(self, name), name)
             if not 0.01 <= value <= 86400:
                 raise ConfigError(f"{name}: expected 0.01 to 86400 seconds, got {value}")

@@ -461,7 +461,8 @@ class PeerConnection:
         agent = self.agent
         udp = udp_address(addr)
         kind = ep.kind_of(self, addr)
-        if agent is None or agent.mode is Mode.PINNED:
+        if agent is None or agent.mode is Mode.PINNED or agent.remote_pinned:
+            # No traversal on this connection: follow the peer wherever it sends from.
             old, self.address = self.address, addr
             ep.counters["address_changes"] += 1
             ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=addr))
