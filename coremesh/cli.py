@@ -6,6 +6,7 @@
     coremesh [--admin HOST:PORT] ping PEERID [--count N] [--json]
     coremesh [--admin HOST:PORT] send PEERID TEXT [--json]
     coremesh [--admin HOST:PORT] recv [--count N] [--timeout S] [--json]
+    coremesh [--admin HOST:PORT] netcheck [--refresh] [--json]
 
 Only the standard library is used (``http.client``), so the command starts fast. Peer ids and addresses
 are checked locally before any request. Every failure is one line on stderr (``coremesh: error: ...``)
@@ -33,6 +34,7 @@ from .addr import Address, parse_address
 from .config import parse_peer_address
 from .errors import InvalidAddress, InvalidPeerId
 from .identity import PeerId
+from .netreport import format_netcheck
 
 PROG: Final = "coremesh"
 DEFAULT_ADMIN: Final = "127.0.0.1:7947"
@@ -340,6 +342,15 @@ def cmd_recv(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     return EXIT_OK
 
 
+NETCHECK_HTTP_TIMEOUT: Final = 100.0  # the node bounds a run at 90 s
+
+
+def cmd_netcheck(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    path = "/v1/netcheck?refresh=1" if args.refresh else "/v1/netcheck"
+    out.emit(client.request("GET", path, timeout=NETCHECK_HTTP_TIMEOUT), format_netcheck)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -594,6 +605,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"wait at most S seconds (10; {_span(RECV_TIMEOUT_RANGE)})",
     )
     p.set_defaults(func=cmd_recv)
+
+    p = command(
+        "netcheck",
+        "show the node's NAT type, public addresses and relay latency",
+        "Show what the node measured about its network from its own UDP socket: NAT mapping and "
+        "filtering behaviour (RFC 4787/5780 terms and the classic name), public IPv4/IPv6 addresses, "
+        "port preservation, hairpinning, UDP blocked or not, latency per relay, and when it last ran.\n"
+        "The node keeps this current; --refresh makes it measure again now (a few seconds).",
+        "  coremesh netcheck\n  coremesh --admin 127.0.0.1:7947 netcheck --json | jq -r .nat_type\n"
+        "  coremesh netcheck --refresh",
+    )
+    p.add_argument("--refresh", action="store_true", help="measure again now instead of the last result")
+    p.set_defaults(func=cmd_netcheck)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -130,6 +131,10 @@ class MeshConfig:
     rekey_after_time: float = 120.0
     rekey_after_packets: int = 1 << 40
     socket_buffer_size: int = 4 * 1024 * 1024
+    stun_servers: tuple[str, ...] = ()
+    netcheck_interval: float = 300.0
+    mdns: bool = False
+    mdns_interfaces: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -192,6 +197,7 @@ class MeshConfig:
         _int(self.receive_window, "receive_window", 64 * 1024, 1 << 30)
         _int(self.rekey_after_packets, "rekey_after_packets", 16, 1 << 60)
         _int(self.socket_buffer_size, "socket_buffer_size", 64 * 1024, 1 << 30)
+        _discovery_fields(self)
 
     @property
     def listen_address(self) -> Address:
@@ -209,6 +215,12 @@ class MeshConfig:
     def keyed_relay_urls(self) -> tuple[str, ...]:
         return self._keyed_relays  # type: ignore[attr-defined,no-any-return]
 
+    @property
+    def stun_addresses(self) -> tuple[Address, ...]:
+        """Where netcheck measures: ``stun_servers``, else the ``relays`` (STUN/TURN servers)."""
+        own: tuple[Address, ...] = self._stun  # type: ignore[attr-defined]
+        return own or tuple(dict.fromkeys(r.address for r in self.relay_servers))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeshConfig:
         """Build from a mapping (a config file section); unknown keys are refused by name."""
@@ -219,7 +231,7 @@ class MeshConfig:
                 f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for key in ("bootstrap_peers", "relays", "keyed_relays"):
+        for key in ("bootstrap_peers", "relays", "keyed_relays", "stun_servers", "mdns_interfaces"):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -230,3 +242,39 @@ def _int(value: object, name: str, low: int, high: int) -> None:
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if not low <= value <= high:
         raise ConfigError(f"{name}: expected {low} to {high}, got {value}")
+
+
+MAX_STUN_SERVERS: Final = 16
+
+
+def _discovery_fields(config: MeshConfig) -> None:
+    """Netcheck and mDNS settings: ``stun_servers`` (no public default: empty means the relays),
+    ``netcheck_interval`` (0 turns the periodic re-run off), ``mdns``, ``mdns_interfaces``."""
+    set_ = object.__setattr__
+    for name in ("stun_servers", "mdns_interfaces"):
+        value = getattr(config, name)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        set_(config, name, tuple(value))
+    if len(config.stun_servers) > MAX_STUN_SERVERS:
+        raise ConfigError(f"stun_servers: at most {MAX_STUN_SERVERS}, got {len(config.stun_servers)}")
+    stun = []
+    for entry in config.stun_servers:
+        try:
+            stun.append(parse_address(entry, allow_zero_port=False, allow_names=True))
+        except (InvalidAddress, TypeError) as exc:
+            raise ConfigError(f"stun_servers: {exc}") from None
+    set_(config, "_stun", tuple(stun))
+    interval = parse_duration(config.netcheck_interval, "netcheck_interval")
+    if interval != 0 and not 1 <= interval <= 86400:
+        raise ConfigError(f"netcheck_interval: expected 0 (off) or 1 to 86400 seconds, got {interval}")
+    set_(config, "netcheck_interval", interval)
+    if not isinstance(config.mdns, bool):
+        raise ConfigError(f"mdns: expected true or false, got {config.mdns!r}")
+    for entry in config.mdns_interfaces:
+        try:
+            ipaddress.ip_address(entry)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"mdns_interfaces: expected IP addresses of this host's interfaces, got {entry!r}"
+            ) from None

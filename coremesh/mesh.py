@@ -30,6 +30,9 @@ from .runtime import UdpRuntime, open_udp_socket
 from .traversal import Candidate, CandidateType, TraversalConfig
 
 if TYPE_CHECKING:
+    from .discovery.base import DiscoveredPeer, DiscoveryService
+    from .netcheck import Netchecker
+    from .netreport import NetcheckReport
     from .relays import RelayManager
 
 log = logging.getLogger("coremesh.node")
@@ -43,6 +46,9 @@ _STATE_MAP = {
 STOP_LINGER = 2.0
 CANDIDATE_REFRESH = 5.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
 _CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
+DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
+DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
+MAX_DISCOVERED_TRIES = 4  # addresses of one peer tried when connecting by PeerId alone
 
 
 class MeshNode:
@@ -77,6 +83,9 @@ class MeshNode:
         self._stopping = False
         self._relays: RelayManager | None = None
         self._nat_type = ""
+        self._nat_type_set = False
+        self._netcheck: Netchecker | None = None
+        self._discovery: list[DiscoveryService] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -140,6 +149,7 @@ class MeshNode:
                 wall_offset=time.time() - loop.time(),
             )
             await self._relays.start()
+        await self._start_netcheck_and_discovery()
         self._started_at = time.time()
         self._stopping = False
         self._refresh_candidates()
@@ -157,6 +167,7 @@ class MeshNode:
         self._stopping = True
         for task in list(self._background):
             task.cancel()
+        await self._stop_netcheck_and_discovery()
         endpoint.close_all(runtime.now())
         runtime.pump()
         deadline = runtime.now() + STOP_LINGER
@@ -205,9 +216,12 @@ class MeshNode:
             raise ValueError(f"path must be 'auto', 'direct' or 'relay', not {path!r}")
         runtime, endpoint = self._require_running()
         if addr is None and (isinstance(peer, PeerId) or (":" not in peer and "@" not in peer)):
-            known = self.get_connection(peer if isinstance(peer, PeerId) else PeerId.from_text(peer))
+            wanted = peer if isinstance(peer, PeerId) else PeerId.from_text(peer)
+            known = self.get_connection(wanted)
             if known is not None:
                 return known
+            if self._discovery:
+                return await self._connect_discovered(wanted, timeout=timeout, path=path)
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
         reason = runtime.unreachable_reason(target.address)
@@ -306,6 +320,7 @@ class MeshNode:
     def set_nat_type(self, description: str) -> None:
         """What NAT discovery (netcheck) found about our NAT; peers see it, and ``reason`` cites it."""
         self._nat_type = description[:48]
+        self._nat_type_set = True  # given by hand: netcheck results no longer override it
         self._refresh_candidates()
 
     def _traversal_candidates(self) -> list[Candidate]:
@@ -345,6 +360,9 @@ class MeshNode:
     async def _keep_candidates_current(self) -> None:
         while not self._stopping:
             await asyncio.sleep(CANDIDATE_REFRESH)
+            report = self._netcheck.last if self._netcheck is not None else None
+            if report is not None and report.error is None and not self._nat_type_set:
+                self._nat_type = report.nat_type[:48]  # what netcheck measured, told to peers
             self._refresh_candidates()
 
     def relay_status(self) -> dict[str, Any]:
@@ -607,6 +625,122 @@ class MeshNode:
                 callback(event)
             except Exception:
                 log.exception("on_connection callback failed")
+
+    # -- netcheck and discovery ------------------------------------------------------------------
+
+    async def netcheck(self, refresh: bool = False) -> NetcheckReport:
+        """What this node knows about its network (NAT mapping and filtering, public addresses,
+        hairpinning, relay latency, UDP blocked): the last report at once, or a new run with
+        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.NetcheckError`
+        when no STUN server is configured (``stun_servers``, or ``relays``)."""
+        from .netcheck import NetcheckError
+
+        self._require_running()
+        if self._netcheck is None:
+            raise NetcheckError(
+                "netcheck needs a STUN server: configure stun_servers or relays (--stun-server / --relay)"
+            )
+        return await self._netcheck.report(refresh)
+
+    def with_discovery(self, service: DiscoveryService) -> MeshNode:
+        """Register a discovery service (started and stopped with the node; asked for addresses when
+        connecting to a bare PeerId). Returns the node, for chaining."""
+        if service not in self._discovery:
+            self._discovery.append(service)
+        return self
+
+    @property
+    def discovery_services(self) -> list[DiscoveryService]:
+        return list(self._discovery)
+
+    async def discovered_peers(self) -> list[DiscoveredPeer]:
+        """Every peer the registered discovery services currently know (other than this node)."""
+        found: list[DiscoveredPeer] = []
+        for service in list(self._discovery):
+            try:
+                peers = await asyncio.wait_for(service.discover_peers(), DISCOVERY_TIMEOUT)
+            except (MeshError, OSError, TimeoutError) as exc:
+                log.warning("discovery failed", extra={"service": service.name, "error": str(exc)})
+                continue
+            found.extend(p for p in peers if p.peer_id != self.peer_id)
+        return found
+
+    async def _discovered_addresses(self, peer_id: PeerId) -> list[Address]:
+        """Addresses the discovery sources give for ``peer_id``, best first, those this socket can
+        reach only. The hook other sources (the DHT) plug into."""
+        runtime, _ = self._require_running()
+        out: list[Address] = []
+        for peer in await self.discovered_peers():
+            if peer.peer_id != peer_id:
+                continue
+            for address in peer.addresses:
+                if address not in out and runtime.unreachable_reason(address) is None:
+                    out.append(address)
+        return out
+
+    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
+        timeout = self.config.connect_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A source may find the peer a moment later (an mDNS browse answers within a second):
+        # ask again until the connect timeout.
+        while not (addresses := await self._discovered_addresses(peer_id)):
+            if loop.time() >= deadline:
+                raise PeerNotFound(
+                    f"no address known for {peer_id}: no discovery source found it within {timeout:g}s"
+                )
+            await asyncio.sleep(DISCOVERY_POLL)
+        timeout = max(deadline - loop.time(), 1.0)
+        tried = addresses[:MAX_DISCOVERED_TRIES]
+        share = max(timeout / len(tried), 1.0)
+        errors = []
+        for address in tried:
+            try:
+                return await self.connect(peer_id, address, timeout=share, path=path)
+            except ConnectionFailed as exc:
+                errors.append(f"{address}: {exc}")
+        raise ConnectionFailed(f"cannot connect to {peer_id} at any discovered address ({'; '.join(errors)})")
+
+    async def _start_netcheck_and_discovery(self) -> None:
+        runtime, _ = self._require_running()
+        servers = self.config.stun_addresses
+        if servers:
+            from .netcheck import Netchecker
+
+            relays = self._relays
+            interval = self.config.netcheck_interval
+            self._netcheck = Netchecker(
+                runtime,
+                servers,
+                keyed_urls=self.config.keyed_relay_urls,
+                keyed_registered=lambda: relays is not None and relays.keyed_relay() is not None,
+                interval=interval or 300.0,
+                # between runs, a cheap check for a changed address every quarter interval (<= 30 s)
+                watch_interval=max(0.5, min(30.0, interval / 4)) if interval else 30.0,
+                rng=self._rng,
+            )
+            self._netcheck.start(periodic=bool(interval))
+        if self.config.mdns and not any(s.name == "mdns" for s in self._discovery):
+            from .discovery.mdns import MdnsDiscovery
+
+            self._discovery.append(MdnsDiscovery(interfaces=self.config.mdns_interfaces))
+        for service in list(self._discovery):
+            try:
+                await service.start(self)
+            except (MeshError, OSError) as exc:
+                log.warning(
+                    "discovery service did not start", extra={"service": service.name, "error": str(exc)}
+                )
+
+    async def _stop_netcheck_and_discovery(self) -> None:
+        for service in list(self._discovery):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("discovery service %s failed to stop", service.name)
+        if self._netcheck is not None:
+            await self._netcheck.stop()
+            self._netcheck = None
 
     # -- helpers ------------------------------------------------------------------------------
 

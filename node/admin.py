@@ -8,6 +8,7 @@ Endpoints (documented with examples in docs/admin-api.md):
     POST /v1/ping       {"peer": "PEERID", "count": N}
     POST /v1/send       {"peer": "PEERID", "data": "text"} or {"data_b64": "..."}
     GET  /v1/messages   ?count=N&timeout=S  long-poll, then remove and return up to N messages
+    GET  /v1/netcheck   ?refresh=1  NAT behaviour, public addresses, relay latency (last run, or a new one)
     GET  /healthz       the process answers
     GET  /readyz        the node is started and serving (503 while starting or stopping)
 
@@ -59,6 +60,7 @@ from coremesh.errors import (
     PeerNotFound,
 )
 from coremesh.identity import PeerId
+from coremesh.netcheck import NetcheckError
 from coremesh.service.admin import AdminRunner
 
 from .logs import log
@@ -422,6 +424,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 # The library's errors as API errors; the first matching class wins (subclasses first).
 _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidPeerId, 400, "invalid_peer_id"),
+    (NetcheckError, 409, "netcheck_unavailable"),
     (InvalidAddress, 400, "invalid_address"),
     (PeerNotFound, 404, "peer_not_found"),
     (MessageTooLarge, 413, "message_too_large"),
@@ -500,6 +503,7 @@ def create_admin_app(
     app.router.add_post("/v1/ping", _ping)
     app.router.add_post("/v1/send", _send)
     app.router.add_get("/v1/messages", _messages)
+    app.router.add_get("/v1/netcheck", _netcheck)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     return app
@@ -688,6 +692,25 @@ async def _messages(request: web.Request) -> web.Response:
         await st.inbox.wait_for(1 if count is None else count, timeout)
     messages = st.inbox.take(count)
     return web.json_response({"messages": [m.to_json() for m in messages]})
+
+
+NETCHECK_TIMEOUT: Final = 90.0
+
+
+async def _netcheck(request: web.Request) -> web.Response:
+    """The node's last netcheck report; ``?refresh=1`` runs a new one first."""
+    node = request.app[STATE].node
+    netcheck = getattr(node, "netcheck", None)
+    if not callable(netcheck):
+        raise ApiError(404, "not_found", "this node does not run netcheck")
+    raw = request.query.get("refresh", "0").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise ApiError(400, "bad_request", f'"refresh": expected 1 or 0, got {raw!r}')
+    try:
+        report = await asyncio.wait_for(netcheck(refresh=raw in ("1", "true", "yes")), NETCHECK_TIMEOUT)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"netcheck did not finish within {NETCHECK_TIMEOUT:g}s") from None
+    return web.json_response(report.to_json())
 
 
 async def _healthz(request: web.Request) -> web.Response:

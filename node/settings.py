@@ -42,8 +42,11 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "COREMESH_LOG_FORMAT": "log_format",
     "COREMESH_LOG_LEVEL": "log_level",
     "COREMESH_INBOX_BYTES": "inbox_bytes",
+    "COREMESH_STUN_SERVERS": "stun_servers",
 }
-_LIST_KEYS: Final = frozenset({"bootstrap_peers", "relays", "keyed_relays", "connect"})
+_LIST_KEYS: Final = frozenset(
+    {"bootstrap_peers", "relays", "keyed_relays", "connect", "stun_servers", "mdns_interfaces"}
+)
 
 # Keys of the [node] table besides the MeshConfig fields.
 NODE_KEYS: Final = frozenset(
@@ -167,6 +170,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="keyed mesh relay (repeatable): tcp://, tls://, ws:// or wss://HOST:PORT[/v1/relay]; the "
         "node registers there by its PeerId and reaches peers through it when UDP fails",
+    )
+    p.add_argument(
+        "--stun-server",
+        dest="stun_servers",
+        action="append",
+        metavar="HOST:PORT",
+        help="STUN server for netcheck (repeatable; default: the --relay servers; there is no public "
+        "default)",
+    )
+    p.add_argument(
+        "--netcheck-interval",
+        metavar="DURATION",
+        help="re-run netcheck this often, e.g. 5m; 0 turns the background runs off (5m)",
+    )
+    p.add_argument(
+        "--mdns",
+        action="store_const",
+        const=True,
+        default=None,
+        help="advertise and discover nodes on the local network with mDNS (off; leave off in containers)",
+    )
+    p.add_argument(
+        "--mdns-interface",
+        dest="mdns_interfaces",
+        action="append",
+        metavar="IP",
+        help="limit mDNS to the interface with this IP (repeatable; default: all interfaces)",
     )
     p.add_argument(
         "--connect",
@@ -347,6 +377,8 @@ def merge(
                 "bootstrap_peers": "bootstrap",
                 "relays": "relay",
                 "keyed_relays": "keyed-relay",
+                "stun_servers": "stun-server",
+                "mdns_interfaces": "mdns-interface",
             }
             return "--" + flag_names.get(key, key).replace("_", "-")
         if src == "environment":
@@ -380,7 +412,7 @@ def merge(
             raise ConfigError(f"{where('connect')}: {exc}") from None
 
     mesh_values = {k: v for k, v in values.items() if k in MESH_KEYS}
-    for key in ("bootstrap_peers", "relays", "keyed_relays"):
+    for key in ("bootstrap_peers", "relays", "keyed_relays", "stun_servers", "mdns_interfaces"):
         if key in mesh_values:
             mesh_values[key] = tuple(mesh_values[key])
     try:

@@ -137,9 +137,10 @@ class UseRelay:
 TraversalAction = SendChallenge | SendCandidates | UseDirect | UseRelay
 
 
-def _sequential(nat_type: str) -> bool:
-    text = nat_type.lower()
-    return "symmetric" in text and ("sequential" in text or "predictable" in text)
+def _predictable(nat_type: str) -> bool:
+    """Worth predicting ports: any symmetric NAT (netcheck cannot tell sequential from random
+    allocation; against a random one the predicted checks simply fail, bounded)."""
+    return "symmetric" in nat_type.lower() and "random" not in nat_type.lower()
 
 
 class TraversalAgent:
@@ -224,7 +225,7 @@ class TraversalAgent:
         for addr, cand in self.remote.items():
             if cand.kind is CandidateType.PRFLX and addr not in fresh:
                 fresh[addr] = cand
-        if _sequential(nat_type) and self.config.predict_ports:
+        if _predictable(nat_type) and self.config.predict_ports:
             for cand in candidates:
                 if cand.kind is CandidateType.SRFLX:
                     for k in range(1, self.config.predict_ports + 1):
