@@ -217,7 +217,7 @@ def format_ping(data: JsonObject) -> str:
         f"{loss:.0f}% loss, rtt min/avg/max = "
         f"{float(data.get('min_ms', 0)):.3f}/{float(data.get('rtt_ms', 0)):.3f}/"
         f"{float(data.get('max_ms', 0)):.3f} ms"
-    )
+    ) + (f"\n  relayed ({data.get('via')}): {data['reason']}" if data.get("reason") else "")
 
 
 def format_lookup(data: JsonObject) -> str:
@@ -590,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
         "measure the round-trip time to a peer",
         "Send COUNT pings to a peer over the mesh and report the round-trip times. A peer that is\n"
         "not connected yet is found by its id through the DHT and connected first.\n"
-        "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received.",
+        "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received,\n"
+        "via (direct, turn or keyed) and reason (why the path is relayed, or null).",
         "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
     )
     p.add_argument("peer", metavar="PEERID", help="the peer's id")

@@ -121,6 +121,8 @@ class MeshConfig:
     enable_relay: bool = True
     heartbeat_interval: float = 5.0
     idle_timeout: float = 30.0
+    path_dead_after: float = 3.0  # a direct path unacknowledged this long falls back to the relay
+    traversal_retry_max: float = 30.0  # while relayed, direct checks are retried at most this far apart
     connect_timeout: float = 5.0
     data_dir: Path | None = None
     datagram_size: int = 1200
@@ -184,6 +186,8 @@ class MeshConfig:
             "rekey_after_time",
             "lookup_timeout",
             "gossip_interval",
+            "path_dead_after",
+            "traversal_retry_max",
         ):
             value = parse_duration(getattr(self, name), name)
             if not 0.01 <= value <= 86400:

@@ -27,8 +27,9 @@ from .errors import (
 )
 from .hostaddrs import host_addresses
 from .identity import Identity, PeerId, load_or_create_identity
-from .paths import PathAddress, RelayAddress
+from .paths import PathAddress, RelayAddress, udp_address
 from .runtime import UdpRuntime, open_udp_socket
+from .traversal import Candidate, CandidateType, TraversalConfig
 
 if TYPE_CHECKING:
     from .dht.events import LookupFinished
@@ -48,6 +49,8 @@ _STATE_MAP = {
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
 STOP_LINGER = 2.0
+CANDIDATE_REFRESH = 5.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
+_CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
 DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
 DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
 MAX_DISCOVERED_TRIES = 8  # addresses of one peer tried when connecting by PeerId alone
@@ -85,6 +88,8 @@ class MeshNode:
         self._stopping = False
         self._relays: RelayManager | None = None
         self._dht: DhtService | None = None
+        self._nat_type = ""
+        self._nat_type_set = False
         self._netcheck: Netchecker | None = None
         self._discovery: list[DiscoveryService] = []
 
@@ -125,10 +130,18 @@ class MeshNode:
             return
         loop = asyncio.get_running_loop()
         sock = open_udp_socket(self.config.listen_address, self.config.socket_buffer_size)
+        cfg = self.config
+        traversal = TraversalConfig(
+            dead_after=cfg.path_dead_after,
+            retry_initial=min(2.0, cfg.traversal_retry_max),
+            retry_max=cfg.traversal_retry_max,
+        )
         self._endpoint = Endpoint(
-            self._identity, self.config, rng=self._rng, wall_offset=time.time() - loop.time()
+            self._identity, cfg, rng=self._rng, wall_offset=time.time() - loop.time(), traversal=traversal
         )
         self._runtime = UdpRuntime(self._endpoint, sock, self._on_event)
+        runtime = self._runtime
+        self._endpoint.is_routed = lambda address: address in runtime.routes
         self._runtime.start()
         if self.config.keyed_relay_urls or self.config.relay_servers:
             from .relays import RelayManager  # imported lazily: only nodes with relays need it
@@ -157,6 +170,8 @@ class MeshNode:
         await self._start_netcheck_and_discovery()
         self._started_at = time.time()
         self._stopping = False
+        self._refresh_candidates()
+        self._spawn(self._keep_candidates_current())
         log.info("node started", extra={"peer_id": str(self.peer_id), "address": str(self.local_address)})
         for entry in self.config.bootstrap_addresses:
             if entry.peer_id is not None:
@@ -259,7 +274,7 @@ class MeshNode:
         fut: asyncio.Future[Connection] = loop.create_future()
         self._connect_waiters.setdefault(peer_id, []).append(fut)
         try:
-            endpoint.connect(peer_id, first, runtime.now(), timeout=timeout)
+            endpoint.connect(peer_id, first, runtime.now(), timeout=timeout, pinned=path == "relay")
         except LocalProtocolError as exc:
             self._connect_waiters[peer_id].remove(fut)
             raise ConnectionFailed(str(exc)) from None
@@ -436,6 +451,47 @@ class MeshNode:
             out.extend(self._relays.candidates())
         return out
 
+    def set_nat_type(self, description: str) -> None:
+        """What NAT discovery (netcheck) found about our NAT; peers see it, and ``reason`` cites it."""
+        self._nat_type = description[:48]
+        self._nat_type_set = True  # given by hand: netcheck results no longer override it
+        self._refresh_candidates()
+
+    def _traversal_candidates(self) -> list[Candidate]:
+        """Our candidates for NAT traversal: the listen addresses (the interface addresses when
+        listening on a wildcard), then what the relays report."""
+        if self._runtime is None:
+            return []
+        bound = self._runtime.local_address
+        out = [Candidate(CandidateType.HOST, a) for a in host_addresses(bound, include_loopback=False)]
+        if self._relays is not None:
+            for entry in self._relays.candidates():
+                kind = _CANDIDATE_TYPES.get(entry["type"])
+                try:
+                    address = parse_address(entry["address"])
+                except InvalidAddress:
+                    continue
+                if kind is not None:
+                    out.append(Candidate(kind, address))
+        return out
+
+    def _refresh_candidates(self) -> None:
+        runtime, endpoint = self._runtime, self._endpoint
+        if runtime is None or endpoint is None:
+            return
+        candidates = self._traversal_candidates()
+        if tuple(candidates) != endpoint.local_candidates or self._nat_type != endpoint.nat_type:
+            endpoint.set_local_candidates(candidates, self._nat_type, runtime.now())
+            runtime.pump()
+
+    async def _keep_candidates_current(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(CANDIDATE_REFRESH)
+            report = self._netcheck.last if self._netcheck is not None else None
+            if report is not None and report.error is None and not self._nat_type_set:
+                self._nat_type = report.nat_type[:48]  # what netcheck measured, told to peers
+            self._refresh_candidates()
+
     def relay_status(self) -> dict[str, Any]:
         return self._relays.status() if self._relays is not None else {}
 
@@ -489,7 +545,9 @@ class MeshNode:
                     peer_id=snap.peer_id,
                     address=snap.address,
                     state=_STATE_MAP[snap.state],
-                    path=self._path_of(snap.address),
+                    path="direct" if snap.path == "direct" else "relay",
+                    via=snap.path,
+                    reason=snap.path_reason,
                     rtt=snap.rtt,
                     initiator=snap.initiator,
                     connected_at=(snap.connected_at or 0.0) + wall,
@@ -523,11 +581,29 @@ class MeshNode:
             raise ConnectionFailed(f"no answer to ping from {peer_id} within {timeout:g}s") from None
         finally:
             self._ping_waiters.pop((peer_id, token), None)
-        conn = self.get_connection(peer_id)
-        return PingResult(rtt=rtt, path=self._path_of(conn.remote_address) if conn else "direct")
+        snap = endpoint.snapshot(peer_id)
+        if snap is None:
+            return PingResult(rtt=rtt, path="direct")
+        return PingResult(
+            rtt=rtt,
+            path="direct" if snap.path == "direct" else "relay",
+            reason=snap.path_reason,
+            via=snap.path,
+        )
 
-    def _path_of(self, address: PathAddress) -> str:
+    def path_info(self, peer: PeerId) -> tuple[str, str | None]:
+        """How packets to ``peer`` travel (``direct``, ``turn`` or ``keyed``) and, when relayed, why."""
+        snap = self._endpoint.snapshot(peer) if self._endpoint is not None else None
+        if snap is None:
+            return "direct", None
+        return snap.path, snap.path_reason
+
+    def _path_of(self, address: PathAddress, peer: PeerId | None = None) -> str:
         """``relay`` when a relay carries the traffic (keyed relay, or a TURN route), else ``direct``."""
+        if peer is not None and self._endpoint is not None:
+            snap = self._endpoint.snapshot(peer)
+            if snap is not None:
+                return "direct" if snap.path == "direct" else "relay"
         if isinstance(address, RelayAddress):
             return "relay"
         if self._runtime is not None and address in self._runtime.routes:
@@ -611,8 +687,21 @@ class MeshNode:
             conn = self._connections.get(event.peer_id)
             if conn is not None:
                 conn._set_address(event.new)
-                conn.path = self._path_of(event.new)
+                conn.path = self._path_of(event.new, event.peer_id)
             log.info("peer address changed", extra={"peer_id": str(event.peer_id), "address": str(event.new)})
+        elif isinstance(event, ev.PathChanged):
+            conn = self._connections.get(event.peer_id)
+            if conn is not None:
+                conn.path = "direct" if event.kind == "direct" else "relay"
+            log.info(
+                "path changed",
+                extra={
+                    "peer_id": str(event.peer_id),
+                    "path": event.kind,
+                    "address": str(event.address),
+                    "reason": event.reason,
+                },
+            )
         elif isinstance(event, ev.IdentityResolved):
             fut2 = self._probe_waiters.pop(event.nonce, None)
             if fut2 is not None and not fut2.done():
@@ -623,7 +712,11 @@ class MeshNode:
         if old is not None:
             old._mark_closed("replaced by a new connection")
         conn = Connection(self, event.peer_id, event.address, initiator=event.initiator)
-        conn.path = self._path_of(event.address)
+        conn.path = self._path_of(event.address, event.peer_id)
+        keyed = self._relays.keyed_relay() if self._relays is not None else None
+        if keyed is not None and self._endpoint is not None and conn.path == "direct":
+            # A direct connection can still fall back: to the keyed relay, if its path dies.
+            self._endpoint.set_relay_path(event.peer_id, RelayAddress(keyed, event.peer_id))
         self._connections[event.peer_id] = conn
         for fut in self._connect_waiters.pop(event.peer_id, []):
             if not fut.done():
@@ -633,10 +726,11 @@ class MeshNode:
     def _on_disconnected(self, event: ev.PeerDisconnected) -> None:
         conn = self._connections.pop(event.peer_id, None)
         address = conn.remote_address if conn is not None else None
-        if address is not None and self._runtime is not None and isinstance(address, Address):
-            self._runtime.routes.pop(address, None)
+        udp = udp_address(address) if address is not None else None
+        if udp is not None and self._runtime is not None:
+            self._runtime.routes.pop(udp, None)
             if self._relays is not None:
-                self._relays.forget(address)
+                self._relays.forget(udp)
         if conn is not None:
             conn._mark_closed(event.reason)
         for key, fut in list(self._ping_waiters.items()):

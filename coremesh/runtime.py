@@ -21,7 +21,7 @@ from .addr import Address, normalize_socket_address
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .events import Event
-from .paths import PathAddress, RelayAddress
+from .paths import DirectAddress, PathAddress, RelayAddress, TurnAddress
 
 
 class Route(Protocol):
@@ -300,7 +300,8 @@ class UdpRuntime:
             log.exception("relay client failed on a datagram from %s", addr)
             return
         for inner, peer in unwrapped:
-            self.endpoint.receive_datagram(inner, peer, now)
+            # Tagged, so that the core can tell a packet relayed by our TURN server from a direct one.
+            self.endpoint.receive_datagram(inner, TurnAddress(addr, peer), now)
 
     def _on_readable_gro(self) -> None:
         recvmsg = self.sock.recvmsg
@@ -365,6 +366,12 @@ class UdpRuntime:
                 if sender is None or not sender(address, data):
                     self.endpoint.counters["drop_relay_unavailable"] += 1
                 continue
+            if isinstance(address, DirectAddress):
+                direct.append((data, address.address))  # a check or a direct path: never via TURN
+                continue
+            if isinstance(address, TurnAddress):
+                # Back the way it came; with no route (the allocation is gone) it goes direct.
+                address = address.peer
             route = routes.get(address)
             if route is None:
                 direct.append((data, address))

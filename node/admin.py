@@ -594,6 +594,8 @@ async def _ping(request: web.Request) -> web.Response:
     interval = _number(body.get("interval"), "interval", 0.1, *PING_INTERVAL_RANGE)
     rtts: list[float] = []
     path: str | None = None
+    reason: str | None = None
+    via: str | None = None
     sent = 0
     dht_status = getattr(st.node, "dht_status", None)
     if st.node.get_connection(peer) is None and dht_status is not None and dht_status().get("enabled"):
@@ -613,6 +615,8 @@ async def _ping(request: web.Request) -> web.Response:
             continue
         rtts.append(float(result.rtt) * 1000)
         path = result.path
+        reason = getattr(result, "reason", None)
+        via = getattr(result, "via", None)
     if not rtts:
         raise ApiError(504, "timeout", f"no reply from {peer} to {sent} ping(s) within {timeout:g}s each")
     if path is None:
@@ -628,6 +632,8 @@ async def _ping(request: web.Request) -> web.Response:
             "max_ms": round(max(rtts), 3),
             "sent": sent,
             "received": len(rtts),
+            "via": via or path,  # direct, turn or keyed
+            "reason": reason,  # why the path is relayed (failed checks, NAT types); null when direct
         }
     )
 

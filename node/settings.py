@@ -253,6 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep the datagram size fixed instead of probing the path MTU",
     )
+    p.add_argument(
+        "--no-nat-traversal",
+        dest="enable_nat_traversal",
+        action="store_const",
+        const=False,
+        default=None,
+        help="keep every connection on the path it was established on (no direct upgrade)",
+    )
+    p.add_argument(
+        "--path-dead-after",
+        metavar="DURATION",
+        help="a direct path with nothing acknowledged this long falls back to the relay (3s)",
+    )
+    p.add_argument(
+        "--traversal-retry-max",
+        metavar="DURATION",
+        help="while relayed, direct checks retry with backoff up to this interval (30s)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return p
 
