@@ -23,8 +23,14 @@ from typing import Final
 
 from coremesh import MeshConfig, MeshNode
 from coremesh.errors import ConfigError, IdentityError, MeshError
-from coremesh.service import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, StartupError, fail, os_error_text
-from coremesh.service import logs as service_logs
+from coremesh.service import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    StartupError,
+    os_error_text,
+    service_main,
+)
 from coremesh.service.lifecycle import serve_until_signalled
 from coremesh.service.logs import EventLogger
 
@@ -37,23 +43,7 @@ log = EventLogger("coremesh_bootstrap")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = resolve(argv, os.environ)
-    except ConfigError as exc:
-        fail(PROG, str(exc))
-        return EXIT_CONFIG
-    service_logs.configure(settings.log_format, settings.log_level)
-    try:
-        return asyncio.run(Bootstrap(settings).run())
-    except StartupError as exc:
-        fail(PROG, str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return 130
-    except Exception as exc:  # a bug: one line for the operator, the traceback in the log
-        log.error("bootstrap.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-        fail(PROG, f"unexpected error: {type(exc).__name__}: {exc}")
-        return EXIT_RUNTIME
+    return service_main(PROG, lambda: resolve(argv, os.environ), lambda s: Bootstrap(s).run(), log)
 
 
 def mesh_config(s: BootstrapSettings) -> MeshConfig:

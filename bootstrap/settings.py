@@ -9,8 +9,6 @@ one line and exits 2.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,6 @@ from coremesh.service.settings import (
     LOG_LEVELS,
     OneLineParser,
     Sources,
-    load_toml_table,
     parse_admin,
     parse_bool,
     parse_choice,
@@ -33,6 +30,7 @@ from coremesh.service.settings import (
     parse_int,
     parse_list,
     parse_str,
+    read_layers,
 )
 
 PROG: Final = "coremesh-bootstrap"
@@ -164,19 +162,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
 
 def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> BootstrapSettings:
     """Parse flags (exit 2 with one line on a malformed command line), merge, check."""
-    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    env = os.environ if env is None else env
-    flags = {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
-    env_values: dict[str, Any] = {}
-    for key, var in ENV_VARS.items():
-        raw = env.get(var)
-        if raw is not None and raw.strip():
-            env_values[key] = raw.strip()
-    config_text = ns.config if ns.config is not None else env_values.get("config")
-    env_values.pop("config", None)
-    config_file = Path(config_text).expanduser() if config_text else None
-    file_values = load_toml_table(config_file, TABLE, KEYS) if config_file else {}
-    return merge(flags=flags, env=env_values, file=file_values, config_file=config_file)
+    raw = read_layers(build_parser(), argv, env, env_names=ENV_VARS, table=TABLE, keys=KEYS)
+    return merge(flags=raw.flags, env=raw.env, file=raw.file, config_file=raw.config_file)
 
 
 def merge(

@@ -31,7 +31,7 @@ import json
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -64,7 +64,7 @@ from coremesh.errors import (
 from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
 from coremesh.netcheck import NetcheckError
-from coremesh.service.admin import AdminRunner
+from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
 
 from .logs import log
 
@@ -286,14 +286,6 @@ class InboxPump:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def _state_text(state: Any) -> str:
     return str(state.value if isinstance(state, enum.Enum) else state)
 
@@ -389,10 +381,6 @@ def _integer(value: Any, name: str, default: int, low: int, high: int) -> int:
     return number
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
 # The library's errors as API errors; the first matching class wins (subclasses first).
 _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidPeerId, 400, "invalid_peer_id"),
@@ -406,31 +394,6 @@ _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (TimeoutError, 504, "timeout"),
     (MeshError, 500, "mesh_error"),
 )
-_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-
-
-@web.middleware
-async def _errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = f"{request.method} {request.path}: {exc.reason}"
-        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        for cls, status, code in _ERROR_MAP:
-            if isinstance(exc, cls):
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                return error_response(status, code, text)
-        log.error("admin.internal_error", method=request.method, path=request.path, exc_info=True)
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
 
 # ----------------------------------------------------------------------------------------------- app
@@ -467,7 +430,7 @@ def create_admin_app(
     max_body: int = 64 * 1024 * 1024,
 ) -> web.Application:
     """The admin API over ``node`` and ``inbox``. Set ``app[STATE].ready`` once the node is serving."""
-    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=max_body)
     app[STATE] = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/peers", _peers)
