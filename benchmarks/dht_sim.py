@@ -126,12 +126,12 @@ class Sim:
         return sum(n.bytes_sent for n in self.all_nodes)
 
 
-def routing_entry_memory(entries: int = 2000) -> dict[str, float]:
+def routing_entry_memory(entries: int = 1000) -> dict[str, float]:
     """Bytes per routing-table entry: contacts built the way the node builds them (from decoded
     datagrams), held in a table with buckets large enough to keep them all."""
     rng = random.Random(1)
     local = PeerId(rng.randbytes(32))
-    raw = [(rng.randbytes(32), rng.getrandbits(32), rng.randrange(1, 65536)) for _ in range(entries)]
+    raw = [(rng.randbytes(32), rng.getrandbits(32), rng.randrange(1, 65536)) for _ in range(20 * entries)]
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
@@ -146,21 +146,22 @@ def routing_entry_memory(entries: int = 2000) -> dict[str, float]:
 
 
 def node_memory(known: int = 1000) -> dict[str, float]:
-    """A node that knows ``known`` peers: their contacts (as far as its buckets take them) and
-    their records (all stored)."""
+    """Python heap of a node that knows ``known`` peers: their records (decoded from the wire, as
+    the node receives them, all stored) and their contacts (as far as its buckets take them)."""
     rng = random.Random(2)
     idents = [Identity.generate(rng.randbytes) for _ in range(known)]
-    records = [
-        PeerRecord.create(i, 1, WALL + 3000, [("host", f"10.0.{n >> 8}.{n & 255}:4000")])
-        for n, i in enumerate(idents)
+    wire = [
+        PeerRecord.create(ident, 1, WALL + 3000, [("host", f"10.0.{n >> 8}.{n & 255}:4000")]).encode()
+        for n, ident in enumerate(idents)
     ]
+    keys = [bytes(ident.peer_id.key) for ident in idents]
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
     node = DhtNode(Identity.generate(rng.randbytes), DhtConfig(), rng=random.Random(3), wall_offset=WALL)
-    for n, (ident, record) in enumerate(zip(idents, records, strict=True)):
-        node.table.update(ident.peer_id, Address(f"10.0.{n >> 8}.{n & 255}", 4000), 0.0)
-        node.store.put(record, WALL)
+    for n, (key, raw) in enumerate(zip(keys, wire, strict=True)):
+        node.table.update(PeerId(key), Address(f"10.0.{n >> 8}.{n & 255}", 4000), 0.0)
+        node.store.put(PeerRecord.decode(raw), WALL)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     used = sum(s.size_diff for s in after.compare_to(base, "filename"))

@@ -476,6 +476,9 @@ class DhtNode:
         return tuple(out)
 
     def _store_request(self, record: PeerRecord, sender: PeerId, wall: float) -> m.StoreStatus:
+        if record.peer_id == self.peer_id:
+            self.counters["own_record_offered"] += 1  # we are the authority on our own record
+            return m.StoreStatus.REFUSED
         try:
             status = self.store.put(record, wall)
         except RecordRejected as exc:

@@ -94,3 +94,29 @@ def test_candidates_are_bounded() -> None:
         it._insert(pid(d), Address("10.0.0.1", 1), 1)
     assert len(it._entries) == 4
     assert [e.peer_id for e in it._entries] == [pid(1), pid(2), pid(3), pid(4)]
+
+
+def test_retry_and_late_seeds() -> None:
+    it = ClosestPeersIter(TARGET, [contact(10)], k=2, alpha=1)
+    assert it.next(0.0) == Waiting(*contact(10))
+    assert it.retry(pid(10))  # lost: ask again
+    assert it.next(0.0) == Waiting(*contact(10))
+    it.add_peers([contact(5)])  # a seed that answered late joins the running lookup
+    assert it.next(0.0) is WAITING_AT_CAPACITY
+    it.on_success(pid(10), [])
+    assert it.next(0.0) == Waiting(*contact(5))
+    it.on_success(pid(5), [])
+    assert it.next(0.0) is FINISHED
+    assert not it.retry(pid(5))
+
+
+def test_does_not_finish_while_a_closer_peer_is_in_flight() -> None:
+    it = ClosestPeersIter(TARGET, [contact(d) for d in (1, 20, 30)], k=2, alpha=3)
+    for _ in range(3):
+        assert isinstance(it.next(0.0), Waiting)
+    it.on_success(pid(20), [])
+    it.on_success(pid(30), [])
+    assert it.next(0.0) is WAITING_AT_CAPACITY  # 1 is closer and has not answered yet
+    it.on_success(pid(1), [])
+    assert it.next(0.0) is FINISHED
+    assert it.closest() == [contact(1), contact(20)]
