@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     clean.add_argument("--all", action="store_true", help="also runs left up with 'up'")
     show = sub.add_parser("show", help="check a topology and print its plan (builds nothing)")
     show.add_argument("topology")
-    ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
+    ex = sub.add_parser("exec", help="run a command inside a node: exec [--prefix P] NODE -- CMD...")
     ex.add_argument("node")
     ex.add_argument("--prefix")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -117,8 +117,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"removed: {' '.join(removed)}" if removed else "nothing stale")
         return 0
     if args.command == "exec":
-        prefix = _pick(args.prefix)
-        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        cmd, prefix_arg = list(args.cmd), args.prefix
+        if cmd[:1] == ["--prefix"] and len(cmd) >= 2:  # exec NODE --prefix P -- CMD
+            prefix_arg, cmd = cmd[1], cmd[2:]
+        cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
+        prefix = _pick(prefix_arg)
         if not cmd:
             raise LabError("exec NODE -- CMD: no command given")
         netns = f"{prefix}-{args.node}"

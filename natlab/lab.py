@@ -86,6 +86,16 @@ class Node:
     def command(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
 
+    @staticmethod
+    def environment(env: dict[str, str] | None = None) -> dict[str, str]:
+        """``env`` (default: ours) with this interpreter's ``bin`` directory first on ``PATH``, so
+        the project's console scripts (``coremesh-node``, ``coremesh-relay``) are found in a venv."""
+        result = dict(os.environ if env is None else env)
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in result.get("PATH", "").split(os.pathsep):
+            result["PATH"] = os.pathsep.join(p for p in (bindir, result.get("PATH", "")) if p)
+        return result
+
     def run(
         self,
         argv: Sequence[str],
@@ -96,12 +106,19 @@ class Node:
     ) -> subprocess.CompletedProcess[str]:
         """Run to completion; stdout and stderr are captured as text."""
         return subprocess.run(
-            self.command(argv), capture_output=True, text=True, check=check, timeout=timeout, input=input
+            self.command(argv),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            input=input,
+            env=self.environment(),
         )
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a process; it is stopped (by PID) at :meth:`Lab.down` at the latest."""
         kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs["env"] = self.environment(kwargs.get("env"))
         proc = subprocess.Popen(self.command(argv), **kwargs)
         self.processes.append(proc)
         return proc

@@ -133,9 +133,9 @@ class NatSpec:
             raise TopologyError(f"{where}.hairpinning: expected true or false")
         if not isinstance(self.udp_blocked, bool):
             raise TopologyError(f"{where}.udp_blocked: expected true or false")
-        if not isinstance(self.mapping_timeout, int) or not 5 <= self.mapping_timeout <= 86_400:
+        if not isinstance(self.mapping_timeout, int) or not 2 <= self.mapping_timeout <= 86_400:
             raise TopologyError(
-                f"{where}.mapping_timeout: expected 5..86400 seconds, got {self.mapping_timeout!r}"
+                f"{where}.mapping_timeout: expected 2..86400 seconds, got {self.mapping_timeout!r}"
             )
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from coremesh_natlab import Lab, NatSpec, example, runs
@@ -40,7 +41,7 @@ BEHAVIOURS: dict[str, NatSpec] = {
     "apdm_apdf": NatSpec(APD, APD, ports="random", hairpinning=True),
     "apdm_seq": NatSpec(APD, APD, ports="sequential"),
     "blocked": NatSpec(udp_blocked=True),
-    "timeout": NatSpec(EIM, EIM, mapping_timeout=5),
+    "timeout": NatSpec(EIM, EIM, mapping_timeout=3),
 }
 
 
@@ -171,13 +172,13 @@ SENDER += "s.sendto(sys.argv[2].encode(),(h,int(p)))"
 
 def test_a_mapping_expires_after_its_timeout(lab: Lab) -> None:
     host, router = lab.host(host_of("timeout")), lab.router(router_of("timeout"))
-    assert router.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"]).stdout.strip() == "5"
-    listener = host.python(["-c", LISTENER, "9"], stdout=subprocess.PIPE, text=True)
+    assert router.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"]).stdout.strip() == "3"
+    listener = host.python(["-c", LISTENER, "6"], stdout=subprocess.PIPE, text=True)
     assert listener.stdout is not None
     mapped = listener.stdout.readline().strip()
     stun = lab.host("stun")
     stun.run([sys.executable, "-c", SENDER, mapped, "early"])  # endpoint-independent filtering: let in
-    time.sleep(7)  # idle past the 5 s mapping timeout
+    time.sleep(4.5)  # idle past the 3 s mapping timeout
     stun.run([sys.executable, "-c", SENDER, mapped, "late"])
     out, _ = listener.communicate(timeout=10)
     assert out.split() == ["early"]
@@ -344,3 +345,32 @@ def test_topology_errors_name_the_field() -> None:
     }
     with pytest.raises(ValueError, match=r"^routers\.r\.nat\.mapping: expected one of"):
         from_dict(bad)
+
+
+def test_cli_up_list_exec_cleanup_down(tmp_path: Path) -> None:
+    require_root()
+    cli = [sys.executable, "-m", "coremesh_natlab.cli"]
+    prefix = f"cmnlcli{time.monotonic_ns() % 10_000:04d}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        up = run("up", "full-cone", "--prefix", prefix)
+        assert up.returncode == 0, up.stderr
+        assert f"netns {prefix}-a: eth0 10.1.0.10/24" in up.stdout and "192.0.2.11" in up.stdout
+        listing = run("list")
+        assert f"{prefix}  full-cone  detached" in listing.stdout
+        inside = run("exec", "a", "--prefix", prefix, "--", "ip", "-br", "addr")
+        assert "10.1.0.10/24" in inside.stdout, inside.stderr
+        assert prefix not in run("cleanup").stdout  # left up on purpose: not stale
+        down = run("down", prefix)
+        assert down.returncode == 0 and f"removed {prefix}" in down.stdout
+        assert not [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
+        assert run("down", prefix).returncode == 1
+    finally:
+        runs.destroy(prefix)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[networks.internet]\nipv4 = "192.0.2.0/24"\n[hosts.h]\nnetwork = "nowhere"\n')
+    show = run("show", str(bad))
+    assert show.returncode == 2 and "hosts.h.network: no network named 'nowhere'" in show.stderr
