@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from socket import AF_INET, AF_INET6
@@ -509,6 +509,21 @@ class Lab:
                         ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {elements} }}"]
                     )
 
+    def rebind(self, router: str) -> None:
+        """A NAT rebinding, as after a router reboot: every mapping and session of ``router`` is
+        forgotten and the port choices are drawn anew (with ``ports = "random"`` a host's next
+        packet leaves from a new public port; with ``preserve`` it keeps its own port)."""
+        node = self.node(router).plan
+        if node.router is None:
+            raise LabError(f"{router} is not a router")
+        if self.topology.network(node.router.lan).ipv4:
+            iptables = rules.router_iptables(self.plan, node, random.Random(self.rng.random()))
+            self.node(router).run(["iptables-restore"], input=iptables)
+            self.node(router).run(
+                ["nft", "flush map ip natlab_nat mappings; flush set ip natlab_nat contacted"]
+            )
+        flush_conntrack(node.netns)
+
     # -- description -----------------------------------------------------------------------
 
     def describe(self) -> str:
@@ -533,30 +548,49 @@ class Lab:
 CLONE_NEWNET = 0x40000000
 
 
-def write_sysctls(netns: str, values: dict[str, str]) -> None:
-    """Write ``/proc/sys`` entries of a namespace from a short-lived thread that enters it (setns
-    changes only the calling thread; that thread then ends, so no other thread ever moves)."""
+def in_netns(netns: str, work: Callable[[], None]) -> None:
+    """Run ``work`` in a short-lived thread that enters the namespace (setns changes only the
+    calling thread; that thread then ends, so no other thread ever moves)."""
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def enter() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), f"setns {netns}")
-            for key, value in values.items():
-                with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
-                    f.write(value)
+            work()
         except BaseException as exc:
             errors.append(exc)
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=work, name=f"sysctl-{netns}")
+    thread = threading.Thread(target=enter, name=f"in-{netns}")
     thread.start()
     thread.join()
     if errors:
-        raise LabError(f"sysctl in {netns}: {errors[0]}")
+        raise LabError(f"in {netns}: {errors[0]}")
+
+
+def write_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Write ``/proc/sys`` entries of a namespace."""
+
+    def work() -> None:
+        for key, value in values.items():
+            with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+                f.write(value)
+
+    in_netns(netns, work)
+
+
+def flush_conntrack(netns: str) -> None:
+    def work() -> None:
+        from pyroute2 import Conntrack
+
+        with Conntrack() as ct:
+            ct.flush()
+
+    in_netns(netns, work)
 
 
 def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:

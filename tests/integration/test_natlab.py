@@ -213,6 +213,72 @@ def test_cut_drops_everything_between_two_nodes_until_restored(lab: Lab) -> None
     assert json.loads(imp.run(argv).stdout)["lost"] == 0
 
 
+PUNCHER = """
+import os, select, socket, sys, time
+from coremesh.stun.attributes import Attr
+from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0))
+req = StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))
+s.sendto(encode(req), ("192.0.2.10", 3478))
+print(decode(s.recv(2048)).get_address(Attr.XOR_MAPPED_ADDRESS), flush=True)
+host, port = sys.stdin.readline().strip().rsplit(":", 1)
+end, got = time.monotonic() + 2.0, False
+while time.monotonic() < end:
+    s.sendto(b"punch", (host, int(port)))
+    if select.select([s], [], [], 0.05)[0] and s.recv(100) == b"punch":
+        got = True
+print("direct" if got else "nothing", flush=True)
+"""
+
+
+def punch(lab: Lab, one: str, other: str) -> tuple[str, str]:
+    """Both hosts learn their public address from STUN, swap them, and send to each other."""
+    procs = [
+        lab.host(host_of(name)).python(
+            ["-c", PUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for name in (one, other)
+    ]
+    mapped = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+    for proc, peer in zip(procs, reversed(mapped), strict=True):
+        proc.stdin.write(peer + "\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+    first, second = (p.communicate(timeout=10)[0].split()[-1] for p in procs)
+    return first, second
+
+
+def test_hole_punching_works_between_cones_and_not_against_a_symmetric_nat(lab: Lab) -> None:
+    """The lab is realistic where it matters: two cone NATs (even port-restricted) let a
+    simultaneous punch through; a symmetric NAT facing a port-restricted cone does not."""
+    assert punch(lab, "eim_apdf", "eim_adf") == ("direct", "direct")
+    assert punch(lab, "apdm_apdf", "eim_apdf") == ("nothing", "nothing")
+
+
+def test_rebind_gives_a_host_a_new_public_port(lab: Lab) -> None:
+    host = lab.host(host_of("eim_rnd"))
+    code = (
+        "import os, socket, sys\n"
+        "from coremesh.stun.attributes import Attr\n"
+        "from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 0)); s.settimeout(2)\n"
+        "for line in sys.stdin:\n"
+        "    req = StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))\n"
+        "    s.sendto(encode(req), ('192.0.2.10', 3478))\n"
+        "    print(decode(s.recv(2048)).get_address(Attr.XOR_MAPPED_ADDRESS), flush=True)\n"
+    )
+    proc = host.python(["-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    before = proc.stdout.readline().strip()
+    lab.rebind(router_of("eim_rnd"))
+    proc.stdin.write("\n")
+    proc.stdin.close()
+    after = proc.stdout.readline().strip()
+    proc.wait(timeout=10)
+    assert before.rsplit(":", 1)[0] == after.rsplit(":", 1)[0] and before != after, (before, after)
+
+
 # -- other topologies -------------------------------------------------------------------------
 
 
