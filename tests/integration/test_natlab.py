@@ -364,16 +364,21 @@ def test_ipv6_filtering_is_measured_as_configured(natlab: Callable[..., Lab]) ->
 def test_nothing_is_left_after_the_lab_even_on_an_exception() -> None:
     require_root()
     topology = example("port-restricted-cone")
+    started: dict[int, str | None] = {}
     with pytest.raises(RuntimeError, match="boom"), Lab(topology) as lab:
         prefix = lab.prefix
         lab.host("a").popen(["sleep", "60"])
-        lab.link("nat_a").set(latency_ms=5)  # a delay element runs too
+        lab.link("nat_a").set(latency_ms=5)  # delay elements run too
+        for netns in lab.plan.namespaces:
+            started |= {pid: runs.process_start(pid) for pid in runs.namespace_pids(netns)}
         raise RuntimeError("boom")
+    assert len(started) >= 3  # sleep and at least two delay elements
+    assert all(
+        runs.process_start(pid) in (None, "") or runs.process_start(pid) != t for pid, t in started.items()
+    )
     assert not [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
     assert runs.read(prefix) is None
-    assert not runs.state_path(prefix).exists()
-    leftover = subprocess.run(["pgrep", "-f", f"netns exec {prefix}-"], capture_output=True, text=True).stdout
-    assert not leftover.strip()
+    assert not runs.state_path(prefix).exists() and not (runs.STATE_DIR / prefix).exists()
 
 
 def test_cleanup_removes_the_run_of_a_killed_process() -> None:
