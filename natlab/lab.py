@@ -269,7 +269,9 @@ class Lab:
         self._up = True
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._build()
+            # In a thread: pyroute2's synchronous API refuses to run inside an event loop, and a
+            # test may build its lab from a coroutine.
+            _in_thread(self._build)
             self._configure()
         except BaseException:
             self.down()
@@ -570,6 +572,22 @@ def in_netns(netns: str, work: Callable[[], None]) -> None:
     thread.join()
     if errors:
         raise LabError(f"in {netns}: {errors[0]}")
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="natlab-build")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 def write_sysctls(netns: str, values: dict[str, str]) -> None:

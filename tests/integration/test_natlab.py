@@ -7,6 +7,7 @@ UDP socket (``python -m coremesh_natlab.probe``).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from coremesh_natlab import Lab, NatSpec, example, runs
+from coremesh_natlab import Lab, NatSpec, example, pair, runs
 from coremesh_natlab.testing import natlab, require_root, start_stun
 from coremesh_natlab.topology import Host, Network, Router, Topology, from_dict
 
@@ -443,3 +444,14 @@ def test_cli_up_list_exec_cleanup_down(tmp_path: Path) -> None:
     bad.write_text('[networks.internet]\nipv4 = "192.0.2.0/24"\n[hosts.h]\nnetwork = "nowhere"\n')
     show = run("show", str(bad))
     assert show.returncode == 2 and "hosts.h.network: no network named 'nowhere'" in show.stderr
+
+
+def test_a_lab_can_be_built_from_a_coroutine() -> None:
+    """pyroute2's synchronous API refuses to run inside an event loop; the lab builds in a thread."""
+    require_root()
+
+    async def body() -> str:
+        with Lab(pair("full-cone", None)) as lab:
+            return lab.host("a").run(["ip", "-br", "addr", "show", "eth0"]).stdout
+
+    assert "10.1.0.10/24" in asyncio.run(body())
