@@ -30,7 +30,8 @@ The API other code builds on (kept stable)::
   ``python -m coremesh_natlab.probe SERVER`` does it from inside a lab host.
 * :mod:`coremesh_natlab.testing` has the pytest fixture ``natlab`` (a factory; every lab it made is
   taken down at the end of the test) and :func:`~coremesh_natlab.testing.require_root`.
-* ``coremesh-natlab up|down|list|cleanup|exec|show`` is the CLI (:mod:`coremesh_natlab.cli`).
+* ``coremesh-natlab up|down|list|cleanup|exec|link|cut|restore|show`` is the CLI
+  (:mod:`coremesh_natlab.cli`); :meth:`Lab.attach` gives a handle on a run another process made.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from . import rules, runs
 from .plan import Interface, NodePlan, Plan, build_plan
-from .topology import LinkSpec, Topology, TopologyError
+from .topology import LinkSpec, Topology, TopologyError, from_dict, to_dict
 
 IFA_F_NODAD = 0x02
 TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "nft")
@@ -208,6 +208,28 @@ class Lab:
         self._delayd: dict[str, subprocess.Popen[bytes]] = {}
         self._cuts: set[tuple[str, str]] = set()
         self._up = False
+        self._owner: tuple[int, str] | None = None  # set when attached to a run another process made
+
+    @classmethod
+    def attach(cls, prefix: str) -> Lab:
+        """A handle on a running lab that another process brought up (``coremesh-natlab up``), to
+        change its links or cut paths. It does not own the run: it never takes it down."""
+        run = runs.read(prefix)
+        if run is None or not run.topology_data:
+            raise LabError(f"no run {prefix!r} to attach to")
+        lab = cls(from_dict(run.topology_data), prefix=prefix, detached=run.detached)
+        lab._owner = (run.owner_pid, run.owner_start)
+        return lab
+
+    def current_topology(self) -> Topology:
+        """The topology with the links as they are now (after :meth:`Link.set`)."""
+        links = {(i.node, i.network): i.link for n in self.plan.nodes.values() for i in n.interfaces}
+        routers = tuple(
+            replace(r, wan_link=links[(r.name, r.wan)], lan_link=links[(r.name, r.lan)])
+            for r in self.topology.routers
+        )
+        hosts = tuple(replace(h, link=links[(h.name, h.network)]) for h in self.topology.hosts)
+        return replace(self.topology, routers=routers, hosts=hosts)
 
     # -- access ----------------------------------------------------------------------------
 
@@ -300,10 +322,11 @@ class Lab:
 
     def _state(self) -> runs.Run:
         pid = os.getpid()
+        owner_pid, owner_start = self._owner or (pid, runs.process_start(pid) or "")
         return runs.Run(
             prefix=self.prefix,
-            owner_pid=pid,
-            owner_start=runs.process_start(pid) or "",
+            owner_pid=owner_pid,
+            owner_start=owner_start,
             detached=self.detached,
             namespaces=tuple(self.plan.namespaces),
             topology=self.topology.name,
@@ -312,6 +335,7 @@ class Lab:
                 n.name: {"netns": n.netns, "kind": n.kind, "ipv4": n.ipv4, "ipv6": n.ipv6}
                 for n in self.plan.nodes.values()
             },
+            topology_data=to_dict(self.current_topology()),
         )
 
     def _build(self) -> None:
@@ -478,15 +502,17 @@ class Lab:
             if not any(i.network == network for i in node.interfaces):
                 continue
             proc = self._delayd.get(node.name)
+            running = proc.pid if proc is not None and proc.poll() is None else _find_delayd(node.netns)
             if rules.needs_delay(self.plan, node):
-                if proc is None or proc.poll() is not None:
+                if running is None:
                     self._start_delayd(node)
                 else:
                     config = self.workdir / f"{node.name}.delay.json"
                     config.write_text(json.dumps(rules.delay_config(self.plan, node)))
-                    proc.send_signal(signal.SIGHUP)
+                    os.kill(running, signal.SIGHUP)
                     time.sleep(0.05)
             self.nodes[node.name].run(["sh", "-ec", "\n".join(self._link_commands(node))])
+        runs.write(self._state())
 
     def cut(self, a: str, b: str) -> None:
         """Drop everything between nodes ``a`` and ``b`` (each drops what comes from the other's
@@ -572,6 +598,18 @@ def in_netns(netns: str, work: Callable[[], None]) -> None:
     thread.join()
     if errors:
         raise LabError(f"in {netns}: {errors[0]}")
+
+
+def _find_delayd(netns: str) -> int | None:
+    """The PID of the delay element running in ``netns`` (started by another process), if any."""
+    for pid in runs.namespace_pids(netns):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"coremesh_natlab.delayd" in cmdline:
+            return pid
+    return None
 
 
 def _in_thread(work: Callable[[], None]) -> None:

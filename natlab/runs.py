@@ -38,6 +38,7 @@ class Run:
     topology: str
     created: float
     nodes: dict[str, Any]
+    topology_data: dict[str, Any] = dataclasses.field(default_factory=dict)  # topology.to_dict, links current
 
     @property
     def owner_alive(self) -> bool:

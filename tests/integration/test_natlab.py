@@ -434,9 +434,23 @@ def test_cli_up_list_exec_cleanup_down(tmp_path: Path) -> None:
         inside = run("exec", "a", "--prefix", prefix, "--", "ip", "-br", "addr")
         assert "10.1.0.10/24" in inside.stdout, inside.stderr
         assert prefix not in run("cleanup").stdout  # left up on purpose: not stale
+        # Links and cuts of a run that another process brought up.
+        assert run("link", "--prefix", prefix, "a", "--latency-ms", "20", "--loss", "0.1").returncode == 0
+        raw = run("exec", "--prefix", prefix, "nat_a", "--", "iptables", "-t", "raw", "-S").stdout
+        assert "NFQUEUE" in raw and "--mac-source" in raw  # a's link, outbound, delayed at its router
+        assert run("link", "--prefix", prefix, "nobody").returncode == 2
+        assert run("cut", "--prefix", prefix, "a", "b").returncode == 0
+        cut = ["exec", "--prefix", prefix, "a", "--", "nft", "list", "set", "inet", "natlab_cut", "cut4"]
+        assert "192.0.2.13" in run(*cut).stdout  # b's NAT
+        assert run("restore", "--prefix", prefix, "a", "b").returncode == 0
+        assert "192.0.2.13" not in run(*cut).stdout
+        mine = [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
+        inside = {pid: runs.process_start(pid) for ns in mine for pid in runs.namespace_pids(ns)}
+        assert inside  # the delay elements `link` started
         down = run("down", prefix)
         assert down.returncode == 0 and f"removed {prefix}" in down.stdout
         assert not [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
+        assert all(runs.process_start(pid) != start for pid, start in inside.items())
         assert run("down", prefix).returncode == 1
     finally:
         runs.destroy(prefix)

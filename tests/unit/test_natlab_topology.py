@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from coremesh_natlab import PRESETS, TOPOLOGIES, NatSpec, TopologyError, from_dict, load, pair
 from coremesh_natlab.plan import build_plan
 from coremesh_natlab.rules import SEQUENTIAL_RING, link_nft, link_raw, router_iptables, router_nft
-from coremesh_natlab.topology import FILTERINGS, MAPPINGS, LinkSpec
+from coremesh_natlab.topology import FILTERINGS, MAPPINGS, LinkSpec, to_dict
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -167,3 +168,9 @@ def test_every_valid_nat_renders_ports_in_range(
 def test_presets_are_valid() -> None:
     for name, spec in PRESETS.items():
         spec.check(name)
+
+
+@pytest.mark.parametrize("path", sorted(TOPOLOGIES.glob("*.toml")), ids=lambda p: p.stem)
+def test_to_dict_round_trips_through_json(path: Any) -> None:
+    topology = load(path)
+    assert from_dict(json.loads(json.dumps(to_dict(topology)))) == topology
