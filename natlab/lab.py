@@ -46,6 +46,20 @@ def check_prerequisites() -> None:
         )
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A command in a node failed; unlike its base class, the message shows the node and the end
+    of the command's stderr."""
+
+    def __init__(self, node: str, failed: subprocess.CalledProcessError) -> None:
+        super().__init__(failed.returncode, failed.cmd, failed.output, failed.stderr)
+        self.node = node
+
+    def __str__(self) -> str:
+        err = (self.stderr or "").strip()[-1500:]
+        argv = " ".join(str(a) for a in self.cmd[4:])
+        return f"in {self.node}: {argv!r} exited with {self.returncode}" + (f":\n{err}" if err else "")
+
+
 class Node:
     """A router or host of a running lab. Commands run inside its namespace with ``ip netns exec``
     (which execs, so a :meth:`popen` PID is the command's own and is stopped by that PID)."""
@@ -104,16 +118,20 @@ class Node:
         timeout: float = 30,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run to completion; stdout and stderr are captured as text."""
-        return subprocess.run(
-            self.command(argv),
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-            input=input,
-            env=self.environment(),
-        )
+        """Run to completion; stdout and stderr are captured as text. With ``check``, a failure
+        raises :class:`CommandFailed` (a :class:`subprocess.CalledProcessError`)."""
+        try:
+            return subprocess.run(
+                self.command(argv),
+                capture_output=True,
+                text=True,
+                check=check,
+                timeout=timeout,
+                input=input,
+                env=self.environment(),
+            )
+        except subprocess.CalledProcessError as exc:
+            raise CommandFailed(self.name, exc) from None
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a process; it is stopped (by PID) at :meth:`Lab.down` at the latest."""
