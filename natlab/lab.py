@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from socket import AF_INET, AF_INET6
@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from . import rules, runs
 from .plan import Interface, NodePlan, Plan, build_plan
-from .topology import LinkSpec, Topology, TopologyError
+from .topology import LinkSpec, Topology, TopologyError, from_dict, to_dict
 
 IFA_F_NODAD = 0x02
 TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "nft")
@@ -44,6 +44,20 @@ def check_prerequisites() -> None:
         raise LabError(
             f"missing tools: {', '.join(missing)} (Debian: apt-get install iproute2 iptables nftables)"
         )
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A command in a node failed; unlike its base class, the message shows the node and the end
+    of the command's stderr."""
+
+    def __init__(self, node: str, failed: subprocess.CalledProcessError) -> None:
+        super().__init__(failed.returncode, failed.cmd, failed.output, failed.stderr)
+        self.node = node
+
+    def __str__(self) -> str:
+        err = (self.stderr or "").strip()[-1500:]
+        argv = " ".join(str(a) for a in self.cmd[4:])
+        return f"in {self.node}: {argv!r} exited with {self.returncode}" + (f":\n{err}" if err else "")
 
 
 class Node:
@@ -86,6 +100,16 @@ class Node:
     def command(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
 
+    @staticmethod
+    def environment(env: dict[str, str] | None = None) -> dict[str, str]:
+        """``env`` (default: ours) with this interpreter's ``bin`` directory first on ``PATH``, so
+        the project's console scripts (``coremesh-node``, ``coremesh-relay``) are found in a venv."""
+        result = dict(os.environ if env is None else env)
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in result.get("PATH", "").split(os.pathsep):
+            result["PATH"] = os.pathsep.join(p for p in (bindir, result.get("PATH", "")) if p)
+        return result
+
     def run(
         self,
         argv: Sequence[str],
@@ -94,14 +118,25 @@ class Node:
         timeout: float = 30,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run to completion; stdout and stderr are captured as text."""
-        return subprocess.run(
-            self.command(argv), capture_output=True, text=True, check=check, timeout=timeout, input=input
-        )
+        """Run to completion; stdout and stderr are captured as text. With ``check``, a failure
+        raises :class:`CommandFailed` (a :class:`subprocess.CalledProcessError`)."""
+        try:
+            return subprocess.run(
+                self.command(argv),
+                capture_output=True,
+                text=True,
+                check=check,
+                timeout=timeout,
+                input=input,
+                env=self.environment(),
+            )
+        except subprocess.CalledProcessError as exc:
+            raise CommandFailed(self.name, exc) from None
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a process; it is stopped (by PID) at :meth:`Lab.down` at the latest."""
         kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs["env"] = self.environment(kwargs.get("env"))
         proc = subprocess.Popen(self.command(argv), **kwargs)
         self.processes.append(proc)
         return proc
@@ -191,6 +226,28 @@ class Lab:
         self._delayd: dict[str, subprocess.Popen[bytes]] = {}
         self._cuts: set[tuple[str, str]] = set()
         self._up = False
+        self._owner: tuple[int, str] | None = None  # set when attached to a run another process made
+
+    @classmethod
+    def attach(cls, prefix: str) -> Lab:
+        """A handle on a running lab that another process brought up (``coremesh-natlab up``), to
+        change its links or cut paths. It does not own the run: it never takes it down."""
+        run = runs.read(prefix)
+        if run is None or not run.topology_data:
+            raise LabError(f"no run {prefix!r} to attach to")
+        lab = cls(from_dict(run.topology_data), prefix=prefix, detached=run.detached)
+        lab._owner = (run.owner_pid, run.owner_start)
+        return lab
+
+    def current_topology(self) -> Topology:
+        """The topology with the links as they are now (after :meth:`Link.set`)."""
+        links = {(i.node, i.network): i.link for n in self.plan.nodes.values() for i in n.interfaces}
+        routers = tuple(
+            replace(r, wan_link=links[(r.name, r.wan)], lan_link=links[(r.name, r.lan)])
+            for r in self.topology.routers
+        )
+        hosts = tuple(replace(h, link=links[(h.name, h.network)]) for h in self.topology.hosts)
+        return replace(self.topology, routers=routers, hosts=hosts)
 
     # -- access ----------------------------------------------------------------------------
 
@@ -252,7 +309,9 @@ class Lab:
         self._up = True
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._build()
+            # In a thread: pyroute2's synchronous API refuses to run inside an event loop, and a
+            # test may build its lab from a coroutine.
+            _in_thread(self._build)
             self._configure()
         except BaseException:
             self.down()
@@ -281,10 +340,11 @@ class Lab:
 
     def _state(self) -> runs.Run:
         pid = os.getpid()
+        owner_pid, owner_start = self._owner or (pid, runs.process_start(pid) or "")
         return runs.Run(
             prefix=self.prefix,
-            owner_pid=pid,
-            owner_start=runs.process_start(pid) or "",
+            owner_pid=owner_pid,
+            owner_start=owner_start,
             detached=self.detached,
             namespaces=tuple(self.plan.namespaces),
             topology=self.topology.name,
@@ -293,6 +353,7 @@ class Lab:
                 n.name: {"netns": n.netns, "kind": n.kind, "ipv4": n.ipv4, "ipv6": n.ipv6}
                 for n in self.plan.nodes.values()
             },
+            topology_data=to_dict(self.current_topology()),
         )
 
     def _build(self) -> None:
@@ -459,15 +520,17 @@ class Lab:
             if not any(i.network == network for i in node.interfaces):
                 continue
             proc = self._delayd.get(node.name)
+            running = proc.pid if proc is not None and proc.poll() is None else _find_delayd(node.netns)
             if rules.needs_delay(self.plan, node):
-                if proc is None or proc.poll() is not None:
+                if running is None:
                     self._start_delayd(node)
                 else:
                     config = self.workdir / f"{node.name}.delay.json"
                     config.write_text(json.dumps(rules.delay_config(self.plan, node)))
-                    proc.send_signal(signal.SIGHUP)
+                    os.kill(running, signal.SIGHUP)
                     time.sleep(0.05)
             self.nodes[node.name].run(["sh", "-ec", "\n".join(self._link_commands(node))])
+        runs.write(self._state())
 
     def cut(self, a: str, b: str) -> None:
         """Drop everything between nodes ``a`` and ``b`` (each drops what comes from the other's
@@ -491,6 +554,21 @@ class Lab:
                     self.node(here).run(
                         ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {elements} }}"]
                     )
+
+    def rebind(self, router: str) -> None:
+        """A NAT rebinding, as after a router reboot: every mapping and session of ``router`` is
+        forgotten and the port choices are drawn anew (with ``ports = "random"`` a host's next
+        packet leaves from a new public port; with ``preserve`` it keeps its own port)."""
+        node = self.node(router).plan
+        if node.router is None:
+            raise LabError(f"{router} is not a router")
+        if self.topology.network(node.router.lan).ipv4:
+            iptables = rules.router_iptables(self.plan, node, random.Random(self.rng.random()))
+            self.node(router).run(["iptables-restore"], input=iptables)
+            self.node(router).run(
+                ["nft", "flush map ip natlab_nat mappings; flush set ip natlab_nat contacted"]
+            )
+        flush_conntrack(node.netns)
 
     # -- description -----------------------------------------------------------------------
 
@@ -516,30 +594,77 @@ class Lab:
 CLONE_NEWNET = 0x40000000
 
 
-def write_sysctls(netns: str, values: dict[str, str]) -> None:
-    """Write ``/proc/sys`` entries of a namespace from a short-lived thread that enters it (setns
-    changes only the calling thread; that thread then ends, so no other thread ever moves)."""
+def in_netns(netns: str, work: Callable[[], None]) -> None:
+    """Run ``work`` in a short-lived thread that enters the namespace (setns changes only the
+    calling thread; that thread then ends, so no other thread ever moves)."""
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def enter() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), f"setns {netns}")
-            for key, value in values.items():
-                with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
-                    f.write(value)
+            work()
         except BaseException as exc:
             errors.append(exc)
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=work, name=f"sysctl-{netns}")
+    thread = threading.Thread(target=enter, name=f"in-{netns}")
     thread.start()
     thread.join()
     if errors:
-        raise LabError(f"sysctl in {netns}: {errors[0]}")
+        raise LabError(f"in {netns}: {errors[0]}")
+
+
+def _find_delayd(netns: str) -> int | None:
+    """The PID of the delay element running in ``netns`` (started by another process), if any."""
+    for pid in runs.namespace_pids(netns):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"coremesh_natlab.delayd" in cmdline:
+            return pid
+    return None
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="natlab-build")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def write_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Write ``/proc/sys`` entries of a namespace."""
+
+    def work() -> None:
+        for key, value in values.items():
+            with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+                f.write(value)
+
+    in_netns(netns, work)
+
+
+def flush_conntrack(netns: str) -> None:
+    def work() -> None:
+        from pyroute2 import Conntrack
+
+        with Conntrack() as ct:
+            ct.flush()
+
+    in_netns(netns, work)
 
 
 def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:

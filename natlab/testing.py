@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from .lab import Lab, LabError, Node, check_prerequisites
+from .runs import cleanup
 from .topology import Topology
 
 
@@ -27,8 +28,10 @@ def require_root() -> None:
 @pytest.fixture
 def natlab() -> Iterator[Callable[..., Lab]]:
     """A factory: ``lab = natlab(topology, **kwargs)`` builds and starts a :class:`Lab`; every lab it
-    made is taken down when the test ends, pass or fail."""
+    made is taken down when the test ends, pass or fail. Runs left by killed test processes are
+    removed first (only those whose owner is gone)."""
     require_root()
+    cleanup()
     labs: list[Lab] = []
 
     def make(topology: Topology, **kwargs: Any) -> Lab:
@@ -54,16 +57,19 @@ def start_stun(
     timeout: float = 20.0,
 ) -> subprocess.Popen[bytes]:
     """Run the project's relay as an RFC 5780 STUN server in ``node`` (``PRIMARY:PORT`` with the
-    alternate address ``alternate``) and wait until it answers. Stopped with the lab."""
+    alternate address ``alternate``) and wait until it answers. Stopped with the lab; its output
+    goes to ``LAB.workdir/NODE.stun.log``."""
     listen = f"[{primary}]:{port}" if ":" in primary else f"{primary}:{port}"
     argv = ["-m", "coremesh_relay", "--listen", listen, "--admin", admin, "--log-level", "warning"]
     if alternate:
         argv += ["--alt-address", alternate]
-    proc = node.python(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = node.lab.workdir / f"{node.name}.stun.log"
+    with open(log, "wb") as out:
+        proc = node.python(argv, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            err = log.read_text(errors="replace")
             raise LabError(f"the STUN server in {node.name} exited with {proc.returncode}: {err[-500:]}")
         result = node.run(
             [sys.executable, "-m", "coremesh_natlab.rtt", listen, "--count", "1", "--timeout", "0.3"]

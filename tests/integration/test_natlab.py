@@ -7,6 +7,7 @@ UDP socket (``python -m coremesh_natlab.probe``).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from coremesh_natlab import Lab, NatSpec, example, runs
+from coremesh_natlab import Lab, NatSpec, example, pair, runs
 from coremesh_natlab.testing import natlab, require_root, start_stun
 from coremesh_natlab.topology import Host, Network, Router, Topology, from_dict
 
@@ -40,7 +42,7 @@ BEHAVIOURS: dict[str, NatSpec] = {
     "apdm_apdf": NatSpec(APD, APD, ports="random", hairpinning=True),
     "apdm_seq": NatSpec(APD, APD, ports="sequential"),
     "blocked": NatSpec(udp_blocked=True),
-    "timeout": NatSpec(EIM, EIM, mapping_timeout=5),
+    "timeout": NatSpec(EIM, EIM, mapping_timeout=3),
 }
 
 
@@ -171,13 +173,13 @@ SENDER += "s.sendto(sys.argv[2].encode(),(h,int(p)))"
 
 def test_a_mapping_expires_after_its_timeout(lab: Lab) -> None:
     host, router = lab.host(host_of("timeout")), lab.router(router_of("timeout"))
-    assert router.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"]).stdout.strip() == "5"
-    listener = host.python(["-c", LISTENER, "9"], stdout=subprocess.PIPE, text=True)
+    assert router.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"]).stdout.strip() == "3"
+    listener = host.python(["-c", LISTENER, "6"], stdout=subprocess.PIPE, text=True)
     assert listener.stdout is not None
     mapped = listener.stdout.readline().strip()
     stun = lab.host("stun")
     stun.run([sys.executable, "-c", SENDER, mapped, "early"])  # endpoint-independent filtering: let in
-    time.sleep(7)  # idle past the 5 s mapping timeout
+    time.sleep(4.5)  # idle past the 3 s mapping timeout
     stun.run([sys.executable, "-c", SENDER, mapped, "late"])
     out, _ = listener.communicate(timeout=10)
     assert out.split() == ["early"]
@@ -210,6 +212,72 @@ def test_cut_drops_everything_between_two_nodes_until_restored(lab: Lab) -> None
     assert json.loads(imp.run(argv).stdout)["lost"] == 3
     lab.restore("imp", "stun")
     assert json.loads(imp.run(argv).stdout)["lost"] == 0
+
+
+PUNCHER = """
+import os, select, socket, sys, time
+from coremesh.stun.attributes import Attr
+from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0))
+req = StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))
+s.sendto(encode(req), ("192.0.2.10", 3478))
+print(decode(s.recv(2048)).get_address(Attr.XOR_MAPPED_ADDRESS), flush=True)
+host, port = sys.stdin.readline().strip().rsplit(":", 1)
+end, got = time.monotonic() + 2.0, False
+while time.monotonic() < end:
+    s.sendto(b"punch", (host, int(port)))
+    if select.select([s], [], [], 0.05)[0] and s.recv(100) == b"punch":
+        got = True
+print("direct" if got else "nothing", flush=True)
+"""
+
+
+def punch(lab: Lab, one: str, other: str) -> tuple[str, str]:
+    """Both hosts learn their public address from STUN, swap them, and send to each other."""
+    procs = [
+        lab.host(host_of(name)).python(
+            ["-c", PUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for name in (one, other)
+    ]
+    mapped = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+    for proc, peer in zip(procs, reversed(mapped), strict=True):
+        proc.stdin.write(peer + "\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+    first, second = (p.communicate(timeout=10)[0].split()[-1] for p in procs)
+    return first, second
+
+
+def test_hole_punching_works_between_cones_and_not_against_a_symmetric_nat(lab: Lab) -> None:
+    """The lab is realistic where it matters: two cone NATs (even port-restricted) let a
+    simultaneous punch through; a symmetric NAT facing a port-restricted cone does not."""
+    assert punch(lab, "eim_apdf", "eim_adf") == ("direct", "direct")
+    assert punch(lab, "apdm_apdf", "eim_apdf") == ("nothing", "nothing")
+
+
+def test_rebind_gives_a_host_a_new_public_port(lab: Lab) -> None:
+    host = lab.host(host_of("eim_rnd"))
+    code = (
+        "import os, socket, sys\n"
+        "from coremesh.stun.attributes import Attr\n"
+        "from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 0)); s.settimeout(2)\n"
+        "for line in sys.stdin:\n"
+        "    req = StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))\n"
+        "    s.sendto(encode(req), ('192.0.2.10', 3478))\n"
+        "    print(decode(s.recv(2048)).get_address(Attr.XOR_MAPPED_ADDRESS), flush=True)\n"
+    )
+    proc = host.python(["-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    before = proc.stdout.readline().strip()
+    lab.rebind(router_of("eim_rnd"))
+    proc.stdin.write("\n")
+    proc.stdin.close()
+    after = proc.stdout.readline().strip()
+    proc.wait(timeout=10)
+    assert before.rsplit(":", 1)[0] == after.rsplit(":", 1)[0] and before != after, (before, after)
 
 
 # -- other topologies -------------------------------------------------------------------------
@@ -297,16 +365,19 @@ def test_ipv6_filtering_is_measured_as_configured(natlab: Callable[..., Lab]) ->
 def test_nothing_is_left_after_the_lab_even_on_an_exception() -> None:
     require_root()
     topology = example("port-restricted-cone")
+    started: dict[int, str | None] = {}
     with pytest.raises(RuntimeError, match="boom"), Lab(topology) as lab:
         prefix = lab.prefix
         lab.host("a").popen(["sleep", "60"])
-        lab.link("nat_a").set(latency_ms=5)  # a delay element runs too
+        lab.link("nat_a").set(latency_ms=5)  # delay elements run too
+        for netns in lab.plan.namespaces:
+            started |= {pid: runs.process_start(pid) for pid in runs.namespace_pids(netns)}
         raise RuntimeError("boom")
+    assert len(started) >= 3  # sleep and at least two delay elements
+    assert all(runs.process_start(pid) != start for pid, start in started.items())  # all gone
     assert not [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
     assert runs.read(prefix) is None
-    assert not runs.state_path(prefix).exists()
-    leftover = subprocess.run(["pgrep", "-f", f"netns exec {prefix}-"], capture_output=True, text=True).stdout
-    assert not leftover.strip()
+    assert not runs.state_path(prefix).exists() and not (runs.STATE_DIR / prefix).exists()
 
 
 def test_cleanup_removes_the_run_of_a_killed_process() -> None:
@@ -344,3 +415,57 @@ def test_topology_errors_name_the_field() -> None:
     }
     with pytest.raises(ValueError, match=r"^routers\.r\.nat\.mapping: expected one of"):
         from_dict(bad)
+
+
+def test_cli_up_list_exec_cleanup_down(tmp_path: Path) -> None:
+    require_root()
+    cli = [sys.executable, "-m", "coremesh_natlab.cli"]
+    prefix = f"cmnlcli{time.monotonic_ns() % 10_000:04d}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        up = run("up", "full-cone", "--prefix", prefix)
+        assert up.returncode == 0, up.stderr
+        assert f"netns {prefix}-a: eth0 10.1.0.10/24" in up.stdout and "192.0.2.11" in up.stdout
+        listing = run("list")
+        assert f"{prefix}  full-cone  detached" in listing.stdout
+        inside = run("exec", "a", "--prefix", prefix, "--", "ip", "-br", "addr")
+        assert "10.1.0.10/24" in inside.stdout, inside.stderr
+        assert prefix not in run("cleanup").stdout  # left up on purpose: not stale
+        # Links and cuts of a run that another process brought up.
+        assert run("link", "--prefix", prefix, "a", "--latency-ms", "20", "--loss", "0.1").returncode == 0
+        raw = run("exec", "--prefix", prefix, "nat_a", "--", "iptables", "-t", "raw", "-S").stdout
+        assert "NFQUEUE" in raw and "--mac-source" in raw  # a's link, outbound, delayed at its router
+        assert run("link", "--prefix", prefix, "nobody").returncode == 2
+        assert run("cut", "--prefix", prefix, "a", "b").returncode == 0
+        cut = ["exec", "--prefix", prefix, "a", "--", "nft", "list", "set", "inet", "natlab_cut", "cut4"]
+        assert "192.0.2.13" in run(*cut).stdout  # b's NAT
+        assert run("restore", "--prefix", prefix, "a", "b").returncode == 0
+        assert "192.0.2.13" not in run(*cut).stdout
+        mine = [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
+        inside = {pid: runs.process_start(pid) for ns in mine for pid in runs.namespace_pids(ns)}
+        assert inside  # the delay elements `link` started
+        down = run("down", prefix)
+        assert down.returncode == 0 and f"removed {prefix}" in down.stdout
+        assert not [ns for ns in runs.list_namespaces() if ns.startswith(prefix + "-")]
+        assert all(runs.process_start(pid) != start for pid, start in inside.items())
+        assert run("down", prefix).returncode == 1
+    finally:
+        runs.destroy(prefix)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[networks.internet]\nipv4 = "192.0.2.0/24"\n[hosts.h]\nnetwork = "nowhere"\n')
+    show = run("show", str(bad))
+    assert show.returncode == 2 and "hosts.h.network: no network named 'nowhere'" in show.stderr
+
+
+def test_a_lab_can_be_built_from_a_coroutine() -> None:
+    """pyroute2's synchronous API refuses to run inside an event loop; the lab builds in a thread."""
+    require_root()
+
+    async def body() -> str:
+        with Lab(pair("full-cone", None)) as lab:
+            return lab.host("a").run(["ip", "-br", "addr", "show", "eth0"]).stdout
+
+    assert "10.1.0.10/24" in asyncio.run(body())
