@@ -129,14 +129,27 @@ def test_a_node_without_nat_reports_no_nat_and_relay_latency(relay: Relay) -> No
 
 
 def test_a_dual_stack_node_measures_from_its_own_socket(relay: Relay) -> None:
-    """The mapping that matters is the mesh socket's: the public address carries the node's port."""
+    """The mapping that matters is the mesh socket's: each family's public address carries the
+    node's own port (an IPv4 relay process, and an IPv6 STUN server in process on ::1)."""
+    from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
 
     async def body() -> None:
-        config = MeshConfig(listen_addr="[::]:0", stun_servers=(relay.stun,))
-        async with MeshNode(config) as node:
-            report = await node.netcheck()
-            assert report.public_ipv4 == f"127.0.0.1:{node.local_address.port}"
-            assert report.mapping == "no-nat" and report.port_preserving is True
+        v6 = StunTurnService(StunTurnConfig(listen="[::1]:0"))  # type: ignore[arg-type]
+        await v6.start()
+        try:
+            v6_server = str(v6.addresses[0])
+            config = MeshConfig(listen_addr="[::]:0", stun_servers=(relay.stun, v6_server))
+            async with MeshNode(config) as node:
+                port = node.local_address.port
+                report = await node.netcheck()
+                assert report.public_ipv4 == f"127.0.0.1:{port}"
+                assert report.public_ipv6 == f"[::1]:{port}"
+                assert report.mapping == "no-nat" and report.port_preserving is True
+                assert report.discovery_server == relay.stun  # IPv4, with RFC 5780
+                assert [r.server for r in report.relays] == [relay.stun, v6_server]
+                assert all(r.rtt_ms is not None and r.rtt_ms > 0 for r in report.relays)
+        finally:
+            await v6.stop()
 
     run(body)
 
