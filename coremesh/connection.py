@@ -47,12 +47,16 @@ class PeerInfo:
     bytes_received: int
     messages_sent: int
     messages_received: int
+    via: str = "direct"  # "direct", "turn" or "keyed"
+    reason: str | None = None  # why the connection is relayed, when it is
 
 
 @dataclass(frozen=True, slots=True)
 class PingResult:
     rtt: float
-    path: str
+    path: str  # "direct" or "relay"
+    reason: str | None = None  # why the path is relayed (failed checks, NAT types), None when direct
+    via: str = "direct"  # "direct", "turn" or "keyed"
 
 
 class Connection:

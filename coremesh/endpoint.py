@@ -19,12 +19,13 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from . import events as ev
 from . import wire
+from .addr import Address
 from .config import MeshConfig
 from .errors import (
     AuthenticationFailed,
@@ -35,10 +36,28 @@ from .errors import (
     RemoteProtocolError,
 )
 from .identity import Identity, PeerId
-from .paths import PathAddress
+from .paths import DirectAddress, PathAddress, TurnAddress, path_kind, udp_address
 from .reliability import ReliabilityConfig, ReliableStream
 from .reliability import events as rev
 from .session import InitiatorHandshake, Responder, SecureSession
+from .traversal import (
+    Candidate,
+    Candidates,
+    CandidateType,
+    Mode,
+    PathChallenge,
+    PathResponse,
+    SendCandidates,
+    SendChallenge,
+    TraversalAgent,
+    TraversalConfig,
+    UseDirect,
+    UseRelay,
+    decode_path_frames,
+    encode_path_frames,
+    is_path_packet,
+)
+from .traversal.frames import PathFrame
 
 HANDSHAKE_RETRY_INITIAL: Final = 0.25
 HANDSHAKE_RETRY_MAX: Final = 2.0
@@ -47,6 +66,10 @@ PROBE_RETRIES: Final = 3
 PROBE_INTERVAL: Final = 0.5
 MAX_TIMESTAMPS: Final = 65536
 MAX_PENDING_PROBES: Final = 256
+MIGRATION_VALIDATION_TIME: Final = 1.0  # an unvalidated new address must answer a challenge in time
+MIGRATION_BLOCK_TIME: Final = 10.0  # an address that failed validation is not followed again for this long
+MAX_BLOCKED: Final = 16
+INTERNAL_PATH_PING: Final = (1 << 64) - 2  # PING token of a path switch (its PONG is ignored)
 
 CLOSE_NORMAL: Final = 0
 CLOSE_PROTOCOL_ERROR: Final = 1
@@ -77,6 +100,8 @@ class PeerSnapshot:
     packets_sent: int
     packets_lost: int
     cwnd: int
+    path: str = "direct"  # "direct", "turn" or "keyed"
+    path_reason: str | None = None  # why the connection is relayed, when it is
 
 
 class PeerConnection:
@@ -118,6 +143,14 @@ class PeerConnection:
         self.linger_deadline: float | None = None
         self.close_started = 0.0
         self.ping_tokens = 0
+        # NAT traversal (coremesh.traversal): the agent exists once the connection is up.
+        self.pinned = False  # path="relay": never move to a direct path
+        self.agent: TraversalAgent | None = None
+        self.relay_path: PathAddress | None = None  # where to fall back when the direct path dies
+        self.migration: tuple[PathAddress, Address, float] | None = None  # (previous, new, deadline)
+        self.pending_switch: Address | None = None  # a direct address to take once validated
+        self.blocked: dict[Address, float] = {}  # addresses that failed validation, until when
+        self.path_since = 0.0  # when the connection last moved to a path
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -202,6 +235,12 @@ class PeerConnection:
                 candidates.append(self.rekey_due_at())
             if self.current is not None:
                 candidates.append(self.keys_expire_at())
+            if self.agent is not None:
+                t = self.agent.get_timer(self.stream.oldest_unacked_sent_at())
+                if t is not None:
+                    candidates.append(t)
+            if self.migration is not None:
+                candidates.append(self.migration[2])
         return min(candidates) if candidates else None
 
     def keys_expire_at(self) -> float:
@@ -276,6 +315,11 @@ class PeerConnection:
                 ep.counters["rekeys_started"] += 1
                 self.handshake_attempt = 0
                 self.start_handshake(now)
+            if self.migration is not None and now >= self.migration[2]:
+                self.revert_migration(now)
+            if self.agent is not None:
+                self.agent.handle_timer(now, self.stream.oldest_unacked_sent_at())
+                self.run_agent(now)
         ep.mark_dirty(self)
 
     def send_ping(self, now: float) -> int:
@@ -296,11 +340,15 @@ class PeerConnection:
             self.confirm_next()
         if not self.announced and self.current is not None and self.state is PeerState.CONNECTING:
             self.announce(now)
-        if newest and addr != self.address:
-            old, self.address = self.address, addr
-            ep.counters["address_changes"] += 1
-            ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=addr))
+        if is_path_packet(plaintext):
+            if self.state is PeerState.CONNECTED:
+                self.on_path_packet(plaintext, addr, now)
+            ep.mark_dirty(self)
+            return
+        if newest and not same_path(addr, self.address):
+            self.on_new_address(addr, now)
         if plaintext:
+            acked = self.stream.largest_acked
             try:
                 self.stream.receive_payload(plaintext, now)
             except DecodeError:
@@ -310,8 +358,204 @@ class PeerConnection:
                 ep.counters["protocol_violations"] += 1
                 self.fail(f"protocol violation by peer: {exc}", now)
                 return
+            if self.agent is not None and self.stream.largest_acked > acked:
+                self.agent.on_ack_progress(now)
             self.drain_stream(now)
         ep.mark_dirty(self)
+
+    # -- paths (NAT traversal) ---------------------------------------------------------------------
+
+    def start_traversal(self, now: float) -> None:
+        ep = self.endpoint
+        if not ep.traversal_enabled:
+            return
+        kind = ep.kind_of(self, self.address)
+        if kind != "direct":
+            self.relay_path = self.address
+        self.agent = TraversalAgent(
+            ep.traversal_config,
+            controlling=ep.peer_id.key < self.peer_id.key,
+            rng=ep.rng,
+            now=now,
+            direct=udp_address(self.address) if kind == "direct" else None,
+            pinned=self.pinned,
+        )
+        self.agent.has_fallback = self.relay_path is not None
+        self.agent.set_local(ep.local_candidates, ep.nat_type, now)
+        self.agent.start(now)
+        self.run_agent(now)
+
+    def path_kind(self) -> str:
+        return self.endpoint.kind_of(self, self.address)
+
+    def path_reason(self) -> str | None:
+        if self.path_kind() == "direct":
+            return None
+        if self.pinned:
+            return "pinned to the relay (connected with path=relay)"
+        if self.agent is None:
+            return "NAT traversal is disabled"
+        return self.agent.reason
+
+    def send_path(self, frames: list[PathFrame], address: PathAddress) -> None:
+        session = self.current
+        if session is None or self.finished:
+            return
+        self.endpoint.transmit(session.seal(encode_path_frames(frames)), address)
+        self.endpoint.counters["path_packets_sent"] += 1
+
+    def run_agent(self, now: float) -> None:
+        agent = self.agent
+        if agent is None:
+            return
+        ep = self.endpoint
+        while (action := agent.next_action()) is not None:
+            if isinstance(action, SendChallenge):
+                self.send_path([PathChallenge(action.token)], DirectAddress(action.address))
+                ep.counters["path_challenges_sent"] += 1
+            elif isinstance(action, SendCandidates):
+                frame = Candidates(
+                    action.round, action.reply, agent.mode is Mode.PINNED, ep.nat_type, ep.local_candidates
+                )
+                self.send_path([frame], self.address)
+            elif isinstance(action, UseDirect):
+                self.switch_to(DirectAddress(action.address), now, None)
+            elif isinstance(action, UseRelay) and self.relay_path is not None:
+                self.switch_to(self.relay_path, now, action.reason)
+
+    def switch_to(self, address: PathAddress, now: float, reason: str | None) -> None:
+        """Send on another path from now on. The stream is path-independent: nothing is lost or
+        reordered; what was in flight goes again on the new path."""
+        ep = self.endpoint
+        old = self.address
+        if old == address:
+            return
+        if ep.kind_of(self, old) != "direct" and ep.kind_of(self, address) == "direct":
+            self.relay_path = old
+        self.address = address
+        self.migration = None
+        self.pending_switch = None
+        self.path_since = now
+        if self.agent is not None:
+            self.agent.has_fallback = self.relay_path is not None
+        self.stream.on_path_changed(now)
+        if self.state is PeerState.CONNECTED:
+            # An ack-eliciting packet on the new path at once: the peer follows on it (and we get
+            # a first RTT sample of the path).
+            self.stream.send_ping(INTERNAL_PATH_PING, now)
+        kind = ep.kind_of(self, address)
+        ep.counters[f"path_switches_to_{kind}"] += 1
+        ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=address))
+        ep.emit(ev.PathChanged(peer_id=self.peer_id, address=address, kind=kind, reason=reason))
+        ep.mark_dirty(self)
+
+    def on_new_address(self, addr: PathAddress, now: float) -> None:
+        """The newest authenticated packet came from another address than we send to.
+
+        A relay path (keyed relay, TURN, or the path we came from) is followed at once: only the
+        peer can send there, the relay having authenticated it. A direct address is followed once
+        validated (a PATH_CHALLENGE answered): an on-path attacker replaying a packet from its own
+        address must not redirect the connection. A NAT rebinding of a direct path is followed at
+        once and reverted if the new address does not validate (RFC 9000 §9.3)."""
+        ep = self.endpoint
+        agent = self.agent
+        udp = udp_address(addr)
+        kind = ep.kind_of(self, addr)
+        if agent is None or agent.mode is Mode.PINNED or agent.remote_pinned:
+            # No traversal on this connection: follow the peer wherever it sends from.
+            old, self.address = self.address, addr
+            ep.counters["address_changes"] += 1
+            ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=addr))
+            return
+        if (
+            kind != "direct"
+            or udp is None
+            or (self.relay_path is not None and same_path(addr, self.relay_path))
+        ):
+            was_direct = self.path_kind() == "direct"
+            if was_direct and now < self.path_since + ep.traversal_config.dead_after:
+                # Packets the peer sent on the relay before it saw ours on the direct path: the
+                # peer only leaves a direct path after dead_after without acknowledgements.
+                ep.counters["relay_packets_after_switch"] += 1
+                return
+            self.switch_to(addr, now, "the peer moved to the relay" if was_direct else None)
+            if was_direct:
+                agent.adopt_relay(
+                    now, "the peer moved back to the relay (its direct checks or liveness failed)"
+                )
+            return
+        if agent.is_validated(udp):
+            self.switch_to(DirectAddress(udp), now, None)
+            agent.adopt_direct(udp, now)
+            return
+        until = self.blocked.get(udp)
+        if until is not None and now < until:
+            return
+        if self.path_kind() == "direct" and self.relay_path is None:
+            # A NAT rebinding: follow at once (the session must survive it), validate, revert on failure.
+            old = self.address
+            self.address = DirectAddress(udp) if isinstance(old, DirectAddress) else addr
+            self.migration = (old, udp, now + MIGRATION_VALIDATION_TIME)
+            ep.counters["address_changes"] += 1
+            ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=self.address))
+            if agent.direct is not None:
+                agent.direct = udp
+        else:
+            self.pending_switch = udp
+        agent.validate(udp, now)
+        self.run_agent(now)
+
+    def revert_migration(self, now: float) -> None:
+        assert self.migration is not None
+        previous, new, _ = self.migration
+        self.migration = None
+        self.blocked[new] = now + MIGRATION_BLOCK_TIME
+        while len(self.blocked) > MAX_BLOCKED:
+            del self.blocked[next(iter(self.blocked))]
+        old, self.address = self.address, previous
+        if self.agent is not None and self.agent.direct is not None:
+            self.agent.direct = udp_address(previous)
+        self.endpoint.counters["migrations_reverted"] += 1
+        self.endpoint.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=previous))
+
+    def on_path_packet(self, plaintext: bytes, addr: PathAddress, now: float) -> None:
+        ep = self.endpoint
+        try:
+            frames = decode_path_frames(plaintext)
+        except DecodeError:
+            ep.counters["drop_malformed_path_frames"] += 1
+            return
+        agent = self.agent
+        udp = udp_address(addr)
+        for frame in frames:
+            if isinstance(frame, PathChallenge):
+                ep.counters["path_challenges_answered"] += 1
+                self.send_path([PathResponse(frame.token)], DirectAddress(udp) if udp is not None else addr)
+                if agent is not None and udp is not None and not isinstance(addr, TurnAddress):
+                    agent.on_challenge(udp, now)
+            elif isinstance(frame, PathResponse):
+                if agent is None:
+                    continue
+                validated = agent.on_response(frame.token, now)
+                if validated is None:
+                    ep.counters["drop_unknown_path_response"] += 1
+                    continue
+                if self.migration is not None and self.migration[1] == validated:
+                    self.migration = None
+                if self.pending_switch == validated and self.path_kind() != "direct":
+                    self.switch_to(DirectAddress(validated), now, None)
+                    agent.adopt_direct(validated, now)
+            elif isinstance(frame, Candidates) and agent is not None:
+                current = udp_address(self.address)
+                relayed = {c.address for c in frame.candidates if c.kind is CandidateType.RELAY}
+                if agent.mode is Mode.DIRECT and current in relayed:
+                    # We took the peer's TURN relayed address for a direct one: we are relayed.
+                    self.relay_path = self.address
+                    agent.adopt_relay(now, "connected through the peer's TURN relay")
+                agent.on_candidates(
+                    frame.round, frame.reply, frame.pinned, frame.nat_type, frame.candidates, now
+                )
+        self.run_agent(now)
 
     def announce(self, now: float) -> None:
         self.endpoint.promote(self)
@@ -324,6 +568,7 @@ class PeerConnection:
         self.endpoint.emit(
             ev.PeerConnected(peer_id=self.peer_id, address=self.address, initiator=self.initiator)
         )
+        self.start_traversal(now)
 
     def drain_stream(self, now: float) -> None:
         ep = self.endpoint
@@ -415,6 +660,8 @@ class PeerConnection:
             packets_sent=s.packets_sent,
             packets_lost=s.packets_lost,
             cwnd=s.cwnd,
+            path=self.path_kind(),
+            path_reason=self.path_reason(),
         )
 
 
@@ -428,6 +675,7 @@ class Endpoint:
         *,
         rng: random.Random,
         wall_offset: float = 0.0,
+        traversal: TraversalConfig | None = None,
     ) -> None:
         self.identity = identity
         self.peer_id = identity.peer_id
@@ -456,6 +704,13 @@ class Endpoint:
         self._events: deque[ev.Event] = deque()
         self.out: list[tuple[bytes, PathAddress]] = []
         self.counters: Counter[str] = Counter()
+        # NAT traversal: our candidates (the shell keeps them current) and whether the runtime
+        # sends a plain address through a TURN route (a query of shell state, no I/O).
+        self.traversal_config = traversal if traversal is not None else TraversalConfig()
+        self.traversal_enabled = config.enable_nat_traversal
+        self.local_candidates: tuple[Candidate, ...] = ()
+        self.nat_type = ""
+        self.is_routed: Callable[[Address], bool] = lambda _address: False
 
     # -- plumbing used by PeerConnection -------------------------------------------------------
 
@@ -476,6 +731,40 @@ class Endpoint:
 
     def release_index(self, index: int) -> None:
         self._indexes.pop(index, None)
+
+    def kind_of(self, conn: PeerConnection, address: PathAddress) -> str:
+        """``direct``, ``turn`` or ``keyed``: how packets to ``address`` travel."""
+        kind = path_kind(address)
+        if kind != "direct" or isinstance(address, DirectAddress):
+            return kind
+        assert isinstance(address, Address)
+        if self.is_routed(address):
+            return "turn"
+        agent = conn.agent
+        if agent is not None:
+            cand = agent.remote.get(address)
+            if cand is not None and cand.kind is CandidateType.RELAY:
+                return "turn"  # the peer's TURN relayed address
+        return "direct"
+
+    def set_local_candidates(self, candidates: list[Candidate], nat_type: str, now: float) -> None:
+        """Our candidates (host, server-reflexive, relayed) and NAT type, as the shell learns them."""
+        self.local_candidates = tuple(dict.fromkeys(candidates))[:16]
+        self.nat_type = nat_type
+        for conn in self._peers.values():
+            if conn.agent is not None and not conn.finished:
+                conn.agent.set_local(self.local_candidates, nat_type, now)
+                conn.run_agent(now)
+
+    def set_relay_path(self, peer_id: PeerId, address: PathAddress) -> bool:
+        """Give a direct connection a relay path to fall back to (e.g. the keyed relay)."""
+        conn = self._peers.get(peer_id)
+        if conn is None or conn.finished or conn.relay_path is not None:
+            return False
+        conn.relay_path = address
+        if conn.agent is not None:
+            conn.agent.has_fallback = True
+        return True
 
     def transmit(self, data: bytes, address: PathAddress) -> None:
         self.out.append((data, address))
@@ -574,11 +863,18 @@ class Endpoint:
     # -- commands -----------------------------------------------------------------------------
 
     def connect(
-        self, peer_id: PeerId, address: PathAddress, now: float, timeout: float | None = None
+        self,
+        peer_id: PeerId,
+        address: PathAddress,
+        now: float,
+        timeout: float | None = None,
+        *,
+        pinned: bool = False,
     ) -> PeerState:
         """Start connecting (idempotent). Returns the connection's state after the call.
 
-        The handshake is retried until ``timeout`` (default: ``config.connect_timeout``)."""
+        The handshake is retried until ``timeout`` (default: ``config.connect_timeout``). A
+        ``pinned`` connection stays on the path it is established on (no NAT traversal)."""
         if peer_id == self.peer_id:
             raise LocalProtocolError("a node cannot connect to itself")
         conn = self._peers.get(peer_id)
@@ -591,6 +887,7 @@ class Endpoint:
         conn = PeerConnection(self, peer_id, address, self.rng.randbytes(8), initiator=True, now=now)
         if timeout is not None:
             conn.connect_deadline = now + timeout
+        conn.pinned = pinned
         self._peers[peer_id] = conn
         conn.start_handshake(now)
         self.counters["connects_started"] += 1
@@ -663,7 +960,7 @@ class Endpoint:
         """The shell's send failed with EMSGSIZE: tell the stream of the peer at that address."""
         self.counters["drop_emsgsize"] += 1
         for conn in self._peers.values():
-            if conn.address == address and conn.current is not None:
+            if udp_address(conn.address) == address and conn.current is not None:
                 conn.stream.on_datagram_too_big(size, now)
                 self.mark_dirty(conn)
 
@@ -856,3 +1153,12 @@ class Endpoint:
             self.counters["drop_malformed"] += 1
             return
         self.emit(ev.IdentityResolved(address=addr, nonce=nonce, peer_id=peer))
+
+
+def same_path(a: PathAddress, b: PathAddress) -> bool:
+    """Whether packets from ``a`` come by the path we send to at ``b``: a plain and a direct
+    address of one UDP endpoint are the same path; a TURN or keyed relay path is only itself."""
+    if a == b:
+        return True
+    direct = (Address, DirectAddress)
+    return isinstance(a, direct) and isinstance(b, direct) and udp_address(a) == udp_address(b)

@@ -72,6 +72,16 @@ class IdentityResolved:
     peer_id: PeerId | None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathChanged:
+    """NAT traversal moved a connection: to a direct path, or back to a relay (``reason`` says why)."""
+
+    peer_id: PeerId
+    address: PathAddress
+    kind: str  # "direct", "turn" or "keyed"
+    reason: str | None
+
+
 Event = (
     PeerConnected
     | PeerDisconnected
@@ -81,4 +91,5 @@ Event = (
     | SendReady
     | AddressChanged
     | IdentityResolved
+    | PathChanged
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import time
@@ -24,11 +25,16 @@ from .errors import (
     MeshError,
     PeerNotFound,
 )
+from .hostaddrs import host_addresses
 from .identity import Identity, PeerId, load_or_create_identity
-from .paths import PathAddress, RelayAddress
+from .paths import PathAddress, RelayAddress, udp_address
 from .runtime import UdpRuntime, open_udp_socket
+from .traversal import Candidate, CandidateType, TraversalConfig
 
 if TYPE_CHECKING:
+    from .dht.events import LookupFinished
+    from .dht.records import PeerRecord
+    from .dht.service import DhtService
     from .discovery.base import DiscoveredPeer, DiscoveryService
     from .netcheck import Netchecker
     from .netreport import NetcheckReport
@@ -43,9 +49,11 @@ _STATE_MAP = {
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
 STOP_LINGER = 2.0
+CANDIDATE_REFRESH = 5.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
+_CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
 DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
 DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
-MAX_DISCOVERED_TRIES = 4  # addresses of one peer tried when connecting by PeerId alone
+MAX_DISCOVERED_TRIES = 8  # addresses of one peer tried when connecting by PeerId alone
 
 
 class MeshNode:
@@ -79,6 +87,9 @@ class MeshNode:
         self._started_at: float | None = None
         self._stopping = False
         self._relays: RelayManager | None = None
+        self._dht: DhtService | None = None
+        self._nat_type = ""
+        self._nat_type_set = False
         self._netcheck: Netchecker | None = None
         self._discovery: list[DiscoveryService] = []
 
@@ -119,10 +130,18 @@ class MeshNode:
             return
         loop = asyncio.get_running_loop()
         sock = open_udp_socket(self.config.listen_address, self.config.socket_buffer_size)
+        cfg = self.config
+        traversal = TraversalConfig(
+            dead_after=cfg.path_dead_after,
+            retry_initial=min(2.0, cfg.traversal_retry_max),
+            retry_max=cfg.traversal_retry_max,
+        )
         self._endpoint = Endpoint(
-            self._identity, self.config, rng=self._rng, wall_offset=time.time() - loop.time()
+            self._identity, cfg, rng=self._rng, wall_offset=time.time() - loop.time(), traversal=traversal
         )
         self._runtime = UdpRuntime(self._endpoint, sock, self._on_event)
+        runtime = self._runtime
+        self._endpoint.is_routed = lambda address: address in runtime.routes
         self._runtime.start()
         if self.config.keyed_relay_urls or self.config.relay_servers:
             from .relays import RelayManager  # imported lazily: only nodes with relays need it
@@ -136,9 +155,23 @@ class MeshNode:
                 wall_offset=time.time() - loop.time(),
             )
             await self._relays.start()
+        if self.config.dht:
+            from .dht.service import DhtService  # imported lazily: a node may run without the DHT
+
+            self._dht = DhtService(
+                self._identity,
+                self.config,
+                self._runtime,
+                addresses=self._record_addresses,
+                connected_peers=self._direct_peers,
+                rng=self._rng,
+            )
+            self._dht.start(self.config.bootstrap_addresses)
         await self._start_netcheck_and_discovery()
         self._started_at = time.time()
         self._stopping = False
+        self._refresh_candidates()
+        self._spawn(self._keep_candidates_current())
         log.info("node started", extra={"peer_id": str(self.peer_id), "address": str(self.local_address)})
         for entry in self.config.bootstrap_addresses:
             if entry.peer_id is not None:
@@ -158,6 +191,9 @@ class MeshNode:
         deadline = runtime.now() + STOP_LINGER
         while any(s.state is PeerState.CLOSING for s in endpoint.snapshots()) and runtime.now() < deadline:
             await asyncio.sleep(0.01)
+        if self._dht is not None:
+            await self._dht.stop()
+            self._dht = None
         if self._relays is not None:
             await self._relays.stop()
             self._relays = None
@@ -191,7 +227,8 @@ class MeshNode:
         """Connect to a peer (or return the existing connection).
 
         ``peer`` is a PeerId, its text, or ``PEERID@HOST:PORT``; ``addr`` gives the address when
-        ``peer`` does not. Until discovery is configured, an address must be known.
+        ``peer`` does not. A PeerId alone is resolved through the DHT (its signed record lists the
+        peer's candidates, tried in turn); :class:`PeerNotFound` when the network has no live record.
 
         ``path``: ``"direct"`` (UDP to the address only), ``"relay"`` (through a relay only), or
         ``"auto"``: directly first, then through a relay if no direct handshake completes within
@@ -205,7 +242,7 @@ class MeshNode:
             known = self.get_connection(wanted)
             if known is not None:
                 return known
-            if self._discovery:
+            if self._dht is not None or self._discovery:
                 return await self._connect_discovered(wanted, timeout=timeout, path=path)
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
@@ -237,7 +274,7 @@ class MeshNode:
         fut: asyncio.Future[Connection] = loop.create_future()
         self._connect_waiters.setdefault(peer_id, []).append(fut)
         try:
-            endpoint.connect(peer_id, first, runtime.now(), timeout=timeout)
+            endpoint.connect(peer_id, first, runtime.now(), timeout=timeout, pinned=path == "relay")
         except LocalProtocolError as exc:
             self._connect_waiters[peer_id].remove(fut)
             raise ConnectionFailed(str(exc)) from None
@@ -255,6 +292,118 @@ class MeshNode:
             waiters = self._connect_waiters.get(peer_id)
             if waiters and fut in waiters:
                 waiters.remove(fut)
+
+    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
+        """Find ``peer_id``'s addresses, then connect to them in turn.
+
+        The registered discovery services (mDNS: local and quick) are asked first, then the DHT.
+        When neither knows the peer but a service is registered, the services are asked again
+        until the connect timeout: an mDNS browse answers within a second or so."""
+        runtime, _ = self._require_running()
+        loop = asyncio.get_running_loop()
+        budget = self.config.connect_timeout if timeout is None else timeout
+        search_deadline = loop.time() + budget
+        candidates = await self._discovered_addresses(peer_id)
+        not_found: PeerNotFound | None = None
+        if self._dht is not None:
+            try:
+                found = await self.resolve(peer_id)
+            except PeerNotFound as exc:
+                not_found = exc
+            else:
+                candidates += [
+                    a for a in found if a not in candidates and runtime.unreachable_reason(a) is None
+                ]
+        while not candidates and self._discovery and loop.time() < search_deadline:
+            await asyncio.sleep(DISCOVERY_POLL)
+            candidates = await self._discovered_addresses(peer_id)
+        if not candidates:
+            if not_found is not None:
+                raise not_found
+            raise PeerNotFound(f"no address known for {peer_id}: no discovery source found it")
+        candidates = candidates[:MAX_DISCOVERED_TRIES]
+        if path == "relay":
+            return await self.connect(peer_id, candidates[0], timeout=budget, path="relay")
+        deadline = loop.time() + budget
+        errors: list[str] = []
+        for i, address in enumerate(candidates):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            last = i == len(candidates) - 1
+            # Earlier candidates get a fair share and direct UDP only; the last one gets what is
+            # left and, with path="auto", the relay fallback.
+            share = remaining if last else max(remaining / (len(candidates) - i), min(1.0, remaining))
+            try:
+                return await self.connect(peer_id, address, timeout=share, path=path if last else "direct")
+            except ConnectionFailed as exc:
+                errors.append(f"{address}: {exc}")
+        raise ConnectionFailed(f"could not connect to {peer_id}: {'; '.join(errors) or 'timed out'}")
+
+    async def lookup(self, peer: PeerId | str, *, timeout: float | None = None) -> PeerRecord:
+        """The live signed record of ``peer``, found through the DHT; :class:`PeerNotFound` if none."""
+        result = await self._lookup(peer, timeout)
+        if result.record is None:
+            raise PeerNotFound(f"no live record of {result.target} in the network")
+        return result.record
+
+    async def resolve(self, peer: PeerId | str, *, timeout: float | None = None) -> list[Address]:
+        """Addresses to try for ``peer``: its record's candidates, and where the DHT has seen it.
+
+        Loopback candidates come only when this node is on loopback itself or the peer offers
+        nothing else: a loopback address names a different host for every node that reads it."""
+        result = await self._lookup(peer, timeout)
+        found: list[Address] = []
+        if result.record is not None:
+            for kind, text in result.record.addresses:
+                if kind in ("host", "srflx", "relay") and "://" not in text:
+                    with contextlib.suppress(InvalidAddress):
+                        found.append(parse_address(text, allow_names=False))
+        found.extend(addr for pid, addr in result.closest if pid == result.target)
+        if not found:
+            raise PeerNotFound(f"no live record of {result.target} in the network")
+        unique = list(dict.fromkeys(found))
+        local = self._runtime is not None and _is_loopback(self._runtime.local_address)
+        remote = [a for a in unique if not _is_loopback(a)]
+        if local or not remote:
+            return unique
+        return remote
+
+    async def _lookup(self, peer: PeerId | str, timeout: float | None) -> LookupFinished:
+        self._require_running()
+        peer_id = PeerId.from_text(peer) if isinstance(peer, str) else peer
+        if self._dht is None:
+            raise PeerNotFound(f"cannot look {peer_id} up: the DHT is off (MeshConfig.dht)")
+        return await self._dht.lookup(peer_id, timeout=timeout)
+
+    def advertised_addresses(self) -> list[Address]:
+        """Where peers can reach this node directly: ``advertise_addresses`` if configured, else the
+        bound address (a wildcard expanded to the host's addresses, see :mod:`coremesh.hostaddrs`)."""
+        if self.config.advertised:
+            return list(self.config.advertised)
+        if self._runtime is None:
+            return []
+        return host_addresses(self._runtime.local_address)
+
+    def _record_addresses(self) -> list[tuple[str, str]]:
+        """The candidates this node publishes in its signed record, best first."""
+        out = [("host", str(a)) for a in self.advertised_addresses()]
+        if self._relays is not None:
+            for cand in self._relays.candidates():
+                kind = "srflx" if cand["type"] == "srflx" else "relay"
+                out.append((kind, cand["address"]))
+            out.extend(("keyed", url) for url in self._relays.registered_keyed_urls())
+        return out
+
+    def _direct_peers(self) -> list[tuple[PeerId, Address]]:
+        """Connected peers with a direct address: who the DHT gossips records to."""
+        return [(p.peer_id, p.address) for p in self.get_peers() if isinstance(p.address, Address)]
+
+    def dht_status(self) -> dict[str, Any]:
+        """Routing table size, records, what this node published, counters (drops by reason)."""
+        if self._dht is None:
+            return {"enabled": False}
+        return self._dht.status()
 
     async def _turn_route(self, address: Address) -> object | None:
         """Route ``address`` through a TURN allocation (channel bound); None if none can carry it."""
@@ -301,6 +450,47 @@ class MeshNode:
         if self._relays is not None:
             out.extend(self._relays.candidates())
         return out
+
+    def set_nat_type(self, description: str) -> None:
+        """What NAT discovery (netcheck) found about our NAT; peers see it, and ``reason`` cites it."""
+        self._nat_type = description[:48]
+        self._nat_type_set = True  # given by hand: netcheck results no longer override it
+        self._refresh_candidates()
+
+    def _traversal_candidates(self) -> list[Candidate]:
+        """Our candidates for NAT traversal: the listen addresses (the interface addresses when
+        listening on a wildcard), then what the relays report."""
+        if self._runtime is None:
+            return []
+        bound = self._runtime.local_address
+        out = [Candidate(CandidateType.HOST, a) for a in host_addresses(bound, include_loopback=False)]
+        if self._relays is not None:
+            for entry in self._relays.candidates():
+                kind = _CANDIDATE_TYPES.get(entry["type"])
+                try:
+                    address = parse_address(entry["address"])
+                except InvalidAddress:
+                    continue
+                if kind is not None:
+                    out.append(Candidate(kind, address))
+        return out
+
+    def _refresh_candidates(self) -> None:
+        runtime, endpoint = self._runtime, self._endpoint
+        if runtime is None or endpoint is None:
+            return
+        candidates = self._traversal_candidates()
+        if tuple(candidates) != endpoint.local_candidates or self._nat_type != endpoint.nat_type:
+            endpoint.set_local_candidates(candidates, self._nat_type, runtime.now())
+            runtime.pump()
+
+    async def _keep_candidates_current(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(CANDIDATE_REFRESH)
+            report = self._netcheck.last if self._netcheck is not None else None
+            if report is not None and report.error is None and not self._nat_type_set:
+                self._nat_type = report.nat_type[:48]  # what netcheck measured, told to peers
+            self._refresh_candidates()
 
     def relay_status(self) -> dict[str, Any]:
         return self._relays.status() if self._relays is not None else {}
@@ -355,7 +545,9 @@ class MeshNode:
                     peer_id=snap.peer_id,
                     address=snap.address,
                     state=_STATE_MAP[snap.state],
-                    path=self._path_of(snap.address),
+                    path="direct" if snap.path == "direct" else "relay",
+                    via=snap.path,
+                    reason=snap.path_reason,
                     rtt=snap.rtt,
                     initiator=snap.initiator,
                     connected_at=(snap.connected_at or 0.0) + wall,
@@ -389,11 +581,29 @@ class MeshNode:
             raise ConnectionFailed(f"no answer to ping from {peer_id} within {timeout:g}s") from None
         finally:
             self._ping_waiters.pop((peer_id, token), None)
-        conn = self.get_connection(peer_id)
-        return PingResult(rtt=rtt, path=self._path_of(conn.remote_address) if conn else "direct")
+        snap = endpoint.snapshot(peer_id)
+        if snap is None:
+            return PingResult(rtt=rtt, path="direct")
+        return PingResult(
+            rtt=rtt,
+            path="direct" if snap.path == "direct" else "relay",
+            reason=snap.path_reason,
+            via=snap.path,
+        )
 
-    def _path_of(self, address: PathAddress) -> str:
+    def path_info(self, peer: PeerId) -> tuple[str, str | None]:
+        """How packets to ``peer`` travel (``direct``, ``turn`` or ``keyed``) and, when relayed, why."""
+        snap = self._endpoint.snapshot(peer) if self._endpoint is not None else None
+        if snap is None:
+            return "direct", None
+        return snap.path, snap.path_reason
+
+    def _path_of(self, address: PathAddress, peer: PeerId | None = None) -> str:
         """``relay`` when a relay carries the traffic (keyed relay, or a TURN route), else ``direct``."""
+        if peer is not None and self._endpoint is not None:
+            snap = self._endpoint.snapshot(peer)
+            if snap is not None:
+                return "direct" if snap.path == "direct" else "relay"
         if isinstance(address, RelayAddress):
             return "relay"
         if self._runtime is not None and address in self._runtime.routes:
@@ -477,8 +687,21 @@ class MeshNode:
             conn = self._connections.get(event.peer_id)
             if conn is not None:
                 conn._set_address(event.new)
-                conn.path = self._path_of(event.new)
+                conn.path = self._path_of(event.new, event.peer_id)
             log.info("peer address changed", extra={"peer_id": str(event.peer_id), "address": str(event.new)})
+        elif isinstance(event, ev.PathChanged):
+            conn = self._connections.get(event.peer_id)
+            if conn is not None:
+                conn.path = "direct" if event.kind == "direct" else "relay"
+            log.info(
+                "path changed",
+                extra={
+                    "peer_id": str(event.peer_id),
+                    "path": event.kind,
+                    "address": str(event.address),
+                    "reason": event.reason,
+                },
+            )
         elif isinstance(event, ev.IdentityResolved):
             fut2 = self._probe_waiters.pop(event.nonce, None)
             if fut2 is not None and not fut2.done():
@@ -489,7 +712,11 @@ class MeshNode:
         if old is not None:
             old._mark_closed("replaced by a new connection")
         conn = Connection(self, event.peer_id, event.address, initiator=event.initiator)
-        conn.path = self._path_of(event.address)
+        conn.path = self._path_of(event.address, event.peer_id)
+        keyed = self._relays.keyed_relay() if self._relays is not None else None
+        if keyed is not None and self._endpoint is not None and conn.path == "direct":
+            # A direct connection can still fall back: to the keyed relay, if its path dies.
+            self._endpoint.set_relay_path(event.peer_id, RelayAddress(keyed, event.peer_id))
         self._connections[event.peer_id] = conn
         for fut in self._connect_waiters.pop(event.peer_id, []):
             if not fut.done():
@@ -499,10 +726,11 @@ class MeshNode:
     def _on_disconnected(self, event: ev.PeerDisconnected) -> None:
         conn = self._connections.pop(event.peer_id, None)
         address = conn.remote_address if conn is not None else None
-        if address is not None and self._runtime is not None and isinstance(address, Address):
-            self._runtime.routes.pop(address, None)
+        udp = udp_address(address) if address is not None else None
+        if udp is not None and self._runtime is not None:
+            self._runtime.routes.pop(udp, None)
             if self._relays is not None:
-                self._relays.forget(address)
+                self._relays.forget(udp)
         if conn is not None:
             conn._mark_closed(event.reason)
         for key, fut in list(self._ping_waiters.items()):
@@ -577,29 +805,6 @@ class MeshNode:
                     out.append(address)
         return out
 
-    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
-        timeout = self.config.connect_timeout if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # A source may find the peer a moment later (an mDNS browse answers within a second):
-        # ask again until the connect timeout.
-        while not (addresses := await self._discovered_addresses(peer_id)):
-            if loop.time() >= deadline:
-                raise PeerNotFound(
-                    f"no address known for {peer_id}: no discovery source found it within {timeout:g}s"
-                )
-            await asyncio.sleep(DISCOVERY_POLL)
-        timeout = max(deadline - loop.time(), 1.0)
-        tried = addresses[:MAX_DISCOVERED_TRIES]
-        share = max(timeout / len(tried), 1.0)
-        errors = []
-        for address in tried:
-            try:
-                return await self.connect(peer_id, address, timeout=share, path=path)
-            except ConnectionFailed as exc:
-                errors.append(f"{address}: {exc}")
-        raise ConnectionFailed(f"cannot connect to {peer_id} at any discovered address ({'; '.join(errors)})")
-
     async def _start_netcheck_and_discovery(self) -> None:
         runtime, _ = self._require_running()
         servers = self.config.stun_addresses
@@ -670,3 +875,10 @@ class MeshNode:
                     continue
             await conn.wait_closed()
             await asyncio.sleep(delay)
+
+
+def _is_loopback(address: Address) -> bool:
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return False

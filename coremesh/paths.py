@@ -1,8 +1,15 @@
-"""Where a peer's packets go: a UDP address, or a keyed mesh relay addressed by PeerId.
+"""Where a peer's packets go: a UDP address, or a relay.
 
-The endpoint core treats both as opaque, hashable destinations; the asyncio runtime routes a
-:class:`RelayAddress` to the relay client, and an :class:`~coremesh.addr.Address` to the UDP socket
-(directly, or wrapped for a TURN server when the runtime has a TURN route for it).
+The endpoint core treats every kind as an opaque, hashable destination; the asyncio runtime routes
+them:
+
+* :class:`~coremesh.addr.Address`: UDP to that address, wrapped for a TURN server when the runtime
+  has a TURN route for it (how a pending connect falls back to TURN);
+* :class:`DirectAddress`: UDP straight to that address, whatever the routes say (connectivity
+  checks, and a connection that NAT traversal moved to a direct path);
+* :class:`TurnAddress`: a packet that arrived unwrapped from our TURN allocation, so that the core
+  can tell it from one that came directly (replies go through the TURN route when there is one);
+* :class:`RelayAddress`: the keyed mesh relay, by PeerId.
 """
 
 from __future__ import annotations
@@ -27,8 +34,51 @@ class RelayAddress(NamedTuple):
         return f"{self.relay}#{self.peer.short()}"
 
 
-PathAddress = Address | RelayAddress
+class DirectAddress(NamedTuple):
+    """UDP straight to ``address``, never through a relay route."""
+
+    address: Address
+
+    @property
+    def is_ipv6(self) -> bool:
+        return self.address.is_ipv6
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+class TurnAddress(NamedTuple):
+    """A peer at ``peer`` whose packets reach us through our TURN allocation at ``server``."""
+
+    server: Address
+    peer: Address
+
+    @property
+    def is_ipv6(self) -> bool:
+        return self.peer.is_ipv6
+
+    def __str__(self) -> str:
+        return f"{self.peer} via TURN {self.server}"
+
+
+PathAddress = Address | RelayAddress | DirectAddress | TurnAddress
+
+
+def udp_address(address: PathAddress) -> Address | None:
+    """The UDP address of the peer behind a path (None for the keyed relay)."""
+    if isinstance(address, RelayAddress):
+        return None
+    if isinstance(address, DirectAddress):
+        return address.address
+    if isinstance(address, TurnAddress):
+        return address.peer
+    return address
 
 
 def path_kind(address: PathAddress) -> str:
-    return "relay" if isinstance(address, RelayAddress) else "direct"
+    """``keyed``, ``turn`` or ``direct`` (a plain Address may still be TURN-routed by the runtime)."""
+    if isinstance(address, RelayAddress):
+        return "keyed"
+    if isinstance(address, TurnAddress):
+        return "turn"
+    return "direct"

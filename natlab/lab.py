@@ -4,6 +4,7 @@ the routers, runs processes inside hosts, changes links, and takes everything do
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -298,9 +300,22 @@ class Lab:
 
         for ns in self.plan.namespaces:
             netns.create(ns)
+        # No duplicate address detection: a tentative link-local address makes the first packets
+        # of a test wait for neighbour discovery. Switches need no IPv6 at all.
+        no_dad = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+        for switch in self.plan.switches.values():
+            write_sysctls(
+                switch.netns,
+                {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
+            )
+        for node in self.plan.nodes.values():
+            sysctls = rules.router_sysctls(node) if node.router is not None else rules.host_sysctls()
+            write_sysctls(
+                node.netns, {**no_dad, **{k: v for k, v in sysctls.items() if "netfilter" not in k}}
+            )
         for switch in self.plan.switches.values():
             with IPRoute(netns=switch.netns, flags=0) as ipr:
-                ipr.link("add", ifname="br0", kind="bridge")
+                ipr.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for node in self.plan.nodes.values():
             with IPRoute(netns=node.netns, flags=0) as ipr:
@@ -389,9 +404,6 @@ class Lab:
         lines = []
         sysctls = rules.router_sysctls(node) if node.router is not None else rules.host_sysctls()
         late = {k: v for k, v in sysctls.items() if k.startswith("net.netfilter.")}
-        for key, value in sysctls.items():
-            if key not in late:
-                lines.append(f"echo {value} > /proc/sys/{key.replace('.', '/')}")
         if node.router is not None:
             if self.topology.network(node.router.lan).ipv4:
                 iptables = rules.router_iptables(self.plan, node, self.rng)
@@ -499,6 +511,35 @@ class Lab:
             lines.append(f"  {node.kind:6} {node.name:12} netns {node.netns}: {addresses}{extra}")
         lines.append(f"shell: ip netns exec {self.prefix}-NODE bash   (or coremesh-natlab exec NODE -- CMD)")
         return "\n".join(lines)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def write_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Write ``/proc/sys`` entries of a namespace from a short-lived thread that enters it (setns
+    changes only the calling thread; that thread then ends, so no other thread ever moves)."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {netns}")
+            for key, value in values.items():
+                with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+                    f.write(value)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=work, name=f"sysctl-{netns}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise LabError(f"sysctl in {netns}: {errors[0]}")
 
 
 def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:

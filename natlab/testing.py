@@ -3,12 +3,16 @@ fails the test)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from .lab import Lab, LabError, check_prerequisites
+from .lab import Lab, LabError, Node, check_prerequisites
 from .topology import Topology
 
 
@@ -38,3 +42,32 @@ def natlab() -> Iterator[Callable[..., Lab]]:
     finally:
         for lab in reversed(labs):
             lab.down()
+
+
+def start_stun(
+    node: Node,
+    primary: str = "192.0.2.10",
+    alternate: str | None = "192.0.2.11",
+    *,
+    port: int = 3478,
+    admin: str = "127.0.0.1:9641",
+    timeout: float = 20.0,
+) -> subprocess.Popen[bytes]:
+    """Run the project's relay as an RFC 5780 STUN server in ``node`` (``PRIMARY:PORT`` with the
+    alternate address ``alternate``) and wait until it answers. Stopped with the lab."""
+    listen = f"[{primary}]:{port}" if ":" in primary else f"{primary}:{port}"
+    argv = ["-m", "coremesh_relay", "--listen", listen, "--admin", admin, "--log-level", "warning"]
+    if alternate:
+        argv += ["--alt-address", alternate]
+    proc = node.python(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise LabError(f"the STUN server in {node.name} exited with {proc.returncode}: {err[-500:]}")
+        result = node.run(
+            [sys.executable, "-m", "coremesh_natlab.rtt", listen, "--count", "1", "--timeout", "0.3"]
+        )
+        if json.loads(result.stdout)["lost"] == 0:
+            return proc
+    raise LabError(f"the STUN server in {node.name} did not answer within {timeout}s")

@@ -252,6 +252,17 @@ class Recovery:
                 return True
         return False
 
+    def oldest_sent_time(self) -> float | None:
+        """Send time of the oldest packet in flight (packet numbers grow with time)."""
+        sent = self.sent
+        if not sent:
+            return None
+        first = self._first
+        while first not in sent:
+            first += 1
+        self._first = first
+        return sent[first][0]
+
     def remove_larger_than(self, size: int) -> list[tuple[int, SentRecord]]:
         """Remove and return in-flight packets of at least ``size`` bytes: they could not be sent
         (EMSGSIZE). Not a congestion signal."""

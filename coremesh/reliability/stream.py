@@ -40,6 +40,7 @@ from coremesh.errors import LocalProtocolError, MessageTooLarge, RemoteProtocolE
 from coremesh.reliability.ackrange import DUPLICATE, AckTracker
 from coremesh.reliability.codes import ErrorCode
 from coremesh.reliability.config import INITIAL_MAX_DATA, ReliabilityConfig
+from coremesh.reliability.congestion import NewReno
 from coremesh.reliability.events import (
     CloseAcked,
     CloseReceived,
@@ -63,6 +64,7 @@ from coremesh.reliability.frames import (
 from coremesh.reliability.pmtu import PmtuSearch, PmtuState
 from coremesh.reliability.recovery import F_CLOSE, F_MAX_DATA, F_PING, F_PROBE, Recovery, SentRecord
 from coremesh.reliability.recvbuf import ReceiveBuffer
+from coremesh.reliability.rtt import RttEstimator
 from coremesh.reliability.sendbuf import SendBuffer
 from coremesh.reliability.varint import MAX_VARINT, encode_varint
 
@@ -601,6 +603,32 @@ class ReliableStream:
         lost = self._recovery.remove_larger_than(size)
         if lost:
             self._on_lost(lost, False, now)
+
+    def on_path_changed(self, now: float) -> None:
+        """The connection now sends on another path (RFC 9000 §9.4): RTT, congestion window and path
+        MTU learned on the old one do not hold. What was in flight there goes again on the new path
+        (as lost, without a congestion signal); offsets and order of the stream are unaffected, so
+        the receiver delivers every message exactly once, in order."""
+        cfg = self._config
+        self._pmtu = PmtuSearch(cfg.base_datagram_size, cfg.max_datagram_size, cfg.pmtu_discovery)
+        self._set_datagram_size(cfg.base_datagram_size)
+        self._big_losses = 0
+        recovery = self._recovery
+        lost = recovery.remove_larger_than(0)
+        if lost:
+            self._on_lost(lost, False, now)
+        recovery.rtt = RttEstimator(cfg.initial_rtt, cfg.max_ack_delay)
+        recovery.cc = NewReno(self._mds)
+        recovery.pto_count = 0
+        recovery.loss_time = None
+
+    def oldest_unacked_sent_at(self) -> float | None:
+        """When the oldest ack-eliciting packet still unacknowledged was sent (None: nothing is)."""
+        return self._recovery.oldest_sent_time()
+
+    @property
+    def largest_acked(self) -> int:
+        return self._recovery.largest_acked
 
     # ================================================================================ statistics
 

@@ -35,7 +35,9 @@ from typing import Protocol
 
 from ..addr import Address
 from ..errors import ConfigError, MeshError
+from ..paths import DirectAddress
 from .clock import VirtualClock
+from .nat import Nat
 
 __all__ = [
     "DatagramEndpoint",
@@ -167,6 +169,8 @@ class SimStats:
     queue_dropped: int = 0
     partitioned: int = 0
     undeliverable: int = 0
+    nat_filtered: int = 0
+    blocked: int = 0
     timers: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -219,6 +223,11 @@ class SimNetwork:
         self._seq = itertools.count()
         self._timer_at: dict[Address, tuple[float, int]] = {}  # the live timer entry of each endpoint
         self._stalled = 0  # consecutive events that did not advance virtual time
+        self._nat_of_host: dict[str, Nat] = {}  # private host -> its NAT
+        self._nat_public: dict[str, Nat] = {}  # public IP -> NAT
+        # A firewall hook: datagrams (source as sent on the wire, destination) for which it returns
+        # True are dropped, as an iptables DROP rule would (tests cut one path, not a whole host).
+        self.block: Callable[[Address, Address], bool] | None = None
 
     # ---- topology -------------------------------------------------------------------------------
 
@@ -247,6 +256,13 @@ class SimNetwork:
     @property
     def addresses(self) -> list[Address]:
         return list(self._endpoints)
+
+    def add_nat(self, nat: Nat, private_hosts: list[str]) -> None:
+        """Put ``private_hosts`` behind ``nat``: their packets leave from its public IP, and only
+        what its filtering lets in reaches them (hairpinning is not modelled)."""
+        self._nat_public[nat.public_ip] = nat
+        for host in private_hosts:
+            self._nat_of_host[host] = nat
 
     def set_link(self, a: Address, b: Address, profile: LinkProfile) -> None:
         """Use ``profile`` for datagrams from ``a`` to ``b`` (one direction)."""
@@ -378,6 +394,15 @@ class SimNetwork:
                     if trace is not None:
                         trace(now, src, dst, len(data), Fate.PARTITIONED)
                     return True
+                if self._nat_public and dst.host in self._nat_public:
+                    inside = self._nat_public[dst.host].inbound(src, dst.port, now)
+                    if inside is None:
+                        self.stats.nat_filtered += 1
+                        return True
+                    dst = inside
+                elif self._nat_of_host and dst.host in self._nat_of_host:
+                    self.stats.nat_filtered += 1  # a private address is not routed from outside
+                    return True
                 maybe = self._endpoints.get(dst)
                 if maybe is None:
                     self.stats.undeliverable += 1
@@ -406,8 +431,12 @@ class SimNetwork:
         )
 
     def _flush_one(self, addr: Address, endpoint: DatagramEndpoint, now: float) -> None:
+        nat = self._nat_of_host.get(addr.host) if self._nat_of_host else None
         for data, dst in endpoint.datagrams_to_send(now):
-            self._send(addr, data, dst, now)
+            if isinstance(dst, DirectAddress):  # the endpoint core sends these for path checks
+                dst = dst.address
+            src = nat.outbound(addr, dst, now) if nat is not None else addr
+            self._send(src, data, dst, now)
         t = endpoint.get_timer()
         current = self._timer_at.get(addr)
         if t is None or t == math.inf:
@@ -437,6 +466,9 @@ class SimNetwork:
             stats.partitioned += 1
             if trace is not None:
                 trace(now, src, dst, size, Fate.PARTITIONED)
+            return
+        if self.block is not None and self.block(src, dst):
+            stats.blocked += 1
             return
         rng = self.rng
         if profile.loss and rng.random() < profile.loss:
