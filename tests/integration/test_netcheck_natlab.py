@@ -27,9 +27,9 @@ CASES: dict[str, tuple[Any, str, str, str, bool | None]] = {
     "restricted": ("restricted-cone", EIM, ADF, "restricted cone", False),
     "portrestr": ("port-restricted-cone", EIM, APDF, "port-restricted cone", False),
     "hairpin": (HAIRPIN_CONE, EIM, APDF, "port-restricted cone", True),
-    "addrdep": ("address-dependent", ADF, ADF, "symmetric", False),
-    "symmetric": ("symmetric", APDF, APDF, "symmetric", False),
-    "sequential": ("symmetric-sequential", APDF, APDF, "symmetric", False),
+    "addrdep": ("address-dependent", ADF, ADF, "symmetric (random)", False),
+    "symmetric": ("symmetric", APDF, APDF, "symmetric (random)", False),
+    "sequential": ("symmetric-sequential", APDF, APDF, "symmetric (sequential)", False),
 }
 
 
@@ -85,9 +85,10 @@ def test_netcheck_reports_what_each_nat_does(natlab: Callable[..., Lab]) -> None
         assert report["public_ipv4"].split(":")[0] == node.public_ipv4, report
         assert report["local_address"] == f"{node.address}:7946"
         assert report["udp_blocked"] is False
-        assert report["port_preserving"] is (
-            host in ("open", "fullcone", "restricted", "portrestr", "hairpin")
-        )
+        preserving = host in ("open", "fullcone", "restricted", "portrestr", "hairpin")
+        assert report["port_preserving"] is preserving
+        if preserving:
+            assert report["port_allocation"] == "preserve"
     blocked = reports["blocked"]
     assert blocked["udp_blocked"] is True and blocked["nat_type"] == "UDP blocked", blocked
     assert [r["kind"] for r in blocked["relays"]] == ["stun", "stun-tcp", "keyed"]
