@@ -220,6 +220,7 @@ class Netchecker:
             public_ipv6=_text(result.public_ipv6) if result else None,
             local_address=_text(result.local_address) if result else None,
             port_preserving=result.port_preserving if result else None,
+            port_allocation=result.port_allocation if result else None,
             hairpinning=result.hairpinning if result else None,
             udp_blocked=udp_blocked,
             relays=tuple(relays),

@@ -1,7 +1,7 @@
 """Netcheck notices a new public address by itself: three namespaces (a LAN host, a router, the
 "internet" with a relay on two addresses for RFC 5780), the router's NAT programmed with iptables as
 MACHINE.md describes; the router's WAN address changes under a running node, as when an ISP
-renumbers. (Every NAT kind against netcheck: test_netcheck_natlab.py.)"""
+renumbers, then the host's own address does. (Every NAT kind against netcheck: test_netcheck_natlab.py.)"""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ RELAY_ALT = "198.51.100.11"
 WAN = "198.51.100.1"
 WAN_NEW = "198.51.100.2"
 HOST = "10.0.0.2"
+HOST_NEW = "10.0.0.3"
 
 
 class NatTopology:
@@ -104,13 +105,27 @@ def test_a_new_public_address_is_noticed(topology: NatTopology) -> None:
     # (in this order: deleting a primary address deletes its secondaries)
     topology.router.run("ip", "addr", "del", f"{WAN}/24", "dev", "wan")
     topology.router.run("ip", "addr", "add", f"{WAN_NEW}/24", "dev", "wan")
-    deadline = time.monotonic() + 30
-    report = first
-    while time.monotonic() < deadline:
-        report = netcheck(topology, admin)
-        if report["ran_at"] != first["ran_at"] and report["trigger"] != "start":
-            break
-        time.sleep(0.5)
+    report = next_run(topology, admin, first)
     assert report["trigger"] == "srflx-change", report
     assert report["public_ipv4"] == f"{WAN_NEW}:7200"
     assert report["nat_type"] == "port-restricted cone"
+    # the host moves to another address on its LAN (a new DHCP lease)
+    host = topology.host
+    host.run("ip", "addr", "del", f"{HOST}/24", "dev", "eth0")
+    host.run("ip", "addr", "add", f"{HOST_NEW}/24", "dev", "eth0")
+    host.run("ip", "route", "replace", "default", "via", "10.0.0.1")
+    moved = next_run(topology, admin, report)
+    assert moved["trigger"] == "local-address-change", moved
+    assert moved["local_address"] == f"{HOST_NEW}:7200"
+
+
+def next_run(topo: NatTopology, admin: str, after: Any) -> Any:
+    """The first report of a run started after ``after``'s (waits up to 30 s)."""
+    deadline = time.monotonic() + 30
+    report = after
+    while time.monotonic() < deadline:
+        report = netcheck(topo, admin)
+        if report["ran_at"] > after["ran_at"]:
+            break
+        time.sleep(0.3)
+    return report

@@ -27,9 +27,9 @@ CASES: dict[str, tuple[Any, str, str, str, bool | None]] = {
     "restricted": ("restricted-cone", EIM, ADF, "restricted cone", False),
     "portrestr": ("port-restricted-cone", EIM, APDF, "port-restricted cone", False),
     "hairpin": (HAIRPIN_CONE, EIM, APDF, "port-restricted cone", True),
-    "addrdep": ("address-dependent", ADF, ADF, "symmetric", False),
-    "symmetric": ("symmetric", APDF, APDF, "symmetric", False),
-    "sequential": ("symmetric-sequential", APDF, APDF, "symmetric", False),
+    "addrdep": ("address-dependent", ADF, ADF, "symmetric (random)", False),
+    "symmetric": ("symmetric", APDF, APDF, "symmetric (random)", False),
+    "sequential": ("symmetric-sequential", APDF, APDF, "symmetric (sequential)", False),
 }
 
 
@@ -53,17 +53,17 @@ def topology() -> Any:
 def test_netcheck_reports_what_each_nat_does(natlab: Callable[..., Lab]) -> None:  # noqa: F811
     lab = natlab(topology())
     stun = lab.host("stun")
-    stun.python(
-        ["-m", "coremesh_relay", "--listen", "192.0.2.10:3478", "--alt-address", "192.0.2.11",
-         "--admin", "127.0.0.1:9641", "--data-dir", str(lab.workdir / "relay")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    relay = ["-m", "coremesh_relay", "--listen", "192.0.2.10:3478", "--alt-address", "192.0.2.11"]
+    relay += ["--keyed-listen", "192.0.2.10:8443", "--admin", "127.0.0.1:9641"]
+    relay += ["--data-dir", str(lab.workdir / "relay")]
+    stun.python(relay, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     Namespace(stun.netns).wait_http("127.0.0.1:9641")
     hosts = [*CASES, "blocked"]
     for host in hosts:  # every node at once: they measure in parallel
+        keyed = ["--keyed-relay", "tcp://192.0.2.10:8443"] if host == "blocked" else []
         lab.host(host).python(
             ["-m", "coremesh_node", "--listen", "0.0.0.0:7946", "--admin", "127.0.0.1:7947",
-             "--relay", "192.0.2.10:3478"],
+             "--relay", "192.0.2.10:3478", *keyed],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     reports = {}
@@ -85,10 +85,12 @@ def test_netcheck_reports_what_each_nat_does(natlab: Callable[..., Lab]) -> None
         assert report["public_ipv4"].split(":")[0] == node.public_ipv4, report
         assert report["local_address"] == f"{node.address}:7946"
         assert report["udp_blocked"] is False
-        assert report["port_preserving"] is (
-            host in ("open", "fullcone", "restricted", "portrestr", "hairpin")
-        )
+        preserving = host in ("open", "fullcone", "restricted", "portrestr", "hairpin")
+        assert report["port_preserving"] is preserving
+        if preserving:
+            assert report["port_allocation"] == "preserve"
     blocked = reports["blocked"]
     assert blocked["udp_blocked"] is True and blocked["nat_type"] == "UDP blocked", blocked
-    assert [r["kind"] for r in blocked["relays"]] == ["stun", "stun-tcp"]
-    assert blocked["relays"][1]["rtt_ms"] > 0
+    assert [r["kind"] for r in blocked["relays"]] == ["stun", "stun-tcp", "keyed"]
+    assert blocked["relays"][0]["error"] == "no answer"
+    assert blocked["relays"][1]["rtt_ms"] > 0 and blocked["relays"][2]["rtt_ms"] > 0
