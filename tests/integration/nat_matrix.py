@@ -115,11 +115,11 @@ def start_relay(lab: Lab, log_dir: str) -> None:
     )  # fmt: skip
 
 
-def start_node(host: Node, log_dir: str, extra: Iterable[str] = ()) -> None:
+def start_node(host: Node, log_dir: str, extra: Iterable[str] = (), *, listen: str = "0.0.0.0") -> None:
     log = open(f"{log_dir}/{host.name}.log", "wb")  # noqa: SIM115 - owned by the process
     host.python(
         [
-            "-m", "coremesh_node", "--listen", f"0.0.0.0:{NODE_PORT}", "--admin", ADMIN,
+            "-m", "coremesh_node", "--listen", f"{listen}:{NODE_PORT}", "--admin", ADMIN,
             "--data-dir", f"{log_dir}/{host.name}", "--relay", f"{RELAY_USER}@{RELAY_IP}:{RELAY_PORT}",
             "--keyed-relay", f"tcp://{RELAY_IP}:{KEYED_PORT}", "--log-level", "warning", *extra,
         ],
@@ -321,3 +321,80 @@ def format_matrix(cells: dict[tuple[str, str], Cell], types: list[str]) -> str:
         "cell: path the connection settled on (direct/turn/keyed), time to first message; ! = unexpected"
     )
     return "\n".join(lines)
+
+
+# -- IPv6: symmetric IPv4 NATs (no direct IPv4 path), IPv6 behind stateful firewalls ----------------
+
+
+def dual_stack_topology() -> Any:
+    """Hosts a1, a2 behind router nat_a and b1, b2 behind nat_b: IPv4 through symmetric NATs,
+    IPv6 routed through address-and-port-dependent stateful firewalls."""
+    hosts: dict[str, Any] = {
+        "stun": {"network": "internet", "ipv4": [RELAY_IP, RELAY_ALT], "ipv6": ["2001:db8::10"]},
+    }
+    for side in ("a", "b"):
+        for n in (1, 2):
+            hosts[f"{side}{n}"] = {"network": f"lan_{side}"}
+    return from_dict(
+        {
+            "name": "dual-stack-matrix",
+            "networks": {
+                "internet": {"ipv4": "192.0.2.0/24", "ipv6": "2001:db8::/64"},
+                "lan_a": {"ipv4": "10.1.0.0/24", "ipv6": "2001:db8:1::/64"},
+                "lan_b": {"ipv4": "10.2.0.0/24", "ipv6": "2001:db8:2::/64"},
+            },
+            "routers": {
+                f"nat_{side}": {
+                    "wan": "internet",
+                    "lan": f"lan_{side}",
+                    "nat": "symmetric",
+                    "ipv6_filtering": "address-and-port-dependent",
+                }
+                for side in ("a", "b")
+            },
+            "hosts": hosts,
+        }
+    )
+
+
+def run_dual_stack(lab: Lab, log_dir: str, *, settle: float = 12.0) -> dict[tuple[str, str], Cell]:
+    """a1 dials b1 and b2 dials a2 (both directions), each at the peer's public IPv4 address."""
+    start_relay(lab, log_dir)
+    names = ["a1", "a2", "b1", "b2"]
+    for name in names:
+        start_node(lab.host(name), log_dir, listen="[::]")
+    info = parallel(names, lambda n: run_script(lab.host(n), READY))
+    for name, value in info.items():
+        if isinstance(value, Exception):
+            raise RuntimeError(f"{name} did not come up: {value}")
+    time.sleep(2.5)
+    cells: dict[tuple[str, str], Cell] = {}
+    pairs = [("a1", "b1"), ("b2", "a2")]
+
+    def dial(pair: tuple[str, str]) -> Any:
+        x, y = pair
+        target = {
+            "cell": f"{x}>{y}",
+            "peer": info[y]["peer_id"],
+            "addr": f"{lab.public_ipv4(y)}:{NODE_PORT}",
+            "expect": "direct",
+        }
+        return run_script(lab.host(x), DIAL, json.dumps([target]), str(settle))
+
+    dialed = parallel(pairs, dial)
+    inboxes = parallel([y for _, y in pairs], lambda y: run_script(lab.host(y), INBOX, "1"))
+    for x, y in pairs:
+        cell = cells[(x, y)] = Cell(x, y, "direct")
+        results, inbox = dialed[(x, y)], inboxes[y]
+        if isinstance(results, Exception) or isinstance(inbox, Exception):
+            cell.error = str(results if isinstance(results, Exception) else inbox)
+            continue
+        r = results[f"{x}>{y}"]
+        cell.via, cell.reason = r.get("via"), r.get("reason")
+        got = [m for m in inbox["messages"] if m["from"] == info[x]["peer_id"]]
+        if got:
+            cell.first_message_s = got[0]["ts"] - r["t0"]
+        seen = next((p for p in inbox["peers"] if p["peer_id"] == info[x]["peer_id"]), {})
+        cell.listener_via, cell.listener_reason = seen.get("via"), seen.get("reason")
+        cell.ping_path = str(seen.get("address"))  # where the listener sends: an IPv6 address
+    return cells
