@@ -115,12 +115,20 @@ def start_relay(lab: Lab, log_dir: str) -> None:
     )  # fmt: skip
 
 
-def start_node(host: Node, log_dir: str, extra: Iterable[str] = (), *, listen: str = "0.0.0.0") -> None:
-    log = open(f"{log_dir}/{host.name}.log", "wb")  # noqa: SIM115 - owned by the process
-    host.python(
+def start_node(
+    host: Node,
+    log_dir: str,
+    extra: Iterable[str] = (),
+    *,
+    listen: str = "0.0.0.0",
+    port: int = NODE_PORT,
+    admin: str = ADMIN,
+) -> Any:
+    log = open(f"{log_dir}/{host.name}-{port}.log", "wb")  # noqa: SIM115 - owned by the process
+    return host.python(
         [
-            "-m", "coremesh_node", "--listen", f"{listen}:{NODE_PORT}", "--admin", ADMIN,
-            "--data-dir", f"{log_dir}/{host.name}", "--relay", f"{RELAY_USER}@{RELAY_IP}:{RELAY_PORT}",
+            "-m", "coremesh_node", "--listen", f"{listen}:{port}", "--admin", admin,
+            "--data-dir", f"{log_dir}/{host.name}-{port}", "--relay", f"{RELAY_USER}@{RELAY_IP}:{RELAY_PORT}",
             "--keyed-relay", f"tcp://{RELAY_IP}:{KEYED_PORT}", "--log-level", "warning", *extra,
         ],
         stdout=log, stderr=log,
@@ -138,7 +146,7 @@ def call(method, path, body=None, timeout=30):
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read() or b"{}")
-""".replace("ADMIN", ADMIN)
+"""  # ADMIN is replaced by run_script
 
 # Wait until the node serves and its first netcheck finished; print its peer id and NAT type.
 READY = (
@@ -153,7 +161,7 @@ while True:
         if time.time() > deadline:
             raise
         time.sleep(0.1)
-report = call("GET", "/v1/netcheck", timeout=30)
+report = call("GET", "/v1/netcheck", timeout=30) if "--no-netcheck" not in sys.argv else {}
 print(json.dumps({"peer_id": status["peer_id"], "nat_type": report.get("nat_type")}))
 """
 )
@@ -168,7 +176,8 @@ targets, settle = json.loads(sys.argv[1]), float(sys.argv[2])
 results = {}
 def dial(t):
     r = {"t0": time.time()}
-    c = call("POST", "/v1/connect", {"peer": t["peer"] + "@" + t["addr"], "timeout": 4.5}, timeout=30)
+    body = {"peer": t["peer"] + "@" + t["addr"], "timeout": t.get("timeout", 4.5)}
+    c = call("POST", "/v1/connect", body, timeout=30)
     r["t_connected"] = time.time()
     r["connect"] = c
     s = call("POST", "/v1/send", {"peer": t["peer"], "data": "hello " + t["cell"]})
@@ -228,8 +237,10 @@ class Cell:
         return self.error is None and self.path == self.expected and self.first_message_s is not None
 
 
-def run_script(host: Node, code: str, *args: str, timeout: float = 120) -> Any:
-    result = host.run([sys.executable, "-c", code, *args], timeout=timeout, check=False)
+def run_script(host: Node, code: str, *args: str, timeout: float = 120, admin: str = ADMIN) -> Any:
+    result = host.run(
+        [sys.executable, "-c", code.replace("ADMIN", admin), *args], timeout=timeout, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{host.name}: {result.stderr.strip()[-800:]}")
     return json.loads(result.stdout)
