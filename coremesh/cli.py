@@ -192,7 +192,7 @@ def format_peers(data: JsonObject) -> str:
                 str(p.get("peer_id")),
                 str(p.get("address")),
                 str(p.get("state")),
-                str(p.get("path", "-")),
+                str(p.get("via") or p.get("path", "-")),  # direct, turn or keyed when known
                 _ms(p.get("rtt_ms")),
             )
         )

@@ -460,7 +460,13 @@ class PeerConnection:
         ep = self.endpoint
         agent = self.agent
         udp = udp_address(addr)
-        kind = ep.kind_of(self, addr)
+        # How the packet came (not how we would send there): a plain address arrived directly even
+        # when we route it through TURN, since TURN deliveries are tagged TurnAddress.
+        kind = (
+            "direct"
+            if isinstance(addr, Address) and not ep.is_peer_relay(self, addr)
+            else ep.kind_of(self, addr)
+        )
         if agent is None or agent.mode is Mode.PINNED or agent.remote_pinned:
             # No traversal on this connection: follow the peer wherever it sends from.
             old, self.address = self.address, addr
@@ -494,7 +500,8 @@ class PeerConnection:
         if self.path_kind() == "direct" and self.relay_path is None:
             # A NAT rebinding: follow at once (the session must survive it), validate, revert on failure.
             old = self.address
-            self.address = DirectAddress(udp) if isinstance(old, DirectAddress) else addr
+            routed = isinstance(addr, Address) and ep.is_routed(addr)
+            self.address = DirectAddress(udp) if isinstance(old, DirectAddress) or routed else addr
             self.migration = (old, udp, now + MIGRATION_VALIDATION_TIME)
             ep.counters["address_changes"] += 1
             ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=self.address))
@@ -747,6 +754,12 @@ class Endpoint:
                 return "turn"  # the peer's TURN relayed address
         return "direct"
 
+    def is_peer_relay(self, conn: PeerConnection, address: Address) -> bool:
+        """Whether ``address`` is one of the peer's TURN relayed candidates."""
+        agent = conn.agent
+        cand = agent.remote.get(address) if agent is not None else None
+        return cand is not None and cand.kind is CandidateType.RELAY
+
     def set_local_candidates(self, candidates: list[Candidate], nat_type: str, now: float) -> None:
         """Our candidates (host, server-reflexive, relayed) and NAT type, as the shell learns them."""
         self.local_candidates = tuple(dict.fromkeys(candidates))[:16]
@@ -903,7 +916,8 @@ class Endpoint:
             return False
         conn.address = address
         conn.handshake_attempt = 0
-        conn.connect_deadline = now + self.config.connect_timeout
+        # The deadline restarts, but never cuts short the time the caller gave the whole connect.
+        conn.connect_deadline = max(conn.connect_deadline or now, now + self.config.connect_timeout)
         conn.start_handshake(now)
         self.counters["connects_redirected"] += 1
         return True

@@ -68,7 +68,7 @@ class TraversalConfig:
     retry_max: float = 30.0  # ...up to this
     dead_after: float = 3.0  # a direct path with data unacknowledged this long is dead
     probe_interval: float = 0.5  # liveness probes of a direct path that stopped acknowledging
-    predict_ports: int = 8  # predicted ports tried above a sequential symmetric NAT's mapping
+    predict_ports: int = 24  # ports tried above a symmetric NAT's mapping (a busy host uses many)
 
     def __post_init__(self) -> None:
         for name in ("check_interval", "check_rto", "candidates_resend", "retry_initial", "dead_after"):
@@ -191,8 +191,10 @@ class TraversalAgent:
     # -- inputs --------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        """The connection is up: announce our candidates."""
+        """The connection is up: announce our candidates (and, relayed, keep trying)."""
         self._announce(now)
+        if self.mode is Mode.RELAYED:
+            self._schedule_retry(now)
 
     def set_local(
         self, candidates: list[Candidate] | tuple[Candidate, ...], nat_type: str, now: float
@@ -235,7 +237,13 @@ class TraversalAgent:
                                 Address(cand.address.host, port),
                                 Candidate(CandidateType.PREDICTED, Address(cand.address.host, port)),
                             )
-        self.remote = fresh
+        # Bounded, announced and learned candidates first; predicted ports fill what is left, less
+        # some room for peer-reflexive candidates that checks will reveal.
+        room = self.config.max_pairs - 4
+        kept = [c for c in fresh.values() if c.kind is not CandidateType.PREDICTED][: self.config.max_pairs]
+        guesses = [c for c in fresh.values() if c.kind is CandidateType.PREDICTED]
+        kept += guesses[: max(0, room - len(kept))]
+        self.remote = {c.address: c for c in kept}
         if not reply:
             self._actions.append(SendCandidates(round_, True))
         elif round_ == self._cand_round:
@@ -248,12 +256,18 @@ class TraversalAgent:
         """An authenticated PATH_CHALLENGE came from ``source`` (the endpoint answers it)."""
         if self.mode is Mode.PINNED or self.remote_pinned:
             return
-        if (
-            source not in self.remote
-            and is_usable_remote(source)
-            and len(self.remote) < self.config.max_pairs
-        ):
-            self.remote[source] = Candidate(CandidateType.PRFLX, source)
+        if source not in self.remote and is_usable_remote(source):
+            if len(self.remote) >= self.config.max_pairs or len(self.pairs) >= self.config.max_pairs:
+                # What a real check came from beats a guess: make room by dropping a predicted port.
+                guesses = [a for a, c in self.remote.items() if c.kind is CandidateType.PREDICTED]
+                while guesses and (
+                    len(self.remote) >= self.config.max_pairs or len(self.pairs) >= self.config.max_pairs
+                ):
+                    guess = guesses.pop()
+                    del self.remote[guess]
+                    self.pairs.pop(guess, None)
+            if len(self.remote) < self.config.max_pairs:
+                self.remote[source] = Candidate(CandidateType.PRFLX, source)
         if self.mode is not Mode.RELAYED:
             return
         pair = self.pairs.get(source)
@@ -263,7 +277,7 @@ class TraversalAgent:
             pair = self._add_pair(self.remote[source])
             if pair is None:
                 return
-        if pair.state is not PairState.SUCCEEDED:
+        if pair.state in (PairState.WAITING, PairState.FAILED):
             # A triggered check: the peer's packet just opened our NAT towards it (RFC 8445 §7.3.1.4).
             pair.state = PairState.WAITING
             pair.triggered = True
@@ -425,7 +439,7 @@ class TraversalAgent:
             self.reason = "direct checks impossible: the peer announced no candidate we can reach"
             return
         for pair in self.pairs.values():
-            if pair.state is not PairState.SUCCEEDED:
+            if pair.state is PairState.FAILED:  # checks still in flight finish their own round
                 pair.state = PairState.WAITING
                 pair.sent = 0
                 pair.next_at = now
@@ -445,6 +459,10 @@ class TraversalAgent:
         for pair in active:
             if pair.state is PairState.IN_PROGRESS and pair.sent >= cfg.check_tries and now >= pair.next_at:
                 pair.state = PairState.FAILED
+                if self.mode is Mode.RELAYED and not any(
+                    p.state is PairState.SUCCEEDED for p in self.pairs.values()
+                ):
+                    self.reason = self._failure_reason()
         if now >= self._next_check_at:
             due = [
                 p
@@ -463,14 +481,18 @@ class TraversalAgent:
                 self._next_check_at = now + cfg.check_interval
         if not any(p.state in (PairState.WAITING, PairState.IN_PROGRESS) for p in self.pairs.values()):
             self._checking = False
-            if self.mode is Mode.RELAYED and not any(
-                p.state is PairState.SUCCEEDED for p in self.pairs.values()
-            ):
+            if self.mode is not Mode.RELAYED:
+                return
+            answered = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED)
+            if not answered:
                 self.reason = self._failure_reason()
-                if not self.controlling:
-                    return
-                if self._retry_at is None:
-                    self._schedule_retry(now)
+            elif not self.controlling:
+                self.reason = (
+                    f"direct checks: {answered} candidate(s) of the peer answered; waiting for the "
+                    "peer (controlling side) to nominate"
+                )
+            if self._retry_at is None:
+                self._schedule_retry(now)
 
     def _failure_reason(self) -> str:
         failed = sorted(self.pairs.values(), key=lambda p: p.priority, reverse=True)
@@ -537,8 +559,8 @@ class TraversalAgent:
             self._probe_at = now + cfg.probe_interval
 
     def _schedule_retry(self, now: float) -> None:
-        if not self.controlling:
-            return
-        jitter = 0.9 + 0.2 * self._rng.random()
+        # Both sides retry (a lost exchange must not end the attempts), the controlled side more
+        # slowly; only the controlling side nominates.
+        jitter = (0.9 + 0.2 * self._rng.random()) * (1.0 if self.controlling else 1.5)
         self._retry_at = now + self._retry_delay * jitter
         self._retry_delay = min(self._retry_delay * 2, self.config.retry_max)

@@ -201,7 +201,7 @@ def test_sequential_symmetric_peer_gets_predicted_ports() -> None:
     a = agent(predict_ports=3)
     a.on_candidates(1, False, False, "symmetric (sequential)", (R_SRFLX,), 0.0)
     ports = sorted(addr.port for addr in a.pairs)
-    assert ports == [5000, 5001, 5002, 5003]
+    assert ports == [5000, 5001, 5002, 5003]  # predict_ports=3 here
 
 
 # -- path frames codec ------------------------------------------------------------------------------

@@ -112,3 +112,39 @@ def test_nat_rebinding_on_a_direct_path_migrates_the_session() -> None:
     w.net.flush()
     assert w.net.run_until(lambda: w.b.messages() == [b"reply"], timeout=5.0)
     assert path(w.a, w.b) == "direct"
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["cone-dials", "symmetric-dials"])
+def test_predicted_ports_never_crowd_out_what_checks_reveal(swap: bool) -> None:
+    # netcheck only says "symmetric": the cone side then also tries predicted ports, but the
+    # symmetric side's real port (a peer-reflexive candidate) must still get a pair.
+    w = world(N.SYMMETRIC_RANDOM, N.FULL_CONE) if swap else world(N.FULL_CONE, N.SYMMETRIC_RANDOM)
+    sym = w.a if swap else w.b
+    sym.endpoint.set_local_candidates(list(sym.endpoint.local_candidates), "symmetric", w.net.clock.now)
+    connect_via_relay(w)
+    assert w.net.run_until(lambda: both_direct(w), timeout=5.0)
+
+
+def test_hostile_authenticated_path_frames_are_counted_drops() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from coremesh.traversal.frames import PATH_PREFIX
+
+    w = world(N.PORT_RESTRICTED, N.PORT_RESTRICTED)
+    connect_via_relay(w)
+    session = w.a.endpoint._peers[w.b.peer_id].current
+    assert session is not None
+    src = w.a.relay_address(w.a.peer_id)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=120))
+    def feed(garbage: bytes) -> None:
+        w.b.endpoint.receive_datagram(session.seal(PATH_PREFIX + garbage), src, w.net.clock.now)
+
+    feed()
+    counters = w.b.endpoint.counters
+    assert counters["drop_malformed_path_frames"] > 0
+    w.a.endpoint.send(w.b.peer_id, b"still fine", w.net.clock.now)
+    w.net.flush()
+    assert w.net.run_until(lambda: w.b.messages() == [b"still fine"], timeout=5.0)
