@@ -23,7 +23,7 @@ import pytest
 from coremesh import MeshConfig, MeshNode
 from coremesh.netcheck import NetcheckError
 
-from .test_daemon_cli import Nodes, assert_one_error_line, cli, free_port, http_get, stop_process
+from .daemons import Nodes, assert_one_error_line, cli, free_port, http_get, stop_process
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
