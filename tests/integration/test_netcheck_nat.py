@@ -54,10 +54,17 @@ class NatTopology:
         # a home router drops unsolicited new packets on its WAN side
         r.iptables("-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
 
-    def nat(self, port: int) -> None:
-        """MASQUERADE the host's UDP port ``port`` (a port-restricted cone)."""
+    def nat(self, port: int, host: str = HOST) -> None:
+        """MASQUERADE the host's UDP port ``port`` and forward that port back to ``host`` from
+        anyone: a full cone (its filtering tests are answered at once, so each run is short)."""
+        r = self.router
+        r.run("iptables", "-t", "nat", "-F")
         sport = ("-p", "udp", "--sport", str(port))
-        self.router.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "wan", *sport, "-j", "MASQUERADE")
+        r.iptables("-t", "nat", "-A", "POSTROUTING", "-o", "wan", *sport, "-j", "MASQUERADE")
+        r.iptables(
+            "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport", str(port),
+            "-j", "DNAT", "--to-destination", f"{host}:{port}",
+        )  # fmt: skip
 
     def destroy(self) -> None:
         for ns in self.all:
@@ -108,12 +115,13 @@ def test_a_new_public_address_is_noticed(topology: NatTopology) -> None:
     report = next_run(topology, admin, first)
     assert report["trigger"] == "srflx-change", report
     assert report["public_ipv4"] == f"{WAN_NEW}:7200"
-    assert report["nat_type"] == "port-restricted cone"
+    assert report["nat_type"] == "full cone"
     # the host moves to another address on its LAN (a new DHCP lease)
     host = topology.host
     host.run("ip", "addr", "del", f"{HOST}/24", "dev", "eth0")
     host.run("ip", "addr", "add", f"{HOST_NEW}/24", "dev", "eth0")
     host.run("ip", "route", "replace", "default", "via", "10.0.0.1")
+    topology.nat(7200, HOST_NEW)
     moved = next_run(topology, admin, report)
     assert moved["trigger"] == "local-address-change", moved
     assert moved["local_address"] == f"{HOST_NEW}:7200"
