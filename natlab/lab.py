@@ -516,9 +516,11 @@ class Lab:
             raise LabError(f"the delay element in {node.netns} did not start:\n{tail}")
 
     def _apply_links(self, network: str) -> None:
-        for node in self.plan.nodes.values():
-            if not any(i.network == network for i in node.interfaces):
-                continue
+        """Reconfigure every node on ``network``: delay elements first (started, or told to re-read
+        their configuration), then the rules that feed them, in all namespaces at once."""
+        affected = [n for n in self.plan.nodes.values() if any(i.network == network for i in n.interfaces)]
+        told = False
+        for node in affected:
             proc = self._delayd.get(node.name)
             running = proc.pid if proc is not None and proc.poll() is None else _find_delayd(node.netns)
             if rules.needs_delay(self.plan, node):
@@ -528,9 +530,24 @@ class Lab:
                     config = self.workdir / f"{node.name}.delay.json"
                     config.write_text(json.dumps(rules.delay_config(self.plan, node)))
                     os.kill(running, signal.SIGHUP)
-                    time.sleep(0.05)
-            self.nodes[node.name].run(["sh", "-ec", "\n".join(self._link_commands(node))])
+                    told = True
+        if told:
+            time.sleep(0.05)  # the elements re-read their configuration between two packets
+        procs = [
+            (node, subprocess.Popen(
+                self.nodes[node.name].command(["sh", "-ec", "\n".join(self._link_commands(node))]),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            ))
+            for node in affected
+        ]  # fmt: skip
+        failures = []
+        for node, reload in procs:
+            _, err = reload.communicate(timeout=60)
+            if reload.returncode != 0:
+                failures.append(f"{node.name}: {err.strip()[-500:]}")
         runs.write(self._state())
+        if failures:
+            raise LabError("changing the links failed:\n" + "\n".join(failures))
 
     def cut(self, a: str, b: str) -> None:
         """Drop everything between nodes ``a`` and ``b`` (each drops what comes from the other's
