@@ -326,6 +326,25 @@ def test_ipv6_firewall_drops_unsolicited_and_passes_replies(natlab: Callable[...
     stun.run([sys.executable, "-c", SENDER6, target, "7000", "7001", "other-port", stun_addr])
     out, _ = listener.communicate(timeout=10)
     assert out.split() == ["reply"], out
+    # Behind two such firewalls (and two symmetric IPv4 NATs), a simultaneous IPv6 punch goes direct.
+    b = lab.host("b")
+    punchers = [
+        here.python(["-c", PUNCHER6, there.ipv6[0]], stdout=subprocess.PIPE, text=True)
+        for here, there in ((a, b), (b, a))
+    ]
+    assert [p.communicate(timeout=10)[0].strip() for p in punchers] == ["direct", "direct"]
+
+
+PUNCHER6 = """
+import select, socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", 7100))
+end, got = time.monotonic() + 1.5, False
+while time.monotonic() < end:
+    s.sendto(b"punch", (sys.argv[1], 7100))
+    if select.select([s], [], [], 0.05)[0] and s.recv(100) == b"punch":
+        got = True
+print("direct" if got else "nothing")
+"""
 
 
 def test_ipv6_filtering_is_measured_as_configured(natlab: Callable[..., Lab]) -> None:
