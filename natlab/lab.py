@@ -77,7 +77,7 @@ class Node:
 
     @property
     def ipv4(self) -> list[str]:
-        """This node's IPv4 addresses (a router: WAN first... in interface order: LAN, then WAN)."""
+        """This node's IPv4 addresses, in interface order (a router: LAN, then WAN)."""
         return self.plan.ipv4
 
     @property
@@ -224,7 +224,6 @@ class Lab:
         self.nodes = {name: Node(self, plan) for name, plan in self.plan.nodes.items()}
         self.workdir = runs.STATE_DIR / self.prefix
         self._delayd: dict[str, subprocess.Popen[bytes]] = {}
-        self._cuts: set[tuple[str, str]] = set()
         self._up = False
         self._owner: tuple[int, str] | None = None  # set when attached to a run another process made
 
@@ -553,11 +552,10 @@ class Lab:
         """Drop everything between nodes ``a`` and ``b`` (each drops what comes from the other's
         addresses, including those of the NATs in front of it), until :meth:`restore`."""
         self._set_cut(a, b, "add")
-        self._cuts.add((a, b))
 
     def restore(self, a: str, b: str) -> None:
+        """Undo :meth:`cut` (restoring a path that is not cut does nothing)."""
         self._set_cut(a, b, "delete")
-        self._cuts.discard((a, b))
 
     def _set_cut(self, a: str, b: str, verb: str) -> None:
         for here, there in ((a, b), (b, a)):
@@ -566,11 +564,9 @@ class Lab:
             v4 = [x for x in v4 if x not in own4]
             v6 = [x for x in v6 if x not in own6]
             for set_name, addresses in (("cut4", v4), ("cut6", v6)):
-                if addresses:
-                    elements = ", ".join(addresses)
-                    self.node(here).run(
-                        ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {elements} }}"]
-                    )
+                for address in addresses:  # one at a time: restoring what was not cut is no error
+                    command = ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {address} }}"]
+                    self.node(here).run(command, check=verb == "add")
 
     def rebind(self, router: str) -> None:
         """A NAT rebinding, as after a router reboot: every mapping and session of ``router`` is
@@ -699,7 +695,3 @@ def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:
         if expected in buffer:
             return True
     return False
-
-
-def run_dir(prefix: str) -> Path:
-    return runs.STATE_DIR / prefix
