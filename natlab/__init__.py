@@ -10,7 +10,7 @@ The API other code builds on (kept stable)::
         stun.ipv4                                   # ["192.0.2.10", "192.0.2.11"]
         a.address, a.public_ipv4                    # "10.1.0.10", the NAT's WAN address
         proc = a.popen(["coremesh-node", ...])      # stopped by PID at exit at the latest
-        a.run(["ip", "addr"]).stdout                # run to completion (text, checked)
+        a.run(["ip", "addr"]).stdout                # run to completion (text; CommandFailed if not 0)
         lab.link("nat_a").set(loss=0.1)             # a router's WAN link; a host's only link
         lab.cut("a", "b"); lab.restore("a", "b")    # drop everything between two nodes, and back
         lab.rebind("nat_a")                         # NAT "reboot": mappings forgotten, new ports
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .lab import Lab, LabError, Link, Node, check_prerequisites
+from .lab import CommandFailed, Lab, LabError, Link, Node, check_prerequisites
 from .runs import cleanup
 from .topology import PRESETS, LinkSpec, NatSpec, Topology, TopologyError, from_dict, load, nat_spec, pair
 
@@ -53,6 +53,7 @@ def example(name: str) -> Topology:
 __all__ = [
     "PRESETS",
     "TOPOLOGIES",
+    "CommandFailed",
     "Lab",
     "LabError",
     "Link",

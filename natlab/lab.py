@@ -77,7 +77,7 @@ class Node:
 
     @property
     def ipv4(self) -> list[str]:
-        """This node's IPv4 addresses (a router: WAN first... in interface order: LAN, then WAN)."""
+        """This node's IPv4 addresses, in interface order (a router: LAN, then WAN)."""
         return self.plan.ipv4
 
     @property
@@ -224,7 +224,6 @@ class Lab:
         self.nodes = {name: Node(self, plan) for name, plan in self.plan.nodes.items()}
         self.workdir = runs.STATE_DIR / self.prefix
         self._delayd: dict[str, subprocess.Popen[bytes]] = {}
-        self._cuts: set[tuple[str, str]] = set()
         self._up = False
         self._owner: tuple[int, str] | None = None  # set when attached to a run another process made
 
@@ -516,9 +515,11 @@ class Lab:
             raise LabError(f"the delay element in {node.netns} did not start:\n{tail}")
 
     def _apply_links(self, network: str) -> None:
-        for node in self.plan.nodes.values():
-            if not any(i.network == network for i in node.interfaces):
-                continue
+        """Reconfigure every node on ``network``: delay elements first (started, or told to re-read
+        their configuration), then the rules that feed them, in all namespaces at once."""
+        affected = [n for n in self.plan.nodes.values() if any(i.network == network for i in n.interfaces)]
+        told = False
+        for node in affected:
             proc = self._delayd.get(node.name)
             running = proc.pid if proc is not None and proc.poll() is None else _find_delayd(node.netns)
             if rules.needs_delay(self.plan, node):
@@ -528,19 +529,33 @@ class Lab:
                     config = self.workdir / f"{node.name}.delay.json"
                     config.write_text(json.dumps(rules.delay_config(self.plan, node)))
                     os.kill(running, signal.SIGHUP)
-                    time.sleep(0.05)
-            self.nodes[node.name].run(["sh", "-ec", "\n".join(self._link_commands(node))])
+                    told = True
+        if told:
+            time.sleep(0.05)  # the elements re-read their configuration between two packets
+        procs = [
+            (node, subprocess.Popen(
+                self.nodes[node.name].command(["sh", "-ec", "\n".join(self._link_commands(node))]),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            ))
+            for node in affected
+        ]  # fmt: skip
+        failures = []
+        for node, reload in procs:
+            _, err = reload.communicate(timeout=60)
+            if reload.returncode != 0:
+                failures.append(f"{node.name}: {err.strip()[-500:]}")
         runs.write(self._state())
+        if failures:
+            raise LabError("changing the links failed:\n" + "\n".join(failures))
 
     def cut(self, a: str, b: str) -> None:
         """Drop everything between nodes ``a`` and ``b`` (each drops what comes from the other's
         addresses, including those of the NATs in front of it), until :meth:`restore`."""
         self._set_cut(a, b, "add")
-        self._cuts.add((a, b))
 
     def restore(self, a: str, b: str) -> None:
+        """Undo :meth:`cut` (restoring a path that is not cut does nothing)."""
         self._set_cut(a, b, "delete")
-        self._cuts.discard((a, b))
 
     def _set_cut(self, a: str, b: str, verb: str) -> None:
         for here, there in ((a, b), (b, a)):
@@ -549,11 +564,9 @@ class Lab:
             v4 = [x for x in v4 if x not in own4]
             v6 = [x for x in v6 if x not in own6]
             for set_name, addresses in (("cut4", v4), ("cut6", v6)):
-                if addresses:
-                    elements = ", ".join(addresses)
-                    self.node(here).run(
-                        ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {elements} }}"]
-                    )
+                for address in addresses:  # one at a time: restoring what was not cut is no error
+                    command = ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {address} }}"]
+                    self.node(here).run(command, check=verb == "add")
 
     def rebind(self, router: str) -> None:
         """A NAT rebinding, as after a router reboot: every mapping and session of ``router`` is
@@ -682,7 +695,3 @@ def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:
         if expected in buffer:
             return True
     return False
-
-
-def run_dir(prefix: str) -> Path:
-    return runs.STATE_DIR / prefix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -174,3 +175,57 @@ def test_presets_are_valid() -> None:
 def test_to_dict_round_trips_through_json(path: Any) -> None:
     topology = load(path)
     assert from_dict(json.loads(json.dumps(to_dict(topology)))) == topology
+
+
+def test_an_address_used_twice_on_a_network_is_refused() -> None:
+    data = base()
+    data["hosts"]["s"]["ipv4"] = ["192.0.2.20"]
+    data["hosts"]["t"] = {"network": "internet", "ipv4": ["192.0.2.20"]}
+    with pytest.raises(
+        TopologyError, match=r"^hosts\.t: 192\.0\.2\.20 is already used on network 'internet'"
+    ):
+        build_plan(from_dict(data), "t")
+    data = base()
+    data["hosts"]["h"]["ipv4"] = ["10.0.0.1"]  # the gateway's
+    with pytest.raises(TopologyError, match=r"^hosts\.h: 10\.0\.0\.1 is already used"):
+        build_plan(from_dict(data), "t")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+FIELDS = st.sampled_from(
+    ["name", "networks", "routers", "hosts", "internet", "lan", "ipv4", "ipv6", "wan", "nat", "network",
+     "mapping", "filtering", "ports", "link", "loss", "latency_ms", "ipv4_count", "wan_link", "r", "h"]
+)  # fmt: skip
+SHAPED = st.recursive(
+    JSON_VALUES,
+    lambda inner: st.dictionaries(FIELDS, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(data=st.dictionaries(FIELDS, SHAPED, max_size=4))
+def test_any_input_gives_a_topology_or_a_topology_error(data: dict[str, Any]) -> None:
+    """Fuzz: whatever the file holds, reading and planning it never fails another way."""
+    with contextlib.suppress(TopologyError):
+        build_plan(from_dict(data), "t")
+
+
+WORDS = st.sampled_from(["internet", "lan", "192.0.2.9", "10.0.0.9", "random", *PRESETS, *MAPPINGS])
+NAT_KEYS = FIELDS | st.sampled_from(["hairpinning", "mapping_timeout", "udp_blocked", "preset"])
+NAT_TABLE = st.dictionaries(NAT_KEYS, JSON_VALUES | WORDS, max_size=5)
+
+
+@given(
+    kind=st.sampled_from(["hosts", "routers", "networks"]),
+    table=st.dictionaries(FIELDS, JSON_VALUES | WORDS | NAT_TABLE | st.lists(WORDS, max_size=3), max_size=6),
+)
+def test_any_table_gives_a_topology_or_a_topology_error(kind: str, table: dict[str, Any]) -> None:
+    """Fuzz closer to valid input: one extra host, router or network with arbitrary fields."""
+    data = base()
+    data[kind]["x"] = table
+    with contextlib.suppress(TopologyError):
+        build_plan(from_dict(data), "t")
