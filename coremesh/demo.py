@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,6 +194,10 @@ def run(count: int, keep: bool) -> int:
                     f"rtt {ping['rtt_ms']:.3f} ms ({ping['path']}); "
                     f"[{target.name}] received {got[0]['data']!r}")  # fmt: skip
 
+            say("\n-- mDNS: two nodes on a private link find each other with no bootstrap and no address")
+            if mdns_on_a_private_link(tmp) is False:
+                return 1
+
             if keep:
                 say("\nThe mesh keeps running; try: coremesh --admin " + nodes[0].admin + " peers")
                 say("Press Ctrl-C to stop.")
@@ -203,6 +208,75 @@ def run(count: int, keep: bool) -> int:
             return 0
         finally:
             stop_all(extra + nodes + [n for n in (boot, relay) if n is not None])
+
+
+def mdns_on_a_private_link(tmp: str) -> bool | None:
+    """Two nodes with mDNS on in a network namespace of their own, whose loopback carries multicast:
+    the second pings the first by PeerId alone. mDNS multicasts to the whole link, so the demo never
+    turns it on on the host's own interfaces; without root or iproute2 it says so and goes on."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        say("  (not shown: a private network namespace needs root and iproute2)")
+        return None
+    ns = f"cmdemo{os.getpid()}"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def inside(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def cli(admin: str, *argv: str) -> Any:
+        result = inside(sys.executable, "-m", "coremesh", "--admin", admin, *argv, "--json")
+        if result.returncode != 0:
+            raise RuntimeError(f"coremesh {' '.join(argv)} in {ns}: {result.stderr.strip()}")
+        return json.loads(result.stdout)
+
+    created = subprocess.run(
+        ["ip", "netns", "add", ns], capture_output=True, text=True, timeout=10, check=False
+    )
+    if created.returncode != 0:
+        say(f"[mdns] cannot create network namespace {ns}: {created.stderr.strip()}")
+        return False
+    try:
+        for argv in (("link", "set", "lo", "up"), ("link", "set", "lo", "multicast", "on"),
+                     ("route", "add", "224.0.0.0/4", "dev", "lo")):  # fmt: skip
+            if inside("ip", *argv).returncode != 0:
+                raise RuntimeError(f"cannot set up the loopback of namespace {ns}")
+        admins = ["127.0.0.1:7101", "127.0.0.1:7102"]
+        for i, admin in enumerate(admins):
+            cmd = [
+                "ip", "netns", "exec", ns, sys.executable, "-m", "coremesh_node", "--listen", "127.0.0.1:0",
+                "--admin", admin, "--data-dir", str(Path(tmp) / f"mdns-{i}"), "--mdns",
+                "--mdns-interface", "127.0.0.1", "--log-format", "text", "--log-level", "warning",
+            ]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+        ids = []
+        for admin in admins:
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    ids.append(cli(admin, "status")["peer_id"])
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the mDNS node at {admin} in {ns} did not start")
+                time.sleep(0.2)
+        ping = cli(admins[1], "ping", ids[0])
+        say(f"[mdns-1] found [mdns-0] by PeerId over mDNS and pinged it: rtt {ping['rtt_ms']:.3f} ms "
+            f"over {ping['path']} path")  # fmt: skip
+        return True
+    except RuntimeError as exc:
+        say(f"[mdns] failed: {exc}")
+        return False
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
 
 
 def find(node: DemoNode, target: DemoNode, timeout: float = 15.0) -> Any:

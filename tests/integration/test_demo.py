@@ -22,5 +22,8 @@ def test_demo_runs_a_local_mesh() -> None:
     assert "[node-turn] -> [node-0] connected over relay path" in out, everything
     assert "[node-keyed] -> [node-0] connected over relay path via tcp://" in out, everything
     assert "received 'hello from node-turn'" in out and "received 'hello from node-keyed'" in out, everything
+    assert "[mdns-1] found [mdns-0] by PeerId over mDNS" in out, everything  # root: a private namespace
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert "cmdemo" not in namespaces  # removed again
     assert "Traceback" not in proc.stderr, everything
     assert "did not acknowledge" not in proc.stderr, everything  # stopping one by one is clean
