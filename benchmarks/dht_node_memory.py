@@ -6,7 +6,8 @@ Starts one ``coremesh-node`` process (the node measured) and, in this process, a
 nodes (``MeshNode`` with the DHT, each on its own UDP socket on 127.0.0.1) that join the DHT through
 it and publish their signed records. The measured node then looks every one of them up by PeerId
 through its admin API, so that it holds PEERS records and a full routing table. Its VmRSS is read
-from /proc before the crowd starts (an idle node), after the crowd joined, and after the lookups;
+from /proc before the crowd starts (an idle node), after the crowd joined, and after the lookups.
+Then a plain Python process with a library ``MeshNode`` (no admin HTTP API) does the same lookups;
 the result is written to benchmarks/results/dht-memory-<timestamp>.json. Only loopback is used;
 the node process is stopped by its PID, also on failure.
 """
@@ -111,6 +112,7 @@ async def run(peers: int) -> dict[str, Any]:
             after_lookups = rss_mib(proc.pid)
             status = get(admin, "/v1/status")[1]
             dht = status.get("dht", {})
+            library = await asyncio.to_thread(library_node, listen, ids, Path(tmp))
             return {
                 "peers": peers,
                 "crowd_join_s": round(joined, 1),
@@ -125,6 +127,7 @@ async def run(peers: int) -> dict[str, Any]:
                 "lookup_ms_median": round(statistics.median(times), 2) if times else None,
                 "lookup_ms_p99": round(sorted(times)[int(len(times) * 0.99) - 1], 2) if times else None,
                 "target_mib": 50,
+                "library_node": library,
             }
         finally:
             for node in crowd:
@@ -135,6 +138,53 @@ async def run(peers: int) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def library_node(seed: str, ids: list[str], tmp: Path) -> dict[str, Any]:
+    """The same measurement for a ``MeshNode`` in a plain Python process (the library, without the
+    daemon's admin HTTP API): it joins through ``seed`` and looks every id up itself."""
+    ids_file = tmp / "ids.txt"
+    ids_file.write_text("\n".join(ids))
+    result = subprocess.run(
+        [sys.executable, __file__, "--library-node", seed, str(ids_file)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+async def library_child(seed: str, ids_file: str) -> None:
+    ids = Path(ids_file).read_text().split()
+    async with MeshNode(MeshConfig(listen_addr="127.0.0.1:0", bootstrap_peers=(seed,))) as node:
+        await asyncio.sleep(2.0)
+        idle = rss_mib(os.getpid())
+        sem = asyncio.Semaphore(16)
+        ok = 0
+
+        async def one(peer: str) -> None:
+            nonlocal ok
+            async with sem:
+                try:
+                    await node.lookup(peer, timeout=10)
+                    ok += 1
+                except Exception:
+                    pass
+
+        await asyncio.gather(*(one(p) for p in ids))
+        await asyncio.sleep(1.0)
+        after = rss_mib(os.getpid())
+        dht = node.dht_status()
+    print(
+        json.dumps(
+            {
+                "rss_idle_mib": round(idle, 1),
+                "rss_after_lookups_mib": round(after, 1),
+                "rss_per_known_peer_kib": round((after - idle) * 1024 / max(1, len(ids)), 2),
+                "records_known": dht.get("records"),
+                "routing_table_size": dht.get("routing_table_size"),
+                "lookups_ok": ok,
+            }
+        )
+    )
 
 
 def get_ready(admin: str) -> bool:
@@ -149,7 +199,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--library-node", nargs=2, metavar=("SEED", "IDS_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.library_node:
+        asyncio.run(library_child(*args.library_node))
+        return 0
     result = asyncio.run(run(args.peers))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"dht-memory-{time.strftime('%Y%m%d-%H%M%S')}.json"

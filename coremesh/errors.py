@@ -71,3 +71,7 @@ class NatTraversalFailed(ConnectionFailed):
 
 class MessageTooLarge(LocalProtocolError):
     """A message exceeds the connection's maximum message size."""
+
+
+class NetcheckError(MeshError):
+    """Netcheck cannot run: no server configured, or the node is not started."""

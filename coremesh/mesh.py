@@ -760,7 +760,7 @@ class MeshNode:
         hairpinning, relay latency, UDP blocked): the last report at once, or a new run with
         ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.NetcheckError`
         when no STUN server is configured (``stun_servers``, or ``relays``)."""
-        from .netcheck import NetcheckError
+        from .errors import NetcheckError
 
         self._require_running()
         if self._netcheck is None:

@@ -45,10 +45,6 @@ STUN_FIRST_BYTE_END = 4  # RFC 7983: a STUN message's first byte is 0-3
 RUN_TIMEOUT = 60.0  # a run that has not finished by then is abandoned (a bug, not a network state)
 
 
-class NetcheckError(MeshError):
-    """Netcheck cannot run: no server configured, or the node is not started."""
-
-
 class _Driver:
     """Drives one probe on the runtime's loop: sends what it has, keeps one timer armed."""
 

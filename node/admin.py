@@ -59,11 +59,11 @@ from coremesh.errors import (
     InvalidPeerId,
     MeshError,
     MessageTooLarge,
+    NetcheckError,
     PeerNotFound,
 )
 from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
-from coremesh.netcheck import NetcheckError
 from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
 
 from .logs import log

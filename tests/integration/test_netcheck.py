@@ -21,7 +21,7 @@ from typing import TypeVar
 import pytest
 
 from coremesh import MeshConfig, MeshNode
-from coremesh.netcheck import NetcheckError
+from coremesh.errors import NetcheckError
 
 from .daemons import Nodes, assert_one_error_line, cli, free_port, http_get, stop_process
 
