@@ -8,7 +8,9 @@ under 5 s; timing is reported, not asserted, on this shared machine).
 
 from __future__ import annotations
 
+import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -110,8 +112,8 @@ def test_thirty_nodes_find_each_other_and_survive_losing_a_third(procs: Nodes, c
 
 def test_ping_by_peer_id_through_the_dht_and_clear_errors(procs: Nodes) -> None:
     boot = procs.start("boot", module="coremesh_bootstrap")
-    a = procs.start("a", "--bootstrap", boot.listen)
-    b = procs.start("b", "--bootstrap", boot.listen)
+    a = procs.start("a", "--bootstrap", boot.listen)  # by address: the id comes from its signed answer
+    b = procs.start("b", "--bootstrap", f"{boot.peer_id}@{boot.listen}")  # pinned
     wait_for(
         lambda: lookup(a, b)[0] == 200,
         20,
@@ -200,3 +202,35 @@ def test_bootstrap_service_operations(procs: Nodes, tmp_path: Path) -> None:
     assert boot.proc.wait(15) == 0
     assert (tmp_path / "boot" / "dht.snapshot").stat().st_size > 0
     assert '"bootstrap.stopped"' in boot.log()
+
+
+def test_hostile_dht_datagrams_are_counted_drops(procs: Nodes) -> None:
+    """Garbage, truncated and forged DHT datagrams at a live node's socket: counted, never a crash."""
+    from coremesh.dht import messages as m
+    from coremesh.identity import Identity
+
+    boot = procs.start("boot", module="coremesh_bootstrap")
+    node = procs.start("n", "--bootstrap", boot.listen)
+    host, port = node.listen.rsplit(":", 1)
+    liar = Identity.generate()
+    forged = bytearray(m.encode_message(liar.sign, liar.peer_id, 7, m.Ping(), pad_to=200))
+    forged[-1] ^= 0xFF  # the signature no longer matches
+    rng = random.Random(6)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(200):
+            garbage = bytes([0xE7]) + rng.randbytes(rng.randrange(0, 1300))
+            sock.sendto(garbage, (host, int(port)))
+        for _ in range(20):
+            sock.sendto(bytes(forged), (host, int(port)))
+        sock.sendto(bytes([0xE7, 1]), (host, int(port)))
+
+    def drops() -> dict[str, int]:
+        stats = cli_json(node.admin, "status", "--json")["dht"]["stats"]
+        return {k: v for k, v in stats.items() if k.startswith("drop_")}
+
+    wait_for(lambda: sum(drops().values()) >= 200, 10, "the hostile datagrams to be counted")
+    counted = drops()
+    assert counted.get("drop_malformed", 0) > 0 and counted.get("drop_bad_signature", 0) > 0, counted
+    assert node.proc.poll() is None
+    assert lookup(node, boot)[0] == 200  # still serving
+    assert "Traceback" not in node.log()
