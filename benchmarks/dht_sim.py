@@ -64,7 +64,7 @@ class Sim:
     def new_address(self) -> Address:
         i = self.counter
         self.counter += 1
-        return Address(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 4000)
+        return Address(f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.1", 4000)  # one /24 each
 
     def join(self) -> None:
         now = self.net.clock.now

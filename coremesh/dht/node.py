@@ -148,6 +148,7 @@ class DhtNode:
         self._joining = False
         self._join_attempts = 0
         self._last_join = 0.0
+        self._last_self_refresh: float | None = None
         self._bootstrap_pings = 0
         self._next_maintenance: float | None = None
         self.observed_address: Address | None = None  # how the last peer that answered PING saw us
@@ -505,9 +506,12 @@ class DhtNode:
         """A signed request came from ``peer`` at ``addr``: verify the address before trusting it."""
         if self.table.touch(peer, addr, now):
             return
-        if self.table.is_full(peer) and peer not in self.table:
+        known = self.table.get(peer)
+        if known is None and not self.table.admits(peer, addr, now):
+            return  # full bucket, prefix limit or demoted: a PING would be wasted
+        if known is not None and self.table.is_demoted(peer, now):
             return
-        if self.table.is_demoted(peer, now) or len(self._probing) >= self.config.max_verifications:
+        if len(self._probing) >= self.config.max_verifications:
             return
         last = self._verified_at.get(peer)
         if last is not None and now - last < self.config.verify_backoff:
@@ -782,22 +786,36 @@ class DhtNode:
             c = self.table.oldest(i)
             if c is not None and now - c.last_seen >= cfg.liveness_interval:
                 self._probe(c.peer_id, c.address, _Purpose.LIVENESS, now)
-        # Refresh: one bucket per round, from the closest non-empty bucket outwards.
+        # Refresh (at most one lookup per round). A lookup of our own id covers every bucket up to
+        # the one holding our k-th closest contact (those buckets hold fewer than k peers in the
+        # whole network); a farther bucket needs its own lookup only if it has room: the contacts of
+        # a full bucket are kept fresh by the liveness checks.
         if buckets and not self._joining:
-            for i in range(buckets[0], 256):
-                last = self._refreshed.get(i)
-                if last is None:
-                    self._refreshed[i] = now - self.rng.random() * cfg.refresh_interval / 2
-                elif now - last >= cfg.refresh_interval:
-                    self._start_query(_QueryKind.REFRESH, self._random_id_in_bucket(i), now)
-                    break
+            if self._last_self_refresh is None:
+                self._last_self_refresh = now - self.rng.random() * cfg.refresh_interval / 2
+            near = self.table.closest(self.peer_id, cfg.k)
+            covered = self.table.bucket_index(near[-1].peer_id)
+            if now - self._last_self_refresh >= cfg.refresh_interval:
+                self._last_self_refresh = now
+                self._start_query(_QueryKind.REFRESH, self.peer_id, now)
+            else:
+                for i in range(covered + 1, 256):
+                    last = self._refreshed.get(i)
+                    if last is None:
+                        self._refreshed[i] = now - self.rng.random() * cfg.refresh_interval / 2
+                    elif now - last >= cfg.refresh_interval:
+                        if self.table.bucket_size(i) >= cfg.k:
+                            self._refreshed[i] = now
+                            continue
+                        self._start_query(_QueryKind.REFRESH, self._random_id_in_bucket(i), now)
+                        break
         # A table smaller than one bucket (a lossy join, mass departures): look ourselves up again.
         if (
             0 < len(self.table) < cfg.k
             and not self._joining
             and now - self._last_join >= 8 * cfg.maintenance_interval
         ):
-            self._last_join = now
+            self._last_join = self._last_self_refresh = now
             self._start_query(_QueryKind.REFRESH, self.peer_id, now)
         # Republish (and renew) the own record.
         own = self._own

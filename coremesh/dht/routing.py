@@ -116,6 +116,10 @@ class RoutingTable:
         b = self._buckets.get(index)
         return list(b.contacts.values()) if b else []
 
+    def bucket_size(self, index: int) -> int:
+        b = self._buckets.get(index)
+        return len(b.contacts) if b else 0
+
     def replacements(self, index: int) -> list[Contact]:
         b = self._buckets.get(index)
         return list(b.replacements.values()) if b else []
@@ -133,6 +137,15 @@ class RoutingTable:
     def is_full(self, peer: PeerId) -> bool:
         b = self._buckets.get(self.bucket_index(peer))
         return b is not None and len(b.contacts) >= self.config.k
+
+    def admits(self, peer: PeerId, address: Address, now: float) -> bool:
+        """Whether :meth:`update` would add ``peer`` at ``address`` now (so verifying it is worth a PING)."""
+        if peer == self.local or peer in self._index or self.is_demoted(peer, now):
+            return False
+        bucket = self._buckets.get(self.bucket_index(peer))
+        if bucket is None:
+            return True
+        return len(bucket.contacts) < self.config.k and self._prefix_ok(bucket, self._prefix(address), peer)
 
     def is_demoted(self, peer: PeerId, now: float) -> bool:
         until = self._demoted.get(peer)
