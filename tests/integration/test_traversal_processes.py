@@ -9,6 +9,7 @@ gets every message exactly once, in order.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -143,3 +144,70 @@ def test_fault_direct_path_cut_mid_transfer_moves_to_the_relay_and_back_without_
         assert got == [f"m{i:05d}" for i in range(count)]  # not one lost, duplicated or reordered
         stats = ns.admin(mesh.admin_a, "GET", "/v1/status")["stats"]
         assert stats.get("path_switches_to_keyed", 0) >= 1 and stats.get("path_switches_to_direct", 0) >= 1
+
+
+def test_nat_rebinding_mid_transfer_migrates_the_session() -> None:
+    """Behind a symmetric NAT that forgets its mappings (conntrack flushed, as after a router
+    reboot or a mapping timeout), the node's packets leave from a new port: the peer validates
+    the new address and follows; no message is lost, duplicated or reordered."""
+    from coremesh_natlab import Lab, pair
+    from coremesh_natlab.testing import require_root
+
+    from .nat_matrix import NODE_PORT, READY, run_script, start_node, start_relay
+
+    require_root()
+    count = 300
+    with tempfile.TemporaryDirectory() as tmp, Lab(pair("symmetric", "full-cone")) as lab:
+        start_relay(lab, tmp)
+        a, b = lab.host("a"), lab.host("b")
+        for host in (a, b):
+            start_node(host, tmp, ["--path-dead-after", "1s"])
+        a_id = run_script(a, READY, "--no-netcheck")["peer_id"]
+        b_id = run_script(b, READY, "--no-netcheck")["peer_id"]
+        call = "\n".join(
+            [
+                "import json, sys, urllib.request",
+                "req = urllib.request.Request('http://127.0.0.1:7947' + sys.argv[2], method=sys.argv[1],",
+                "    data=(sys.argv[3].encode() if len(sys.argv) > 3 else None),",
+                "    headers={'Content-Type': 'application/json'})",
+                "print(urllib.request.urlopen(req, timeout=30).read().decode())",
+            ]
+        )
+
+        def admin(host, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def]
+            args = [method, path] + ([json.dumps(body)] if body is not None else [])
+            return json.loads(host.run([sys.executable, "-c", call, *args]).stdout)
+
+        admin(a, "POST", "/v1/connect", {"peer": f"{b_id}@{lab.public_ipv4('b')}:{NODE_PORT}"})
+        wait(lambda: admin(a, "GET", "/v1/peers")["peers"][0]["via"] == "direct", 10, "a direct path")
+        before = admin(b, "GET", "/v1/peers")["peers"][0]["address"]
+        driver = a.popen(
+            [
+                sys.executable,
+                "-c",
+                DRIVER.replace("http://", "http://"),
+                "127.0.0.1:7947",
+                b_id,
+                str(count),
+                "0.01",
+            ]
+        )
+        time.sleep(1.0)
+        lab.router("nat_a").run(["conntrack", "-F"])  # the NAT forgets: new mappings, new ports
+        assert driver.wait(timeout=60) == 0
+        got: list[str] = []
+        deadline = time.monotonic() + 20
+        while len(got) < count and time.monotonic() < deadline:
+            got += [
+                m["data"]
+                for m in admin(b, "GET", f"/v1/messages?count={count - len(got)}&timeout=5")["messages"]
+            ]
+        assert got == [f"m{i:05d}" for i in range(count)]
+        after = admin(b, "GET", "/v1/peers")["peers"][0]
+        assert after["address"] != before and after["via"] == "direct", (before, after)
+        assert (
+            admin(b, "GET", "/v1/status")["stats"].get("address_changes", 0)
+            + admin(b, "GET", "/v1/status")["stats"].get("path_switches_to_direct", 0)
+            >= 1
+        )
+        assert a_id
