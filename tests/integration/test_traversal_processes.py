@@ -162,7 +162,7 @@ def test_nat_rebinding_mid_transfer_migrates_the_session() -> None:
         a, b = lab.host("a"), lab.host("b")
         for host in (a, b):
             start_node(host, tmp, ["--path-dead-after", "1s"])
-        a_id = run_script(a, READY, "--no-netcheck")["peer_id"]
+        run_script(a, READY, "--no-netcheck")
         b_id = run_script(b, READY, "--no-netcheck")["peer_id"]
         call = "\n".join(
             [
@@ -185,7 +185,7 @@ def test_nat_rebinding_mid_transfer_migrates_the_session() -> None:
             [
                 sys.executable,
                 "-c",
-                DRIVER.replace("http://", "http://"),
+                DRIVER,
                 "127.0.0.1:7947",
                 b_id,
                 str(count),
@@ -205,9 +205,5 @@ def test_nat_rebinding_mid_transfer_migrates_the_session() -> None:
         assert got == [f"m{i:05d}" for i in range(count)]
         after = admin(b, "GET", "/v1/peers")["peers"][0]
         assert after["address"] != before and after["via"] == "direct", (before, after)
-        assert (
-            admin(b, "GET", "/v1/status")["stats"].get("address_changes", 0)
-            + admin(b, "GET", "/v1/status")["stats"].get("path_switches_to_direct", 0)
-            >= 1
-        )
-        assert a_id
+        stats = admin(b, "GET", "/v1/status")["stats"]
+        assert stats.get("path_switches_to_direct", 0) + stats.get("address_changes", 0) >= 1, stats
