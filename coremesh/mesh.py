@@ -44,7 +44,7 @@ _STATE_MAP = {
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
 STOP_LINGER = 2.0
-CANDIDATE_REFRESH = 5.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
+CANDIDATE_REFRESH = 2.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
 _CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
 DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
 DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
