@@ -258,3 +258,26 @@ def test_an_unanswered_migration_reverts_after_a_second() -> None:
     assert b_conn.address == attacker
     net.run_for(1.5)
     assert b_conn.address == a_addr and b.endpoint.counters["migrations_reverted"] == 1
+
+
+def test_a_raced_connect_takes_the_first_path_that_answers() -> None:
+    # Both paths deliver: the direct copy arrives first, the relayed copy is refused as a replay,
+    # and there is exactly one connection.
+    w = world(None, None)
+    w.a.endpoint.connect(w.b.peer_id, Address("10.0.2.2", 4000), w.net.clock.now)
+    assert w.a.endpoint.also_try(w.b.peer_id, w.a.relay_address(w.b.peer_id), w.net.clock.now)
+    w.net.flush()
+    assert w.net.run_until(
+        lambda: bool(w.a.of(ev.PeerConnected)) and bool(w.b.of(ev.PeerConnected)), timeout=5
+    )
+    w.net.run_for(1.0)
+    assert path(w.a, w.b) == "direct" and len(w.b.of(ev.PeerConnected)) == 1
+    assert w.b.endpoint.counters["drop_replayed_handshake"] >= 1
+    # The direct address is unreachable (a port-restricted NAT in front of B): the relay answers.
+    w = world(None, N.PORT_RESTRICTED)
+    w.a.endpoint.connect(w.b.peer_id, Address(B_PUB, 4000), w.net.clock.now)
+    w.a.endpoint.also_try(w.b.peer_id, w.a.relay_address(w.b.peer_id), w.net.clock.now)
+    w.net.flush()
+    assert w.net.run_until(lambda: bool(w.a.of(ev.PeerConnected)), timeout=5)
+    assert w.a.of(ev.PeerConnected)[0].address == w.a.relay_address(w.b.peer_id)  # type: ignore[attr-defined]
+    assert w.net.run_until(lambda: both_direct(w), timeout=5.0)  # and traversal takes it direct
