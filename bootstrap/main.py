@@ -1,34 +1,140 @@
-"""``coremesh-bootstrap``: placeholder until the discovery issue lands.
+"""``coremesh-bootstrap``: a stable DHT member that new nodes join through.
 
-It prints the planned command line and says plainly that it is not implemented: exit status 2
-(``--help`` exits 0 with the same note), so a deployment that starts it fails loudly, not silently.
+    coremesh-bootstrap --listen HOST:PORT --data-dir DIR --admin HOST:PORT [--bootstrap [PEERID@]HOST:PORT]...
+
+It is a :class:`coremesh.MeshNode` with a persistent identity (its PeerId can be pinned by others), its
+routing table and peer store kept in the data dir, that answers DHT lookups, stores signed peer
+records and accepts mesh connections. Several run side by side, each listing the others. On
+SIGTERM/SIGINT: readiness goes to 503, the routing table is saved, connections are closed, and the
+process exits 0; a second signal ends it at once.
+
+Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (one line on stderr);
+1 when it cannot run (address in use, ...).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Final
 
-PROG: Final = "coremesh-bootstrap"
-USAGE: Final = f"""\
-usage: {PROG} --listen HOST:PORT --data-dir DIR --admin HOST:PORT
+from coremesh import MeshConfig, MeshNode
+from coremesh.errors import ConfigError, IdentityError, MeshError
+from coremesh.service import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    StartupError,
+    os_error_text,
+    service_main,
+)
+from coremesh.service.lifecycle import serve_until_signalled
+from coremesh.service.logs import EventLogger
 
-Planned: a well-known node that answers peer discovery (DHT) queries so new nodes can join the mesh.
-  --listen HOST:PORT       UDP address of the bootstrap node
-  --data-dir DIR           directory of its identity key (created if missing)
-  --admin HOST:PORT        admin HTTP API (loopback only by default)
-"""
-NOTE: Final = f"{PROG}: not implemented yet: lands with the relay/discovery issue"
+from .admin import AdminServer, BootstrapState, create_admin_app
+from .settings import PROG, BootstrapSettings, resolve
+
+SHUTDOWN_TIMEOUT: Final = 10.0
+
+log = EventLogger("coremesh_bootstrap")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(USAGE + "\n" + NOTE)
-        return 0
-    print(USAGE + "\n" + NOTE, file=sys.stderr)
-    return 2
+    return service_main(PROG, lambda: resolve(argv, os.environ), lambda s: Bootstrap(s).run(), log)
+
+
+def mesh_config(s: BootstrapSettings) -> MeshConfig:
+    return MeshConfig(
+        listen_addr=str(s.listen),
+        data_dir=s.data_dir,
+        bootstrap_peers=s.bootstrap,
+        advertise_addresses=tuple(str(a) for a in s.advertise),
+        max_connections=s.max_connections,
+        dht_k=s.dht_k,
+        dht_alpha=s.dht_alpha,
+        # A bootstrap serves the DHT; it has no relay of its own to announce.
+        enable_relay=False,
+    )
+
+
+class Bootstrap:
+    def __init__(self, settings: BootstrapSettings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self.node: MeshNode | None = None
+        self.admin: AdminServer | None = None
+        self.state = BootstrapState(settings=settings.summary())
+
+    async def run(self) -> int:
+        done = await serve_until_signalled(
+            self._start,
+            self._shutdown,
+            self._stop,
+            self._on_signal,
+            timeout=SHUTDOWN_TIMEOUT,
+            after_failed_start=lambda: self._shutdown(quiet=True),
+        )
+        if not done:
+            log.error("bootstrap.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
+            return EXIT_RUNTIME
+        return EXIT_OK
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("bootstrap.stopping", signal=sig.name)
+        self.state.ready = False
+        self._stop.set()
+
+    async def _start(self) -> None:
+        s = self.settings
+        try:
+            config = mesh_config(s)
+            node = MeshNode(config)
+        except (ConfigError, IdentityError) as exc:
+            raise StartupError(str(exc), EXIT_CONFIG) from None
+        except OSError as exc:
+            raise StartupError(f"--data-dir {s.data_dir}: {os_error_text(exc)}", EXIT_CONFIG) from None
+        try:
+            await node.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {s.listen}: {os_error_text(exc)}", EXIT_RUNTIME) from None
+        except IdentityError as exc:
+            raise StartupError(str(exc), EXIT_CONFIG) from None
+        except (ConfigError, MeshError) as exc:  # the socket cannot be opened (address in use, ...)
+            raise StartupError(f"cannot start on {s.listen}: {exc}", EXIT_RUNTIME) from None
+        self.node = node
+        self.state.node = node
+        self.state.addresses = [str(a) for a in node.advertised_addresses()]
+        self.admin = AdminServer(create_admin_app(self.state))
+        try:
+            admin_address = await self.admin.start(s.admin)
+        except OSError as exc:
+            self.admin = None
+            raise StartupError(
+                f"cannot serve the admin API on {s.admin}: {os_error_text(exc)}", EXIT_RUNTIME
+            ) from None
+        self.state.ready = not self._stop.is_set()
+        log.info(
+            "bootstrap.ready",
+            peer_id=node.peer_id.to_text(),
+            addresses=self.state.addresses,
+            admin=str(admin_address),
+            settings=s.summary(),
+            pid=os.getpid(),
+        )
+
+    async def _shutdown(self, *, quiet: bool = False) -> None:
+        self.state.ready = False
+        if self.admin is not None:
+            await self.admin.stop()
+        node = self.node
+        if node is not None:
+            stats = node.dht_status().get("stats", {})
+            await node.stop()
+            if not quiet:
+                log.info("bootstrap.stopped", dht=stats)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     coremesh [--admin HOST:PORT] status [--json]
     coremesh [--admin HOST:PORT] peers [--json]
-    coremesh [--admin HOST:PORT] connect PEERID@HOST:PORT [--json]
+    coremesh [--admin HOST:PORT] connect PEERID[@HOST:PORT] [--json]
+    coremesh [--admin HOST:PORT] lookup PEERID [--json]
     coremesh [--admin HOST:PORT] ping PEERID [--count N] [--json]
     coremesh [--admin HOST:PORT] send PEERID TEXT [--json]
     coremesh [--admin HOST:PORT] recv [--count N] [--timeout S] [--json]
@@ -53,7 +54,10 @@ PING_COUNT_RANGE: Final = (1, 1000)
 PING_TIMEOUT_RANGE: Final = (0.01, 60.0)  # per ping
 PING_INTERVAL_RANGE: Final = (0.0, 10.0)
 RECV_TIMEOUT_RANGE: Final = (0.0, 300.0)
+LOOKUP_TIMEOUT_RANGE: Final = (0.1, 30.0)
 MAX_RECV_COUNT: Final = 1_000_000
+# Extra HTTP wait when the node may first resolve a PeerId through the DHT (its lookup_timeout).
+LOOKUP_BUDGET: Final = 40.0
 
 JsonObject = dict[str, Any]
 
@@ -127,6 +131,9 @@ def check_peer_id(text: str) -> PeerId:
 
 
 def check_peer_address(text: str) -> str:
+    """``PEERID@HOST:PORT``, or a PeerId alone (the node resolves it through the DHT)."""
+    if "@" not in text and ":" not in text:
+        return check_peer_id(text).to_text()
     try:
         return str(parse_peer_address(text, require_id=True))
     except (InvalidPeerId, InvalidAddress) as exc:
@@ -211,6 +218,19 @@ def format_ping(data: JsonObject) -> str:
         f"{float(data.get('min_ms', 0)):.3f}/{float(data.get('rtt_ms', 0)):.3f}/"
         f"{float(data.get('max_ms', 0)):.3f} ms"
     ) + (f"\n  relayed ({data.get('via')}): {data['reason']}" if data.get("reason") else "")
+
+
+def format_lookup(data: JsonObject) -> str:
+    lines = [
+        f"peer_id      {data.get('peer_id')}",
+        f"seq          {data.get('seq')}",
+        f"expires_in   {float(data.get('expires_in_s') or 0):.0f}s",
+        f"found in     {_ms(data.get('elapsed_ms'))}",
+    ]
+    for entry in data.get("addresses") or []:
+        if isinstance(entry, dict):
+            lines.append(f"{entry.get('kind')!s:<12} {entry.get('address')}")
+    return "\n".join(lines)
 
 
 def format_send(data: JsonObject) -> str:
@@ -298,14 +318,24 @@ def cmd_peers(args: argparse.Namespace, client: AdminClient, out: Output) -> int
 def cmd_connect(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     peer = check_peer_address(args.peer)
     body = {"peer": peer, "timeout": args.timeout, "path": args.path}
-    out.emit(client.request("POST", "/v1/connect", body, timeout=args.timeout + 5), format_connect)
+    out.emit(
+        client.request("POST", "/v1/connect", body, timeout=args.timeout + LOOKUP_BUDGET), format_connect
+    )
+    return EXIT_OK
+
+
+def cmd_lookup(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    peer = check_peer_id(args.peer)
+    query = urlencode({"peer": peer.to_text(), "timeout": f"{args.timeout:g}"})
+    out.emit(client.request("GET", "/v1/lookup?" + query, timeout=args.timeout + 5), format_lookup)
     return EXIT_OK
 
 
 def cmd_ping(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     peer = check_peer_id(args.peer)
     body = {"peer": peer.to_text(), "count": args.count, "timeout": args.timeout, "interval": args.interval}
-    budget = args.count * (args.timeout + args.interval) + 5
+    # A peer not connected yet is first resolved through the DHT and connected by the node.
+    budget = args.count * (args.timeout + args.interval) + LOOKUP_BUDGET
     out.emit(client.request("POST", "/v1/ping", body, timeout=budget), format_ping)
     return EXIT_OK
 
@@ -513,9 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
         "connect to a peer",
         "Make the node connect to a peer and wait until the secure session is up (or fails).\n"
         "The peer id is checked before anything is sent.",
-        "  coremesh connect PEERID@192.0.2.10:7946\n  coremesh connect PEERID@[2001:db8::7]:7946 --json",
+        "  coremesh connect PEERID@192.0.2.10:7946\n  coremesh connect PEERID@[2001:db8::7]:7946 --json\n"
+        "  coremesh connect PEERID",
     )
-    p.add_argument("peer", metavar="PEERID@HOST:PORT", help="the peer's id and UDP address")
+    p.add_argument(
+        "peer",
+        metavar="PEERID[@HOST:PORT]",
+        help="the peer's id and UDP address, or its id alone (resolved through the DHT)",
+    )
     p.add_argument(
         "--timeout",
         type=_seconds(*CONNECT_TIMEOUT_RANGE),
@@ -533,14 +568,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_connect)
 
     p = command(
+        "lookup",
+        "find a peer's signed record through the DHT",
+        "Look a PeerId up in the mesh's DHT and print its signed record: its candidate addresses\n"
+        "(host, srflx, relay, keyed), sequence number and expiry. Fails with one line when the\n"
+        "network has no live record of the id.",
+        "  coremesh lookup PEERID\n  coremesh lookup PEERID --json | jq -r '.addresses[].address'",
+    )
+    p.add_argument("peer", metavar="PEERID", help="the id to look up")
+    p.add_argument(
+        "--timeout",
+        type=_seconds(*LOOKUP_TIMEOUT_RANGE),
+        default=5.0,
+        metavar="S",
+        help=f"give up after S seconds (5; {_span(LOOKUP_TIMEOUT_RANGE)})",
+    )
+    p.set_defaults(func=cmd_lookup)
+
+    p = command(
         "ping",
-        "measure the round-trip time to a connected peer",
-        "Send COUNT pings to a connected peer over the mesh and report the round-trip times.\n"
+        "measure the round-trip time to a peer",
+        "Send COUNT pings to a peer over the mesh and report the round-trip times. A peer that is\n"
+        "not connected yet is found by its id through the DHT and connected first.\n"
         "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received,\n"
         "via (direct, turn or keyed) and reason (why the path is relayed, or null).",
         "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
     )
-    p.add_argument("peer", metavar="PEERID", help="a connected peer's id")
+    p.add_argument("peer", metavar="PEERID", help="the peer's id")
     p.add_argument(
         "--count",
         "-c",

@@ -6,11 +6,14 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .addr import Address, parse_address
 from .errors import ConfigError, InvalidAddress, InvalidPeerId
 from .identity import PeerId
+
+if TYPE_CHECKING:
+    from .dht.config import DhtConfig
 
 MIN_DATAGRAM_SIZE: Final = 1200  # RFC 8899 / QUIC: every IPv6 path carries 1280-byte packets
 MAX_DATAGRAM_SIZE: Final = 65487  # largest UDP payload over IPv6 loopback (MTU 65536)
@@ -131,6 +134,13 @@ class MeshConfig:
     rekey_after_time: float = 120.0
     rekey_after_packets: int = 1 << 40
     socket_buffer_size: int = 4 * 1024 * 1024
+    dht: bool = True
+    dht_k: int = 20
+    dht_alpha: int = 3
+    dht_options: dict[str, Any] = field(default_factory=dict)
+    lookup_timeout: float = 5.0
+    advertise_addresses: tuple[str, ...] = ()
+    gossip_interval: float = 30.0
     stun_servers: tuple[str, ...] = ()
     netcheck_interval: float = 300.0
     mdns: bool = False
@@ -166,7 +176,7 @@ class MeshConfig:
             set_(self, name, tuple(entries))
             set_(self, f"_{name}", tuple(parsed))
         _int(self.max_connections, "max_connections", 1, 1_000_000)
-        for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery"):
+        for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery", "dht"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         for name in (
@@ -174,6 +184,8 @@ class MeshConfig:
             "idle_timeout",
             "connect_timeout",
             "rekey_after_time",
+            "lookup_timeout",
+            "gossip_interval",
             "path_dead_after",
             "traversal_retry_max",
         ):
@@ -198,6 +210,43 @@ class MeshConfig:
         _int(self.rekey_after_packets, "rekey_after_packets", 16, 1 << 60)
         _int(self.socket_buffer_size, "socket_buffer_size", 64 * 1024, 1 << 30)
         _discovery_fields(self)
+        if isinstance(self.advertise_addresses, str):
+            raise ConfigError("advertise_addresses: expected a list of HOST:PORT, got a string")
+        advertised = []
+        for entry in self.advertise_addresses:
+            try:
+                address = parse_address(entry, allow_zero_port=False, allow_names=False)
+            except InvalidAddress as exc:
+                raise ConfigError(f"advertise_addresses: {exc}") from None
+            if address.host in ("0.0.0.0", "::"):
+                raise ConfigError(
+                    f"advertise_addresses: {address} is a wildcard, not an address peers can reach"
+                )
+            advertised.append(address)
+        set_(self, "advertise_addresses", tuple(self.advertise_addresses))
+        set_(self, "_advertise", tuple(advertised))
+        set_(self, "_dht_config", self._build_dht_config())
+
+    def _build_dht_config(self) -> DhtConfig:
+        from .dht.config import DhtConfig  # the DHT package imports this module
+
+        if not isinstance(self.dht_options, dict):
+            raise ConfigError(f"dht_options: expected a table of DHT settings, got {self.dht_options!r}")
+        options = {"k": self.dht_k, "alpha": self.dht_alpha, **self.dht_options}
+        options.setdefault("lookup_timeout", max(self.lookup_timeout, options.get("request_timeout", 2.0)))
+        try:
+            return DhtConfig.from_dict(options)
+        except ConfigError as exc:
+            raise ConfigError(f"dht: {exc}") from None
+
+    @property
+    def dht_config(self) -> DhtConfig:
+        """The DHT's settings: ``dht_k``, ``dht_alpha`` and ``dht_options`` (any DhtConfig field)."""
+        return self._dht_config  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def advertised(self) -> tuple[Address, ...]:
+        return self._advertise  # type: ignore[attr-defined,no-any-return]
 
     @property
     def listen_address(self) -> Address:
@@ -231,7 +280,14 @@ class MeshConfig:
                 f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for key in ("bootstrap_peers", "relays", "keyed_relays", "stun_servers", "mdns_interfaces"):
+        for key in (
+            "bootstrap_peers",
+            "relays",
+            "keyed_relays",
+            "advertise_addresses",
+            "stun_servers",
+            "mdns_interfaces",
+        ):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
         return cls(**values)

@@ -1,7 +1,8 @@
 """The local mesh demo (the README's first command).
 
-Starts a few ``coremesh-node`` processes on loopback, connects them into a full mesh through their
-admin APIs, exchanges messages and pings, prints what happens, and shuts them down with SIGTERM.
+Starts a relay, a bootstrap node and a few ``coremesh-node`` processes on loopback; the nodes know
+only the bootstrap's address, find each other by PeerId through the DHT and connect into a full mesh
+(through their admin APIs), exchange messages and pings, print what happens, and shut down with SIGTERM.
 Everything stays on 127.0.0.1; every process it started is stopped by its PID, also on failure.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,7 +86,7 @@ def spawn(name: str, tmp: str, module: str, args: list[str]) -> DemoNode:
         sys.executable, "-m", module, "--listen", node.listen, "--admin", node.admin,
         "--log-format", "text", "--log-level", "warning", *args,
     ]  # fmt: skip
-    if module == "coremesh_node":
+    if module in ("coremesh_node", "coremesh_bootstrap"):
         cmd += ["--data-dir", str(node.data_dir)]
     node.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     return node
@@ -94,6 +96,7 @@ def run(count: int, keep: bool) -> int:
     nodes: list[DemoNode] = []
     extra: list[DemoNode] = []
     relay: DemoNode | None = None
+    boot: DemoNode | None = None
     with tempfile.TemporaryDirectory(prefix="coremesh-demo-") as tmp:
         try:
             keyed_port = free_port(socket.SOCK_STREAM)
@@ -105,18 +108,29 @@ def run(count: int, keep: bool) -> int:
             say(f"[relay] STUN/TURN on {relay.listen} (udp+tcp), keyed relay on tcp://127.0.0.1:{keyed_port}")
             turn = ["--relay", f"demo:demo-secret@{relay.listen}"]
             keyed = ["--keyed-relay", f"tcp://127.0.0.1:{keyed_port}"]
+            boot = spawn("bootstrap", tmp, "coremesh_bootstrap", [])
+            wait_ready(boot)
+            boot.peer_id = boot.call("GET", "/v1/status")["peer_id"]
+            say(f"[bootstrap] DHT seed on {boot.listen}  id={boot.peer_id}")
+            join = ["--bootstrap", boot.listen]
             for i in range(count):
-                nodes.append(spawn(f"node-{i}", tmp, "coremesh_node", [*turn, *keyed]))
+                nodes.append(spawn(f"node-{i}", tmp, "coremesh_node", [*turn, *keyed, *join]))
             for node in nodes:
                 wait_ready(node)
                 node.peer_id = node.call("GET", "/v1/status")["peer_id"]
                 say(f"[{node.name}] started  pid={node.process.pid if node.process else '?'}  "
                     f"udp={node.listen}  admin={node.admin}  id={node.peer_id}")  # fmt: skip
 
-            say("\n-- connecting every pair (Noise IK handshake over UDP)")
+            say("\n-- finding every node by PeerId alone (Kademlia lookup through the DHT)")
+            for b in nodes[1:]:
+                r = find(nodes[0], b)
+                where = ", ".join(f"{a['kind']} {a['address']}" for a in r["addresses"])
+                say(f"[{nodes[0].name}] found [{b.name}] in {r['elapsed_ms']:.1f} ms: {where}")
+
+            say("\n-- connecting every pair by PeerId (DHT lookup, then a Noise IK handshake over UDP)")
             for i, a in enumerate(nodes):
                 for b in nodes[i + 1 :]:
-                    r = a.call("POST", "/v1/connect", {"peer": f"{b.peer_id}@{b.listen}"})
+                    r = a.call("POST", "/v1/connect", {"peer": b.peer_id})
                     say(f"[{a.name}] -> [{b.name}] connected in {r['connect_ms']:.2f} ms ({r['path']})")
 
             say("\n-- every node sends a message to every other node")
@@ -180,6 +194,10 @@ def run(count: int, keep: bool) -> int:
                     f"rtt {ping['rtt_ms']:.3f} ms ({ping['path']}); "
                     f"[{target.name}] received {got[0]['data']!r}")  # fmt: skip
 
+            say("\n-- mDNS: two nodes on a private link find each other with no bootstrap and no address")
+            if mdns_on_a_private_link(tmp) is False:
+                return 1
+
             if keep:
                 say("\nThe mesh keeps running; try: coremesh --admin " + nodes[0].admin + " peers")
                 say("Press Ctrl-C to stop.")
@@ -189,7 +207,88 @@ def run(count: int, keep: bool) -> int:
             say("\n-- stopping (SIGTERM): peers see a close, not a timeout")
             return 0
         finally:
-            stop_all(extra + nodes + ([relay] if relay is not None else []))
+            stop_all(extra + nodes + [n for n in (boot, relay) if n is not None])
+
+
+def mdns_on_a_private_link(tmp: str) -> bool | None:
+    """Two nodes with mDNS on in a network namespace of their own, whose loopback carries multicast:
+    the second pings the first by PeerId alone. mDNS multicasts to the whole link, so the demo never
+    turns it on on the host's own interfaces; without root or iproute2 it says so and goes on."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        say("  (not shown: a private network namespace needs root and iproute2)")
+        return None
+    ns = f"cmdemo{os.getpid()}"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def inside(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def cli(admin: str, *argv: str) -> Any:
+        result = inside(sys.executable, "-m", "coremesh", "--admin", admin, *argv, "--json")
+        if result.returncode != 0:
+            raise RuntimeError(f"coremesh {' '.join(argv)} in {ns}: {result.stderr.strip()}")
+        return json.loads(result.stdout)
+
+    created = subprocess.run(
+        ["ip", "netns", "add", ns], capture_output=True, text=True, timeout=10, check=False
+    )
+    if created.returncode != 0:
+        say(f"[mdns] cannot create network namespace {ns}: {created.stderr.strip()}")
+        return False
+    try:
+        for argv in (("link", "set", "lo", "up"), ("link", "set", "lo", "multicast", "on"),
+                     ("route", "add", "224.0.0.0/4", "dev", "lo")):  # fmt: skip
+            if inside("ip", *argv).returncode != 0:
+                raise RuntimeError(f"cannot set up the loopback of namespace {ns}")
+        admins = ["127.0.0.1:7101", "127.0.0.1:7102"]
+        for i, admin in enumerate(admins):
+            cmd = [
+                "ip", "netns", "exec", ns, sys.executable, "-m", "coremesh_node", "--listen", "127.0.0.1:0",
+                "--admin", admin, "--data-dir", str(Path(tmp) / f"mdns-{i}"), "--mdns",
+                "--mdns-interface", "127.0.0.1", "--log-format", "text", "--log-level", "warning",
+            ]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+        ids = []
+        for admin in admins:
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    ids.append(cli(admin, "status")["peer_id"])
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the mDNS node at {admin} in {ns} did not start")
+                time.sleep(0.2)
+        ping = cli(admins[1], "ping", ids[0])
+        say(f"[mdns-1] found [mdns-0] by PeerId over mDNS and pinged it: rtt {ping['rtt_ms']:.3f} ms "
+            f"over {ping['path']} path")  # fmt: skip
+        return True
+    except RuntimeError as exc:
+        say(f"[mdns] failed: {exc}")
+        return False
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
+
+
+def find(node: DemoNode, target: DemoNode, timeout: float = 15.0) -> Any:
+    """Look ``target`` up from ``node``; a node that has just started may not have published yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return node.call("GET", f"/v1/lookup?peer={target.peer_id}&timeout=5")
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def stop_all(nodes: list[DemoNode]) -> None:

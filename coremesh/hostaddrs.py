@@ -1,7 +1,10 @@
-"""The host's own interface addresses: the host candidates of a node that listens on a wildcard.
+"""The host's own addresses: the host candidates of a node that listens on a wildcard.
 
-Linux only (``SIOCGIFADDR`` per interface for IPv4, ``/proc/net/if_inet6`` for IPv6); elsewhere,
-or on any error, the list is empty and the node simply announces fewer candidates.
+A socket bound to ``0.0.0.0`` or ``::`` has no address a peer could dial. :func:`interface_addresses`
+lists the usable unicast addresses of every interface (Linux: ``SIOCGIFADDR`` per interface for
+IPv4, ``/proc/net/if_inet6`` for IPv6; elsewhere, or on any error, the list is empty).
+:func:`primary_ip` is the source address the kernel would pick towards a documentation address: a UDP
+socket's ``connect()`` does a route lookup and sends nothing, so neither ever leaves the host.
 """
 
 from __future__ import annotations
@@ -13,8 +16,49 @@ import socket
 import struct
 from typing import Final
 
+from .addr import Address
+
 SIOCGIFADDR: Final = 0x8915
 MAX_ADDRESSES: Final = 8
+
+_V4_PROBE = "192.0.2.1"  # TEST-NET-1: a route lookup only, no packet is sent
+_V6_PROBE = "2001:db8::1"  # documentation prefix
+
+
+def primary_ip(family: socket.AddressFamily) -> str | None:
+    """The source address of this family's default route, or None (no route, no address)."""
+    probe = _V4_PROBE if family == socket.AF_INET else _V6_PROBE
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            host = str(s.getsockname()[0])
+    except OSError:
+        return None
+    return None if host in ("0.0.0.0", "::") else host
+
+
+def host_addresses(bound: Address, *, include_loopback: bool = True) -> list[Address]:
+    """Dialable addresses for a socket bound to ``bound`` (itself unless it is a wildcard).
+
+    A wildcard yields the primary address of each family it serves first, then the other interface
+    addresses, and the loopback addresses first when ``include_loopback`` (peers on the same host)
+    or when there is no other address at all."""
+    try:
+        ip = ipaddress.ip_address(bound.host)
+    except ValueError:
+        return [bound]
+    if not ip.is_unspecified:
+        return [bound]
+    v6 = ip.version == 6
+    hosts = [primary_ip(socket.AF_INET), primary_ip(socket.AF_INET6) if v6 else None]
+    hosts += interface_addresses(ipv4=True, ipv6=v6)
+    out = [Address(h, bound.port) for h in dict.fromkeys(h for h in hosts if h)][:MAX_ADDRESSES]
+    if include_loopback or not out:
+        loopback = [Address("127.0.0.1", bound.port)]
+        if v6:
+            loopback.append(Address("::1", bound.port))
+        out = loopback + out
+    return out
 
 
 def interface_addresses(*, ipv4: bool = True, ipv6: bool = True) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import time
@@ -24,12 +25,16 @@ from .errors import (
     MeshError,
     PeerNotFound,
 )
+from .hostaddrs import host_addresses
 from .identity import Identity, PeerId, load_or_create_identity
 from .paths import PathAddress, RelayAddress, udp_address
 from .runtime import UdpRuntime, open_udp_socket
 from .traversal import Candidate, CandidateType, TraversalConfig
 
 if TYPE_CHECKING:
+    from .dht.events import LookupFinished
+    from .dht.records import PeerRecord
+    from .dht.service import DhtService
     from .discovery.base import DiscoveredPeer, DiscoveryService
     from .netcheck import Netchecker
     from .netreport import NetcheckReport
@@ -49,7 +54,7 @@ CANDIDATE_REFRESH = 2.0  # seconds between looks at our candidates (relays re-al
 _CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
 DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
 DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
-MAX_DISCOVERED_TRIES = 4  # addresses of one peer tried when connecting by PeerId alone
+MAX_DISCOVERED_TRIES = 8  # addresses of one peer tried when connecting by PeerId alone
 
 
 class MeshNode:
@@ -83,6 +88,7 @@ class MeshNode:
         self._started_at: float | None = None
         self._stopping = False
         self._relays: RelayManager | None = None
+        self._dht: DhtService | None = None
         self._nat_type = ""
         self._nat_type_set = False
         self._netcheck: Netchecker | None = None
@@ -150,6 +156,18 @@ class MeshNode:
                 wall_offset=time.time() - loop.time(),
             )
             await self._relays.start()
+        if self.config.dht:
+            from .dht.service import DhtService  # imported lazily: a node may run without the DHT
+
+            self._dht = DhtService(
+                self._identity,
+                self.config,
+                self._runtime,
+                addresses=self._record_addresses,
+                connected_peers=self._direct_peers,
+                rng=self._rng,
+            )
+            self._dht.start(self.config.bootstrap_addresses)
         await self._start_netcheck_and_discovery()
         self._started_at = time.time()
         self._stopping = False
@@ -174,6 +192,9 @@ class MeshNode:
         deadline = runtime.now() + STOP_LINGER
         while any(s.state is PeerState.CLOSING for s in endpoint.snapshots()) and runtime.now() < deadline:
             await asyncio.sleep(0.01)
+        if self._dht is not None:
+            await self._dht.stop()
+            self._dht = None
         if self._relays is not None:
             await self._relays.stop()
             self._relays = None
@@ -207,7 +228,8 @@ class MeshNode:
         """Connect to a peer (or return the existing connection).
 
         ``peer`` is a PeerId, its text, or ``PEERID@HOST:PORT``; ``addr`` gives the address when
-        ``peer`` does not. Until discovery is configured, an address must be known.
+        ``peer`` does not. A PeerId alone is resolved through the DHT (its signed record lists the
+        peer's candidates, tried in turn); :class:`PeerNotFound` when the network has no live record.
 
         ``path``: ``"direct"`` (UDP to the address only), ``"relay"`` (through a relay only), or
         ``"auto"``: directly first, then through a relay if no direct handshake completes within
@@ -221,7 +243,7 @@ class MeshNode:
             known = self.get_connection(wanted)
             if known is not None:
                 return known
-            if self._discovery:
+            if self._dht is not None or self._discovery:
                 return await self._connect_discovered(wanted, timeout=timeout, path=path)
         target = self._resolve_target(peer, addr)
         timeout = self.config.connect_timeout if timeout is None else timeout
@@ -282,6 +304,118 @@ class MeshNode:
             if waiters and fut in waiters:
                 waiters.remove(fut)
 
+    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
+        """Find ``peer_id``'s addresses, then connect to them in turn.
+
+        The registered discovery services (mDNS: local and quick) are asked first, then the DHT.
+        When neither knows the peer but a service is registered, the services are asked again
+        until the connect timeout: an mDNS browse answers within a second or so."""
+        runtime, _ = self._require_running()
+        loop = asyncio.get_running_loop()
+        budget = self.config.connect_timeout if timeout is None else timeout
+        search_deadline = loop.time() + budget
+        candidates = await self._discovered_addresses(peer_id)
+        not_found: PeerNotFound | None = None
+        if self._dht is not None:
+            try:
+                found = await self.resolve(peer_id)
+            except PeerNotFound as exc:
+                not_found = exc
+            else:
+                candidates += [
+                    a for a in found if a not in candidates and runtime.unreachable_reason(a) is None
+                ]
+        while not candidates and self._discovery and loop.time() < search_deadline:
+            await asyncio.sleep(DISCOVERY_POLL)
+            candidates = await self._discovered_addresses(peer_id)
+        if not candidates:
+            if not_found is not None:
+                raise not_found
+            raise PeerNotFound(f"no address known for {peer_id}: no discovery source found it")
+        candidates = candidates[:MAX_DISCOVERED_TRIES]
+        if path == "relay":
+            return await self.connect(peer_id, candidates[0], timeout=budget, path="relay")
+        deadline = loop.time() + budget
+        errors: list[str] = []
+        for i, address in enumerate(candidates):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            last = i == len(candidates) - 1
+            # Earlier candidates get a fair share and direct UDP only; the last one gets what is
+            # left and, with path="auto", the relay fallback.
+            share = remaining if last else max(remaining / (len(candidates) - i), min(1.0, remaining))
+            try:
+                return await self.connect(peer_id, address, timeout=share, path=path if last else "direct")
+            except ConnectionFailed as exc:
+                errors.append(f"{address}: {exc}")
+        raise ConnectionFailed(f"could not connect to {peer_id}: {'; '.join(errors) or 'timed out'}")
+
+    async def lookup(self, peer: PeerId | str, *, timeout: float | None = None) -> PeerRecord:
+        """The live signed record of ``peer``, found through the DHT; :class:`PeerNotFound` if none."""
+        result = await self._lookup(peer, timeout)
+        if result.record is None:
+            raise PeerNotFound(f"no live record of {result.target} in the network")
+        return result.record
+
+    async def resolve(self, peer: PeerId | str, *, timeout: float | None = None) -> list[Address]:
+        """Addresses to try for ``peer``: its record's candidates, and where the DHT has seen it.
+
+        Loopback candidates come only when this node is on loopback itself or the peer offers
+        nothing else: a loopback address names a different host for every node that reads it."""
+        result = await self._lookup(peer, timeout)
+        found: list[Address] = []
+        if result.record is not None:
+            for kind, text in result.record.addresses:
+                if kind in ("host", "srflx", "relay") and "://" not in text:
+                    with contextlib.suppress(InvalidAddress):
+                        found.append(parse_address(text, allow_names=False))
+        found.extend(addr for pid, addr in result.closest if pid == result.target)
+        if not found:
+            raise PeerNotFound(f"no live record of {result.target} in the network")
+        unique = list(dict.fromkeys(found))
+        local = self._runtime is not None and _is_loopback(self._runtime.local_address)
+        remote = [a for a in unique if not _is_loopback(a)]
+        if local or not remote:
+            return unique
+        return remote
+
+    async def _lookup(self, peer: PeerId | str, timeout: float | None) -> LookupFinished:
+        self._require_running()
+        peer_id = PeerId.from_text(peer) if isinstance(peer, str) else peer
+        if self._dht is None:
+            raise PeerNotFound(f"cannot look {peer_id} up: the DHT is off (MeshConfig.dht)")
+        return await self._dht.lookup(peer_id, timeout=timeout)
+
+    def advertised_addresses(self) -> list[Address]:
+        """Where peers can reach this node directly: ``advertise_addresses`` if configured, else the
+        bound address (a wildcard expanded to the host's addresses, see :mod:`coremesh.hostaddrs`)."""
+        if self.config.advertised:
+            return list(self.config.advertised)
+        if self._runtime is None:
+            return []
+        return host_addresses(self._runtime.local_address)
+
+    def _record_addresses(self) -> list[tuple[str, str]]:
+        """The candidates this node publishes in its signed record, best first."""
+        out = [("host", str(a)) for a in self.advertised_addresses()]
+        if self._relays is not None:
+            for cand in self._relays.candidates():
+                kind = "srflx" if cand["type"] == "srflx" else "relay"
+                out.append((kind, cand["address"]))
+            out.extend(("keyed", url) for url in self._relays.registered_keyed_urls())
+        return out
+
+    def _direct_peers(self) -> list[tuple[PeerId, Address]]:
+        """Connected peers with a direct address: who the DHT gossips records to."""
+        return [(p.peer_id, p.address) for p in self.get_peers() if isinstance(p.address, Address)]
+
+    def dht_status(self) -> dict[str, Any]:
+        """Routing table size, records, what this node published, counters (drops by reason)."""
+        if self._dht is None:
+            return {"enabled": False}
+        return self._dht.status()
+
     async def _turn_route(self, address: Address) -> object | None:
         """Route ``address`` through a TURN allocation (channel bound); None if none can carry it."""
         runtime, _ = self._require_running()
@@ -339,15 +473,8 @@ class MeshNode:
         listening on a wildcard), then what the relays report."""
         if self._runtime is None:
             return []
-        from .hostaddrs import interface_addresses  # a Linux-only helper, used by started nodes
-
         bound = self._runtime.local_address
-        out: list[Candidate] = []
-        if bound.host in ("0.0.0.0", "::"):
-            for host in interface_addresses(ipv4=True, ipv6=bound.host == "::"):
-                out.append(Candidate(CandidateType.HOST, Address(host, bound.port)))
-        else:
-            out.append(Candidate(CandidateType.HOST, bound))
+        out = [Candidate(CandidateType.HOST, a) for a in host_addresses(bound, include_loopback=False)]
         if self._relays is not None:
             for entry in self._relays.candidates():
                 kind = _CANDIDATE_TYPES.get(entry["type"])
@@ -689,29 +816,6 @@ class MeshNode:
                     out.append(address)
         return out
 
-    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
-        timeout = self.config.connect_timeout if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # A source may find the peer a moment later (an mDNS browse answers within a second):
-        # ask again until the connect timeout.
-        while not (addresses := await self._discovered_addresses(peer_id)):
-            if loop.time() >= deadline:
-                raise PeerNotFound(
-                    f"no address known for {peer_id}: no discovery source found it within {timeout:g}s"
-                )
-            await asyncio.sleep(DISCOVERY_POLL)
-        timeout = max(deadline - loop.time(), 1.0)
-        tried = addresses[:MAX_DISCOVERED_TRIES]
-        share = max(timeout / len(tried), 1.0)
-        errors = []
-        for address in tried:
-            try:
-                return await self.connect(peer_id, address, timeout=share, path=path)
-            except ConnectionFailed as exc:
-                errors.append(f"{address}: {exc}")
-        raise ConnectionFailed(f"cannot connect to {peer_id} at any discovered address ({'; '.join(errors)})")
-
     async def _start_netcheck_and_discovery(self) -> None:
         runtime, _ = self._require_running()
         servers = self.config.stun_addresses
@@ -782,3 +886,10 @@ class MeshNode:
                     continue
             await conn.wait_closed()
             await asyncio.sleep(delay)
+
+
+def _is_loopback(address: Address) -> bool:
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return False

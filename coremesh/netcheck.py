@@ -41,6 +41,7 @@ log = logging.getLogger("coremesh.netcheck")
 DEFAULT_INTERVAL = 300.0
 DEFAULT_WATCH_INTERVAL = 30.0
 TCP_TIMEOUT = 2.0
+STUN_FIRST_BYTE_END = 4  # RFC 7983: a STUN message's first byte is 0-3
 RUN_TIMEOUT = 60.0  # a run that has not finished by then is abandoned (a bug, not a network state)
 
 
@@ -137,8 +138,8 @@ class Netchecker:
     # -- the API ------------------------------------------------------------------------------
 
     async def report(self, refresh: bool = False) -> NetcheckReport:
-        """The last report; a new run if ``refresh`` or none has finished yet (a run in progress
-        is joined, not duplicated)."""
+        """The last report; a new run if ``refresh`` or none has finished yet. A run in progress
+        (the start, a periodic one) is joined, not duplicated: its result is just as fresh."""
         if self.last is not None and not refresh:
             return self.last
         return await self.run("manual" if refresh else "start")
@@ -151,6 +152,9 @@ class Netchecker:
     # -- datagrams ----------------------------------------------------------------------------
 
     def _on_foreign(self, data: bytes, source: Address, now: float) -> list[tuple[bytes, Address]]:
+        if not (self._drivers and data and data[0] < STUN_FIRST_BYTE_END):  # ChannelData: not ours
+            previous = self._previous_handler
+            return previous(data, source, now) if previous is not None else []
         for driver in list(self._drivers):
             if driver.probe.on_datagram(data, source, now):
                 driver.flush()
@@ -216,6 +220,7 @@ class Netchecker:
             public_ipv6=_text(result.public_ipv6) if result else None,
             local_address=_text(result.local_address) if result else None,
             port_preserving=result.port_preserving if result else None,
+            port_allocation=result.port_allocation if result else None,
             hairpinning=result.hairpinning if result else None,
             udp_blocked=udp_blocked,
             relays=tuple(relays),
@@ -241,16 +246,19 @@ class Netchecker:
 
     async def _schedule(self) -> None:
         """First run now; then watch for changes and re-run on one, or when ``interval`` passed."""
-        with contextlib.suppress(MeshError, OSError):
-            await self.run("start")
+        trigger: str | None = "start"
         while True:
-            await asyncio.sleep(self.watch_interval)
             try:
-                trigger = await self._changed()
                 if trigger is not None:
                     await self.run(trigger)
             except (MeshError, OSError, TimeoutError) as exc:
-                log.warning("netcheck failed", extra={"error": str(exc)})
+                log.warning("netcheck failed", extra={"error": str(exc) or type(exc).__name__})
+            await asyncio.sleep(self.watch_interval)
+            try:
+                trigger = await self._changed()
+            except (MeshError, OSError, TimeoutError) as exc:
+                log.warning("netcheck: address check failed", extra={"error": str(exc) or type(exc).__name__})
+                trigger = None
 
     async def _changed(self) -> str | None:
         """Why a new run is due now, or None. A changed address is named before the schedule."""

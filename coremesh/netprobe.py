@@ -47,6 +47,10 @@ NETCHECK_TRANSACTION: Final = TransactionConfig(rto=0.25, rc=3, rm=4)
 """Sends at 0, 0.25 and 0.75 s, gives up at 1.75 s: a filtering test concludes by a timeout, and
 the RFC 8489 default (39.5 s) would make one netcheck last minutes."""
 MAX_SERVERS: Final = 16
+SEQUENTIAL_WINDOW: Final = 8
+"""Ports per observed mapping within which a dependent mapping's ports count as sequential: a
+run creates a few mappings unseen (the hairpinning request's), and other hosts behind the same NAT
+take ports too. Random allocation lands this close by chance well under 1% of the time."""
 
 
 class ProbePhase(enum.Enum):
@@ -79,6 +83,7 @@ class ProbeResult:
     hairpinning: bool | None
     discovery_server: Address | None
     behavior: NatBehavior | None
+    port_allocation: str | None = None
 
     @property
     def answered(self) -> bool:
@@ -125,6 +130,7 @@ class NetcheckProbe:
         self._hairpin = TransactionTable()
         self._hairpin_id: bytes | None = None
         self._hairpinning: bool | None = None
+        self._observed: list[Address] = []  # every mapped address a response of this run reported
         for server in self.servers:
             request = StunMessage(Method.BINDING, StunClass.REQUEST, new_transaction_id(random_bytes))
             txn = self._table.start(StunTransaction(request, server, now, config=config))
@@ -161,7 +167,12 @@ class NetcheckProbe:
     def on_datagram(self, data: bytes, src: Address, now: float) -> bool:
         """Offer one datagram from the socket; True if it belonged to this run."""
         if self.phase is ProbePhase.DISCOVERY and self.discovery is not None:
-            taken = self._hairpin_came_back(data) or self.discovery.on_datagram(data, src, now)
+            if self._hairpin_came_back(data):
+                taken = True
+            else:
+                taken = self.discovery.on_datagram(data, src, now)
+                if taken:
+                    self._observe(data)
             self._check_discovery()
             return taken
         if self.phase is not ProbePhase.BINDING:
@@ -182,7 +193,18 @@ class NetcheckProbe:
     def _binding_done(self, result: TransactionResult, now: float) -> None:
         server = self._server_of[result.transaction_id]
         txn = self._sent[result.transaction_id]
-        self._answers[server] = _answer(server, result, now - txn.send_times[-1])
+        answer = self._answers[server] = _answer(server, result, now - txn.send_times[-1])
+        if answer.mapped is not None:
+            self._observed.append(answer.mapped)
+
+    def _observe(self, data: bytes) -> None:
+        try:
+            msg = decode(data)
+            mapped = msg.get_address(Attr.XOR_MAPPED_ADDRESS) or msg.get_address(Attr.MAPPED_ADDRESS)
+        except DecodeError:
+            return
+        if mapped is not None and msg.msg_class is StunClass.SUCCESS:
+            self._observed.append(mapped)
 
     def _binding_over(self, now: float) -> None:
         if len(self._table) == 0 and self.phase is ProbePhase.BINDING:
@@ -257,6 +279,7 @@ class NetcheckProbe:
         reference = server or next((a.server for a in answers if a.mapped is not None), None)
         local = self.local_addresses.get(reference) if reference is not None else None
         mine = public[local.is_ipv6] if local is not None else None
+        preserving = None if local is None or mine is None else mine.port == local.port
         self.result = ProbeResult(
             answers=answers,
             mapping=mapping,
@@ -264,10 +287,11 @@ class NetcheckProbe:
             public_ipv4=public[False],
             public_ipv6=public[True],
             local_address=local,
-            port_preserving=None if local is None or mine is None else mine.port == local.port,
+            port_preserving=preserving,
             hairpinning=self._hairpinning,
             discovery_server=server,
             behavior=behavior,
+            port_allocation=_port_allocation(mapping, mine, preserving, self._observed),
         )
 
     def _mapping_from_answers(self, answers: tuple[ServerAnswer, ...]) -> str:
@@ -281,6 +305,24 @@ class NetcheckProbe:
                 continue
             return ENDPOINT_INDEPENDENT if len({a.mapped for a in same}) == 1 else ENDPOINT_DEPENDENT
         return UNKNOWN
+
+
+def _port_allocation(
+    mapping: str, public: Address | None, preserving: bool | None, observed: list[Address]
+) -> str | None:
+    """How the NAT picks ports: ``preserve`` (the local port), ``sequential`` (a dependent
+    mapping whose ports lie close together: predictable), ``random``; None when one mapping cannot
+    tell."""
+    if public is None:
+        return None
+    if preserving:
+        return "preserve"
+    if mapping in (NO_NAT, ENDPOINT_INDEPENDENT, UNKNOWN):
+        return None
+    ports = sorted({a.port for a in observed if a.host == public.host})
+    if len(ports) < 2:
+        return None
+    return "sequential" if ports[-1] - ports[0] <= SEQUENTIAL_WINDOW * len(ports) else "random"
 
 
 def _answer(server: Address, result: TransactionResult, rtt: float) -> ServerAnswer:

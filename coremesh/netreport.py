@@ -20,8 +20,12 @@ ENDPOINT_DEPENDENT: Final = "endpoint-dependent"
 """Mapping seen to differ between two servers without an RFC 5780 server to say how exactly."""
 
 
-def nat_type_name(mapping: str, filtering: str, udp_blocked: bool | None = None) -> str:
-    """The classic name of a (mapping, filtering) pair, as STUN clients and forums use it."""
+def nat_type_name(
+    mapping: str, filtering: str, udp_blocked: bool | None = None, port_allocation: str | None = None
+) -> str:
+    """The classic name of a (mapping, filtering) pair, as STUN clients and forums use it; a
+    symmetric NAT says how it allocates ports when that is known (``symmetric (sequential)`` is
+    predictable, ``symmetric (random)`` is not: the names the simulator uses too)."""
     if udp_blocked:
         return "UDP blocked"
     if mapping == NO_NAT:
@@ -29,6 +33,8 @@ def nat_type_name(mapping: str, filtering: str, udp_blocked: bool | None = None)
             return "no NAT (open)"
         return "no NAT (firewalled)"
     if mapping in (ADDRESS_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT, ENDPOINT_DEPENDENT):
+        if port_allocation in ("sequential", "random"):
+            return f"symmetric ({port_allocation})"
         return "symmetric"
     if mapping == ENDPOINT_INDEPENDENT:
         return {
@@ -74,6 +80,7 @@ class NetcheckReport:
     hairpinning: bool | None
     udp_blocked: bool | None
     relays: tuple[RelayLatency, ...] = ()
+    port_allocation: str | None = None
     discovery_server: str | None = None
     trigger: str = "manual"
     ran_at: float = field(default_factory=time.time)
@@ -82,7 +89,7 @@ class NetcheckReport:
 
     @property
     def nat_type(self) -> str:
-        return nat_type_name(self.mapping, self.filtering, self.udp_blocked)
+        return nat_type_name(self.mapping, self.filtering, self.udp_blocked, self.port_allocation)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +100,7 @@ class NetcheckReport:
             "public_ipv6": self.public_ipv6,
             "local_address": self.local_address,
             "port_preserving": self.port_preserving,
+            "port_allocation": self.port_allocation,
             "hairpinning": self.hairpinning,
             "udp_blocked": self.udp_blocked,
             "relays": [r.to_json() for r in self.relays],
@@ -122,6 +130,7 @@ def format_netcheck(data: dict[str, Any], now: float | None = None) -> str:
         f"public ipv6     {data.get('public_ipv6') or '-'}",
         f"local address   {data.get('local_address') or '-'}",
         f"port preserved  {_yes_no(data.get('port_preserving'))}",
+        f"port allocation {data.get('port_allocation') or 'unknown'}",
         f"hairpinning     {_yes_no(data.get('hairpinning'))}",
         f"udp             {'blocked' if udp is True else 'works' if udp is False else 'unknown'}",
         f"last run        {age} ({data.get('trigger', '-')}, {float(data.get('duration_ms') or 0):.0f} ms)",

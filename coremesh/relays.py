@@ -324,6 +324,10 @@ class RelayManager:
                 out.append({"type": "relay", "address": str(link.relayed), "via": str(link.server)})
         return out
 
+    def registered_keyed_urls(self) -> list[str]:
+        """The keyed relays this node is registered with now: where peers can reach it by PeerId."""
+        return [url for url, client in self._keyed.items() if client.registered]
+
     def status(self) -> dict[str, Any]:
         return {
             "turn": {

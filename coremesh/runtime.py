@@ -36,6 +36,7 @@ class Route(Protocol):
 # (STUN, TURN ChannelData); returns mesh packets unwrapped from it as (data, peer address) pairs.
 ForeignHandler = Callable[[bytes, Address, float], list[tuple[bytes, Address]]]
 RelaySender = Callable[[RelayAddress, bytes], bool]
+PacketHandler = Callable[[bytes, Address, float], None]
 _MESH_FIRST_BYTE: Final = 0xE0
 
 log = logging.getLogger("coremesh.runtime")
@@ -132,6 +133,31 @@ class UdpRuntime:
         self.routes: dict[Address, Route] = {}
         self.relay_sender: RelaySender | None = None
         self.foreign_handler: ForeignHandler | None = None
+        # Other protocols of the mesh's type range that are not the endpoint's (the DHT), by type
+        # byte; while there are none, datagrams go straight to the endpoint.
+        self._packet_handlers: dict[int, PacketHandler] = {}
+        self._receive_mesh: PacketHandler = endpoint.receive_datagram
+
+    def add_packet_handler(self, packet_type: int, handler: PacketHandler) -> None:
+        """Hand mesh-range datagrams whose first byte is ``packet_type`` to ``handler``."""
+        if not _MESH_FIRST_BYTE <= packet_type <= 0xFF:
+            raise ValueError(f"packet type {packet_type:#x} is outside the mesh range")
+        self._packet_handlers[packet_type] = handler
+        handlers, endpoint_receive = self._packet_handlers, self.endpoint.receive_datagram
+
+        def dispatch(data: bytes, addr: Address, now: float) -> None:
+            handler = handlers.get(data[0])
+            if handler is None:
+                endpoint_receive(data, addr, now)
+                return
+            try:
+                handler(data, addr, now)
+            except Exception:
+                # A bug in a side protocol must never stop the mesh receive loop.
+                self.endpoint.counters["drop_handler_error"] += 1
+                log.exception("handler for packet type %#x failed on a datagram from %s", data[0], addr)
+
+        self._receive_mesh = dispatch
 
     def send_raw(self, data: bytes, address: Address) -> None:
         """Send one datagram that is not a mesh packet (a STUN or TURN request) from our socket."""
@@ -236,7 +262,7 @@ class UdpRuntime:
             self._on_readable_gro()
             return
         recvfrom = self.sock.recvfrom
-        receive = self.endpoint.receive_datagram
+        receive = self._receive_mesh
         now = self._loop.time()
         count = 0
         cache: dict[object, Address] = {}
@@ -279,7 +305,7 @@ class UdpRuntime:
 
     def _on_readable_gro(self) -> None:
         recvmsg = self.sock.recvmsg
-        receive = self.endpoint.receive_datagram
+        receive = self._receive_mesh
         now = self._loop.time()
         count = 0
         cache: dict[object, Address] = {}

@@ -16,7 +16,9 @@ EPILOG = f"""\
 examples:
   coremesh-natlab up {TOPOLOGIES}/cone-cone.toml --prefix demo
   coremesh-natlab up cone-symmetric          (a shipped example, by name)
-  coremesh-natlab exec a -- ping -c1 192.0.2.10
+  coremesh-natlab exec a -- ip -br addr
+  coremesh-natlab link nat_a --latency-ms 25 --jitter-ms 5 --loss 0.01
+  coremesh-natlab cut a b; coremesh-natlab restore a b
   coremesh-natlab list
   coremesh-natlab down demo
   coremesh-natlab cleanup                    (runs whose process is gone, orphan namespaces)
@@ -62,7 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     clean.add_argument("--all", action="store_true", help="also runs left up with 'up'")
     show = sub.add_parser("show", help="check a topology and print its plan (builds nothing)")
     show.add_argument("topology")
-    ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
+    link = sub.add_parser("link", help="change a link of a running lab: latency, jitter, loss")
+    link.add_argument("--prefix")
+    link.add_argument("node")
+    link.add_argument("network", nargs="?", help="default: a host's network, a router's WAN")
+    link.add_argument("--latency-ms", type=float)
+    link.add_argument("--jitter-ms", type=float)
+    link.add_argument("--loss", type=float, help="probability 0..1, each way")
+    for verb, text in (("cut", "drop everything between two nodes"), ("restore", "undo cut")):
+        cut = sub.add_parser(verb, help=text)
+        cut.add_argument("--prefix")
+        cut.add_argument("a")
+        cut.add_argument("b")
+    ex = sub.add_parser("exec", help="run a command inside a node: exec [--prefix P] NODE -- CMD...")
     ex.add_argument("node")
     ex.add_argument("--prefix")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -75,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"coremesh-natlab: {exc}", file=sys.stderr)
         return 1
+    except KeyError as exc:
+        print(f"coremesh-natlab: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -116,9 +133,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         removed = runs.cleanup(include_detached=args.all)
         print(f"removed: {' '.join(removed)}" if removed else "nothing stale")
         return 0
+    if args.command == "link":
+        lab = Lab.attach(_pick(args.prefix))
+        handle = lab.link(args.node, args.network)
+        handle.set(latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, loss=args.loss)
+        print(f"{args.node}:{handle.iface.network} {handle.spec}")
+        return 0
+    if args.command in ("cut", "restore"):
+        lab = Lab.attach(_pick(args.prefix))
+        (lab.cut if args.command == "cut" else lab.restore)(args.a, args.b)
+        print(f"{args.command} {args.a} {args.b}")
+        return 0
     if args.command == "exec":
-        prefix = _pick(args.prefix)
-        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        cmd, prefix_arg = list(args.cmd), args.prefix
+        if cmd[:1] == ["--prefix"] and len(cmd) >= 2:  # exec NODE --prefix P -- CMD
+            prefix_arg, cmd = cmd[1], cmd[2:]
+        cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
+        prefix = _pick(prefix_arg)
         if not cmd:
             raise LabError("exec NODE -- CMD: no command given")
         netns = f"{prefix}-{args.node}"

@@ -4,6 +4,7 @@ the routers, runs processes inside hosts, changes links, and takes everything do
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -13,8 +14,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from socket import AF_INET, AF_INET6
@@ -23,7 +25,7 @@ from typing import IO, Any
 
 from . import rules, runs
 from .plan import Interface, NodePlan, Plan, build_plan
-from .topology import LinkSpec, Topology, TopologyError
+from .topology import LinkSpec, Topology, TopologyError, from_dict, to_dict
 
 IFA_F_NODAD = 0x02
 TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "nft")
@@ -44,6 +46,20 @@ def check_prerequisites() -> None:
         )
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A command in a node failed; unlike its base class, the message shows the node and the end
+    of the command's stderr."""
+
+    def __init__(self, node: str, failed: subprocess.CalledProcessError) -> None:
+        super().__init__(failed.returncode, failed.cmd, failed.output, failed.stderr)
+        self.node = node
+
+    def __str__(self) -> str:
+        err = (self.stderr or "").strip()[-1500:]
+        argv = " ".join(str(a) for a in self.cmd[4:])
+        return f"in {self.node}: {argv!r} exited with {self.returncode}" + (f":\n{err}" if err else "")
+
+
 class Node:
     """A router or host of a running lab. Commands run inside its namespace with ``ip netns exec``
     (which execs, so a :meth:`popen` PID is the command's own and is stopped by that PID)."""
@@ -61,7 +77,7 @@ class Node:
 
     @property
     def ipv4(self) -> list[str]:
-        """This node's IPv4 addresses (a router: WAN first... in interface order: LAN, then WAN)."""
+        """This node's IPv4 addresses, in interface order (a router: LAN, then WAN)."""
         return self.plan.ipv4
 
     @property
@@ -84,6 +100,16 @@ class Node:
     def command(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
 
+    @staticmethod
+    def environment(env: dict[str, str] | None = None) -> dict[str, str]:
+        """``env`` (default: ours) with this interpreter's ``bin`` directory first on ``PATH``, so
+        the project's console scripts (``coremesh-node``, ``coremesh-relay``) are found in a venv."""
+        result = dict(os.environ if env is None else env)
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in result.get("PATH", "").split(os.pathsep):
+            result["PATH"] = os.pathsep.join(p for p in (bindir, result.get("PATH", "")) if p)
+        return result
+
     def run(
         self,
         argv: Sequence[str],
@@ -92,14 +118,25 @@ class Node:
         timeout: float = 30,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run to completion; stdout and stderr are captured as text."""
-        return subprocess.run(
-            self.command(argv), capture_output=True, text=True, check=check, timeout=timeout, input=input
-        )
+        """Run to completion; stdout and stderr are captured as text. With ``check``, a failure
+        raises :class:`CommandFailed` (a :class:`subprocess.CalledProcessError`)."""
+        try:
+            return subprocess.run(
+                self.command(argv),
+                capture_output=True,
+                text=True,
+                check=check,
+                timeout=timeout,
+                input=input,
+                env=self.environment(),
+            )
+        except subprocess.CalledProcessError as exc:
+            raise CommandFailed(self.name, exc) from None
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a process; it is stopped (by PID) at :meth:`Lab.down` at the latest."""
         kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs["env"] = self.environment(kwargs.get("env"))
         proc = subprocess.Popen(self.command(argv), **kwargs)
         self.processes.append(proc)
         return proc
@@ -187,8 +224,29 @@ class Lab:
         self.nodes = {name: Node(self, plan) for name, plan in self.plan.nodes.items()}
         self.workdir = runs.STATE_DIR / self.prefix
         self._delayd: dict[str, subprocess.Popen[bytes]] = {}
-        self._cuts: set[tuple[str, str]] = set()
         self._up = False
+        self._owner: tuple[int, str] | None = None  # set when attached to a run another process made
+
+    @classmethod
+    def attach(cls, prefix: str) -> Lab:
+        """A handle on a running lab that another process brought up (``coremesh-natlab up``), to
+        change its links or cut paths. It does not own the run: it never takes it down."""
+        run = runs.read(prefix)
+        if run is None or not run.topology_data:
+            raise LabError(f"no run {prefix!r} to attach to")
+        lab = cls(from_dict(run.topology_data), prefix=prefix, detached=run.detached)
+        lab._owner = (run.owner_pid, run.owner_start)
+        return lab
+
+    def current_topology(self) -> Topology:
+        """The topology with the links as they are now (after :meth:`Link.set`)."""
+        links = {(i.node, i.network): i.link for n in self.plan.nodes.values() for i in n.interfaces}
+        routers = tuple(
+            replace(r, wan_link=links[(r.name, r.wan)], lan_link=links[(r.name, r.lan)])
+            for r in self.topology.routers
+        )
+        hosts = tuple(replace(h, link=links[(h.name, h.network)]) for h in self.topology.hosts)
+        return replace(self.topology, routers=routers, hosts=hosts)
 
     # -- access ----------------------------------------------------------------------------
 
@@ -250,7 +308,9 @@ class Lab:
         self._up = True
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._build()
+            # In a thread: pyroute2's synchronous API refuses to run inside an event loop, and a
+            # test may build its lab from a coroutine.
+            _in_thread(self._build)
             self._configure()
         except BaseException:
             self.down()
@@ -279,10 +339,11 @@ class Lab:
 
     def _state(self) -> runs.Run:
         pid = os.getpid()
+        owner_pid, owner_start = self._owner or (pid, runs.process_start(pid) or "")
         return runs.Run(
             prefix=self.prefix,
-            owner_pid=pid,
-            owner_start=runs.process_start(pid) or "",
+            owner_pid=owner_pid,
+            owner_start=owner_start,
             detached=self.detached,
             namespaces=tuple(self.plan.namespaces),
             topology=self.topology.name,
@@ -291,6 +352,7 @@ class Lab:
                 n.name: {"netns": n.netns, "kind": n.kind, "ipv4": n.ipv4, "ipv6": n.ipv6}
                 for n in self.plan.nodes.values()
             },
+            topology_data=to_dict(self.current_topology()),
         )
 
     def _build(self) -> None:
@@ -298,9 +360,22 @@ class Lab:
 
         for ns in self.plan.namespaces:
             netns.create(ns)
+        # No duplicate address detection: a tentative link-local address makes the first packets
+        # of a test wait for neighbour discovery. Switches need no IPv6 at all.
+        no_dad = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+        for switch in self.plan.switches.values():
+            write_sysctls(
+                switch.netns,
+                {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
+            )
+        for node in self.plan.nodes.values():
+            sysctls = rules.router_sysctls(node) if node.router is not None else rules.host_sysctls()
+            write_sysctls(
+                node.netns, {**no_dad, **{k: v for k, v in sysctls.items() if "netfilter" not in k}}
+            )
         for switch in self.plan.switches.values():
             with IPRoute(netns=switch.netns, flags=0) as ipr:
-                ipr.link("add", ifname="br0", kind="bridge")
+                ipr.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for node in self.plan.nodes.values():
             with IPRoute(netns=node.netns, flags=0) as ipr:
@@ -389,9 +464,6 @@ class Lab:
         lines = []
         sysctls = rules.router_sysctls(node) if node.router is not None else rules.host_sysctls()
         late = {k: v for k, v in sysctls.items() if k.startswith("net.netfilter.")}
-        for key, value in sysctls.items():
-            if key not in late:
-                lines.append(f"echo {value} > /proc/sys/{key.replace('.', '/')}")
         if node.router is not None:
             if self.topology.network(node.router.lan).ipv4:
                 iptables = rules.router_iptables(self.plan, node, self.rng)
@@ -443,29 +515,47 @@ class Lab:
             raise LabError(f"the delay element in {node.netns} did not start:\n{tail}")
 
     def _apply_links(self, network: str) -> None:
-        for node in self.plan.nodes.values():
-            if not any(i.network == network for i in node.interfaces):
-                continue
+        """Reconfigure every node on ``network``: delay elements first (started, or told to re-read
+        their configuration), then the rules that feed them, in all namespaces at once."""
+        affected = [n for n in self.plan.nodes.values() if any(i.network == network for i in n.interfaces)]
+        told = False
+        for node in affected:
             proc = self._delayd.get(node.name)
+            running = proc.pid if proc is not None and proc.poll() is None else _find_delayd(node.netns)
             if rules.needs_delay(self.plan, node):
-                if proc is None or proc.poll() is not None:
+                if running is None:
                     self._start_delayd(node)
                 else:
                     config = self.workdir / f"{node.name}.delay.json"
                     config.write_text(json.dumps(rules.delay_config(self.plan, node)))
-                    proc.send_signal(signal.SIGHUP)
-                    time.sleep(0.05)
-            self.nodes[node.name].run(["sh", "-ec", "\n".join(self._link_commands(node))])
+                    os.kill(running, signal.SIGHUP)
+                    told = True
+        if told:
+            time.sleep(0.05)  # the elements re-read their configuration between two packets
+        procs = [
+            (node, subprocess.Popen(
+                self.nodes[node.name].command(["sh", "-ec", "\n".join(self._link_commands(node))]),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            ))
+            for node in affected
+        ]  # fmt: skip
+        failures = []
+        for node, reload in procs:
+            _, err = reload.communicate(timeout=60)
+            if reload.returncode != 0:
+                failures.append(f"{node.name}: {err.strip()[-500:]}")
+        runs.write(self._state())
+        if failures:
+            raise LabError("changing the links failed:\n" + "\n".join(failures))
 
     def cut(self, a: str, b: str) -> None:
         """Drop everything between nodes ``a`` and ``b`` (each drops what comes from the other's
         addresses, including those of the NATs in front of it), until :meth:`restore`."""
         self._set_cut(a, b, "add")
-        self._cuts.add((a, b))
 
     def restore(self, a: str, b: str) -> None:
+        """Undo :meth:`cut` (restoring a path that is not cut does nothing)."""
         self._set_cut(a, b, "delete")
-        self._cuts.discard((a, b))
 
     def _set_cut(self, a: str, b: str, verb: str) -> None:
         for here, there in ((a, b), (b, a)):
@@ -474,11 +564,24 @@ class Lab:
             v4 = [x for x in v4 if x not in own4]
             v6 = [x for x in v6 if x not in own6]
             for set_name, addresses in (("cut4", v4), ("cut6", v6)):
-                if addresses:
-                    elements = ", ".join(addresses)
-                    self.node(here).run(
-                        ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {elements} }}"]
-                    )
+                for address in addresses:  # one at a time: restoring what was not cut is no error
+                    command = ["nft", verb, "element", "inet", "natlab_cut", set_name, f"{{ {address} }}"]
+                    self.node(here).run(command, check=verb == "add")
+
+    def rebind(self, router: str) -> None:
+        """A NAT rebinding, as after a router reboot: every mapping and session of ``router`` is
+        forgotten and the port choices are drawn anew (with ``ports = "random"`` a host's next
+        packet leaves from a new public port; with ``preserve`` it keeps its own port)."""
+        node = self.node(router).plan
+        if node.router is None:
+            raise LabError(f"{router} is not a router")
+        if self.topology.network(node.router.lan).ipv4:
+            iptables = rules.router_iptables(self.plan, node, random.Random(self.rng.random()))
+            self.node(router).run(["iptables-restore"], input=iptables)
+            self.node(router).run(
+                ["nft", "flush map ip natlab_nat mappings; flush set ip natlab_nat contacted"]
+            )
+        flush_conntrack(node.netns)
 
     # -- description -----------------------------------------------------------------------
 
@@ -501,6 +604,82 @@ class Lab:
         return "\n".join(lines)
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(netns: str, work: Callable[[], None]) -> None:
+    """Run ``work`` in a short-lived thread that enters the namespace (setns changes only the
+    calling thread; that thread then ends, so no other thread ever moves)."""
+    errors: list[BaseException] = []
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {netns}")
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=enter, name=f"in-{netns}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise LabError(f"in {netns}: {errors[0]}")
+
+
+def _find_delayd(netns: str) -> int | None:
+    """The PID of the delay element running in ``netns`` (started by another process), if any."""
+    for pid in runs.namespace_pids(netns):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"coremesh_natlab.delayd" in cmdline:
+            return pid
+    return None
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="natlab-build")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def write_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Write ``/proc/sys`` entries of a namespace."""
+
+    def work() -> None:
+        for key, value in values.items():
+            with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+                f.write(value)
+
+    in_netns(netns, work)
+
+
+def flush_conntrack(netns: str) -> None:
+    def work() -> None:
+        from pyroute2 import Conntrack
+
+        with Conntrack() as ct:
+            ct.flush()
+
+    in_netns(netns, work)
+
+
 def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     buffer = b""
@@ -516,7 +695,3 @@ def _wait_line(stream: IO[bytes], expected: bytes, timeout: float) -> bool:
         if expected in buffer:
             return True
     return False
-
-
-def run_dir(prefix: str) -> Path:
-    return runs.STATE_DIR / prefix

@@ -128,12 +128,27 @@ def _number(
     taken: dict[str, set[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
     for net in topology.networks:
         taken[net.name] = set()
-        for host in topology.hosts:
-            if host.network == net.name:
-                taken[net.name].update(ipaddress.ip_address(a) for a in (*host.ipv4, *host.ipv6))
-        for router in topology.routers:
-            if router.wan == net.name:
-                taken[net.name].update(ipaddress.ip_address(a) for a in router.wan_ipv4)
+        gateway = topology.router_of(net.name)
+        if gateway is not None:  # the gateway's .1 / ::1
+            taken[net.name].update(p.network_address + GATEWAY for p in net.ipv4)
+            taken[net.name].update(p.network_address + GATEWAY for p in net.ipv6)
+        explicit = [
+            (f"hosts.{h.name}", a)
+            for h in topology.hosts
+            if h.network == net.name
+            for a in (*h.ipv4, *h.ipv6)
+        ]
+        explicit += [
+            (f"routers.{r.name}.wan_ipv4", a)
+            for r in topology.routers
+            if r.wan == net.name
+            for a in r.wan_ipv4
+        ]
+        for where, text in explicit:
+            address = ipaddress.ip_address(text)
+            if address in taken[net.name]:
+                raise TopologyError(f"{where}: {text} is already used on network {net.name!r}")
+            taken[net.name].add(address)
 
     def allocate(network: str, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network, where: str) -> int:
         for offset in range(FIRST_AUTO, prefix.num_addresses - 1):
@@ -149,10 +164,8 @@ def _number(
         net = topology.network(router.lan)
         for p4 in net.ipv4:
             iface.ipv4.append(ipaddress.IPv4Interface(f"{p4.network_address + GATEWAY}/{p4.prefixlen}"))
-            taken[net.name].add(p4.network_address + GATEWAY)
         for p6 in net.ipv6:
             iface.ipv6.append(ipaddress.IPv6Interface(f"{p6.network_address + GATEWAY}/{p6.prefixlen}"))
-            taken[net.name].add(p6.network_address + GATEWAY)
     for node, network, ifname, _, spec in attachments:
         if ifname == "lan0":
             continue

@@ -18,6 +18,9 @@ import sys
 import time
 
 from coremesh.addr import Address, normalize_socket_address, parse_address
+from coremesh.errors import DecodeError
+from coremesh.stun.attributes import Attr
+from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode
 from coremesh.stun.natdiscovery import NatBehaviorDiscovery
 from coremesh.stun.transaction import TransactionConfig
 
@@ -63,6 +66,35 @@ def discover(
         sock.close()
 
 
+def mapped_addresses(server: Address, count: int, *, timeout: float = 2.0) -> list[str | None]:
+    """The public address of ``count`` fresh sockets, opened one after another, as ``server``
+    sees them (``None`` where no answer came): shows a NAT's port allocation (sequential ports
+    step by one)."""
+    family = socket.AF_INET6 if server.is_ipv6 else socket.AF_INET
+    found: list[str | None] = []
+    for _ in range(count):
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::" if server.is_ipv6 else "0.0.0.0", 0))
+            request = StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))
+            deadline, answer = time.monotonic() + timeout, None
+            sock.sendto(encode(request), tuple(server))
+            while answer is None and (left := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([sock], [], [], min(left, 0.2))
+                if not readable:
+                    sock.sendto(encode(request), tuple(server))
+                    continue
+                data = sock.recv(2048)
+                try:
+                    msg = decode(data)
+                    mapped = msg.get_address(Attr.XOR_MAPPED_ADDRESS)
+                except DecodeError:
+                    continue
+                if msg.transaction_id == request.transaction_id and mapped is not None:
+                    answer = str(mapped)
+            found.append(answer)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coremesh_natlab.probe", description=__doc__.split("\n")[0]
@@ -70,13 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("server", help="the STUN server's primary address, IP:PORT")
     parser.add_argument("--bind", help="local IP:PORT (default: any, a free port)")
     parser.add_argument("--rto", type=float, default=0.1, help="initial STUN retransmission timeout, s")
+    parser.add_argument(
+        "--mapped", type=int, metavar="N", help="instead: the public address of N fresh sockets, in order"
+    )
     args = parser.parse_args(argv)
     try:
         server = parse_address(args.server)
         bind = parse_address(args.bind) if args.bind else None
     except ValueError as exc:
         parser.error(str(exc))
-    print(json.dumps(discover(server, bind=bind, rto=args.rto)))
+    if args.mapped:
+        print(json.dumps(mapped_addresses(server, args.mapped)))
+    else:
+        print(json.dumps(discover(server, bind=bind, rto=args.rto)))
     return 0
 
 

@@ -28,13 +28,16 @@ def measure(host: str, port: int, count: int, timeout: float) -> dict[str, objec
         for _ in range(count):
             tid = os.urandom(12)
             sent = time.monotonic()
-            sock.send(struct.pack("!HHI", 0x0001, 0, MAGIC) + tid)
+            try:
+                sock.send(struct.pack("!HHI", 0x0001, 0, MAGIC) + tid)
+            except OSError:  # an ICMP error from an earlier request (server not up yet): lost
+                continue
             deadline = sent + timeout
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
                 try:
                     data = sock.recv(2048)
-                except (TimeoutError, ConnectionRefusedError):
+                except (TimeoutError, OSError):
                     break
                 if data[8:20] == tid:
                     rtts.append((time.monotonic() - sent) * 1000)

@@ -96,7 +96,7 @@ def mapping_rules(plan: Plan, node: NodePlan, match: str, rng: random.Random) ->
         low = rng.randrange(1024, 32768 - EIM_RANGE)
         return [f"{head} -j SNAT --to-source {wan}:{low}-{low + EIM_RANGE - 1}/{low}"]
     if nat.mapping == "address-dependent":
-        destinations = public_destinations(plan, node)
+        destinations = [] if " -d " in f" {match}" else public_destinations(plan, node)
         size = max(16, min(1000, 40_000 // max(1, len(destinations))))
         base = rng.randrange(1024, 1024 + size)
         rules = [

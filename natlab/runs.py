@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -37,6 +38,7 @@ class Run:
     topology: str
     created: float
     nodes: dict[str, Any]
+    topology_data: dict[str, Any] = dataclasses.field(default_factory=dict)  # topology.to_dict, links current
 
     @property
     def owner_alive(self) -> bool:
@@ -150,10 +152,7 @@ def destroy(prefix: str) -> bool:
     destroy_namespaces(namespaces)
     with contextlib.suppress(FileNotFoundError):
         state_path(prefix).unlink()
-    with contextlib.suppress(OSError):
-        for path in (STATE_DIR / prefix).glob("*"):
-            path.unlink()
-        (STATE_DIR / prefix).rmdir()
+    shutil.rmtree(STATE_DIR / prefix, ignore_errors=True)
     return True
 
 
@@ -169,4 +168,12 @@ def cleanup(*, include_detached: bool = False) -> list[str]:
     if orphans:
         destroy_namespaces(orphans)
         removed += orphans
+    # Work directories whose run has no state file and no namespace left (and that are not brand
+    # new: a run being built writes its state file first, but may not have been read above).
+    known = {run.prefix for run in read_all()}
+    live = {ns.split("-", 1)[0] for ns in list_namespaces()}
+    if STATE_DIR.is_dir():
+        for path in STATE_DIR.iterdir():
+            if path.is_dir() and path.name not in known | live and time.time() - path.stat().st_mtime > 60:
+                shutil.rmtree(path, ignore_errors=True)
     return removed

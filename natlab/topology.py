@@ -133,9 +133,9 @@ class NatSpec:
             raise TopologyError(f"{where}.hairpinning: expected true or false")
         if not isinstance(self.udp_blocked, bool):
             raise TopologyError(f"{where}.udp_blocked: expected true or false")
-        if not isinstance(self.mapping_timeout, int) or not 5 <= self.mapping_timeout <= 86_400:
+        if not isinstance(self.mapping_timeout, int) or not 2 <= self.mapping_timeout <= 86_400:
             raise TopologyError(
-                f"{where}.mapping_timeout: expected 5..86400 seconds, got {self.mapping_timeout!r}"
+                f"{where}.mapping_timeout: expected 2..86400 seconds, got {self.mapping_timeout!r}"
             )
 
 
@@ -318,6 +318,48 @@ def from_dict(data: Mapping[str, Any]) -> Topology:
     routers = tuple(_router(name, body) for name, body in _table(data, "routers").items())
     hosts = tuple(_host(name, body) for name, body in _table(data, "hosts").items())
     return Topology(name=data.get("name", "topology"), networks=networks, routers=routers, hosts=hosts)
+
+
+def to_dict(topology: Topology) -> dict[str, Any]:
+    """The inverse of :func:`from_dict` (JSON-able; ``from_dict(to_dict(t)) == t``)."""
+
+    def link(spec: LinkSpec) -> dict[str, float]:
+        return {k: getattr(spec, k) for k in ("latency_ms", "jitter_ms", "loss") if getattr(spec, k)}
+
+    def nat(spec: NatSpec) -> dict[str, Any]:
+        names = ("mapping", "filtering", "ports", "hairpinning", "mapping_timeout", "udp_blocked")
+        return {k: getattr(spec, k) for k in names}
+
+    return {
+        "name": topology.name,
+        "networks": {
+            n.name: {"ipv4": [str(p) for p in n.ipv4], "ipv6": [str(p) for p in n.ipv6]}
+            for n in topology.networks
+        },
+        "routers": {
+            r.name: {
+                "wan": r.wan,
+                "lan": r.lan,
+                "nat": nat(r.nat),
+                "ipv6_filtering": r.ipv6_filtering,
+                "wan_ipv4": list(r.wan_ipv4),
+                "wan_link": link(r.wan_link),
+                "lan_link": link(r.lan_link),
+            }
+            for r in topology.routers
+        },
+        "hosts": {
+            h.name: {
+                "network": h.network,
+                "ipv4": list(h.ipv4),
+                "ipv6": list(h.ipv6),
+                "link": link(h.link),
+                **({"ipv4_count": h.ipv4_count} if h.ipv4_count is not None else {}),
+                **({"ipv6_count": h.ipv6_count} if h.ipv6_count is not None else {}),
+            }
+            for h in topology.hosts
+        },
+    }
 
 
 def _table(data: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any]:

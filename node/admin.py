@@ -31,7 +31,7 @@ import json
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -41,6 +41,7 @@ from coremesh.addr import Address, format_address, parse_address
 from coremesh.cli import (
     CONNECT_PATHS,
     CONNECT_TIMEOUT_RANGE,
+    LOOKUP_TIMEOUT_RANGE,
     MAX_RECV_COUNT,
     PING_COUNT_RANGE,
     PING_INTERVAL_RANGE,
@@ -49,6 +50,7 @@ from coremesh.cli import (
     SEND_TIMEOUT_RANGE,
 )
 from coremesh.config import parse_peer_address
+from coremesh.dht.service import record_json
 from coremesh.errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -59,10 +61,11 @@ from coremesh.errors import (
     MessageTooLarge,
     PeerNotFound,
 )
+from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
 from coremesh.netcheck import NetcheckError
 from coremesh.paths import DirectAddress, RelayAddress, TurnAddress
-from coremesh.service.admin import AdminRunner
+from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
 
 from .logs import log
 
@@ -73,6 +76,8 @@ MAX_POLL_TIMEOUT: Final = RECV_TIMEOUT_RANGE[1]
 MAX_PING_COUNT: Final = PING_COUNT_RANGE[1]
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_SEND_TIMEOUT: Final = 10.0
+# Connecting by PeerId alone first looks the id up in the DHT (bounded by the node's lookup_timeout).
+LOOKUP_SLACK: Final = 32.0
 
 
 class NodeLike(Protocol):
@@ -282,14 +287,6 @@ class InboxPump:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def _state_text(state: Any) -> str:
     return str(state.value if isinstance(state, enum.Enum) else state)
 
@@ -330,41 +327,8 @@ def peer_info_json(info: Any) -> dict[str, Any]:
 
 def advertised_addresses(listen: Iterable[Address]) -> list[str]:
     """Concrete addresses peers can dial: a wildcard bind is shown as loopback plus the primary
-    outbound address of each family (found by routing lookup; no packet is sent)."""
-    out: list[str] = []
-    for addr in listen:
-        try:
-            ip = ipaddress.ip_address(addr.host)
-        except ValueError:
-            out.append(str(addr))
-            continue
-        if not ip.is_unspecified:
-            out.append(str(addr))
-            continue
-        hosts = ["127.0.0.1"]
-        v4 = _primary_ip(socket.AF_INET, "192.0.2.1")
-        if v4:
-            hosts.append(v4)
-        if ip.version == 6:
-            hosts.append("::1")
-            v6 = _primary_ip(socket.AF_INET6, "2001:db8::1")
-            if v6:
-                hosts.append(v6)
-        for host in hosts:
-            text = format_address(host, addr.port)
-            if text not in out:
-                out.append(text)
-    return out
-
-
-def _primary_ip(family: socket.AddressFamily, probe: str) -> str | None:
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((probe, 9))
-            host = str(s.getsockname()[0])
-    except OSError:
-        return None
-    return None if host in ("0.0.0.0", "::") else host
+    address of each family (see :mod:`coremesh.hostaddrs`)."""
+    return list(dict.fromkeys(str(a) for addr in listen for a in host_addresses(addr)))
 
 
 def _version() -> str:
@@ -418,10 +382,6 @@ def _integer(value: Any, name: str, default: int, low: int, high: int) -> int:
     return number
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
 # The library's errors as API errors; the first matching class wins (subclasses first).
 _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidPeerId, 400, "invalid_peer_id"),
@@ -435,31 +395,6 @@ _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (TimeoutError, 504, "timeout"),
     (MeshError, 500, "mesh_error"),
 )
-_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-
-
-@web.middleware
-async def _errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = f"{request.method} {request.path}: {exc.reason}"
-        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        for cls, status, code in _ERROR_MAP:
-            if isinstance(exc, cls):
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                return error_response(status, code, text)
-        log.error("admin.internal_error", method=request.method, path=request.path, exc_info=True)
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
 
 # ----------------------------------------------------------------------------------------------- app
@@ -496,12 +431,13 @@ def create_admin_app(
     max_body: int = 64 * 1024 * 1024,
 ) -> web.Application:
     """The admin API over ``node`` and ``inbox``. Set ``app[STATE].ready`` once the node is serving."""
-    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=max_body)
     app[STATE] = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/peers", _peers)
     app.router.add_post("/v1/connect", _connect)
     app.router.add_post("/v1/ping", _ping)
+    app.router.add_get("/v1/lookup", _lookup)
     app.router.add_post("/v1/send", _send)
     app.router.add_get("/v1/messages", _messages)
     app.router.add_get("/v1/netcheck", _netcheck)
@@ -533,6 +469,9 @@ async def _status(request: web.Request) -> web.Response:
     relay_status = getattr(node, "relay_status", None)
     if callable(relay_status):
         body["relays"] = _jsonable(relay_status())
+    dht_status = getattr(node, "dht_status", None)
+    if callable(dht_status):
+        body["dht"] = _jsonable(dht_status())  # routing table, published record, drops by reason
     body.update(_jsonable(st.extra_status))
     return web.json_response(body)
 
@@ -561,9 +500,20 @@ async def resolve_address(address: Address) -> Address:
 
 
 async def _connect_peer(node: NodeLike, text: str, timeout: float, path: str = "auto") -> tuple[Any, float]:
+    if "@" not in text and ":" not in text:
+        # A PeerId alone: the node resolves it through the DHT.
+        peer = _peer_id(text)
+        t0 = time.monotonic()
+        try:
+            conn = await asyncio.wait_for(
+                node.connect(peer, timeout=timeout, path=path), timeout + LOOKUP_SLACK
+            )
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"could not reach {peer} within {timeout:g}s") from None
+        return conn, (time.monotonic() - t0) * 1000
     target = parse_peer_address(text)
     if target.peer_id is None:
-        raise ApiError(400, "bad_request", f'"peer": expected PEERID@HOST:PORT, got {text!r}')
+        raise ApiError(400, "bad_request", f'"peer": expected PEERID or PEERID@HOST:PORT, got {text!r}')
     address = await resolve_address(target.address)
     t0 = time.monotonic()
     try:
@@ -581,7 +531,7 @@ async def _connect(request: web.Request) -> web.Response:
     body = await _json_body(request)
     text = body.get("peer")
     if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "bad_request", '"peer" is required: PEERID@HOST:PORT')
+        raise ApiError(400, "bad_request", '"peer" is required: PEERID or PEERID@HOST:PORT')
     timeout = _number(body.get("timeout"), "timeout", DEFAULT_CONNECT_TIMEOUT, *CONNECT_TIMEOUT_RANGE)
     path = body.get("path", "auto")
     if path not in CONNECT_PATHS:
@@ -611,6 +561,10 @@ async def _ping(request: web.Request) -> web.Response:
     reason: str | None = None
     via: str | None = None
     sent = 0
+    dht_status = getattr(st.node, "dht_status", None)
+    if st.node.get_connection(peer) is None and dht_status is not None and dht_status().get("enabled"):
+        # Not connected yet: resolve the id through the DHT and connect, within the timeout.
+        await _connect_peer(st.node, peer.to_text(), timeout, "auto")
     for i in range(count):
         if i and interval:
             await asyncio.sleep(interval)
@@ -646,6 +600,23 @@ async def _ping(request: web.Request) -> web.Response:
             "reason": reason,  # why the path is relayed (failed checks, NAT types); null when direct
         }
     )
+
+
+async def _lookup(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    text = request.query.get("peer", "").strip()
+    if not text:
+        raise ApiError(400, "bad_request", 'query parameter "peer" (a PeerId) is required')
+    peer = _peer_id(text)
+    timeout = _number(request.query.get("timeout"), "timeout", 5.0, *LOOKUP_TIMEOUT_RANGE)
+    lookup = getattr(st.node, "lookup", None)
+    if lookup is None:
+        raise ApiError(501, "not_supported", "this node has no DHT")
+    t0 = time.monotonic()
+    record = await lookup(peer, timeout=timeout)
+    body = record_json(record, time.time())
+    body["elapsed_ms"] = round((time.monotonic() - t0) * 1000, 3)
+    return web.json_response(body)
 
 
 async def _send(request: web.Request) -> web.Response:

@@ -158,11 +158,10 @@ class Daemon:
                 note="dialed at start and kept connected, retrying with backoff",
             )
         for entry in s.deferred_bootstrap:
-            log.warning(
-                "bootstrap.deferred",
+            log.info(
+                "bootstrap.seed",
                 address=str(entry.address),
-                reason="bootstrap entry without a peer id: kept for the discovery service (not yet "
-                "available); it is not dialed. Give PEERID@HOST:PORT to dial it now",
+                note="joins the DHT through it (its PeerId is learned from its signed answer)",
             )
         log.info(
             "node.ready",

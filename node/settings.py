@@ -42,10 +42,19 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "COREMESH_LOG_FORMAT": "log_format",
     "COREMESH_LOG_LEVEL": "log_level",
     "COREMESH_INBOX_BYTES": "inbox_bytes",
+    "COREMESH_ADVERTISE": "advertise_addresses",
     "COREMESH_STUN_SERVERS": "stun_servers",
 }
 _LIST_KEYS: Final = frozenset(
-    {"bootstrap_peers", "relays", "keyed_relays", "connect", "stun_servers", "mdns_interfaces"}
+    {
+        "bootstrap_peers",
+        "relays",
+        "keyed_relays",
+        "connect",
+        "advertise_addresses",
+        "stun_servers",
+        "mdns_interfaces",
+    }
 )
 
 # Keys of the [node] table besides the MeshConfig fields.
@@ -112,7 +121,7 @@ class NodeSettings:
 
     @property
     def deferred_bootstrap(self) -> tuple[PeerAddress, ...]:
-        """Bootstrap entries without a peer id: kept for the discovery service, not dialed now."""
+        """Bootstrap entries without a peer id: DHT seeds only (their ids come from signed answers)."""
         return tuple(e for e in self.mesh.bootstrap_addresses if e.peer_id is None)
 
 
@@ -152,8 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bootstrap_peers",
         action="append",
         metavar="[PEERID@]HOST:PORT",
-        help="bootstrap peer (repeatable): with a PEERID it is dialed at start and kept connected; "
-        "without one it is kept for the discovery service (not dialed yet; logged)",
+        help="bootstrap node to join the DHT through (repeatable); with a PEERID it is also dialed at "
+        "start and kept connected",
+    )
+    p.add_argument(
+        "--advertise",
+        dest="advertise_addresses",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to publish in this node's signed peer record (repeatable; default: the listen "
+        "address, a wildcard expanded to the host's addresses)",
+    )
+    p.add_argument(
+        "--lookup-timeout", metavar="DURATION", help="how long a PeerId lookup in the DHT may take (5s)"
+    )
+    p.add_argument(
+        "--no-dht",
+        dest="dht",
+        action="store_const",
+        const=False,
+        default=None,
+        help="take no part in the DHT: no lookups, no record published (peers need PEERID@HOST:PORT)",
     )
     p.add_argument(
         "--relay",
@@ -377,6 +405,7 @@ def merge(
                 "bootstrap_peers": "bootstrap",
                 "relays": "relay",
                 "keyed_relays": "keyed-relay",
+                "advertise_addresses": "advertise",
                 "stun_servers": "stun-server",
                 "mdns_interfaces": "mdns-interface",
             }
@@ -412,7 +441,14 @@ def merge(
             raise ConfigError(f"{where('connect')}: {exc}") from None
 
     mesh_values = {k: v for k, v in values.items() if k in MESH_KEYS}
-    for key in ("bootstrap_peers", "relays", "keyed_relays", "stun_servers", "mdns_interfaces"):
+    for key in (
+        "bootstrap_peers",
+        "relays",
+        "keyed_relays",
+        "advertise_addresses",
+        "stun_servers",
+        "mdns_interfaces",
+    ):
         if key in mesh_values:
             mesh_values[key] = tuple(mesh_values[key])
     try:

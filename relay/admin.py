@@ -13,9 +13,8 @@ API. See docs/relay.md for examples and every metric.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -34,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from coremesh.addr import Address
 from coremesh.service import version
-from coremesh.service.admin import AdminRunner
+from coremesh.service.admin import AdminRunner, error_response, json_errors
 from coremesh.service.logs import EventLogger
 
 log = EventLogger("coremesh_relay.admin")
@@ -288,34 +287,9 @@ STATE: Final = web.AppKey("coremesh_relay_admin_state", RelayState)
 REGISTRY: Final = web.AppKey("coremesh_relay_registry", CollectorRegistry)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
-_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-
-
-@web.middleware
-async def _errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = f"{request.method} {request.path}: {exc.reason}"
-        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        log.error("admin.internal_error", method=request.method, path=request.path, exc_info=True)
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
-
-
 def create_admin_app(state: RelayState) -> web.Application:
     """The admin API over ``state``; set ``state.ready`` once every service is serving."""
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[json_errors(log)], client_max_size=64 * 1024)
     app[STATE] = state
     collector = RelayCollector(lambda: dict(state.services), {"version": version()})
     app[REGISTRY] = build_registry(collector)

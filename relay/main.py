@@ -28,10 +28,9 @@ from coremesh.service import (
     EXIT_OK,
     EXIT_RUNTIME,
     StartupError,
-    fail,
     os_error_text,
+    service_main,
 )
-from coremesh.service import logs as service_logs
 from coremesh.service.lifecycle import serve_until_signalled
 from coremesh.service.logs import EventLogger
 
@@ -46,23 +45,7 @@ log = EventLogger("coremesh_relay")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = resolve(argv, os.environ)
-    except ConfigError as exc:
-        fail(PROG, str(exc))
-        return EXIT_CONFIG
-    service_logs.configure(settings.log_format, settings.log_level)
-    try:
-        return asyncio.run(Relay(settings).run())
-    except StartupError as exc:
-        fail(PROG, str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return 130
-    except Exception as exc:  # a bug: one line for the operator, the traceback in the log
-        log.error("relay.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-        fail(PROG, f"unexpected error: {type(exc).__name__}: {exc}")
-        return EXIT_RUNTIME
+    return service_main(PROG, lambda: resolve(argv, os.environ), lambda s: Relay(s).run(), log)
 
 
 def stun_turn_config(s: RelaySettings) -> StunTurnConfig:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import ssl
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,6 @@ from coremesh.service.settings import (
     LOG_LEVELS,
     OneLineParser,
     Sources,
-    load_toml_table,
     parse_admin,
     parse_bool,
     parse_choice,
@@ -39,6 +36,7 @@ from coremesh.service.settings import (
     parse_list,
     parse_path,
     parse_str,
+    read_layers,
 )
 from coremesh.turn.policy import parse_ip_range
 
@@ -293,19 +291,8 @@ def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
 
     Raises :class:`ConfigError` for a bad value from any source.
     """
-    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    env = os.environ if env is None else env
-    flags = {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
-    env_values: dict[str, Any] = {}
-    for key, var in ENV_VARS.items():
-        raw = env.get(var)
-        if raw is not None and raw.strip():
-            env_values[key] = raw.strip()
-    config_text = ns.config if ns.config is not None else env_values.get("config")
-    env_values.pop("config", None)
-    config_file = Path(config_text).expanduser() if config_text else None
-    file_values = load_toml_table(config_file, TABLE, KEYS) if config_file else {}
-    return merge(flags=flags, env=env_values, file=file_values, config_file=config_file)
+    raw = read_layers(build_parser(), argv, env, env_names=ENV_VARS, table=TABLE, keys=KEYS)
+    return merge(flags=raw.flags, env=raw.env, file=raw.file, config_file=raw.config_file)
 
 
 def merge(

@@ -17,11 +17,13 @@ VENV="${COREMESH_VENV:-$PWD/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-STAMP="$VENV/.coremesh-installed"
+# COREMESH_EXTRAS: the optional dependencies to install (test.sh: dev; demo.sh: none, so that the
+# demo needs no compiler). Reinstall only when pyproject.toml changed since the last install of them.
+EXTRAS="${COREMESH_EXTRAS-dev}"
+STAMP="$VENV/.coremesh-installed-${EXTRAS:-base}"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "${COREMESH_FORCE_INSTALL:-}" = 1 ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
     touch "$STAMP"
 fi
 PATH="$VENV/bin:$PATH"

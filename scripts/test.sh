@@ -25,6 +25,6 @@ ruff check .
 ruff format --check .
 echo "== mypy (strict on coremesh)"
 mypy
-mypy --ignore-missing-imports node relay bootstrap
+mypy --ignore-missing-imports node relay bootstrap natlab
 echo "== pytest"
 python -m pytest -q "$@"

@@ -3,21 +3,29 @@
 - :mod:`coremesh.service.logs` — structured logs on stderr (JSON lines or aligned text).
 - :mod:`coremesh.service.settings` — flags > environment > config file > defaults: one-line argparse
   errors, TOML tables with checked keys, value parsers whose errors name where a value came from.
-- here — exit codes, :class:`StartupError`, a one-line text for an ``OSError`` while binding, the
-  installed version.
+- here — exit codes, :class:`StartupError`, :func:`service_main` (settings, logs, the event loop,
+  one-line failures), a one-line text for an ``OSError`` while binding, the installed version.
 
 Services never import each other; they import this.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import sys
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .logs import EventLogger
 
 EXIT_OK: Final = 0
 EXIT_RUNTIME: Final = 1
 EXIT_CONFIG: Final = 2
+SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
 
 
 class StartupError(Exception):
@@ -44,6 +52,43 @@ def os_error_text(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+class ServiceSettings(Protocol):
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def service_main(
+    prog: str,
+    resolve: Callable[[], SettingsT],
+    serve: Callable[[SettingsT], Coroutine[Any, Any, int]],
+    log: EventLogger,
+) -> int:
+    """A service process from start to exit status: settings (a bad one is one line and exit 2),
+    logs, then ``serve(settings)`` on a new event loop. A failed start is one line and its exit code;
+    an unexpected exception is one line for the operator and a traceback in the log (exit 1)."""
+    from . import logs as service_logs
+
+    try:
+        settings = resolve()
+    except ConfigError as exc:
+        fail(prog, str(exc))
+        return EXIT_CONFIG
+    service_logs.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(serve(settings))
+    except StartupError as exc:
+        fail(prog, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    except Exception as exc:
+        log.error("service.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        fail(prog, f"unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_RUNTIME
+
+
 def version() -> str:
     """The installed ``coremesh`` distribution's version, or ``unknown``."""
     try:
@@ -54,4 +99,13 @@ def version() -> str:
         return "unknown"
 
 
-__all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_RUNTIME", "StartupError", "fail", "os_error_text", "version"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_RUNTIME",
+    "StartupError",
+    "fail",
+    "os_error_text",
+    "service_main",
+    "version",
+]

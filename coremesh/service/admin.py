@@ -1,10 +1,16 @@
-"""Running a service's admin HTTP app (aiohttp) on one TCP address, shared by node and relay."""
+"""What the services' admin HTTP apps (aiohttp) share: running on one TCP address, JSON errors."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..addr import Address
+from .logs import EventLogger
 
 
 class AdminRunner:
@@ -39,3 +45,53 @@ class AdminRunner:
 
     def stopping(self) -> None:
         """Called before the app stops serving."""
+
+
+class ApiError(Exception):
+    """A request the API refuses: HTTP status, a stable error code and one clear line."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_errors(
+    log: EventLogger, error_map: Sequence[tuple[type[BaseException], int, str]] = ()
+) -> Middleware:
+    """Middleware: every failure becomes ``{"error": one line, "code": ...}`` with a 4xx/5xx status.
+
+    ``error_map`` turns library errors into API errors (first matching class wins); anything else is
+    a bug, logged with its traceback and answered 500, never a traceback to the client."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = f"{request.method} {request.path}: {exc.reason}"
+            return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for cls, status, code in error_map:
+                if isinstance(exc, cls):
+                    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    return error_response(status, code, text)
+            log.error("admin.internal_error", method=request.method, path=request.path, exc_info=True)
+            return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+    return middleware

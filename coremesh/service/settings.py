@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -78,6 +81,38 @@ class Sources:
         if src == "file":
             return f"{key} in {self.config_file}"
         return key
+
+
+@dataclass(frozen=True, slots=True)
+class RawSettings:
+    """What each layer gave, before merging: flags, environment, config file (and its path)."""
+
+    flags: dict[str, Any]
+    env: dict[str, Any]
+    file: dict[str, Any]
+    config_file: Path | None
+
+
+def read_layers(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    env: Mapping[str, str] | None,
+    *,
+    env_names: Mapping[str, str],
+    table: str,
+    keys: Iterable[str],
+) -> RawSettings:
+    """Parse the flags (exit 2 with one line on a malformed command line), read the environment
+    variables of ``env_names`` (which may name ``config``) and the ``[table]`` of the config file
+    given by ``--config`` or the environment."""
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    flags = {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
+    env_values: dict[str, Any] = dict(read_env(os.environ if env is None else env, env_names))
+    config_text = getattr(ns, "config", None) or env_values.get("config")
+    env_values.pop("config", None)
+    config_file = Path(config_text).expanduser() if config_text else None
+    file_values = load_toml_table(config_file, table, keys) if config_file else {}
+    return RawSettings(flags, env_values, file_values, config_file)
 
 
 def read_env(env: Mapping[str, str], names: Mapping[str, str]) -> dict[str, str]:

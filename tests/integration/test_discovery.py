@@ -1,118 +1,202 @@
-"""The DiscoveryService plugin interface on loopback: a node connects to a bare PeerId through the
-addresses its registered services give, started and stopped with the node."""
+"""Discovery across real processes: two ``coremesh-bootstrap`` and thirty ``coremesh-node`` on loopback.
+
+Every node is started with nothing but the bootstrap addresses. Each must find every other by PeerId
+through the DHT; after one bootstrap and a third of the nodes are killed (SIGKILL: no goodbye),
+lookups of the live nodes must still succeed. The lookup times are printed (the issue's target is
+under 5 s; timing is reported, not asserted, on this shared machine).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import socket
+import signal
+import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from coremesh import MeshConfig, MeshNode, PeerNotFound
-from coremesh.addr import Address
-from coremesh.discovery import DiscoveredPeer, DiscoveryService, StaticDiscovery
-from coremesh.errors import MeshError
-from coremesh.identity import Identity
+from .daemons import Node, Nodes, assert_one_error_line, cli, cli_json, http_get, wait_for
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-LOOP = MeshConfig(listen_addr="127.0.0.1:0")
+
+NODES = 30
+LOOKUP_TIMEOUT = 8.0
 
 
-def run(fn: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(fn(), timeout)
-
-    return asyncio.run(bounded())
-
-
-class Recording:
-    """A service that records its lifecycle and can fail on demand."""
-
-    name = "recording"
-
-    def __init__(self, *, fail_start: bool = False, fail_discover: bool = False) -> None:
-        self.calls: list[str] = []
-        self.fail_start = fail_start
-        self.fail_discover = fail_discover
-
-    async def start(self, node: MeshNode) -> None:
-        self.calls.append(f"start:{node.is_running}")
-        if self.fail_start:
-            raise MeshError("cannot start")
-
-    async def discover_peers(self) -> list[DiscoveredPeer]:
-        self.calls.append("discover")
-        if self.fail_discover:
-            raise OSError("network is down")
-        return []
-
-    async def stop(self) -> None:
-        self.calls.append("stop")
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Nodes]:
+    manager = Nodes(tmp_path)
+    try:
+        yield manager
+    finally:
+        manager.stop_all()
 
 
-def dead_address() -> Address:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return Address("127.0.0.1", s.getsockname()[1])
+def lookup(node: Node, target: Node) -> tuple[int, Any]:
+    return http_get(node.admin, f"/v1/lookup?peer={target.peer_id}&timeout={LOOKUP_TIMEOUT:g}", timeout=15)
 
 
-def test_connect_by_peer_id_through_a_discovery_service() -> None:
-    async def body() -> None:
-        async with MeshNode(LOOP) as b:
-            static = StaticDiscovery([(b.peer_id, [dead_address(), b.local_address])])
-            recording = Recording(fail_discover=True)  # one broken source does not hide the others
-            a = MeshNode(LOOP).with_discovery(static).with_discovery(recording)
-            assert isinstance(static, DiscoveryService) and a.discovery_services == [static, recording]
-            async with a:
-                conn = await a.connect(b.peer_id, timeout=2.0)  # the dead address first, then the live one
-                assert conn.remote_address == b.local_address
-                await conn.send(b"hello")
-                incoming = b.get_connection(a.peer_id)
-                assert incoming is not None and await incoming.receive() == b"hello"
-                assert await a.connect(b.peer_id.to_text()) is conn  # already connected
-            assert recording.calls[0] == "start:True" and recording.calls[-1] == "stop"
+def lookup_all(pairs: list[tuple[Node, Node]], *, attempts: int) -> tuple[list[float], list[str]]:
+    """Look every target up from every source (in parallel, bounded); a pair may retry ``attempts``
+    times. Returns the successful lookups' times (ms) and the failures."""
 
-    run(body)
+    def one(pair: tuple[Node, Node]) -> tuple[float | None, str]:
+        node, target = pair
+        last = ""
+        for _ in range(attempts):
+            status, body = lookup(node, target)
+            if status == 200 and body.get("peer_id") == target.peer_id:
+                addresses = [a["address"] for a in body["addresses"]]
+                assert target.listen in addresses, (target.listen, addresses)
+                return float(body["elapsed_ms"]), ""
+            last = f"{node.name} -> {target.name}: HTTP {status} {body}"
+            time.sleep(0.5)
+        return None, last
 
-
-def test_an_unknown_peer_id_fails_within_the_timeout() -> None:
-    async def body() -> None:
-        async with MeshNode(LOOP).with_discovery(StaticDiscovery()) as a:
-            t0 = time.monotonic()
-            with pytest.raises(PeerNotFound, match=r"no discovery source found it within 0\.5s"):
-                await a.connect(Identity.generate().peer_id, timeout=0.5)
-            assert time.monotonic() - t0 < 2.0
-        async with MeshNode(LOOP) as plain:  # no discovery at all: the old, immediate error
-            with pytest.raises(PeerNotFound, match="PEERID@HOST:PORT"):
-                await plain.connect(Identity.generate().peer_id)
-
-    run(body)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, pairs))
+    times = [t for t, _ in results if t is not None]
+    failures = [why for t, why in results if t is None]
+    return times, failures
 
 
-def test_a_service_that_fails_to_start_does_not_stop_the_node() -> None:
-    async def body() -> None:
-        broken = Recording(fail_start=True)
-        async with MeshNode(LOOP).with_discovery(broken) as a:
-            assert a.is_running
-            assert await a.discovered_peers() == []
-        assert broken.calls == ["start:True", "discover", "stop"]
-
-    run(body)
+def summary(times: list[float]) -> str:
+    ordered = sorted(times)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return (
+        f"{len(times)} lookups: median {statistics.median(ordered):.1f} ms, p95 {p95:.1f} ms, "
+        f"max {ordered[-1]:.1f} ms"
+    )
 
 
-def test_discovered_peers_are_bounded_and_frozen() -> None:
-    pid = Identity.generate().peer_id
-    many = tuple(Address("192.0.2.1", 1000 + i) for i in range(40))
-    peer = DiscoveredPeer(peer_id=pid, addresses=many + many, source="x")
-    assert len(peer.addresses) == 16 and peer.addresses[0] == many[0]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        peer.source = "y"  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        DiscoveredPeer(peer_id="abc", addresses=(), source="x")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        DiscoveredPeer(peer_id=pid, addresses=("192.0.2.1:1",), source="x")  # type: ignore[arg-type]
+def test_thirty_nodes_find_each_other_and_survive_losing_a_third(procs: Nodes, capsys: Any) -> None:
+    b1 = procs.start("b1", "--log-format", "json", module="coremesh_bootstrap")
+    b2 = procs.start("b2", "--bootstrap", b1.listen, module="coremesh_bootstrap")
+    seeds = ("--bootstrap", b1.listen, "--bootstrap", b2.listen)
+    nodes = [procs.launch(f"n{i:02d}", *seeds) for i in range(NODES)]
+    for node in nodes:
+        procs.wait_ready(node, timeout=60)
+
+    pairs = [(a, b) for a in nodes for b in nodes if a is not b]
+    times, failures = lookup_all(pairs, attempts=3)
+    assert not failures, f"{len(failures)} of {len(pairs)} lookups failed: {failures[:5]}"
+    first = summary(times)
+
+    # The bootstraps took part: records stored, lookups served, a routing table.
+    status = cli_json(b1.admin, "status", "--json")
+    assert status["role"] == "bootstrap" and status["peer_id"] == b1.peer_id
+    assert status["dht"]["routing_table_size"] >= 10
+
+    # Kill one bootstrap and a third of the nodes, without a goodbye.
+    victims = [b1, *nodes[::3]]
+    for victim in victims:
+        victim.proc.send_signal(signal.SIGKILL)
+    for victim in victims:
+        victim.proc.wait(10)
+    alive = [n for n in nodes if n not in victims]
+    pairs = [(a, b) for a in alive for b in alive if a is not b]
+    times_after, failures = lookup_all(pairs, attempts=2)
+    assert not failures, f"{len(failures)} of {len(pairs)} lookups failed after the kill: {failures[:5]}"
+    with capsys.disabled():
+        print(f"\n[discovery] 32 processes: {first}")
+        print(f"[discovery] after killing 1 bootstrap + {len(victims) - 1} nodes: {summary(times_after)}")
+
+
+def test_ping_by_peer_id_through_the_dht_and_clear_errors(procs: Nodes) -> None:
+    boot = procs.start("boot", module="coremesh_bootstrap")
+    a = procs.start("a", "--bootstrap", boot.listen)
+    b = procs.start("b", "--bootstrap", boot.listen)
+    wait_for(
+        lambda: lookup(a, b)[0] == 200,
+        20,
+        "b's record to be found from a",
+    )
+    # a knows nothing but the bootstrap: ping resolves b's id, connects and measures.
+    result = cli_json(a.admin, "ping", b.peer_id, "--json")
+    assert result["peer_id"] == b.peer_id and result["received"] == 1 and result["path"] == "direct"
+    found = cli_json(b.admin, "lookup", a.peer_id, "--json")
+    assert {"kind": "host", "address": a.listen} in found["addresses"]
+
+    # An id nobody has: one clear line, non-zero exit, within the lookup timeout.
+    unknown = "a" * 56
+    t0 = time.monotonic()
+    missing = cli(a.admin, "ping", _valid_unknown_id(), "--timeout", "2")
+    assert time.monotonic() - t0 < 15
+    assert_one_error_line(missing, "no")
+    assert missing.returncode == 1
+    # A malformed id never leaves the CLI.
+    malformed = cli(a.admin, "ping", unknown)
+    assert malformed.returncode == 2
+    assert_one_error_line(malformed)
+
+
+def test_bootstrap_restart_is_warm_and_keeps_its_identity(procs: Nodes) -> None:
+    boot = procs.start("boot", module="coremesh_bootstrap")
+    others = [procs.start(f"n{i}", "--bootstrap", boot.listen) for i in range(3)]
+    wait_for(
+        lambda: cli_json(boot.admin, "status", "--json")["dht"]["routing_table_size"] >= 3,
+        20,
+        "the bootstrap to know the three nodes",
+    )
+    old_id = boot.peer_id
+    boot.proc.send_signal(signal.SIGTERM)
+    assert boot.proc.wait(15) == 0
+    again = procs.start("boot", module="coremesh_bootstrap")
+    assert again.peer_id == old_id
+    # Warm: the saved contacts are pinged at start and re-enter the table as they answer; this
+    # bootstrap was given no seed, so it can only know them from its data dir.
+    wait_for(
+        lambda: cli_json(again.admin, "status", "--json")["dht"]["routing_table_size"] >= 3,
+        10,
+        "the saved contacts to be back in the routing table",
+    )
+    assert all(n.proc.poll() is None for n in others)
+
+
+def _valid_unknown_id() -> str:
+    from coremesh.identity import Identity
+
+    return Identity.generate().peer_id.to_text()
+
+
+def test_bootstrap_service_operations(procs: Nodes, tmp_path: Path) -> None:
+    boot = procs.start("boot", module="coremesh_bootstrap")
+    node = procs.start("n", "--bootstrap", boot.listen)
+    wait_for(lambda: lookup(node, boot)[0] == 200, 20, "the bootstrap's own record to be found")
+    status, ready = http_get(boot.admin, "/readyz")
+    assert status == 200 and ready["role"] == "bootstrap"
+    with urllib.request.urlopen(f"http://{boot.admin}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for name in (
+        "coremesh_bootstrap_dht_routing_table_size",
+        "coremesh_bootstrap_dht_records_stored",
+        "coremesh_bootstrap_dht_lookups_served_total",
+        "coremesh_bootstrap_connections",
+        "process_resident_memory_bytes",
+    ):
+        assert name in metrics, name
+    # The same UDP port twice: exit 1 with one line; no data dir: exit 2.
+    taken = subprocess.run(
+        [sys.executable, "-m", "coremesh_bootstrap", "--listen", boot.listen,
+         "--data-dir", str(tmp_path / "x"), "--admin", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert taken.returncode == 1 and "Traceback" not in taken.stderr
+    last = taken.stderr.strip().splitlines()[-1]
+    assert last.startswith("coremesh-bootstrap: error: cannot start on") and "in use" in last
+    missing = subprocess.run(
+        [sys.executable, "-m", "coremesh_bootstrap", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "--data-dir is required" in missing.stderr
+    # SIGTERM: readiness goes away, exit 0, the routing table is saved.
+    boot.proc.send_signal(signal.SIGTERM)
+    assert boot.proc.wait(15) == 0
+    assert (tmp_path / "boot" / "dht.snapshot").stat().st_size > 0
+    assert '"bootstrap.stopped"' in boot.log()

@@ -1,6 +1,6 @@
 """Netcheck over real sockets: a real `coremesh-relay` process with an RFC 5780 alternate address
 (127.0.0.2) on loopback, nodes in process and as `coremesh-node` processes driven by the `coremesh`
-CLI; "UDP blocked" in a private namespace whose firewall drops UDP to the relay.
+CLI. ("UDP blocked" behind a NAT that drops UDP: test_netcheck_natlab.py.)
 
 Every process is stopped by its PID at teardown, also when a test fails.
 """
@@ -23,8 +23,7 @@ import pytest
 from coremesh import MeshConfig, MeshNode
 from coremesh.netcheck import NetcheckError
 
-from .netns import free_ports, private_namespace
-from .test_daemon_cli import Nodes, assert_one_error_line, cli, free_port, http_get, stop_process
+from .daemons import Nodes, assert_one_error_line, cli, free_port, http_get, stop_process
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -130,14 +129,27 @@ def test_a_node_without_nat_reports_no_nat_and_relay_latency(relay: Relay) -> No
 
 
 def test_a_dual_stack_node_measures_from_its_own_socket(relay: Relay) -> None:
-    """The mapping that matters is the mesh socket's: the public address carries the node's port."""
+    """The mapping that matters is the mesh socket's: each family's public address carries the
+    node's own port (an IPv4 relay process, and an IPv6 STUN server in process on ::1)."""
+    from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
 
     async def body() -> None:
-        config = MeshConfig(listen_addr="[::]:0", stun_servers=(relay.stun,))
-        async with MeshNode(config) as node:
-            report = await node.netcheck()
-            assert report.public_ipv4 == f"127.0.0.1:{node.local_address.port}"
-            assert report.mapping == "no-nat" and report.port_preserving is True
+        v6 = StunTurnService(StunTurnConfig(listen="[::1]:0"))  # type: ignore[arg-type]
+        await v6.start()
+        try:
+            v6_server = str(v6.addresses[0])
+            config = MeshConfig(listen_addr="[::]:0", stun_servers=(relay.stun, v6_server))
+            async with MeshNode(config) as node:
+                port = node.local_address.port
+                report = await node.netcheck()
+                assert report.public_ipv4 == f"127.0.0.1:{port}"
+                assert report.public_ipv6 == f"[::1]:{port}"
+                assert report.mapping == "no-nat" and report.port_preserving is True
+                assert report.discovery_server == relay.stun  # IPv4, with RFC 5780
+                assert [r.server for r in report.relays] == [relay.stun, v6_server]
+                assert all(r.rtt_ms is not None and r.rtt_ms > 0 for r in report.relays)
+        finally:
+            await v6.stop()
 
     run(body)
 
@@ -198,45 +210,6 @@ def test_cli_netcheck_json_and_text(relay: Relay, tmp_path: Path) -> None:
     assert_one_error_line(cli(f"127.0.0.1:{free_port(socket.SOCK_STREAM)}", "netcheck"), "cannot reach")
 
 
-def test_udp_blocked_is_told_apart_from_a_dead_server() -> None:
-    """In a private namespace: the firewall drops UDP to the relay; TCP still reaches it."""
-    with private_namespace("cmnc") as ns:
-        port, keyed, admin, relay_admin = free_ports(ns, 4)
-        ns.python(
-            "-m",
-            "coremesh_relay",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--keyed-listen",
-            f"127.0.0.1:{keyed}",
-            "--admin",
-            f"127.0.0.1:{relay_admin}",
-            "--data-dir",
-            f"/tmp/{ns.name}-relay",
-        )
-        ns.wait_http(f"127.0.0.1:{relay_admin}")
-        ns.iptables("-A", "INPUT", "-p", "udp", "--dport", str(port), "-j", "DROP")
-        ns.python(
-            "-m",
-            "coremesh_node",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--relay",
-            f"127.0.0.1:{port}",
-            "--keyed-relay",
-            f"tcp://127.0.0.1:{keyed}",
-        )
-        ns.wait_http(f"127.0.0.1:{admin}")
-        report = ns.admin(f"127.0.0.1:{admin}", "GET", "/v1/netcheck")
-        assert report["udp_blocked"] is True and report["nat_type"] == "UDP blocked", report
-        assert report["error"] == "no STUN server answered over UDP"
-        by_kind = {r["kind"]: r for r in report["relays"]}
-        assert by_kind["stun"]["rtt_ms"] is None and by_kind["stun"]["error"] == "no answer"
-        assert by_kind["stun-tcp"]["rtt_ms"] > 0 and by_kind["keyed"]["rtt_ms"] > 0
-
-
 def test_a_dead_server_is_not_udp_blocked() -> None:
     async def body() -> None:
         dead = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
@@ -245,5 +218,39 @@ def test_a_dead_server_is_not_udp_blocked() -> None:
             assert report.udp_blocked is None and report.nat_type == "unknown"
             assert report.public_ipv4 is None and report.error == "no STUN server answered over UDP"
             assert [(r.kind, r.rtt_ms) for r in report.relays] == [("stun", None), ("stun-tcp", None)]
+
+    run(body)
+
+
+def test_netcheck_shares_the_socket_with_a_turn_allocation() -> None:
+    """Netcheck takes only its own STUN answers: the TURN client on the same socket keeps working."""
+    from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+
+    async def body() -> None:
+        service = StunTurnService(
+            StunTurnConfig(
+                listen="127.0.0.1:0",  # type: ignore[arg-type]
+                alt_address="127.0.0.2",
+                users={"alice": "s3cret"},
+                allow_loopback_peers=True,
+            )
+        )
+        await service.start()
+        try:
+            port = service.addresses[0].port
+            config = MeshConfig(listen_addr="127.0.0.1:0", relays=(f"alice:s3cret@127.0.0.1:{port}",))
+            async with MeshNode(config) as a, MeshNode(MeshConfig(listen_addr="127.0.0.1:0")) as b:
+                report = await a.netcheck(refresh=True)
+                assert report.mapping == "no-nat" and report.discovery_server == f"127.0.0.1:{port}"
+                assert any(c["type"] == "relay" for c in a.candidates())
+                conn = await a.connect(b.peer_id, b.local_address, path="relay")
+                report = await a.netcheck(refresh=True)  # while TURN carries the connection
+                assert report.filtering == "endpoint-independent"
+                assert (await a.ping(b.peer_id)).path == "relay"
+                await conn.send(b"still relayed")
+                incoming = b.get_connection(a.peer_id)
+                assert incoming is not None and await incoming.receive() == b"still relayed"
+        finally:
+            await service.stop()
 
     run(body)

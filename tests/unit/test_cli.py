@@ -257,7 +257,8 @@ def test_non_json_answer(fake: tuple[str, Canned], capsys: pytest.CaptureFixture
         ["ping", "not-a-peer-id"],
         ["ping", PEER_B.to_text()[:-1] + ("a" if PEER_B.to_text()[-1] != "a" else "b")],  # checksum
         ["send", "nope", "hi"],
-        ["connect", PEER_B.to_text()],  # no address
+        ["connect", PEER_B.to_text()[:-1] + ("a" if PEER_B.to_text()[-1] != "a" else "b")],  # id alone
+        ["lookup", "nope"],
         ["connect", f"{PEER_B}@127.0.0.1"],  # no port
         ["connect", "zz@127.0.0.1:9"],
     ],
@@ -760,19 +761,3 @@ def test_advertised_addresses_expand_wildcards() -> None:
     assert advertised_addresses([Address("192.0.2.1", 5)]) == ["192.0.2.1:5"]
     six = advertised_addresses([Address("::", 5)])
     assert "127.0.0.1:5" in six and "[::1]:5" in six and "[::]:5" not in six
-
-
-# ---------------------------------------------------------------------- relay and bootstrap stubs
-
-
-@pytest.mark.parametrize("module", ["coremesh_bootstrap.main"])
-def test_unimplemented_services_say_so(module: str, capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib
-
-    main = importlib.import_module(module).main
-    assert main(["--listen", "127.0.0.1:1"]) == 2
-    err = capsys.readouterr().err
-    assert "not implemented yet: lands with the relay/discovery issue" in err and "usage:" in err
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    assert "not implemented yet" in out and "--listen HOST:PORT" in out and "--admin HOST:PORT" in out

@@ -264,3 +264,38 @@ def test_report_json_and_text() -> None:
     assert "192.0.2.1:3478  12.3 ms" in text
     assert "udp             works" in text
     assert "unknown" in format_netcheck({}, now=0.0)
+
+
+@dataclass
+class RandomPortNat(ToyNat):
+    """The toy NAT, handing out a random port for every new mapping."""
+
+    rng: random.Random = field(default_factory=lambda: random.Random(3))
+
+    def outbound(self, src: Address, dst: Address) -> Address:
+        from .test_stun_natdiscovery import MAPPING_KEY
+
+        if MAPPING_KEY[self.mapping](src, dst) not in self.ports:
+            self.next_port = self.rng.randrange(1024, 65536)
+        return super().outbound(src, dst)
+
+
+@pytest.mark.parametrize("mapping", ["address-dependent", "address-and-port-dependent"])
+def test_port_allocation_of_a_symmetric_nat(mapping: str) -> None:
+    sequential = World(servers(), ToyNat(mapping, "address-and-port-dependent")).run(probe(PRIMARY, PLAIN))
+    assert sequential.port_allocation == "sequential"  # the toy NAT counts up by 7
+    assert (
+        nat_type_name(mapping, "address-and-port-dependent", False, "sequential") == "symmetric (sequential)"
+    )
+    randomly = World(servers(), RandomPortNat(mapping, "address-and-port-dependent")).run(
+        probe(PRIMARY, PLAIN)
+    )
+    assert randomly.port_allocation == "random"
+    assert nat_type_name(mapping, "endpoint-independent", False, "random") == "symmetric (random)"
+
+
+def test_port_allocation_of_a_cone_and_no_nat() -> None:
+    assert World(servers(), None).run(probe(PRIMARY)).port_allocation == "preserve"
+    cone = World(servers(), ToyNat("endpoint-independent", "endpoint-independent")).run(probe(PRIMARY, PLAIN))
+    assert cone.port_allocation is None  # one mapping, not the local port: nothing to tell
+    assert nat_type_name("endpoint-independent", "endpoint-independent", False, "random") == "full cone"

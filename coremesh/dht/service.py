@@ -1,0 +1,254 @@
+"""The DHT's asyncio shell: the sans-IO :class:`~coremesh.dht.node.DhtNode` on the node's own socket.
+
+The DHT shares the mesh node's UDP socket (its packets have their own type byte, 0xE7), so the
+address the DHT sees for a node is the one its mesh traffic comes from, NAT mapping included. This
+shell passes datagrams and the loop's time in, sends what comes out, re-arms one timer, turns lookup
+events into awaited results, and does the periodic work that needs the outside world: publishing the
+node's own record when its addresses change, gossiping records to connected peers, and saving the
+routing table to the data dir (atomically) so that a restart is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from ..addr import Address
+from ..config import MeshConfig, PeerAddress
+from ..errors import DecodeError, PeerNotFound
+from ..identity import Identity, PeerId, atomic_write
+from ..runtime import UdpRuntime
+from ..wire import PacketType
+from .events import LookupFinished
+from .node import DhtNode
+from .records import MAX_ADDRESSES, PeerRecord
+
+log = logging.getLogger("coremesh.dht")
+
+SNAPSHOT_FILE: Final = "dht.snapshot"
+_EVENT_COUNTERS: Final = frozenset(
+    {
+        "pex_sent",
+        "pex_received",
+        "records_accepted",
+        "records_expired",
+        "evicted_dead",
+        "demoted",
+        "request_timeout",
+        "lookup_timeout",
+    }
+)
+SAVE_INTERVAL: Final = 60.0
+ADDRESS_CHECK_INTERVAL: Final = 2.0  # how soon a new address (a relay's srflx, say) is published
+
+AddressSource = Callable[[], list[tuple[str, str]]]
+
+
+class DhtService:
+    """Runs the DHT for one :class:`~coremesh.MeshNode`; created by the node when it starts."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: MeshConfig,
+        runtime: UdpRuntime,
+        *,
+        addresses: AddressSource,
+        connected_peers: Callable[[], list[tuple[PeerId, Address]]],
+        rng: random.Random,
+    ) -> None:
+        self._identity = identity
+        self._config = config
+        self._runtime = runtime
+        self._addresses = addresses
+        self._connected_peers = connected_peers
+        self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - self._loop.time()
+        self.core = DhtNode(identity, config.dht_config, rng=rng, wall_offset=self._wall_offset)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._lookups: dict[int, asyncio.Future[LookupFinished]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._published: tuple[tuple[str, str], ...] | None = None
+        self._seq = 0
+        self._stopped = False
+        runtime.add_packet_handler(PacketType.DHT, self._on_datagram)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, seeds: tuple[PeerAddress, ...]) -> None:
+        now = self._loop.time()
+        self._restore(now)
+        for entry in seeds:
+            if entry.peer_id is not None:
+                self.core.add_contact(entry.peer_id, entry.address, now)
+        unpinned = [e.address for e in seeds if e.peer_id is None]
+        if unpinned:
+            self.core.bootstrap(unpinned, now)
+        self.publish(force=True)
+        self._pump()
+        self._spawn(self._maintain())
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.save()
+        for fut in self._lookups.values():
+            if not fut.done():
+                fut.set_exception(PeerNotFound("node stopped"))
+        self._lookups.clear()
+
+    # -- lookups and records --------------------------------------------------------------------
+
+    async def lookup(self, peer: PeerId, *, timeout: float | None = None) -> LookupFinished:
+        """Look ``peer`` up: its signed record (if the network has a live one) and the closest contacts."""
+        timeout = self._config.lookup_timeout if timeout is None else timeout
+        query = self.core.start_lookup(peer, self._loop.time())
+        fut: asyncio.Future[LookupFinished] = self._loop.create_future()
+        self._lookups[query] = fut
+        self._pump()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise PeerNotFound(f"no record of {peer} found within {timeout:g}s") from None
+        finally:
+            self._lookups.pop(query, None)
+
+    def publish(self, *, force: bool = False) -> bool:
+        """Sign and publish this node's record if its addresses changed (or ``force``)."""
+        addresses = tuple(dict.fromkeys(self._addresses()))[:MAX_ADDRESSES]
+        if not force and addresses == self._published:
+            return False
+        if not addresses:
+            return False
+        wall = time.time()
+        # The sequence number is the wall clock in milliseconds: it keeps growing across restarts.
+        self._seq = max(self._seq + 1, int(wall * 1000))
+        record = PeerRecord.create(
+            self._identity, self._seq, wall + self._config.dht_config.record_ttl, list(addresses)
+        )
+        self.core.publish(record, self._loop.time())
+        self._published = addresses
+        self._pump()
+        return True
+
+    def status(self) -> dict[str, Any]:
+        stats = dict(self.core.stats())
+        for key, value in self.core.counters.items():
+            # Events worth counting are counted as they are; the rest are drops, by reason.
+            stats[key if key in _EVENT_COUNTERS else f"drop_{key}"] = value
+        return {
+            "enabled": True,
+            "routing_table_size": len(self.core.routing_table()),
+            "records": len(self.core.known_records()),
+            "published": [list(a) for a in self._published or ()],
+            "stats": stats,
+        }
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    @property
+    def _snapshot_path(self) -> Path | None:
+        data_dir = self._config.data_dir
+        return None if data_dir is None else data_dir / SNAPSHOT_FILE
+
+    def save(self) -> None:
+        path = self._snapshot_path
+        if path is None:
+            return
+        try:
+            atomic_write(path, self.core.snapshot(), mode=0o600)
+        except OSError as exc:
+            log.warning("cannot save the routing table to %s: %s", path, exc)
+
+    def _restore(self, now: float) -> None:
+        path = self._snapshot_path
+        if path is None or not path.exists():
+            return
+        try:
+            self.core.restore(path.read_bytes(), now)
+        except (OSError, DecodeError, ValueError) as exc:
+            # A damaged snapshot costs a cold start, never the node: say so and go on.
+            log.warning("ignoring the saved routing table %s: %s", path, exc)
+
+    # -- the shell ------------------------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.core.receive_datagram(data, addr, now)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._stopped:
+            return
+        now = self._loop.time()
+        for data, addr in self.core.datagrams_to_send(now):
+            self._runtime.send_raw(data, addr)
+        while (event := self.core.next_event()) is not None:
+            if isinstance(event, LookupFinished):
+                fut = self._lookups.get(event.query_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(event)
+        self._arm(self.core.get_timer())
+
+    def _arm(self, when: float | None) -> None:
+        if when == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self._loop.time())
+        self._pump()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _maintain(self) -> None:
+        """Republish when the node's addresses change, gossip to connected peers, save the table."""
+        last_gossip = last_save = self._loop.time()
+        while True:
+            await asyncio.sleep(ADDRESS_CHECK_INTERVAL)
+            try:
+                self.publish()
+                peers = self._connected_peers()
+                if peers and self._loop.time() - last_gossip >= self._config.gossip_interval:
+                    last_gossip = self._loop.time()
+                    self.core.gossip(peers, last_gossip)
+                    self._pump()
+                if self._loop.time() - last_save >= SAVE_INTERVAL:
+                    await asyncio.to_thread(self.save)
+                    last_save = self._loop.time()
+            except Exception:
+                log.exception("DHT maintenance failed; trying again")
+
+
+def record_json(record: PeerRecord, wall_now: float) -> dict[str, Any]:
+    """A peer record as the admin APIs show it."""
+    return {
+        "peer_id": record.peer_id.to_text(),
+        "seq": record.seq,
+        "expires_at": record.expires_at,
+        "expires_in_s": round(record.expires_at - wall_now, 3),
+        "addresses": [{"kind": kind, "address": text} for kind, text in record.addresses],
+    }
