@@ -145,6 +145,7 @@ class PeerConnection:
         self.ping_tokens = 0
         # NAT traversal (coremesh.traversal): the agent exists once the connection is up.
         self.pinned = False  # path="relay": never move to a direct path
+        self.extra_paths: list[PathAddress] = []  # a pending connect also tried there (raced)
         self.agent: TraversalAgent | None = None
         self.relay_path: PathAddress | None = None  # where to fall back when the direct path dies
         self.migration: tuple[PathAddress, Address, float] | None = None  # (previous, new, deadline)
@@ -203,6 +204,8 @@ class PeerConnection:
         self.handshake_attempt += 1
         self.handshake_retry_at = now + delay * (0.9 + 0.2 * ep.rng.random())
         ep.transmit(self.handshake.packet, self.address)
+        for extra in self.extra_paths:
+            ep.transmit(self.handshake.packet, extra)
         ep.counters["handshake_initiations_sent"] += 1
 
     def cancel_handshake(self) -> None:
@@ -565,6 +568,7 @@ class PeerConnection:
         self.run_agent(now)
 
     def announce(self, now: float) -> None:
+        self.extra_paths = []
         self.endpoint.promote(self)
         self.announced = True
         self.state = PeerState.CONNECTED
@@ -920,6 +924,20 @@ class Endpoint:
         conn.connect_deadline = max(conn.connect_deadline or now, now + self.config.connect_timeout)
         conn.start_handshake(now)
         self.counters["connects_redirected"] += 1
+        return True
+
+    def also_try(self, peer_id: PeerId, address: PathAddress, now: float) -> bool:
+        """Send a pending connect's initiation on a second path as well, now and with every retry
+        (happy eyeballs, RFC 8305 in spirit). The first response decides the path; the responder
+        refuses the slower copy as a replay. False if there is no pending connect to that peer."""
+        conn = self._peers.get(peer_id)
+        if conn is None or conn.finished or conn.announced or not conn.initiator or conn.handshake is None:
+            return False
+        if address == conn.address or address in conn.extra_paths:
+            return True
+        conn.extra_paths = [address]
+        self.transmit(conn.handshake.packet, address)
+        self.counters["connects_raced"] += 1
         return True
 
     def send(self, peer_id: PeerId, data: bytes, now: float) -> None:

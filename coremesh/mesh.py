@@ -49,7 +49,8 @@ _STATE_MAP = {
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
 STOP_LINGER = 2.0
-CANDIDATE_REFRESH = 5.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
+RACE_HEAD_START = 0.25  # seconds the direct attempt runs alone before the keyed relay joins in
+CANDIDATE_REFRESH = 2.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
 _CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
 DISCOVERY_TIMEOUT = 3.0  # per discovery service asked
 DISCOVERY_POLL = 0.1  # seconds between asking the discovery services again while connecting
@@ -282,7 +283,17 @@ class MeshNode:
         runtime.pump()
         try:
             if path != "direct" and has_relay:
-                done, _ = await asyncio.wait({fut}, timeout=timeout / 3)
+                budget = timeout / 3
+                keyed = relays.keyed_relay() if relays is not None else None
+                if path == "auto" and keyed is not None and budget > RACE_HEAD_START:
+                    # Happy eyeballs: the direct attempt gets a head start, then the same initiation
+                    # also goes through the keyed relay; whichever answers first carries the
+                    # connection, and NAT traversal moves a relayed one to a direct path.
+                    done, _ = await asyncio.wait({fut}, timeout=RACE_HEAD_START)
+                    budget -= RACE_HEAD_START
+                    if not done and endpoint.also_try(peer_id, RelayAddress(keyed, peer_id), runtime.now()):
+                        runtime.pump()
+                done, _ = await asyncio.wait({fut}, timeout=budget)
                 if not done:
                     await self._fall_back(peer_id, target.address, first, fut, timeout)
             return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout + 0.5)

@@ -64,6 +64,7 @@ from coremesh.errors import (
 )
 from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
+from coremesh.paths import DirectAddress, RelayAddress, TurnAddress
 from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
 
 from .logs import log
@@ -295,8 +296,8 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.value)
     if isinstance(value, PeerId):
         return value.to_text()
-    if isinstance(value, Address):
-        return str(value)
+    if isinstance(value, Address | DirectAddress | TurnAddress | RelayAddress):
+        return str(value)  # every kind of path address prints as one string
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     if isinstance(value, dict):

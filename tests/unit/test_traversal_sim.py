@@ -7,6 +7,8 @@ import pytest
 from coremesh import events as ev
 from coremesh.addr import Address
 from coremesh.sim import nat as N
+from coremesh.sim.network import LinkProfile, SimNetwork
+from coremesh.sim.relay import SimNode
 from coremesh.traversal import TraversalConfig
 
 from .traversal_sim import A_PUB, B_PUB, both_direct, connect_via_relay, path, world
@@ -148,3 +150,134 @@ def test_hostile_authenticated_path_frames_are_counted_drops() -> None:
     w.a.endpoint.send(w.b.peer_id, b"still fine", w.net.clock.now)
     w.net.flush()
     assert w.net.run_until(lambda: w.b.messages() == [b"still fine"], timeout=5.0)
+
+
+class _Sink:
+    """An attacker's socket: records what reaches it, sends nothing."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.got.append(data)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        return []
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+
+def _race_a_copy(w_net: SimNetwork, sender: SimNode, receiver: SimNode, attacker: Address) -> None:
+    """An on-path attacker copies the sender's next packet and races it from its own address."""
+    sender.endpoint.send(receiver.peer_id, b"hello", w_net.clock.now)
+    (packet, _dst) = next(iter(sender.endpoint.datagrams_to_send(w_net.clock.now)))
+    receiver.endpoint.receive_datagram(packet, attacker, w_net.clock.now)
+    w_net.flush()
+
+
+def test_a_replayed_packet_from_an_attacker_address_is_validated_before_use() -> None:
+    w = world(None, N.PORT_RESTRICTED)
+    connect_via_relay(w)
+    assert w.net.run_until(lambda: both_direct(w), timeout=5.0)
+    attacker = Address("198.51.100.66", 6666)
+    sink = _Sink()
+    w.net.attach(attacker, sink)
+    a_conn = w.a.endpoint._peers[w.b.peer_id]
+    genuine = a_conn.address
+    _race_a_copy(w.net, w.b, w.a, attacker)
+    w.net.run_for(3.0)
+    assert a_conn.address == genuine  # never moved: the attacker cannot answer the challenge
+    assert all(e.new != attacker for e in w.a.of(ev.AddressChanged))  # type: ignore[attr-defined]
+    assert 1 <= len(sink.got) <= 2  # the challenge (and its one retry) only, no data
+
+
+def test_a_replayed_packet_on_a_connection_without_relay_is_followed_then_reverted() -> None:
+    net = SimNetwork(3, LinkProfile(latency=0.01))
+    a, b = _plain(1, 1), _plain(2, 2)
+    a_addr, b_addr, attacker = (
+        Address("192.0.2.1", 1),
+        Address("192.0.2.2", 2),
+        Address("198.51.100.66", 6666),
+    )
+    net.attach(a_addr, a)
+    net.attach(b_addr, b)
+    sink = _Sink()
+    net.attach(attacker, sink)
+    a.endpoint.connect(b.peer_id, b_addr, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.PeerConnected)) and bool(b.of(ev.PeerConnected)), timeout=5)
+    net.run_for(0.5)
+    _race_a_copy(net, a, b, attacker)
+    b_conn = b.endpoint._peers[a.peer_id]
+    assert b_conn.address == attacker  # a NAT rebinding looks the same: followed at once...
+    # ...and left again: the genuine peer's next packet brings it back (RFC 9000 §9.3.3), or the
+    # unanswered challenge reverts it after a second.
+    assert net.run_until(lambda: b_conn.address == a_addr and b_conn.migration is None, timeout=3.0)
+    net.run_for(2.0)
+    assert b_conn.address == a_addr
+    assert len(sink.got) < 10
+    b.endpoint.send(a.peer_id, b"reply", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: a.messages() == [b"reply"], timeout=5.0)
+
+
+def _plain(seed: int, ident: int) -> SimNode:
+    import random
+
+    from coremesh.config import MeshConfig
+    from coremesh.endpoint import Endpoint
+    from coremesh.identity import Identity
+
+    cfg = MeshConfig(heartbeat_interval=1.0, idle_timeout=20.0)
+    identity = Identity(random.Random(ident).randbytes(32))
+    return SimNode(Endpoint(identity, cfg, rng=random.Random(seed), wall_offset=1.7e9))
+
+
+def test_an_unanswered_migration_reverts_after_a_second() -> None:
+    net = SimNetwork(4, LinkProfile(latency=0.01))
+    a, b = _plain(1, 1), _plain(2, 2)
+    a_addr, b_addr, attacker = (
+        Address("192.0.2.1", 1),
+        Address("192.0.2.2", 2),
+        Address("198.51.100.66", 6666),
+    )
+    net.attach(a_addr, a)
+    net.attach(b_addr, b)
+    net.attach(attacker, _Sink())
+    a.endpoint.connect(b.peer_id, b_addr, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: bool(b.of(ev.PeerConnected)), timeout=5)
+    net.run_for(0.5)
+    _race_a_copy(net, a, b, attacker)
+    net.detach(a_addr)  # the genuine peer stays silent meanwhile
+    b_conn = b.endpoint._peers[a.peer_id]
+    assert b_conn.address == attacker
+    net.run_for(1.5)
+    assert b_conn.address == a_addr and b.endpoint.counters["migrations_reverted"] == 1
+
+
+def test_a_raced_connect_takes_the_first_path_that_answers() -> None:
+    # Both paths deliver: the direct copy arrives first, the relayed copy is refused as a replay,
+    # and there is exactly one connection.
+    w = world(None, None)
+    w.a.endpoint.connect(w.b.peer_id, Address("10.0.2.2", 4000), w.net.clock.now)
+    assert w.a.endpoint.also_try(w.b.peer_id, w.a.relay_address(w.b.peer_id), w.net.clock.now)
+    w.net.flush()
+    assert w.net.run_until(
+        lambda: bool(w.a.of(ev.PeerConnected)) and bool(w.b.of(ev.PeerConnected)), timeout=5
+    )
+    w.net.run_for(1.0)
+    assert path(w.a, w.b) == "direct" and len(w.b.of(ev.PeerConnected)) == 1
+    assert w.b.endpoint.counters["drop_replayed_handshake"] >= 1
+    # The direct address is unreachable (a port-restricted NAT in front of B): the relay answers.
+    w = world(None, N.PORT_RESTRICTED)
+    w.a.endpoint.connect(w.b.peer_id, Address(B_PUB, 4000), w.net.clock.now)
+    w.a.endpoint.also_try(w.b.peer_id, w.a.relay_address(w.b.peer_id), w.net.clock.now)
+    w.net.flush()
+    assert w.net.run_until(lambda: bool(w.a.of(ev.PeerConnected)), timeout=5)
+    assert w.a.of(ev.PeerConnected)[0].address == w.a.relay_address(w.b.peer_id)  # type: ignore[attr-defined]
+    assert w.net.run_until(lambda: both_direct(w), timeout=5.0)  # and traversal takes it direct
