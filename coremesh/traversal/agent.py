@@ -138,8 +138,8 @@ TraversalAction = SendChallenge | SendCandidates | UseDirect | UseRelay
 
 
 def _predictable(nat_type: str) -> bool:
-    """Worth predicting ports: any symmetric NAT (netcheck cannot tell sequential from random
-    allocation; against a random one the predicted checks simply fail, bounded)."""
+    """Worth predicting ports: a symmetric NAT that netcheck found sequential, or whose port
+    allocation it could not tell (against a random one the predicted checks fail, bounded)."""
     return "symmetric" in nat_type.lower() and "random" not in nat_type.lower()
 
 
