@@ -15,8 +15,8 @@ When a sprayed port is one of the opener's mappings, the probe reaches that prob
 it arrived before the opener's probe, the opener's probe gets through the filter it opened): the
 two sides then talk through that socket and the cone's one mapping. With ``n`` mappings and ``m``
 distinct ports among ``P``, the chance of no collision is about ``(1 - n/P)**m``; with the defaults
-(256 sockets, 1024 ports, P = 64 512) a collision happens in ~98 % of attempts, for at most
-1 280 probes and ``timeout`` seconds.
+(256 sockets, 2048 ports, P = 64 512) a collision happens in 99.97 % of attempts, for at most
+2 304 probes (about 250 kB) and ``timeout`` seconds.
 
 This module decides which side does what, which ports to try, the pacing, the budget and when the
 attempt is over; the probes themselves are authenticated PATH_CHALLENGE frames sent by the
@@ -53,16 +53,19 @@ class BirthdayConfig:
     """Bounds of one attempt (seconds, sockets, packets)."""
 
     sockets: int = 256  # probe sockets the symmetric side opens (closed when the attempt ends)
-    ports: int = 1024  # distinct destination ports the cone side probes
+    ports: int = 2048  # distinct destination ports the cone side probes
     open_interval: float = 0.002  # the opener's probes, one per socket, this far apart (~0.5 s)
-    spray_interval: float = 0.004  # the sprayer's probes this far apart (250 per second, ~4.1 s)
+    spray_interval: float = 0.002  # the sprayer's probes this far apart (500 per second, ~4.1 s)
     timeout: float = 6.0  # the whole attempt, on both sides
     retry_initial: float = 30.0  # after a failed attempt, the next no sooner; doubles...
     retry_max: float = 600.0  # ...up to this
+    max_attempts: int = 2  # attempts at once per node (each holds up to ``sockets`` sockets)
 
     def __post_init__(self) -> None:
         if not 1 <= self.sockets <= 1024:
             raise ValueError("sockets must be 1..1024")
+        if not 1 <= self.max_attempts <= 8:
+            raise ValueError("max_attempts must be 1..8")
         if not 1 <= self.ports <= PORT_MAX - PORT_MIN + 1:
             raise ValueError("ports must be 1..64512")
         for name in ("open_interval", "spray_interval", "timeout", "retry_initial"):
