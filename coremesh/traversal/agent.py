@@ -547,6 +547,9 @@ class TraversalAgent:
             if not answered:
                 self.reason = self._failure_reason()
                 self._checks_failed = True
+                # At once: the order of the two sides' probes does not matter, as long as the
+                # opener's sockets are open (an attempt) or the sprayer's filters (the NAT timeout).
+                self._maybe_birthday(now)
             elif not self.controlling:
                 self.reason = (
                     f"direct checks: {answered} candidate(s) of the peer answered; waiting for the "
