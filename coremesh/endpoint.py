@@ -36,7 +36,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .identity import Identity, PeerId
-from .paths import DirectAddress, PathAddress, TurnAddress, path_kind, udp_address
+from .paths import DirectAddress, PathAddress, ProbeAddress, TurnAddress, path_kind, udp_address
 from .reliability import ReliabilityConfig, ReliableStream
 from .reliability import events as rev
 from .session import InitiatorHandshake, Responder, SecureSession
@@ -44,11 +44,14 @@ from .traversal import (
     Candidate,
     Candidates,
     CandidateType,
+    CloseProbeSockets,
     Mode,
+    OpenProbeSockets,
     PathChallenge,
     PathResponse,
     SendCandidates,
     SendChallenge,
+    Target,
     TraversalAgent,
     TraversalConfig,
     UseDirect,
@@ -57,6 +60,7 @@ from .traversal import (
     encode_path_frames,
     is_path_packet,
 )
+from .traversal.agent import PROBE_IDS
 from .traversal.frames import PathFrame
 
 HANDSHAKE_RETRY_INITIAL: Final = 0.25
@@ -69,6 +73,7 @@ MAX_PENDING_PROBES: Final = 256
 MIGRATION_VALIDATION_TIME: Final = 1.0  # an unvalidated new address must answer a challenge in time
 MIGRATION_BLOCK_TIME: Final = 10.0  # an address that failed validation is not followed again for this long
 MAX_BLOCKED: Final = 16
+MAX_KEPT_PROBE_SOCKETS: Final = 16  # probe sockets that carry connections after a birthday attempt
 INTERNAL_PATH_PING: Final = (1 << 64) - 2  # PING token of a path switch (its PONG is ignored)
 
 CLOSE_NORMAL: Final = 0
@@ -148,9 +153,9 @@ class PeerConnection:
         self.extra_paths: list[PathAddress] = []  # a pending connect also tried there (raced)
         self.agent: TraversalAgent | None = None
         self.relay_path: PathAddress | None = None  # where to fall back when the direct path dies
-        self.migration: tuple[PathAddress, Address, float] | None = None  # (previous, new, deadline)
-        self.pending_switch: Address | None = None  # a direct address to take once validated
-        self.blocked: dict[Address, float] = {}  # addresses that failed validation, until when
+        self.migration: tuple[PathAddress, Target, float] | None = None  # (previous, new, deadline)
+        self.pending_switch: Target | None = None  # a direct address to take once validated
+        self.blocked: dict[Target, float] = {}  # addresses that failed validation, until when
         self.path_since = 0.0  # when the connection last moved to a path
 
     # -- sessions -----------------------------------------------------------------------------
@@ -382,6 +387,7 @@ class PeerConnection:
             now=now,
             direct=udp_address(self.address) if kind == "direct" else None,
             pinned=self.pinned,
+            probe_base=ep.next_probe_base(),
         )
         self.agent.has_fallback = self.relay_path is not None
         self.agent.set_local(ep.local_candidates, ep.nat_type, now)
@@ -414,7 +420,7 @@ class PeerConnection:
         ep = self.endpoint
         while (action := agent.next_action()) is not None:
             if isinstance(action, SendChallenge):
-                self.send_path([PathChallenge(action.token)], DirectAddress(action.address))
+                self.send_path([PathChallenge(action.token)], direct_path(action.address))
                 ep.counters["path_challenges_sent"] += 1
             elif isinstance(action, SendCandidates):
                 frame = Candidates(
@@ -422,9 +428,14 @@ class PeerConnection:
                 )
                 self.send_path([frame], self.address)
             elif isinstance(action, UseDirect):
-                self.switch_to(DirectAddress(action.address), now, None)
+                self.switch_to(direct_path(action.address), now, None)
             elif isinstance(action, UseRelay) and self.relay_path is not None:
                 self.switch_to(self.relay_path, now, action.reason)
+            elif isinstance(action, OpenProbeSockets):
+                if not ep.open_probe_sockets(action.ids):
+                    agent.cancel_birthday(now, f"the node's {ep.max_probe_sockets} probe sockets are in use")
+            elif isinstance(action, CloseProbeSockets):
+                ep.close_probe_sockets(action.ids)
 
     def switch_to(self, address: PathAddress, now: float, reason: str | None) -> None:
         """Send on another path from now on. The stream is path-independent: nothing is lost or
@@ -463,6 +474,7 @@ class PeerConnection:
         ep = self.endpoint
         agent = self.agent
         udp = udp_address(addr)
+        target: Target | None = addr if isinstance(addr, ProbeAddress) else udp
         # How the packet came (not how we would send there): a plain address arrived directly even
         # when we route it through TURN, since TURN deliveries are tagged TurnAddress.
         kind = (
@@ -493,11 +505,12 @@ class PeerConnection:
                     now, "the peer moved back to the relay (its direct checks or liveness failed)"
                 )
             return
-        if agent.is_validated(udp):
-            self.switch_to(DirectAddress(udp), now, None)
-            agent.adopt_direct(udp, now)
+        assert target is not None
+        if agent.is_validated(target):
+            self.switch_to(direct_path(target), now, None)
+            agent.adopt_direct(target, now)
             return
-        until = self.blocked.get(udp)
+        until = self.blocked.get(target)
         if until is not None and now < until:
             return
         if self.path_kind() == "direct" and self.relay_path is None:
@@ -505,14 +518,14 @@ class PeerConnection:
             old = self.address
             routed = isinstance(addr, Address) and ep.is_routed(addr)
             self.address = DirectAddress(udp) if isinstance(old, DirectAddress) or routed else addr
-            self.migration = (old, udp, now + MIGRATION_VALIDATION_TIME)
+            self.migration = (old, target, now + MIGRATION_VALIDATION_TIME)
             ep.counters["address_changes"] += 1
             ep.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=self.address))
             if agent.direct is not None:
-                agent.direct = udp
+                agent.direct = target
         else:
-            self.pending_switch = udp
-        agent.validate(udp, now)
+            self.pending_switch = target
+        agent.validate(target, now)
         self.run_agent(now)
 
     def revert_migration(self, now: float) -> None:
@@ -524,7 +537,7 @@ class PeerConnection:
             del self.blocked[next(iter(self.blocked))]
         old, self.address = self.address, previous
         if self.agent is not None and self.agent.direct is not None:
-            self.agent.direct = udp_address(previous)
+            self.agent.direct = previous if isinstance(previous, ProbeAddress) else udp_address(previous)
         self.endpoint.counters["migrations_reverted"] += 1
         self.endpoint.emit(ev.AddressChanged(peer_id=self.peer_id, old=old, new=previous))
 
@@ -537,12 +550,15 @@ class PeerConnection:
             return
         agent = self.agent
         udp = udp_address(addr)
+        target: Target | None = addr if isinstance(addr, ProbeAddress) else udp
         for frame in frames:
             if isinstance(frame, PathChallenge):
                 ep.counters["path_challenges_answered"] += 1
-                self.send_path([PathResponse(frame.token)], DirectAddress(udp) if udp is not None else addr)
-                if agent is not None and udp is not None and not isinstance(addr, TurnAddress):
-                    agent.on_challenge(udp, now)
+                # Back the way it came: from the probe socket it arrived on, or from our socket.
+                reply = direct_path(target) if target is not None else addr
+                self.send_path([PathResponse(frame.token)], reply)
+                if agent is not None and target is not None and not isinstance(addr, TurnAddress):
+                    agent.on_challenge(target, now)
             elif isinstance(frame, PathResponse):
                 if agent is None:
                     continue
@@ -553,7 +569,7 @@ class PeerConnection:
                 if self.migration is not None and self.migration[1] == validated:
                     self.migration = None
                 if self.pending_switch == validated and self.path_kind() != "direct":
-                    self.switch_to(DirectAddress(validated), now, None)
+                    self.switch_to(direct_path(validated), now, None)
                     agent.adopt_direct(validated, now)
             elif isinstance(frame, Candidates) and agent is not None:
                 current = udp_address(self.address)
@@ -719,6 +735,13 @@ class Endpoint:
         # sends a plain address through a TURN route (a query of shell state, no I/O).
         self.traversal_config = traversal if traversal is not None else TraversalConfig()
         self.traversal_enabled = config.enable_nat_traversal
+        # Probe sockets of the birthday approach: the runtime opens and closes them in this order
+        # ((True, id) opens, (False, id) closes); bounded by one attempt plus kept paths.
+        self.socket_commands: deque[tuple[bool, int]] = deque()
+        self.probe_sockets: set[int] = set()
+        birthday = self.traversal_config.birthday
+        self.max_probe_sockets = birthday.sockets * birthday.max_attempts + MAX_KEPT_PROBE_SOCKETS
+        self._probe_base = 0
         self.local_candidates: tuple[Candidate, ...] = ()
         self.nat_type = ""
         self.is_routed: Callable[[Address], bool] = lambda _address: False
@@ -746,7 +769,7 @@ class Endpoint:
     def kind_of(self, conn: PeerConnection, address: PathAddress) -> str:
         """``direct``, ``turn`` or ``keyed``: how packets to ``address`` travel."""
         kind = path_kind(address)
-        if kind != "direct" or isinstance(address, DirectAddress):
+        if kind != "direct" or isinstance(address, (DirectAddress, ProbeAddress)):
             return kind
         assert isinstance(address, Address)
         if self.is_routed(address):
@@ -783,6 +806,28 @@ class Endpoint:
             conn.agent.has_fallback = True
         return True
 
+    def next_probe_base(self) -> int:
+        """Probe socket ids of a new connection (each connection has its own range)."""
+        base = self._probe_base
+        self._probe_base += PROBE_IDS
+        return base
+
+    def open_probe_sockets(self, ids: tuple[int, ...]) -> bool:
+        """Ask the runtime for probe sockets, within the node's budget (one attempt at a time)."""
+        if len(self.probe_sockets) + len(ids) > self.max_probe_sockets:
+            self.counters["birthday_refused"] += 1
+            return False
+        self.probe_sockets.update(ids)
+        self.socket_commands.extend((True, i) for i in ids)
+        self.counters["birthday_attempts"] += 1
+        return True
+
+    def close_probe_sockets(self, ids: tuple[int, ...]) -> None:
+        for i in ids:
+            if i in self.probe_sockets:
+                self.probe_sockets.discard(i)
+                self.socket_commands.append((False, i))
+
     def transmit(self, data: bytes, address: PathAddress) -> None:
         self.out.append((data, address))
 
@@ -802,6 +847,11 @@ class Endpoint:
             self.announce_end(conn, reason=reason, clean=clean)
         conn.finished = True
         conn.cancel_handshake()
+        if conn.agent is not None:
+            conn.agent.close()  # its probe sockets go with it
+            while (action := conn.agent.next_action()) is not None:
+                if isinstance(action, CloseProbeSockets):
+                    self.close_probe_sockets(action.ids)
         for session in list(conn.sessions()):
             self.release_index(session.local_index)
         conn.previous = conn.current = conn.next = None
@@ -1185,6 +1235,12 @@ class Endpoint:
             self.counters["drop_malformed"] += 1
             return
         self.emit(ev.IdentityResolved(address=addr, nonce=nonce, peer_id=peer))
+
+
+def direct_path(target: Target) -> PathAddress:
+    """Where a check or a direct path to ``target`` goes: straight from our socket (never by a
+    relay route), or from the probe socket it names."""
+    return target if isinstance(target, ProbeAddress) else DirectAddress(target)
 
 
 def same_path(a: PathAddress, b: PathAddress) -> bool:

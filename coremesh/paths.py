@@ -9,7 +9,9 @@ them:
   checks, and a connection that NAT traversal moved to a direct path);
 * :class:`TurnAddress`: a packet that arrived unwrapped from our TURN allocation, so that the core
   can tell it from one that came directly (replies go through the TURN route when there is one);
-* :class:`RelayAddress`: the keyed mesh relay, by PeerId.
+* :class:`RelayAddress`: the keyed mesh relay, by PeerId;
+* :class:`ProbeAddress`: UDP to that address from one of the runtime's extra probe sockets (the
+  birthday approach against a random-port symmetric NAT), and what arrives on that socket.
 """
 
 from __future__ import annotations
@@ -61,7 +63,21 @@ class TurnAddress(NamedTuple):
         return f"{self.peer} via TURN {self.server}"
 
 
-PathAddress = Address | RelayAddress | DirectAddress | TurnAddress
+class ProbeAddress(NamedTuple):
+    """The peer at ``address``, through our probe socket number ``socket`` (not the main one)."""
+
+    socket: int
+    address: Address
+
+    @property
+    def is_ipv6(self) -> bool:
+        return self.address.is_ipv6
+
+    def __str__(self) -> str:
+        return f"{self.address} via probe socket {self.socket}"
+
+
+PathAddress = Address | RelayAddress | DirectAddress | TurnAddress | ProbeAddress
 
 
 def udp_address(address: PathAddress) -> Address | None:
@@ -70,8 +86,8 @@ def udp_address(address: PathAddress) -> Address | None:
         return None
     if isinstance(address, DirectAddress):
         return address.address
-    if isinstance(address, TurnAddress):
-        return address.peer
+    if isinstance(address, (TurnAddress, ProbeAddress)):
+        return address.peer if isinstance(address, TurnAddress) else address.address
     return address
 
 

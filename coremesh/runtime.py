@@ -1,4 +1,5 @@
-"""The asyncio shell around the endpoint core: one UDP socket, one timer, nothing else.
+"""The asyncio shell around the endpoint core: one UDP socket, one timer, nothing else (but the
+short-lived probe sockets of a birthday attempt, which the core asks for and closes).
 
 It passes ``loop.time()`` into the core, sends what comes out, re-arms exactly one timer and hands
 events to a callback. Reads are drained in batches (many datagrams per wake-up) and the output of a
@@ -21,7 +22,7 @@ from .addr import Address, normalize_socket_address
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .events import Event
-from .paths import DirectAddress, PathAddress, RelayAddress, TurnAddress
+from .paths import DirectAddress, PathAddress, ProbeAddress, RelayAddress, TurnAddress
 
 
 class Route(Protocol):
@@ -42,6 +43,7 @@ _MESH_FIRST_BYTE: Final = 0xE0
 log = logging.getLogger("coremesh.runtime")
 
 RECV_BATCH: Final = 512
+PROBE_SOCKET_BUFFER: Final = 65536
 RECV_BUFFER: Final = 65536
 # Linux UDP segmentation offload: one sendmsg carries many equal-size datagrams (GSO), and the
 # receiver gets many datagrams in one recvmsg (GRO). On loopback neither is ever split on the wire.
@@ -137,6 +139,8 @@ class UdpRuntime:
         # byte; while there are none, datagrams go straight to the endpoint.
         self._packet_handlers: dict[int, PacketHandler] = {}
         self._receive_mesh: PacketHandler = endpoint.receive_datagram
+        # Probe sockets of the birthday approach, by id (the core bounds how many).
+        self._probes: dict[int, socket.socket] = {}
 
     def add_packet_handler(self, packet_type: int, handler: PacketHandler) -> None:
         """Hand mesh-range datagrams whose first byte is ``packet_type`` to ``handler``."""
@@ -209,6 +213,8 @@ class UdpRuntime:
             self._loop.remove_writer(self.sock.fileno())
         if self._timer is not None:
             self._timer.cancel()
+        for ident in list(self._probes):
+            self._close_probe(ident)
         self.sock.close()
 
     def schedule_flush(self) -> None:
@@ -227,6 +233,8 @@ class UdpRuntime:
             return
         endpoint = self.endpoint
         now = self._loop.time()
+        if endpoint.socket_commands:
+            self._probe_commands()
         out = endpoint.datagrams_to_send(now)
         if out:
             self._send_all(out, now)
@@ -234,6 +242,8 @@ class UdpRuntime:
         while (event := endpoint.next_event()) is not None:
             on_event(event)
         # Event handlers may have queued more work (e.g. a reply); send it in the same pass.
+        if endpoint.socket_commands:
+            self._probe_commands()
         out = endpoint.datagrams_to_send(now)
         if out:
             self._send_all(out, now)
@@ -369,6 +379,9 @@ class UdpRuntime:
             if isinstance(address, DirectAddress):
                 direct.append((data, address.address))  # a check or a direct path: never via TURN
                 continue
+            if isinstance(address, ProbeAddress):
+                self._send_probe(data, address, now)
+                continue
             if isinstance(address, TurnAddress):
                 # Back the way it came; with no route (the allocation is gone) it goes direct.
                 address = address.peer
@@ -378,6 +391,74 @@ class UdpRuntime:
             else:
                 direct.append((route.wrap(data, address, now), route.server))
         return direct
+
+    # -- probe sockets (the birthday approach) ------------------------------------------------
+
+    def _probe_commands(self) -> None:
+        commands = self.endpoint.socket_commands
+        while commands:
+            opening, ident = commands.popleft()
+            if opening:
+                self._open_probe(ident)
+            else:
+                self._close_probe(ident)
+
+    def _open_probe(self, ident: int) -> None:
+        if ident in self._probes or self._closed:
+            return
+        local = self.local_address
+        try:
+            # Same family and address as our socket, any port: each one is a new NAT mapping.
+            sock = open_udp_socket(Address(local.host, 0), PROBE_SOCKET_BUFFER)
+        except (ConfigError, OSError) as exc:
+            self.endpoint.counters["probe_socket_errors"] += 1
+            log.debug("probe socket: %s", exc)
+            return
+        self._probes[ident] = sock
+        self._loop.add_reader(sock.fileno(), self._on_probe_readable, ident)
+
+    def _close_probe(self, ident: int) -> None:
+        sock = self._probes.pop(ident, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _on_probe_readable(self, ident: int) -> None:
+        sock = self._probes.get(ident)
+        if sock is None:
+            return
+        now = self._loop.time()
+        for _ in range(64):
+            try:
+                data, sockaddr = sock.recvfrom(RECV_BUFFER)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.endpoint.counters["socket_errors"] += 1
+                continue
+            if data and data[0] >= _MESH_FIRST_BYTE:
+                # Tagged with the socket, so that replies go back out through it.
+                peer = normalize_socket_address(sockaddr)
+                self.endpoint.receive_datagram(data, ProbeAddress(ident, peer), now)
+                self.datagrams_received += 1
+            else:
+                self.endpoint.counters["drop_not_mesh"] += 1
+        self.pump()
+
+    def _send_probe(self, data: bytes, address: ProbeAddress, now: float) -> None:
+        sock = self._probes.get(address.socket)
+        if sock is None:
+            self.endpoint.counters["drop_probe_socket_closed"] += 1
+            return
+        try:
+            sock.sendto(data, self._sockaddr(address.address))
+        except OSError as exc:
+            # A full buffer drops a probe (they are paced and one-shot); nothing waits on it.
+            self.send_errors += 1
+            self.endpoint.counters["drop_send_error"] += 1
+            log.debug("probe sendto %s: %s", address, exc)
+            return
+        self.datagrams_sent += 1
 
     def _send_direct(self, out: list[tuple[bytes, Address]], now: float) -> None:
         if self._pending:

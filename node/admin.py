@@ -64,7 +64,7 @@ from coremesh.errors import (
 )
 from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
-from coremesh.paths import DirectAddress, RelayAddress, TurnAddress
+from coremesh.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
 from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
 
 from .logs import log
@@ -296,7 +296,7 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.value)
     if isinstance(value, PeerId):
         return value.to_text()
-    if isinstance(value, Address | DirectAddress | TurnAddress | RelayAddress):
+    if isinstance(value, Address | DirectAddress | TurnAddress | RelayAddress | ProbeAddress):
         return str(value)  # every kind of path address prints as one string
     if isinstance(value, str | int | float | bool) or value is None:
         return value

@@ -299,6 +299,18 @@ class SimNetwork:
             if self._endpoints.get(addr) is endpoint:
                 self._flush_one(addr, endpoint, now)
 
+    def flush_at(self, addr: Address) -> None:
+        """Collect output and timer from the endpoint at ``addr`` (one that another endpoint drives)."""
+        endpoint = self._endpoints.get(addr)
+        if endpoint is not None:
+            self._flush_one(addr, endpoint, self.clock.now)
+
+    def send_from(self, addr: Address, data: bytes, dst: Address) -> None:
+        """Send ``data`` now as if from ``addr`` (through its NAT): a host with several sockets."""
+        now = self.clock.now
+        nat = self._nat_of_host.get(addr.host) if self._nat_of_host else None
+        self._send(nat.outbound(addr, dst, now) if nat is not None else addr, data, dst, now)
+
     def next_event_time(self) -> float | None:
         """Virtual time of the next delivery or timer, or None if the network is idle."""
         heap = self._heap

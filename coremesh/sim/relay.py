@@ -10,13 +10,16 @@ the endpoint's events.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .. import events as ev
 from ..addr import Address
 from ..endpoint import Endpoint
 from ..identity import PeerId
-from ..paths import DirectAddress, RelayAddress, TurnAddress
+from ..paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
+
+if TYPE_CHECKING:
+    from .network import SimNetwork
 
 __all__ = ["SimNode", "SimRelay"]
 
@@ -63,6 +66,10 @@ class SimNode:
         self.events: list[ev.Event] = []
         self._out: list[tuple[bytes, Address]] = []
         self._register_at: float | None = 0.0 if relay is not None else None
+        self._net: SimNetwork | None = None
+        self.address: Address | None = None
+        self._next_probe_port = 40000
+        self._probes: dict[int, _SimProbeSocket] = {}
 
     @property
     def peer_id(self) -> PeerId:
@@ -79,7 +86,32 @@ class SimNode:
             return
         self.endpoint.receive_datagram(data, addr, now)
 
+    def use_probe_sockets(self, net: SimNetwork, address: Address) -> None:
+        """Give this node (attached at ``address`` on ``net``) probe sockets for the birthday
+        approach, on its host; without them the probes are counted drops."""
+        self._net, self.address = net, address
+
+    def probe_sockets_open(self) -> int:
+        return len(self._probes)
+
+    def _probe_commands(self) -> None:
+        commands = self.endpoint.socket_commands
+        while commands:
+            opening, ident = commands.popleft()
+            net, address = self._net, self.address
+            if net is None or address is None:
+                continue
+            if opening and ident not in self._probes:
+                self._next_probe_port += 1
+                probe = _SimProbeSocket(self, ident, Address(address.host, self._next_probe_port))
+                self._probes[ident] = probe
+                net.attach(probe.address, probe)
+            elif not opening and ident in self._probes:
+                net.detach(self._probes.pop(ident).address)
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        if self.endpoint.socket_commands:
+            self._probe_commands()
         out: list[tuple[bytes, Address]] = list(self._out)
         self._out = []
         for data, dst in self.endpoint.datagrams_to_send(now):
@@ -90,6 +122,12 @@ class SimNode:
                 out.append((data, dst.peer))
             elif isinstance(dst, DirectAddress):
                 out.append((data, dst.address))
+            elif isinstance(dst, ProbeAddress):
+                probe = self._probes.get(dst.socket)
+                if probe is None or self._net is None:
+                    self.endpoint.counters["drop_probe_socket_closed"] += 1
+                else:
+                    self._net.send_from(probe.address, data, dst.address)
             else:
                 out.append((data, dst))
         while (event := self.endpoint.next_event()) is not None:
@@ -116,3 +154,32 @@ class SimNode:
 
     def messages(self) -> list[bytes]:
         return [e.data for e in self.events if isinstance(e, ev.MessageReceived)]
+
+
+class _SimProbeSocket:
+    """One probe socket of a :class:`SimNode`: what arrives is tagged with its id for the node's
+    endpoint (replies go back through it), what the endpoint sends through it leaves from here."""
+
+    def __init__(self, node: SimNode, ident: int, address: Address) -> None:
+        self.node = node
+        self.ident = ident
+        self.address = address
+        self._received = False
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.node.endpoint.receive_datagram(data, ProbeAddress(self.ident, addr), now)
+        self._received = True
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        # What the node does with the datagram goes out now, from the node (or its probe sockets).
+        node = self.node
+        if self._received and node._net is not None and node.address is not None:
+            self._received = False
+            node._net.flush_at(node.address)
+        return []
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None

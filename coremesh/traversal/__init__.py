@@ -1,9 +1,12 @@
 """NAT traversal: candidates, path frames and the per-connection agent (all sans-IO)."""
 
 from .agent import (
+    CloseProbeSockets,
     Mode,
+    OpenProbeSockets,
     SendCandidates,
     SendChallenge,
+    Target,
     TraversalAction,
     TraversalAgent,
     TraversalConfig,
@@ -24,11 +27,14 @@ __all__ = [
     "Candidate",
     "CandidateType",
     "Candidates",
+    "CloseProbeSockets",
     "Mode",
+    "OpenProbeSockets",
     "PathChallenge",
     "PathResponse",
     "SendCandidates",
     "SendChallenge",
+    "Target",
     "TraversalAction",
     "TraversalAgent",
     "TraversalConfig",

@@ -33,23 +33,32 @@ from __future__ import annotations
 import enum
 import random
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..addr import Address
+from ..paths import ProbeAddress
+from .birthday import BirthdayAttempt, BirthdayConfig, CloseSockets, OpenSockets, Role, birthday_role
 from .candidates import Candidate, CandidateType, candidate_priority, is_usable_remote, pair_priority
 
 __all__ = [
+    "CloseProbeSockets",
     "Mode",
+    "OpenProbeSockets",
     "Pair",
     "PairState",
     "SendCandidates",
     "SendChallenge",
+    "Target",
     "TraversalAction",
     "TraversalAgent",
     "TraversalConfig",
     "UseDirect",
     "UseRelay",
 ]
+
+# Where a check or a direct path goes: a UDP address from the node's socket, or from a probe socket.
+Target = Address | ProbeAddress
+PROBE_IDS = 1024  # probe socket ids reserved per connection (BirthdayConfig.sockets is at most this)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,6 +78,8 @@ class TraversalConfig:
     dead_after: float = 3.0  # a direct path with data unacknowledged this long is dead
     probe_interval: float = 0.5  # liveness probes of a direct path that stopped acknowledging
     predict_ports: int = 24  # ports tried above a symmetric NAT's mapping (a busy host uses many)
+    birthday: BirthdayConfig = field(default_factory=BirthdayConfig)  # its sockets, ports, time
+    enable_birthday: bool = True  # cone vs random-port symmetric: many sockets x many ports
 
     def __post_init__(self) -> None:
         for name in ("check_interval", "check_rto", "candidates_resend", "retry_initial", "dead_after"):
@@ -108,7 +119,7 @@ class Pair:
 class SendChallenge:
     """Send PATH_CHALLENGE(token) straight to ``address`` (bypassing any relay route)."""
 
-    address: Address
+    address: Target
     token: bytes
 
 
@@ -124,7 +135,7 @@ class SendCandidates:
 class UseDirect:
     """Move the connection to the direct path at ``address`` (validated)."""
 
-    address: Address
+    address: Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +145,21 @@ class UseRelay:
     reason: str
 
 
-TraversalAction = SendChallenge | SendCandidates | UseDirect | UseRelay
+@dataclass(frozen=True, slots=True)
+class OpenProbeSockets:
+    """Open these probe sockets (ids for :class:`~coremesh.paths.ProbeAddress`)."""
+
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseProbeSockets:
+    """Close these probe sockets (unknown or closed ids are ignored)."""
+
+    ids: tuple[int, ...]
+
+
+TraversalAction = SendChallenge | SendCandidates | UseDirect | UseRelay | OpenProbeSockets | CloseProbeSockets
 
 
 def _predictable(nat_type: str) -> bool:
@@ -155,12 +180,13 @@ class TraversalAgent:
         now: float,
         direct: Address | None = None,
         pinned: bool = False,
+        probe_base: int = 0,
     ) -> None:
         self.config = config
         self.controlling = controlling
         self._rng = rng
         self.mode = Mode.PINNED if pinned else (Mode.DIRECT if direct is not None else Mode.RELAYED)
-        self.direct = direct
+        self.direct: Target | None = direct
         self.has_fallback = False  # the endpoint knows a relay path to fall back to
         self.local: tuple[Candidate, ...] = ()
         self.local_nat = ""
@@ -168,8 +194,8 @@ class TraversalAgent:
         self.remote_nat = ""
         self.remote_pinned = False
         self.pairs: dict[Address, Pair] = {}
-        self.validated: OrderedDict[Address, float] = OrderedDict()
-        self._tokens: OrderedDict[bytes, tuple[Address, float, bool]] = (
+        self.validated: OrderedDict[Target, float] = OrderedDict()
+        self._tokens: OrderedDict[bytes, tuple[Target, float, bool]] = (
             OrderedDict()
         )  # -> (addr, sent, liveness)
         self._actions: deque[TraversalAction] = deque()
@@ -187,6 +213,16 @@ class TraversalAgent:
         self.rounds = 0
         self.reason: str | None = None if self.mode is not Mode.RELAYED else "direct checks not run yet"
         self.checks_sent = 0
+        # The birthday approach: one attempt at a time, with backoff between attempts.
+        self.birthday: BirthdayAttempt | None = None
+        self.birthday_attempts = 0
+        self.birthday_successes = 0
+        self._probe_base = probe_base
+        self._probe_open: set[int] = set()  # ids of probe sockets we asked for and not closed
+        self._birthday_after = now
+        self._checks_failed = False
+        self._birthday_note: str | None = None  # why the last attempt did not connect
+        self._birthday_delay = config.birthday.retry_initial
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -252,10 +288,18 @@ class TraversalAgent:
         if self.mode is Mode.RELAYED and not pinned:
             self._start_checks(now)
 
-    def on_challenge(self, source: Address, now: float) -> None:
+    def on_challenge(self, source: Target, now: float) -> None:
         """An authenticated PATH_CHALLENGE came from ``source`` (the endpoint answers it)."""
         if self.mode is Mode.PINNED or self.remote_pinned:
             return
+        if isinstance(source, ProbeAddress) or self._birthday_host(source):
+            # A birthday collision: the peer's probe crossed both NATs. Check that path back (what
+            # arrived on a probe socket is not a pair of the ordinary checks).
+            self._birthday_hit(source, now)
+            if isinstance(source, ProbeAddress):
+                if self.mode is Mode.RELAYED:
+                    self._challenge(source, now, liveness=False)
+                return
         if source not in self.remote and is_usable_remote(source):
             if len(self.remote) >= self.config.max_pairs or len(self.pairs) >= self.config.max_pairs:
                 # What a real check came from beats a guess: make room by dropping a predicted port.
@@ -284,7 +328,7 @@ class TraversalAgent:
             pair.sent = min(pair.sent, self.config.check_tries - 2)
             self._checking = True
 
-    def on_response(self, token: bytes, now: float) -> Address | None:
+    def on_response(self, token: bytes, now: float) -> Target | None:
         """A PATH_RESPONSE: returns the address it validates, or None if the token is unknown."""
         entry = self._tokens.pop(token, None)
         if entry is None:
@@ -296,19 +340,26 @@ class TraversalAgent:
             self.validated.popitem(last=False)
         if address == self.direct:
             self._last_alive = now
-        pair = self.pairs.get(address)
+        pair = self.pairs.get(address) if isinstance(address, Address) else None
         if pair is not None and pair.state is not PairState.SUCCEEDED:
             pair.state = PairState.SUCCEEDED
             pair.rtt = now - sent_at
             if self._first_success_at is None:
                 self._first_success_at = now
+        elif pair is None and (isinstance(address, ProbeAddress) or self._birthday_host(address)):
+            # A birthday path answered: no better pair will come (ordinary checks failed), so the
+            # controlling side takes it at once.
+            self._birthday_hit(address, now)
+            if self.controlling and self.mode is Mode.RELAYED:
+                self._actions.append(UseDirect(address))
+                self.adopt_direct(address, now)
         return address
 
-    def validate(self, address: Address, now: float) -> None:
+    def validate(self, address: Target, now: float) -> None:
         """Check one address now (the endpoint migrating to an address it has not validated)."""
         self._challenge(address, now, liveness=False)
 
-    def is_validated(self, address: Address) -> bool:
+    def is_validated(self, address: Target) -> bool:
         return address in self.validated
 
     def on_ack_progress(self, now: float) -> None:
@@ -316,10 +367,11 @@ class TraversalAgent:
         if self.mode is Mode.DIRECT:
             self._last_alive = now
 
-    def adopt_direct(self, address: Address, now: float) -> None:
+    def adopt_direct(self, address: Target, now: float) -> None:
         """The connection now sends to ``address`` directly (our nomination, or the peer's)."""
         if self.mode is Mode.PINNED:
             return
+        self._end_birthday(keep=address.socket if isinstance(address, ProbeAddress) else None)
         self.mode = Mode.DIRECT
         self.direct = address
         self._last_alive = now
@@ -336,6 +388,7 @@ class TraversalAgent:
         was_direct = self.mode is Mode.DIRECT
         self.mode = Mode.RELAYED
         self.direct = None
+        self._end_birthday(keep=None)
         self._first_success_at = None
         if reason is not None:
             self.reason = reason
@@ -362,6 +415,8 @@ class TraversalAgent:
             times.append(self._first_success_at + self.config.nomination_delay)
         if self._retry_at is not None and self.mode is Mode.RELAYED:
             times.append(self._retry_at)
+        if self.birthday is not None and (t := self.birthday.get_timer()) is not None:
+            times.append(t)
         if self.mode is Mode.DIRECT and self.has_fallback and oldest_unacked is not None:
             stalled = max(oldest_unacked, self._last_alive)
             times.append(stalled + self.config.dead_after)
@@ -384,6 +439,9 @@ class TraversalAgent:
                 self._maybe_upgrade(now)
         if self._checking:
             self._run_checks(now)
+        if self.birthday is not None:
+            self.birthday.handle_timer(now)
+            self._drain_birthday(now)
         if self.mode is Mode.RELAYED:
             first = self._first_success_at
             if (
@@ -446,6 +504,8 @@ class TraversalAgent:
         self._checking = True
         self._next_check_at = max(self._next_check_at, now)
         self.rounds += 1
+        if self._checks_failed:  # a whole round of ordinary checks went unanswered
+            self._maybe_birthday(now)
 
     def _earliest_due(self) -> float:
         due = [
@@ -486,6 +546,10 @@ class TraversalAgent:
             answered = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED)
             if not answered:
                 self.reason = self._failure_reason()
+                self._checks_failed = True
+                # At once: the order of the two sides' probes does not matter, as long as the
+                # opener's sockets are open (an attempt) or the sprayer's filters (the NAT timeout).
+                self._maybe_birthday(now)
             elif not self.controlling:
                 self.reason = (
                     f"direct checks: {answered} candidate(s) of the peer answered; waiting for the "
@@ -504,15 +568,19 @@ class TraversalAgent:
         if self.remote_nat:
             nat.append(f"peer NAT: {self.remote_nat}")
         natinfo = f"; {', '.join(nat)}" if nat else "; NAT types unknown"
+        birthday = f"; {self._birthday_note}" if self._birthday_note else ""
         return (
             f"direct checks failed (round {self.rounds}): no answer from {tried}{more} "
-            f"after {self.config.check_tries} probes each{natinfo}"
+            f"after {self.config.check_tries} probes each{natinfo}{birthday}"
         )
 
-    def _challenge(self, address: Address, now: float, *, liveness: bool) -> None:
+    def _challenge(self, address: Target, now: float, *, liveness: bool) -> None:
         token = self._rng.getrandbits(64).to_bytes(8, "big")
         self._tokens[token] = (address, now, liveness)
-        while len(self._tokens) > self.config.max_tokens:
+        limit = self.config.max_tokens
+        if self.birthday is not None:  # every probe of an attempt may be answered
+            limit += self.config.birthday.sockets + self.config.birthday.ports
+        while len(self._tokens) > limit:
             self._tokens.popitem(last=False)
         self.checks_sent += 1
         self._actions.append(SendChallenge(address, token))
@@ -530,7 +598,7 @@ class TraversalAgent:
 
     def _maybe_upgrade(self, now: float) -> None:
         best = self._best_validated()
-        current = self.pairs.get(self.direct) if self.direct is not None else None
+        current = self.pairs.get(self.direct) if isinstance(self.direct, Address) else None
         if (
             best is not None
             and current is not None
@@ -557,6 +625,107 @@ class TraversalAgent:
         if now >= stalled + cfg.probe_interval and (self._probe_at is None or now >= self._probe_at):
             self._challenge(self.direct, now, liveness=True)
             self._probe_at = now + cfg.probe_interval
+
+    # -- the birthday approach --------------------------------------------------------------------
+
+    def _maybe_birthday(self, now: float) -> None:
+        cfg = self.config
+        if not cfg.enable_birthday or self.birthday is not None or now < self._birthday_after:
+            return
+        role = birthday_role(self.local_nat, self.remote_nat)
+        if role is None or self.mode is not Mode.RELAYED:
+            return
+        srflx = [
+            c.address for c in self.remote.values() if c.kind is CandidateType.SRFLX and not c.address.is_ipv6
+        ]
+        if not srflx:
+            return
+        self.birthday = BirthdayAttempt(cfg.birthday, role, srflx[0], self._rng, now)
+        self.birthday_attempts += 1
+        self._drain_birthday(now)
+
+    def _birthday_host(self, address: Target) -> bool:
+        """A plain address on the random symmetric peer's public IP, during our spraying."""
+        b = self.birthday
+        return (
+            b is not None
+            and b.role is Role.SPRAYER
+            and isinstance(address, Address)
+            and address.host == b.target.host
+            and address != b.target
+        )
+
+    def _birthday_hit(self, source: Target, now: float) -> None:
+        b = self.birthday
+        if b is None or b.done:
+            return
+        if isinstance(source, ProbeAddress):
+            if b.role is not Role.OPENER or source.socket not in self._probe_open:
+                return
+            b.on_hit(source.socket - self._probe_base, source.address, now)
+        else:
+            b.on_hit(None, source, now)
+        self.birthday_successes += 1
+        self._drain_birthday(now)
+
+    def _drain_birthday(self, now: float) -> None:
+        b = self.birthday
+        if b is None:
+            return
+        base = self._probe_base
+        while (action := b.next_action()) is not None:
+            if isinstance(action, OpenSockets):
+                ids = tuple(base + i for i in range(min(action.count, PROBE_IDS)))
+                self._probe_open.update(ids)
+                self._actions.append(OpenProbeSockets(ids))
+            elif isinstance(action, CloseSockets):
+                keep = None if action.keep is None else base + action.keep
+                self._close_probes(keep)
+            else:
+                target: Target = (
+                    action.address
+                    if action.socket is None
+                    else ProbeAddress(base + action.socket, action.address)
+                )
+                self._challenge(target, now, liveness=False)
+        if b.done:
+            self.birthday = None
+            if not b.succeeded:
+                self._birthday_note = (
+                    f"birthday attempt {self.birthday_attempts} ({b.role.value}, {b.probes_sent} probes "
+                    f"in {b.config.timeout:g}s) found no path, next in {self._birthday_delay:g}s"
+                )
+                if self.mode is Mode.RELAYED:
+                    self.reason = self._failure_reason()
+                self._birthday_after = now + self._birthday_delay
+                self._birthday_delay = min(self._birthday_delay * 2, self.config.birthday.retry_max)
+
+    def _end_birthday(self, keep: int | None) -> None:
+        """The connection settled (direct or relayed): stop an attempt, close the sockets it does
+        not use (``keep``: the probe socket the connection now sends from)."""
+        if self.birthday is not None:
+            self.birthday.cancel()
+            while self.birthday.next_action() is not None:
+                pass
+            self.birthday = None
+        self._close_probes(keep)
+
+    def _close_probes(self, keep: int | None) -> None:
+        ids = tuple(sorted(i for i in self._probe_open if i != keep))
+        if ids:
+            self._probe_open.difference_update(ids)
+            self._actions.append(CloseProbeSockets(ids))
+
+    def cancel_birthday(self, now: float, why: str) -> None:
+        """The node cannot run this attempt now (its probe-socket budget is in use): the next
+        round tries again."""
+        self._end_birthday(keep=None)
+        self.birthday_attempts -= 1
+        self._birthday_note = f"birthday attempt skipped: {why}"
+
+    def close(self) -> None:
+        """The connection is gone: every probe socket goes."""
+        self._end_birthday(keep=None)
 
     def _schedule_retry(self, now: float) -> None:
         # Both sides retry (a lost exchange must not end the attempts), the controlled side more

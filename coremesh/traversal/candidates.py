@@ -1,7 +1,8 @@
 """Candidates and candidate pairs, with the priorities of RFC 8445 §5.1.2 and §6.1.2.3.
 
-A node has one UDP socket, so every local candidate shares one base: a pair is identified by the
-remote address alone, and the local side only chooses the type preference that enters the pair's
+A node's checks leave from its one UDP socket (the birthday approach's probe sockets aside, see
+``birthday.py``), so every local candidate shares one base: a pair is identified by the remote
+address alone, and the local side only chooses the type preference that enters the pair's
 priority (our best candidate of the same address family).
 """
 

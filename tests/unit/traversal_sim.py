@@ -57,6 +57,7 @@ def world(
     nats: list[Nat | None] = []
     for node, priv, pub, behaviour in ((a, A_PRIV, A_PUB, nat_a), (b, B_PRIV, B_PUB, nat_b)):
         net.attach(priv, node)
+        node.use_probe_sockets(net, priv)  # the birthday approach may open more sockets
         nat = Nat(pub, behaviour, rng) if behaviour is not None else None
         nats.append(nat)
         if nat is not None:
