@@ -236,8 +236,10 @@ def main() -> None:
         if int(end - t0) % 60 < args.slice:
             ok = sum(r["ok"] for r in results if r["target_alive"])
             n = sum(1 for r in results if r["target_alive"])
+            rate = (sim.traffic() - bytes0) / max(1.0, live_seconds)
             print(
                 f"# churn t={end - t0:.0f}s lookups {ok}/{n} departed {sim.departed} "
+                f"traffic {rate:.0f} B/s/node "
                 f"real {time.perf_counter() - started:.0f}s",
                 file=sys.stderr,
                 flush=True,
