@@ -14,9 +14,7 @@ Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -25,13 +23,12 @@ from coremesh import MeshConfig, MeshNode
 from coremesh.errors import ConfigError, IdentityError, MeshError
 from coremesh.service import (
     EXIT_CONFIG,
-    EXIT_OK,
     EXIT_RUNTIME,
     StartupError,
     os_error_text,
     service_main,
 )
-from coremesh.service.lifecycle import serve_until_signalled
+from coremesh.service.lifecycle import SignalledService
 from coremesh.service.logs import EventLogger
 
 from .admin import AdminServer, BootstrapState, create_admin_app
@@ -60,32 +57,19 @@ def mesh_config(s: BootstrapSettings) -> MeshConfig:
     )
 
 
-class Bootstrap:
+class Bootstrap(SignalledService):
+    name = "bootstrap"
+    shutdown_timeout = SHUTDOWN_TIMEOUT
+
     def __init__(self, settings: BootstrapSettings) -> None:
+        super().__init__(log)
         self.settings = settings
-        self._stop = asyncio.Event()
         self.node: MeshNode | None = None
         self.admin: AdminServer | None = None
         self.state = BootstrapState(settings=settings.summary())
 
-    async def run(self) -> int:
-        done = await serve_until_signalled(
-            self._start,
-            self._shutdown,
-            self._stop,
-            self._on_signal,
-            timeout=SHUTDOWN_TIMEOUT,
-            after_failed_start=lambda: self._shutdown(quiet=True),
-        )
-        if not done:
-            log.error("bootstrap.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
-            return EXIT_RUNTIME
-        return EXIT_OK
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("bootstrap.stopping", signal=sig.name)
+    def not_ready(self) -> None:
         self.state.ready = False
-        self._stop.set()
 
     async def _start(self) -> None:
         s = self.settings
@@ -115,7 +99,7 @@ class Bootstrap:
             raise StartupError(
                 f"cannot serve the admin API on {s.admin}: {os_error_text(exc)}", EXIT_RUNTIME
             ) from None
-        self.state.ready = not self._stop.is_set()
+        self.state.ready = not self.stopping
         log.info(
             "bootstrap.ready",
             peer_id=node.peer_id.to_text(),

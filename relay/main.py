@@ -14,9 +14,7 @@ relay cannot run (address in use, ...). See docs/relay.md.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Final
@@ -25,13 +23,12 @@ from coremesh.errors import ConfigError, IdentityError
 from coremesh.identity import Identity, load_or_create_identity
 from coremesh.service import (
     EXIT_CONFIG,
-    EXIT_OK,
     EXIT_RUNTIME,
     StartupError,
     os_error_text,
     service_main,
 )
-from coremesh.service.lifecycle import serve_until_signalled
+from coremesh.service.lifecycle import SignalledService
 from coremesh.service.logs import EventLogger
 
 from .admin import AdminServer, RelayState, create_admin_app
@@ -74,34 +71,21 @@ def keyed_config(s: RelaySettings, identity: Identity | None) -> KeyedRelayConfi
     return KeyedRelayConfig(listen=str(s.keyed_listen), ssl_context=s.ssl_context, identity=identity)
 
 
-class Relay:
+class Relay(SignalledService):
+    name = "relay"
+    shutdown_timeout = SHUTDOWN_TIMEOUT
+
     def __init__(self, settings: RelaySettings) -> None:
+        super().__init__(log)
         self.settings = settings
-        self._stop = asyncio.Event()
         self.stun_turn: StunTurnService | None = None
         self.keyed: KeyedRelayServer | None = None
         self.admin: AdminServer | None = None
         self._started: list[tuple[str, StunTurnService | KeyedRelayServer]] = []
         self.state = RelayState(settings=settings.summary())
 
-    async def run(self) -> int:
-        done = await serve_until_signalled(
-            self._start,
-            self._shutdown,
-            self._stop,
-            self._on_signal,
-            timeout=SHUTDOWN_TIMEOUT,
-            after_failed_start=lambda: self._shutdown(quiet=True),
-        )
-        if not done:
-            log.error("relay.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
-            return EXIT_RUNTIME
-        return EXIT_OK
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("relay.stopping", signal=sig.name)
+    def not_ready(self) -> None:
         self.state.ready = False
-        self._stop.set()
 
     async def _start(self) -> None:
         s = self.settings
@@ -161,7 +145,7 @@ class Relay:
                 f"cannot serve the admin API on {s.admin}: {os_error_text(exc)}", EXIT_RUNTIME
             ) from None
         stun_turn.add_server_addresses([admin_address])
-        st.ready = not self._stop.is_set()
+        st.ready = not self.stopping
         log.info(
             "relay.ready",
             peer_id=st.peer_id,

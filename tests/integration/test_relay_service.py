@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from ..certs import make_cert
+from .daemons import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -84,16 +85,6 @@ class RelayProcess:
             with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(line))
         return out
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 class Relays:
