@@ -30,7 +30,7 @@ import ipaddress
 import logging
 import os
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -54,6 +54,7 @@ from coremesh.keyedrelay.protocol import (
     UnregisteredLimiter,
     tcp_frame,
 )
+from coremesh.keyedrelay.wsqueue import FrameQueue
 
 log = logging.getLogger("coremesh_relay.keyed")
 
@@ -259,10 +260,7 @@ class _WsSession:
         self._server = server
         self._ws = ws
         self._transport = transport
-        self._frames: deque[bytes] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._closing = False
+        self._out = FrameQueue()
         self.recorded = 0
         self.stuck_since: float | None = None
         self._writer = asyncio.create_task(self._write_loop())
@@ -273,50 +271,35 @@ class _WsSession:
         """The deque, plus what the writer already handed to the transport."""
         transport = self._transport
         in_transport = transport.get_write_buffer_size() if transport is not None else 0
-        return self._queued + in_transport
+        return self._out.queued + in_transport
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        return self._out.closing
 
     def transmit(self, frame: bytes) -> None:
-        if self._closing:
+        if self._out.closing:
             return
         if not self._server._may_queue(self, self.queued, frame):
             return
-        self._frames.append(frame)
-        self._queued += len(frame)
+        self._out.push(frame)
         self._server._queued_now(self, self.queued)
-        self._wake.set()
 
     def disconnect(self, abort: bool = False) -> None:
-        if self._closing:
+        if self._out.closing:
             return
-        self._closing = True
-        if abort:
-            self._frames.clear()
-            self._queued = 0
-            if self._transport is not None:
-                self._transport.abort()
-        self._wake.set()
+        self._out.close(discard=abort)
+        if abort and self._transport is not None:
+            self._transport.abort()
 
     async def _write_loop(self) -> None:
         ws = self._ws
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._frames:
-                    frame = self._frames.popleft()
-                    self._queued -= len(frame)
-                    await ws.send_bytes(frame)
-                if self._closing:
-                    break
+            await self._out.drain(ws.send_bytes)
         except (ConnectionError, RuntimeError):
             pass
         finally:
-            self._frames.clear()
-            self._queued = 0
+            self._out.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), DISCONNECT_LINGER)
             self._server._release(self)
@@ -326,7 +309,7 @@ class _WsSession:
         server = self._server
         try:
             async for msg in ws:
-                if self._closing:
+                if self._out.closing:
                     break
                 if msg.type is WSMsgType.BINARY:
                     data = msg.data

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -44,6 +44,7 @@ from .protocol import (
     SessionEnded,
     tcp_frame,
 )
+from .wsqueue import FrameQueue
 
 log = logging.getLogger("coremesh.keyedrelay")
 
@@ -160,47 +161,32 @@ class _WsLink:
         self._client = client
         self._session = session
         self._ws = ws
-        self._frames: deque[bytes] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._closing = False
+        self._out = FrameQueue()
         self._writer = asyncio.create_task(self._write_loop())
 
     def write(self, frame: bytes, *, force: bool = False) -> bool:
-        if self._closing:
+        if self._out.closing:
             return False
-        if not force and self._queued + len(frame) > self._client.queue_limit:
+        if not force and self._out.queued + len(frame) > self._client.queue_limit:
             return False
-        self._frames.append(frame)
-        self._queued += len(frame)
-        self._wake.set()
+        self._out.push(frame)
         return True
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return self._out.queued
 
     def close(self) -> None:
-        self._closing = True
-        self._wake.set()
+        self._out.close()
 
     async def _write_loop(self) -> None:
         ws = self._ws
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._frames:
-                    frame = self._frames.popleft()
-                    self._queued -= len(frame)
-                    await ws.send_bytes(frame)
-                if self._closing:
-                    break
+            await self._out.drain(ws.send_bytes)
         except (ConnectionError, RuntimeError, aiohttp.ClientError):
             pass
         finally:
-            self._frames.clear()
-            self._queued = 0
+            self._out.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), CLOSE_LINGER)
 
@@ -215,7 +201,7 @@ class _WsLink:
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     self._client._malformed(self, f"WebSocket error: {ws.exception()}")
                     break
-                if self._closing and self._writer.done():
+                if self._out.closing and self._writer.done():
                     break
         finally:
             self.close()
