@@ -92,6 +92,17 @@ class Nodes:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.started: list[Node] = []
+        self._ports: set[tuple[int, int]] = set()
+
+    def _port(self, kind: int) -> int:
+        """A free port no process of this manager was given yet: processes launched together have
+        not bound theirs when the next one is picked, and the kernel may hand the same one out again
+        (a second admin API on a port would then answer readiness for the wrong process)."""
+        while True:
+            port = free_port(kind)
+            if (kind, port) not in self._ports:
+                self._ports.add((kind, port))
+                return port
 
     def start(self, name: str, *extra: str, module: str = "coremesh_node") -> Node:
         """Start ``python -m MODULE --listen --data-dir --admin EXTRA...`` and wait until it is ready."""
@@ -101,8 +112,8 @@ class Nodes:
 
     def launch(self, name: str, *extra: str, module: str = "coremesh_node") -> Node:
         """Start the process without waiting (see :meth:`wait_ready`)."""
-        listen = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-        admin = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+        listen = f"127.0.0.1:{self._port(socket.SOCK_DGRAM)}"
+        admin = f"127.0.0.1:{self._port(socket.SOCK_STREAM)}"
         log_path = self.tmp_path / f"{name}.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
