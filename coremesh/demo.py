@@ -52,10 +52,19 @@ class DemoNode:
             raise RuntimeError(f"{self.name} {method} {path}: HTTP {exc.code}: {detail}") from None
 
 
+_GIVEN: set[tuple[int, int]] = set()
+
+
 def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port not given to another process of the demo yet: processes started together have not
+    bound theirs when the next one is picked, and the kernel may hand the same one out again."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if (kind, port) not in _GIVEN:
+            _GIVEN.add((kind, port))
+            return port
 
 
 def wait_ready(node: DemoNode, timeout: float = 20.0) -> None:
