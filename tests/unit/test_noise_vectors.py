@@ -1,7 +1,7 @@
 """Conformance of coremesh.noise with the published cacophony test vectors.
 
-The vectors are read from ``shared/vectors/`` beside the checkout (or ``$COREMESH_VECTORS``), located
-by the ``vectors_dir`` fixture of ``tests/conftest.py``; no vector data is copied here. Every
+The vectors are read from ``tests/vectors/`` (the ``vectors_dir`` fixture of ``tests/conftest.py``; its
+README says where they come from). Every
 (pattern, hash) pair the module supports must have a vector and pass it.
 
 Message order: message ``i`` is sent by the initiator when ``i`` is even, through the handshake and
@@ -32,7 +32,7 @@ PROTOCOL_NAMES = [
 def vectors(vectors_dir: Path) -> dict[str, dict[str, Any]]:
     path = vectors_dir / VECTOR_FILE
     if not path.is_file():
-        pytest.fail(f"Noise test vectors not found at {path}; set COREMESH_VECTORS to their directory")
+        pytest.fail(f"Noise test vectors not found at {path}")
     data = json.loads(path.read_text())
     return {v["protocol_name"]: v for v in data["vectors"]}
 

@@ -1,6 +1,6 @@
 """The published STUN vectors: RFC 5769 sections 2.1-2.4 and RFC 8489 appendix B.1.
 
-Read from ../shared/vectors through the ``vectors_dir`` fixture, never copied here.
+Read from ``tests/vectors/`` through the ``vectors_dir`` fixture (provenance in its README).
 
 Re-encoding: RFC 5769's samples 2.1-2.3 fill attribute padding with spaces (0x20), which the RFC
 allows ("padding bits ... may be any value"), so they are reproduced byte for byte with
