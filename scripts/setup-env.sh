@@ -22,8 +22,15 @@ fi
 EXTRAS="${COREMESH_EXTRAS-dev}"
 STAMP="$VENV/.coremesh-installed-${EXTRAS:-base}"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "${COREMESH_FORCE_INSTALL:-}" = 1 ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
+    # pip's and the build backend's chatter goes to a log, shown only when the install fails.
+    LOG="$VENV/.coremesh-install.log"
+    echo "== installing the project into $VENV (log: $LOG)"
+    if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"; } >"$LOG" 2>&1; then
+        cat "$LOG" >&2
+        echo "setup-env: installing the project failed (log above, kept in $LOG)" >&2
+        exit 1
+    fi
     touch "$STAMP"
 fi
 PATH="$VENV/bin:$PATH"
