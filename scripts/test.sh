@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 # System packages the tests need, each checked on its own:
 # - gcc, the Python headers and libnetfilter-queue-dev: pip builds netfilterqueue (the NAT lab's delay
 #   element);
-# - iptables, iproute2 (ip netns), nftables, conntrack: the NAT lab and the tests' own namespaces;
+# - iptables, iproute2 (ip netns), nftables, conntrack, procps (sysctl): the NAT lab and the tests' own
+#   namespaces;
 # - coturn: the third-party STUN/TURN peer of the interoperability tests.
 need=""
 has() { command -v "$1" >/dev/null 2>&1; }
@@ -16,6 +17,7 @@ has iptables || need="$need iptables"
 has ip || need="$need iproute2"
 has nft || need="$need nftables"
 has conntrack || need="$need conntrack"
+has sysctl || need="$need procps"
 has turnserver || need="$need coturn"
 COREMESH_SYSTEM_PACKAGES="$need"
 COREMESH_PYTHON_HEADERS=1
