@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -43,6 +44,15 @@ def config(**kw: object) -> StunTurnConfig:
     base["max_port"] = int(base["min_port"]) + 99  # type: ignore[call-overload]
     base.update(kw)
     return StunTurnConfig(**base)  # type: ignore[arg-type]
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``cond()`` holds (polled on the event loop), failing after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 def udp_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -226,6 +236,85 @@ def test_turn_over_udp_relays_both_ways_with_send_and_channels() -> None:
             await service.stop()
 
     run(body)
+
+
+class SteppableLoop(asyncio.SelectorEventLoop):
+    """An event loop whose monotonic clock the test moves forward by hand (``skew`` seconds)."""
+
+    skew = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.skew
+
+
+def test_allocations_live_on_the_monotonic_clock_not_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step of the system clock (``time.time``) must neither expire an allocation nor keep its
+    permission alive; lifetimes run on the event loop's monotonic clock."""
+    wall_step = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + wall_step[0])
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, SteppableLoop)
+        service = StunTurnService(config())
+        sock, peer = udp_socket(), udp_socket()
+        client_inbox.clear()
+        try:
+            await service.start()
+            server = service.addresses[0]
+            client = TurnClient(server, "alice", "secret", random_bytes=random.randbytes, lifetime=600)
+            client.allocate(loop.time())
+            events: list[object] = []
+
+            def event_count(n: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    while (ev := client.next_event()) is not None:
+                        events.append(ev)
+                    return len(events) >= n
+
+                return check
+
+            await drive_udp(client, sock, server, event_count(1))
+            assert isinstance(events[0], Allocated), events
+            relay = events[0].relayed_address
+            peer_addr = Address(*peer.getsockname())
+            client.create_permission(peer_addr, loop.time())
+            await drive_udp(client, sock, server, lambda: not client._txns)
+
+            # The wall clock steps a day forward: the allocation and its permission live on, and a
+            # request still succeeds (its nonce, dated by the wall clock, is stale: 438, then a retry).
+            wall_step[0] = 86_400.0
+            peer.sendto(b"after a step forward", relay)
+            await drive_udp(client, sock, server, lambda: bool(client_inbox))
+            assert client_inbox.pop() == (peer_addr, b"after a step forward")
+            client.create_permission(Address("127.0.0.2", peer_addr.port), loop.time())
+            await drive_udp(client, sock, server, lambda: not client._txns)
+            assert not event_count(2)(), events  # no PermissionFailed, no AllocationLost
+            assert service.stats()["stale_nonces"] >= 1 and service.stats()["allocations_current"] == 1
+
+            # The wall clock steps two days back, the monotonic one moves 301 s: the permission
+            # (300 s) has ended although the wall clock says it was made a day in the future.
+            wall_step[0] = -86_400.0
+            loop.skew += 301.0
+            peer.sendto(b"after the permission ended", relay)
+            await eventually(lambda: service.stats().get("drop_no_permission", 0) == 1, what="the drop")
+            assert service.stats()["allocations_current"] == 1 and not client_inbox
+
+            # 300 s more on the monotonic clock: the allocation's 600 s are over. The relay's own
+            # timer expires it (nobody sends anything) and closes its relayed socket.
+            loop.skew += 300.0
+            await eventually(lambda: service.stats().get("allocations_expired", 0) == 1, what="the expiry")
+            assert service.stats()["allocations_current"] == 0 and service.stats()["relay_sockets"] == 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(relay)  # the relayed port is free again
+        finally:
+            sock.close()
+            peer.close()
+            await service.stop()
+
+    with asyncio.Runner(loop_factory=SteppableLoop) as runner:
+        runner.run(body())
 
 
 def test_turn_over_tcp_relays_both_ways() -> None:
