@@ -377,6 +377,7 @@ class TurnServer:
         out["permissions_current"] = sum(len(a.permissions) for a in self.allocations.values())
         out["channels_current"] = sum(len(a.channels) for a in self.allocations.values())
         out["expiry_entries"] = len(self._expiries)
+        out["reservations_current"] = len(self._reserved)
         return out
 
     # ------------------------------------------------------------------------------- internals
@@ -690,7 +691,13 @@ class TurnServer:
     def _forget(self, alloc: Allocation) -> None:
         self.allocations.pop(alloc.key, None)
         alloc.timer_seq = 0
-        self._pending.pop(alloc.key, None)
+        pending = self._pending.pop(alloc.key, None)
+        if pending is not None and pending.token is not None:
+            # Never answered with success, so the client never learnt the EVEN-PORT reservation's
+            # token: free the port it holds now rather than keep it from others.
+            reserved = self._by_token.pop(pending.token, None)
+            if reserved is not None:
+                self._reserved.pop(reserved, None)
         for relay in alloc.relays.values():
             if self._by_relay.get(relay) is alloc:
                 del self._by_relay[relay]

@@ -629,6 +629,46 @@ def test_even_port_and_reservation_token() -> None:
     assert _authenticated(pair, msg3, Address("192.0.2.80", 3)).get_error().code == 508  # type: ignore[union-attr]
 
 
+def test_failed_even_port_allocate_frees_its_reserved_port() -> None:
+    # Two ports: 50000 (even, held by another process) and 50001. The EVEN-PORT Allocate (R bit)
+    # reserves 50001 for its token, cannot bind 50000 and ends in 508: the token was never handed
+    # out, so 50001 must be free for the next Allocate at once, not 30 s later.
+    net = Net(make_server(relay_ipv4="198.51.100.1", min_port=50000, max_port=50001), taken={50000})
+    pair = make_pair(net=net)
+    msg = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"e" * 12)
+    msg.add_uint(Attr.REQUESTED_TRANSPORT, 17)
+    msg.add_even_port(True)
+    err = _authenticated(pair, msg, Address("192.0.2.81", 1))
+    assert err.get_error() is not None and err.get_error().code == 508  # type: ignore[union-attr]
+    assert net.server.stats()["reservations_current"] == 0
+    other = make_pair(net=net, addr=Address("192.0.2.81", 2))
+    assert other.allocate().relayed_address.port == 50001
+
+
+def test_even_port_allocate_ended_by_its_connection_frees_its_reserved_port() -> None:
+    # Over TCP: the connection closes while the relay is still being bound (no answer sent yet).
+    from coremesh.stun.credentials import long_term_key
+
+    server = make_server(relay_ipv4="198.51.100.1", min_port=50000, max_port=50001)
+    net = Net(server)
+    probe = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"p" * 12)
+    (ch,) = server.handle_client(encode(probe), CLIENT, SERVER, "tcp", net.now, wall=net.wall)
+    assert isinstance(ch, SendToClient)
+    msg = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"t" * 12)
+    msg.add_uint(Attr.REQUESTED_TRANSPORT, 17)
+    msg.add_even_port(True)
+    msg.add_text(Attr.USERNAME, "alice")
+    msg.add_text(Attr.REALM, "example.org")
+    msg.add_text(Attr.NONCE, decode(ch.data).get_text(Attr.NONCE) or "")
+    data = encode(msg, integrity_key=long_term_key("alice", "example.org", "secret"))
+    (opened,) = server.handle_client(data, CLIENT, SERVER, "tcp", net.now, wall=net.wall)
+    assert isinstance(opened, OpenRelay) and opened.port == 50000
+    assert server.stats()["reservations_current"] == 1
+    assert server.connection_closed(CLIENT, SERVER, "tcp", net.now) == []  # nothing was bound yet
+    assert server.stats()["reservations_current"] == 0
+    assert server.confirm_relay(opened.relay, True, net.now) == []  # too late: forgotten
+
+
 def test_dual_stack_allocation_and_family_errors() -> None:
     server = make_server(relay_ipv4="198.51.100.1", relay_ipv6="2001:db8::1", min_port=50000, max_port=50099)
     pair = make_pair(server=server, additional_ipv6=True)
