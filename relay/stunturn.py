@@ -473,7 +473,21 @@ class StunTurnService:
         )
         self.turn.server_addresses = _ServerAddresses()
         self._add_server_addresses([*self._addresses, *self._extra_addresses])
-        log.info("STUN/TURN listening on %s", ", ".join(map(str, self._addresses)))
+        log.info("STUN/TURN listening on %s", ", ".join(self.listening()))
+        if not cfg.users and cfg.static_auth_secret is None:
+            log.warning(
+                "TURN has no credentials (no users, no static auth secret: see --user and "
+                "--static-auth-secret): every Allocate is refused with 401; only STUN Binding works"
+            )
+
+    def listening(self) -> list[str]:
+        """The listening sockets as ``TRANSPORT ADDRESS`` (``udp 0.0.0.0:3478``, ``tcp ...``,
+        ``tls ...``): UDP first, then TCP/TLS. Empty before start."""
+        kind = "tls" if self.config.ssl_context is not None else "tcp"
+        out = [f"udp {a}" for a in self._udp]
+        for server in self._tcp_servers:
+            out.extend(f"{kind} {normalize_socket_address(s.getsockname())}" for s in server.sockets)
+        return out
 
     def add_server_addresses(self, addresses: Iterable[Address]) -> None:
         """Other addresses this relay listens on (e.g. the keyed relay's): relayed data is never
