@@ -15,8 +15,11 @@
   (the core's :class:`OpenRelay` effect; the bind's outcome goes back through
   :meth:`TurnServer.confirm_relay` at once, so the client's answer waits for a bound socket).
 
-The TURN core takes POSIX time (``time.time()``) because TURN REST API credentials carry wall-clock
-expiries; the one timer is armed for ``get_timer() - time.time()`` seconds.
+Time: the TURN core runs on the event loop's monotonic clock (``loop.time()``): allocation,
+permission, channel and reservation lifetimes, and its one timer (``loop.call_at(get_timer())``), so a
+step of the system clock (NTP, an operator) neither expires allocations nor keeps them alive past
+their lifetimes. Wall time (``time.time()``) goes in only where a wall time is meant: the nonce's
+timestamp and the expiry in TURN REST API usernames (``TurnServer.handle_client``'s ``wall``).
 """
 
 from __future__ import annotations
@@ -470,7 +473,21 @@ class StunTurnService:
         )
         self.turn.server_addresses = _ServerAddresses()
         self._add_server_addresses([*self._addresses, *self._extra_addresses])
-        log.info("STUN/TURN listening on %s", ", ".join(map(str, self._addresses)))
+        log.info("STUN/TURN listening on %s", ", ".join(self.listening()))
+        if not cfg.users and cfg.static_auth_secret is None:
+            log.warning(
+                "TURN has no credentials (no users, no static auth secret: see --user and "
+                "--static-auth-secret): every Allocate is refused with 401; only STUN Binding works"
+            )
+
+    def listening(self) -> list[str]:
+        """The listening sockets as ``TRANSPORT ADDRESS`` (``udp 0.0.0.0:3478``, ``tcp ...``,
+        ``tls ...``): UDP first, then TCP/TLS. Empty before start."""
+        kind = "tls" if self.config.ssl_context is not None else "tcp"
+        out = [f"udp {a}" for a in self._udp]
+        for server in self._tcp_servers:
+            out.extend(f"{kind} {normalize_socket_address(s.getsockname())}" for s in server.sockets)
+        return out
 
     def add_server_addresses(self, addresses: Iterable[Address]) -> None:
         """Other addresses this relay listens on (e.g. the keyed relay's): relayed data is never
@@ -642,17 +659,17 @@ class StunTurnService:
         if turn is None or binding is None:
             return
         if stun_method(data) == Method.BINDING:
-            for reply in binding.handle(data, src, local, time.time()):
+            for reply in binding.handle(data, src, local, self._now()):
                 if transport == "udp":
                     self._send_udp(reply.via, reply.data, reply.dst)
                 else:
                     self._send_tcp((reply.dst, local, transport), reply.data)
             return
-        self._run(turn.handle_client(data, src, local, transport, time.time()))
+        self._run(turn.handle_client(data, src, local, transport, self._now(), wall=time.time()))
 
     def _on_relay_datagram(self, us: _UdpSocket, data: bytes, src: Address) -> None:
         if self.turn is not None:
-            self._run(self.turn.handle_peer(data, us.address, src, time.time()))
+            self._run(self.turn.handle_peer(data, us.address, src, self._now()))
 
     async def _serve_tcp(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: Transport
@@ -719,7 +736,7 @@ class StunTurnService:
             if self._tcp_per_ip[group] <= 0:
                 del self._tcp_per_ip[group]
             if self.turn is not None:
-                self._run(self.turn.connection_closed(peer, local, transport, time.time()))
+                self._run(self.turn.connection_closed(peer, local, transport, loop.time()))
             if conn.reason is not None:
                 log.debug("TCP connection from %s closed: %s", peer, conn.reason)
             writer.close()
@@ -778,7 +795,7 @@ class StunTurnService:
             elif isinstance(e, OpenRelay):
                 ok = self._open_relay(e.relay)
                 if turn is not None:
-                    queue.extend(turn.confirm_relay(e.relay, ok, time.time()))
+                    queue.extend(turn.confirm_relay(e.relay, ok, self._now()))
             elif isinstance(e, CloseRelay):
                 self._close_relay(e.relay)
         if self._batching:
@@ -886,6 +903,12 @@ class StunTurnService:
             return
         writer.write(data)
 
+    def _now(self) -> float:
+        """Monotonic seconds for the TURN core: the event loop's clock (what its timer is armed on)."""
+        loop = self._loop
+        assert loop is not None
+        return loop.time()
+
     def _arm_timer(self) -> None:
         turn, loop = self.turn, self._loop
         if turn is None or loop is None:
@@ -898,10 +921,12 @@ class StunTurnService:
             self._timer = None
         self._timer_at = at
         if at is not None:
-            self._timer = loop.call_later(max(0.0, at - time.time()), self._on_timer)
+            self._timer = loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
+        at = self._timer_at
         self._timer = None
         self._timer_at = None
         if self.turn is not None:
-            self._run(self.turn.handle_timer(time.time()))
+            # The loop may run a handle up to its clock resolution early: never run the core behind.
+            self._run(self.turn.handle_timer(max(self._now(), at or 0.0)))

@@ -2,7 +2,11 @@
 
 Inputs: datagrams (or stream-framed messages) from clients, datagrams arriving at relayed addresses
 from peers, confirmations that the shell bound a relay port, closed TCP connections, and the timer.
-Every input takes ``now`` (POSIX seconds: the TURN REST API credentials carry wall-clock expiries).
+Every input takes ``now``: monotonic seconds (any origin; the shell passes ``loop.time()``), which
+every lifetime and timer is measured in (allocations, permissions, channels, reservations, the
+bandwidth bucket), so a step of the system clock neither expires them early nor keeps them alive.
+:meth:`TurnServer.handle_client` also takes ``wall``: POSIX seconds, used only where a wall-clock
+time is meant: the nonce's timestamp and the expiry carried in TURN REST API usernames.
 Outputs: a list of effects for the shell to carry out, in order.
 
 Relay ports: the core picks a relayed address (port from ``[min_port, max_port]`` with the injected
@@ -237,9 +241,12 @@ class TurnServer:
     # ------------------------------------------------------------------------------ public inputs
 
     def handle_client(
-        self, data: bytes, client: Address, local: Address, transport: Transport, now: float
+        self, data: bytes, client: Address, local: Address, transport: Transport, now: float, *, wall: float
     ) -> list[Effect]:
-        """A STUN message or a ChannelData message from a client. Never raises on bad input."""
+        """A STUN message or a ChannelData message from a client. Never raises on bad input.
+
+        ``now`` is monotonic seconds (lifetimes); ``wall`` is POSIX seconds (nonces, REST API expiry).
+        """
         key = FiveTuple(client, local, transport)
         try:
             if not data:
@@ -259,7 +266,7 @@ class TurnServer:
                 return self._drop("drop_unexpected")
             if msg.msg_class is not StunClass.REQUEST:
                 return self._drop("drop_unexpected")
-            return self._on_request(msg, data, key, now)
+            return self._on_request(msg, data, key, now, wall)
         except (DecodeError, StunEncodeError) as exc:
             log.debug("malformed message from %s: %s", client, exc)
             return self._drop("drop_malformed")
@@ -370,6 +377,7 @@ class TurnServer:
         out["permissions_current"] = sum(len(a.permissions) for a in self.allocations.values())
         out["channels_current"] = sum(len(a.channels) for a in self.allocations.values())
         out["expiry_entries"] = len(self._expiries)
+        out["reservations_current"] = len(self._reserved)
         return out
 
     # ------------------------------------------------------------------------------- internals
@@ -379,7 +387,9 @@ class TurnServer:
         self.counters["drops"] += 1
         return []
 
-    def _on_request(self, msg: StunMessage, raw: bytes, key: FiveTuple, now: float) -> list[Effect]:
+    def _on_request(
+        self, msg: StunMessage, raw: bytes, key: FiveTuple, now: float, wall: float
+    ) -> list[Effect]:
         handlers: dict[int, _Handler] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -396,7 +406,7 @@ class TurnServer:
             err = self._error_message(msg, 420, "Unknown Attribute")
             err.add_unknown_attributes(unknown)
             return [self._reply(err, key, None, msg)]
-        auth = self._authenticate(msg, raw, key, now)
+        auth = self._authenticate(msg, raw, key, wall)
         if isinstance(auth, list):
             return auth
         username, hmac_key = auth
@@ -409,11 +419,13 @@ class TurnServer:
     # -- authentication (RFC 8489 §9.2.4) -------------------------------------------------------
 
     def _authenticate(
-        self, msg: StunMessage, raw: bytes, key: FiveTuple, now: float
+        self, msg: StunMessage, raw: bytes, key: FiveTuple, wall: float
     ) -> tuple[str, bytes] | list[Effect]:
+        """The user and key of an authenticated request, or the challenge/error to send. ``wall`` is
+        POSIX seconds: nonces carry their issue time and REST API usernames their expiry in it."""
         if not msg.has(Attr.MESSAGE_INTEGRITY) and not msg.has(Attr.MESSAGE_INTEGRITY_SHA256):
             self.counters["auth_challenges"] += 1
-            return [self._challenge(msg, key, 401, "Unauthorized", now)]
+            return [self._challenge(msg, key, 401, "Unauthorized", wall)]
         username = msg.get_text(Attr.USERNAME)
         realm = msg.get_text(Attr.REALM)
         nonce = msg.get_text(Attr.NONCE)
@@ -421,18 +433,18 @@ class TurnServer:
             self.counters["auth_failures"] += 1
             return self._error(msg, key, 400, "Bad Request: missing USERNAME, REALM or NONCE")
         status = check_nonce(
-            nonce, self._nonce_secret, now, lifetime=self.config.nonce_lifetime, bound_to=key.client.host
+            nonce, self._nonce_secret, wall, lifetime=self.config.nonce_lifetime, bound_to=key.client.host
         )
         if status is not NonceStatus.VALID:
             self.counters["stale_nonces" if status is NonceStatus.STALE else "invalid_nonces"] += 1
-            return [self._challenge(msg, key, 438, "Stale Nonce", now)]
-        hmac_key = self._key_for(username, realm, now)
+            return [self._challenge(msg, key, 438, "Stale Nonce", wall)]
+        hmac_key = self._key_for(username, realm, wall)
         if hmac_key is None or not verify_integrity(raw, hmac_key):
             self.counters["auth_failures"] += 1
-            return [self._challenge(msg, key, 401, "Unauthorized", now)]
+            return [self._challenge(msg, key, 401, "Unauthorized", wall)]
         return username, hmac_key
 
-    def _key_for(self, username: str, realm: str, now: float) -> bytes | None:
+    def _key_for(self, username: str, realm: str, wall: float) -> bytes | None:
         if realm != self.config.realm:
             return None
         static = self._static_keys.get(username)
@@ -440,17 +452,17 @@ class TurnServer:
             return static
         if self._rest_secret is None:
             return None
-        password = check_rest_api_username(self._rest_secret, username, now)
+        password = check_rest_api_username(self._rest_secret, username, wall)
         return None if password is None else long_term_key(username, realm, password)
 
     def _challenge(
-        self, msg: StunMessage, key: FiveTuple, code: int, reason: str, now: float
+        self, msg: StunMessage, key: FiveTuple, code: int, reason: str, wall: float
     ) -> SendToClient:
         err = self._error_message(msg, code, reason)
         err.add_text(Attr.REALM, self.config.realm)
         err.add_text(
             Attr.NONCE,
-            make_nonce(self._nonce_secret, now, bound_to=key.client.host, random_bytes=self._rng.randbytes),
+            make_nonce(self._nonce_secret, wall, bound_to=key.client.host, random_bytes=self._rng.randbytes),
         )
         return self._reply(err, key, None, msg)
 
@@ -679,7 +691,13 @@ class TurnServer:
     def _forget(self, alloc: Allocation) -> None:
         self.allocations.pop(alloc.key, None)
         alloc.timer_seq = 0
-        self._pending.pop(alloc.key, None)
+        pending = self._pending.pop(alloc.key, None)
+        if pending is not None and pending.token is not None:
+            # Never answered with success, so the client never learnt the EVEN-PORT reservation's
+            # token: free the port it holds now rather than keep it from others.
+            reserved = self._by_token.pop(pending.token, None)
+            if reserved is not None:
+                self._reserved.pop(reserved, None)
         for relay in alloc.relays.values():
             if self._by_relay.get(relay) is alloc:
                 del self._by_relay[relay]

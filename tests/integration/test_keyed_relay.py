@@ -325,12 +325,16 @@ def test_all_send_queues_together_are_bounded_and_a_stuck_one_is_closed() -> Non
             assert stats["queued_bytes"] <= total and stats["queue_peak_bytes"] <= limit
             # The queues stay stuck: once that has lasted queue_stuck_timeout, the relay, still out of
             # queue memory, closes the largest (aborted: a stuck reader would never read a CLOSE).
-            await asyncio.sleep(0.6)
-            for i in range(2000):
-                a.send(slow_ids[i % 4].peer_id, packet)
-                if i % 100 == 99:
+            # Keep it out of queue memory until it does.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            sent = 0
+            while server.stats()["closed_slow_reader"] == 0:
+                assert loop.time() < deadline, "no stuck session was closed"
+                a.send(slow_ids[sent % 4].peer_id, packet)
+                sent += 1
+                if sent % 100 == 0:
                     await asyncio.sleep(0.01)
-            await eventually(lambda: server.stats()["closed_slow_reader"] > 0, what="a stuck session closed")
             assert server.stats()["sessions_registered"] < 5
             # the relay still serves others
             b_inbox = Inbox()
@@ -418,13 +422,10 @@ def test_connections_that_do_not_register_are_closed_after_the_timeout() -> None
                 ws = await http.ws_connect(server.url("ws"))
                 first = await ws.receive()
                 assert isinstance(decode_frame(first.data), Challenge)
-                t0 = asyncio.get_running_loop().time()
                 closing = await lazy.next_frame()
                 assert closing == Close(code=CloseCode.REGISTER_TIMEOUT, reason="no registration in time")
                 assert await lazy.next_frame() is None
                 assert await silent.next_frame() is None
-                elapsed = asyncio.get_running_loop().time() - t0
-                assert elapsed < 1.5
                 msg = await ws.receive(timeout=2)
                 assert decode_frame(msg.data) == closing
                 msg = await ws.receive(timeout=2)
@@ -514,7 +515,11 @@ def test_clients_see_the_relay_stop_and_come_back_when_it_returns() -> None:
         assert a.last_close == (CloseCode.SHUTDOWN, "relay shutting down")
         assert b.last_close == (CloseCode.SHUTDOWN, "relay shutting down")
         assert "disconnected" in a_inbox.states and "disconnected" in b_inbox.states
-        await asyncio.sleep(0.5)  # they retry against nothing for a while
+        # They retry against nothing: each fails to reconnect at least twice before the relay is back.
+        await eventually(
+            lambda: a.stats()["disconnects"] >= 3 and b.stats()["disconnects"] >= 3, what="failed retries"
+        )
+        assert a.stats()["registrations"] == 1 and b.stats()["registrations"] == 1
         server2 = KeyedRelayServer(KeyedRelayConfig(listen=f"127.0.0.1:{port}", **FAST))
         await server2.start()
         try:

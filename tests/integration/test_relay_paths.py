@@ -33,6 +33,15 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
     return asyncio.run(bounded())
 
 
+async def eventually(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Wait until ``cond()`` holds (polled on the event loop), failing after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def test_a_node_behind_nothing_learns_its_server_reflexive_address() -> None:
     async def body() -> None:
         service = StunTurnService(StunTurnConfig(listen=LOOP))
@@ -98,16 +107,14 @@ def test_a_lost_allocation_stops_routing_and_is_replaced() -> None:
                 assert link.client is not None
                 link.client.handle_timer(link._now() + 7200)  # its refresh is now due
                 link._flush()
-                for _ in range(300):  # the new server does not know the allocation: it is lost
-                    if link.error is not None:
-                        break
-                    await asyncio.sleep(0.01)
+                # The new server does not know the allocation: it is lost.
+                await eventually(lambda: link.error is not None, what="the allocation to be lost")
                 assert link.error is not None and "Lost" in link.error, link.error
                 assert b.local_address not in a._runtime.routes  # type: ignore[union-attr]  # no black hole
-                for _ in range(200):  # re-allocated after about a second, and the route restored
-                    if link.allocated and b.local_address in a._runtime.routes:  # type: ignore[union-attr]
-                        break
-                    await asyncio.sleep(0.05)
+                await eventually(  # re-allocated (after about a second), and the route restored
+                    lambda: link.allocated and b.local_address in a._runtime.routes,  # type: ignore[union-attr]
+                    what="a new allocation and route",
+                )
                 second = next(c["address"] for c in a.candidates() if c["type"] == "relay")
                 assert second != first
                 await conn.send(b"after the restart")

@@ -233,8 +233,28 @@ def stun_binding(target: str) -> Binding:
 # ----------------------------------------------------------------------------------------- tests
 
 
+def listening_lines(relay: RelayProcess) -> list[str]:
+    return [str(e["msg"]) for e in relay.events() if str(e.get("msg", "")).startswith("STUN/TURN listening")]
+
+
+def credential_warnings(relay: RelayProcess) -> list[dict[str, Any]]:
+    return [e for e in relay.events() if "no credentials" in str(e.get("msg", ""))]
+
+
+def test_relay_without_credentials_warns_once_and_names_its_transports(relays: Relays) -> None:
+    relay = relays.start()  # neither --user nor --static-auth-secret: TURN is unusable
+    (warning,) = credential_warnings(relay)
+    assert warning["level"] == "warning"
+    assert "--user" in warning["msg"] and "--static-auth-secret" in warning["msg"], warning
+    assert listening_lines(relay) == [f"STUN/TURN listening on udp {relay.listen}, tcp {relay.listen}"]
+    secret = relays.start("--static-auth-secret", "s3cret", "--no-tcp")
+    assert credential_warnings(secret) == []
+    assert listening_lines(secret) == [f"STUN/TURN listening on udp {secret.listen}"]
+
+
 def test_binding_metrics_status_and_clean_stop(relays: Relays) -> None:
     relay = relays.start("--realm", "test.example", "--user", "alice:secret")
+    assert credential_warnings(relay) == []
     binding = stun_binding(relay.listen)
     assert binding.mapped == binding.ours
     assert OTHER_ADDRESS not in binding.attrs  # no --alt-address

@@ -659,7 +659,6 @@ def test_our_client_against_coturn(credentials: str) -> None:
 
             # Deallocate: Refresh with LIFETIME 0.
             client.close(shell.now())
-            closed_at = time.monotonic()
             await shell.pump(lambda: any(isinstance(e, AllocationLost) for e in shell.events))
             lost = next(e for e in shell.events if isinstance(e, AllocationLost))
             assert lost.reason == "closed"
@@ -668,15 +667,17 @@ def test_our_client_against_coturn(credentials: str) -> None:
             assert not any(isinstance(e, AllocationLost) and e.reason != "closed" for e in shell.events)
 
             # The relayed address goes away: coturn still relays for up to a second after its
-            # success response to Refresh(0) (it frees the allocation on its next timer tick).
+            # success response to Refresh(0) (it frees the allocation on its next timer tick). The
+            # deadline only bounds the wait; how soon it stops is coturn's business.
             loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
             while True:
                 await loop.sock_sendto(peer_sock, b"too late", allocated.relayed_address)
                 try:
                     await asyncio.wait_for(loop.sock_recvfrom(sock, 65536), 0.3)
                 except TimeoutError:
                     break
-                assert time.monotonic() - closed_at < 3.0, "coturn kept relaying after Refresh(0)"
+                assert loop.time() < deadline, "coturn kept relaying after Refresh(0)"
             assert client.stats().get("drop_bad_integrity", 0) == 0
         finally:
             echo_task.cancel()

@@ -52,7 +52,7 @@ inputs = st.one_of(st.binary(max_size=200), stun_like(), channel_like())
 def test_server_never_raises_on_client_input(data: bytes) -> None:
     s = server()
     for transport in ("udp", "tcp"):
-        effects = s.handle_client(data, CLIENT, SERVER, transport, NOW)
+        effects = s.handle_client(data, CLIENT, SERVER, transport, NOW, wall=NOW)
         assert isinstance(effects, list)
 
 
@@ -75,9 +75,9 @@ def test_client_never_raises(data: bytes) -> None:
 
 def test_garbage_is_counted() -> None:
     s = server()
-    assert s.handle_client(b"\xff" * 30, CLIENT, SERVER, "udp", NOW) == []
-    assert s.handle_client(b"\x00\x03\x00\x01" + bytes(16), CLIENT, SERVER, "udp", NOW) == []
-    assert s.handle_client(b"\x40\x00\x00\x10ab", CLIENT, SERVER, "udp", NOW) == []
+    assert s.handle_client(b"\xff" * 30, CLIENT, SERVER, "udp", NOW, wall=NOW) == []
+    assert s.handle_client(b"\x00\x03\x00\x01" + bytes(16), CLIENT, SERVER, "udp", NOW, wall=NOW) == []
+    assert s.handle_client(b"\x40\x00\x00\x10ab", CLIENT, SERVER, "udp", NOW, wall=NOW) == []
     stats = s.stats()
     assert stats["drop_unknown_type"] == 1 and stats["drop_malformed"] == 2 and stats["drops"] == 3
 

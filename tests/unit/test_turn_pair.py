@@ -30,7 +30,8 @@ from coremesh.turn import (
     TurnServerConfig,
 )
 
-T0 = 1_700_000_000.0
+T0 = 5_000.0  # monotonic seconds: what lifetimes and timers are measured in
+WALL0 = 1_700_000_000.0  # POSIX seconds at T0: what nonces and REST API expiries are measured in
 SERVER = Address("198.51.100.1", 3478)
 CLIENT = Address("192.0.2.10", 40000)
 PEER = Address("203.0.113.77", 5000)
@@ -43,10 +44,15 @@ class Net:
 
     server: TurnServer
     now: float = T0
+    wall_offset: float = WALL0 - T0  # moved by hand to step the wall clock
     taken: set[int] = field(default_factory=set)
     open_relays: set[Address] = field(default_factory=set)
     to_peers: list[SendFromRelay] = field(default_factory=list)
     to_clients: list[SendToClient] = field(default_factory=list)
+
+    @property
+    def wall(self) -> float:
+        return self.now + self.wall_offset
 
     def run(self, effects: list[Effect]) -> None:
         queue = list(effects)
@@ -86,7 +92,11 @@ class Pair:
             if not out and not mine:
                 break
             for data in out:
-                self.net.run(self.server.handle_client(data, self.addr, SERVER, "udp", self.net.now))
+                self.net.run(
+                    self.server.handle_client(
+                        data, self.addr, SERVER, "udp", self.net.now, wall=self.net.wall
+                    )
+                )
             for s in mine:
                 got = self.client.on_datagram(s.data, self.net.now)
                 if got is not None:
@@ -153,7 +163,9 @@ def test_allocate_with_401_nonce_dance() -> None:
     pair.client.allocate(pair.net.now)
     first = decode(pair.client.datagrams_to_send()[0])
     assert first.method == Method.ALLOCATE and not first.has(Attr.MESSAGE_INTEGRITY)
-    effects = pair.server.handle_client(encode(first), CLIENT, SERVER, "udp", pair.net.now)
+    effects = pair.server.handle_client(
+        encode(first), CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall
+    )
     (challenge,) = effects
     assert isinstance(challenge, SendToClient)
     err = decode(challenge.data)
@@ -192,10 +204,10 @@ def test_unknown_user_is_401() -> None:
 def test_rest_api_credentials_valid_and_expired() -> None:
     server = make_server(users={}, static_auth_secret="s3cret", relay_ipv4="198.51.100.1")
     net = Net(server)
-    user, password = rest_api_credentials("s3cret", T0, 3600, "carol")
+    user, password = rest_api_credentials("s3cret", WALL0, 3600, "carol")
     good = make_pair(net=net, user=user, password=password)
     good.allocate()
-    user2, password2 = rest_api_credentials("s3cret", T0, -10, "dave")  # expired 10 s ago
+    user2, password2 = rest_api_credentials("s3cret", WALL0, -10, "dave")  # expired 10 s ago
     bad = make_pair(net=net, user=user2, password=password2, addr=Address("192.0.2.11", 1))
     bad.client.allocate(net.now)
     bad.pump()
@@ -210,15 +222,19 @@ def test_retransmitted_allocate_gets_the_same_answer_and_other_txn_437() -> None
     pair = make_pair()
     pair.client.allocate(pair.net.now)
     (probe,) = pair.client.datagrams_to_send()
-    (challenge,) = pair.server.handle_client(probe, CLIENT, SERVER, "udp", pair.net.now)
+    (challenge,) = pair.server.handle_client(probe, CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall)
     assert isinstance(challenge, SendToClient)
     pair.client.on_datagram(challenge.data, pair.net.now)
     (request,) = pair.client.datagrams_to_send()
-    pair.net.run(pair.server.handle_client(request, CLIENT, SERVER, "udp", pair.net.now))
+    pair.net.run(pair.server.handle_client(request, CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall))
     (answer,) = pair.net.to_clients
     # The same request again (a retransmission, the answer was lost): the same answer, no new relay.
     pair.net.to_clients.clear()
-    pair.net.run(pair.server.handle_client(request, CLIENT, SERVER, "udp", pair.net.now + 0.5))
+    pair.net.run(
+        pair.server.handle_client(
+            request, CLIENT, SERVER, "udp", pair.net.now + 0.5, wall=pair.net.wall + 0.5
+        )
+    )
     assert pair.net.to_clients == [answer] and len(pair.net.open_relays) == 1
     pair.net.to_clients.clear()
     pair.client.on_datagram(answer.data, pair.net.now)
@@ -244,7 +260,7 @@ def _authenticated(pair: Pair, msg: StunMessage, addr: Address, user: str = "ali
     from coremesh.stun.credentials import long_term_key
 
     probe = StunMessage(msg.method, StunClass.REQUEST, b"p" * 12)
-    (ch,) = pair.server.handle_client(encode(probe), addr, SERVER, "udp", pair.net.now)
+    (ch,) = pair.server.handle_client(encode(probe), addr, SERVER, "udp", pair.net.now, wall=pair.net.wall)
     assert isinstance(ch, SendToClient)
     chal = decode(ch.data)
     nonce = chal.get_text(Attr.NONCE)
@@ -254,7 +270,9 @@ def _authenticated(pair: Pair, msg: StunMessage, addr: Address, user: str = "ali
     msg.add_text(Attr.NONCE, nonce)
     password = {"alice": "secret", "bob": "hunter2"}[user]
     key = long_term_key(user, "example.org", password)
-    effects = pair.server.handle_client(encode(msg, integrity_key=key), addr, SERVER, "udp", pair.net.now)
+    effects = pair.server.handle_client(
+        encode(msg, integrity_key=key), addr, SERVER, "udp", pair.net.now, wall=pair.net.wall
+    )
     pair.net.run(effects)
     replies = [e for e in pair.net.to_clients if e.client == addr]
     pair.net.to_clients = [e for e in pair.net.to_clients if e.client != addr]
@@ -266,7 +284,7 @@ def test_unknown_comprehension_required_attribute_is_420() -> None:
     msg = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"u" * 12)
     msg.add_uint(Attr.REQUESTED_TRANSPORT, 17)
     msg.add(0x7F01, b"\x00\x00\x00\x00")
-    (reply,) = pair.server.handle_client(encode(msg), CLIENT, SERVER, "udp", pair.net.now)
+    (reply,) = pair.server.handle_client(encode(msg), CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall)
     assert isinstance(reply, SendToClient)
     answer = decode(reply.data)
     assert answer.get_error().code == 420  # type: ignore[union-attr]
@@ -275,7 +293,9 @@ def test_unknown_comprehension_required_attribute_is_420() -> None:
     msg2 = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"v" * 12)
     msg2.add_uint(Attr.REQUESTED_TRANSPORT, 17)
     msg2.add(Attr.DONT_FRAGMENT)
-    (reply2,) = pair.server.handle_client(encode(msg2), CLIENT, SERVER, "udp", pair.net.now)
+    (reply2,) = pair.server.handle_client(
+        encode(msg2), CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall
+    )
     assert isinstance(reply2, SendToClient)
     assert decode(reply2.data).get_unknown_attributes() == [Attr.DONT_FRAGMENT]
 
@@ -293,6 +313,42 @@ def test_stale_nonce_438_then_success() -> None:
     assert st["stale_nonces"] >= 1
     assert not any(isinstance(e, (AllocationLost, PermissionFailed)) for e in pair.events)
     assert pair.client.state.value == "allocated"
+
+
+def test_wall_clock_steps_move_only_nonces_and_rest_api_expiry() -> None:
+    """Lifetimes and the timer follow ``now`` (monotonic); ``wall`` only dates nonces and REST API
+    usernames. A step of the wall clock neither expires the allocation nor extends its permission."""
+    server = make_server(users={}, static_auth_secret="s3cret", relay_ipv4="198.51.100.1")
+    net = Net(server)
+    user, password = rest_api_credentials("s3cret", WALL0, 3600, "carol")
+    pair = make_pair(net=net, user=user, password=password)
+    ev = pair.allocate()
+    pair.client.create_permission(PEER, net.now)
+    pair.pump()
+    timer = server.get_timer()
+    # A day forward on the wall clock, nothing on the monotonic one: all lives on, same timer.
+    net.wall_offset += 86_400
+    assert server.get_timer() == timer
+    net.run(server.handle_timer(net.now))
+    peer_send(pair, b"after the step")
+    assert pair.received[-1] == (PEER, b"after the step")
+    assert server.stats()["allocations_current"] == 1
+    # The hour-long REST API username is expired by the wall clock now: a new Allocate is refused.
+    late = make_pair(net=net, user=user, password=password, addr=Address("192.0.2.13", 1))
+    late.client.allocate(net.now)
+    late.pump()
+    assert isinstance(late.events[-1], AllocationFailed) and late.events[-1].code == 401
+    # Two days back on the wall clock: the permission still ends 300 s (monotonic) after it was made
+    # and the allocation 600 s after it was made, with nobody refreshing them.
+    net.wall_offset -= 2 * 86_400
+    net.now += 301
+    net.run(server.handle_timer(net.now))
+    assert server.handle_peer(b"late", ev.relayed_address, PEER, net.now) == []
+    assert server.stats()["drop_no_permission"] == 1
+    net.now += 300
+    assert server.get_timer() is not None and server.get_timer() <= net.now  # type: ignore[operator]
+    net.run(server.handle_timer(net.now))
+    assert server.stats()["allocations_expired"] == 1 and ev.relayed_address not in net.open_relays
 
 
 # ------------------------------------------------------------------------------ refresh, expiry
@@ -338,7 +394,9 @@ def test_send_and_data_indications_both_ways() -> None:
     ev = pair.allocate()
     # Without a permission the server drops both ways.
     pair.net.run(
-        pair.server.handle_client(pair.client.wrap(b"early", PEER), CLIENT, SERVER, "udp", pair.net.now)
+        pair.server.handle_client(
+            pair.client.wrap(b"early", PEER), CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall
+        )
     )
     assert not pair.net.to_peers
     peer_send(pair, b"unsolicited")
@@ -347,7 +405,7 @@ def test_send_and_data_indications_both_ways() -> None:
     pair.pump()
     data = pair.client.wrap(b"hello peer", PEER)
     assert decode(data).method == Method.SEND
-    pair.net.run(pair.server.handle_client(data, CLIENT, SERVER, "udp", pair.net.now))
+    pair.net.run(pair.server.handle_client(data, CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall))
     (out,) = pair.net.to_peers
     assert out == SendFromRelay(b"hello peer", ev.relayed_address, PEER)
     peer_send(pair, b"hello client")
@@ -390,7 +448,7 @@ def test_channel_bind_and_channel_data_both_ways() -> None:
     assert pair.client.channel_for(PEER) == 0x4000
     data = pair.client.wrap(b"via channel", PEER)
     assert data[:2] == b"\x40\x00"
-    pair.net.run(pair.server.handle_client(data, CLIENT, SERVER, "udp", pair.net.now))
+    pair.net.run(pair.server.handle_client(data, CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall))
     assert pair.net.to_peers[-1] == SendFromRelay(b"via channel", ev.relayed_address, PEER)
     # From the peer: ChannelData to the client (the binding installed the permission).
     pair.net.run(pair.server.handle_peer(b"back", ev.relayed_address, PEER, pair.net.now))
@@ -571,6 +629,46 @@ def test_even_port_and_reservation_token() -> None:
     assert _authenticated(pair, msg3, Address("192.0.2.80", 3)).get_error().code == 508  # type: ignore[union-attr]
 
 
+def test_failed_even_port_allocate_frees_its_reserved_port() -> None:
+    # Two ports: 50000 (even, held by another process) and 50001. The EVEN-PORT Allocate (R bit)
+    # reserves 50001 for its token, cannot bind 50000 and ends in 508: the token was never handed
+    # out, so 50001 must be free for the next Allocate at once, not 30 s later.
+    net = Net(make_server(relay_ipv4="198.51.100.1", min_port=50000, max_port=50001), taken={50000})
+    pair = make_pair(net=net)
+    msg = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"e" * 12)
+    msg.add_uint(Attr.REQUESTED_TRANSPORT, 17)
+    msg.add_even_port(True)
+    err = _authenticated(pair, msg, Address("192.0.2.81", 1))
+    assert err.get_error() is not None and err.get_error().code == 508  # type: ignore[union-attr]
+    assert net.server.stats()["reservations_current"] == 0
+    other = make_pair(net=net, addr=Address("192.0.2.81", 2))
+    assert other.allocate().relayed_address.port == 50001
+
+
+def test_even_port_allocate_ended_by_its_connection_frees_its_reserved_port() -> None:
+    # Over TCP: the connection closes while the relay is still being bound (no answer sent yet).
+    from coremesh.stun.credentials import long_term_key
+
+    server = make_server(relay_ipv4="198.51.100.1", min_port=50000, max_port=50001)
+    net = Net(server)
+    probe = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"p" * 12)
+    (ch,) = server.handle_client(encode(probe), CLIENT, SERVER, "tcp", net.now, wall=net.wall)
+    assert isinstance(ch, SendToClient)
+    msg = StunMessage(Method.ALLOCATE, StunClass.REQUEST, b"t" * 12)
+    msg.add_uint(Attr.REQUESTED_TRANSPORT, 17)
+    msg.add_even_port(True)
+    msg.add_text(Attr.USERNAME, "alice")
+    msg.add_text(Attr.REALM, "example.org")
+    msg.add_text(Attr.NONCE, decode(ch.data).get_text(Attr.NONCE) or "")
+    data = encode(msg, integrity_key=long_term_key("alice", "example.org", "secret"))
+    (opened,) = server.handle_client(data, CLIENT, SERVER, "tcp", net.now, wall=net.wall)
+    assert isinstance(opened, OpenRelay) and opened.port == 50000
+    assert server.stats()["reservations_current"] == 1
+    assert server.connection_closed(CLIENT, SERVER, "tcp", net.now) == []  # nothing was bound yet
+    assert server.stats()["reservations_current"] == 0
+    assert server.confirm_relay(opened.relay, True, net.now) == []  # too late: forgotten
+
+
 def test_dual_stack_allocation_and_family_errors() -> None:
     server = make_server(relay_ipv4="198.51.100.1", relay_ipv6="2001:db8::1", min_port=50000, max_port=50099)
     pair = make_pair(server=server, additional_ipv6=True)
@@ -597,7 +695,9 @@ def test_bandwidth_cap_drops_and_counts() -> None:
     payload = bytes(1000)
     sent = 0
     for _ in range(200):  # 200 kB at one instant: the 100 kB burst passes, the rest is dropped
-        effects = server.handle_client(pair.client.wrap(payload, PEER), CLIENT, SERVER, "udp", pair.net.now)
+        effects = server.handle_client(
+            pair.client.wrap(payload, PEER), CLIENT, SERVER, "udp", pair.net.now, wall=pair.net.wall
+        )
         sent += sum(1 for e in effects if isinstance(e, SendFromRelay))
     assert 95 <= sent <= 101
     assert server.stats()["drop_bandwidth"] == 200 - sent
@@ -617,7 +717,7 @@ def test_channel_data_is_padded_over_tcp() -> None:
     client.allocate(net.now)
     for _ in range(10):
         for data in client.datagrams_to_send():
-            net.run(server.handle_client(data, CLIENT, SERVER, "tcp", net.now))
+            net.run(server.handle_client(data, CLIENT, SERVER, "tcp", net.now, wall=net.wall))
         for s in net.to_clients:
             client.on_datagram(s.data, net.now)
         net.to_clients.clear()
@@ -626,7 +726,7 @@ def test_channel_data_is_padded_over_tcp() -> None:
     client.bind_channel(PEER, net.now)
     for _ in range(3):
         for data in client.datagrams_to_send():
-            net.run(server.handle_client(data, CLIENT, SERVER, "tcp", net.now))
+            net.run(server.handle_client(data, CLIENT, SERVER, "tcp", net.now, wall=net.wall))
         for s in net.to_clients:
             client.on_datagram(s.data, net.now)
         net.to_clients.clear()
@@ -670,7 +770,9 @@ class Signed:
         self.pair, self.addr, self.user = pair, addr, user
         self.key = long_term_key(user, "example.org", {"alice": "secret", "bob": "hunter2"}[user])
         probe = StunMessage(Method.REFRESH, StunClass.REQUEST, b"p" * 12)
-        (ch,) = pair.server.handle_client(encode(probe), addr, SERVER, "udp", pair.net.now)
+        (ch,) = pair.server.handle_client(
+            encode(probe), addr, SERVER, "udp", pair.net.now, wall=pair.net.wall
+        )
         assert isinstance(ch, SendToClient)
         nonce = decode(ch.data).get_text(Attr.NONCE)
         assert nonce is not None
@@ -688,7 +790,7 @@ class Signed:
         msg.add_text(Attr.NONCE, self.nonce)
         data = encode(msg, integrity_key=self.key)
         net = self.pair.net
-        net.run(self.pair.server.handle_client(data, self.addr, SERVER, "udp", net.now))
+        net.run(self.pair.server.handle_client(data, self.addr, SERVER, "udp", net.now, wall=net.wall))
         replies = [e for e in net.to_clients if e.client == self.addr]
         net.to_clients = [e for e in net.to_clients if e.client != self.addr]
         (reply,) = replies
