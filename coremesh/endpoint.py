@@ -33,6 +33,7 @@ from .errors import (
     ConnectionClosed,
     DecodeError,
     LocalProtocolError,
+    NonceExhausted,
     PeerNotFound,
     RemoteProtocolError,
 )
@@ -469,8 +470,21 @@ class PeerConnection:
         session = self.current
         if session is None or self.finished:
             return
-        self.endpoint.transmit(session.seal(encode_path_frames(frames)), address)
-        self.endpoint.counters["path_packets_sent"] += 1
+        packet = self.seal(session, encode_path_frames(frames))
+        if packet is not None:
+            self.endpoint.transmit(packet, address)
+            self.endpoint.counters["path_packets_sent"] += 1
+
+    def seal(self, session: SecureSession, payload: bytes) -> bytes | None:
+        """Encrypt a payload under ``session``; None if its nonces are used up, which ends the
+        connection (only if rekeying kept failing for 2^64 packets)."""
+        try:
+            return session.seal(payload)
+        except NonceExhausted:
+            ep = self.endpoint
+            ep.counters["nonces_exhausted"] += 1
+            ep.remove(self, reason="session keys exhausted: rekeying did not succeed", clean=False)
+            return None
 
     def run_agent(self, now: float) -> None:
         agent = self.agent
@@ -714,7 +728,10 @@ class PeerConnection:
         address = self.address
         out = ep.out
         for payload in payloads:
-            out.append((session.seal(payload), address))
+            packet = self.seal(session, payload)
+            if packet is None:
+                return
+            out.append((packet, address))
         if (
             self.handshake is None
             and session.send_counter >= ep.config.rekey_after_packets
@@ -726,8 +743,8 @@ class PeerConnection:
 
     def send_keepalive(self) -> None:
         """An empty transport packet: confirms a fresh session to the responder."""
-        if self.current is not None:
-            self.endpoint.transmit(self.current.seal(b""), self.address)
+        if self.current is not None and (packet := self.seal(self.current, b"")) is not None:
+            self.endpoint.transmit(packet, self.address)
 
     def snapshot(self) -> PeerSnapshot:
         s = self.stream

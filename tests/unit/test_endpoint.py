@@ -16,6 +16,7 @@ from coremesh.config import MeshConfig
 from coremesh.endpoint import Endpoint, PeerState
 from coremesh.errors import PeerNotFound
 from coremesh.identity import Identity
+from coremesh.replay import COUNTER_LIMIT
 from coremesh.session import compute_mac, mac1_key
 from coremesh.sim import LinkProfile, SimNetwork
 
@@ -666,3 +667,20 @@ def test_rekey_deadlines_are_jittered_by_the_injected_rng() -> None:
         assert b.endpoint.counters["rekeys_started"] == 0
         times.append(net.clock.now)
     assert len(set(times)) == len(times)
+
+
+def test_exhausted_nonces_end_the_connection_without_a_traceback() -> None:
+    # Unreachable in practice (a rekey starts after rekey_after_packets <= 2^60), so the session's
+    # counter is set by hand: the connection ends with a reason, datagrams_to_send does not raise.
+    net, a, b = pair()
+    connect(net, a, b)
+    session = a.endpoint._peers[b.endpoint.peer_id].current
+    assert session is not None
+    session.send_counter = COUNTER_LIMIT
+    a.endpoint.send(b.endpoint.peer_id, b"no keys left", net.clock.now)
+    net.flush()
+    (gone,) = a.of(ev.PeerDisconnected)
+    assert "session keys exhausted" in gone.reason and not gone.clean
+    assert a.endpoint.counters["nonces_exhausted"] == 1
+    assert a.endpoint.state_of(b.endpoint.peer_id) is None
+    assert net.run_until(lambda: bool(b.of(ev.PeerDisconnected)), timeout=10)  # B times out
