@@ -239,6 +239,9 @@ class PeerConnection:
             started_at=now,
         )
         delay = min(HANDSHAKE_RETRY_INITIAL * (2**self.handshake_attempt), HANDSHAKE_RETRY_MAX)
+        if self.announced:
+            # A rekey has two rekey periods before the keys expire: retry often enough to use them.
+            delay = min(delay, max(HANDSHAKE_RETRY_INITIAL, ep.config.rekey_after_time / 8))
         self.handshake_attempt += 1
         self.handshake_retry_at = now + delay * (0.9 + 0.2 * ep.rng.random())
         ep.transmit(self.handshake.packet, self.address)
@@ -307,8 +310,8 @@ class PeerConnection:
           peer may still hold it pending, and a new initiation would replace it there while our
           packets under it are in flight. A peer that never answers ends by the idle timeout.
         - The peer's rekey (``next``, which we answered) awaits its first packet: ours would cross
-          it. A peer whose response was lost retries with a fresh initiation sooner than the
-          bound here; past it, the pending session is taken as abandoned.
+          it. The peer normally sends within a round trip; after three (at least 0.25 s) ours
+          starts, and should both be in flight, the tie-break settles them.
         """
         current = self.current
         if current is None or (current.is_initiator and current.packets_received == 0):
@@ -317,7 +320,11 @@ class PeerConnection:
         if pending is None or self.next_superseded:
             return current.created_at
         cfg = self.endpoint.config
-        return pending.created_at + min(cfg.connect_timeout, cfg.rekey_after_time)
+        return pending.created_at + min(
+            cfg.connect_timeout,
+            cfg.rekey_after_time,
+            max(HANDSHAKE_RETRY_INITIAL, 3 * self.stream.smoothed_rtt),
+        )
 
     def start_rekey(self, now: float) -> None:
         self.endpoint.counters["rekeys_started"] += 1

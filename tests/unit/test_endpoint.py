@@ -684,3 +684,27 @@ def test_exhausted_nonces_end_the_connection_without_a_traceback() -> None:
     assert a.endpoint.counters["nonces_exhausted"] == 1
     assert a.endpoint.state_of(b.endpoint.peer_id) is None
     assert net.run_until(lambda: bool(b.of(ev.PeerDisconnected)), timeout=10)  # B times out
+
+
+def drop_initiations(node: Node) -> None:
+    deliver = node.receive_datagram
+
+    def receive(data: bytes, addr: Address, now: float) -> None:
+        if data[0] != wire.PacketType.HANDSHAKE_INIT:
+            deliver(data, addr, now)
+
+    node.receive_datagram = receive  # type: ignore[method-assign]
+
+
+def test_rekey_retries_fit_before_the_keys_expire() -> None:
+    # A short rekey period: the connect's retry back-off (0.25 s doubling to 2 s) would leave a
+    # rekey three or four attempts in the two periods before the keys expire.
+    net, a, b = pair(rekey_after_time=1.0, heartbeat_interval=0.5, idle_timeout=5.0)
+    connect(net, a, b)
+    before = a.endpoint.counters["handshake_initiations_sent"]
+    drop_initiations(a)
+    drop_initiations(b)
+    assert net.run_until(lambda: bool(a.of(ev.PeerDisconnected)), timeout=10)
+    assert "keys expired" in a.of(ev.PeerDisconnected)[0].reason
+    # From about 1 s to 3 s, every 0.25 s (+-10%).
+    assert a.endpoint.counters["handshake_initiations_sent"] - before >= 7
