@@ -11,7 +11,8 @@ connection object come to exist. Every drop is counted by reason in :attr:`Endpo
 Connections are identified by a ``conn_id`` the initiator picks; rekey handshakes carry the same id
 and continue the same stream, while a different id from a known peer means the peer opened a new
 connection (after a restart, say) and the old one is torn down. When both peers dial each other at
-once, the connection opened by the lower PeerId wins, on both sides.
+once, the connection opened by the lower PeerId wins, on both sides; so does the rekey started by
+the lower PeerId when both peers rekey at once (see :meth:`PeerConnection.install_session`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .errors import (
     ConnectionClosed,
     DecodeError,
     LocalProtocolError,
+    NonceExhausted,
     PeerNotFound,
     RemoteProtocolError,
 )
@@ -75,6 +77,11 @@ MIGRATION_BLOCK_TIME: Final = 10.0  # an address that failed validation is not f
 MAX_BLOCKED: Final = 16
 MAX_KEPT_PROBE_SOCKETS: Final = 16  # probe sockets that carry connections after a birthday attempt
 INTERNAL_PATH_PING: Final = (1 << 64) - 2  # PING token of a path switch (its PONG is ignored)
+# Rekey schedule: the initiator of the current session rekeys after rekey_after_time, the responder
+# after 1.1x as a fallback; both deadlines move up to 5% of rekey_after_time earlier, at random (the
+# endpoint's injected rng), so that two peers do not keep reaching them at the same moment.
+REKEY_RESPONDER_FACTOR: Final = 1.1
+REKEY_JITTER: Final = 0.05
 
 CLOSE_NORMAL: Final = 0
 CLOSE_PROTOCOL_ERROR: Final = 1
@@ -132,6 +139,10 @@ class PeerConnection:
         self.previous: SecureSession | None = None
         self.current: SecureSession | None = None
         self.next: SecureSession | None = None
+        # ``next`` was answered before a session we initiated became current (two rekeys both
+        # completed): it stays receive only and is never promoted (see install_session).
+        self.next_superseded = False
+        self.rekey_at: float | None = None  # when to rekey the current session (jittered)
         self.handshake: InitiatorHandshake | None = None
         self.handshake_attempt = 0
         self.handshake_retry_at: float | None = None
@@ -172,20 +183,42 @@ class PeerConnection:
         return None
 
     def install_session(self, session: SecureSession) -> None:
-        """A session the initiator completed becomes current at once."""
+        """A session we initiated completed: it becomes current at once.
+
+        Both peers may rekey at the same moment. While our handshake is in flight, a rekey
+        initiation from the peer is refused if our PeerId is the lower one, and makes us abandon
+        ours if it is the higher one (:meth:`Endpoint._on_initiation`), so only one of two crossing
+        handshakes completes. Should both complete anyway (we answered the peer's, then started
+        ours because the peer's keys went unused too long), the peer's session stays in ``next``,
+        superseded: receive only, never promoted. The peer answered ours after its own completed,
+        so it promotes ours: both sides end up sending on the newer session, ours.
+        """
+        if self.next is not None:
+            self.next_superseded = True
+        self._make_current(session)
+
+    def on_next_used(self) -> None:
+        """The peer sent on the session we answered (``next``): it holds the keys, and the session
+        becomes current, unless a session we initiated superseded it (see :meth:`install_session`)."""
+        assert self.next is not None
+        self.next.confirmed = True
+        if self.next_superseded:
+            return
+        session, self.next = self.next, None
+        self._make_current(session)
+
+    def _make_current(self, session: SecureSession) -> None:
         self._retire(self.previous)
         self.previous, self.current = self.current, session
-
-    def confirm_next(self) -> None:
-        """The initiator used the responder's pending session: it becomes current."""
-        assert self.next is not None
-        session, self.next = self.next, None
-        session.confirmed = True
-        self.install_session(session)
+        cfg = self.endpoint.config
+        period = cfg.rekey_after_time
+        base = period if session.is_initiator else period * REKEY_RESPONDER_FACTOR
+        self.rekey_at = session.created_at + base - period * REKEY_JITTER * self.endpoint.rng.random()
 
     def set_next(self, session: SecureSession) -> None:
         self._retire(self.next)
         self.next = session
+        self.next_superseded = False
 
     def _retire(self, session: SecureSession | None) -> None:
         if session is not None:
@@ -206,6 +239,9 @@ class PeerConnection:
             started_at=now,
         )
         delay = min(HANDSHAKE_RETRY_INITIAL * (2**self.handshake_attempt), HANDSHAKE_RETRY_MAX)
+        if self.announced:
+            # A rekey has two rekey periods before the keys expire: retry often enough to use them.
+            delay = min(delay, max(HANDSHAKE_RETRY_INITIAL, ep.config.rekey_after_time / 8))
         self.handshake_attempt += 1
         self.handshake_retry_at = now + delay * (0.9 + 0.2 * ep.rng.random())
         ep.transmit(self.handshake.packet, self.address)
@@ -240,7 +276,9 @@ class PeerConnection:
             candidates.append(max(self.last_received, self.last_ping_at) + cfg.heartbeat_interval)
             candidates.append(self.last_received + cfg.idle_timeout)
             if self.current is not None and self.handshake is None:
-                candidates.append(self.rekey_due_at())
+                due = self.rekey_due_at()
+                if due is not None:
+                    candidates.append(due)
             if self.current is not None:
                 candidates.append(self.keys_expire_at())
             if self.agent is not None:
@@ -257,12 +295,41 @@ class PeerConnection:
         assert self.current is not None
         return self.current.created_at + 3 * self.endpoint.config.rekey_after_time
 
-    def rekey_due_at(self) -> float:
-        assert self.current is not None
-        # The side that initiated the current session rekeys first; the other only as a fallback,
-        # so that both rarely start a handshake at the same moment.
-        factor = 1.0 if self.current.is_initiator else 1.1
-        return self.current.created_at + self.endpoint.config.rekey_after_time * factor
+    def rekey_due_at(self) -> float | None:
+        """When to start a rekey: the scheduled ``rekey_at`` (the side that initiated the current
+        session rekeys first, the other only as a fallback), unless :meth:`rekey_allowed_from`
+        holds it back. None: not until the peer sends on our current session."""
+        assert self.rekey_at is not None
+        allowed = self.rekey_allowed_from()
+        return None if allowed is None else max(self.rekey_at, allowed)
+
+    def rekey_allowed_from(self) -> float | None:
+        """The earliest time a rekey may start, whatever the schedule; None while it must not.
+
+        - Our own last rekey has not been used by the peer yet (nothing received under it): the
+          peer may still hold it pending, and a new initiation would replace it there while our
+          packets under it are in flight. A peer that never answers ends by the idle timeout.
+        - The peer's rekey (``next``, which we answered) awaits its first packet: ours would cross
+          it. The peer normally sends within a round trip; after three (at least 0.25 s) ours
+          starts, and should both be in flight, the tie-break settles them.
+        """
+        current = self.current
+        if current is None or (current.is_initiator and current.packets_received == 0):
+            return None
+        pending = self.next
+        if pending is None or self.next_superseded:
+            return current.created_at
+        cfg = self.endpoint.config
+        return pending.created_at + min(
+            cfg.connect_timeout,
+            cfg.rekey_after_time,
+            max(HANDSHAKE_RETRY_INITIAL, 3 * self.stream.smoothed_rtt),
+        )
+
+    def start_rekey(self, now: float) -> None:
+        self.endpoint.counters["rekeys_started"] += 1
+        self.handshake_attempt = 0
+        self.start_handshake(now)
 
     def on_timer(self, now: float) -> None:
         ep = self.endpoint
@@ -319,10 +386,10 @@ class PeerConnection:
             if now >= max(self.last_received, self.last_ping_at) + cfg.heartbeat_interval:
                 self.last_ping_at = now
                 self.send_ping(now)
-            if self.handshake is None and self.current is not None and now >= self.rekey_due_at():
-                ep.counters["rekeys_started"] += 1
-                self.handshake_attempt = 0
-                self.start_handshake(now)
+            if self.handshake is None and self.current is not None:
+                due = self.rekey_due_at()
+                if due is not None and now >= due:
+                    self.start_rekey(now)
             if self.migration is not None and now >= self.migration[2]:
                 self.revert_migration(now)
             if self.agent is not None:
@@ -345,7 +412,7 @@ class PeerConnection:
         ep = self.endpoint
         self.last_received = now
         if session is self.next:
-            self.confirm_next()
+            self.on_next_used()
         if not self.announced and self.current is not None and self.state is PeerState.CONNECTING:
             self.announce(now)
         if is_path_packet(plaintext):
@@ -410,8 +477,21 @@ class PeerConnection:
         session = self.current
         if session is None or self.finished:
             return
-        self.endpoint.transmit(session.seal(encode_path_frames(frames)), address)
-        self.endpoint.counters["path_packets_sent"] += 1
+        packet = self.seal(session, encode_path_frames(frames))
+        if packet is not None:
+            self.endpoint.transmit(packet, address)
+            self.endpoint.counters["path_packets_sent"] += 1
+
+    def seal(self, session: SecureSession, payload: bytes) -> bytes | None:
+        """Encrypt a payload under ``session``; None if its nonces are used up, which ends the
+        connection (only if rekeying kept failing for 2^64 packets)."""
+        try:
+            return session.seal(payload)
+        except NonceExhausted:
+            ep = self.endpoint
+            ep.counters["nonces_exhausted"] += 1
+            ep.remove(self, reason="session keys exhausted: rekeying did not succeed", clean=False)
+            return None
 
     def run_agent(self, now: float) -> None:
         agent = self.agent
@@ -655,20 +735,23 @@ class PeerConnection:
         address = self.address
         out = ep.out
         for payload in payloads:
-            out.append((session.seal(payload), address))
+            packet = self.seal(session, payload)
+            if packet is None:
+                return
+            out.append((packet, address))
         if (
             self.handshake is None
             and session.send_counter >= ep.config.rekey_after_packets
             and self.state is PeerState.CONNECTED
         ):
-            ep.counters["rekeys_started"] += 1
-            self.handshake_attempt = 0
-            self.start_handshake(now)
+            allowed = self.rekey_allowed_from()
+            if allowed is not None and now >= allowed:
+                self.start_rekey(now)
 
     def send_keepalive(self) -> None:
         """An empty transport packet: confirms a fresh session to the responder."""
-        if self.current is not None:
-            self.endpoint.transmit(self.current.seal(b""), self.address)
+        if self.current is not None and (packet := self.seal(self.current, b"")) is not None:
+            self.endpoint.transmit(packet, self.address)
 
     def snapshot(self) -> PeerSnapshot:
         s = self.stream
@@ -1006,6 +1089,18 @@ class Endpoint:
             return True
         return False
 
+    def rekey(self, peer_id: PeerId, now: float) -> bool:
+        """Start a rekey of the connection to ``peer_id`` now, ahead of its schedule. Returns False
+        if none starts: one is in flight, or one is held back (see ``rekey_allowed_from``).
+        Raises :class:`~coremesh.errors.PeerNotFound` or :class:`~coremesh.errors.ConnectionClosed`
+        if there is no established connection."""
+        conn = self._connected(peer_id)
+        allowed = conn.rekey_allowed_from()
+        if conn.handshake is not None or allowed is None or now < allowed:
+            return False
+        conn.start_rekey(now)
+        return True
+
     def can_send(self, peer_id: PeerId) -> bool:
         return self._connected(peer_id).stream.can_send()
 
@@ -1138,6 +1233,14 @@ class Endpoint:
         elif conn.state in (PeerState.CLOSING, PeerState.DRAINING):
             self.counters["drop_handshake_closing"] += 1
             return
+        elif conn.announced and conn.handshake is not None:
+            # Simultaneous rekey: both peers' handshakes are in flight. As with a simultaneous open,
+            # the one started by the lower PeerId wins on both sides; the other side answers it.
+            if self.peer_id.key < peer.key:
+                self.counters["drop_simultaneous_rekey_lost"] += 1
+                return
+            conn.cancel_handshake()
+            self.counters["rekeys_yielded"] += 1
         self._indexes[index] = conn
         conn.set_next(result.session)
         if conn.address != addr and not conn.announced:

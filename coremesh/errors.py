@@ -69,6 +69,10 @@ class NatTraversalFailed(ConnectionFailed):
     """No path through the NATs between two peers could be made."""
 
 
+class NonceExhausted(LocalProtocolError):
+    """A session used every nonce its cipher allows: it cannot send again. Rekey, or reconnect."""
+
+
 class MessageTooLarge(LocalProtocolError):
     """A message exceeds the connection's maximum message size."""
 

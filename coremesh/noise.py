@@ -27,7 +27,7 @@ import nacl.exceptions as _nacl_exc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .errors import AuthenticationFailed, DecodeError, LocalProtocolError, MessageTooLarge
+from .errors import AuthenticationFailed, DecodeError, LocalProtocolError, MessageTooLarge, NonceExhausted
 
 __all__ = [
     "DHLEN",
@@ -151,7 +151,7 @@ class CipherState:
             return plaintext
         n = self._n
         if n >= MAX_NONCE:
-            raise LocalProtocolError("nonces exhausted; rekey or start a new session")
+            raise NonceExhausted("nonces exhausted; rekey or start a new session")
         out = _aead_encrypt(plaintext, ad, _NONCE.pack(n), k)
         self._n = n + 1
         return out
@@ -163,7 +163,7 @@ class CipherState:
             return ciphertext
         n = self._n
         if n >= MAX_NONCE:
-            raise LocalProtocolError("nonces exhausted; rekey or start a new session")
+            raise NonceExhausted("nonces exhausted; rekey or start a new session")
         out = self._decrypt(k, _NONCE.pack(n), ad, ciphertext)
         self._n = n + 1
         return out

@@ -28,16 +28,15 @@ from typing import Final
 import nacl.bindings as sodium
 
 from . import wire
-from .errors import AuthenticationFailed, DecodeError
+from .errors import AuthenticationFailed, DecodeError, NonceExhausted
 from .identity import Identity, PeerId
 from .noise import CipherState, HandshakeState, KeyPair
-from .replay import ReplayWindow
+from .replay import COUNTER_LIMIT, ReplayWindow
 
 PROTOCOL_NAME: Final = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
 PROLOGUE: Final = b"coremesh/1"
 _TAI64_BASE: Final = 1 << 62
 _TIMESTAMP = struct.Struct("!QI")
-COUNTER_LIMIT: Final = (1 << 64) - 2  # nonce 2^64-1 is reserved by Noise
 
 
 def mac1_key(static_public: bytes) -> bytes:
@@ -99,9 +98,12 @@ class SecureSession:
         self.replay = ReplayWindow()
 
     def seal(self, plaintext: bytes) -> bytes:
+        """Encrypt one transport packet under the next counter. Raises :class:`NonceExhausted` (a
+        local error: our own sending used up the keys) once every counter below 2^64-1, the nonce
+        Noise reserves, has been used."""
         counter = self.send_counter
         if counter >= COUNTER_LIMIT:
-            raise AuthenticationFailed("session exhausted its nonces; a rekey was overdue")
+            raise NonceExhausted("session exhausted its nonces; a rekey was overdue")
         self.send_counter = counter + 1
         header = wire.encode_transport_header(self.remote_index, counter)
         return header + self._send.encrypt_with_nonce(counter, header, plaintext)

@@ -83,6 +83,16 @@ class Recovery:
         self.last_eliciting_time = 0.0
         self._first_sample_time: float | None = None
 
+    def on_path_changed(self, rtt: RttEstimator, cc: NewReno) -> None:
+        """The connection moved to another path (RFC 9000 §9.4): a fresh RTT estimator and congestion
+        controller. The new path has no RTT sample yet, so no loss on it counts towards persistent
+        congestion until it has one (RFC 9002 §7.6.2)."""
+        self.rtt = rtt
+        self.cc = cc
+        self.pto_count = 0
+        self.loss_time = None
+        self._first_sample_time = None
+
     def on_packet_sent(self, pn: int, record: SentRecord) -> None:
         """Track an ack-eliciting packet (it counts in flight)."""
         self.sent[pn] = record

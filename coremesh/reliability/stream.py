@@ -606,9 +606,10 @@ class ReliableStream:
 
     def on_path_changed(self, now: float) -> None:
         """The connection now sends on another path (RFC 9000 §9.4): RTT, congestion window and path
-        MTU learned on the old one do not hold. What was in flight there goes again on the new path
-        (as lost, without a congestion signal); offsets and order of the stream are unaffected, so
-        the receiver delivers every message exactly once, in order."""
+        MTU learned on the old one do not hold, nor does its first RTT sample (losses on the new path
+        count towards persistent congestion only once it has one). What was in flight there goes
+        again on the new path (as lost, without a congestion signal); offsets and order of the stream
+        are unaffected, so the receiver delivers every message exactly once, in order."""
         cfg = self._config
         self._pmtu = PmtuSearch(cfg.base_datagram_size, cfg.max_datagram_size, cfg.pmtu_discovery)
         self._set_datagram_size(cfg.base_datagram_size)
@@ -617,10 +618,7 @@ class ReliableStream:
         lost = recovery.remove_larger_than(0)
         if lost:
             self._on_lost(lost, False, now)
-        recovery.rtt = RttEstimator(cfg.initial_rtt, cfg.max_ack_delay)
-        recovery.cc = NewReno(self._mds)
-        recovery.pto_count = 0
-        recovery.loss_time = None
+        recovery.on_path_changed(RttEstimator(cfg.initial_rtt, cfg.max_ack_delay), NewReno(self._mds))
 
     def oldest_unacked_sent_at(self) -> float | None:
         """When the oldest ack-eliciting packet still unacknowledged was sent (None: nothing is)."""

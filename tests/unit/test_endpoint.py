@@ -14,7 +14,9 @@ from coremesh import wire
 from coremesh.addr import Address
 from coremesh.config import MeshConfig
 from coremesh.endpoint import Endpoint, PeerState
+from coremesh.errors import PeerNotFound
 from coremesh.identity import Identity
+from coremesh.replay import COUNTER_LIMIT
 from coremesh.session import compute_mac, mac1_key
 from coremesh.sim import LinkProfile, SimNetwork
 
@@ -518,3 +520,191 @@ def test_a_burst_of_connects_larger_than_the_unconfirmed_quota_all_succeed() -> 
     assert hub.endpoint.counters["drop_unconfirmed_full"] > 0  # the quota was hit, and nobody lost out
     net.run_for(3.0)
     assert not any(s.of(ev.PeerDisconnected) for s in spokes) and not hub.of(ev.PeerDisconnected)
+
+
+# -- rekeying: simultaneous rekeys (issue 10) -------------------------------------------------------
+
+
+def chat(net: SimNetwork, a: Node, b: Node, duration: float, sent: dict[str, list[bytes]]) -> None:
+    """Both peers send a message every 10 ms for ``duration`` seconds of virtual time."""
+    end = net.clock.now + duration
+    while net.clock.now < end:
+        for src, dst, key in ((a, b, "to_b"), (b, a, "to_a")):
+            data = len(sent[key]).to_bytes(4, "big") * 50
+            sent[key].append(data)
+            src.endpoint.send(dst.endpoint.peer_id, data, net.clock.now)
+        net.flush()
+        net.run_for(0.01)
+
+
+def assert_nothing_dropped_or_lost(net: SimNetwork, a: Node, b: Node, sent: dict[str, list[bytes]]) -> None:
+    assert net.run_until(
+        lambda: len(b.messages()) == len(sent["to_b"]) and len(a.messages()) == len(sent["to_a"]), timeout=30
+    )
+    assert b.messages() == sent["to_b"] and a.messages() == sent["to_a"]
+    pa, pb = a.endpoint.peer_id, b.endpoint.peer_id
+    drops = (a.endpoint.counters["drop_unknown_session"], b.endpoint.counters["drop_unknown_session"])
+    lost = (a.endpoint.snapshot(pb).packets_lost, b.endpoint.snapshot(pa).packets_lost)  # type: ignore[union-attr]
+    assert drops == (0, 0) and lost == (0, 0), (drops, lost, a.endpoint.counters, b.endpoint.counters)
+    assert len(a.of(ev.PeerConnected)) == len(b.of(ev.PeerConnected)) == 1
+    assert not a.of(ev.PeerDisconnected) and not b.of(ev.PeerDisconnected)
+
+
+def test_simultaneous_rekeys_drop_and_lose_nothing() -> None:
+    # Both peers start a rekey at the same instant, then one of them alone: the one-sided rekey
+    # retires the previous session, which must not be one the peer still sends on.
+    net, a, b = pair(5, LinkProfile(latency=0.05), rekey_after_time=1000.0)
+    connect(net, a, b)
+    pa, pb = a.endpoint.peer_id, b.endpoint.peer_id
+    lo, hi = sorted([a, b], key=lambda n: n.endpoint.peer_id.key)
+    sent: dict[str, list[bytes]] = {"to_a": [], "to_b": []}
+    chat(net, a, b, 0.3, sent)
+    for rounds in range(1, 6):
+        assert a.endpoint.rekey(pb, net.clock.now) and b.endpoint.rekey(pa, net.clock.now)
+        chat(net, a, b, 0.5, sent)
+        one = a if rounds % 2 else b
+        assert one.endpoint.rekey(pb if one is a else pa, net.clock.now)
+        chat(net, a, b, 0.5, sent)
+    assert_nothing_dropped_or_lost(net, a, b, sent)
+    # The lower PeerId's rekey won each tie; the higher answered it and abandoned its own.
+    assert (
+        lo.endpoint.counters["drop_simultaneous_rekey_lost"] == 5
+        and hi.endpoint.counters["rekeys_yielded"] == 5
+    )
+    completed = a.endpoint.counters["handshakes_completed"] + b.endpoint.counters["handshakes_completed"]
+    assert completed == 1 + 5 * 2  # the connect, then per round the tie's winner and the one-sided rekey
+
+
+def test_timed_rekeys_after_a_simultaneous_one_do_not_collide() -> None:
+    net, a, b = pair(6, LinkProfile(latency=0.05), rekey_after_time=2.0)
+    connect(net, a, b)
+    pa, pb = a.endpoint.peer_id, b.endpoint.peer_id
+    sent: dict[str, list[bytes]] = {"to_a": [], "to_b": []}
+    chat(net, a, b, 0.3, sent)
+    assert a.endpoint.rekey(pb, net.clock.now) and b.endpoint.rekey(pa, net.clock.now)
+    chat(net, a, b, 20.0, sent)  # about ten rekey periods
+    assert_nothing_dropped_or_lost(net, a, b, sent)
+    started = a.endpoint.counters["rekeys_started"] + b.endpoint.counters["rekeys_started"]
+    assert started >= 2 + 9
+    ties = (
+        a.endpoint.counters["drop_simultaneous_rekey_lost"]
+        + b.endpoint.counters["drop_simultaneous_rekey_lost"]
+    )
+    assert ties == 1  # only the forced one: the timed rekeys that followed never started together
+
+
+def test_a_rekey_waits_for_the_previous_one_to_be_used() -> None:
+    net, a, b = pair(7, LinkProfile(latency=0.05), rekey_after_time=1000.0)
+    connect(net, a, b)
+    net.run_for(0.5)
+    pa, pb = a.endpoint.peer_id, b.endpoint.peer_id
+    assert a.endpoint.rekey(pb, net.clock.now)
+    assert not a.endpoint.rekey(pb, net.clock.now)  # in flight
+    net.run_for(0.06)  # B answered: until A sends under the new keys, B does not start a rekey
+    assert not b.endpoint.rekey(pa, net.clock.now)
+    net.run_for(0.06)  # A has the new keys, but B has not sent under them yet
+    assert not a.endpoint.rekey(pb, net.clock.now)
+    assert net.run_until(lambda: b.endpoint.counters["transport_packets_received"] > 0, timeout=1)
+    net.run_for(0.3)
+    assert a.endpoint.rekey(pb, net.clock.now)
+    with pytest.raises(PeerNotFound):
+        a.endpoint.rekey(Identity(bytes(32)).peer_id, net.clock.now)
+
+
+def rekey_when_allowed(net: SimNetwork, a: Node, b: Node, one: Node, sent: dict[str, list[bytes]]) -> None:
+    """``one`` rekeys as soon as it may, while both peers keep sending."""
+    other = b if one is a else a
+    for _ in range(200):
+        if one.endpoint.rekey(other.endpoint.peer_id, net.clock.now):
+            return
+        chat(net, a, b, 0.05, sent)
+    raise AssertionError("the rekey was held back for 10 s")
+
+
+def test_crossing_rekeys_that_both_complete_settle_on_one_session() -> None:
+    # B rekeys, but none of its packets reach A for a while: A's answer to B stays unused past its
+    # wait, so A starts its own rekey, which B answers. Both handshakes complete; both peers must
+    # then send on the same session, or the next rekey retires the one the other still sends on.
+    net, a, b = pair(8, LinkProfile(latency=0.05), rekey_after_time=1000.0, connect_timeout=1.0)
+    connect(net, a, b)
+    pa, pb = a.endpoint.peer_id, b.endpoint.peer_id
+    sent: dict[str, list[bytes]] = {"to_a": [], "to_b": []}
+    chat(net, a, b, 0.3, sent)
+    deliver = a.receive_datagram
+
+    def no_transport_from_b(data: bytes, addr: Address, now: float) -> None:
+        if data[0] != wire.PacketType.TRANSPORT:
+            deliver(data, addr, now)
+
+    a.receive_datagram = no_transport_from_b  # type: ignore[method-assign]
+    assert b.endpoint.rekey(pa, net.clock.now)
+    chat(net, a, b, 1.1, sent)
+    assert a.endpoint.rekey(pb, net.clock.now)  # B's keys went unused for longer than A waits
+    chat(net, a, b, 0.3, sent)
+    a.receive_datagram = deliver  # type: ignore[method-assign]
+    chat(net, a, b, 0.5, sent)
+    assert a.endpoint.counters["drop_unknown_session"] == b.endpoint.counters["drop_unknown_session"] == 0
+    for one in (a, b, a):
+        rekey_when_allowed(net, a, b, one, sent)
+        chat(net, a, b, 0.5, sent)
+    assert net.run_until(
+        lambda: len(b.messages()) == len(sent["to_b"]) and len(a.messages()) == len(sent["to_a"]), timeout=30
+    )
+    assert b.messages() == sent["to_b"] and a.messages() == sent["to_a"]
+    assert a.endpoint.counters["drop_unknown_session"] == b.endpoint.counters["drop_unknown_session"] == 0
+    assert not a.of(ev.PeerDisconnected) and not b.of(ev.PeerDisconnected)
+
+
+def test_rekey_deadlines_are_jittered_by_the_injected_rng() -> None:
+    times = []
+    for seed in range(1, 5):
+        net, a, b = pair(seed, LinkProfile(latency=0.01), rekey_after_time=10.0)
+        connect(net, a, b)
+        assert net.run_until(lambda: a.endpoint.counters["rekeys_started"] > 0, timeout=15)  # noqa: B023
+        # A's session dates from the response, after one round trip (0.02 s): A rekeys up to 5%
+        # of rekey_after_time before the period ends, never after; B (responder) only later.
+        assert 0.02 + 9.5 <= net.clock.now <= 0.02 + 10.0
+        assert b.endpoint.counters["rekeys_started"] == 0
+        times.append(net.clock.now)
+    assert len(set(times)) == len(times)
+
+
+def test_exhausted_nonces_end_the_connection_without_a_traceback() -> None:
+    # Unreachable in practice (a rekey starts after rekey_after_packets <= 2^60), so the session's
+    # counter is set by hand: the connection ends with a reason, datagrams_to_send does not raise.
+    net, a, b = pair()
+    connect(net, a, b)
+    session = a.endpoint._peers[b.endpoint.peer_id].current
+    assert session is not None
+    session.send_counter = COUNTER_LIMIT
+    a.endpoint.send(b.endpoint.peer_id, b"no keys left", net.clock.now)
+    net.flush()
+    (gone,) = a.of(ev.PeerDisconnected)
+    assert "session keys exhausted" in gone.reason and not gone.clean
+    assert a.endpoint.counters["nonces_exhausted"] == 1
+    assert a.endpoint.state_of(b.endpoint.peer_id) is None
+    assert net.run_until(lambda: bool(b.of(ev.PeerDisconnected)), timeout=10)  # B times out
+
+
+def drop_initiations(node: Node) -> None:
+    deliver = node.receive_datagram
+
+    def receive(data: bytes, addr: Address, now: float) -> None:
+        if data[0] != wire.PacketType.HANDSHAKE_INIT:
+            deliver(data, addr, now)
+
+    node.receive_datagram = receive  # type: ignore[method-assign]
+
+
+def test_rekey_retries_fit_before_the_keys_expire() -> None:
+    # A short rekey period: the connect's retry back-off (0.25 s doubling to 2 s) would leave a
+    # rekey three or four attempts in the two periods before the keys expire.
+    net, a, b = pair(rekey_after_time=1.0, heartbeat_interval=0.5, idle_timeout=5.0)
+    connect(net, a, b)
+    before = a.endpoint.counters["handshake_initiations_sent"]
+    drop_initiations(a)
+    drop_initiations(b)
+    assert net.run_until(lambda: bool(a.of(ev.PeerDisconnected)), timeout=10)
+    assert "keys expired" in a.of(ev.PeerDisconnected)[0].reason
+    # From about 1 s to 3 s, every 0.25 s (+-10%).
+    assert a.endpoint.counters["handshake_initiations_sent"] - before >= 7

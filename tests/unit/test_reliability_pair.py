@@ -211,6 +211,38 @@ def test_tail_loss_recovered_by_pto() -> None:
     assert not a.has_unacked_data
 
 
+def test_losses_on_a_new_path_before_its_first_rtt_sample_are_not_persistent_congestion() -> None:
+    # RFC 9002 §7.6.2: persistent congestion needs an RTT sample of the path. A path change resets
+    # the RTT estimate, so losses on the new path before its first sample cannot qualify, however
+    # long they span. (A stale first-sample time from the old path made them qualify.)
+    a, b = pair()
+    a.send_message(b"old path", 0.0)
+    deliver(a.payloads_to_send(0.0), b, 0.05)
+    assert messages(events(b)) == [b"old path"]
+    ack_at = b.get_timer()
+    assert ack_at is not None
+    b.handle_timer(ack_at)
+    deliver(b.payloads_to_send(ack_at), a, ack_at + 0.05)
+    assert a.min_rtt > 0  # the old path has its RTT sample
+    a.on_path_changed(1.0)
+    initial = a.cwnd
+    a.send_message(b"new path", 1.0)
+    assert len(a.payloads_to_send(1.0)) == 1  # lost
+    first_pto = a.get_timer()
+    assert first_pto is not None and first_pto == pytest.approx(1.0 + 0.1 + 4 * 0.05 + 0.005)
+    a.handle_timer(first_pto)
+    assert a.payloads_to_send(first_pto)  # the probes, lost too
+    second_pto = a.get_timer()
+    assert second_pto is not None
+    a.handle_timer(second_pto)
+    probes = a.payloads_to_send(second_pto)
+    deliver(probes, b, second_pto + 0.01)  # these arrive: the first RTT sample of the new path
+    deliver(b.payloads_to_send(second_pto + 0.01), a, second_pto + 0.02)
+    assert a.packets_lost >= 2  # lost over more than three PTOs of the new path's RTT
+    assert a.cwnd == initial // 2  # one congestion event, not a collapse to the minimum window
+    assert exchange(a, b, second_pto + 0.02) == [b"new path"]
+
+
 # ------------------------------------------------------------------------------------ decoding errors
 
 

@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremesh import wire
-from coremesh.errors import AuthenticationFailed, DecodeError
+from coremesh.errors import (
+    AuthenticationFailed,
+    DecodeError,
+    LocalProtocolError,
+    NonceExhausted,
+    RemoteProtocolError,
+)
 from coremesh.identity import Identity
+from coremesh.replay import COUNTER_LIMIT
 from coremesh.session import InitiatorHandshake, Responder, SecureSession, encode_timestamp
 
 ALICE = Identity(bytes(range(32)))
@@ -120,3 +127,20 @@ def test_out_of_order_packets_within_the_window_are_accepted() -> None:
 
 def test_timestamps_sort_in_time_order() -> None:
     assert encode_timestamp(1000.5) < encode_timestamp(1000.6) < encode_timestamp(1001.0)
+
+
+def test_nonce_exhaustion_is_a_local_error() -> None:
+    # Our own sending used up the keys: a local error, never one that blames the peer.
+    a, b = handshake()
+    a.send_counter = COUNTER_LIMIT  # 2^64-1: the nonce Noise reserves
+    with pytest.raises(LocalProtocolError, match="exhausted its nonces") as info:
+        a.seal(b"one too many")
+    assert isinstance(info.value, NonceExhausted) and not isinstance(info.value, RemoteProtocolError)
+    assert a.send_counter == COUNTER_LIMIT
+    # The counter before it is the last one used, and the receiver accepts it.
+    a.send_counter = COUNTER_LIMIT - 1
+    last = a.seal(b"last")
+    assert wire.decode_transport_header(last)[1] == (1 << 64) - 2
+    assert b.open(last, (1 << 64) - 2) == b"last"
+    with pytest.raises(NonceExhausted):
+        a.seal(b"one too many")
