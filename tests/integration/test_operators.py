@@ -1,0 +1,98 @@
+"""What an operator meets when running the three services: one process per data dir, exit codes,
+the node's Prometheus metrics and the CLI against a service that is not a node. Real processes only.
+
+Every process is started with ``sys.executable -m ...``, waited on with a timeout, and stopped by PID
+in fixture teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .daemons import CLI_TIMEOUT, Node, Nodes, free_port, http_get
+
+pytestmark = pytest.mark.integration
+
+# module, program name, extra flags every start of it needs
+SERVICES = {
+    "node": ("coremesh_node", "coremesh-node", ()),
+    "bootstrap": ("coremesh_bootstrap", "coremesh-bootstrap", ()),
+    # The relay also listens on TCP at --listen: keep to UDP so only a free UDP port is needed.
+    "relay": ("coremesh_relay", "coremesh-relay", ("--no-tcp",)),
+}
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
+    manager = Nodes(tmp_path)
+    try:
+        yield manager
+    finally:
+        manager.stop_all()
+
+
+def start(nodes: Nodes, kind: str, name: str, *extra: str) -> Node:
+    module, _, flags = SERVICES[kind]
+    return nodes.start(name, *flags, *extra, module=module)
+
+
+def run_service(kind: str, *args: str) -> subprocess.CompletedProcess[str]:
+    module, _, flags = SERVICES[kind]
+    return subprocess.run(
+        [sys.executable, "-m", module, *flags, *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], prog: str) -> str:
+    """The failed run's only stderr line (``PROG: error: ...``), checked: no traceback, nothing else."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    return lines[0]
+
+
+def free_udp() -> str:
+    return f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+
+
+def free_tcp() -> str:
+    return f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+
+
+# ----------------------------------------------------------------------------- one data dir, one process
+
+
+@pytest.mark.parametrize("kind", SERVICES)
+def test_a_data_dir_belongs_to_one_process(nodes: Nodes, tmp_path: Path, kind: str) -> None:
+    _, prog, _ = SERVICES[kind]
+    first = start(nodes, kind, "a")
+    data_dir = tmp_path / "a"
+
+    second = run_service(kind, "--listen", free_udp(), "--data-dir", str(data_dir), "--admin", free_tcp())
+    assert second.returncode == 1, second.stderr
+    line = one_error_line(second, prog)
+    assert str(data_dir) in line and f"PID {first.proc.pid}" in line, line
+
+    # The first one never noticed: still running, same identity, still ready.
+    assert first.proc.poll() is None
+    status, body = http_get(first.admin, "/readyz")
+    assert status == 200 and body["peer_id"] == first.peer_id
+
+    # Killed without a chance to clean up: its lock file stays behind, and does not block.
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    assert (data_dir / "lock").read_text().strip() == str(first.proc.pid)
+    again = start(nodes, kind, "a")
+    assert again.peer_id == first.peer_id
+    assert (data_dir / "lock").read_text().strip() == str(again.proc.pid)
