@@ -124,8 +124,11 @@ class Daemon:
         node.on_connection(self._on_connection)
         try:
             await node.start()
-        except (IdentityError, ConfigError) as exc:
+        except IdentityError as exc:
             raise StartupError(str(exc), EXIT_CONFIG) from None
+        except ConfigError as exc:  # the UDP socket cannot be bound (address in use, ...): exit 1
+            reason = str(exc).removeprefix("listen_addr: ")
+            raise StartupError(f"cannot listen on {mesh.listen_addr}: {reason}", EXIT_RUNTIME) from None
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {mesh.listen_addr}: {_os_error(exc)}", EXIT_RUNTIME

@@ -7,6 +7,7 @@ in fixture teardown, also when a test fails.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -54,12 +55,20 @@ def run_service(kind: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], prog: str) -> str:
-    """The failed run's only stderr line (``PROG: error: ...``), checked: no traceback, nothing else."""
+    """The failed run's only stderr line besides JSON log records (``PROG: error: ...``), checked: no
+    traceback, nothing else."""
     assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if not _is_log_record(line)]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"{prog}: error: "), lines[0]
     return lines[0]
+
+
+def _is_log_record(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def free_udp() -> str:
@@ -96,3 +105,46 @@ def test_a_data_dir_belongs_to_one_process(nodes: Nodes, tmp_path: Path, kind: s
     again = start(nodes, kind, "a")
     assert again.peer_id == first.peer_id
     assert (data_dir / "lock").read_text().strip() == str(again.proc.pid)
+
+
+# ------------------------------------------------------------------------------------------ exit codes
+# One rule for the three services: 2 for a bad command line or configuration (argparse's code), 1 for a
+# failure to start at runtime (an address in use, a data dir held by another process, ...).
+
+
+@pytest.mark.parametrize("kind", SERVICES)
+def test_udp_address_in_use_exits_1(tmp_path: Path, kind: str) -> None:
+    _, prog, _ = SERVICES[kind]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        result = run_service(
+            kind, "--listen", taken, "--data-dir", str(tmp_path / "d"), "--admin", free_tcp()
+        )
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result, prog)
+    assert taken in line and "in use" in line, line
+
+
+@pytest.mark.parametrize("kind", SERVICES)
+def test_admin_address_in_use_exits_1(tmp_path: Path, kind: str) -> None:
+    _, prog, _ = SERVICES[kind]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        result = run_service(
+            kind, "--listen", free_udp(), "--data-dir", str(tmp_path / "d"), "--admin", taken
+        )
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result, prog)
+    assert f"cannot serve the admin API on {taken}" in line and "in use" in line, line
+
+
+@pytest.mark.parametrize("kind", SERVICES)
+@pytest.mark.parametrize("args", [["--no-such-flag"], ["--log-format", "xml"], ["--listen", "nonsense"]])
+def test_usage_errors_exit_2(tmp_path: Path, kind: str, args: list[str]) -> None:
+    _, prog, _ = SERVICES[kind]
+    result = run_service(kind, "--data-dir", str(tmp_path / "d"), *args)
+    assert result.returncode == 2, result.stderr
+    one_error_line(result, prog)
