@@ -12,12 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from .daemons import CLI_TIMEOUT, Node, Nodes, free_port, http_get
+from .daemons import CLI_TIMEOUT, Node, Nodes, cli, free_port, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +150,64 @@ def test_usage_errors_exit_2(tmp_path: Path, kind: str, args: list[str]) -> None
     result = run_service(kind, "--data-dir", str(tmp_path / "d"), *args)
     assert result.returncode == 2, result.stderr
     one_error_line(result, prog)
+
+
+# ---------------------------------------------------------------------------------------- node metrics
+
+
+def scrape(admin: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics`` parsed with prometheus_client's parser: (sample name, labels) -> value."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode("utf-8")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_node_metrics_follow_its_traffic(nodes: Nodes) -> None:
+    a = nodes.start("a")
+    b = nodes.start("b", "--bootstrap", a.listen)  # b joins the DHT through a: DHT traffic both ways
+    stranger = nodes.start("c").peer_id  # a real id, but not the key at b's address
+    before = scrape(a.admin)
+    assert value(before, "coremesh_node_ready") == 1
+    assert value(before, "coremesh_node_connections", path="direct") == 0
+    assert value(before, "coremesh_node_handshakes_total", result="ok") == 0
+    assert ("process_resident_memory_bytes", ()) in before
+
+    assert cli(a.admin, "connect", f"{b.peer_id}@{b.listen}").returncode == 0
+    assert cli(a.admin, "ping", b.peer_id, "--count", "3").returncode == 0
+    assert cli(a.admin, "send", b.peer_id, "hello, metrics").returncode == 0
+    assert cli(b.admin, "recv", "--timeout", "10").returncode == 0
+    wrong = cli(a.admin, "connect", f"{stranger}@{b.listen}", "--timeout", "3")
+    assert wrong.returncode == 1, wrong.stderr
+
+    wait_for(
+        lambda: http_get(a.admin, "/v1/status")[1]["dht"]["routing_table_size"] >= 1, 20, "b in a's table"
+    )
+    after, at_b = scrape(a.admin), scrape(b.admin)
+    assert value(after, "coremesh_node_connections", path="direct") == 1
+    assert value(at_b, "coremesh_node_connections", path="direct") == 1
+    for direction in ("sent", "received"):
+        key = ("coremesh_node_packets_total", (("direction", direction),))
+        assert after[key] > before[key], direction
+    assert value(after, "coremesh_node_payload_bytes_total", direction="sent") == len("hello, metrics")
+    assert value(after, "coremesh_node_messages_total", direction="sent") == 1
+    assert value(at_b, "coremesh_node_payload_bytes_total", direction="received") == len("hello, metrics")
+    assert value(at_b, "coremesh_node_messages_total", direction="received") == 1
+    assert value(after, "coremesh_node_handshakes_total", result="ok") >= 1
+    assert value(after, "coremesh_node_handshakes_total", result="failed") >= 1
+    assert value(after, "coremesh_node_handshakes_started_total") >= 2
+    # The DHT and the traversal are counted too (a node runs both by default).
+    assert value(after, "coremesh_node_dht_routing_table_size") >= 1
+    assert value(after, "coremesh_node_dht_bytes_total", direction="sent") > 0
+    assert ("coremesh_node_path_switches_total", (("to", "direct"),)) in after
+    drops = [k for k in after if k[0] == "coremesh_node_drops_total"]
+    assert all(dict(labels)["layer"] in ("mesh", "dht") for _, labels in drops)
