@@ -211,3 +211,33 @@ def test_node_metrics_follow_its_traffic(nodes: Nodes) -> None:
     assert ("coremesh_node_path_switches_total", (("to", "direct"),)) in after
     drops = [k for k in after if k[0] == "coremesh_node_drops_total"]
     assert all(dict(labels)["layer"] in ("mesh", "dht") for _, labels in drops)
+
+
+# ----------------------------------------------------------------------- the CLI against other services
+
+
+def test_cli_against_a_relay_and_a_bootstrap_says_what_they_are(nodes: Nodes) -> None:
+    relay = start(nodes, "relay", "r")
+    boot = start(nodes, "bootstrap", "b")
+
+    status = cli(relay.admin, "status")
+    assert status.returncode == 0, status.stderr
+    assert "None" not in status.stdout and "role         relay (stun_turn)" in status.stdout
+    assert f"peer_id      {relay.peer_id}" in status.stdout  # it has a --data-dir: the keyed identity
+    assert relay.listen in status.stdout
+
+    for admin, prog, argv, lacks in (
+        (relay.admin, "coremesh-relay", ["peers"], "it has no peers"),
+        (relay.admin, "coremesh-relay", ["ping", boot.peer_id], "it does not ping peers"),
+        (boot.admin, "coremesh-bootstrap", ["netcheck"], "it does not run netcheck"),
+    ):
+        result = cli(admin, *argv)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (
+            f"coremesh: error: this is a {prog}, not a coremesh-node: {lacks} (try `coremesh status`)\n"
+        )
+
+    status = cli(boot.admin, "status")
+    assert status.returncode == 0 and f"peer_id      {boot.peer_id}" in status.stdout
+    assert "role         bootstrap" in status.stdout and "dht          0 contacts" in status.stdout
+    assert cli(boot.admin, "peers").stdout == "no peers\n"  # a bootstrap has peers
