@@ -473,6 +473,7 @@ def create_admin_app(
 
 
 async def _status(request: web.Request) -> web.Response:
+    """Identity, addresses, uptime, connection count, counters, inbox, DHT and relays."""
     st = request.app[STATE]
     node = st.node
     peers = node.get_peers()
@@ -503,6 +504,7 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _peers(request: web.Request) -> web.Response:
+    """Every connected peer: address, path (direct, turn, keyed), RTT, traffic counters."""
     node = request.app[STATE].node
     return web.json_response({"peers": [peer_info_json(p) for p in node.get_peers()]})
 
@@ -553,6 +555,8 @@ async def _connect_peer(node: NodeLike, text: str, timeout: float, path: str = "
 
 
 async def _connect(request: web.Request) -> web.Response:
+    """Connect to `PEERID@HOST:PORT`, or to a bare PeerId resolved through the DHT; wait for the
+    secure session."""
     st = request.app[STATE]
     body = await _json_body(request)
     text = body.get("peer")
@@ -576,6 +580,7 @@ async def _connect(request: web.Request) -> web.Response:
 
 
 async def _ping(request: web.Request) -> web.Response:
+    """Round-trip times to a peer; one not connected yet is resolved through the DHT and connected first."""
     st = request.app[STATE]
     body = await _json_body(request)
     peer = _peer_id(body.get("peer"))
@@ -629,6 +634,7 @@ async def _ping(request: web.Request) -> web.Response:
 
 
 async def _lookup(request: web.Request) -> web.Response:
+    """A PeerId's signed record (candidate addresses, seq, expiry), found through the DHT."""
     st = request.app[STATE]
     text = request.query.get("peer", "").strip()
     if not text:
@@ -646,6 +652,7 @@ async def _lookup(request: web.Request) -> web.Response:
 
 
 async def _send(request: web.Request) -> web.Response:
+    """Send one message to a connected peer (or to `PEERID@HOST:PORT`, connecting first)."""
     st = request.app[STATE]
     body = await _json_body(request)
     text = body.get("peer")
@@ -684,6 +691,7 @@ async def _send(request: web.Request) -> web.Response:
 
 
 async def _messages(request: web.Request) -> web.Response:
+    """Long-poll the inbox, then take messages out (oldest first)."""
     st = request.app[STATE]
     q = request.query
     count = _integer(q.get("count"), "count", 0, 1, MAX_RECV_COUNT) if "count" in q else None
@@ -698,7 +706,9 @@ NETCHECK_TIMEOUT: Final = 90.0
 
 
 async def _netcheck(request: web.Request) -> web.Response:
-    """The node's last netcheck report; ``?refresh=1`` runs a new one first."""
+    """NAT type, public addresses, hairpinning, relay latency: the last report, or a new one.
+
+    ``?refresh=1`` runs a new one first."""
     node = request.app[STATE].node
     netcheck = getattr(node, "netcheck", None)
     if not callable(netcheck):
@@ -714,15 +724,18 @@ async def _netcheck(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return web.json_response({"ok": True})
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: connections by path, packets, bytes, handshakes, drops, DHT, traversal."""
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: the node is started and serving (503 while starting or stopping)."""
     st = request.app[STATE]
     if not st.ready:
         return error_response(503, "not_ready", "the node is not serving (starting or stopping)")
