@@ -227,6 +227,7 @@ def format_relay_status(st: JsonObject) -> str:
         counters = _object(keyed.get("stats"))
         lines.append(f"sessions     {counters.get('sessions_registered', 0)} registered peers")
     lines += [
+        f"listen       {', '.join(map(str, st.get('listen') or [])) or '-'}",
         f"admin        {st.get('admin') or '-'}",
         f"version      {st.get('version', '-')}",
         f"uptime       {float(st.get('uptime_s') or 0):.1f}s",
