@@ -155,7 +155,9 @@ _ERROR_MAP: Final = (
 
 
 def create_admin_app(state: BootstrapState) -> web.Application:
-    app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[json_errors(log, _ERROR_MAP, service="coremesh-bootstrap")], client_max_size=64 * 1024
+    )
     app[STATE] = state
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BootstrapCollector(state))

@@ -289,7 +289,7 @@ REGISTRY: Final = web.AppKey("coremesh_relay_registry", CollectorRegistry)
 
 def create_admin_app(state: RelayState) -> web.Application:
     """The admin API over ``state``; set ``state.ready`` once every service is serving."""
-    app = web.Application(middlewares=[json_errors(log)], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[json_errors(log, service="coremesh-relay")], client_max_size=64 * 1024)
     app[STATE] = state
     collector = RelayCollector(lambda: dict(state.services), {"version": version()})
     app[REGISTRY] = build_registry(collector)

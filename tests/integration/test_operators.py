@@ -237,6 +237,17 @@ def test_cli_against_a_relay_and_a_bootstrap_says_what_they_are(nodes: Nodes) ->
             f"coremesh: error: this is a {prog}, not a coremesh-node: {lacks} (try `coremesh status`)\n"
         )
 
+    # Without the CLI (curl): the 404 itself says which service this is and what it serves.
+    code, body = http_get(relay.admin, "/v1/peers")
+    assert code == 404 and body["code"] == "not_found"
+    assert body["error"] == (
+        "GET /v1/peers: Not Found: this is a coremesh-relay, it serves "
+        "GET /healthz, GET /readyz, GET /metrics, GET /v1/status"
+    )
+    code, body = http_get(boot.admin, "/v1/netcheck")
+    assert code == 404 and "this is a coremesh-bootstrap, it serves" in body["error"]
+    assert "GET /v1/lookup" in body["error"]
+
     status = cli(boot.admin, "status")
     assert status.returncode == 0 and f"peer_id      {boot.peer_id}" in status.stdout
     assert "role         bootstrap" in status.stdout and "dht          0 contacts" in status.stdout
