@@ -155,7 +155,9 @@ _ERROR_MAP: Final = (
 
 
 def create_admin_app(state: BootstrapState) -> web.Application:
-    app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[json_errors(log, _ERROR_MAP, service="coremesh-bootstrap")], client_max_size=64 * 1024
+    )
     app[STATE] = state
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BootstrapCollector(state))
@@ -172,10 +174,12 @@ def create_admin_app(state: BootstrapState) -> web.Application:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return web.json_response({"ok": True})
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: the DHT is serving (503 while starting or stopping)."""
     st = request.app[STATE]
     if not st.ready or st.node is None:
         return error_response(503, "not_ready", "the bootstrap node is not serving (starting or stopping)")
@@ -183,11 +187,13 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: routing table, records, lookups served, drops by reason, connections."""
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _status(request: web.Request) -> web.Response:
+    """Role `bootstrap`, PeerId, addresses, uptime, DHT state and counters."""
     return web.json_response(request.app[STATE].status())
 
 
@@ -199,6 +205,7 @@ def _node(request: web.Request) -> BootstrapNode:
 
 
 async def _peers(request: web.Request) -> web.Response:
+    """Its mesh connections, as the node lists them."""
     node = _node(request)
     peers = []
     for p in node.get_peers():
@@ -214,6 +221,7 @@ async def _peers(request: web.Request) -> web.Response:
 
 
 async def _lookup(request: web.Request) -> web.Response:
+    """A PeerId's signed record, found through the DHT."""
     node = _node(request)
     text = request.query.get("peer", "").strip()
     if not text:

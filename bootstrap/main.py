@@ -9,7 +9,7 @@ SIGTERM/SIGINT: readiness goes to 503, the routing table is saved, connections a
 process exits 0; a second signal ends it at once.
 
 Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (one line on stderr);
-1 when it cannot run (address in use, ...).
+1 when it cannot run (address in use, data dir held by another process, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from coremesh import MeshConfig, MeshNode
+from coremesh.datadir import DataDirLocked
 from coremesh.errors import ConfigError, IdentityError, MeshError
 from coremesh.service import (
     EXIT_CONFIG,
@@ -75,19 +76,25 @@ class Bootstrap(SignalledService):
         s = self.settings
         try:
             config = mesh_config(s)
-            node = MeshNode(config)
+            node = MeshNode(config)  # locks the data dir, then loads the identity
+        except DataDirLocked as exc:  # another process runs on this data dir
+            raise StartupError(str(exc), EXIT_RUNTIME) from None
         except (ConfigError, IdentityError) as exc:
             raise StartupError(str(exc), EXIT_CONFIG) from None
         except OSError as exc:
             raise StartupError(f"--data-dir {s.data_dir}: {os_error_text(exc)}", EXIT_CONFIG) from None
         try:
             await node.start()
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {s.listen}: {os_error_text(exc)}", EXIT_RUNTIME) from None
-        except IdentityError as exc:
-            raise StartupError(str(exc), EXIT_CONFIG) from None
-        except (ConfigError, MeshError) as exc:  # the socket cannot be opened (address in use, ...)
-            raise StartupError(f"cannot start on {s.listen}: {exc}", EXIT_RUNTIME) from None
+        except Exception as exc:
+            await node.stop()  # gives the data dir up
+            if isinstance(exc, OSError):
+                text = f"cannot listen on {s.listen}: {os_error_text(exc)}"
+                raise StartupError(text, EXIT_RUNTIME) from None
+            if isinstance(exc, IdentityError):
+                raise StartupError(str(exc), EXIT_CONFIG) from None
+            if isinstance(exc, ConfigError | MeshError):  # the socket cannot be opened (in use, ...)
+                raise StartupError(f"cannot start on {s.listen}: {exc}", EXIT_RUNTIME) from None
+            raise
         self.node = node
         self.state.node = node
         self.state.addresses = [str(a) for a in node.advertised_addresses()]

@@ -26,6 +26,7 @@ _EXPORTS = {
     "ConfigError": "errors",
     "ConnectionClosed": "errors",
     "ConnectionFailed": "errors",
+    "DataDirLocked": "datadir",
     "IdentityError": "errors",
     "InvalidAddress": "errors",
     "InvalidPeerId": "errors",
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionEvent",
     "ConnectionFailed",
     "ConnectionState",
+    "DataDirLocked",
     "Identity",
     "IdentityError",
     "InvalidAddress",
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from .addr import Address, parse_address
     from .config import MeshConfig
     from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
+    from .datadir import DataDirLocked
     from .errors import (
         AuthenticationFailed,
         ConfigError,

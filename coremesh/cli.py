@@ -70,6 +70,15 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+class ApiRefused(CliError):
+    """The admin API answered with an error: its HTTP ``status`` and ``code`` (``not_found``, ...)."""
+
+    def __init__(self, message: str, status: int, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 # ---------------------------------------------------------------------------------------- HTTP client
 
 
@@ -116,7 +125,12 @@ class AdminClient:
             raise CliError(f"unexpected answer from {where}: expected a JSON object")
         if response.status >= 400:
             message = str(data.get("error") or f"HTTP {response.status} {response.reason}")
-            raise CliError(message.splitlines()[0] if message else f"HTTP {response.status}")
+            code = data.get("code")
+            raise ApiRefused(
+                message.splitlines()[0] if message else f"HTTP {response.status}",
+                response.status,
+                code if isinstance(code, str) else None,
+            )
         return data
 
 
@@ -162,9 +176,12 @@ def _size(n: int) -> str:
 
 
 def format_status(st: JsonObject) -> str:
+    role = st.get("role", "node")
+    if role == "relay":
+        return format_relay_status(st)
     lines = [
         f"peer_id      {st.get('peer_id')}",
-        f"role         {st.get('role', 'node')}",
+        f"role         {role}",
         f"addresses    {', '.join(map(str, st.get('addresses') or [])) or '-'}",
         f"listen       {', '.join(map(str, st.get('listen') or [])) or '-'}",
         f"admin        {st.get('admin') or '-'}",
@@ -178,6 +195,44 @@ def format_status(st: JsonObject) -> str:
         if isinstance(inbox.get("bytes"), int) and isinstance(inbox.get("max_bytes"), int):
             text += f" ({_size(inbox['bytes'])} of {_size(inbox['max_bytes'])})"
         lines.append(f"inbox        {text}, {inbox.get('dropped', 0)} dropped")
+    dht = st.get("dht")
+    if role == "bootstrap" and isinstance(dht, dict) and dht.get("enabled", True):
+        lines.append(
+            f"dht          {dht.get('routing_table_size', 0)} contacts, {dht.get('records', 0)} records"
+        )
+    return "\n".join(lines)
+
+
+def _object(value: object) -> JsonObject:
+    return value if isinstance(value, dict) else {}
+
+
+def format_relay_status(st: JsonObject) -> str:
+    """A relay has services (STUN/TURN, the keyed relay) instead of mesh connections; its PeerId is
+    the keyed relay's identity, only with ``--data-dir``."""
+    services = _object(st.get("services"))
+    lines = [f"role         relay ({', '.join(services) or 'no services'})"]
+    if st.get("peer_id"):
+        lines.append(f"peer_id      {st.get('peer_id')} (the keyed relay's identity)")
+    stun = services.get("stun_turn")
+    if isinstance(stun, dict):
+        kinds = [k for k in ("udp", "tcp", "tls") if stun.get(k)]
+        addresses = ", ".join(map(str, stun.get("addresses") or [])) or "-"
+        lines.append(f"stun/turn    {addresses} ({', '.join(kinds) or '-'})")
+        counters = _object(stun.get("stats"))
+        lines.append(f"allocations  {counters.get('allocations_current', 0)}")
+    keyed = services.get("keyed")
+    if isinstance(keyed, dict):
+        lines.append(f"keyed relay  {', '.join(map(str, keyed.get('urls') or [])) or keyed.get('address')}")
+        counters = _object(keyed.get("stats"))
+        lines.append(f"sessions     {counters.get('sessions_registered', 0)} registered peers")
+    lines += [
+        f"listen       {', '.join(map(str, st.get('listen') or [])) or '-'}",
+        f"admin        {st.get('admin') or '-'}",
+        f"version      {st.get('version', '-')}",
+        f"uptime       {float(st.get('uptime_s') or 0):.1f}s",
+        f"ready        {'yes' if st.get('ready') else 'no'}",
+    ]
     return "\n".join(lines)
 
 
@@ -524,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
         "show the node's identity, addresses and counters",
         "Show the node's peer id, the addresses peers can dial, the admin address, version, uptime, "
         "number of connections and its counters.\n--json prints an object with at least peer_id and "
-        "addresses.",
+        "addresses. Against a coremesh-relay it shows the relay's services (STUN/TURN, keyed relay) "
+        "and their counters; against a coremesh-bootstrap, its DHT.",
         "  coremesh status\n  coremesh --admin 127.0.0.1:7947 status --json | jq -r .peer_id",
     )
     p.set_defaults(func=cmd_status)
@@ -677,6 +733,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------------- main
 
+# What each command needs that only a coremesh-node offers, said of a service that lacks it.
+_LACKS: Final = {
+    "peers": "it has no peers",
+    "connect": "it does not connect to peers",
+    "lookup": "it has no DHT",
+    "ping": "it does not ping peers",
+    "send": "it does not send messages",
+    "recv": "it has no inbox of messages",
+    "netcheck": "it does not run netcheck",
+}
+
+
+def _not_offered(client: AdminClient, command: str) -> str | None:
+    """When ``command``'s endpoint is missing: name the service behind ``--admin`` (from its
+    ``/v1/status``) and what it lacks; None if it is a node after all, or cannot tell."""
+    try:
+        role = client.request("GET", "/v1/status").get("role")
+    except CliError:
+        return None
+    if not isinstance(role, str) or role in ("", "node"):
+        return None
+    lacks = _LACKS.get(command, f"it does not offer `{command}`")
+    return f"this is a coremesh-{role}, not a coremesh-node: {lacks} (try `coremesh status`)"
+
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
@@ -685,6 +765,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         client = AdminClient(check_admin(args.admin or env.get(ENV_ADMIN) or DEFAULT_ADMIN))
         func: Callable[[argparse.Namespace, AdminClient, Output], int] = args.func
         return func(args, client, Output(sys.stdout, bool(args.json)))
+    except ApiRefused as exc:
+        message = str(exc)
+        if exc.status == 404 and exc.code == "not_found":  # no such endpoint: not a node?
+            message = _not_offered(client, args.command) or message
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except CliError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

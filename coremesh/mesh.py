@@ -16,6 +16,7 @@ from . import events as ev
 from .addr import Address, parse_address
 from .config import MeshConfig, PeerAddress, parse_peer_address
 from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
+from .datadir import DataDirLock, lock_data_dir
 from .endpoint import Endpoint, PeerState
 from .errors import (
     ConnectionClosed,
@@ -71,9 +72,17 @@ class MeshNode:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config if config is not None else MeshConfig()
+        # A data dir belongs to one process (and one MeshNode): locked before the identity is read,
+        # held until stop(). DataDirLocked if another holds it.
+        self._data_dir_lock: DataDirLock | None = None
+        self._lock_data_dir()
         if identity is None:
             data_dir = self.config.data_dir
-            identity = load_or_create_identity(data_dir) if data_dir is not None else Identity.generate()
+            try:
+                identity = load_or_create_identity(data_dir) if data_dir is not None else Identity.generate()
+            except BaseException:
+                self._unlock_data_dir()
+                raise
         self._identity = identity
         # Production randomness comes from the OS; tests may inject a seeded generator.
         self._rng = rng if rng is not None else random.SystemRandom()
@@ -126,9 +135,19 @@ class MeshNode:
             raise LocalProtocolError("node is not started")
         return self._runtime.local_address
 
+    def _lock_data_dir(self) -> None:
+        if self.config.data_dir is not None and self._data_dir_lock is None:
+            self._data_dir_lock = lock_data_dir(self.config.data_dir)
+
+    def _unlock_data_dir(self) -> None:
+        lock, self._data_dir_lock = self._data_dir_lock, None
+        if lock is not None:
+            lock.release()
+
     async def start(self) -> None:
         if self._runtime is not None:
             return
+        self._lock_data_dir()  # again after a stop()
         loop = asyncio.get_running_loop()
         sock = open_udp_socket(self.config.listen_address, self.config.socket_buffer_size)
         cfg = self.config
@@ -179,9 +198,11 @@ class MeshNode:
                 self._spawn(self._dial_forever(entry))
 
     async def stop(self) -> None:
-        """Close every connection gracefully (peers see a close), then release the socket."""
+        """Close every connection gracefully (peers see a close), then release the socket and the
+        data dir (also for a node that was never started)."""
         runtime, endpoint = self._runtime, self._endpoint
         if runtime is None or endpoint is None:
+            self._unlock_data_dir()
             return
         self._stopping = True
         for task in list(self._background):
@@ -204,6 +225,7 @@ class MeshNode:
             conn._mark_closed("node stopped")
         self._connections.clear()
         self._fail_waiters(ConnectionFailed("node stopped"))
+        self._unlock_data_dir()
         log.info("node stopped", extra={"peer_id": str(self.peer_id)})
 
     async def __aenter__(self) -> MeshNode:

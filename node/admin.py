@@ -9,6 +9,9 @@ Endpoints (documented with examples in docs/admin-api.md):
     POST /v1/send       {"peer": "PEERID", "data": "text"} or {"data_b64": "..."}
     GET  /v1/messages   ?count=N&timeout=S  long-poll, then remove and return up to N messages
     GET  /v1/netcheck   ?refresh=1  NAT behaviour, public addresses, relay latency (last run, or a new one)
+    GET  /v1/lookup     ?peer=ID&timeout=S  a PeerId's signed record, found through the DHT
+    GET  /metrics       Prometheus text: connections by path, packets, bytes, handshakes, drops, DHT
+                        and traversal counters (node/metrics.py)
     GET  /healthz       the process answers
     GET  /readyz        the node is started and serving (503 while starting or stopping)
 
@@ -36,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from coremesh.addr import Address, format_address, parse_address
 from coremesh.cli import (
@@ -68,6 +73,7 @@ from coremesh.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddres
 from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
 
 from .logs import log
+from .metrics import NodeCollector, build_registry
 
 INBOX_SIZE: Final = 10_000  # messages
 INBOX_BYTES: Final = 64 * 1024 * 1024  # payload bytes; see Inbox
@@ -139,6 +145,7 @@ class Inbox:
         self._closed = False
         self.bytes = 0  # payload bytes queued
         self.received = 0
+        self.received_bytes = 0  # payload bytes received since start (queued, or dropped oversized)
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -152,10 +159,12 @@ class Inbox:
         self._items.append(InboxMessage(sender, bytes(data), time.time() if ts is None else ts))
         self.bytes += len(data)
         self.received += 1
+        self.received_bytes += len(data)
         self._wake()
 
     def _drop_oversized(self, sender: PeerId, size: int) -> None:
         self.received += 1
+        self.received_bytes += size
         self.dropped += 1
         log.warning(
             "inbox.message_dropped",
@@ -410,7 +419,20 @@ class AdminState:
     started_at: float = field(default_factory=time.monotonic)
     ready: bool = False
     extra_status: dict[str, Any] = field(default_factory=dict)
+    bytes_sent: int = 0  # message bytes sent through /v1/send
+    messages_sent: int = 0
     _addresses: list[str] | None = None
+
+    def traffic(self) -> dict[str, int]:
+        """The daemon's own message traffic, for the metrics."""
+        return {
+            "bytes_sent": self.bytes_sent,
+            "messages_sent": self.messages_sent,
+            "bytes_received": self.inbox.received_bytes,
+            "messages_received": self.inbox.received,
+            "inbox_queued": len(self.inbox),
+            "inbox_bytes": self.inbox.bytes,
+        }
 
     def addresses(self) -> list[str]:
         if self._addresses is None:
@@ -419,6 +441,7 @@ class AdminState:
 
 
 STATE: Final = web.AppKey("coremesh_admin_state", AdminState)
+REGISTRY: Final = web.AppKey("coremesh_node_registry", CollectorRegistry)
 
 
 def create_admin_app(
@@ -432,7 +455,9 @@ def create_admin_app(
 ) -> web.Application:
     """The admin API over ``node`` and ``inbox``. Set ``app[STATE].ready`` once the node is serving."""
     app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=max_body)
-    app[STATE] = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
+    state = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
+    app[STATE] = state
+    app[REGISTRY] = build_registry(NodeCollector(lambda: state, _version()))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/peers", _peers)
     app.router.add_post("/v1/connect", _connect)
@@ -443,10 +468,12 @@ def create_admin_app(
     app.router.add_get("/v1/netcheck", _netcheck)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
 async def _status(request: web.Request) -> web.Response:
+    """Identity, addresses, uptime, connection count, counters, inbox, DHT and relays."""
     st = request.app[STATE]
     node = st.node
     peers = node.get_peers()
@@ -477,6 +504,7 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _peers(request: web.Request) -> web.Response:
+    """Every connected peer: address, path (direct, turn, keyed), RTT, traffic counters."""
     node = request.app[STATE].node
     return web.json_response({"peers": [peer_info_json(p) for p in node.get_peers()]})
 
@@ -527,6 +555,8 @@ async def _connect_peer(node: NodeLike, text: str, timeout: float, path: str = "
 
 
 async def _connect(request: web.Request) -> web.Response:
+    """Connect to `PEERID@HOST:PORT`, or to a bare PeerId resolved through the DHT; wait for the
+    secure session."""
     st = request.app[STATE]
     body = await _json_body(request)
     text = body.get("peer")
@@ -550,6 +580,7 @@ async def _connect(request: web.Request) -> web.Response:
 
 
 async def _ping(request: web.Request) -> web.Response:
+    """Round-trip times to a peer; one not connected yet is resolved through the DHT and connected first."""
     st = request.app[STATE]
     body = await _json_body(request)
     peer = _peer_id(body.get("peer"))
@@ -603,6 +634,7 @@ async def _ping(request: web.Request) -> web.Response:
 
 
 async def _lookup(request: web.Request) -> web.Response:
+    """A PeerId's signed record (candidate addresses, seq, expiry), found through the DHT."""
     st = request.app[STATE]
     text = request.query.get("peer", "").strip()
     if not text:
@@ -620,6 +652,7 @@ async def _lookup(request: web.Request) -> web.Response:
 
 
 async def _send(request: web.Request) -> web.Response:
+    """Send one message to a connected peer (or to `PEERID@HOST:PORT`, connecting first)."""
     st = request.app[STATE]
     body = await _json_body(request)
     text = body.get("peer")
@@ -652,10 +685,13 @@ async def _send(request: web.Request) -> web.Response:
         raise ApiError(
             504, "timeout", f"send to {peer} blocked for {timeout:g}s (peer not reading?)"
         ) from None
+    st.messages_sent += 1
+    st.bytes_sent += len(data)
     return web.json_response({"peer_id": peer.to_text(), "bytes": len(data), "path": conn.path})
 
 
 async def _messages(request: web.Request) -> web.Response:
+    """Long-poll the inbox, then take messages out (oldest first)."""
     st = request.app[STATE]
     q = request.query
     count = _integer(q.get("count"), "count", 0, 1, MAX_RECV_COUNT) if "count" in q else None
@@ -670,7 +706,9 @@ NETCHECK_TIMEOUT: Final = 90.0
 
 
 async def _netcheck(request: web.Request) -> web.Response:
-    """The node's last netcheck report; ``?refresh=1`` runs a new one first."""
+    """NAT type, public addresses, hairpinning, relay latency: the last report, or a new one.
+
+    ``?refresh=1`` runs a new one first."""
     node = request.app[STATE].node
     netcheck = getattr(node, "netcheck", None)
     if not callable(netcheck):
@@ -686,10 +724,18 @@ async def _netcheck(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return web.json_response({"ok": True})
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: connections by path, packets, bytes, handshakes, drops, DHT, traversal."""
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: the node is started and serving (503 while starting or stopping)."""
     st = request.app[STATE]
     if not st.ready:
         return error_response(503, "not_ready", "the node is not serving (starting or stopping)")

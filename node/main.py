@@ -8,7 +8,7 @@ whenever the connection drops), and shuts down gracefully on SIGTERM/SIGINT: the
 then ``node.stop()`` closes every connection so that peers see a close at once.
 
 Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (one line on stderr);
-1 when the node cannot run (address in use, ...).
+1 when the node cannot run (UDP or admin address in use, data dir held by another process, ...).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from coremesh import MeshNode
 from coremesh.config import PeerAddress
+from coremesh.datadir import DataDirLocked
 from coremesh.errors import ConfigError, IdentityError, MeshError
 from coremesh.service.lifecycle import serve_until_signalled
 
@@ -113,7 +114,9 @@ class Daemon:
                 reason="no --data-dir: this run uses a fresh identity that is lost on exit",
             )
         try:
-            self.node = MeshNode(mesh)
+            self.node = MeshNode(mesh)  # locks the data dir, then loads the identity
+        except DataDirLocked as exc:  # another process runs on this data dir
+            raise StartupError(str(exc), EXIT_RUNTIME) from None
         except (IdentityError, ConfigError) as exc:
             raise StartupError(str(exc), EXIT_CONFIG) from None
         node = self.node
@@ -121,8 +124,11 @@ class Daemon:
         node.on_connection(self._on_connection)
         try:
             await node.start()
-        except (IdentityError, ConfigError) as exc:
+        except IdentityError as exc:
             raise StartupError(str(exc), EXIT_CONFIG) from None
+        except ConfigError as exc:  # the UDP socket cannot be bound (address in use, ...): exit 1
+            reason = str(exc).removeprefix("listen_addr: ")
+            raise StartupError(f"cannot listen on {mesh.listen_addr}: {reason}", EXIT_RUNTIME) from None
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {mesh.listen_addr}: {_os_error(exc)}", EXIT_RUNTIME

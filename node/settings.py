@@ -143,12 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Every default is None: "not given", so lower levels (env, file, defaults) show through.
-    p.add_argument("--config", metavar="FILE", help="TOML config file with a [node] table")
+    p.add_argument("--config", metavar="FILE", help="TOML config file with a [node] table (none)")
     p.add_argument(
-        "--listen", dest="listen_addr", metavar="HOST:PORT", help=f"UDP address ({DEFAULT_LISTEN})"
+        "--listen",
+        dest="listen_addr",
+        metavar="HOST:PORT",
+        help=f"UDP address; [::] is dual-stack where the host allows ({DEFAULT_LISTEN})",
     )
-    p.add_argument("--data-dir", metavar="DIR", help="directory of the identity key (created if missing)")
-    p.add_argument("--admin", metavar="HOST:PORT", help=f"admin HTTP API address ({DEFAULT_ADMIN})")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="directory of the identity key (identity.key, created 0600 on first start) and of the lock "
+        "that keeps a second process off it; without it the node runs with a fresh identity, lost on exit",
+    )
+    p.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help=f"admin HTTP API address; loopback only unless --admin-allow-remote ({DEFAULT_ADMIN})",
+    )
     p.add_argument(
         "--admin-allow-remote",
         action="store_const",
@@ -161,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bootstrap_peers",
         action="append",
         metavar="[PEERID@]HOST:PORT",
-        help="bootstrap node to join the DHT through (repeatable); with a PEERID it is also dialed at "
-        "start and kept connected",
+        help="bootstrap node to join the DHT through (repeatable): without a PEERID a DHT seed, whose id "
+        "comes from its signed answer (logged as bootstrap.seed); with one it is also dialed at start and "
+        "kept connected (bootstrap.dialing)",
     )
     p.add_argument(
         "--advertise",
@@ -210,14 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--netcheck-interval",
         metavar="DURATION",
-        help="re-run netcheck this often, e.g. 5m; 0 turns the background runs off (5m)",
+        help="re-run netcheck this often, e.g. 5m (and check for a changed address every quarter of it, "
+        "at most 30s); 0 turns the background runs off (5m)",
     )
     p.add_argument(
         "--mdns",
         action="store_const",
         const=True,
         default=None,
-        help="advertise and discover nodes on the local network with mDNS (off; leave off in containers)",
+        help="advertise and discover nodes on the local network with mDNS (docs/discovery.md); leave off "
+        "in containers (off)",
     )
     p.add_argument(
         "--mdns-interface",
@@ -230,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect",
         action="append",
         metavar="PEERID@HOST:PORT",
-        help="peer to dial at start and keep connected, retrying with backoff (repeatable)",
+        help="peer to dial at start and keep connected (repeatable): retried with exponential backoff (0.5s "
+        "doubling to 30s, jittered), and dialed again whenever the connection ends",
     )
     p.add_argument(
         "--inbox-bytes",
@@ -238,10 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes of received messages held for `coremesh recv` (64 MiB); when full the node stops "
         "reading from peers, so their sends wait (back-pressure)",
     )
-    p.add_argument("--log-format", choices=LOG_FORMATS, help="log format on stderr (json)")
-    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="log level (info)")
-    p.add_argument("--heartbeat-interval", metavar="DURATION", help="keepalive interval, e.g. 5s (5s)")
-    p.add_argument("--idle-timeout", metavar="DURATION", help="close silent connections after, e.g. 30s")
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="log format on stderr: json or text (json)")
+    p.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, help="debug, info, warning, error (info)"
+    )
+    p.add_argument(
+        "--heartbeat-interval", metavar="DURATION", help="keepalive interval: 5, 5s, 250ms, 1m (5s)"
+    )
+    p.add_argument(
+        "--idle-timeout",
+        metavar="DURATION",
+        help="close a connection silent this long; at least twice the heartbeat (30s)",
+    )
     p.add_argument("--connect-timeout", metavar="DURATION", help="handshake timeout, e.g. 5s (5s)")
     p.add_argument("--max-connections", metavar="N", help="maximum concurrent connections (256)")
     p.add_argument("--datagram-size", metavar="BYTES", help="initial datagram size, 1200-65487 (1200)")

@@ -289,7 +289,7 @@ REGISTRY: Final = web.AppKey("coremesh_relay_registry", CollectorRegistry)
 
 def create_admin_app(state: RelayState) -> web.Application:
     """The admin API over ``state``; set ``state.ready`` once every service is serving."""
-    app = web.Application(middlewares=[json_errors(log)], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[json_errors(log, service="coremesh-relay")], client_max_size=64 * 1024)
     app[STATE] = state
     collector = RelayCollector(lambda: dict(state.services), {"version": version()})
     app[REGISTRY] = build_registry(collector)
@@ -301,10 +301,12 @@ def create_admin_app(state: RelayState) -> web.Application:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return web.json_response({"ok": True})
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: every configured service serves (503 while starting or stopping)."""
     st = request.app[STATE]
     if not st.ready:
         return error_response(503, "not_ready", "the relay is not serving (starting or stopping)")
@@ -312,11 +314,13 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: allocations, relayed bytes and packets, keyed sessions, drops by reason."""
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _status(request: web.Request) -> web.Response:
+    """Role `relay`, its services (STUN/TURN, keyed relay) with their addresses and counters."""
     return web.json_response(request.app[STATE].status())
 
 

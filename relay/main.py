@@ -9,7 +9,7 @@ SIGTERM/SIGINT: readiness goes to 503, the services stop accepting and close the
 API stops, and the process exits 0. A second signal during shutdown ends it at once.
 
 Exit codes: 0 after a clean shutdown; 2 for bad flags or configuration (one line on stderr); 1 when the
-relay cannot run (address in use, ...). See docs/relay.md.
+relay cannot run (address in use, ``--data-dir`` held by another process, ...). See docs/relay.md.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Final
 
+from coremesh.datadir import DataDirLock, DataDirLocked, lock_data_dir
 from coremesh.errors import ConfigError, IdentityError
 from coremesh.identity import Identity, load_or_create_identity
 from coremesh.service import (
@@ -82,6 +83,7 @@ class Relay(SignalledService):
         self.keyed: KeyedRelayServer | None = None
         self.admin: AdminServer | None = None
         self._started: list[tuple[str, StunTurnService | KeyedRelayServer]] = []
+        self._data_dir_lock: DataDirLock | None = None
         self.state = RelayState(settings=settings.summary())
 
     def not_ready(self) -> None:
@@ -92,6 +94,12 @@ class Relay(SignalledService):
         st = self.state
         identity: Identity | None = None
         if s.data_dir is not None:
+            try:  # the data dir belongs to this process from before the identity is read until exit
+                self._data_dir_lock = lock_data_dir(s.data_dir)
+            except DataDirLocked as exc:
+                raise StartupError(str(exc), EXIT_RUNTIME) from None
+            except IdentityError as exc:
+                raise StartupError(str(exc), EXIT_CONFIG) from None
             try:
                 identity = load_or_create_identity(s.data_dir)
             except IdentityError as exc:
@@ -166,6 +174,8 @@ class Relay(SignalledService):
                 log.error("relay.stop_failed", service=name, error=f"{type(exc).__name__}: {exc}")
         if self.admin is not None:
             await self.admin.stop()
+        if self._data_dir_lock is not None:
+            self._data_dir_lock.release()
         if not quiet:
             log.info("relay.stopped", stats=final)
 

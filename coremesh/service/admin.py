@@ -62,16 +62,34 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 _HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def served(app: web.Application) -> list[str]:
+    """``GET /v1/status``, ... : the app's endpoints, in the order they were added."""
+    return list(
+        dict.fromkeys(
+            f"{route.method} {route.resource.canonical}"
+            for route in app.router.routes()
+            if route.method != "HEAD" and route.resource is not None
+        )
+    )
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_errors(
-    log: EventLogger, error_map: Sequence[tuple[type[BaseException], int, str]] = ()
+    log: EventLogger,
+    error_map: Sequence[tuple[type[BaseException], int, str]] = (),
+    *,
+    service: str | None = None,
 ) -> Middleware:
     """Middleware: every failure becomes ``{"error": one line, "code": ...}`` with a 4xx/5xx status.
 
     ``error_map`` turns library errors into API errors (first matching class wins); anything else is
-    a bug, logged with its traceback and answered 500, never a traceback to the client."""
+    a bug, logged with its traceback and answered 500, never a traceback to the client. With
+    ``service`` (``coremesh-relay``), a request for an endpoint the app lacks is answered with what
+    it is and what it serves (``GET /v1/peers: Not Found: this is a coremesh-relay, it serves ...``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -83,6 +101,8 @@ def json_errors(
             if exc.status < 400:
                 raise
             message = f"{request.method} {request.path}: {exc.reason}"
+            if service is not None and exc.status == 404:
+                message += f": this is a {service}, it serves {', '.join(served(request.app))}"
             return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
         except asyncio.CancelledError:
             raise

@@ -241,8 +241,10 @@ def test_identity_persists_in_the_data_dir(tmp_path: Path) -> None:
     async def body() -> None:
         config = MeshConfig(listen_addr="127.0.0.1:0", data_dir=tmp_path / "node")
         first = MeshNode(config)
+        await first.stop()  # gives the data dir up (a data dir belongs to one node at a time)
         second = MeshNode(config)
         assert first.peer_id == second.peer_id
+        await second.stop()
         assert (tmp_path / "node" / "identity.key").stat().st_mode & 0o777 == 0o600
 
     run(body)

@@ -761,3 +761,80 @@ def test_advertised_addresses_expand_wildcards() -> None:
     assert advertised_addresses([Address("192.0.2.1", 5)]) == ["192.0.2.1:5"]
     six = advertised_addresses([Address("::", 5)])
     assert "127.0.0.1:5" in six and "[::1]:5" in six and "[::]:5" not in six
+
+
+# ------------------------------------------------------------------ a relay or a bootstrap behind --admin
+
+RELAY_STATUS = {
+    "role": "relay",
+    "peer_id": None,
+    "addresses": ["127.0.0.1:3478"],
+    "listen": ["127.0.0.1:3478"],
+    "admin": "127.0.0.1:9090",
+    "version": "0.1.0",
+    "uptime_s": 3.0,
+    "connections": 2,
+    "ready": True,
+    "services": {
+        "stun_turn": {
+            "addresses": ["127.0.0.1:3478"],
+            "udp": True,
+            "tcp": True,
+            "tls": False,
+            "stats": {"allocations_current": 2},
+        }
+    },
+    "stats": {"stun_turn.allocations_current": 2},
+}
+NOT_FOUND = (404, {"error": "GET /v1/peers: Not Found", "code": "not_found"})
+
+
+def test_status_of_a_relay_shows_its_services_not_a_missing_peer_id(
+    fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin, canned = fake
+    canned.routes[("GET", "/v1/status")] = (200, RELAY_STATUS)
+    code, out, err = run(["--admin", admin, "status"], capsys)
+    assert code == 0 and err == ""
+    assert "None" not in out and "peer_id" not in out
+    assert "role         relay (stun_turn)" in out
+    assert "stun/turn    127.0.0.1:3478 (udp, tcp)" in out and "allocations  2" in out
+    with_id = {**RELAY_STATUS, "peer_id": PEER_A.to_text()}
+    canned.routes[("GET", "/v1/status")] = (200, with_id)
+    code, out, _ = run(["--admin", admin, "status"], capsys)
+    assert code == 0 and f"peer_id      {PEER_A.to_text()} (the keyed relay's identity)" in out
+
+
+@pytest.mark.parametrize(
+    ("role", "argv", "lacks"),
+    [
+        ("relay", ["peers"], "it has no peers"),
+        ("relay", ["lookup", PEER_B.to_text()], "it has no DHT"),
+        ("relay", ["recv"], "it has no inbox"),
+        ("bootstrap", ["netcheck"], "it does not run netcheck"),
+        ("bootstrap", ["send", PEER_B.to_text(), "hi"], "it does not send messages"),
+    ],
+)
+def test_a_command_the_service_does_not_offer_names_the_service(
+    fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str], role: str, argv: list[str], lacks: str
+) -> None:
+    admin, canned = fake
+    canned.routes[("GET", "/v1/status")] = (200, {**RELAY_STATUS, "role": role})
+    for method in ("GET", "POST"):
+        for path in ("/v1/peers", "/v1/lookup", "/v1/messages", "/v1/netcheck", "/v1/send"):
+            canned.routes[(method, path)] = NOT_FOUND
+    code, out, err = run(["--admin", admin, *argv], capsys)
+    assert code == 1 and out == ""
+    assert_one_error_line(err, f"this is a coremesh-{role}, not a coremesh-node", lacks, "coremesh status")
+
+
+def test_a_missing_endpoint_on_a_node_keeps_the_api_message(
+    fake: tuple[str, Canned], capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin, canned = fake
+    canned.routes[("GET", "/v1/status")] = (200, STATUS)
+    missing = {"error": "this node does not run netcheck", "code": "not_found"}
+    canned.routes[("GET", "/v1/netcheck")] = (404, missing)
+    code, _, err = run(["--admin", admin, "netcheck"], capsys)
+    assert code == 1
+    assert_one_error_line(err, "this node does not run netcheck")
