@@ -31,6 +31,7 @@ from coremesh import (
     MeshNode,
     NatTraversalFailed,
 )
+from coremesh.discovery import StaticDiscovery
 
 from .daemons import Node, Nodes, assert_one_error_line, cli, cli_json, free_port
 
@@ -90,6 +91,25 @@ def test_a_node_with_another_identity_at_the_address_fails_authentication() -> N
             assert a.get_peers() == [] and b.get_peers() == []
             # The address's real identity still connects afterwards.
             assert (await a.connect(b.peer_id, b.local_address)).peer_id == b.peer_id
+
+    run(body)
+
+
+def test_a_connect_by_peer_id_skips_an_address_now_used_by_another_node() -> None:
+    """Discovered addresses go stale: the one another node now listens at is skipped, named, and
+    when it is the only one the connect fails authentication."""
+
+    async def body() -> None:
+        config = MeshConfig(listen_addr=LOOP)
+        async with MeshNode(config) as b, MeshNode(config) as c:
+            stale_first = StaticDiscovery([(c.peer_id, [b.local_address, c.local_address])])
+            async with MeshNode(config).with_discovery(stale_first) as a:
+                assert (await a.connect(c.peer_id, timeout=5.0)).peer_id == c.peer_id
+            only_stale = StaticDiscovery([(c.peer_id, [b.local_address])])
+            async with MeshNode(config).with_discovery(only_stale) as a:
+                with pytest.raises(AuthenticationFailed) as caught:
+                    await a.connect(c.peer_id, timeout=5.0)
+                assert f"the node at {b.local_address} is {b.peer_id}, not {c.peer_id}" in str(caught.value)
 
     run(body)
 
