@@ -1043,18 +1043,24 @@ class Endpoint:
         self.counters["connects_started"] += 1
         return conn.state
 
-    def redirect(self, peer_id: PeerId, address: PathAddress, now: float) -> bool:
+    def redirect(
+        self, peer_id: PeerId, address: PathAddress, now: float, *, deadline: float | None = None
+    ) -> bool:
         """Aim a pending connect at another path (e.g. a relay) and send a fresh initiation now.
 
-        Returns False if there is no pending connect to that peer. The connect deadline restarts.
+        Returns False if there is no pending connect to that peer. The connect deadline restarts,
+        unless the caller gives the whole connect's ``deadline``: then it gives up exactly then.
         """
         conn = self._peers.get(peer_id)
         if conn is None or conn.finished or conn.announced or not conn.initiator:
             return False
         conn.address = address
         conn.handshake_attempt = 0
-        # The deadline restarts, but never cuts short the time the caller gave the whole connect.
-        conn.connect_deadline = max(conn.connect_deadline or now, now + self.config.connect_timeout)
+        if deadline is not None:
+            conn.connect_deadline = deadline
+        else:
+            # The deadline restarts, but never cuts short the time the caller gave the whole connect.
+            conn.connect_deadline = max(conn.connect_deadline or now, now + self.config.connect_timeout)
         conn.start_handshake(now)
         self.counters["connects_redirected"] += 1
         return True

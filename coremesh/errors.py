@@ -66,7 +66,15 @@ class PeerNotFound(MeshError):
 
 
 class NatTraversalFailed(ConnectionFailed):
-    """No path through the NATs between two peers could be made."""
+    """No path through the NATs between two peers could be made: ``MeshNode.connect`` tried the
+    peer directly without an answer, then found no relay that could carry the connection (each
+    configured relay refused or unusable; the message says why, relay by relay)."""
+
+
+class PeerIdentityMismatch(AuthenticationFailed, ConnectionFailed):
+    """``MeshNode.connect``: the node at the address answered as another peer id than the one
+    asked for (a wrong id, or another node now listens there). Also a :class:`ConnectionFailed`,
+    so that code catching a failed connect keeps working."""
 
 
 class NonceExhausted(LocalProtocolError):

@@ -10,20 +10,22 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import events as ev
 from .addr import Address, parse_address
 from .config import MeshConfig, PeerAddress, parse_peer_address
 from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
 from .datadir import DataDirLock, lock_data_dir
-from .endpoint import Endpoint, PeerState
+from .endpoint import Endpoint, PeerSnapshot, PeerState
 from .errors import (
     ConnectionClosed,
     ConnectionFailed,
     InvalidAddress,
     LocalProtocolError,
     MeshError,
+    NatTraversalFailed,
+    PeerIdentityMismatch,
     PeerNotFound,
 )
 from .hostaddrs import host_addresses
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from .relays import RelayManager
 
 log = logging.getLogger("coremesh.node")
+T = TypeVar("T")
 
 _STATE_MAP = {
     PeerState.CONNECTING: ConnectionState.CONNECTING,
@@ -102,6 +105,8 @@ class MeshNode:
         self._nat_type_set = False
         self._netcheck: Netchecker | None = None
         self._discovery: list[DiscoveryService] = []
+        # Why a relayed connection is not on the cheaper relay (e.g. a TURN 403), by peer.
+        self._path_notes: dict[PeerId, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -256,24 +261,41 @@ class MeshNode:
         ``path``: ``"direct"`` (UDP to the address only), ``"relay"`` (through a relay only), or
         ``"auto"``: directly first, then through a relay if no direct handshake completes within
         a third of the timeout.
+
+        ``timeout`` (default ``config.connect_timeout``) bounds the whole call: it returns or raises
+        by then, whatever it tried (identity probe, DHT lookup, relays). Raises
+        :class:`~coremesh.errors.PeerIdentityMismatch` (an :class:`AuthenticationFailed` and a
+        :class:`ConnectionFailed`) when the node at the address answers as another peer id,
+        :class:`NatTraversalFailed` when the peer did not answer directly and no relay could carry
+        the connection (the message says why, relay by relay), else :class:`ConnectionFailed`.
         """
         if path not in ("auto", "direct", "relay"):
             raise ValueError(f"path must be 'auto', 'direct' or 'relay', not {path!r}")
-        runtime, endpoint = self._require_running()
+        timeout = self.config.connect_timeout if timeout is None else timeout
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        runtime, _ = self._require_running()
+        deadline = runtime.now() + timeout
         if addr is None and (isinstance(peer, PeerId) or (":" not in peer and "@" not in peer)):
             wanted = peer if isinstance(peer, PeerId) else PeerId.from_text(peer)
             known = self.get_connection(wanted)
             if known is not None:
                 return known
             if self._dht is not None or self._discovery:
-                return await self._connect_discovered(wanted, timeout=timeout, path=path)
-        target = self._resolve_target(peer, addr)
-        timeout = self.config.connect_timeout if timeout is None else timeout
+                return await self._connect_discovered(wanted, deadline=deadline, timeout=timeout, path=path)
+        return await self._connect_to(self._resolve_target(peer, addr), deadline, path, timeout)
+
+    async def _connect_to(
+        self, target: PeerAddress, deadline: float, path: str, timeout: float
+    ) -> Connection:
+        """Connect to one address, giving up at ``deadline``: ``timeout`` after the call began."""
+        runtime, endpoint = self._require_running()
         reason = runtime.unreachable_reason(target.address)
         if reason is not None:
             raise ConnectionFailed(reason)
+        probed = target.peer_id is None
         if target.peer_id is None:
-            target = PeerAddress(target.address, await self._probe(target.address, timeout))
+            target = PeerAddress(target.address, await self._probe(target.address, deadline))
         peer_id = target.peer_id
         assert peer_id is not None
         existing = self._connections.get(peer_id)
@@ -284,25 +306,49 @@ class MeshNode:
             relays.turn_link() is not None or relays.keyed_relay() is not None
         )
         if path == "relay" and not has_relay:
-            raise ConnectionFailed("no relay is available (configure relays / --relay or keyed_relays)")
+            unusable = (
+                [why for why in (relays.turn_unusable(), relays.keyed_unusable()) if why] if relays else []
+            )
+            raise ConnectionFailed(
+                "no relay is available (configure relays / --relay or keyed_relays)"
+                + (f": {'; '.join(unusable)}" if unusable else "")
+            )
         first: PathAddress = target.address
+        notes: list[str] = []  # why a relay could not carry this connection, one line each
         # With path="relay", prepare the relay path before the first initiation leaves, so that
         # none goes direct.
-        if path == "relay" and await self._turn_route(target.address) is None:
-            keyed = relays.keyed_relay() if relays is not None else None
-            if keyed is None:
-                raise ConnectionFailed(f"no relay could carry traffic to {target.address}")
-            first = RelayAddress(keyed, peer_id)
+        if path == "relay" and relays is not None:
+            refused = await self._turn_route(target.address, deadline) if relays.turn else "no TURN relay"
+            if refused is not None:
+                if relays.turn:
+                    notes.append(refused)
+                keyed = relays.keyed_relay()
+                if keyed is None:
+                    raise ConnectionFailed(
+                        f"no relay could carry traffic to {target.address}: {'; '.join(notes)}"
+                    )
+                first = RelayAddress(keyed, peer_id)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Connection] = loop.create_future()
         self._connect_waiters.setdefault(peer_id, []).append(fut)
         try:
-            endpoint.connect(peer_id, first, runtime.now(), timeout=timeout, pinned=path == "relay")
+            endpoint.connect(
+                peer_id,
+                first,
+                runtime.now(),
+                timeout=max(deadline - runtime.now(), 0.0),
+                pinned=path == "relay",
+            )
         except LocalProtocolError as exc:
             self._connect_waiters[peer_id].remove(fut)
             raise ConnectionFailed(str(exc)) from None
         self._notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, first))
+        # Who answers at the address? A node there with another identity drops our initiation
+        # unread (mac1), so only an identity probe can tell "wrong peer" from "nobody there".
+        check = None if probed or path == "relay" else self._check_identity(target.address, peer_id, fut)
         runtime.pump()
+        relayed = path == "relay"  # whether some relay path carried an initiation
+        fell_back = False
         try:
             if path != "direct" and has_relay:
                 budget = timeout / 3
@@ -311,56 +357,156 @@ class MeshNode:
                     # Happy eyeballs: the direct attempt gets a head start, then the same initiation
                     # also goes through the keyed relay; whichever answers first carries the
                     # connection, and NAT traversal moves a relayed one to a direct path.
-                    done, _ = await asyncio.wait({fut}, timeout=RACE_HEAD_START)
+                    await _wait_until(fut, min(runtime.now() + RACE_HEAD_START, deadline))
                     budget -= RACE_HEAD_START
-                    if not done and endpoint.also_try(peer_id, RelayAddress(keyed, peer_id), runtime.now()):
+                    if not fut.done() and endpoint.also_try(
+                        peer_id, RelayAddress(keyed, peer_id), runtime.now()
+                    ):
+                        relayed = True
                         runtime.pump()
-                done, _ = await asyncio.wait({fut}, timeout=budget)
-                if not done:
-                    await self._fall_back(peer_id, target.address, first, fut, timeout)
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout + 0.5)
-        except TimeoutError:
-            raise ConnectionFailed(f"connecting to {peer_id} at {target.address} timed out") from None
+                await _wait_until(fut, min(runtime.now() + budget, deadline))
+                if not fut.done() and runtime.now() < deadline:
+                    fell_back = True
+                    if await self._fall_back(peer_id, target.address, first, fut, deadline, timeout, notes):
+                        relayed = True
+            await _wait_until(fut, deadline)
+            if fut.done():
+                error = fut.exception()
+                if error is None:
+                    conn = fut.result()
+                    if notes and conn.path == "relay":
+                        self._path_notes[peer_id] = "; ".join(notes)
+                    return conn
+                if not isinstance(error, _HandshakeTimedOut):
+                    raise error
+            # Nothing answered in time: say what was tried, and why each relay could not help.
+            if path == "auto" and not has_relay and relays is not None:
+                fell_back = True  # relays are configured, but none could even be tried
+                notes.extend(why for why in (relays.turn_unusable(), relays.keyed_unusable()) if why)
+            raise self._timeout_error(
+                peer_id, target.address, timeout, path, relayed=relayed, fell_back=fell_back, notes=notes
+            )
         finally:
+            if check is not None:
+                check.cancel()
             waiters = self._connect_waiters.get(peer_id)
             if waiters and fut in waiters:
                 waiters.remove(fut)
+            if not fut.done():
+                fut.cancel()  # timed out, or cancelled from outside: stop the attempt too
+                self._abandon(peer_id, target.address, "connect timed out")
+            elif not fut.cancelled() and fut.exception() is not None:
+                self._abandon(peer_id, target.address, "connect failed")
 
-    async def _connect_discovered(self, peer_id: PeerId, *, timeout: float | None, path: str) -> Connection:
-        """Find ``peer_id``'s addresses, then connect to them in turn.
+    def _timeout_error(
+        self,
+        peer_id: PeerId,
+        address: Address,
+        timeout: float,
+        path: str,
+        *,
+        relayed: bool,
+        fell_back: bool,
+        notes: list[str],
+    ) -> ConnectionFailed:
+        where = f"cannot connect to {peer_id}"
+        within = f"within {timeout:.3g}s"
+        why = f" ({'; '.join(notes)})" if notes else ""
+        if path == "relay":
+            return ConnectionFailed(f"{where}: no answer through the relay {within}{why}")
+        direct = f"no handshake response from {address} {within}"
+        if fell_back and not relayed and notes:
+            # The direct attempt failed and every relay that could have carried the connection
+            # was refused or unusable: no path through the NATs.
+            return NatTraversalFailed(
+                f"{where}: {direct}, and no relay could carry traffic: {'; '.join(notes)}"
+            )
+        if relayed:
+            return ConnectionFailed(f"{where}: {direct}, nor through the relay{why}")
+        return ConnectionFailed(
+            f"{where}: {direct} (no mesh node answering there, or blocked on the way){why}"
+        )
+
+    def _check_identity(
+        self, address: Address, peer_id: PeerId, fut: asyncio.Future[Connection]
+    ) -> asyncio.Future[PeerId | None] | None:
+        """Ask ``address`` who it is while the handshake runs; if the node there names another
+        peer id, fail ``fut`` with :class:`PeerIdentityMismatch` at once. Returns the probe's
+        future (cancel it when the connect ends), or None when no probe could be sent."""
+        runtime, endpoint = self._require_running()
+        try:
+            nonce = endpoint.probe_identity(address)
+        except LocalProtocolError:
+            return None  # too many probes in flight: the handshake alone decides
+        probe: asyncio.Future[PeerId | None] = asyncio.get_running_loop().create_future()
+        self._probe_waiters[nonce] = probe
+
+        def answered(done: asyncio.Future[PeerId | None]) -> None:
+            self._probe_waiters.pop(nonce, None)
+            found = None if done.cancelled() else done.result()
+            if found is not None and found != peer_id and not fut.done():
+                fut.set_exception(
+                    PeerIdentityMismatch(
+                        f"authentication failed: the node at {address} is {found}, not {peer_id} "
+                        "(a wrong peer id, or another node now listens at that address)"
+                    )
+                )
+
+        probe.add_done_callback(answered)
+        endpoint.start_probe(nonce, runtime.now())
+        return probe
+
+    def _abandon(self, peer_id: PeerId, address: Address, reason: str) -> None:
+        """Stop a connect attempt of ours that nobody waits for any more (no late connection)."""
+        runtime, endpoint = self._runtime, self._endpoint
+        if runtime is None or endpoint is None or self._connect_waiters.get(peer_id):
+            return  # another connect() still waits for this peer
+        snap = endpoint.snapshot(peer_id)
+        if snap is None or snap.state is not PeerState.CONNECTING or not snap.initiator:
+            return
+        endpoint.close(peer_id, runtime.now())
+        runtime.routes.pop(address, None)
+        if self._relays is not None:
+            self._relays.forget(address)
+        runtime.pump()
+        self._notify(ConnectionEvent(peer_id, ConnectionState.FAILED, address, reason))
+
+    async def _connect_discovered(
+        self, peer_id: PeerId, *, deadline: float, timeout: float, path: str
+    ) -> Connection:
+        """Find ``peer_id``'s addresses, then connect to them in turn, all by ``deadline``.
 
         The registered discovery services (mDNS: local and quick) are asked first, then the DHT.
         When neither knows the peer but a service is registered, the services are asked again
-        until the connect timeout: an mDNS browse answers within a second or so."""
+        until the deadline: an mDNS browse answers within a second or so."""
         runtime, _ = self._require_running()
-        loop = asyncio.get_running_loop()
-        budget = self.config.connect_timeout if timeout is None else timeout
-        search_deadline = loop.time() + budget
-        candidates = await self._discovered_addresses(peer_id)
+        candidates = await _within(self._discovered_addresses(peer_id), deadline, [])
         not_found: PeerNotFound | None = None
         if self._dht is not None:
             try:
-                found = await self.resolve(peer_id)
+                found = await asyncio.wait_for(self.resolve(peer_id), max(deadline - runtime.now(), 0.0))
             except PeerNotFound as exc:
                 not_found = exc
+            except TimeoutError:
+                not_found = PeerNotFound(f"no record of {peer_id} found within {timeout:.3g}s")
             else:
                 candidates += [
                     a for a in found if a not in candidates and runtime.unreachable_reason(a) is None
                 ]
-        while not candidates and self._discovery and loop.time() < search_deadline:
+        while not candidates and self._discovery and runtime.now() + DISCOVERY_POLL < deadline:
             await asyncio.sleep(DISCOVERY_POLL)
-            candidates = await self._discovered_addresses(peer_id)
+            candidates = await _within(self._discovered_addresses(peer_id), deadline, [])
         if not candidates:
             if not_found is not None:
                 raise not_found
             raise PeerNotFound(f"no address known for {peer_id}: no discovery source found it")
         candidates = candidates[:MAX_DISCOVERED_TRIES]
         if path == "relay":
-            return await self.connect(peer_id, candidates[0], timeout=budget, path="relay")
-        deadline = loop.time() + budget
+            return await self._connect_to(PeerAddress(candidates[0], peer_id), deadline, "relay", timeout)
         errors: list[str] = []
+        failures: list[ConnectionFailed] = []
         for i, address in enumerate(candidates):
-            remaining = deadline - loop.time()
+            remaining = deadline - runtime.now()
             if remaining <= 0:
                 break
             last = i == len(candidates) - 1
@@ -368,10 +514,21 @@ class MeshNode:
             # left and, with path="auto", the relay fallback.
             share = remaining if last else max(remaining / (len(candidates) - i), min(1.0, remaining))
             try:
-                return await self.connect(peer_id, address, timeout=share, path=path if last else "direct")
+                return await self._connect_to(
+                    PeerAddress(address, peer_id),
+                    min(deadline, runtime.now() + share),
+                    path if last else "direct",
+                    share,
+                )
             except ConnectionFailed as exc:
+                failures.append(exc)
                 errors.append(f"{address}: {exc}")
-        raise ConnectionFailed(f"could not connect to {peer_id}: {'; '.join(errors) or 'timed out'}")
+        message = f"could not connect to {peer_id}: {'; '.join(errors) or 'timed out'}"
+        if failures and all(isinstance(e, PeerIdentityMismatch) for e in failures):
+            raise PeerIdentityMismatch(message)
+        if failures and isinstance(failures[-1], NatTraversalFailed):
+            raise NatTraversalFailed(message)
+        raise ConnectionFailed(message)
 
     async def lookup(self, peer: PeerId | str, *, timeout: float | None = None) -> PeerRecord:
         """The live signed record of ``peer``, found through the DHT; :class:`PeerNotFound` if none."""
@@ -438,15 +595,20 @@ class MeshNode:
             return {"enabled": False}
         return self._dht.status()
 
-    async def _turn_route(self, address: Address) -> object | None:
-        """Route ``address`` through a TURN allocation (channel bound); None if none can carry it."""
+    async def _turn_route(self, address: Address, deadline: float) -> str | None:
+        """Route ``address`` through a TURN allocation (channel bound): None once it is, else why
+        no TURN server can carry it (one line naming the relay, e.g. its 403 refusal)."""
         runtime, _ = self._require_running()
-        link = self._relays.turn_link() if self._relays is not None else None
-        if link is None or not await link.prepare(address):
-            return None
+        relays = self._relays
+        link = relays.turn_link() if relays is not None else None
+        if link is None:
+            return (relays.turn_unusable() if relays is not None else None) or "no TURN relay is configured"
+        refused = await link.bind(address, min(1.0, max(deadline - runtime.now(), 0.0)))
+        if refused is not None:
+            return refused
         runtime.routes[address] = link
         link.routed.add(address)
-        return link
+        return None
 
     async def _fall_back(
         self,
@@ -454,28 +616,40 @@ class MeshNode:
         address: Address,
         tried: PathAddress,
         fut: asyncio.Future[Connection],
+        deadline: float,
         timeout: float,
-    ) -> None:
+        notes: list[str],
+    ) -> bool:
         """Move a pending connect to the next path, in order of cost: a TURN allocation (UDP; the
-        peer sees our relayed address), then a keyed relay (by PeerId, over TCP/WebSocket)."""
+        peer sees our relayed address), then a keyed relay (by PeerId, over TCP/WebSocket).
+        True if a relay now carries the attempt; why each relay could not is added to ``notes``."""
         runtime, endpoint = self._require_running()
         relays = self._relays
         if relays is None:
-            return
-        if address not in runtime.routes and not isinstance(tried, RelayAddress):
-            link = await self._turn_route(address)
-            if link is not None and endpoint.redirect(peer_id, address, runtime.now()):
+            return False
+        if relays.turn and address not in runtime.routes and not isinstance(tried, RelayAddress):
+            refused = await self._turn_route(address, deadline)
+            if refused is not None:
+                notes.append(refused)
+            elif endpoint.redirect(peer_id, address, runtime.now(), deadline=deadline):
                 log.info("no direct answer; trying through TURN", extra={"peer_id": str(peer_id)})
                 runtime.pump()
-                done, _ = await asyncio.wait({fut}, timeout=timeout / 3)
-                if done:
-                    return
+                await _wait_until(fut, min(runtime.now() + timeout / 3, deadline))
+                if fut.done():
+                    return True
         runtime.routes.pop(address, None)
         relays.forget(address)
         keyed = relays.keyed_relay()
-        if keyed is not None and endpoint.redirect(peer_id, RelayAddress(keyed, peer_id), runtime.now()):
+        if keyed is None:
+            unusable = relays.keyed_unusable()
+            if unusable is not None:
+                notes.append(unusable)
+            return False
+        if endpoint.redirect(peer_id, RelayAddress(keyed, peer_id), runtime.now(), deadline=deadline):
             log.info("trying through the keyed relay", extra={"peer_id": str(peer_id), "relay": keyed})
             runtime.pump()
+            return True
+        return False
 
     def candidates(self) -> list[dict[str, str]]:
         """Addresses peers may reach this node at: host, server-reflexive and relayed candidates."""
@@ -541,7 +715,7 @@ class MeshNode:
         address = addr if isinstance(addr, Address) else parse_address(addr, allow_zero_port=False)
         return PeerAddress(address, peer)
 
-    async def _probe(self, address: Address, timeout: float) -> PeerId:
+    async def _probe(self, address: Address, deadline: float) -> PeerId:
         runtime, endpoint = self._require_running()
         nonce = endpoint.probe_identity(address)
         fut: asyncio.Future[PeerId | None] = asyncio.get_running_loop().create_future()
@@ -549,7 +723,7 @@ class MeshNode:
         endpoint.start_probe(nonce, runtime.now())
         runtime.pump()
         try:
-            peer = await asyncio.wait_for(fut, timeout)
+            peer = await asyncio.wait_for(fut, max(deadline - runtime.now(), 0.0))
         except TimeoutError:
             peer = None
         finally:
@@ -580,7 +754,7 @@ class MeshNode:
                     state=_STATE_MAP[snap.state],
                     path="direct" if snap.path == "direct" else "relay",
                     via=snap.path,
-                    reason=snap.path_reason,
+                    reason=self._path_reason(snap),
                     rtt=snap.rtt,
                     initiator=snap.initiator,
                     connected_at=(snap.connected_at or 0.0) + wall,
@@ -620,7 +794,7 @@ class MeshNode:
         return PingResult(
             rtt=rtt,
             path="direct" if snap.path == "direct" else "relay",
-            reason=snap.path_reason,
+            reason=self._path_reason(snap),
             via=snap.path,
         )
 
@@ -629,7 +803,15 @@ class MeshNode:
         snap = self._endpoint.snapshot(peer) if self._endpoint is not None else None
         if snap is None:
             return "direct", None
-        return snap.path, snap.path_reason
+        return snap.path, self._path_reason(snap)
+
+    def _path_reason(self, snap: PeerSnapshot) -> str | None:
+        """Why the connection is relayed; on the keyed relay also why TURN did not carry it."""
+        reason = snap.path_reason
+        note = self._path_notes.get(snap.peer_id)
+        if note is None or snap.path != "keyed":
+            return reason
+        return f"{reason}; {note}" if reason else note
 
     def _path_of(self, address: PathAddress, peer: PeerId | None = None) -> str:
         """``relay`` when a relay carries the traffic (keyed relay, or a TURN route), else ``direct``."""
@@ -713,7 +895,7 @@ class MeshNode:
             self._on_disconnected(event)
         elif isinstance(event, ev.ConnectFailed):
             self._fail_waiters(
-                ConnectionFailed(f"cannot connect to {event.peer_id}: {event.reason}"), event.peer_id
+                _HandshakeTimedOut(f"cannot connect to {event.peer_id}: {event.reason}"), event.peer_id
             )
             self._notify(ConnectionEvent(event.peer_id, ConnectionState.FAILED, event.address, event.reason))
         elif isinstance(event, ev.AddressChanged):
@@ -758,6 +940,7 @@ class MeshNode:
 
     def _on_disconnected(self, event: ev.PeerDisconnected) -> None:
         conn = self._connections.pop(event.peer_id, None)
+        self._path_notes.pop(event.peer_id, None)
         address = conn.remote_address if conn is not None else None
         udp = udp_address(address) if address is not None else None
         if udp is not None and self._runtime is not None:
@@ -915,3 +1098,22 @@ def _is_loopback(address: Address) -> bool:
         return ipaddress.ip_address(address.host).is_loopback
     except ValueError:
         return False
+
+
+class _HandshakeTimedOut(ConnectionFailed):
+    """The endpoint gave a connect up at its deadline; ``connect`` says what it tried instead."""
+
+
+async def _wait_until(fut: asyncio.Future[Any], deadline: float) -> None:
+    """Wait for ``fut`` until the loop's clock reads ``deadline`` (at once if past)."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining > 0 and not fut.done():
+        await asyncio.wait({fut}, timeout=remaining)
+
+
+async def _within(aw: Coroutine[Any, Any, T], deadline: float, default: T) -> T:
+    """``aw``'s result, or ``default`` if it does not finish by ``deadline``."""
+    try:
+        return await asyncio.wait_for(aw, max(deadline - asyncio.get_running_loop().time(), 0.0))
+    except TimeoutError:
+        return default

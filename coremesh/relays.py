@@ -56,7 +56,7 @@ class TurnLink:
         self._binding_id = b""
         self._binding_task: asyncio.Future[None] | None = None
         self._stopping = False
-        self._permission_failures: dict[str, str] = {}  # peer IP -> reason
+        self._permission_failures: dict[str, str] = {}  # peer IP -> why the server refused it
         self.routed: set[Address] = set()  # peers whose traffic this allocation carries
         self._retry_task: asyncio.Future[None] | None = None
         self._retry_delay = RETRY_INITIAL
@@ -189,7 +189,9 @@ class TurnLink:
                     "TURN allocation unavailable", extra={"relay": str(self.server), "error": self.error}
                 )
             elif isinstance(event, turn.PermissionFailed):
-                self._permission_failures[event.peer] = event.reason
+                why = self.refusal(event.peer, event.reason, event.code)
+                self._permission_failures[event.peer] = why
+                log.warning("TURN permission refused", extra={"relay": str(self.server), "error": why})
 
     def _flush(self) -> None:
         assert self.client is not None
@@ -211,19 +213,39 @@ class TurnLink:
 
     async def prepare(self, peer: Address, timeout: float = 1.0) -> bool:
         """Bind a channel (and with it a permission) to ``peer``; True unless the server refused."""
+        return await self.bind(peer, timeout) is None
+
+    async def bind(self, peer: Address, timeout: float = 1.0) -> str | None:
+        """Bind a channel (and with it a permission) to ``peer``: None once bound (or while the
+        server has not answered within ``timeout``), else why not, in one line that names this
+        relay, e.g. ``TURN relay 192.0.2.1:3478 refused permission for 10.0.0.2: 403 Forbidden
+        (peer address not allowed)``."""
         if self.client is None or self.relayed is None:
-            return False
+            return self.unusable()
         self._permission_failures.pop(peer.host, None)
         self.client.bind_channel(peer, self._now())
         self._flush()
         deadline = self._runtime.now() + timeout
         while self._runtime.now() < deadline:
             if self.client.channel_for(peer) is not None:
-                return True
+                return None
             if peer.host in self._permission_failures:
-                return False
+                return self._permission_failures[peer.host]
             await asyncio.sleep(0.005)
-        return peer.host not in self._permission_failures
+        return self._permission_failures.get(peer.host)
+
+    def unusable(self) -> str:
+        """Why this relay holds no allocation, in one line."""
+        return f"TURN relay {self.server} has no allocation" + (f": {self.error}" if self.error else "")
+
+    def refusal(self, peer: str, reason: str, code: int) -> str:
+        """The user-facing line for a refused CreatePermission/ChannelBind. A 403 is the server's
+        peer policy (RFC 8656 §9.2: loopback, private ranges and the like are refused by default).
+        The server's reason phrase is remote text: kept printable and short."""
+        reason = "".join(ch if ch.isprintable() else "?" for ch in reason[:120])
+        if code == 403:
+            reason += " (peer address not allowed)"
+        return f"TURN relay {self.server} refused permission for {peer}: {reason}"
 
 
 async def _resolve(address: Address, runtime: UdpRuntime) -> Address:
@@ -313,6 +335,18 @@ class RelayManager:
     def turn_link(self) -> TurnLink | None:
         """A TURN server where this node holds an allocation, if any."""
         return next((link for link in self.turn if link.allocated), None)
+
+    def turn_unusable(self) -> str | None:
+        """Why no TURN server can carry traffic (None if one holds an allocation, or none is configured)."""
+        if not self.turn or self.turn_link() is not None:
+            return None
+        return "; ".join(link.unusable() for link in self.turn)
+
+    def keyed_unusable(self) -> str | None:
+        """Why no keyed relay can carry traffic (None if one is registered, or none is configured)."""
+        if not self._keyed or self.keyed_relay() is not None:
+            return None
+        return "; ".join(f"keyed relay {url} is not connected" for url in self._keyed)
 
     def candidates(self) -> list[dict[str, str]]:
         """Server-reflexive and relayed candidates learned from the relays."""

@@ -64,6 +64,7 @@ from coremesh.errors import (
     InvalidPeerId,
     MeshError,
     MessageTooLarge,
+    NatTraversalFailed,
     NetcheckError,
     PeerNotFound,
 )
@@ -399,6 +400,7 @@ _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (PeerNotFound, 404, "peer_not_found"),
     (MessageTooLarge, 413, "message_too_large"),
     (AuthenticationFailed, 502, "authentication_failed"),
+    (NatTraversalFailed, 502, "nat_traversal_failed"),
     (ConnectionClosed, 409, "connection_closed"),
     (ConnectionFailed, 502, "connect_failed"),
     (TimeoutError, 504, "timeout"),

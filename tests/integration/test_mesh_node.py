@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from coremesh import (
+    AuthenticationFailed,
     ConnectionClosed,
     ConnectionEvent,
     ConnectionFailed,
@@ -194,7 +195,7 @@ def test_wrong_peer_id_fails_cleanly() -> None:
     async def body() -> None:
         async with MeshNode(LOOP4) as a, MeshNode(LOOP4) as b:
             impostor = Identity.generate().peer_id
-            with pytest.raises(ConnectionFailed):
+            with pytest.raises(AuthenticationFailed, match=f"the node at {b.local_address} is {b.peer_id}"):
                 await a.connect(impostor, b.local_address, timeout=1.0)
             assert b.get_peers() == [] and b.stats().get("drop_bad_mac1", 0) >= 1
             # The real id still works afterwards.

@@ -17,7 +17,7 @@ import pytest
 from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
 from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
 
-from coremesh import ConnectionFailed, MeshConfig, MeshNode
+from coremesh import Connection, ConnectionFailed, MeshConfig, MeshNode, PeerId
 from coremesh.paths import RelayAddress
 
 from .netns import free_ports, private_namespace
@@ -40,6 +40,16 @@ async def eventually(cond: Callable[[], bool], timeout: float = 15.0, what: str 
     while not cond():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
+
+
+async def accepted(node: MeshNode, peer: PeerId, timeout: float = 5.0) -> Connection:
+    """The connection ``node`` accepted from ``peer``: the responder has it once the initiator's
+    first packet under the new keys arrives, which may be just after the initiator's connect returns."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (conn := node.get_connection(peer)) is None:
+        assert asyncio.get_running_loop().time() < deadline, "the responder never saw the connection"
+        await asyncio.sleep(0.01)
+    return conn
 
 
 def test_a_node_behind_nothing_learns_its_server_reflexive_address() -> None:
@@ -74,8 +84,8 @@ def test_turn_carries_a_connection_and_ping_says_relay() -> None:
                 conn = await a.connect(b.peer_id, b.local_address, path="relay")
                 assert conn.path == "relay"
                 await conn.send(b"through TURN")
-                incoming = b.get_connection(a.peer_id)
-                assert incoming is not None and await incoming.receive() == b"through TURN"
+                incoming = await accepted(b, a.peer_id)
+                assert await incoming.receive() == b"through TURN"
                 assert str(incoming.remote_address) == relayed  # B talks to A's relayed address
                 await incoming.send(b"back")
                 assert await conn.receive() == b"back"
@@ -162,8 +172,8 @@ def test_the_keyed_relay_carries_a_connection_by_peer_id() -> None:
                 assert conn.path == "relay" and conn.remote_address == RelayAddress(url, b.peer_id)
                 for i in range(200):
                     await conn.send(f"message {i}".encode())
-                incoming = b.get_connection(a.peer_id)
-                assert incoming is not None and incoming.path == "relay"
+                incoming = await accepted(b, a.peer_id)
+                assert incoming.path == "relay"
                 assert [await incoming.receive() for _ in range(200)] == [
                     f"message {i}".encode() for i in range(200)
                 ]
