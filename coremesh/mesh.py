@@ -445,6 +445,7 @@ class MeshNode:
             self._probe_waiters.pop(nonce, None)
             found = None if done.cancelled() else done.result()
             if found is not None and found != peer_id and not fut.done():
+                endpoint.counters["connect_identity_mismatch"] += 1
                 fut.set_exception(
                     PeerIdentityMismatch(
                         f"authentication failed: the node at {address} is {found}, not {peer_id} "

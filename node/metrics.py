@@ -39,7 +39,8 @@ PATHS: Final = ("direct", "turn", "keyed")
 
 # MeshNode.stats() keys with a name of their own (the rest: drop_* by reason, path_switches_to_*,
 # traversal events, else coremesh_node_mesh_<key>_total).
-_HANDSHAKE_FAILED: Final = ("connect_timeouts", "drop_handshake_auth_failed")
+# A connect to a node that names another identity fails before any handshake times out.
+_HANDSHAKE_FAILED: Final = ("connect_timeouts", "drop_handshake_auth_failed", "connect_identity_mismatch")
 _NAMED: Final = frozenset(
     {
         "datagrams_sent",
@@ -48,6 +49,7 @@ _NAMED: Final = frozenset(
         "handshakes_completed",
         "handshake_initiations_sent",
         "connect_timeouts",
+        "connect_identity_mismatch",
     }
 )
 _TRAVERSAL: Final = frozenset(
