@@ -33,6 +33,7 @@ _EXPORTS = {
     "MeshError": "errors",
     "MessageTooLarge": "errors",
     "NatTraversalFailed": "errors",
+    "PeerIdentityMismatch": "errors",
     "PeerNotFound": "errors",
     "Identity": "identity",
     "PeerId": "identity",
@@ -59,6 +60,7 @@ __all__ = [
     "MessageTooLarge",
     "NatTraversalFailed",
     "PeerId",
+    "PeerIdentityMismatch",
     "PeerInfo",
     "PeerNotFound",
     "PingResult",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
         MeshError,
         MessageTooLarge,
         NatTraversalFailed,
+        PeerIdentityMismatch,
         PeerNotFound,
     )
     from .identity import Identity, PeerId
