@@ -33,6 +33,13 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 90.0) -> T:
     return asyncio.run(bounded())
 
 
+async def run_ready_tasks() -> None:
+    """Let every task that can run do so until it waits on something (no wall-clock time passes):
+    a task created just before has then either finished or is blocked."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 def message(i: int, size: int) -> bytes:
     head = f"{i:04d}:".encode()
     return head + bytes([i % 251]) * (size - len(head))
@@ -121,14 +128,15 @@ def test_put_waits_for_room_and_take_makes_it() -> None:
         inbox = Inbox(max_bytes=10)
         await inbox.put(PEER_B, b"a" * 6)
         second = asyncio.create_task(inbox.put(PEER_B, b"b" * 6))
-        await asyncio.sleep(0.05)
+        await run_ready_tasks()
         assert not second.done() and inbox.bytes == 6  # waiting: 12 > 10
         assert [m.data for m in inbox.take(1)] == [b"a" * 6]
         assert await asyncio.wait_for(second, 1) is True
         assert inbox.bytes == 6 and inbox.dropped == 0
         third = asyncio.create_task(inbox.put(PEER_B, b"c" * 6))
-        await asyncio.sleep(0.05)
-        inbox.close()  # shutdown releases a waiting reader
+        await run_ready_tasks()
+        assert not third.done()  # waiting for room, not refused
+        inbox.close()  # shutdown releases a waiting writer
         assert await asyncio.wait_for(third, 1) is False
 
     run(body)
