@@ -54,6 +54,7 @@ def test_status_connect_ping_send_recv_peers(pair: tuple[Node, Node]) -> None:
     status = cli_json(a.admin, "status", "--json")
     assert status["peer_id"] == a.peer_id and status["role"] == "node"
     assert a.listen in status["addresses"] and status["admin"] == a.admin
+    assert status["nat_type"] == ""  # no STUN server: no netcheck, no NAT type to tell peers
 
     result = cli(a.admin, "connect", f"{b.peer_id}@{b.listen}")
     assert result.returncode == 0, result.stderr
