@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -150,7 +149,8 @@ def call(method, path, body=None, timeout=30):
         return json.loads(e.read() or b"{}")
 """  # ADMIN is replaced by run_script
 
-# Wait until the node serves and its first netcheck finished; print its peer id and NAT type.
+# Wait until the node serves, its first netcheck finished and the node tells its peers the NAT type
+# netcheck found (it takes a report up within a candidate refresh); print its peer id and NAT type.
 READY = (
     _CLIENT
     + """
@@ -164,6 +164,14 @@ while True:
             raise
         time.sleep(0.1)
 report = call("GET", "/v1/netcheck", timeout=30) if "--no-netcheck" not in sys.argv else {}
+if report.get("nat_type") and not report.get("error"):
+    deadline = time.time() + 20
+    while status.get("nat_type") != report["nat_type"][:48]:
+        if time.time() > deadline:
+            raise SystemExit("the node never announced the NAT type netcheck found: "
+                             + repr((status.get("nat_type"), report["nat_type"])))
+        time.sleep(0.1)
+        status = call("GET", "/v1/status", timeout=2)
 print(json.dumps({"peer_id": status["peer_id"], "nat_type": report.get("nat_type")}))
 """
 )
@@ -277,7 +285,6 @@ def run_matrix(
     for name, value in info.items():
         if isinstance(value, Exception):
             raise RuntimeError(f"{name} did not come up: {value}")
-    time.sleep(2.5)  # the nodes announce the NAT type netcheck found (candidate refresh)
     cells = {(x, y): Cell(x, y, expected_path(x, y)) for x in types for y in types}
 
     def dial(x: str) -> Any:
@@ -380,7 +387,6 @@ def run_dual_stack(lab: Lab, log_dir: str, *, settle: float = 12.0) -> dict[tupl
     for name, value in info.items():
         if isinstance(value, Exception):
             raise RuntimeError(f"{name} did not come up: {value}")
-    time.sleep(2.5)
     cells: dict[tuple[str, str], Cell] = {}
     pairs = [("a1", "b1"), ("b2", "a2")]
 
