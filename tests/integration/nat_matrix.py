@@ -214,10 +214,12 @@ print(json.dumps(results))
 """
 )
 
+# The node's inbox: argv[2] messages (100 if not given) or what came within argv[1] seconds.
 INBOX = (
     _CLIENT
     + """
-out = call("GET", "/v1/messages?count=100&timeout=" + sys.argv[1], timeout=60)
+count = sys.argv[2] if len(sys.argv) > 2 else "100"
+out = call("GET", "/v1/messages?count=" + count + "&timeout=" + sys.argv[1], timeout=60)
 out["peers"] = call("GET", "/v1/peers")["peers"]
 print(json.dumps(out))
 """
@@ -300,7 +302,8 @@ def run_matrix(
         return run_script(lab.host(host_name(x, "a")), DIAL, json.dumps(targets), str(settle))
 
     dialed = parallel(types, dial)
-    inboxes = parallel(types, lambda y: run_script(lab.host(host_name(y, "b")), INBOX, "1"))
+    # every listener gets one message from each dialer
+    inboxes = parallel(types, lambda y: run_script(lab.host(host_name(y, "b")), INBOX, "20", str(len(types))))
     for (x, y), cell in cells.items():
         results = dialed.get(x)
         if isinstance(results, Exception):
@@ -401,7 +404,7 @@ def run_dual_stack(lab: Lab, log_dir: str, *, settle: float = 12.0) -> dict[tupl
         return run_script(lab.host(x), DIAL, json.dumps([target]), str(settle))
 
     dialed = parallel(pairs, dial)
-    inboxes = parallel([y for _, y in pairs], lambda y: run_script(lab.host(y), INBOX, "1"))
+    inboxes = parallel([y for _, y in pairs], lambda y: run_script(lab.host(y), INBOX, "20", "1"))
     for x, y in pairs:
         cell = cells[(x, y)] = Cell(x, y, "direct")
         results, inbox = dialed[(x, y)], inboxes[y]
