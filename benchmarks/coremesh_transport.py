@@ -7,6 +7,7 @@ Measures, at the receiver:
 - throughput with RFC 8899 path-MTU discovery (loopback: datagrams grow towards 64 KB);
 - messages per second for 64-byte messages;
 - connect-to-first-message latency (a fresh node dials, sends, and the echo comes back);
+- the round-trip time ``MeshNode.ping`` reports on that connection;
 - resident memory per open connection at the listener.
 Prints one JSON object. Only 127.0.0.1 is used; child processes are stopped by PID.
 """
@@ -137,8 +138,9 @@ async def blast(target: str, pmtu: bool, size: int, duration: float) -> dict[str
         return report
 
 
-async def connect_latency(target: str, tries: int) -> list[float]:
-    samples = []
+async def connect_latency(target: str, tries: int) -> tuple[list[float], list[float]]:
+    """Milliseconds from connect to the first echoed message, and the RTT ``ping`` reports then."""
+    samples, pings = [], []
     for i in range(tries):
         async with MeshNode(config(False)) as node:
             start = time.perf_counter()
@@ -146,7 +148,8 @@ async def connect_latency(target: str, tries: int) -> list[float]:
             await conn.send(f"echo:{i}".encode())
             await conn.receive()
             samples.append((time.perf_counter() - start) * 1000)
-    return samples
+            pings.append((await node.ping(conn.peer_id)).rtt * 1000)
+    return samples, pings
 
 
 async def memory_per_connection(target: str, server_pid: int, count: int) -> float:
@@ -188,11 +191,16 @@ def run_all(duration: float) -> dict[str, Any]:
     try:
         r = asyncio.run(blast(target, False, 64, duration))
         results["msgs_64"] = {"msgs_per_s": round(r["messages"] / r["seconds"])}
-        lat = sorted(asyncio.run(connect_latency(target, 20)))
+        lat, pings = (sorted(x) for x in asyncio.run(connect_latency(target, 20)))
         results["connect"] = {
             "median_ms": round(statistics.median(lat), 3),
             "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 3),
             "tries": len(lat),
+        }
+        results["ping"] = {
+            "median_ms": round(statistics.median(pings), 3),
+            "p95_ms": round(pings[int(len(pings) * 0.95) - 1], 3),
+            "tries": len(pings),
         }
         per = asyncio.run(memory_per_connection(target, proc.pid, 100))
         results["rss"] = {"kib_per_connection": round(per, 1), "connections": 100}

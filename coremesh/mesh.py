@@ -659,6 +659,13 @@ class MeshNode:
             out.extend(self._relays.candidates())
         return out
 
+    @property
+    def announced_nat_type(self) -> str:
+        """The NAT type this node tells its peers with its candidates: netcheck's verdict, taken up
+        within ``CANDIDATE_REFRESH`` seconds of a report, or what :meth:`set_nat_type` gave; ""
+        until then."""
+        return self._endpoint.nat_type if self._endpoint is not None else ""
+
     def set_nat_type(self, description: str) -> None:
         """What NAT discovery (netcheck) found about our NAT; peers see it, and ``reason`` cites it."""
         self._nat_type = description[:48]

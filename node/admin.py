@@ -495,6 +495,9 @@ async def _status(request: web.Request) -> web.Response:
     candidates = getattr(node, "candidates", None)
     if callable(candidates):
         body["candidates"] = candidates()  # host, server-reflexive and relayed addresses
+    announced = getattr(node, "announced_nat_type", None)
+    if isinstance(announced, str):
+        body["nat_type"] = announced  # what peers are told ("" until netcheck found it)
     relay_status = getattr(node, "relay_status", None)
     if callable(relay_status):
         body["relays"] = _jsonable(relay_status())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -150,7 +149,8 @@ def call(method, path, body=None, timeout=30):
         return json.loads(e.read() or b"{}")
 """  # ADMIN is replaced by run_script
 
-# Wait until the node serves and its first netcheck finished; print its peer id and NAT type.
+# Wait until the node serves, its first netcheck finished and the node tells its peers the NAT type
+# netcheck found (it takes a report up within a candidate refresh); print its peer id and NAT type.
 READY = (
     _CLIENT
     + """
@@ -164,6 +164,14 @@ while True:
             raise
         time.sleep(0.1)
 report = call("GET", "/v1/netcheck", timeout=30) if "--no-netcheck" not in sys.argv else {}
+if report.get("nat_type") and not report.get("error"):
+    deadline = time.time() + 20
+    while status.get("nat_type") != report["nat_type"][:48]:
+        if time.time() > deadline:
+            raise SystemExit("the node never announced the NAT type netcheck found: "
+                             + repr((status.get("nat_type"), report["nat_type"])))
+        time.sleep(0.1)
+        status = call("GET", "/v1/status", timeout=2)
 print(json.dumps({"peer_id": status["peer_id"], "nat_type": report.get("nat_type")}))
 """
 )
@@ -206,10 +214,12 @@ print(json.dumps(results))
 """
 )
 
+# The node's inbox: argv[2] messages (100 if not given) or what came within argv[1] seconds.
 INBOX = (
     _CLIENT
     + """
-out = call("GET", "/v1/messages?count=100&timeout=" + sys.argv[1], timeout=60)
+count = sys.argv[2] if len(sys.argv) > 2 else "100"
+out = call("GET", "/v1/messages?count=" + count + "&timeout=" + sys.argv[1], timeout=60)
 out["peers"] = call("GET", "/v1/peers")["peers"]
 print(json.dumps(out))
 """
@@ -277,7 +287,6 @@ def run_matrix(
     for name, value in info.items():
         if isinstance(value, Exception):
             raise RuntimeError(f"{name} did not come up: {value}")
-    time.sleep(2.5)  # the nodes announce the NAT type netcheck found (candidate refresh)
     cells = {(x, y): Cell(x, y, expected_path(x, y)) for x in types for y in types}
 
     def dial(x: str) -> Any:
@@ -293,7 +302,8 @@ def run_matrix(
         return run_script(lab.host(host_name(x, "a")), DIAL, json.dumps(targets), str(settle))
 
     dialed = parallel(types, dial)
-    inboxes = parallel(types, lambda y: run_script(lab.host(host_name(y, "b")), INBOX, "1"))
+    # every listener gets one message from each dialer
+    inboxes = parallel(types, lambda y: run_script(lab.host(host_name(y, "b")), INBOX, "20", str(len(types))))
     for (x, y), cell in cells.items():
         results = dialed.get(x)
         if isinstance(results, Exception):
@@ -380,7 +390,6 @@ def run_dual_stack(lab: Lab, log_dir: str, *, settle: float = 12.0) -> dict[tupl
     for name, value in info.items():
         if isinstance(value, Exception):
             raise RuntimeError(f"{name} did not come up: {value}")
-    time.sleep(2.5)
     cells: dict[tuple[str, str], Cell] = {}
     pairs = [("a1", "b1"), ("b2", "a2")]
 
@@ -395,7 +404,7 @@ def run_dual_stack(lab: Lab, log_dir: str, *, settle: float = 12.0) -> dict[tupl
         return run_script(lab.host(x), DIAL, json.dumps([target]), str(settle))
 
     dialed = parallel(pairs, dial)
-    inboxes = parallel([y for _, y in pairs], lambda y: run_script(lab.host(y), INBOX, "1"))
+    inboxes = parallel([y for _, y in pairs], lambda y: run_script(lab.host(y), INBOX, "20", "1"))
     for x, y in pairs:
         cell = cells[(x, y)] = Cell(x, y, "direct")
         results, inbox = dialed[(x, y)], inboxes[y]

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +53,7 @@ def test_status_connect_ping_send_recv_peers(pair: tuple[Node, Node]) -> None:
     status = cli_json(a.admin, "status", "--json")
     assert status["peer_id"] == a.peer_id and status["role"] == "node"
     assert a.listen in status["addresses"] and status["admin"] == a.admin
+    assert status["nat_type"] == ""  # no STUN server: no netcheck, no NAT type to tell peers
 
     result = cli(a.admin, "connect", f"{b.peer_id}@{b.listen}")
     assert result.returncode == 0, result.stderr
@@ -93,13 +93,13 @@ def test_status_connect_ping_send_recv_peers(pair: tuple[Node, Node]) -> None:
 
 def test_dash_text_escaped_recv_inbox_status_and_connect_timeout(pair: tuple[Node, Node]) -> None:
     a, b = pair
-    # the per-call --timeout bounds the handshake (not the node's connect_timeout, 5 s by default)
+    # The per-call --timeout bounds the handshake (not the node's connect_timeout, 5 s by default):
+    # the node's own connect deadline ends it ("no handshake response"). Were the 5 s used, the admin
+    # API's limit of timeout + 2 s = 2.5 s would end it first, with its own 504 "no answer from ...".
     silent = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    t0 = time.monotonic()
     result = cli(a.admin, "connect", f"{b.peer_id}@{silent}", "--timeout", "0.5")
-    # (without it: the node's 5 s, cut by the admin API's own limit of timeout + 2 s = 2.5 s)
-    assert time.monotonic() - t0 < 2.2, "connect --timeout 0.5 was not honoured"
-    assert_one_error_line(result)
+    assert_one_error_line(result, "no handshake response from")
+    assert cli_json(a.admin, "status", "--json")["stats"]["connect_timeouts"] == 1
     assert cli(a.admin, "connect", f"{b.peer_id}@{b.listen}", "--timeout", "0.1e3").returncode == 0
 
     for text in ("-hello", "two\nlines\x1b[31m"):
@@ -121,9 +121,7 @@ def test_recv_shortfall_prints_then_fails(pair: tuple[Node, Node]) -> None:
     a, b = pair
     assert cli(a.admin, "connect", f"{b.peer_id}@{b.listen}").returncode == 0
     assert cli(a.admin, "send", b.peer_id, "only one").returncode == 0
-    t0 = time.monotonic()
-    result = cli(b.admin, "recv", "--count", "2", "--timeout", "1", "--json")
-    assert time.monotonic() - t0 < 10
+    result = cli(b.admin, "recv", "--count", "2", "--timeout", "1", "--json")  # returns at its timeout
     assert result.returncode == 1
     assert [json.loads(line)["data"] for line in result.stdout.splitlines()] == ["only one"]
     assert_one_error_line(result, "received 1 of 2")
@@ -139,12 +137,11 @@ def test_cli_errors(pair: tuple[Node, Node]) -> None:
     bad = cli(a.admin, "ping", b.peer_id[:-3])
     assert bad.returncode == 2
     assert_one_error_line(bad, "invalid peer id")
-    # nobody listening at that address: the connect fails within its timeout
+    # nobody listening at that address: the connect fails at its own deadline (the node's answer,
+    # not the admin API's fallback limit)
     silent = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    t0 = time.monotonic()
     result = cli(a.admin, "connect", f"{b.peer_id}@{silent}", "--timeout", "1")
-    assert time.monotonic() - t0 < 15
-    assert_one_error_line(result)
+    assert_one_error_line(result, "no handshake response from")
     # node not running
     down = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
     assert_one_error_line(cli(down, "status", "--json"), "connection refused")
@@ -158,7 +155,6 @@ def test_sigterm_closes_connections_and_exits_0(pair: tuple[Node, Node]) -> None
         5,
         "b to see a connected",
     )
-    t0 = time.monotonic()
     a.proc.send_signal(signal.SIGTERM)
     assert a.proc.wait(10) == 0, a.log()
 
@@ -166,9 +162,10 @@ def test_sigterm_closes_connections_and_exits_0(pair: tuple[Node, Node]) -> None
         peers = cli_json(b.admin, "peers", "--json")["peers"]
         return all(p["peer_id"] != a.peer_id or p["state"] != "connected" for p in peers)
 
-    wait_for(a_gone_from_b, 3, "b to see a's connection closed")
-    assert time.monotonic() - t0 < 5  # a close, not the 30 s idle timeout
-    assert cli_json(b.admin, "status", "--json")["connections"] == 0
+    wait_for(a_gone_from_b, 20, "b to see a's connection closed")
+    status = cli_json(b.admin, "status", "--json")
+    assert status["connections"] == 0
+    assert status["stats"].get("idle_timeouts", 0) == 0  # a closed it; b did not time it out
     events = [e["event"] for e in a.log_events()]
     assert "node.stopping" in events and "node.stopped" in events
     assert "Traceback" not in a.log()

@@ -119,8 +119,13 @@ def test_ping_measures_a_round_trip() -> None:
     async def body() -> None:
         async with MeshNode(LOOP4) as a, MeshNode(LOOP4) as b:
             await a.connect(b.peer_id, b.local_address)
+            clock = asyncio.get_running_loop().time
+            started = clock()
             result = await a.ping(b.peer_id)
-            assert 0 < result.rtt < 1.0 and result.path == "direct"
+            took = clock() - started
+            # A round trip, in seconds: more than nothing, within the call that measured it (its
+            # figure on loopback is in benchmarks/coremesh_transport.py, "ping").
+            assert 0 < result.rtt <= took and result.path == "direct"
             with pytest.raises(PeerNotFound):
                 await a.ping(Identity.generate().peer_id)
 

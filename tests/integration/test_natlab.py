@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from coremesh_natlab import Lab, NatSpec, example, pair, runs
+from coremesh_natlab import Lab, Link, NatSpec, example, pair, runs
 from coremesh_natlab.testing import natlab, require_root, start_stun
 from coremesh_natlab.topology import Host, Network, Router, Topology, from_dict
 
@@ -60,6 +60,14 @@ def zoo() -> Topology:
         routers.append(Router(router_of(name), "internet", lan, nat=spec))
         hosts.append(Host(f"h_{name}"[:12], lan))
     return Topology("zoo", tuple(networks), tuple(routers), tuple(hosts))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
 
 
 def host_of(name: str) -> str:
@@ -154,18 +162,28 @@ def test_sequential_ports_step_by_one_per_new_mapping(lab: Lab) -> None:
     assert [b - a for a, b in itertools.pairwise(ports)] != [1, 1, 1, 1], ports  # random
 
 
+# Learns its public address from STUN and prints every datagram that comes in. A line on stdin asks
+# STUN again: its answer marks the end (what was sent to the old mapping before has arrived by then).
 LISTENER = """
-import json, os, select, socket, sys, time
+import os, select, socket, sys
 from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode
 from coremesh.stun.attributes import Attr
+STUN = ("192.0.2.10", 3478)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0))
-req = StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))
-s.sendto(encode(req), ("192.0.2.10", 3478))
+s.sendto(encode(StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))), STUN)
 print(decode(s.recv(2048)).get_address(Attr.XOR_MAPPED_ADDRESS), flush=True)
-end = time.monotonic() + float(sys.argv[1])
-while (left := end - time.monotonic()) > 0:
-    if select.select([s], [], [], left)[0]:
-        print(s.recv(100).decode(), flush=True)
+asked = False
+while ready := select.select([s, sys.stdin], [], [], 30)[0]:
+    if sys.stdin in ready and not asked:
+        sys.stdin.readline()
+        s.sendto(encode(StunMessage(Method.BINDING, StunClass.REQUEST, os.urandom(12))), STUN)
+        asked = True
+    if s in ready:
+        data, source = s.recvfrom(2048)
+        if asked and source == STUN:
+            print("end", flush=True)
+            break
+        print(data.decode(errors="replace"), flush=True)
 """
 SENDER = "import socket,sys;s=socket.socket(2,2);s.bind(('192.0.2.11',5000));h,p=sys.argv[1].rsplit(':',1);"
 SENDER += "s.sendto(sys.argv[2].encode(),(h,int(p)))"
@@ -174,45 +192,80 @@ SENDER += "s.sendto(sys.argv[2].encode(),(h,int(p)))"
 def test_a_mapping_expires_after_its_timeout(lab: Lab) -> None:
     host, router = lab.host(host_of("timeout")), lab.router(router_of("timeout"))
     assert router.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"]).stdout.strip() == "3"
-    listener = host.python(["-c", LISTENER, "6"], stdout=subprocess.PIPE, text=True)
-    assert listener.stdout is not None
+    listener = host.python(["-c", LISTENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert listener.stdin is not None and listener.stdout is not None
     mapped = listener.stdout.readline().strip()
     stun = lab.host("stun")
     stun.run([sys.executable, "-c", SENDER, mapped, "early"])  # endpoint-independent filtering: let in
-    time.sleep(4.5)  # idle past the 3 s mapping timeout
+    assert listener.stdout.readline().strip() == "early"
+    host_ip = host.ipv4[0]
+
+    def mapping_gone() -> bool:
+        """Neither the NAT's mapping table nor its connection tracking knows the host any more."""
+        mappings = router.run(["nft", "list", "map", "ip", "natlab_nat", "mappings"]).stdout
+        tracked = router.run(["conntrack", "-L", "-p", "udp"], check=False).stdout
+        return host_ip not in mappings and host_ip not in tracked
+
+    wait_until(mapping_gone, 15, "the idle mapping to expire (3 s timeout)")
     stun.run([sys.executable, "-c", SENDER, mapped, "late"])
-    out, _ = listener.communicate(timeout=10)
-    assert out.split() == ["early"]
+    listener.stdin.write("\n")  # ask STUN again: its answer comes after "late" (if that got in)
+    listener.stdin.flush()
+    out, _ = listener.communicate(timeout=30)
+    assert out.split() == ["end"], out  # "late" found no mapping
 
 
-def test_delay_is_applied_to_a_link(lab: Lab) -> None:
-    imp = lab.host("imp")
-    lab.link("imp").set(latency_ms=30)
-    result = json.loads(imp.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
+@pytest.fixture
+def imp(lab: Lab) -> Iterator[Link]:
+    """The link of host ``imp`` on the module's lab, left unimpaired (no delay, no loss, not cut from
+    the STUN server) after the test, also when it fails: the next tests share the lab."""
+    link = lab.link("imp")
+    try:
+        yield link
+    finally:
+        link.set(latency_ms=0, jitter_ms=0, loss=0)
+        lab.restore("imp", "stun")
+
+
+def impairment_rules(lab: Lab) -> dict[str, str]:
+    """Where the lab loads link impairments, in every namespace: the raw tables (packets queued to a
+    delay element) and the ``natlab_link`` table (loss)."""
+    dump = "iptables -t raw -S; ip6tables -t raw -S; nft list table inet natlab_link 2>/dev/null || true"
+    return {name: node.run(["sh", "-c", dump]).stdout for name, node in lab.nodes.items()}
+
+
+def test_delay_is_applied_to_a_link_and_removed_again(lab: Lab, imp: Link) -> None:
+    host = lab.host("imp")
+    unimpaired = impairment_rules(lab)
+    imp.set(latency_ms=30)
+    result = json.loads(host.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
     assert result["lost"] == 0 and min(result["rtt_ms"]) >= 60, result  # 30 ms each way
-    lab.link("imp").set(latency_ms=0)
-    result = json.loads(imp.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
-    assert result["lost"] == 0 and min(result["rtt_ms"]) < 30, result
+    assert impairment_rules(lab) != unimpaired  # packets go through the delay element
+    imp.set(latency_ms=0)
+    assert impairment_rules(lab) == unimpaired  # ...and no longer (the RTT: benchmarks/natlab_setup.py)
+    result = json.loads(host.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
+    assert result["lost"] == 0, result
 
 
-def test_loss_is_applied_to_a_link_and_removed_again(lab: Lab) -> None:
-    imp = lab.host("imp")
-    lab.link("imp").set(loss=0.3)
-    argv = [sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "30", "--timeout", "0.1"]
-    lossy = json.loads(imp.run(argv).stdout)
+def test_loss_is_applied_to_a_link_and_removed_again(lab: Lab, imp: Link) -> None:
+    host = lab.host("imp")
+    imp.set(loss=0.3)
+    argv = [sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "30", "--timeout", "0.5"]
+    lossy = json.loads(host.run(argv).stdout)
     # 1 - 0.7 * 0.7 = 51 % of round trips lost on average (15.3 of 30, standard deviation 2.7)
     assert 3 < lossy["lost"] < 30, lossy
-    lab.link("imp").set(loss=0)
-    assert json.loads(imp.run(argv).stdout)["lost"] == 0
+    imp.set(loss=0)
+    argv = [sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "30", "--timeout", "5"]
+    assert json.loads(host.run(argv, timeout=200).stdout)["lost"] == 0
 
 
-def test_cut_drops_everything_between_two_nodes_until_restored(lab: Lab) -> None:
-    imp = lab.host("imp")
+def test_cut_drops_everything_between_two_nodes_until_restored(lab: Lab, imp: Link) -> None:
+    host = lab.host("imp")
     argv = [sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "3", "--timeout", "0.3"]
     lab.cut("imp", "stun")
-    assert json.loads(imp.run(argv).stdout)["lost"] == 3
+    assert json.loads(host.run(argv).stdout)["lost"] == 3
     lab.restore("imp", "stun")
-    assert json.loads(imp.run(argv).stdout)["lost"] == 0
+    argv = [sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "3", "--timeout", "5"]
+    assert json.loads(host.run(argv).stdout)["lost"] == 0
 
 
 PUNCHER = """
@@ -293,16 +346,21 @@ def test_nested_nat_shows_the_carrier_grade_nats_address(natlab: Callable[..., L
     assert (result["mapping"], result["filtering"]) == (EIM, APD)  # home: cone; CGN: cone (random ports)
 
 
+# Prints every datagram that comes in; a line on stdin makes it send to argv[1] port 7000 (opening
+# the firewall for that address and port) and print "sent"; a datagram "end" ends it.
 LISTENER6 = """
-import select, socket, sys, time
+import select, socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", 7000))
 print("ready", flush=True)
-time.sleep(1.0)  # unsolicited packets arrive meanwhile (or not)
-s.sendto(b"hello", (sys.argv[1], 7000))
-end = time.monotonic() + 2.0
-while (left := end - time.monotonic()) > 0:
-    if select.select([s], [], [], left)[0]:
-        print(s.recv(100).decode(), flush=True)
+while ready := select.select([s, sys.stdin], [], [], 30)[0]:
+    if sys.stdin in ready and sys.stdin.readline():
+        s.sendto(b"hello", (sys.argv[1], 7000))
+        print("sent", flush=True)
+    if s in ready:
+        data = s.recv(100).decode(errors="replace")
+        print(data, flush=True)
+        if data == "end":
+            break
 """
 SENDER6 = """
 import socket, sys
@@ -317,15 +375,23 @@ def test_ipv6_firewall_drops_unsolicited_and_passes_replies(natlab: Callable[...
     lab = natlab(example("dual-stack"))
     a, stun = lab.host("a"), lab.host("stun")
     target, stun_addr = a.ipv6[0], stun.ipv6[0]
-    listener = a.python(["-c", LISTENER6, stun_addr], stdout=subprocess.PIPE, text=True)
-    assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
-    started = time.monotonic()
+    listener = a.python(
+        ["-c", LISTENER6, stun_addr], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert listener.stdin is not None and listener.stdout is not None
+    assert listener.stdout.readline().strip() == "ready"
     stun.run([sys.executable, "-c", SENDER6, target, "7000", "7002", "unsolicited", stun_addr])
-    time.sleep(max(0.0, started + 1.5 - time.monotonic()))  # a has sent to stun:7000 by now
+    listener.stdin.write("\n")  # now a sends to stun:7000
+    listener.stdin.flush()
+    before: list[str] = []
+    while (line := listener.stdout.readline().strip()) not in ("sent", ""):
+        before.append(line)
+    assert line == "sent" and before == [], before  # the unsolicited packet was dropped
     stun.run([sys.executable, "-c", SENDER6, target, "7000", "7000", "reply", stun_addr])
     stun.run([sys.executable, "-c", SENDER6, target, "7000", "7001", "other-port", stun_addr])
-    out, _ = listener.communicate(timeout=10)
-    assert out.split() == ["reply"], out
+    stun.run([sys.executable, "-c", SENDER6, target, "7000", "7000", "end", stun_addr])  # after the others
+    out, _ = listener.communicate(timeout=30)
+    assert out.split() == ["reply", "end"], out
     # Behind two such firewalls (and two symmetric IPv4 NATs), a simultaneous IPv6 punch goes direct.
     b = lab.host("b")
     punchers = [

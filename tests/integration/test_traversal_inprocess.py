@@ -31,6 +31,18 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool
     return True
 
 
+def candidate_frames_sent(node: MeshNode) -> int:
+    """Path packets that were neither a direct check nor its answer: candidate announcements and
+    replies (one per round announced, one per round of the peer answered)."""
+    s = node.stats()
+    checks = s.get("path_challenges_sent", 0) + s.get("path_challenges_answered", 0)
+    return s.get("path_packets_sent", 0) - checks
+
+
+def checks_sent(node: MeshNode) -> int:
+    return node.stats().get("path_challenges_sent", 0)
+
+
 def unused_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -79,7 +91,19 @@ def test_a_pinned_relay_connection_stays_relayed_and_says_why() -> None:
             config = MeshConfig(listen_addr=LOOP, keyed_relays=(f"tcp://{server.address}",))
             async with MeshNode(config) as a, MeshNode(config) as b:
                 conn = await a.connect(b.peer_id, b.local_address, path="relay")
-                await asyncio.sleep(1.0)
+
+                # A (pinned) announces its candidates once; B's agent retries its round after ~2-3 s.
+                # Once B has started a second round and A answered it, the first round is over:
+                # had either side ignored the pin, it would have checked B's loopback address (it
+                # answers) and gone direct well before then.
+                def round_over_or_checked() -> bool:
+                    if checks_sent(a) or checks_sent(b):
+                        return True  # fails below, at once
+                    return candidate_frames_sent(a) >= 3 and candidate_frames_sent(b) >= 3
+
+                assert await wait_for(round_over_or_checked, 20), (a.stats(), b.stats())
+                assert checks_sent(a) == 0, "the pinned side ran direct checks"
+                assert checks_sent(b) == 0, "the peer of a pinned side ran direct checks"
                 ping = await a.ping(b.peer_id)
                 assert ping.path == "relay" and ping.via == "keyed"
                 assert ping.reason is not None and "path=relay" in ping.reason

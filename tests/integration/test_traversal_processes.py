@@ -85,6 +85,15 @@ class Mesh:
     def both(self) -> tuple[str | None, str | None]:
         return self.via(self.admin_a, self.b_id)[0], self.via(self.admin_b, self.a_id)[0]
 
+    def checks_failed(self) -> bool:
+        """Both sides ran a whole round of direct checks and none was answered (their reason says so)."""
+        reasons = (self.via(self.admin_a, self.b_id)[1], self.via(self.admin_b, self.a_id)[1])
+        return all(r is not None and "direct checks failed" in r for r in reasons)
+
+    def received(self) -> int:
+        """Messages B's inbox has taken in so far (a counter: the test reads the inbox only at the end)."""
+        return int(self.ns.admin(self.admin_b, "GET", "/v1/status")["inbox"]["received"])
+
 
 def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -107,7 +116,8 @@ def test_a_relayed_connection_upgrades_to_direct_when_the_path_opens(
         mesh.cut()
         connected = ns.admin(mesh.admin_a, "POST", "/v1/connect", {"peer": f"{mesh.b_id}@{mesh.b_addr}"})
         assert connected["path"] == "relay", connected
-        time.sleep(1.0)  # a round of direct checks fails against the cut path
+        # Still relayed once a whole round of direct checks has run against the cut path (and failed).
+        wait(mesh.checks_failed, 15, "a failed round of direct checks on both sides")
         ping = ns.admin(mesh.admin_a, "POST", "/v1/ping", {"peer": mesh.b_id})
         assert ping["path"] == "relay" and ping["via"] == relayed, ping
         assert ping["reason"], ping  # says why it is relayed
@@ -127,13 +137,15 @@ def test_fault_direct_path_cut_mid_transfer_moves_to_the_relay_and_back_without_
         ns.admin(mesh.admin_a, "POST", "/v1/connect", {"peer": f"{mesh.b_id}@{mesh.b_addr}"})
         assert mesh.both() == ("direct", "direct")
         driver = ns.spawn(sys.executable, "-c", DRIVER, mesh.admin_a, mesh.b_id, str(count), "0.01")
-        time.sleep(1.0)
-        mesh.cut()  # mid-transfer
+        wait(lambda: mesh.received() > 0, 15, "the transfer to start")
+        mesh.cut()
+        at_cut = mesh.received()  # the direct path is cut: whatever comes after came over the relay
+        assert 0 < at_cut < count, f"not cut mid-transfer: {at_cut} of {count} received at the cut"
         wait(lambda: mesh.via(mesh.admin_a, mesh.b_id)[0] == "keyed", 15, "A on the relay")
         wait(lambda: mesh.via(mesh.admin_b, mesh.a_id)[0] == "keyed", 15, "B on the relay")
         _, reason = mesh.via(mesh.admin_a, mesh.b_id)
         assert reason, "a relayed connection says why"
-        time.sleep(1.0)
+        wait(lambda: mesh.received() > at_cut, 15, "messages to arrive over the relay")
         mesh.restore()
         wait(lambda: mesh.both() == ("direct", "direct"), 20, "both sides back on the direct path")
         assert driver.wait(timeout=60) == 0
@@ -169,6 +181,11 @@ def lab_via(host: Any) -> str | None:
     return peers[0]["via"] if peers else None
 
 
+def lab_received(host: Any) -> int:
+    """Messages the node's inbox has taken in so far (the tests read the inbox only at the end)."""
+    return int(admin(host, "GET", "/v1/status")["inbox"]["received"])
+
+
 def test_nat_rebinding_mid_transfer_migrates_the_session() -> None:
     """Behind a symmetric NAT that forgets its mappings (conntrack flushed, as after a router
     reboot or a mapping timeout), the node's packets leave from a new port: the peer validates
@@ -201,8 +218,10 @@ def test_nat_rebinding_mid_transfer_migrates_the_session() -> None:
                 "0.01",
             ]
         )
-        time.sleep(1.0)
+        wait(lambda: lab_received(b) > 0, 15, "the transfer to start")
         lab.router("nat_a").run(["conntrack", "-F"])  # the NAT forgets: new mappings, new ports
+        at_flush = lab_received(b)
+        assert at_flush < count, f"not mid-transfer: {at_flush} of {count} received at the flush"
         assert driver.wait(timeout=60) == 0
         got: list[str] = []
         deadline = time.monotonic() + 20
@@ -243,11 +262,13 @@ def test_fault_on_the_nat_lab_cut_between_two_port_restricted_nats_and_back() ->
         admin(a, "POST", "/v1/connect", {"peer": f"{b_id}@{lab.public_ipv4('b')}:{NODE_PORT}"})
         wait(lambda: lab_via(a) == "direct" and lab_via(b) == "direct", 15, "the punched direct path")
         driver = a.popen([sys.executable, "-c", DRIVER, "127.0.0.1:7947", b_id, str(count), "0.01"])
-        time.sleep(1.0)
+        wait(lambda: lab_received(b) > 0, 15, "the transfer to start")
         lab.cut("a", "b")
+        at_cut = lab_received(b)  # nothing passes between a and b now: what comes after is relayed
+        assert 0 < at_cut < count, f"not cut mid-transfer: {at_cut} of {count} received at the cut"
         wait(lambda: lab_via(a) == "keyed" and lab_via(b) == "keyed", 15, "both on the keyed relay")
         assert admin(a, "GET", "/v1/peers")["peers"][0]["reason"]
-        time.sleep(1.0)
+        wait(lambda: lab_received(b) > at_cut, 15, "messages to arrive over the relay")
         lab.restore("a", "b")
         wait(lambda: lab_via(a) == "direct" and lab_via(b) == "direct", 20, "both back on the direct path")
         assert driver.wait(timeout=60) == 0

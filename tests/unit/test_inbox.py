@@ -18,7 +18,7 @@ from coremesh_node.admin import STATE, AdminServer, Inbox, InboxPump, create_adm
 
 from coremesh import MeshConfig, MeshNode
 from coremesh.addr import Address
-from coremesh.identity import Identity
+from coremesh.identity import Identity, PeerId
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -33,6 +33,30 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 90.0) -> T:
     return asyncio.run(bounded())
 
 
+class PeakInbox(Inbox):
+    """An inbox that records the most payload bytes it ever held (after every message queued)."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        super().__init__(max_bytes=max_bytes)
+        self.peak = 0
+
+    async def put(self, sender: PeerId, data: bytes, ts: float | None = None) -> bool:
+        queued = await super().put(sender, data, ts)  # nothing runs between the push and here
+        self.peak = max(self.peak, self.bytes)
+        return queued
+
+    def append(self, sender: PeerId, data: bytes, ts: float | None = None) -> None:
+        super().append(sender, data, ts)
+        self.peak = max(self.peak, self.bytes)
+
+
+async def run_ready_tasks() -> None:
+    """Let every task that can run do so until it waits on something (no wall-clock time passes):
+    a task created just before has then either finished or is blocked."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 def message(i: int, size: int) -> bytes:
     head = f"{i:04d}:".encode()
     return head + bytes([i % 251]) * (size - len(head))
@@ -43,22 +67,13 @@ def test_full_inbox_blocks_the_sender_then_drains_in_order() -> None:
 
     async def body() -> None:
         async with MeshNode(CONFIG) as sender, MeshNode(CONFIG) as receiver:
-            inbox = Inbox(max_bytes=cap)
+            inbox = PeakInbox(max_bytes=cap)
             pump = InboxPump(receiver, inbox)
             receiver.on_connection(pump.on_event)
             app = create_admin_app(receiver, inbox, listen=CONFIG.listen_addr)
             server = AdminServer(app)
             admin = await server.start(Address("127.0.0.1", 0))
             app[STATE].ready = True
-            peak = 0
-
-            async def watch() -> None:
-                nonlocal peak
-                while True:
-                    peak = max(peak, inbox.bytes)
-                    await asyncio.sleep(0.005)
-
-            watcher = asyncio.create_task(watch())
             try:
                 conn = await sender.connect(receiver.peer_id, receiver.local_address)
                 # Nobody reads the inbox: the sender must block well before all 40 MiB are accepted.
@@ -70,7 +85,7 @@ def test_full_inbox_blocks_the_sender_then_drains_in_order() -> None:
                         break
                     sent += 1
                 assert sent < total, "send never blocked: the receiver buffered everything"
-                assert inbox.bytes <= cap and peak <= cap + size
+                assert inbox.bytes <= cap and inbox.peak <= cap
                 assert inbox.dropped == 0 and len(inbox) >= 1
 
                 async with ClientSession() as http:
@@ -92,9 +107,8 @@ def test_full_inbox_blocks_the_sender_then_drains_in_order() -> None:
                             got += [m["data"] for m in json.loads(await resp.text())["messages"]]
                     await sending
                 assert got == [message(i, size).decode("latin-1") for i in range(total)]
-                assert inbox.received == total and inbox.dropped == 0 and peak <= cap + size
+                assert inbox.received == total and inbox.dropped == 0 and inbox.peak <= cap
             finally:
-                watcher.cancel()
                 await server.stop()
                 await pump.stop()
 
@@ -121,14 +135,15 @@ def test_put_waits_for_room_and_take_makes_it() -> None:
         inbox = Inbox(max_bytes=10)
         await inbox.put(PEER_B, b"a" * 6)
         second = asyncio.create_task(inbox.put(PEER_B, b"b" * 6))
-        await asyncio.sleep(0.05)
+        await run_ready_tasks()
         assert not second.done() and inbox.bytes == 6  # waiting: 12 > 10
         assert [m.data for m in inbox.take(1)] == [b"a" * 6]
         assert await asyncio.wait_for(second, 1) is True
         assert inbox.bytes == 6 and inbox.dropped == 0
         third = asyncio.create_task(inbox.put(PEER_B, b"c" * 6))
-        await asyncio.sleep(0.05)
-        inbox.close()  # shutdown releases a waiting reader
+        await run_ready_tasks()
+        assert not third.done()  # waiting for room, not refused
+        inbox.close()  # shutdown releases a waiting writer
         assert await asyncio.wait_for(third, 1) is False
 
     run(body)
