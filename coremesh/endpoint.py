@@ -358,7 +358,8 @@ class PeerConnection:
                     peer_id=self.peer_id,
                     address=self.address,
                     reason=(
-                        f"no handshake response from {self.address} within {cfg.connect_timeout:g}s "
+                        f"no handshake response from {self.address} within "
+                        f"{self.connect_deadline - self.created_at:g}s "
                         f"(no node listening there, or the node there is not {self.peer_id.short()}…)"
                     ),
                 )

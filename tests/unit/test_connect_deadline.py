@@ -33,3 +33,14 @@ def test_without_a_deadline_a_redirect_still_restarts_connect_timeout() -> None:
     net.flush()
     assert net.run_until(lambda: bool(a.of(ev.ConnectFailed)), timeout=120.0)
     assert net.clock.now == start + 1.0 + 5.0
+
+
+def test_a_failed_connect_names_the_time_it_was_given() -> None:
+    """The reason every on_connection callback sees says how long the connect really waited."""
+    net, a, b = pair(connect_timeout=5.0)
+    start = net.clock.now
+    a.endpoint.connect(b.endpoint.peer_id, Address("192.0.2.77", 7), start, timeout=0.5)
+    net.flush()
+    assert net.run_until(lambda: bool(a.of(ev.ConnectFailed)), timeout=120.0)
+    (failed,) = a.of(ev.ConnectFailed)
+    assert "no handshake response from 192.0.2.77:7 within 0.5s " in failed.reason, failed.reason
