@@ -255,6 +255,8 @@ class TraversalAgent:
     ) -> None:
         self.remote_pinned = pinned
         self.remote_nat = nat_type
+        if pinned and self.mode is Mode.RELAYED:
+            self.reason = "the peer pinned this connection to the relay (path=relay): no direct checks"
         fresh: dict[Address, Candidate] = {}
         for cand in candidates:
             if is_usable_remote(cand.address):

@@ -109,6 +109,8 @@ def test_a_pinned_relay_connection_stays_relayed_and_says_why() -> None:
                 assert ping.reason is not None and "path=relay" in ping.reason
                 assert conn.path == "relay"
                 assert b.path_info(a.peer_id)[0] == "keyed"
+                back = await b.ping(a.peer_id)
+                assert back.reason is not None and "the peer pinned this connection" in back.reason
         finally:
             await server.stop()
 

@@ -195,6 +195,7 @@ def test_a_pinned_peer_is_not_checked() -> None:
     a = agent()
     a.on_candidates(1, False, True, "", (R_SRFLX,), 0.0)
     assert not [x for x in run(a, 60.0) if isinstance(x, SendChallenge)]
+    assert a.reason is not None and "the peer pinned this connection" in a.reason  # not "not run yet"
 
 
 def test_sequential_symmetric_peer_gets_predicted_ports() -> None:
