@@ -8,7 +8,8 @@ leave in order, so jitter never reorders them. The queue is bounded (:data:`MAX_
 packets are dropped, as a full router buffer would.
 
 Run: ``python -m coremesh_natlab.delayd CONFIG.json``; prints ``ready`` once bound. SIGHUP re-reads
-the config (for :meth:`Link.set`), SIGTERM releases what is held and exits.
+the config (for :meth:`Link.set`) and, when it carries a ``generation``, acknowledges it in
+``CONFIG.json.loaded``; SIGTERM releases what is held and exits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import os
 import random
 import select
 import signal
@@ -55,6 +57,11 @@ class DelayElement:
         }
         if "seed" in config:
             self.rng.seed(config["seed"])
+        if "generation" in config:  # the lab waits for this acknowledgement of a reload
+            done = f"{self.path}.loaded"
+            with open(f"{done}.tmp", "w") as f:
+                f.write(str(config["generation"]))
+            os.replace(f"{done}.tmp", done)
 
     def delay(self, indev: int, hw: bytes) -> float:
         total = 0.0
@@ -85,6 +92,11 @@ class DelayElement:
         nfq = NetfilterQueue()
         nfq.bind(queue, self.on_packet, max_len=MAX_HELD, mode=COPY_META)
         fd = nfq.get_fd()
+        # A signal wakes the select below at once (a reload must not wait for the next packet).
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload", True))
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop", True))
@@ -102,10 +114,17 @@ class DelayElement:
                 now = time.monotonic()
                 timeout = max(0.0, self.held[0][0] - now) if self.held else 0.5
                 try:
-                    readable, _, _ = select.select([fd], [], [], timeout)
+                    readable, _, _ = select.select([fd, wake_r.fileno()], [], [], timeout)
                 except InterruptedError:
                     continue
-                if readable:
+                if wake_r.fileno() in readable:
+                    while True:
+                        try:
+                            if not wake_r.recv(512):
+                                break
+                        except BlockingIOError:
+                            break
+                if fd in readable:
                     nfq.run(block=False)
                 self.release_due(time.monotonic())
         finally:

@@ -514,11 +514,24 @@ class Lab:
             tail = (self.workdir / f"{node.name}.delay.log").read_text(errors="replace")[-800:]
             raise LabError(f"the delay element in {node.netns} did not start:\n{tail}")
 
+    def _wait_reloaded(self, node: NodePlan, config: Path, generation: str, timeout: float = 10.0) -> None:
+        """Wait until the delay element acknowledged ``generation`` of its configuration, so that the
+        rules fed to it next already meet the new delays."""
+        done = config.with_name(config.name + ".loaded")
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError):
+                if done.read_text() == generation:
+                    return
+            if time.monotonic() > deadline:
+                raise LabError(f"the delay element in {node.netns} did not reload its configuration")
+            time.sleep(0.002)
+
     def _apply_links(self, network: str) -> None:
         """Reconfigure every node on ``network``: delay elements first (started, or told to re-read
         their configuration), then the rules that feed them, in all namespaces at once."""
         affected = [n for n in self.plan.nodes.values() if any(i.network == network for i in n.interfaces)]
-        told = False
+        told: list[tuple[NodePlan, Path, str]] = []
         for node in affected:
             proc = self._delayd.get(node.name)
             running = proc.pid if proc is not None and proc.poll() is None else _find_delayd(node.netns)
@@ -527,11 +540,15 @@ class Lab:
                     self._start_delayd(node)
                 else:
                     config = self.workdir / f"{node.name}.delay.json"
-                    config.write_text(json.dumps(rules.delay_config(self.plan, node)))
+                    generation = secrets.token_hex(8)
+                    tmp = config.with_name(config.name + ".tmp")
+                    wanted = {**rules.delay_config(self.plan, node), "generation": generation}
+                    tmp.write_text(json.dumps(wanted))
+                    os.replace(tmp, config)
                     os.kill(running, signal.SIGHUP)
-                    told = True
-        if told:
-            time.sleep(0.05)  # the elements re-read their configuration between two packets
+                    told.append((node, config, generation))
+        for node, config, generation in told:
+            self._wait_reloaded(node, config, generation)
         procs = [
             (node, subprocess.Popen(
                 self.nodes[node.name].command(["sh", "-ec", "\n".join(self._link_commands(node))]),

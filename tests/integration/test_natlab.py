@@ -240,6 +240,9 @@ def test_delay_is_applied_to_a_link_and_removed_again(lab: Lab, imp: Link) -> No
     result = json.loads(host.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
     assert result["lost"] == 0 and min(result["rtt_ms"]) >= 60, result  # 30 ms each way
     assert impairment_rules(lab) != unimpaired  # packets go through the delay element
+    imp.set(latency_ms=60)  # the running element re-reads its configuration (acknowledged)
+    result = json.loads(host.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
+    assert result["lost"] == 0 and min(result["rtt_ms"]) >= 120, result  # at once, from the first ping
     imp.set(latency_ms=0)
     assert impairment_rules(lab) == unimpaired  # ...and no longer (the RTT: benchmarks/natlab_setup.py)
     result = json.loads(host.run([sys.executable, "-m", "coremesh_natlab.rtt", STUN, "--count", "5"]).stdout)
