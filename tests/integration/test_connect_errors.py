@@ -13,8 +13,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -33,17 +32,11 @@ from coremesh import (
 )
 from coremesh.discovery import StaticDiscovery
 
+from .aio import run
 from .daemons import Node, Nodes, assert_one_error_line, cli, cli_json, free_port
 
 T = TypeVar("T")
 LOOP = "127.0.0.1:0"
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    return asyncio.run(bounded())
 
 
 def refusal(turn_port: int) -> str:
@@ -229,15 +222,6 @@ def post(admin: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    manager = Nodes(tmp_path)
-    try:
-        yield manager
-    finally:
-        manager.stop_all()
 
 
 def start_relay(nodes: Nodes) -> tuple[Node, int, str]:

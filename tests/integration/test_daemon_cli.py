@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ from .daemons import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    manager = Nodes(tmp_path)
-    try:
-        yield manager
-    finally:
-        manager.stop_all()
 
 
 @pytest.fixture

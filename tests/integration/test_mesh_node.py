@@ -7,7 +7,6 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,17 +25,12 @@ from coremesh import (
 )
 from coremesh.identity import Identity
 
+from .aio import run
+
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 LOOP4 = MeshConfig(listen_addr="127.0.0.1:0", heartbeat_interval=0.5, idle_timeout=3.0, connect_timeout=2.0)
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    return asyncio.run(bounded())
 
 
 def ipv6_available() -> bool:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ SERVICES = {
     # The relay also listens on TCP at --listen: keep to UDP so only a free UDP port is needed.
     "relay": ("coremesh_relay", "coremesh-relay", ("--no-tcp",)),
 }
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    manager = Nodes(tmp_path)
-    try:
-        yield manager
-    finally:
-        manager.stop_all()
 
 
 def start(nodes: Nodes, kind: str, name: str, *extra: str) -> Node:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -20,17 +20,11 @@ from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
 from coremesh import Connection, ConnectionFailed, MeshConfig, MeshNode, PeerId
 from coremesh.paths import RelayAddress
 
+from .aio import run
 from .netns import free_ports, private_namespace
 
 T = TypeVar("T")
 LOOP = "127.0.0.1:0"
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    return asyncio.run(bounded())
 
 
 async def eventually(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
 
 from coremesh import Address, MeshConfig, MeshNode
 
+from .aio import run
+
 T = TypeVar("T")
 LOOP = "127.0.0.1:0"
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    return asyncio.run(bounded())
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
