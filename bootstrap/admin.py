@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from coremesh.addr import Address
@@ -32,7 +29,14 @@ from coremesh.dht.service import record_json
 from coremesh.errors import InvalidPeerId, MeshError, PeerNotFound
 from coremesh.identity import PeerId
 from coremesh.service import version
-from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
+from coremesh.service.admin import (
+    AdminRunner,
+    ApiError,
+    error_response,
+    json_errors,
+    metrics_registry,
+    metrics_response,
+)
 from coremesh.service.logs import EventLogger
 
 log = EventLogger("coremesh_bootstrap.admin")
@@ -159,11 +163,7 @@ def create_admin_app(state: BootstrapState) -> web.Application:
         middlewares=[json_errors(log, _ERROR_MAP, service="coremesh-bootstrap")], client_max_size=64 * 1024
     )
     app[STATE] = state
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(BootstrapCollector(state))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    app[REGISTRY] = registry
+    app[REGISTRY] = metrics_registry(BootstrapCollector(state))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -188,8 +188,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     """Prometheus metrics: routing table, records, lookups served, drops by reason, connections."""
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(request.app[REGISTRY])
 
 
 async def _status(request: web.Request) -> web.Response:

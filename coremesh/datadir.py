@@ -81,17 +81,23 @@ class DataDirLock:
             self.release()
 
 
+def make_data_dir(data_dir: Path | str) -> Path:
+    """Create ``data_dir`` (0700, parents too) if it does not exist; IdentityError if it cannot be."""
+    data_dir = Path(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise IdentityError(f"cannot create data dir {data_dir}: {exc.strerror}") from None
+    return data_dir
+
+
 def lock_data_dir(data_dir: Path | str) -> DataDirLock:
     """Create ``data_dir`` (0700) if needed and lock it for this process.
 
     Raises :class:`DataDirLocked` if another process holds it, :class:`~coremesh.errors.IdentityError`
     if the directory or its lock file cannot be created (the same error as for the identity key).
     """
-    data_dir = Path(data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise IdentityError(f"cannot create data dir {data_dir}: {exc.strerror}") from None
+    data_dir = make_data_dir(data_dir)
     path = data_dir / LOCK_FILE_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -24,6 +24,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.signing
 
+from .datadir import make_data_dir
 from .errors import IdentityError, InvalidPeerId
 
 _CHECKSUM_LEN: Final = 3
@@ -202,11 +203,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def load_or_create_identity(data_dir: Path) -> Identity:
     """Load ``DATA_DIR/identity.key``, or create it (0600, atomically) if it does not exist."""
-    data_dir = Path(data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise IdentityError(f"cannot create data dir {data_dir}: {exc.strerror}") from None
+    data_dir = make_data_dir(data_dir)
     path = data_dir / KEY_FILE_NAME
     try:
         data = path.read_bytes()

@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 
 from coremesh.addr import Address, format_address, parse_address
 from coremesh.cli import (
@@ -71,10 +70,17 @@ from coremesh.errors import (
 from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
 from coremesh.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
-from coremesh.service.admin import AdminRunner, ApiError, error_response, json_errors
+from coremesh.service.admin import (
+    AdminRunner,
+    ApiError,
+    error_response,
+    json_errors,
+    metrics_registry,
+    metrics_response,
+)
 
 from .logs import log
-from .metrics import NodeCollector, build_registry
+from .metrics import NodeCollector
 
 INBOX_SIZE: Final = 10_000  # messages
 INBOX_BYTES: Final = 64 * 1024 * 1024  # payload bytes; see Inbox
@@ -459,7 +465,7 @@ def create_admin_app(
     app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=max_body)
     state = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
     app[STATE] = state
-    app[REGISTRY] = build_registry(NodeCollector(lambda: state, _version()))
+    app[REGISTRY] = metrics_registry(NodeCollector(lambda: state, _version()))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/peers", _peers)
     app.router.add_post("/v1/connect", _connect)
@@ -735,8 +741,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     """Prometheus metrics: connections by path, packets, bytes, handshakes, drops, DHT, traversal."""
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(request.app[REGISTRY])
 
 
 async def _readyz(request: web.Request) -> web.Response:

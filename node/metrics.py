@@ -28,10 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 NAMESPACE: Final = "coremesh_node"
@@ -220,11 +217,3 @@ def _by_direction(name: str, text: str, sent: int, received: int) -> CounterMetr
     family.add_metric(["sent"], sent)
     family.add_metric(["received"], received)
     return family
-
-
-def build_registry(collector: NodeCollector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
-    PlatformCollector(registry=registry)
-    return registry

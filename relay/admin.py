@@ -19,21 +19,24 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from coremesh.addr import Address
 from coremesh.service import version
-from coremesh.service.admin import AdminRunner, error_response, json_errors
+from coremesh.service.admin import (
+    AdminRunner,
+    error_response,
+    json_errors,
+    metrics_registry,
+    metrics_response,
+)
 from coremesh.service.logs import EventLogger
 
 log = EventLogger("coremesh_relay.admin")
@@ -222,14 +225,6 @@ def spec_for(service: str, key: str) -> Spec:
     return Spec(f"{service}_{key}".removesuffix("_total"), kind, f"{service} stats()[{key!r}]")
 
 
-def build_registry(collector: RelayCollector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
-    PlatformCollector(registry=registry)
-    return registry
-
-
 # ----------------------------------------------------------------------------------------- state
 
 
@@ -292,7 +287,7 @@ def create_admin_app(state: RelayState) -> web.Application:
     app = web.Application(middlewares=[json_errors(log, service="coremesh-relay")], client_max_size=64 * 1024)
     app[STATE] = state
     collector = RelayCollector(lambda: dict(state.services), {"version": version()})
-    app[REGISTRY] = build_registry(collector)
+    app[REGISTRY] = metrics_registry(collector)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -315,8 +310,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     """Prometheus metrics: allocations, relayed bytes and packets, keyed sessions, drops by reason."""
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(request.app[REGISTRY])
 
 
 async def _status(request: web.Request) -> web.Response:

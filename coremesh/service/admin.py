@@ -8,6 +8,11 @@ from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from ..addr import Address
 from .logs import EventLogger
@@ -115,3 +120,18 @@ def json_errors(
             return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
     return middleware
+
+
+def metrics_registry(collector: Collector) -> CollectorRegistry:
+    """A service's Prometheus registry: its own collector (read at every scrape) plus the process
+    and platform collectors (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ...)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    """``GET /metrics``: the registry in the Prometheus text format."""
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
