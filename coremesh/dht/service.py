@@ -28,6 +28,7 @@ from ..addr import Address
 from ..config import MeshConfig, PeerAddress
 from ..errors import DecodeError, PeerNotFound
 from ..identity import Identity, PeerId, atomic_write
+from ..paths import PathAddress, udp_address
 from ..runtime import UdpRuntime
 from ..wire import PacketType
 from .events import LookupFinished, OwnRecordRenewed
@@ -235,8 +236,25 @@ class DhtService:
 
     # -- the shell ------------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        self.core.receive_datagram(data, addr, now)
+    def _on_datagram(self, data: bytes, addr: PathAddress, now: float) -> None:
+        if type(addr) is Address:
+            self.core.receive_datagram(data, addr, now)
+            self._pump()
+            return
+        # By another path than the socket: a probe socket of the birthday approach, or our TURN
+        # allocation. The core knows the sender by its UDP address; what it answers to that
+        # address goes back the way the datagram came (that is where the sender's NAT lets it in).
+        udp = udp_address(addr)
+        if udp is None:
+            # The keyed relay: a DHT contact must have a UDP address, and answers by relay would
+            # not tell the sender anything it can use.
+            self.core.counters["via_keyed_relay"] += 1
+            return
+        self._pump()
+        self.core.receive_datagram(data, udp, now)
+        if not self._stopped:
+            for out, dest in self.core.datagrams_to_send(now):
+                self._runtime.send_raw(out, addr if dest == udp else dest)
         self._pump()
 
     def _pump(self) -> None:
