@@ -55,11 +55,12 @@ class Sim:
         self.config = DhtConfig()
         self.live: dict[Address, DhtNode] = {}
         self.joined_at: dict[PeerId, float] = {}
-        self.all_nodes: list[DhtNode] = []
         self.live_list: list[Address] = []
         self.counter = 0
         self.departed = 0
-        self.lookups: dict[tuple[int, int], tuple[PeerId, float]] = {}  # (node id, qid) -> target
+        self.departed_bytes = 0  # what departed nodes sent (the nodes themselves are let go)
+        # (source node, qid) -> target, start; a departed source's lookups are dropped with it.
+        self.lookups: dict[tuple[PeerId, int], tuple[PeerId, float]] = {}
 
     def new_address(self) -> Address:
         i = self.counter
@@ -80,7 +81,6 @@ class Sim:
         self.net.attach(addr, node)  # picks up the node's first datagrams and timer
         self.live[addr] = node
         self.live_list.append(addr)
-        self.all_nodes.append(node)
         self.joined_at[node.peer_id] = now
 
     def leave(self) -> None:
@@ -92,6 +92,9 @@ class Sim:
         self.joined_at.pop(node.peer_id, None)
         self.net.detach(addr)
         self.departed += 1
+        self.departed_bytes += node.bytes_sent
+        for key in [k for k in self.lookups if k[0] == node.peer_id]:
+            del self.lookups[key]
 
     def start_lookup(self) -> bool:
         now = self.net.clock.now
@@ -101,7 +104,7 @@ class Sim:
             dst = self.live[self.live_list[rng.randrange(len(self.live_list))]]
             if dst is not src and now - self.joined_at[dst.peer_id] >= 60.0:
                 qid = src.start_lookup(dst.peer_id, now)
-                self.lookups[(id(src), qid)] = (dst.peer_id, now)
+                self.lookups[(src.peer_id, qid)] = (dst.peer_id, now)
                 return True
         return False
 
@@ -109,7 +112,7 @@ class Sim:
         for node in list(self.live.values()):
             while (e := node.next_event()) is not None:
                 if isinstance(e, LookupFinished):
-                    key = (id(node), e.query_id)
+                    key = (node.peer_id, e.query_id)
                     if key not in self.lookups:
                         continue
                     target, _started = self.lookups.pop(key)
@@ -123,7 +126,7 @@ class Sim:
                     )
 
     def traffic(self) -> int:
-        return sum(n.bytes_sent for n in self.all_nodes)
+        return self.departed_bytes + sum(n.bytes_sent for n in self.live.values())
 
 
 def routing_entry_memory(entries: int = 1000) -> dict[str, float]:

@@ -37,7 +37,9 @@ class Route(Protocol):
 # (STUN, TURN ChannelData); returns mesh packets unwrapped from it as (data, peer address) pairs.
 ForeignHandler = Callable[[bytes, Address, float], list[tuple[bytes, Address]]]
 RelaySender = Callable[[RelayAddress, bytes], bool]
-PacketHandler = Callable[[bytes, Address, float], None]
+# A side protocol's receiver (the DHT): what reached the socket, or came by another path (a probe
+# socket, our TURN allocation, the keyed relay), tagged with that path as the endpoint sees it.
+PacketHandler = Callable[[bytes, PathAddress, float], None]
 _MESH_FIRST_BYTE: Final = 0xE0
 
 log = logging.getLogger("coremesh.runtime")
@@ -149,8 +151,8 @@ class UdpRuntime:
         self._packet_handlers[packet_type] = handler
         handlers, endpoint_receive = self._packet_handlers, self.endpoint.receive_datagram
 
-        def dispatch(data: bytes, addr: Address, now: float) -> None:
-            handler = handlers.get(data[0])
+        def dispatch(data: bytes, addr: PathAddress, now: float) -> None:
+            handler = handlers.get(data[0]) if data else None
             if handler is None:
                 endpoint_receive(data, addr, now)
                 return
@@ -163,17 +165,23 @@ class UdpRuntime:
 
         self._receive_mesh = dispatch
 
-    def send_raw(self, data: bytes, address: Address) -> None:
-        """Send one datagram that is not a mesh packet (a STUN or TURN request) from our socket."""
+    def send_raw(self, data: bytes, address: PathAddress) -> None:
+        """Send one datagram that is not the endpoint's (a STUN or TURN request, a DHT message) from
+        our socket to a plain address, or by the path another address names (a DHT answer goes
+        back the way its request came: a probe socket, our TURN allocation)."""
         if self._closed:
             return
-        self._send_direct([(data, address)], self._loop.time())
+        if type(address) is Address:
+            self._send_direct([(data, address)], self._loop.time())
+        else:
+            self._send_all([(data, address)], self._loop.time())
 
     def deliver(self, data: bytes, address: PathAddress) -> None:
-        """Feed a mesh packet that arrived by an indirect path (the keyed relay) into the core."""
+        """Feed a mesh packet that arrived by an indirect path (the keyed relay) into the core (or
+        the side protocol of its type)."""
         if self._closed:
             return
-        self.endpoint.receive_datagram(data, address, self._loop.time())
+        self._receive_mesh(data, address, self._loop.time())
         self.schedule_flush()
 
     @property
@@ -311,7 +319,7 @@ class UdpRuntime:
             return
         for inner, peer in unwrapped:
             # Tagged, so that the core can tell a packet relayed by our TURN server from a direct one.
-            self.endpoint.receive_datagram(inner, TurnAddress(addr, peer), now)
+            self._receive_mesh(inner, TurnAddress(addr, peer), now)
 
     def _on_readable_gro(self) -> None:
         recvmsg = self.sock.recvmsg
@@ -439,7 +447,7 @@ class UdpRuntime:
             if data and data[0] >= _MESH_FIRST_BYTE:
                 # Tagged with the socket, so that replies go back out through it.
                 peer = normalize_socket_address(sockaddr)
-                self.endpoint.receive_datagram(data, ProbeAddress(ident, peer), now)
+                self._receive_mesh(data, ProbeAddress(ident, peer), now)
                 self.datagrams_received += 1
             else:
                 self.endpoint.counters["drop_not_mesh"] += 1

@@ -36,7 +36,8 @@ class DhtConfig:
       refused; ``pex_max_records`` records per gossip datagram.
     Abuse limits:
       ``max_replies_per_second`` (burst ``reply_burst``) answered per source IP, tracked for at most
-      ``max_rate_sources`` sources; ``max_pending_requests`` requests in flight; at most
+      ``max_rate_sources`` sources (a source silent for a full refill is forgotten at the next
+      maintenance round); ``max_pending_requests`` requests in flight; at most
       ``max_verifications`` pings in flight to check the address of unknown requesters, each peer at
       most once per ``verify_backoff``.
     """

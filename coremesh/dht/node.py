@@ -315,6 +315,29 @@ class DhtNode:
             "bytes_received": self.bytes_received,
         }
 
+    def memory_stats(self) -> dict[str, int]:
+        """The size of every table this node keeps (entries, not bytes): each one is bounded, and
+        the tables that age (rate limits, verification backoff, demotions) are purged as they age."""
+        table = self.table.sizes()
+        return {
+            "contacts": table["contacts"],
+            "replacements": table["replacements"],
+            "buckets": table["buckets"],
+            "demoted": table["demoted"],
+            "records": len(self.store),
+            "rate_sources": len(self._rates),
+            "verified": len(self._verified_at),
+            "probing": len(self._probing),
+            "pending": len(self._pending),
+            "deadlines": len(self._deadlines),
+            "queries": len(self._queries),
+            "queued": len(self._queued),
+            "events": len(self._events),
+            "refreshed": len(self._refreshed),
+            "outgoing": len(self._out),
+            "counters": len(self.counters),
+        }
+
     # ---- persistence ----------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -837,6 +860,28 @@ class DhtNode:
         expired = self.store.purge(wall)
         if expired:
             self.counters["records_expired"] += expired
+        self._purge_aged(now)
+
+    def _purge_aged(self, now: float) -> None:
+        """Forget what no longer changes a decision, so that a long-running node's tables hold what
+        recent traffic needs, not every peer it ever heard from (their caps are for floods)."""
+        cfg = self.config
+        # A source silent for a full refill has a full bucket: the same as a source never seen.
+        refill = cfg.reply_burst / cfg.max_replies_per_second
+        rates = self._rates
+        while rates:
+            key, (_, last) = next(iter(rates.items()))  # least recently seen first
+            if now - last < refill:
+                break
+            del rates[key]
+        # A verification older than the backoff no longer holds the next one back.
+        verified = self._verified_at
+        while verified:
+            peer, at = next(iter(verified.items()))  # oldest first
+            if now - at < cfg.verify_backoff:
+                break
+            del verified[peer]
+        self.table.purge_demotions(now)
 
     def _random_id_in_bucket(self, index: int) -> PeerId:
         distance = (1 << index) | self.rng.getrandbits(index) if index > 0 else 1

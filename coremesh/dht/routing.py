@@ -124,6 +124,15 @@ class RoutingTable:
         b = self._buckets.get(index)
         return list(b.replacements.values()) if b else []
 
+    def sizes(self) -> dict[str, int]:
+        """How much the table holds: contacts, replacement contacts, buckets, demoted peers."""
+        return {
+            "contacts": len(self._index),
+            "replacements": sum(len(b.replacements) for b in self._buckets.values()),
+            "buckets": len(self._buckets),
+            "demoted": len(self._demoted),
+        }
+
     def nonempty_buckets(self) -> list[int]:
         return sorted(i for i, b in self._buckets.items() if b.contacts)
 
@@ -248,6 +257,18 @@ class RoutingTable:
         self._demoted.move_to_end(peer)
         while len(self._demoted) > 4 * self.config.k * 8:
             self._demoted.popitem(last=False)
+
+    def purge_demotions(self, now: float) -> int:
+        """Forget demotions that ended (they are kept in order of their end); returns how many."""
+        demoted = self._demoted
+        count = 0
+        while demoted:
+            peer, until = next(iter(demoted.items()))
+            if until > now:
+                break
+            del demoted[peer]
+            count += 1
+        return count
 
     def remove(self, peer: PeerId) -> None:
         """Drop ``peer``; the newest replacement that fits the prefix limit takes its slot."""

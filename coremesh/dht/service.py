@@ -6,6 +6,11 @@ shell passes datagrams and the loop's time in, sends what comes out, re-arms one
 events into awaited results, and does the periodic work that needs the outside world: publishing the
 node's own record when its addresses change, gossiping records to connected peers, and saving the
 routing table to the data dir (atomically) so that a restart is warm.
+
+The own record's sequence number must grow across restarts, or the peers that hold the previous
+record answer STALE until it expires: it is at least the wall clock in milliseconds, and always
+above the last one used, which is written to ``DATA_DIR/dht.seq`` (atomically, fsynced) before a
+record carrying it leaves the node. A clock set back, a restart, or both, never make it go down.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ from ..addr import Address
 from ..config import MeshConfig, PeerAddress
 from ..errors import DecodeError, PeerNotFound
 from ..identity import Identity, PeerId, atomic_write
+from ..paths import PathAddress, udp_address
 from ..runtime import UdpRuntime
 from ..wire import PacketType
-from .events import LookupFinished
+from .events import LookupFinished, OwnRecordRenewed
 from .node import DhtNode
-from .records import MAX_ADDRESSES, PeerRecord
+from .records import MAX_ADDRESSES, MAX_SEQ, PeerRecord
 
 log = logging.getLogger("coremesh.dht")
 
 SNAPSHOT_FILE: Final = "dht.snapshot"
+SEQ_FILE: Final = "dht.seq"
+_SEQ_MAGIC: Final = "coremesh-dht-seq-v1"
 _EVENT_COUNTERS: Final = frozenset(
     {
         "pex_sent",
@@ -76,7 +84,7 @@ class DhtService:
         self._lookups: dict[int, asyncio.Future[LookupFinished]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: tuple[tuple[str, str], ...] | None = None
-        self._seq = 0
+        self._seq = self._load_seq()  # the highest sequence number this node ever signed
         self._stopped = False
         runtime.add_packet_handler(PacketType.DHT, self._on_datagram)
 
@@ -135,10 +143,9 @@ class DhtService:
         if not addresses:
             return False
         wall = time.time()
-        # The sequence number is the wall clock in milliseconds: it keeps growing across restarts.
-        self._seq = max(self._seq + 1, int(wall * 1000))
+        seq = self._next_seq(wall)
         record = PeerRecord.create(
-            self._identity, self._seq, wall + self._config.dht_config.record_ttl, list(addresses)
+            self._identity, seq, wall + self._config.dht_config.record_ttl, list(addresses)
         )
         self.core.publish(record, self._loop.time())
         self._published = addresses
@@ -159,6 +166,49 @@ class DhtService:
         }
 
     # -- persistence ----------------------------------------------------------------------------
+
+    @property
+    def _seq_path(self) -> Path | None:
+        data_dir = self._config.data_dir
+        return None if data_dir is None else data_dir / SEQ_FILE
+
+    def _next_seq(self, wall: float) -> int:
+        """A sequence number above every one used before (in this process, in the data dir, and in
+        the record restored from the snapshot), the wall clock in ms when that is higher; persisted
+        before it is used."""
+        own = self.core.own_record
+        floor = max(self._seq, own.seq if own is not None else 0)
+        self._note_seq(max(floor + 1, int(wall * 1000)))
+        return self._seq
+
+    def _note_seq(self, seq: int) -> None:
+        if seq <= self._seq:
+            return
+        self._seq = seq
+        path = self._seq_path
+        if path is None:
+            return  # monotonic within this process only
+        try:
+            atomic_write(path, f"{_SEQ_MAGIC} {seq}\n".encode(), mode=0o600)
+        except OSError as exc:
+            log.warning("cannot save the record sequence number to %s: %s", path, exc)
+
+    def _load_seq(self) -> int:
+        path = self._seq_path
+        if path is None:
+            return 0
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("ignoring the saved record sequence number %s: %s", path, exc)
+            return 0
+        magic, _, number = text.strip().partition(" ")
+        if magic != _SEQ_MAGIC or not number.isascii() or not number.isdigit() or int(number) > MAX_SEQ:
+            log.warning("ignoring the saved record sequence number %s: not a %s file", path, _SEQ_MAGIC)
+            return 0
+        return int(number)
 
     @property
     def _snapshot_path(self) -> Path | None:
@@ -186,21 +236,41 @@ class DhtService:
 
     # -- the shell ------------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        self.core.receive_datagram(data, addr, now)
+    def _on_datagram(self, data: bytes, addr: PathAddress, now: float) -> None:
+        if type(addr) is Address:
+            self.core.receive_datagram(data, addr, now)
+            self._pump()
+            return
+        # By another path than the socket: a probe socket of the birthday approach, or our TURN
+        # allocation. The core knows the sender by its UDP address; what it answers to that
+        # address goes back the way the datagram came (that is where the sender's NAT lets it in).
+        udp = udp_address(addr)
+        if udp is None:
+            # The keyed relay: a DHT contact must have a UDP address, and answers by relay would
+            # not tell the sender anything it can use.
+            self.core.counters["via_keyed_relay"] += 1
+            return
+        self._pump()
+        self.core.receive_datagram(data, udp, now)
+        if not self._stopped:
+            for out, dest in self.core.datagrams_to_send(now):
+                self._runtime.send_raw(out, addr if dest == udp else dest)
         self._pump()
 
     def _pump(self) -> None:
         if self._stopped:
             return
         now = self._loop.time()
-        for data, addr in self.core.datagrams_to_send(now):
-            self._runtime.send_raw(data, addr)
+        # Events first: a renewed own record's sequence number is saved before the record leaves.
         while (event := self.core.next_event()) is not None:
             if isinstance(event, LookupFinished):
                 fut = self._lookups.get(event.query_id)
                 if fut is not None and not fut.done():
                     fut.set_result(event)
+            elif isinstance(event, OwnRecordRenewed):
+                self._note_seq(event.record.seq)
+        for data, addr in self.core.datagrams_to_send(now):
+            self._runtime.send_raw(data, addr)
         self._arm(self.core.get_timer())
 
     def _arm(self, when: float | None) -> None:
