@@ -850,6 +850,8 @@ class MeshNode:
         if self._runtime is not None:
             counters["datagrams_received"] = self._runtime.datagrams_received
             counters["datagrams_sent"] = self._runtime.datagrams_sent
+            counters["bytes_received"] = self._runtime.bytes_received
+            counters["bytes_sent"] = self._runtime.bytes_sent
         counters["connections"] = len(self.connections())
         return counters
 

@@ -129,6 +129,8 @@ class UdpRuntime:
         self._closed = False
         self.datagrams_received = 0
         self.datagrams_sent = 0
+        self.bytes_received = 0  # UDP payload bytes on the node's sockets (mesh, probe), both ways
+        self.bytes_sent = 0
         self.send_errors = 0
         self.gso = sys.platform == "linux"
         self.gro = sys.platform == "linux" and _enable_gro(sock)
@@ -282,7 +284,7 @@ class UdpRuntime:
         recvfrom = self.sock.recvfrom
         receive = self._receive_mesh
         now = self._loop.time()
-        count = 0
+        count = nbytes = 0
         cache: dict[object, Address] = {}
         for _ in range(RECV_BATCH):
             try:
@@ -297,12 +299,14 @@ class UdpRuntime:
             addr = cache.get(sockaddr)
             if addr is None:
                 addr = cache[sockaddr] = normalize_socket_address(sockaddr)
+            nbytes += len(data)
             if data and data[0] >= _MESH_FIRST_BYTE:
                 receive(data, addr, now)
             else:
                 self._on_foreign(data, addr, now)
             count += 1
         self.datagrams_received += count
+        self.bytes_received += nbytes
         self.pump()
 
     def _on_foreign(self, data: bytes, addr: Address, now: float) -> None:
@@ -325,7 +329,7 @@ class UdpRuntime:
         recvmsg = self.sock.recvmsg
         receive = self._receive_mesh
         now = self._loop.time()
-        count = 0
+        count = nbytes = 0
         cache: dict[object, Address] = {}
         for _ in range(RECV_BATCH):
             try:
@@ -339,6 +343,7 @@ class UdpRuntime:
             addr = cache.get(sockaddr)
             if addr is None:
                 addr = cache[sockaddr] = normalize_socket_address(sockaddr)
+            nbytes += len(data)
             segment = 0
             for level, kind, value in ancdata:
                 if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(value) >= 4:
@@ -358,6 +363,7 @@ class UdpRuntime:
                     self._on_foreign(chunk, addr, now)
                 count += 1
         self.datagrams_received += count
+        self.bytes_received += nbytes
         self.pump()
 
     def _sockaddr(self, address: Address) -> tuple[str, int]:
@@ -449,6 +455,7 @@ class UdpRuntime:
                 peer = normalize_socket_address(sockaddr)
                 self._receive_mesh(data, ProbeAddress(ident, peer), now)
                 self.datagrams_received += 1
+                self.bytes_received += len(data)
             else:
                 self.endpoint.counters["drop_not_mesh"] += 1
         self.pump()
@@ -467,6 +474,7 @@ class UdpRuntime:
             log.debug("probe sendto %s: %s", address, exc)
             return
         self.datagrams_sent += 1
+        self.bytes_sent += len(data)
 
     def _send_direct(self, out: list[tuple[bytes, Address]], now: float) -> None:
         if self._pending:
@@ -492,6 +500,7 @@ class UdpRuntime:
                 self._send_failed(exc, data, address, now)
                 continue
             self.datagrams_sent += 1
+            self.bytes_sent += len(data)
 
     def _send_all_gso(self, out: list[tuple[bytes, Address]], now: float) -> None:
         """Send runs of equal-size datagrams to one address with one sendmsg each (the last
@@ -535,6 +544,7 @@ class UdpRuntime:
                 i += 1
                 continue
             self.datagrams_sent += j - i
+            self.bytes_sent += total
             i = j
 
     def _send_failed(self, exc: OSError, data: bytes, address: Address, now: float) -> None:
@@ -563,6 +573,7 @@ class UdpRuntime:
                 self._send_failed(exc, data, address, now)
             else:
                 self.datagrams_sent += 1
+                self.bytes_sent += len(data)
             pending.popleft()
         self._writer_armed = False
         self._loop.remove_writer(self.sock.fileno())

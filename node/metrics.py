@@ -7,6 +7,7 @@ metrics can never drift from ``/v1/status``. A counter the node adds later still
 
     coremesh_node_connections{path}                 connected peers now, by path: direct, turn, keyed
     coremesh_node_packets_total{direction}          UDP datagrams sent / received on the mesh socket
+    coremesh_node_bytes_total{direction}            their bytes (UDP payload), probe sockets included
     coremesh_node_payload_bytes_total{direction}    message bytes sent (``/v1/send``) / received (inbox)
     coremesh_node_messages_total{direction}         messages sent / received, likewise
     coremesh_node_handshakes_total{result}          ok (completed), failed (timed out, or not
@@ -42,6 +43,8 @@ _NAMED: Final = frozenset(
     {
         "datagrams_sent",
         "datagrams_received",
+        "bytes_sent",
+        "bytes_received",
         "connections",  # a gauge; connections by path come from get_peers()
         "handshakes_completed",
         "handshake_initiations_sent",
@@ -119,6 +122,12 @@ class NodeCollector(Collector):
             "UDP datagrams on the mesh socket",
             stats.get("datagrams_sent", 0),
             stats.get("datagrams_received", 0),
+        )
+        yield _by_direction(
+            "bytes",
+            "UDP payload bytes on the node's sockets (the mesh socket and its probe sockets)",
+            stats.get("bytes_sent", 0),
+            stats.get("bytes_received", 0),
         )
         yield _by_direction(
             "payload_bytes",

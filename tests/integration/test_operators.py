@@ -188,6 +188,9 @@ def test_node_metrics_follow_its_traffic(nodes: Nodes) -> None:
     for direction in ("sent", "received"):
         key = ("coremesh_node_packets_total", (("direction", direction),))
         assert after[key] > before[key], direction
+        wire = ("coremesh_node_bytes_total", (("direction", direction),))
+        # Every datagram carries at least a header, and the message itself went over the wire.
+        assert after[wire] - before[wire] >= after[key] - before[key] + len("hello, metrics"), direction
     assert value(after, "coremesh_node_payload_bytes_total", direction="sent") == len("hello, metrics")
     assert value(after, "coremesh_node_messages_total", direction="sent") == 1
     assert value(at_b, "coremesh_node_payload_bytes_total", direction="received") == len("hello, metrics")
