@@ -345,7 +345,16 @@ class MeshNode:
         self._notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, first))
         # Who answers at the address? A node there with another identity drops our initiation
         # unread (mac1), so only an identity probe can tell "wrong peer" from "nobody there".
-        check = None if probed or path == "relay" else self._check_identity(target.address, peer_id, fut)
+        # With a relay to fall back on (path="auto"), another identity at the address only means the
+        # address is stale: the relays may still reach the peer, so the connect goes on.
+        mismatch: list[PeerIdentityMismatch] = []
+        check = (
+            None
+            if probed or path == "relay"
+            else self._check_identity(
+                target.address, peer_id, fut, mismatch if path == "auto" and has_relay else None
+            )
+        )
         runtime.pump()
         relayed = path == "relay"  # whether some relay path carried an initiation
         fell_back = False
@@ -374,12 +383,16 @@ class MeshNode:
                 error = fut.exception()
                 if error is None:
                     conn = fut.result()
+                    notes[:0] = [str(m) for m in mismatch]
                     if notes and conn.path == "relay":
                         self._path_notes[peer_id] = "; ".join(notes)
                     return conn
                 if not isinstance(error, _HandshakeTimedOut):
                     raise error
             # Nothing answered in time: say what was tried, and why each relay could not help.
+            notes[:0] = [str(m) for m in mismatch]
+            if mismatch and not relayed:
+                raise PeerIdentityMismatch("; ".join(notes))
             if path == "auto" and not has_relay and relays is not None:
                 fell_back = True  # relays are configured, but none could even be tried
                 notes.extend(why for why in (relays.turn_unusable(), relays.keyed_unusable()) if why)
@@ -428,11 +441,16 @@ class MeshNode:
         )
 
     def _check_identity(
-        self, address: Address, peer_id: PeerId, fut: asyncio.Future[Connection]
+        self,
+        address: Address,
+        peer_id: PeerId,
+        fut: asyncio.Future[Connection],
+        mismatch: list[PeerIdentityMismatch] | None = None,
     ) -> asyncio.Future[PeerId | None] | None:
         """Ask ``address`` who it is while the handshake runs; if the node there names another
-        peer id, fail ``fut`` with :class:`PeerIdentityMismatch` at once. Returns the probe's
-        future (cancel it when the connect ends), or None when no probe could be sent."""
+        peer id, fail ``fut`` with :class:`PeerIdentityMismatch` at once, or, given a ``mismatch``
+        list (a relay may still reach the peer), add the error there. Returns the probe's future
+        (cancel it when the connect ends), or None when no probe could be sent."""
         runtime, endpoint = self._require_running()
         try:
             nonce = endpoint.probe_identity(address)
@@ -446,12 +464,14 @@ class MeshNode:
             found = None if done.cancelled() else done.result()
             if found is not None and found != peer_id and not fut.done():
                 endpoint.counters["connect_identity_mismatch"] += 1
-                fut.set_exception(
-                    PeerIdentityMismatch(
-                        f"authentication failed: the node at {address} is {found}, not {peer_id} "
-                        "(a wrong peer id, or another node now listens at that address)"
-                    )
+                error = PeerIdentityMismatch(
+                    f"authentication failed: the node at {address} is {found}, not {peer_id} "
+                    "(a wrong peer id, or another node now listens at that address)"
                 )
+                if mismatch is None:
+                    fut.set_exception(error)
+                else:
+                    mismatch.append(error)
 
         probe.add_done_callback(answered)
         endpoint.start_probe(nonce, runtime.now())
@@ -628,29 +648,31 @@ class MeshNode:
         relays = self._relays
         if relays is None:
             return False
+        carried = False  # a TURN allocation carried the initiation (the peer may just be offline)
         if relays.turn and address not in runtime.routes and not isinstance(tried, RelayAddress):
             refused = await self._turn_route(address, deadline)
             if refused is not None:
                 notes.append(refused)
             elif endpoint.redirect(peer_id, address, runtime.now(), deadline=deadline):
+                carried = True
                 log.info("no direct answer; trying through TURN", extra={"peer_id": str(peer_id)})
                 runtime.pump()
                 await _wait_until(fut, min(runtime.now() + timeout / 3, deadline))
                 if fut.done():
                     return True
-        runtime.routes.pop(address, None)
-        relays.forget(address)
         keyed = relays.keyed_relay()
         if keyed is None:
             unusable = relays.keyed_unusable()
             if unusable is not None:
                 notes.append(unusable)
-            return False
+            return carried  # a TURN route keeps carrying the attempt until the deadline
+        runtime.routes.pop(address, None)
+        relays.forget(address)
         if endpoint.redirect(peer_id, RelayAddress(keyed, peer_id), runtime.now(), deadline=deadline):
             log.info("trying through the keyed relay", extra={"peer_id": str(peer_id), "relay": keyed})
             runtime.pump()
             return True
-        return False
+        return carried
 
     def candidates(self) -> list[dict[str, str]]:
         """Addresses peers may reach this node at: host, server-reflexive and relayed candidates."""

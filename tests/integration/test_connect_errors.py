@@ -32,7 +32,7 @@ from coremesh import (
 )
 from coremesh.discovery import StaticDiscovery
 
-from .aio import run
+from .aio import eventually, run
 from .daemons import Node, Nodes, assert_one_error_line, cli, cli_json, free_port
 
 T = TypeVar("T")
@@ -107,6 +107,40 @@ def test_a_connect_by_peer_id_skips_an_address_now_used_by_another_node() -> Non
     run(body)
 
 
+def test_with_a_relay_a_stale_address_does_not_end_the_connect() -> None:
+    """Another node now listens at the address we have for the peer, but a keyed relay reaches the
+    peer: path=auto goes on through the relay, and says why it is relayed."""
+
+    async def body() -> None:
+        keyed = KeyedRelayServer(KeyedRelayConfig(listen=LOOP))
+        await keyed.start()
+        try:
+            url = f"tcp://{keyed.address}"
+            config = MeshConfig(listen_addr=LOOP, keyed_relays=(url,), dht=False)
+            async with (
+                MeshNode(config) as a,
+                MeshNode(config) as c,
+                MeshNode(MeshConfig(listen_addr=LOOP, dht=False)) as other,
+            ):
+                await eventually(
+                    lambda: all(n.relay_status()["keyed"][url]["registered"] for n in (a, c)),
+                    what="both nodes registered at the keyed relay",
+                )
+                conn = await a.connect(c.peer_id, other.local_address, timeout=5.0)
+                assert conn.peer_id == c.peer_id and conn.path == "relay"
+                ping = await a.ping(c.peer_id)
+                assert ping.reason is not None, ping
+                assert f"the node at {other.local_address} is {other.peer_id}" in ping.reason
+                # Without a relay to fall back on, the same stale address is an authentication failure.
+                async with MeshNode(MeshConfig(listen_addr=LOOP, dht=False)) as lone:
+                    with pytest.raises(AuthenticationFailed):
+                        await lone.connect(c.peer_id, other.local_address, timeout=5.0)
+        finally:
+            await keyed.stop()
+
+    run(body)
+
+
 # -- the timeout bounds the whole call ------------------------------------------------------------
 
 
@@ -144,9 +178,9 @@ def test_connect_gives_up_at_its_timeout_with_every_relay_tried(silent: Silent) 
                 assert [e.state for e in events if e.peer_id == nobody][-1] is ConnectionState.FAILED
                 assert a.get_connection(nobody) is None
                 assert "within 6s" in str(caught.value)
-                # Never early; and not the 10+ s that retrying past the deadline took (a bound with
-                # 50 % slack for a loaded machine: only a multi-second stall of the loop breaks it).
-                assert timeout <= elapsed < timeout * 1.5, elapsed
+                # Never early. That it ends at the deadline to the instant is shown in virtual time
+                # (tests/unit/test_connect_deadline.py): no wall-time bound on a loaded machine.
+                assert elapsed >= timeout, elapsed
         finally:
             await keyed.stop()
             await turn.stop()
@@ -191,6 +225,34 @@ def test_no_direct_answer_and_a_refusing_relay_is_a_failed_nat_traversal(silent:
                     await a.connect(b.peer_id, silent.address, timeout=2.0)
                 assert f"no handshake response from {silent.address} within 2s" in str(caught.value)
                 assert refusal(port) in str(caught.value)
+        finally:
+            await turn.stop()
+
+    run(body)
+
+
+def test_an_attempt_turn_carried_is_not_a_failed_nat_traversal(silent: Silent) -> None:
+    """TURN carried the initiation (a permission and a channel for the peer) and nobody answered:
+    the peer may just be offline, so this is a plain failed connect, not a NAT verdict, even when
+    the keyed relay is down; and the TURN route carries the attempt until the deadline."""
+
+    async def body() -> None:
+        turn = StunTurnService(
+            StunTurnConfig(listen=LOOP, users={"alice": "s3cret"}, allow_loopback_peers=True)
+        )
+        await turn.start()
+        try:
+            config = MeshConfig(
+                listen_addr=LOOP,
+                relays=(f"alice:s3cret@127.0.0.1:{turn.addresses[0].port}",),
+                keyed_relays=(f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",),  # nothing listens there
+            )
+            async with MeshNode(config) as a:
+                with pytest.raises(ConnectionFailed) as caught:
+                    await a.connect(Identity.generate().peer_id, silent.address, timeout=3.0)
+                assert not isinstance(caught.value, NatTraversalFailed), caught.value
+                assert "nor through the relay" in str(caught.value)
+                assert turn.stats()["channels_current"] == 1  # TURN did carry it
         finally:
             await turn.stop()
 
