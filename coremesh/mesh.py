@@ -153,6 +153,15 @@ class MeshNode:
         if self._runtime is not None:
             return
         self._lock_data_dir()  # again after a stop()
+        try:
+            await self._start()
+        except BaseException:
+            # A node that failed to start holds nothing: no socket, no relays, no data dir lock.
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         sock = open_udp_socket(self.config.listen_address, self.config.socket_buffer_size)
         cfg = self.config
@@ -210,27 +219,33 @@ class MeshNode:
             self._unlock_data_dir()
             return
         self._stopping = True
-        for task in list(self._background):
-            task.cancel()
-        await self._stop_netcheck_and_discovery()
-        endpoint.close_all(runtime.now())
-        runtime.pump()
-        deadline = runtime.now() + STOP_LINGER
-        while any(s.state is PeerState.CLOSING for s in endpoint.snapshots()) and runtime.now() < deadline:
-            await asyncio.sleep(0.01)
-        if self._dht is not None:
-            await self._dht.stop()
-            self._dht = None
-        if self._relays is not None:
-            await self._relays.stop()
-            self._relays = None
-        runtime.close()
-        self._runtime = None
-        for conn in list(self._connections.values()):
-            conn._mark_closed("node stopped")
-        self._connections.clear()
-        self._fail_waiters(ConnectionFailed("node stopped"))
-        self._unlock_data_dir()
+        try:
+            for task in list(self._background):
+                task.cancel()
+            await self._stop_netcheck_and_discovery()
+            endpoint.close_all(runtime.now())
+            runtime.pump()
+            deadline = runtime.now() + STOP_LINGER
+            while (
+                any(s.state is PeerState.CLOSING for s in endpoint.snapshots()) and runtime.now() < deadline
+            ):
+                await asyncio.sleep(0.01)
+            if self._dht is not None:
+                await self._dht.stop()
+                self._dht = None
+            if self._relays is not None:
+                await self._relays.stop()
+                self._relays = None
+        finally:
+            # Also when the stop is cancelled or a service fails to stop: the socket and the data
+            # dir are released, and nobody is left waiting on a connection.
+            runtime.close()
+            self._runtime = None
+            for conn in list(self._connections.values()):
+                conn._mark_closed("node stopped")
+            self._connections.clear()
+            self._fail_waiters(ConnectionFailed("node stopped"))
+            self._unlock_data_dir()
         log.info("node stopped", extra={"peer_id": str(self.peer_id)})
 
     async def __aenter__(self) -> MeshNode:

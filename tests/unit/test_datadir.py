@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from coremesh import DataDirLocked, MeshConfig, MeshNode
+from coremesh import ConfigError, DataDirLocked, MeshConfig, MeshNode
 from coremesh.datadir import LOCK_FILE_NAME, lock_data_dir
 from coremesh.errors import IdentityError, LocalProtocolError, MeshError
 
@@ -82,3 +83,40 @@ def test_a_corrupt_identity_gives_the_lock_back(tmp_path: Path) -> None:
     with pytest.raises(IdentityError):
         MeshNode(config)
     lock_data_dir(tmp_path).release()  # not left held by the failed constructor
+
+
+def test_a_node_that_fails_to_start_gives_the_lock_back(tmp_path: Path) -> None:
+    """Its UDP address is taken: start() raises, and the data dir is free for the next node."""
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+
+        async def body() -> None:
+            failed = MeshNode(MeshConfig(listen_addr=taken, data_dir=tmp_path))  # kept: not collected
+            with pytest.raises(ConfigError):
+                async with failed:
+                    pass
+            await MeshNode(MeshConfig(listen_addr="127.0.0.1:0", data_dir=tmp_path)).stop()
+            assert failed.peer_id  # still referenced here
+
+        asyncio.run(body())
+    finally:
+        busy.close()
+
+
+def test_a_cancelled_stop_still_releases_the_socket_and_the_lock(tmp_path: Path) -> None:
+    async def body() -> None:
+        config = MeshConfig(listen_addr="127.0.0.1:0", data_dir=tmp_path / "a")
+        async with MeshNode(MeshConfig(listen_addr="127.0.0.1:0")) as b:
+            a = MeshNode(config)
+            await a.start()
+            await a.connect(b.peer_id, b.local_address)
+            stopping = asyncio.ensure_future(a.stop())
+            await asyncio.sleep(0)  # the stop is under way: closes sent, lingering for the answers
+            stopping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stopping
+            await MeshNode(config).stop()  # the data dir is free again
+
+    asyncio.run(body())
