@@ -101,6 +101,7 @@ class MeshNode:
         self._stopping = False
         self._relays: RelayManager | None = None
         self._dht: DhtService | None = None
+        self._dht_seq = 0  # the last record sequence number, kept across a stop() and start()
         self._nat_type = ""
         self._nat_type_set = False
         self._netcheck: Netchecker | None = None
@@ -199,6 +200,7 @@ class MeshNode:
                 addresses=self._record_addresses,
                 connected_peers=self._direct_peers,
                 rng=self._rng,
+                seq_floor=self._dht_seq,
             )
             self._dht.start(self.config.bootstrap_addresses)
         await self._start_netcheck_and_discovery()
@@ -231,6 +233,7 @@ class MeshNode:
             ):
                 await asyncio.sleep(0.01)
             if self._dht is not None:
+                self._dht_seq = max(self._dht_seq, self._dht.last_seq)
                 await self._dht.stop()
                 self._dht = None
             if self._relays is not None:

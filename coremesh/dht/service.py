@@ -70,6 +70,7 @@ class DhtService:
         addresses: AddressSource,
         connected_peers: Callable[[], list[tuple[PeerId, Address]]],
         rng: random.Random,
+        seq_floor: int = 0,
     ) -> None:
         self._identity = identity
         self._config = config
@@ -84,7 +85,9 @@ class DhtService:
         self._lookups: dict[int, asyncio.Future[LookupFinished]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: tuple[tuple[str, str], ...] | None = None
-        self._seq = self._load_seq()  # the highest sequence number this node ever signed
+        # The highest sequence number this node ever signed: in its data dir, or, without one, what
+        # the node's previous run in this process used (``seq_floor``).
+        self._seq = max(seq_floor, self._load_seq())
         self._stopped = False
         runtime.add_packet_handler(PacketType.DHT, self._on_datagram)
 
@@ -166,6 +169,11 @@ class DhtService:
         }
 
     # -- persistence ----------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The highest record sequence number used so far (the floor for the node's next run)."""
+        return self._seq
 
     @property
     def _seq_path(self) -> Path | None:

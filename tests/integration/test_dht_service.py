@@ -169,6 +169,30 @@ class _Peer:
         self.sock.close()
 
 
+def test_without_a_data_dir_a_restarted_node_never_signs_a_lower_sequence_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same MeshNode stopped and started again with its wall clock set back: no data dir holds
+    the number, the node itself does."""
+
+    async def body() -> None:
+        node = MeshNode(MeshConfig(listen_addr="127.0.0.1:0"))
+        await node.start()
+        assert node._dht is not None and node._dht.core.own_record is not None
+        first = node._dht.core.own_record.seq
+        await node.stop()
+        behind = types.SimpleNamespace(time=lambda: time.time() - 600.0)
+        monkeypatch.setattr(dht_service, "time", behind)
+        await node.start()
+        try:
+            assert node._dht is not None and node._dht.core.own_record is not None
+            assert node._dht.core.own_record.seq > first
+        finally:
+            await node.stop()
+
+    run(body)
+
+
 def test_a_dht_request_on_a_probe_socket_is_answered_from_that_socket() -> None:
     """A peer that knows us by a probe socket's address (the birthday approach moved our connection
     there) sends a DHT PING to it: the DHT answers, from that very socket, and the peer verifies us."""
