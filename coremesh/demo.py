@@ -235,9 +235,9 @@ def run(count: int, keep: bool) -> int:
                     while all(n.process and n.process.poll() is None for n in nodes):
                         time.sleep(0.5)
             say("\n-- stopping (SIGTERM): peers see a close, not a timeout")
-            everyone = extra + nodes + [n for n in (boot, relay) if n is not None]
-            extra, nodes, boot, relay = [], [], None, None
-            if not stop_all(everyone):
+            # stop_all forgets each process it stopped: a Ctrl-C in the middle leaves the rest to the
+            # finally below, which stops them in the same order.
+            if not stop_all(extra + nodes + [n for n in (boot, relay) if n is not None]):
                 say("demo: FAILED: a process did not exit cleanly (its output is above)")
                 return 1
             shown = "" if mdns else " (the mDNS step was not shown)"

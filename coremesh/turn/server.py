@@ -296,7 +296,10 @@ class TurnServer:
     def confirm_relay(self, relay: Address, ok: bool, now: float) -> list[Effect]:
         """The shell bound (``ok``) or failed to bind the relay socket asked for by :class:`OpenRelay`."""
         alloc = self._by_relay.get(relay)
-        if alloc is None or relay not in alloc.pending:
+        if alloc is None:
+            # The allocation was forgotten while the shell was binding: what it bound is nobody's.
+            return [CloseRelay(relay)] if ok else []
+        if relay not in alloc.pending:
             return []
         pending = self._pending.get(alloc.key)
         if pending is None:  # pragma: no cover - the two tables move together
