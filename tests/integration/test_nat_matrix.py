@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
 from coremesh_natlab import Lab
 from coremesh_natlab.testing import require_root
 
 from .nat_matrix import TYPES, dual_stack_topology, format_matrix, run_dual_stack, run_matrix, topology
 
 
+@pytest.mark.timeout(300)  # a cell that never settles waits out its deadline (nat_matrix.SETTLE)
 def test_nat_matrix_every_pair_of_nat_types_both_directions() -> None:
     require_root()
     types = list(TYPES)
@@ -26,6 +28,7 @@ def test_nat_matrix_every_pair_of_nat_types_both_directions() -> None:
             assert cell.reason, f"a relayed cell says why: {cell}"
 
 
+@pytest.mark.timeout(300)
 def test_dual_stack_hosts_go_direct_over_ipv6_where_ipv4_cannot() -> None:
     require_root()
     with tempfile.TemporaryDirectory() as tmp, Lab(dual_stack_topology()) as lab:
