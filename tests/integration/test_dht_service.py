@@ -25,6 +25,8 @@ from coremesh.identity import Identity
 from coremesh.paths import ProbeAddress, RelayAddress
 from coremesh.runtime import UdpRuntime, open_udp_socket
 
+from .aio import eventually
+
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
@@ -35,15 +37,6 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 90.0) -> T:
         return await asyncio.wait_for(coro_fn(), timeout)
 
     return asyncio.run(bounded())
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _stats(node: MeshNode) -> dict[str, int]:
@@ -72,7 +65,7 @@ def test_a_restart_with_the_clock_set_back_publishes_a_record_the_holders_accept
             first = MeshNode(config)
             await first.start()
             try:
-                await wait_for(
+                await eventually(
                     lambda: _stats(holder).get("records_accepted", 0) == 1, 20, "the first record stored"
                 )
                 old = await holder.lookup(first.peer_id, timeout=10)
@@ -90,7 +83,7 @@ def test_a_restart_with_the_clock_set_back_publishes_a_record_the_holders_accept
             await again.start()
             try:
                 assert again.peer_id == first.peer_id and again.local_address != first_address
-                await wait_for(
+                await eventually(
                     lambda: (
                         _stats(holder).get("records_accepted", 0) >= 2
                         or _stats(holder).get("drop_stale_seq", 0) >= 1

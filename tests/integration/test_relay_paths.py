@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tempfile
-from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -20,20 +19,11 @@ from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
 from coremesh import Connection, ConnectionFailed, MeshConfig, MeshNode, PeerId
 from coremesh.paths import RelayAddress
 
-from .aio import run
+from .aio import eventually, run
 from .netns import free_ports, private_namespace
 
 T = TypeVar("T")
 LOOP = "127.0.0.1:0"
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Wait until ``cond()`` holds (polled on the event loop), failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def accepted(node: MeshNode, peer: PeerId, timeout: float = 5.0) -> Connection:
@@ -112,12 +102,13 @@ def test_a_lost_allocation_stops_routing_and_is_replaced() -> None:
                 link.client.handle_timer(link._now() + 7200)  # its refresh is now due
                 link._flush()
                 # The new server does not know the allocation: it is lost.
-                await eventually(lambda: link.error is not None, what="the allocation to be lost")
+                await eventually(lambda: link.error is not None, 15, "the allocation to be lost")
                 assert link.error is not None and "Lost" in link.error, link.error
                 assert b.local_address not in a._runtime.routes  # type: ignore[union-attr]  # no black hole
                 await eventually(  # re-allocated (after about a second), and the route restored
                     lambda: link.allocated and b.local_address in a._runtime.routes,  # type: ignore[union-attr]
-                    what="a new allocation and route",
+                    15,
+                    "a new allocation and route",
                 )
                 second = next(c["address"] for c in a.candidates() if c["type"] == "relay")
                 assert second != first
