@@ -36,6 +36,7 @@ from coremesh.keyedrelay.protocol import (
 )
 
 from ..certs import self_signed
+from .aio import eventually
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -53,14 +54,6 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
     result = asyncio.run(bounded())
     assert not errors, errors
     return result
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class Inbox:

@@ -22,6 +22,8 @@ from coremesh_natlab import Lab, Link, NatSpec, example, pair, runs
 from coremesh_natlab.testing import natlab, require_root, start_stun
 from coremesh_natlab.topology import Host, Network, Router, Topology, from_dict
 
+from .daemons import wait_for
+
 __all__ = ["natlab"]  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -60,14 +62,6 @@ def zoo() -> Topology:
         routers.append(Router(router_of(name), "internet", lan, nat=spec))
         hosts.append(Host(f"h_{name}"[:12], lan))
     return Topology("zoo", tuple(networks), tuple(routers), tuple(hosts))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def host_of(name: str) -> str:
@@ -206,7 +200,7 @@ def test_a_mapping_expires_after_its_timeout(lab: Lab) -> None:
         tracked = router.run(["conntrack", "-L", "-p", "udp"], check=False).stdout
         return host_ip not in mappings and host_ip not in tracked
 
-    wait_until(mapping_gone, 15, "the idle mapping to expire (3 s timeout)")
+    wait_for(mapping_gone, 15, "the idle mapping to expire (3 s timeout)")
     stun.run([sys.executable, "-c", SENDER, mapped, "late"])
     listener.stdin.write("\n")  # ask STUN again: its answer comes after "late" (if that got in)
     listener.stdin.flush()

@@ -29,10 +29,9 @@ LOOP = "127.0.0.1:0"
 async def accepted(node: MeshNode, peer: PeerId, timeout: float = 5.0) -> Connection:
     """The connection ``node`` accepted from ``peer``: the responder has it once the initiator's
     first packet under the new keys arrives, which may be just after the initiator's connect returns."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (conn := node.get_connection(peer)) is None:
-        assert asyncio.get_running_loop().time() < deadline, "the responder never saw the connection"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: node.get_connection(peer) is not None, timeout, "the responder's connection")
+    conn = node.get_connection(peer)
+    assert conn is not None
     return conn
 
 

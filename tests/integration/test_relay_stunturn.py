@@ -21,6 +21,8 @@ from coremesh.stun.channeldata import frame_length
 from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode
 from coremesh.turn import Allocated, TurnClient
 
+from .aio import eventually
+
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 USERS = {"alice": "secret"}
@@ -44,15 +46,6 @@ def config(**kw: object) -> StunTurnConfig:
     base["max_port"] = int(base["min_port"]) + 99  # type: ignore[call-overload]
     base.update(kw)
     return StunTurnConfig(**base)  # type: ignore[arg-type]
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait until ``cond()`` holds (polled on the event loop), failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def udp_socket(host: str = "127.0.0.1") -> socket.socket:
