@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 from coremesh.addr import Address
@@ -66,6 +67,17 @@ class Sim:
         i = self.counter
         self.counter += 1
         return Address(f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.1", 4000)  # one /24 each
+
+    def join_all(self, count: int, per_second: float, progress: Callable[[], None] | None = None) -> None:
+        """Join nodes until ``count`` are live, ``per_second`` a virtual second (every run of the
+        network visits all nodes once); ``progress`` is called at each thousand."""
+        batch = max(1, int(per_second))
+        while len(self.live) < count:
+            for _ in range(min(batch, count - len(self.live))):
+                self.join()
+            self.net.run_for(1.0)
+            if progress is not None and len(self.live) % 1000 < batch:
+                progress()
 
     def join(self) -> None:
         now = self.net.clock.now
@@ -196,19 +208,16 @@ def main() -> None:
     sim = Sim(args)
     net = sim.net
     # 1. join
-    # Joins come in batches of one virtual second (every run of the network visits all nodes once).
-    batch = max(1, int(args.join_rate))
-    while len(sim.live) < args.nodes:
-        for _ in range(min(batch, args.nodes - len(sim.live))):
-            sim.join()
-        net.run_for(1.0)
-        if len(sim.live) % 1000 < batch:
-            print(
-                f"# joined {len(sim.live)} (virtual {net.clock.now:.0f}s, "
-                f"real {time.perf_counter() - started:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+    sim.join_all(
+        args.nodes,
+        args.join_rate,
+        lambda: print(
+            f"# joined {len(sim.live)} (virtual {net.clock.now:.0f}s, "
+            f"real {time.perf_counter() - started:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
     join_real = time.perf_counter() - started
     net.run_for(args.settle)
     for node in sim.live.values():

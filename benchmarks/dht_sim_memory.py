@@ -71,11 +71,7 @@ def main() -> None:
     started = time.perf_counter()
     sim = Sim(args)
     net = sim.net
-    batch = max(1, int(args.join_rate))
-    while len(sim.live) < args.nodes:
-        for _ in range(min(batch, args.nodes - len(sim.live))):
-            sim.join()
-        net.run_for(1.0)
+    sim.join_all(args.nodes, args.join_rate)
     net.run_for(args.settle)
     results: list[dict[str, Any]] = []
     sim.drain(results)
