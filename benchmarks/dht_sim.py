@@ -58,6 +58,8 @@ class Sim:
         self.joined_at: dict[PeerId, float] = {}
         self.live_list: list[Address] = []
         self.counter = 0
+        self.leave_rate = 0.0  # churn and lookups: set by start_churn
+        self.next_leave = self.next_lookup = float("inf")
         self.departed = 0
         self.departed_bytes = 0  # what departed nodes sent (the nodes themselves are let go)
         # (source node, qid) -> target, start; a departed source's lookups are dropped with it.
@@ -78,6 +80,24 @@ class Sim:
             self.net.run_for(1.0)
             if progress is not None and len(self.live) % 1000 < batch:
                 progress()
+
+    def start_churn(self, t0: float) -> None:
+        """From ``t0`` on, nodes leave silently (each replaced by a new one) at ``--churn`` of the
+        network per hour, and lookups start at ``--lookup-rate`` per second."""
+        self.leave_rate = self.args.churn * self.args.nodes / 3600.0
+        self.next_leave = t0 + self.rng.expovariate(self.leave_rate) if self.leave_rate > 0 else float("inf")
+        self.next_lookup = t0
+
+    def advance(self, end: float) -> None:
+        """The churn and lookups due before virtual time ``end``, then the network run up to it."""
+        while self.next_leave < end:
+            self.leave()
+            self.join()
+            self.next_leave += self.rng.expovariate(self.leave_rate)
+        while self.next_lookup < end:
+            self.start_lookup()
+            self.next_lookup += 1.0 / self.args.lookup_rate
+        self.net.run_for(end - self.net.clock.now)
 
     def join(self) -> None:
         now = self.net.clock.now
@@ -228,21 +248,12 @@ def main() -> None:
     t0 = net.clock.now
     bytes0 = sim.traffic()
     live_seconds = 0.0
-    leave_rate = args.churn * args.nodes / 3600.0
-    next_leave = t0 + sim.rng.expovariate(leave_rate) if leave_rate > 0 else float("inf")
-    next_lookup = t0
+    sim.start_churn(t0)
     churn_started = time.perf_counter()
     while net.clock.now < t0 + args.duration:
         now = net.clock.now
         end = min(now + args.slice, t0 + args.duration)
-        while next_leave < end:
-            sim.leave()
-            sim.join()
-            next_leave += sim.rng.expovariate(leave_rate)
-        while next_lookup < end:
-            sim.start_lookup()
-            next_lookup += 1.0 / args.lookup_rate
-        net.run_for(end - now)
+        sim.advance(end)
         live_seconds += len(sim.live) * (end - now)
         sim.drain(results)
         if int(end - t0) % 60 < args.slice:

@@ -76,9 +76,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     sim.drain(results)
     t0 = net.clock.now
-    leave_rate = args.churn * args.nodes / 3600.0
-    next_leave = t0 + sim.rng.expovariate(leave_rate) if leave_rate > 0 else float("inf")
-    next_lookup = t0
+    sim.start_churn(t0)
     next_report = t0
     first_hour: tracemalloc.Snapshot | None = None
     reports: list[dict[str, Any]] = []
@@ -103,14 +101,7 @@ def main() -> None:
         if now >= t0 + args.duration:
             break
         end = min(now + args.slice, t0 + args.duration, next_report)
-        while next_leave < end:
-            sim.leave()
-            sim.join()
-            next_leave += sim.rng.expovariate(leave_rate)
-        while next_lookup < end:
-            sim.start_lookup()
-            next_lookup += 1.0 / args.lookup_rate
-        net.run_for(end - now)
+        sim.advance(end)
         sim.drain(results)
         results.clear()
     growth: list[str] = []
