@@ -17,11 +17,11 @@ _EXPORTS = {
     "Address": "addr",
     "parse_address": "addr",
     "MeshConfig": "config",
-    "Connection": "connection",
-    "ConnectionEvent": "connection",
-    "ConnectionState": "connection",
-    "PeerInfo": "connection",
-    "PingResult": "connection",
+    "Connection": "mesh.connection",
+    "ConnectionEvent": "mesh.connection",
+    "ConnectionState": "mesh.connection",
+    "PeerInfo": "mesh.connection",
+    "PingResult": "mesh.connection",
     "AuthenticationFailed": "errors",
     "ConfigError": "errors",
     "ConnectionClosed": "errors",
@@ -37,7 +37,7 @@ _EXPORTS = {
     "PeerNotFound": "errors",
     "Identity": "identity",
     "PeerId": "identity",
-    "MeshNode": "mesh",
+    "MeshNode": "mesh.node",
 }
 
 __all__ = [
@@ -81,7 +81,6 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from .addr import Address, parse_address
     from .config import MeshConfig
-    from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
     from .datadir import DataDirLocked
     from .errors import (
         AuthenticationFailed,
@@ -98,4 +97,5 @@ if TYPE_CHECKING:
         PeerNotFound,
     )
     from .identity import Identity, PeerId
-    from .mesh import MeshNode
+    from .mesh.connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
+    from .mesh.node import MeshNode

@@ -42,7 +42,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from coremesh.addr import Address, format_address, parse_address
-from coremesh.cli import (
+from coremesh.cli.main import (
     CONNECT_PATHS,
     CONNECT_TIMEOUT_RANGE,
     LOOKUP_TIMEOUT_RANGE,
@@ -55,6 +55,7 @@ from coremesh.cli import (
 )
 from coremesh.config import parse_peer_address
 from coremesh.dht.service import record_json
+from coremesh.endpoint.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
 from coremesh.errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -67,9 +68,8 @@ from coremesh.errors import (
     NetcheckError,
     PeerNotFound,
 )
-from coremesh.hostaddrs import host_addresses
 from coremesh.identity import PeerId
-from coremesh.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
+from coremesh.netcheck.hostaddrs import host_addresses
 from coremesh.service.admin import (
     AdminRunner,
     ApiError,
@@ -84,7 +84,7 @@ from .metrics import NodeCollector
 
 INBOX_SIZE: Final = 10_000  # messages
 INBOX_BYTES: Final = 64 * 1024 * 1024  # payload bytes; see Inbox
-# The ranges below are shared with the CLI (coremesh.cli), so that it refuses locally what we would.
+# The ranges below are shared with the CLI (coremesh.cli.main), so that it refuses locally what we would.
 MAX_POLL_TIMEOUT: Final = RECV_TIMEOUT_RANGE[1]
 MAX_PING_COUNT: Final = PING_COUNT_RANGE[1]
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
@@ -343,7 +343,7 @@ def peer_info_json(info: Any) -> dict[str, Any]:
 
 def advertised_addresses(listen: Iterable[Address]) -> list[str]:
     """Concrete addresses peers can dial: a wildcard bind is shown as loopback plus the primary
-    address of each family (see :mod:`coremesh.hostaddrs`)."""
+    address of each family (see :mod:`coremesh.netcheck.hostaddrs`)."""
     return list(dict.fromkeys(str(a) for addr in listen for a in host_addresses(addr)))
 
 

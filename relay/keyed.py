@@ -38,6 +38,7 @@ from typing import Final, Protocol
 from aiohttp import WSMsgType, web
 
 from coremesh.addr import Address, format_address, parse_address
+from coremesh.aio.wsqueue import FrameQueue
 from coremesh.errors import ConfigError, DecodeError, InvalidAddress
 from coremesh.identity import Identity
 from coremesh.keyedrelay.protocol import (
@@ -54,7 +55,6 @@ from coremesh.keyedrelay.protocol import (
     UnregisteredLimiter,
     tcp_frame,
 )
-from coremesh.keyedrelay.wsqueue import FrameQueue
 
 log = logging.getLogger("coremesh_relay.keyed")
 

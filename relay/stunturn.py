@@ -63,7 +63,7 @@ log = logging.getLogger("coremesh.relay.stunturn")
 SOFTWARE: Final = "coremesh-relay"
 RECV_SIZE: Final = 65536
 RECV_BATCH: Final = 256
-# Linux UDP segmentation offload (see coremesh/runtime.py): GRO to read bursts, GSO to send them.
+# Linux UDP segmentation offload (see coremesh/aio/runtime.py): GRO to read bursts, GSO to send them.
 _UDP_GRO: Final = getattr(socket, "UDP_GRO", 104)
 _UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)
 _GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)

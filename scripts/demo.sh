@@ -8,4 +8,4 @@ COREMESH_EXTRAS=""  # the demo needs no test tools
 COREMESH_SYSTEM_PACKAGES=""
 if [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1; then COREMESH_SYSTEM_PACKAGES="iproute2"; fi
 . scripts/setup-env.sh
-exec python -m coremesh.demo "$@"
+exec python -m coremesh.cli.demo "$@"

@@ -8,7 +8,7 @@ text around it is written by hand and left alone. The sources:
 
 - ``node-flags``: the ``coremesh-node`` argument parser (flags, metavars, help texts), its
   environment variables and its ``[node]`` keys (coremesh_node.settings);
-- ``cli-commands``: the ``coremesh`` parser's commands and their options (coremesh.cli);
+- ``cli-commands``: the ``coremesh`` parser's commands and their options (coremesh.cli.main);
 - ``node-endpoints``, ``service-endpoints``: the routes of the node's, the relay's and the bootstrap's
   admin apps, each described by the first paragraph of its handler's docstring.
 
@@ -88,7 +88,7 @@ def node_flags() -> str:
 
 
 def cli_commands() -> str:
-    from coremesh import cli
+    from coremesh.cli import main as cli
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -38,7 +38,7 @@ import nacl.exceptions
 from ..addr import Address
 from ..errors import DecodeError
 from ..identity import PeerId
-from ..wire import PROTOCOL_VERSION, PacketType
+from ..secure.wire import PROTOCOL_VERSION, PacketType
 from .records import PeerRecord
 
 MAX_DATAGRAM: Final = 1200

@@ -33,7 +33,7 @@ import nacl.bindings as sodium
 from ..addr import Address
 from ..errors import DecodeError, LocalProtocolError
 from ..identity import Identity, PeerId
-from ..wire import PacketType
+from ..secure.wire import PacketType
 from . import events as ev
 from . import messages as m
 from .config import DhtConfig

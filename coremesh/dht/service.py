@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..addr import Address
+from ..aio.runtime import UdpRuntime
 from ..config import MeshConfig, PeerAddress
+from ..endpoint.paths import PathAddress, udp_address
 from ..errors import DecodeError, PeerNotFound
 from ..identity import Identity, PeerId, atomic_write
-from ..paths import PathAddress, udp_address
-from ..runtime import UdpRuntime
-from ..wire import PacketType
+from ..secure.wire import PacketType
 from .events import LookupFinished, OwnRecordRenewed
 from .node import DhtNode
 from .records import MAX_ADDRESSES, MAX_SEQ, PeerRecord

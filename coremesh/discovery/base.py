@@ -10,7 +10,7 @@ from ..addr import Address
 from ..identity import PeerId
 
 if TYPE_CHECKING:
-    from ..mesh import MeshNode
+    from ..mesh.node import MeshNode
 
 MAX_ADDRESSES = 16
 """Addresses kept per discovered peer: a hostile announcement cannot make a node dial hundreds."""

@@ -27,7 +27,7 @@ from ..identity import PeerId
 from .base import MAX_ADDRESSES, DiscoveredPeer
 
 if TYPE_CHECKING:
-    from ..mesh import MeshNode
+    from ..mesh.node import MeshNode
 
 log = logging.getLogger("coremesh.discovery.mdns")
 

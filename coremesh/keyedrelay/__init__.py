@@ -4,13 +4,12 @@ For networks where UDP is blocked or TURN is not enough. A node registers at the
 the relay's challenge with its identity; the relay then forwards the node's end-to-end encrypted
 mesh packets (it never sees plaintext) to other registered nodes, by PeerId, with per-peer rate
 limits. The protocol is :mod:`coremesh.keyedrelay.protocol` (sans-IO; spec in
-``docs/keyed-relay.md``), the client :mod:`coremesh.keyedrelay.client`; the server lives in the
-relay service (``coremesh_relay.keyed``).
+``docs/keyed-relay.md``), URLs :mod:`coremesh.keyedrelay.url`, the asyncio client
+:mod:`coremesh.aio.keyedrelay`; the server lives in the relay service (``coremesh_relay.keyed``).
 """
 
 from __future__ import annotations
 
-from .client import KeyedRelayClient, RelayUrl, parse_relay_url
 from .protocol import (
     MAGIC,
     MAX_FRAME,
@@ -28,6 +27,7 @@ from .protocol import (
     decode_frame,
     encode_frame,
 )
+from .url import RelayUrl, parse_relay_url
 
 __all__ = [
     "MAGIC",
@@ -38,7 +38,6 @@ __all__ = [
     "ClientSession",
     "CloseCode",
     "FrameType",
-    "KeyedRelayClient",
     "PacketTooLarge",
     "RelayCore",
     "RelayLimits",

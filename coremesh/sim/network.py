@@ -34,8 +34,8 @@ from random import Random
 from typing import Protocol
 
 from ..addr import Address
+from ..endpoint.paths import DirectAddress
 from ..errors import ConfigError, MeshError
-from ..paths import DirectAddress
 from .clock import VirtualClock
 from .nat import Nat
 

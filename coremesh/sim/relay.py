@@ -2,8 +2,8 @@
 
 :class:`SimRelay` forwards datagrams between registered peers by PeerId, like the keyed relay
 service but over simulated UDP (register: ``G`` + key; forward: ``R`` + peer key + packet).
-:class:`SimNode` wraps an :class:`~coremesh.endpoint.Endpoint` so that it can sit on a
-:class:`~coremesh.sim.network.SimNetwork`: it sends :class:`~coremesh.paths.RelayAddress`
+:class:`SimNode` wraps an :class:`~coremesh.endpoint.endpoint.Endpoint` so that it can sit on a
+:class:`~coremesh.sim.network.SimNetwork`: it sends :class:`~coremesh.endpoint.paths.RelayAddress`
 destinations through the relay, keeps its registration (and so its NAT mapping) alive, and collects
 the endpoint's events.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .. import events as ev
 from ..addr import Address
-from ..endpoint import Endpoint
+from ..endpoint import events as ev
+from ..endpoint.endpoint import Endpoint
+from ..endpoint.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
 from ..identity import PeerId
-from ..paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
 
 if TYPE_CHECKING:
     from .network import SimNetwork

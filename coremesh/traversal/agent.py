@@ -36,7 +36,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ..addr import Address
-from ..paths import ProbeAddress
+from ..endpoint.paths import ProbeAddress
 from .birthday import BirthdayAttempt, BirthdayConfig, CloseSockets, OpenSockets, Role, birthday_role
 from .candidates import Candidate, CandidateType, candidate_priority, is_usable_remote, pair_priority
 
@@ -147,7 +147,7 @@ class UseRelay:
 
 @dataclass(frozen=True, slots=True)
 class OpenProbeSockets:
-    """Open these probe sockets (ids for :class:`~coremesh.paths.ProbeAddress`)."""
+    """Open these probe sockets (ids for :class:`~coremesh.endpoint.paths.ProbeAddress`)."""
 
     ids: tuple[int, ...]
 

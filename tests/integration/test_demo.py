@@ -12,7 +12,10 @@ import sys
 
 def test_demo_runs_a_local_mesh() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "coremesh.demo", "--nodes", "3"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "coremesh.cli.demo", "--nodes", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = proc.stdout
     everything = out + proc.stderr
@@ -38,7 +41,7 @@ def test_demo_without_the_capability_for_namespaces_leaves_the_mdns_step_out() -
     """Root without CAP_SYS_ADMIN (a container, say) cannot create a network namespace: the demo says
     so in one line and succeeds with the rest."""
     proc = subprocess.run(
-        ["setpriv", "--bounding-set=-sys_admin", sys.executable, "-m", "coremesh.demo", "--nodes", "2"],
+        ["setpriv", "--bounding-set=-sys_admin", sys.executable, "-m", "coremesh.cli.demo", "--nodes", "2"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,7 +58,7 @@ def test_ctrl_c_stops_the_demo_and_its_processes_without_a_traceback() -> None:
     """Ctrl-C at a terminal sends SIGINT to the whole foreground process group: only the demo must act
     on it, stopping every process it started, and print one line, not tracebacks."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coremesh.demo", "--nodes", "2"],
+        [sys.executable, "-m", "coremesh.cli.demo", "--nodes", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,14 +16,14 @@ import pytest
 
 from coremesh import MeshConfig, MeshNode
 from coremesh.addr import Address
+from coremesh.aio.runtime import UdpRuntime, open_udp_socket
 from coremesh.dht import DhtConfig, DhtNode
 from coremesh.dht import service as dht_service
 from coremesh.dht.service import DhtService
-from coremesh.endpoint import Endpoint
-from coremesh.events import Event
+from coremesh.endpoint.endpoint import Endpoint
+from coremesh.endpoint.events import Event
+from coremesh.endpoint.paths import ProbeAddress, RelayAddress
 from coremesh.identity import Identity
-from coremesh.paths import ProbeAddress, RelayAddress
-from coremesh.runtime import UdpRuntime, open_udp_socket
 
 from .aio import eventually
 

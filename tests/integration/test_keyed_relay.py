@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
 
+from coremesh.aio.keyedrelay import KeyedRelayClient
 from coremesh.errors import ConnectionFailed
 from coremesh.identity import Identity, PeerId
-from coremesh.keyedrelay import KeyedRelayClient
 from coremesh.keyedrelay.protocol import (
     MAGIC,
     Challenge,

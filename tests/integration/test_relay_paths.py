@@ -17,7 +17,7 @@ from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
 from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
 
 from coremesh import Connection, ConnectionFailed, MeshConfig, MeshNode, PeerId
-from coremesh.paths import RelayAddress
+from coremesh.endpoint.paths import RelayAddress
 
 from .aio import eventually, run
 from .netns import free_ports, private_namespace

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from coremesh import cli
 from coremesh.addr import Address
+from coremesh.cli import main as cli
 from coremesh.errors import ConnectionClosed, ConnectionFailed, PeerNotFound
 from coremesh.identity import Identity, PeerId
 

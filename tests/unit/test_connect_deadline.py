@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from coremesh import events as ev
 from coremesh.addr import Address
+from coremesh.endpoint import events as ev
 
 from .test_endpoint import pair
 

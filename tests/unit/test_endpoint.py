@@ -9,15 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coremesh import events as ev
-from coremesh import wire
 from coremesh.addr import Address
 from coremesh.config import MeshConfig
-from coremesh.endpoint import Endpoint, PeerState
+from coremesh.endpoint import events as ev
+from coremesh.endpoint.endpoint import Endpoint, PeerState
 from coremesh.errors import PeerNotFound
 from coremesh.identity import Identity
-from coremesh.replay import COUNTER_LIMIT
-from coremesh.session import compute_mac, mac1_key
+from coremesh.secure import wire
+from coremesh.secure.replay import COUNTER_LIMIT
+from coremesh.secure.session import compute_mac, mac1_key
 from coremesh.sim import LinkProfile, SimNetwork
 
 A_ADDR = Address("192.0.2.1", 1000)
@@ -444,7 +444,7 @@ def test_losing_the_first_packet_after_the_handshake_does_not_leave_a_half_open_
 
 
 def test_throwaway_identities_cannot_take_every_slot() -> None:
-    from coremesh.session import InitiatorHandshake
+    from coremesh.secure.session import InitiatorHandshake
 
     net, a, b = pair(max_connections=16, connect_timeout=2.0)
     for i in range(16):

@@ -7,9 +7,10 @@ import ssl
 import pytest
 from coremesh_relay.keyed import KeyedRelayConfig
 
+from coremesh.aio.keyedrelay import KeyedRelayClient
 from coremesh.errors import ConfigError
 from coremesh.identity import Identity
-from coremesh.keyedrelay import KeyedRelayClient, parse_relay_url
+from coremesh.keyedrelay import parse_relay_url
 
 
 def test_defaults_are_valid() -> None:

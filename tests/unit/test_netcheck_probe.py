@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremesh.addr import Address
-from coremesh.netprobe import NETCHECK_TRANSACTION, NetcheckProbe, ProbePhase, ProbeResult
-from coremesh.netreport import NetcheckReport, RelayLatency, format_netcheck, nat_type_name
+from coremesh.netcheck.probe import NETCHECK_TRANSACTION, NetcheckProbe, ProbePhase, ProbeResult
+from coremesh.netcheck.report import NetcheckReport, RelayLatency, format_netcheck, nat_type_name
 from coremesh.stun import BindingServer, Method, StunClass, StunMessage, decode, encode
 
 from .test_stun_natdiscovery import BEHAVIOURS, INSIDE, OTHER, PRIMARY, PUBLIC_IP, ToyNat

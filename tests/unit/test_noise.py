@@ -1,4 +1,4 @@
-"""coremesh.noise through its public API: handshakes in pairs, in memory, with seeded randomness."""
+"""coremesh.secure.noise through its public API: handshakes in pairs, in memory, with seeded randomness."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coremesh.errors import AuthenticationFailed, DecodeError, LocalProtocolError, MessageTooLarge
-from coremesh.noise import (
+from coremesh.secure.noise import (
     MAX_MESSAGE_LEN,
     MAX_NONCE,
     PATTERNS,

@@ -1,4 +1,4 @@
-"""Conformance of coremesh.noise with the published cacophony test vectors.
+"""Conformance of coremesh.secure.noise with the published cacophony test vectors.
 
 The vectors are read from ``tests/vectors/`` (the ``vectors_dir`` fixture of ``tests/conftest.py``; its
 README says where they come from). Every
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from coremesh.noise import PATTERNS, CipherState, HandshakeState, KeyPair
+from coremesh.secure.noise import PATTERNS, CipherState, HandshakeState, KeyPair
 
 VECTOR_FILE = "noise-cacophony-25519-chachapoly.json"
 HASHES = ("BLAKE2s", "BLAKE2b", "SHA256", "SHA512")

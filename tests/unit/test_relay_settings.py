@@ -23,7 +23,7 @@ from coremesh_relay.settings import (
 )
 
 from coremesh.addr import Address
-from coremesh.cli import format_status
+from coremesh.cli.main import format_status
 from coremesh.errors import ConfigError
 
 from ..certs import make_cert

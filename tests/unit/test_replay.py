@@ -1,4 +1,4 @@
-"""coremesh.replay: the sliding anti-replay window, against hand cases and a set-based model."""
+"""coremesh.secure.replay: the sliding anti-replay window, against hand cases and a set-based model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremesh.errors import LocalProtocolError
-from coremesh.replay import COUNTER_LIMIT, ReplayWindow
+from coremesh.secure.replay import COUNTER_LIMIT, ReplayWindow
 
 
 def test_fresh_window() -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import random
 
-from coremesh import events as ev
 from coremesh.addr import Address
+from coremesh.aio.runtime import UdpRuntime, open_udp_socket
 from coremesh.config import MeshConfig
-from coremesh.endpoint import Endpoint
+from coremesh.endpoint import events as ev
+from coremesh.endpoint.endpoint import Endpoint
+from coremesh.endpoint.paths import ProbeAddress
 from coremesh.identity import Identity
-from coremesh.paths import ProbeAddress
-from coremesh.runtime import UdpRuntime, open_udp_socket
 
 
 def _runtime(seed: int, events: list[ev.Event]) -> UdpRuntime:

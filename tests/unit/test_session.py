@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coremesh import wire
 from coremesh.errors import (
     AuthenticationFailed,
     DecodeError,
@@ -18,8 +17,9 @@ from coremesh.errors import (
     RemoteProtocolError,
 )
 from coremesh.identity import Identity
-from coremesh.replay import COUNTER_LIMIT
-from coremesh.session import InitiatorHandshake, Responder, SecureSession, encode_timestamp
+from coremesh.secure import wire
+from coremesh.secure.replay import COUNTER_LIMIT
+from coremesh.secure.session import InitiatorHandshake, Responder, SecureSession, encode_timestamp
 
 ALICE = Identity(bytes(range(32)))
 BOB = Identity(bytes(range(1, 33)))

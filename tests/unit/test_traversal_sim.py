@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coremesh import events as ev
 from coremesh.addr import Address
+from coremesh.endpoint import events as ev
 from coremesh.sim import nat as N
 from coremesh.sim.network import LinkProfile, SimNetwork
 from coremesh.sim.relay import SimNode
@@ -230,7 +230,7 @@ def _plain(seed: int, ident: int) -> SimNode:
     import random
 
     from coremesh.config import MeshConfig
-    from coremesh.endpoint import Endpoint
+    from coremesh.endpoint.endpoint import Endpoint
     from coremesh.identity import Identity
 
     cfg = MeshConfig(heartbeat_interval=1.0, idle_timeout=20.0)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coremesh import wire
 from coremesh.errors import DecodeError
+from coremesh.secure import wire
 
 
 @pytest.mark.parametrize(

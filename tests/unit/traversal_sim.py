@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from coremesh import events as ev
 from coremesh.addr import Address
 from coremesh.config import MeshConfig
-from coremesh.endpoint import Endpoint
+from coremesh.endpoint import events as ev
+from coremesh.endpoint.endpoint import Endpoint
 from coremesh.identity import Identity
 from coremesh.sim.nat import Behaviour, Nat
 from coremesh.sim.network import LinkProfile, SimNetwork

@@ -19,20 +19,16 @@ import random
 import ssl
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from coremesh.addr import parse_address
-from coremesh.errors import ConfigError, ConnectionFailed, DecodeError, InvalidAddress
+from coremesh.errors import ConfigError, ConnectionFailed, DecodeError
 from coremesh.identity import Identity, PeerId
 
-from .protocol import (
+from ..keyedrelay.protocol import (
     MAGIC,
     MAX_FRAME,
-    WS_PATH,
     ClientSession,
     ClientState,
     CloseCode,
@@ -44,60 +40,12 @@ from .protocol import (
     SessionEnded,
     tcp_frame,
 )
+from ..keyedrelay.url import RelayUrl, parse_relay_url
 from .wsqueue import FrameQueue
 
 log = logging.getLogger("coremesh.keyedrelay")
 
 CLOSE_LINGER: Final = 2.0
-_SCHEMES: Final = ("tcp", "tls", "ws", "wss")
-
-
-@dataclass(frozen=True, slots=True)
-class RelayUrl:
-    """A parsed relay URL."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-
-    @property
-    def secure(self) -> bool:
-        return self.scheme in ("tls", "wss")
-
-    @property
-    def websocket(self) -> bool:
-        return self.scheme in ("ws", "wss")
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.path}"
-
-
-def parse_relay_url(url: str) -> RelayUrl:
-    """Parse a relay URL; raises :class:`ConfigError` saying what was expected."""
-    expected = (
-        "expected tcp://HOST:PORT, tls://HOST:PORT, ws://HOST:PORT/v1/relay or wss://HOST:PORT/v1/relay"
-    )
-    if not isinstance(url, str):
-        raise ConfigError(f"relay url must be text; {expected}")
-    parts = urlsplit(url.strip())
-    if parts.scheme not in _SCHEMES:
-        raise ConfigError(f"relay url {url!r}: unknown scheme {parts.scheme!r}; {expected}")
-    try:
-        addr = parse_address(parts.netloc, allow_zero_port=False, allow_names=True)
-    except InvalidAddress as exc:
-        raise ConfigError(f"relay url {url!r}: {exc}; {expected}") from None
-    path = parts.path
-    if parts.scheme in ("tcp", "tls"):
-        if path not in ("", "/") or parts.query or parts.fragment:
-            raise ConfigError(f"relay url {url!r}: a {parts.scheme} url has no path; {expected}")
-        path = ""
-    else:
-        path = path or WS_PATH
-        if parts.query:
-            path += "?" + parts.query
-    return RelayUrl(parts.scheme, addr.host, addr.port, path)
 
 
 class _TcpLink(asyncio.Protocol):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .addr import Address
-from .identity import PeerId
+from ..addr import Address
+from ..identity import PeerId
 
 
 class RelayAddress(NamedTuple):

@@ -356,7 +356,7 @@ def stop_all(nodes: list[DemoNode]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coremesh.demo",
+        prog="python -m coremesh.cli.demo",
         description="Run a local mesh of coremesh-node processes on loopback and exchange messages.",
     )
     parser.add_argument("--nodes", type=int, default=4, help="how many node processes (2-16, default 4)")

@@ -27,7 +27,7 @@ import nacl.exceptions as _nacl_exc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .errors import AuthenticationFailed, DecodeError, LocalProtocolError, MessageTooLarge, NonceExhausted
+from ..errors import AuthenticationFailed, DecodeError, LocalProtocolError, MessageTooLarge, NonceExhausted
 
 __all__ = [
     "DHLEN",
@@ -110,7 +110,7 @@ class CipherState:
     ``encrypt_with_ad``/``decrypt_with_ad`` use and advance the internal counter, as the spec's
     in-order transport does. Over UDP packets are lost and reordered, so the counter travels in the
     packet instead: ``encrypt_with_nonce``/``decrypt_with_nonce`` take it explicitly and leave the
-    internal counter alone; replay protection is then the caller's job (see :mod:`coremesh.replay`).
+    internal counter alone; replay protection is then the caller's job (see :mod:`coremesh.secure.replay`).
     """
 
     __slots__ = ("_aead", "_k", "_n")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .errors import LocalProtocolError
+from ..errors import LocalProtocolError
 
 __all__ = ["COUNTER_LIMIT", "ReplayWindow"]
 

@@ -31,11 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Final, NoReturn
 from urllib.parse import urlencode
 
-from .addr import Address, parse_address
-from .config import parse_peer_address
-from .errors import InvalidAddress, InvalidPeerId
-from .identity import PeerId
-from .netreport import format_netcheck
+from ..addr import Address, parse_address
+from ..config import parse_peer_address
+from ..errors import InvalidAddress, InvalidPeerId
+from ..identity import PeerId
+from ..netcheck.report import format_netcheck
 
 PROG: Final = "coremesh"
 DEFAULT_ADMIN: Final = "127.0.0.1:7947"

@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Final
 
-from .addr import Address
+from ..addr import Address
 
 SIOCGIFADDR: Final = 0x8915
 MAX_ADDRESSES: Final = 8

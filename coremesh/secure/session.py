@@ -27,9 +27,9 @@ from typing import Final
 
 import nacl.bindings as sodium
 
+from ..errors import AuthenticationFailed, DecodeError, NonceExhausted
+from ..identity import Identity, PeerId
 from . import wire
-from .errors import AuthenticationFailed, DecodeError, NonceExhausted
-from .identity import Identity, PeerId
 from .noise import CipherState, HandshakeState, KeyPair
 from .replay import COUNTER_LIMIT, ReplayWindow
 

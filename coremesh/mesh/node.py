@@ -12,13 +12,14 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import events as ev
-from .addr import Address, parse_address
-from .config import MeshConfig, PeerAddress, parse_peer_address
-from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
-from .datadir import DataDirLock, lock_data_dir
-from .endpoint import Endpoint, PeerSnapshot, PeerState
-from .errors import (
+from ..addr import Address, parse_address
+from ..aio.runtime import UdpRuntime, open_udp_socket
+from ..config import MeshConfig, PeerAddress, parse_peer_address
+from ..datadir import DataDirLock, lock_data_dir
+from ..endpoint import events as ev
+from ..endpoint.endpoint import Endpoint, PeerSnapshot, PeerState
+from ..endpoint.paths import PathAddress, RelayAddress, udp_address
+from ..errors import (
     ConnectionClosed,
     ConnectionFailed,
     InvalidAddress,
@@ -28,20 +29,19 @@ from .errors import (
     PeerIdentityMismatch,
     PeerNotFound,
 )
-from .hostaddrs import host_addresses
-from .identity import Identity, PeerId, load_or_create_identity
-from .paths import PathAddress, RelayAddress, udp_address
-from .runtime import UdpRuntime, open_udp_socket
-from .traversal import Candidate, CandidateType, TraversalConfig
+from ..identity import Identity, PeerId, load_or_create_identity
+from ..netcheck.hostaddrs import host_addresses
+from ..traversal import Candidate, CandidateType, TraversalConfig
+from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
 
 if TYPE_CHECKING:
-    from .dht.events import LookupFinished
-    from .dht.records import PeerRecord
-    from .dht.service import DhtService
-    from .discovery.base import DiscoveredPeer, DiscoveryService
-    from .netcheck import Netchecker
-    from .netreport import NetcheckReport
-    from .relays import RelayManager
+    from ..aio.relays import RelayManager
+    from ..dht.events import LookupFinished
+    from ..dht.records import PeerRecord
+    from ..dht.service import DhtService
+    from ..discovery.base import DiscoveredPeer, DiscoveryService
+    from ..netcheck.report import NetcheckReport
+    from ..netcheck.service import Netchecker
 
 log = logging.getLogger("coremesh.node")
 T = TypeVar("T")
@@ -179,7 +179,7 @@ class MeshNode:
         self._endpoint.is_routed = lambda address: address in runtime.routes
         self._runtime.start()
         if self.config.keyed_relay_urls or self.config.relay_servers:
-            from .relays import RelayManager  # imported lazily: only nodes with relays need it
+            from ..aio.relays import RelayManager  # imported lazily: only nodes with relays need it
 
             self._relays = RelayManager(
                 self._identity,
@@ -191,7 +191,7 @@ class MeshNode:
             )
             await self._relays.start()
         if self.config.dht:
-            from .dht.service import DhtService  # imported lazily: a node may run without the DHT
+            from ..dht.service import DhtService  # imported lazily: a node may run without the DHT
 
             self._dht = DhtService(
                 self._identity,
@@ -607,7 +607,7 @@ class MeshNode:
 
     def advertised_addresses(self) -> list[Address]:
         """Where peers can reach this node directly: ``advertise_addresses`` if configured, else the
-        bound address (a wildcard expanded to the host's addresses, see :mod:`coremesh.hostaddrs`)."""
+        bound address (a wildcard expanded to the host's addresses, see :mod:`..netcheck.hostaddrs`)."""
         if self.config.advertised:
             return list(self.config.advertised)
         if self._runtime is None:
@@ -1024,9 +1024,9 @@ class MeshNode:
     async def netcheck(self, refresh: bool = False) -> NetcheckReport:
         """What this node knows about its network (NAT mapping and filtering, public addresses,
         hairpinning, relay latency, UDP blocked): the last report at once, or a new run with
-        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.NetcheckError`
+        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.service.NetcheckError`
         when no STUN server is configured (``stun_servers``, or ``relays``)."""
-        from .errors import NetcheckError
+        from ..errors import NetcheckError
 
         self._require_running()
         if self._netcheck is None:
@@ -1075,7 +1075,7 @@ class MeshNode:
         runtime, _ = self._require_running()
         servers = self.config.stun_addresses
         if servers:
-            from .netcheck import Netchecker
+            from ..netcheck.service import Netchecker
 
             relays = self._relays
             interval = self.config.netcheck_interval
@@ -1091,7 +1091,7 @@ class MeshNode:
             )
             self._netcheck.start(periodic=bool(interval))
         if self.config.mdns and not any(s.name == "mdns" for s in self._discovery):
-            from .discovery.mdns import MdnsDiscovery
+            from ..discovery.mdns import MdnsDiscovery
 
             self._discovery.append(MdnsDiscovery(interfaces=self.config.mdns_interfaces))
         for service in list(self._discovery):

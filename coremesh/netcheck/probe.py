@@ -28,13 +28,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .addr import Address
-from .errors import DecodeError
-from .netreport import ENDPOINT_DEPENDENT, ENDPOINT_INDEPENDENT, NO_NAT, UNKNOWN
-from .stun.attributes import Attr
-from .stun.message import Method, StunClass, StunMessage, decode
-from .stun.natdiscovery import NatBehavior, NatBehaviorDiscovery
-from .stun.transaction import (
+from ..addr import Address
+from ..errors import DecodeError
+from ..stun.attributes import Attr
+from ..stun.message import Method, StunClass, StunMessage, decode
+from ..stun.natdiscovery import NatBehavior, NatBehaviorDiscovery
+from ..stun.transaction import (
     RandomBytes,
     StunTransaction,
     TransactionConfig,
@@ -42,6 +41,7 @@ from .stun.transaction import (
     TransactionTable,
     new_transaction_id,
 )
+from .report import ENDPOINT_DEPENDENT, ENDPOINT_INDEPENDENT, NO_NAT, UNKNOWN
 
 NETCHECK_TRANSACTION: Final = TransactionConfig(rto=0.25, rc=3, rm=4)
 """Sends at 0, 0.25 and 0.75 s, gives up at 1.75 s: a filtering test concludes by a timeout, and

@@ -8,12 +8,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ConnectionClosed, MeshError
-from .identity import PeerId
-from .paths import PathAddress
+from ..endpoint.paths import PathAddress
+from ..errors import ConnectionClosed, MeshError
+from ..identity import PeerId
 
 if TYPE_CHECKING:
-    from .mesh import MeshNode
+    from .node import MeshNode
 
 
 class ConnectionState(enum.Enum):

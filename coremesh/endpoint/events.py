@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .identity import PeerId
+from ..identity import PeerId
 from .paths import PathAddress
 
 

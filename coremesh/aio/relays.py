@@ -1,7 +1,7 @@
 """The node's relays: keyed mesh relays (by PeerId, over TCP/WebSocket) and TURN allocations.
 
-This is asyncio glue between the node's :class:`~coremesh.runtime.UdpRuntime` and the relay
-clients: it registers a sender for :class:`~coremesh.paths.RelayAddress` destinations, feeds packets
+This is asyncio glue between the node's :class:`~coremesh.aio.runtime.UdpRuntime` and the relay
+clients: it registers a sender for :class:`~coremesh.endpoint.paths.RelayAddress` destinations, feeds packets
 that arrive from a relay into the endpoint, and reports which relays are usable. Relays never see
 plaintext: what travels through them are the node's Noise transport packets.
 """
@@ -15,17 +15,17 @@ import random
 import socket
 from typing import Any
 
-from . import stun
-from .addr import Address, normalize_socket_address
-from .config import RelayServer
-from .errors import MeshError
-from .identity import Identity, PeerId
+from .. import stun
+from ..addr import Address, normalize_socket_address
+from ..config import RelayServer
+from ..endpoint.paths import RelayAddress
+from ..errors import MeshError
+from ..identity import Identity, PeerId
+from ..turn import client as turn
 from .keyedrelay import KeyedRelayClient
-from .paths import RelayAddress
 from .runtime import UdpRuntime
-from .turn import client as turn
 
-log = logging.getLogger("coremesh.relays")
+log = logging.getLogger("coremesh.aio.relays")
 
 RETRY_INITIAL = 1.0  # seconds before allocating again after a loss or a failure, doubling
 RETRY_MAX = 60.0

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import DecodeError
+from ..errors import DecodeError
 
 PROTOCOL_VERSION: Final = 1
 MAC_LEN: Final = 16

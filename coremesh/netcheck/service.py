@@ -1,6 +1,6 @@
 """Netcheck: the asyncio shell that keeps the node's view of its network current.
 
-It runs :class:`~coremesh.netprobe.NetcheckProbe` over the node's own UDP socket (the mapping that
+It runs :class:`~coremesh.netcheck.probe.NetcheckProbe` over the node's own UDP socket (the mapping that
 matters is the mesh socket's, so no other socket is used for UDP), sharing it with the relay clients
 through the runtime's ``foreign_handler``: a STUN datagram that belongs to a netcheck transaction is
 taken here, anything else goes on to the handler that was there before.
@@ -26,17 +26,17 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from .addr import Address, normalize_socket_address
-from .errors import DecodeError, MeshError
-from .keyedrelay.client import parse_relay_url
-from .netprobe import NETCHECK_TRANSACTION, NetcheckProbe, ProbeResult
-from .netreport import NetcheckReport, RelayLatency
-from .runtime import UdpRuntime
-from .stun.attributes import Attr
-from .stun.message import HEADER_SIZE, Method, StunClass, StunMessage, decode, encode
-from .stun.transaction import TransactionConfig
+from ..addr import Address, normalize_socket_address
+from ..aio.runtime import UdpRuntime
+from ..errors import DecodeError, MeshError
+from ..keyedrelay.url import parse_relay_url
+from ..stun.attributes import Attr
+from ..stun.message import HEADER_SIZE, Method, StunClass, StunMessage, decode, encode
+from ..stun.transaction import TransactionConfig
+from .probe import NETCHECK_TRANSACTION, NetcheckProbe, ProbeResult
+from .report import NetcheckReport, RelayLatency
 
-log = logging.getLogger("coremesh.netcheck")
+log = logging.getLogger("coremesh.netcheck.service")
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_WATCH_INTERVAL = 30.0

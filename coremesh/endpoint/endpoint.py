@@ -2,7 +2,7 @@
 
 Fed with ``receive_datagram(data, addr, now)`` and ``handle_timer(now)``, drained with
 ``datagrams_to_send(now)``, ``get_timer()`` and ``next_event()``. It owns the handshakes, the secure
-sessions (:mod:`coremesh.session`) and one reliable stream (:mod:`coremesh.reliability`) per peer.
+sessions (:mod:`coremesh.secure.session`) and one reliable stream (:mod:`coremesh.reliability`) per peer.
 
 No per-peer state exists before authentication: a handshake initiation is checked by its mac1 (no
 Diffie-Hellman for packets not addressed to us), then authenticated by Noise, and only then does a
@@ -24,11 +24,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from . import events as ev
-from . import wire
-from .addr import Address
-from .config import MeshConfig
-from .errors import (
+from ..addr import Address
+from ..config import MeshConfig
+from ..errors import (
     AuthenticationFailed,
     ConnectionClosed,
     DecodeError,
@@ -37,12 +35,12 @@ from .errors import (
     PeerNotFound,
     RemoteProtocolError,
 )
-from .identity import Identity, PeerId
-from .paths import DirectAddress, PathAddress, ProbeAddress, TurnAddress, path_kind, udp_address
-from .reliability import ReliabilityConfig, ReliableStream
-from .reliability import events as rev
-from .session import InitiatorHandshake, Responder, SecureSession
-from .traversal import (
+from ..identity import Identity, PeerId
+from ..reliability import ReliabilityConfig, ReliableStream
+from ..reliability import events as rev
+from ..secure import wire
+from ..secure.session import InitiatorHandshake, Responder, SecureSession
+from ..traversal import (
     Candidate,
     Candidates,
     CandidateType,
@@ -62,8 +60,10 @@ from .traversal import (
     encode_path_frames,
     is_path_packet,
 )
-from .traversal.agent import PROBE_IDS
-from .traversal.frames import PathFrame
+from ..traversal.agent import PROBE_IDS
+from ..traversal.frames import PathFrame
+from . import events as ev
+from .paths import DirectAddress, PathAddress, ProbeAddress, TurnAddress, path_kind, udp_address
 
 HANDSHAKE_RETRY_INITIAL: Final = 0.25
 HANDSHAKE_RETRY_MAX: Final = 2.0
@@ -1112,7 +1112,7 @@ class Endpoint:
         return self._connected(peer_id).stream.can_send()
 
     def ping(self, peer_id: PeerId, now: float) -> int:
-        """Queue a PING; the matching :class:`~coremesh.events.PongReceived` carries the token."""
+        """Queue a PING; the matching :class:`~coremesh.endpoint.events.PongReceived` carries the token."""
         return self._connected(peer_id).send_ping(now)
 
     def close(self, peer_id: PeerId, now: float, reason: str = "") -> None:
@@ -1125,7 +1125,7 @@ class Endpoint:
             conn.close(now, reason)
 
     def probe_identity(self, address: PathAddress) -> int:
-        """Ask ``address`` which peer it is; answered by an :class:`~coremesh.events.IdentityResolved`.
+        """Ask ``address`` which peer it is; answered by an :class:`~.events.IdentityResolved`.
 
         The answer is not proof: the handshake that follows authenticates the claimed id.
         """

@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from .addr import Address, normalize_socket_address
-from .endpoint import Endpoint
-from .errors import ConfigError
-from .events import Event
-from .paths import DirectAddress, PathAddress, ProbeAddress, RelayAddress, TurnAddress
+from ..addr import Address, normalize_socket_address
+from ..endpoint.endpoint import Endpoint
+from ..endpoint.events import Event
+from ..endpoint.paths import DirectAddress, PathAddress, ProbeAddress, RelayAddress, TurnAddress
+from ..errors import ConfigError
 
 
 class Route(Protocol):
@@ -42,7 +42,7 @@ RelaySender = Callable[[RelayAddress, bytes], bool]
 PacketHandler = Callable[[bytes, PathAddress, float], None]
 _MESH_FIRST_BYTE: Final = 0xE0
 
-log = logging.getLogger("coremesh.runtime")
+log = logging.getLogger("coremesh.aio.runtime")
 
 RECV_BATCH: Final = 512
 PROBE_SOCKET_BUFFER: Final = 65536
