@@ -2,6 +2,13 @@
 
   sh benchmarks/setup.sh                      # once: iperf3 + benchmarks/.venv-libp2p
   python benchmarks/run_transport.py [--duration 5] [--only iperf3,asyncio,libp2p,coremesh]
+  python benchmarks/run_transport.py --only asyncio,coremesh --base c9361a7 [--rounds 2]
+
+``--base REF`` measures the code of a git commit next to the working tree's, in the same run: it
+extracts REF with ``git archive`` into a temporary folder, runs that tree's own
+``benchmarks/coremesh_transport.py`` against it (``coremesh@REF``), alternating base and head for
+``--rounds`` rounds so that a slow phase of the machine does not fall on one side only, and prints
+head/base ratios from the medians.
 
 Runs each anchor as its own subprocess (one after the other, never two at once: the machine has
 2 cores and every pair uses both), with a timeout, collects their JSON, writes
@@ -19,6 +26,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,50 @@ from common import exit_on_sigterm, stop  # noqa: E402
 #   rss:      {"kib_per_connection"}               listener VmRSS delta / open connections
 # Anything else in the dict is kept in the JSON file.
 # ------------------------------------------------------------------------------------------------
+def measure_coremesh_tree(tree: Path, duration: float) -> dict[str, Any]:
+    """The coremesh rows for the source tree at ``tree``, measured by that tree's own script."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return run_anchor(
+        [
+            sys.executable,
+            str(tree / "benchmarks" / "coremesh_transport.py"),
+            "all",
+            "--duration",
+            str(duration),
+        ],
+        timeout=6 * duration + 180,
+        cwd=tree,
+        env=env,
+    )
+
+
+def extract_ref(ref: str, into: Path) -> Path:
+    """The committed tree of ``ref`` (a commit, tag or branch) as files under ``into``."""
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per numeric leaf, the median over the runs that succeeded; the first failure if none did."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        return runs[0]
+
+    def merge(values: list[Any]) -> Any:
+        if all(isinstance(v, dict) for v in values):
+            keys = [k for k in values[0] if all(k in v for v in values)]
+            return {k: merge([v[k] for v in values]) for k in keys}
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            ordered = sorted(values)
+            mid = len(ordered) // 2
+            m = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+            return round(m, 3) if isinstance(m, float) else m
+        return values[0]
+
+    return {**merge(ok), "rounds": len(ok)}
+
+
 def measure_coremesh(duration: float) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))  # so the source tree imports even when coremesh isn't installed
     try:
@@ -86,10 +138,12 @@ def last_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def run_anchor(argv: list[str], timeout: float) -> dict[str, Any]:
+def run_anchor(
+    argv: list[str], timeout: float, *, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One anchor as a subprocess printing one JSON object. Stopped by PID on timeout."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -253,7 +307,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds measured per transfer (default 5)")
     ap.add_argument("--only", default="", help="comma-separated: iperf3, asyncio, libp2p, coremesh")
+    ap.add_argument("--base", default="", help="also measure coremesh at this git commit (before/after)")
+    ap.add_argument("--rounds", type=int, default=1, help="with --base: alternate base and head N times")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     exit_on_sigterm()  # so a stopped run still stops the anchor it is running
 
     table = anchors(args.duration)
@@ -261,6 +319,28 @@ def main() -> None:
     unknown = [n for n in chosen if n not in table]
     if unknown:
         ap.error(f"unknown anchor(s) {unknown}; choose from {list(table)}")
+    base_dir: tempfile.TemporaryDirectory[str] | None = None
+    if args.base:
+        base_dir = tempfile.TemporaryDirectory(prefix="coremesh-base-")
+        try:
+            base_tree = extract_ref(args.base, Path(base_dir.name))
+        except subprocess.CalledProcessError as e:
+            ap.error(f"--base {args.base}: git archive failed: {(e.stderr or b'').decode().strip()}")
+        base_name = f"coremesh@{args.base}"
+        head_runs: list[dict[str, Any]] = []
+        base_runs: list[dict[str, Any]] = []
+
+        def head_and_base() -> dict[str, Any]:
+            for _ in range(args.rounds):
+                base_runs.append(measure_coremesh_tree(base_tree, args.duration))
+                head_runs.append(measure_coremesh_tree(ROOT, args.duration))
+            return median_result(head_runs)
+
+        table["coremesh"] = head_and_base
+        table[base_name] = lambda: median_result(base_runs)
+        if "coremesh" not in chosen:
+            chosen.append("coremesh")
+        chosen.insert(chosen.index("coremesh") + 1, base_name)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
@@ -313,6 +393,29 @@ def main() -> None:
         w = max(len(label) for label, _ in ratio_rows)
         for label, value in ratio_rows:
             print(f"  {label:<{w}}  {value:>8}")
+    if args.base:
+        base = report["results"].get(f"coremesh@{args.base}", {})
+        head = report["results"].get("coremesh", {})
+        print(f"\nhead / {args.base}, medians of {args.rounds} alternating round(s) (ms: lower is better):")
+        compared = {}
+        for _anchor, metric, key_path, unit in TABLE:
+            if _anchor != "coremesh":
+                continue
+            pair = []
+            for r in (head, base):
+                v: Any = r
+                for key in key_path:
+                    v = v.get(key) if isinstance(v, dict) else None
+                pair.append(v)
+            h, b = pair
+            if isinstance(h, int | float) and isinstance(b, int | float) and b:
+                label = f"{metric} ({unit})"
+                compared[label] = {"head": h, "base": b, "ratio": round(h / b, 3)}
+                print(f"  {label:<48} head {h!s:>10}  base {b!s:>10}  ratio {h / b:6.3f}")
+        report["head_vs_base"] = {"base": args.base, "rounds": args.rounds, "metrics": compared}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    if base_dir is not None:
+        base_dir.cleanup()
     print(f"\nwritten: {path.relative_to(ROOT)}")
 
 
