@@ -10,6 +10,7 @@ limits. The protocol is :mod:`coremesh.keyedrelay.protocol` (sans-IO; spec in
 
 from __future__ import annotations
 
+from ..ratelimit import TokenBucket
 from .protocol import (
     MAGIC,
     MAX_FRAME,
@@ -23,7 +24,6 @@ from .protocol import (
     RelayCore,
     RelayLimits,
     RelayNotRegistered,
-    TokenBucket,
     decode_frame,
     encode_frame,
 )

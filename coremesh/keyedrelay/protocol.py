@@ -8,8 +8,8 @@ IP address, and is carried over TCP or WebSocket, for networks where UDP is bloc
 - the frame codec (:func:`encode_frame`, :func:`decode_frame`) and the raw-TCP framing
   (:data:`MAGIC`, :func:`tcp_frame`, :class:`FrameReader`). Decoders are pure and bounded: bad
   input raises :class:`DecodeError` and nothing else;
-- :class:`TokenBucket`, the per-peer rate limiter; :class:`UnregisteredLimiter`, the cap on
-  connections that have not registered (in all and per source; the oldest makes room);
+- :class:`UnregisteredLimiter`, the cap on connections that have not registered (in all and per
+  source; the oldest makes room); per-peer rates use :class:`coremesh.ratelimit.TokenBucket`;
 - :class:`RelayCore`, every session of a relay: registration, replacement, forwarding, limits,
   timeouts and counters. Fed with ``open_session`` / ``receive_frame`` / ``connection_lost`` /
   ``handle_timer(now)``; drained with :meth:`RelayCore.drain` (:class:`Transmit` and
@@ -33,6 +33,7 @@ from typing import Final, Generic, TypeVar
 
 from coremesh.errors import DecodeError, LocalProtocolError
 from coremesh.identity import Identity, PeerId, verify_signature
+from coremesh.ratelimit import TokenBucket
 from coremesh.reliability.varint import decode_varint, encode_varint
 
 PROTOCOL_VERSION: Final = 1
@@ -355,40 +356,6 @@ class FrameReader:
         if pos:
             del buf[:pos]
         return frames
-
-
-# --- rate limiting -------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``capacity`` banked; starts full."""
-
-    __slots__ = ("_last", "_tokens", "capacity", "rate")
-
-    def __init__(self, rate: float, capacity: float, now: float) -> None:
-        if rate <= 0 or capacity <= 0:
-            raise ValueError("a token bucket needs a positive rate and capacity")
-        self.rate = float(rate)
-        self.capacity = float(capacity)
-        self._tokens = float(capacity)
-        self._last = now
-
-    def tokens(self, now: float) -> float:
-        self._refill(now)
-        return self._tokens
-
-    def _refill(self, now: float) -> None:
-        if now > self._last:
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-
-    def consume(self, amount: float, now: float) -> bool:
-        """Take ``amount`` tokens if there are that many; otherwise take nothing and say False."""
-        self._refill(now)
-        if amount <= self._tokens:
-            self._tokens -= amount
-            return True
-        return False
 
 
 # --- admission of unregistered connections ------------------------------------------------------

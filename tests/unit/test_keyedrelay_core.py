@@ -34,7 +34,6 @@ from coremesh.keyedrelay.protocol import (
     Send,
     SessionEnded,
     SessionState,
-    TokenBucket,
     Transmit,
     UnregisteredLimiter,
     decode_frame,
@@ -90,28 +89,6 @@ def closed_with(actions: list[Action], conn: int, code: int) -> str:
     assert isinstance(frame, Close | Error) and frame.code == code
     assert isinstance(disc, Disconnect) and disc.code == code
     return frame.reason
-
-
-# --- token bucket ---
-
-
-def test_token_bucket_is_exact_with_a_hand_clock() -> None:
-    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
-    assert [bucket.consume(1, 0.0) for _ in range(6)] == [True] * 5 + [False]
-    assert not bucket.consume(1, 0.05)  # half a token
-    assert bucket.consume(1, 0.1) and not bucket.consume(1, 0.1)
-    assert bucket.tokens(10.0) == 5.0  # capped at capacity
-    assert not bucket.consume(6, 10.0)  # more than capacity never passes, and takes nothing
-    assert bucket.consume(5, 10.0) and bucket.tokens(10.0) == 0.0
-    assert bucket.tokens(9.0) == 0.0  # time going backwards adds nothing
-    assert bucket.consume(2.5, 10.25)
-
-
-def test_token_bucket_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        TokenBucket(0, 1, 0.0)
-    with pytest.raises(ValueError):
-        TokenBucket(1, 0, 0.0)
 
 
 # --- registration ---
