@@ -1,4 +1,4 @@
-"""The keyed mesh relay server: :class:`coremesh.keyedrelay.protocol.RelayCore` on real sockets.
+"""The keyed mesh relay server: :class:`coremesh.keyedrelay.server.RelayCore` on real sockets.
 
 One listener (optionally TLS) carries both transports. The first bytes of each connection decide:
 ``CMRL`` is a raw TCP session (varint-length-prefixed frames), an HTTP request line goes to aiohttp,
@@ -41,20 +41,10 @@ from coremesh.addr import Address, format_address, parse_address
 from coremesh.aio.wsqueue import FrameQueue
 from coremesh.errors import ConfigError, DecodeError, InvalidAddress
 from coremesh.identity import Identity
-from coremesh.keyedrelay.protocol import (
-    MAGIC,
-    MAX_FRAME,
-    WS_PATH,
-    CloseCode,
-    Disconnect,
-    FrameReader,
-    FrameType,
-    RelayCore,
-    RelayLimits,
-    SessionState,
-    UnregisteredLimiter,
-    tcp_frame,
-)
+from coremesh.keyedrelay.frames import MAX_FRAME, CloseCode, FrameType
+from coremesh.keyedrelay.framing import MAGIC, WS_PATH, FrameReader, tcp_frame
+from coremesh.keyedrelay.limits import RelayLimits, UnregisteredLimiter
+from coremesh.keyedrelay.server import Disconnect, RelayCore, SessionState
 
 log = logging.getLogger("coremesh_relay.keyed")
 

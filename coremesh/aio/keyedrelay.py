@@ -26,20 +26,17 @@ import aiohttp
 from coremesh.errors import ConfigError, ConnectionFailed, DecodeError
 from coremesh.identity import Identity, PeerId
 
-from ..keyedrelay.protocol import (
-    MAGIC,
-    MAX_FRAME,
+from ..keyedrelay.client import (
     ClientSession,
     ClientState,
-    CloseCode,
-    FrameReader,
     PacketReceived,
     PeerUnknownEvent,
     RegisteredEvent,
     RelayNotRegistered,
     SessionEnded,
-    tcp_frame,
 )
+from ..keyedrelay.frames import MAX_FRAME, CloseCode
+from ..keyedrelay.framing import MAGIC, FrameReader, tcp_frame
 from ..keyedrelay.url import RelayUrl, parse_relay_url
 from .wsqueue import FrameQueue
 

@@ -17,23 +17,21 @@ from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
 from coremesh.aio.keyedrelay import KeyedRelayClient
 from coremesh.errors import ConnectionFailed
 from coremesh.identity import Identity, PeerId
-from coremesh.keyedrelay.protocol import (
-    MAGIC,
+from coremesh.keyedrelay.client import RelayNotRegistered
+from coremesh.keyedrelay.frames import (
     Challenge,
     Close,
     CloseCode,
     Error,
-    FrameReader,
     Recv,
     Register,
     Registered,
-    RelayNotRegistered,
     Send,
     decode_frame,
     encode_frame,
     make_register,
-    tcp_frame,
 )
+from coremesh.keyedrelay.framing import MAGIC, FrameReader, tcp_frame
 
 from ..certs import self_signed
 from .aio import eventually

@@ -8,38 +8,35 @@ from collections.abc import Callable
 import pytest
 
 from coremesh.identity import Identity
-from coremesh.keyedrelay.protocol import (
-    MIN_FRAME,
-    Action,
-    Challenge,
+from coremesh.keyedrelay.client import (
     ClientSession,
     ClientState,
-    Close,
-    CloseCode,
-    Disconnect,
-    Error,
     PacketReceived,
     PacketTooLarge,
-    PeerUnknown,
     PeerUnknownEvent,
+    RegisteredEvent,
+    RelayNotRegistered,
+    SessionEnded,
+)
+from coremesh.keyedrelay.frames import (
+    MIN_FRAME,
+    Challenge,
+    Close,
+    CloseCode,
+    Error,
+    PeerUnknown,
     Ping,
     Pong,
     Recv,
     Register,
     Registered,
-    RegisteredEvent,
-    RelayCore,
-    RelayLimits,
-    RelayNotRegistered,
     Send,
-    SessionEnded,
-    SessionState,
-    Transmit,
-    UnregisteredLimiter,
     decode_frame,
     encode_frame,
     make_register,
 )
+from coremesh.keyedrelay.limits import RelayLimits, UnregisteredLimiter
+from coremesh.keyedrelay.server import Action, Disconnect, RelayCore, SessionState, Transmit
 
 ALICE = Identity(b"a" * 32)
 BOB = Identity(b"b" * 32)
