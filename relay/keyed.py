@@ -1,4 +1,4 @@
-"""The keyed mesh relay server: :class:`coremesh.keyedrelay.protocol.RelayCore` on real sockets.
+"""The keyed mesh relay server: :class:`coremesh.keyedrelay.server.RelayCore` on real sockets.
 
 One listener (optionally TLS) carries both transports. The first bytes of each connection decide:
 ``CMRL`` is a raw TCP session (varint-length-prefixed frames), an HTTP request line goes to aiohttp,
@@ -38,23 +38,14 @@ from typing import Final, Protocol
 from aiohttp import WSMsgType, web
 
 from coremesh.addr import Address, format_address, parse_address
+from coremesh.aio.timer import CoreTimer
 from coremesh.aio.wsqueue import FrameQueue
 from coremesh.errors import ConfigError, DecodeError, InvalidAddress
 from coremesh.identity import Identity
-from coremesh.keyedrelay.protocol import (
-    MAGIC,
-    MAX_FRAME,
-    WS_PATH,
-    CloseCode,
-    Disconnect,
-    FrameReader,
-    FrameType,
-    RelayCore,
-    RelayLimits,
-    SessionState,
-    UnregisteredLimiter,
-    tcp_frame,
-)
+from coremesh.keyedrelay.frames import MAX_FRAME, CloseCode, FrameType
+from coremesh.keyedrelay.framing import MAGIC, WS_PATH, FrameReader, tcp_frame
+from coremesh.keyedrelay.limits import RelayLimits, UnregisteredLimiter
+from coremesh.keyedrelay.server import Disconnect, RelayCore, SessionState
 
 log = logging.getLogger("coremesh_relay.keyed")
 
@@ -443,8 +434,7 @@ class KeyedRelayServer:
         )
         self._server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: CoreTimer | None = None  # the core's one timer, while started
         self._address: Address | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -479,6 +469,7 @@ class KeyedRelayServer:
             raise RuntimeError("the keyed relay is already started")
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._timer = CoreTimer(loop, self._on_timer)
         app = web.Application()
         app.router.add_get(WS_PATH, self._ws_handler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=DISCONNECT_LINGER)
@@ -525,8 +516,6 @@ class KeyedRelayServer:
             await asyncio.wait_for(server.wait_closed(), DISCONNECT_LINGER)
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
         log.info("keyed relay stopped")
 
     async def __aenter__(self) -> KeyedRelayServer:
@@ -678,23 +667,11 @@ class KeyedRelayServer:
                     link = links.get(action.conn)
                     if link is not None:
                         link.transmit(action.frame)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        when = self._core.get_timer()
-        if when is None or (self._timer_at is not None and self._timer_at <= when):
-            return
         if self._timer is not None:
-            self._timer.cancel()
-        assert self._loop is not None
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer, when)
+            self._timer.arm(core.get_timer())
 
-    def _on_timer(self, when: float) -> None:
-        self._timer = None
-        self._timer_at = None
-        assert self._loop is not None
-        self._core.handle_timer(max(self._loop.time(), when))
+    def _on_timer(self, now: float) -> None:
+        self._core.handle_timer(now)
         self._flush()
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:

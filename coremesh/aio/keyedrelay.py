@@ -26,21 +26,19 @@ import aiohttp
 from coremesh.errors import ConfigError, ConnectionFailed, DecodeError
 from coremesh.identity import Identity, PeerId
 
-from ..keyedrelay.protocol import (
-    MAGIC,
-    MAX_FRAME,
+from ..keyedrelay.client import (
     ClientSession,
     ClientState,
-    CloseCode,
-    FrameReader,
     PacketReceived,
     PeerUnknownEvent,
     RegisteredEvent,
     RelayNotRegistered,
     SessionEnded,
-    tcp_frame,
 )
+from ..keyedrelay.frames import MAX_FRAME, CloseCode
+from ..keyedrelay.framing import MAGIC, FrameReader, tcp_frame
 from ..keyedrelay.url import RelayUrl, parse_relay_url
+from .timer import CoreTimer
 from .wsqueue import FrameQueue
 
 log = logging.getLogger("coremesh.keyedrelay")
@@ -226,7 +224,7 @@ class KeyedRelayClient:
         self._state = "stopped"
         self._registered_event: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: CoreTimer | None = None  # the core's one timer, for the current session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session_registered = False
         self.last_error: str | None = None
@@ -283,6 +281,7 @@ class KeyedRelayClient:
         if self._task is not None:
             raise RuntimeError("the relay client is already started")
         self._loop = asyncio.get_running_loop()
+        self._timer = CoreTimer(self._loop, self._on_timer)
         self._stopping = False
         self._registered_event = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -438,7 +437,6 @@ class KeyedRelayClient:
     def _end_session(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         link, self._link = self._link, None
         self._core = None
         if link is not None:
@@ -501,24 +499,21 @@ class KeyedRelayClient:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        core, loop = self._core, self._loop
-        if core is None or loop is None:
+        core, timer = self._core, self._timer
+        if core is None or timer is None:
             return
-        when = core.get_timer()
-        if self._timer is not None:
-            if when is not None and self._timer.when() <= when:
-                return
-            self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = loop.call_at(when, self._on_timer, when)
+        when, armed = core.get_timer(), timer.when
+        # Every received frame moves the core's deadline later (keepalive after silence); an armed
+        # deadline that comes first stays (the core, called early, finds nothing due and asks
+        # again), which saves a cancel and a new handle per received batch.
+        if when is None or armed is None or when < armed:
+            timer.arm(when)
 
-    def _on_timer(self, when: float) -> None:
-        self._timer = None
-        core, link, loop = self._core, self._link, self._loop
-        if core is None or link is None or loop is None:
+    def _on_timer(self, now: float) -> None:
+        core, link = self._core, self._link
+        if core is None or link is None:
             return
-        core.handle_timer(max(loop.time(), when))
+        core.handle_timer(now)
         self._pump(link)
 
     def _set_state(self, state: str) -> None:

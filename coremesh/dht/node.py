@@ -33,6 +33,7 @@ import nacl.bindings as sodium
 from ..addr import Address
 from ..errors import DecodeError, LocalProtocolError
 from ..identity import Identity, PeerId
+from ..ratelimit import TokenBucket
 from ..secure.wire import PacketType
 from . import events as ev
 from . import messages as m
@@ -139,7 +140,7 @@ class DhtNode:
         self._query_ids = itertools.count(1)
         self._probing: dict[PeerId, int] = {}  # liveness/verify pings in flight, by peer
         self._verified_at: OrderedDict[PeerId, float] = OrderedDict()
-        self._rates: OrderedDict[object, tuple[float, float]] = OrderedDict()
+        self._rates: OrderedDict[object, TokenBucket] = OrderedDict()  # by source, LRU first
         self._refreshed: dict[int, float] = {}
         self._own: PeerRecord | None = None
         self._next_republish: float | None = None
@@ -428,21 +429,16 @@ class DhtNode:
     def _rate_ok(self, addr: Address, now: float) -> bool:
         # Loopback sources are told apart by port: a local mesh runs many nodes on 127.0.0.1.
         key: object = addr if addr.host.startswith("127.") or addr.host == "::1" else addr.host
-        cfg = self.config
-        entry = self._rates.get(key)
-        if entry is None:
-            if len(self._rates) >= cfg.max_rate_sources:
-                self._rates.popitem(last=False)
-            tokens = float(cfg.reply_burst)
+        rates = self._rates
+        bucket = rates.get(key)
+        if bucket is None:
+            cfg = self.config
+            if len(rates) >= cfg.max_rate_sources:
+                rates.popitem(last=False)  # the least recently heard source
+            bucket = rates[key] = TokenBucket(cfg.max_replies_per_second, cfg.reply_burst, now)
         else:
-            tokens, last = entry
-            tokens = min(float(cfg.reply_burst), tokens + (now - last) * cfg.max_replies_per_second)
-            self._rates.move_to_end(key)
-        if tokens < 1.0:
-            self._rates[key] = (tokens, now)
-            return False
-        self._rates[key] = (tokens - 1.0, now)
-        return True
+            rates.move_to_end(key)
+        return bucket.consume(1.0, now)
 
     def _receive_request(self, env: m.Envelope, addr: Address, size: int, now: float) -> None:
         if not self._rate_ok(addr, now):
@@ -867,11 +863,10 @@ class DhtNode:
         recent traffic needs, not every peer it ever heard from (their caps are for floods)."""
         cfg = self.config
         # A source silent for a full refill has a full bucket: the same as a source never seen.
-        refill = cfg.reply_burst / cfg.max_replies_per_second
         rates = self._rates
         while rates:
-            key, (_, last) = next(iter(rates.items()))  # least recently seen first
-            if now - last < refill:
+            key, bucket = next(iter(rates.items()))  # least recently seen first
+            if not bucket.idle_full(now):
                 break
             del rates[key]
         # A verification older than the backoff no longer holds the next one back.

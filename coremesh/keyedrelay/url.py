@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from ..addr import parse_address
 from ..errors import ConfigError, InvalidAddress
-from .protocol import WS_PATH
+from .framing import WS_PATH
 
 _SCHEMES: Final = ("tcp", "tls", "ws", "wss")
 

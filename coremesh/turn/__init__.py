@@ -10,7 +10,7 @@ See ``docs/turn.md``.
 
 from __future__ import annotations
 
-from .allocation import FiveTuple, TokenBucket, Transport
+from .allocation import FiveTuple, Transport
 from .client import (
     Allocated,
     AllocationFailed,
@@ -46,7 +46,6 @@ __all__ = [
     "PermissionFailed",
     "SendFromRelay",
     "SendToClient",
-    "TokenBucket",
     "Transport",
     "TurnClient",
     "TurnClientEvent",

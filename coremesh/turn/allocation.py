@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
 from ..addr import Address
+from ..ratelimit import TokenBucket
 
 Transport = Literal["udp", "tcp", "tls"]
 
@@ -22,6 +23,12 @@ MAX_PERMISSIONS: Final = 256
 MAX_PEERS_PER_REQUEST: Final = 16
 
 
+def bandwidth_bucket(max_bps: int, now: float) -> TokenBucket | None:
+    """The bucket of a new allocation: ``max_bps`` bytes per second, a burst of one second (at least
+    one largest datagram); None for ``max_bps`` 0, unlimited."""
+    return TokenBucket(max_bps, max(max_bps, 65535), now) if max_bps > 0 else None
+
+
 class FiveTuple(NamedTuple):
     """What an allocation is keyed by: the client's address, the server's address, the transport."""
 
@@ -31,29 +38,6 @@ class FiveTuple(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.transport}:{self.client}->{self.local}"
-
-
-class TokenBucket:
-    """Bytes per second with a burst of ``burst`` bytes. ``rate`` 0 means unlimited."""
-
-    __slots__ = ("_at", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: int, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._at = now
-
-    def take(self, size: int, now: float) -> bool:
-        if self.rate <= 0:
-            return True
-        if now > self._at:
-            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
-            self._at = now
-        if self._tokens < size:
-            return False
-        self._tokens -= size
-        return True
 
 
 @dataclass(slots=True)
@@ -76,7 +60,7 @@ class Allocation:
     hmac_key: bytes
     relays: dict[int, Address]
     expires: float
-    bucket: TokenBucket
+    bucket: TokenBucket | None  # bytes per second, both directions together; None: unlimited
     transaction_id: bytes = b""
     confirmed: bool = False
     pending: set[Address] = field(default_factory=set)
@@ -86,6 +70,10 @@ class Allocation:
     success: bytes = b""  # the encoded Allocate success response, resent on a retransmitted request
     timer_seq: int = 0  # sequence number of this allocation's live expiry-heap entry (0: none)
     timer_at: float = 0.0  # the time of that entry; never later than ``expires``
+
+    def within_bandwidth(self, size: int, now: float) -> bool:
+        """Take ``size`` bytes from the bandwidth bucket; False (and nothing taken) when over."""
+        return self.bucket is None or self.bucket.consume(size, now)
 
     def has_permission(self, host: str, now: float) -> bool:
         expiry = self.permissions.get(host)

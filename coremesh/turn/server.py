@@ -41,8 +41,8 @@ from .allocation import (
     MAX_PERMISSIONS,
     Allocation,
     FiveTuple,
-    TokenBucket,
     Transport,
+    bandwidth_bucket,
 )
 from .policy import PeerPolicy
 
@@ -278,7 +278,7 @@ class TurnServer:
             return self._drop("drop_no_allocation")
         if not alloc.has_permission(peer.host, now):
             return self._drop("drop_no_permission")
-        if not alloc.bucket.take(len(data), now):
+        if not alloc.within_bandwidth(len(data), now):
             return self._drop("drop_bandwidth")
         key = alloc.key
         channel = alloc.live_channel_for(peer, now)
@@ -576,7 +576,7 @@ class TurnServer:
             hmac_key=hmac_key,
             relays=relays,
             expires=now + lifetime,
-            bucket=TokenBucket(self.config.max_bps, max(self.config.max_bps, 65535), now),
+            bucket=bandwidth_bucket(self.config.max_bps, now),
             transaction_id=msg.transaction_id,
             pending=set(relays.values()),
         )
@@ -810,7 +810,7 @@ class TurnServer:
             return self._drop("drop_no_permission")
         if peer in self.server_addresses:
             return self._drop("drop_loop")
-        if not alloc.bucket.take(len(data), now):
+        if not alloc.within_bandwidth(len(data), now):
             return self._drop("drop_bandwidth")
         self.counters["packets_to_peer"] += 1
         self.counters["bytes_to_peer"] += len(data)

@@ -17,23 +17,22 @@ from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
 from coremesh.aio.keyedrelay import KeyedRelayClient
 from coremesh.errors import ConnectionFailed
 from coremesh.identity import Identity, PeerId
-from coremesh.keyedrelay.protocol import (
-    MAGIC,
+from coremesh.keyedrelay.client import RelayNotRegistered
+from coremesh.keyedrelay.frames import (
     Challenge,
     Close,
     CloseCode,
     Error,
-    FrameReader,
+    Ping,
     Recv,
     Register,
     Registered,
-    RelayNotRegistered,
     Send,
     decode_frame,
     encode_frame,
     make_register,
-    tcp_frame,
 )
+from coremesh.keyedrelay.framing import MAGIC, FrameReader, tcp_frame
 
 from ..certs import self_signed
 from .aio import eventually
@@ -442,6 +441,63 @@ def test_connections_that_do_not_register_are_closed_after_the_timeout() -> None
                 await ws.close()
             stats = server.stats()
             assert stats["closed_register_timeout"] == 3 and stats["sessions_current"] == 0
+
+    run(body)
+
+
+def test_a_silent_registered_session_is_pinged_then_closed_by_the_relay_timer() -> None:
+    async def body() -> None:
+        async with relay(idle_timeout=0.4) as server:
+            quiet = await RawClient.connect(server)
+            await quiet.register(Identity.generate())
+            ping = await quiet.next_frame()  # at half the idle timeout
+            assert isinstance(ping, Ping)
+            assert await quiet.next_frame() == Close(code=CloseCode.IDLE_TIMEOUT, reason="idle timeout")
+            assert await quiet.next_frame() is None
+            stats = server.stats()
+            assert stats["closed_idle_timeout"] == 1 and stats["sessions_current"] == 0
+
+    run(body)
+
+
+def test_the_client_timer_pings_a_silent_relay_then_gives_up_and_reconnects() -> None:
+    """A relay that registers the client and then never answers: the client's one timer sends PING
+    after keepalive_interval, says CLOSE(IDLE_TIMEOUT) after three, and the client connects again."""
+
+    async def body() -> None:
+        seen: list[object] = []
+        connections = 0
+
+        async def silent_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            assert await reader.readexactly(len(MAGIC)) == MAGIC
+            frames = FrameReader()
+            pending: list[bytes] = []
+            writer.write(tcp_frame(encode_frame(Challenge(nonce=bytes(32)))))
+            while data := await reader.read(65536):
+                pending += frames.feed(data)
+                while pending:
+                    frame = decode_frame(pending.pop(0))
+                    seen.append(frame)
+                    if isinstance(frame, Register):
+                        writer.write(tcp_frame(encode_frame(Registered(max_packet=1200))))
+            writer.close()
+
+        listener = await asyncio.start_server(silent_relay, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        client, _ = make_client(f"tcp://127.0.0.1:{port}", Inbox(), keepalive_interval=0.2)
+        try:
+            await client.start(timeout=5)
+            await eventually(lambda: connections >= 2, what="a reconnect after the idle timeout")
+            assert client.last_close == (CloseCode.IDLE_TIMEOUT, "relay idle timeout")
+            first = seen[: next(i for i, f in enumerate(seen) if isinstance(f, Close)) + 1]
+            assert [type(f) for f in first] == [Register, Ping, Close]
+            assert first[-1] == Close(code=CloseCode.IDLE_TIMEOUT, reason="relay idle timeout")
+        finally:
+            await client.stop()
+            listener.close()
+            await listener.wait_closed()
 
     run(body)
 

@@ -10,14 +10,13 @@ from hypothesis import strategies as st
 
 from coremesh.errors import DecodeError
 from coremesh.identity import Identity, PeerId
-from coremesh.keyedrelay.protocol import (
+from coremesh.keyedrelay.frames import (
     MAX_FRAME,
     MAX_PACKET,
     MAX_REASON,
     Challenge,
     Close,
     Error,
-    FrameReader,
     FrameType,
     PeerUnknown,
     Ping,
@@ -30,9 +29,9 @@ from coremesh.keyedrelay.protocol import (
     encode_frame,
     make_register,
     registration_message,
-    tcp_frame,
     truncate_reason,
 )
+from coremesh.keyedrelay.framing import FrameReader, tcp_frame
 
 PEER = Identity(bytes(range(32))).peer_id
 TYPES: dict[type, FrameType] = {

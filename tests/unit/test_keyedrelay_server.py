@@ -1,118 +1,38 @@
-"""The relay core and the client session, sans-IO, with time advanced by hand."""
+"""The relay core (keyedrelay/server.py), sans-IO, with time advanced by hand."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-
 import pytest
 
-from coremesh.identity import Identity
-from coremesh.keyedrelay.protocol import (
+from coremesh.keyedrelay.frames import (
     MIN_FRAME,
-    Action,
     Challenge,
-    ClientSession,
-    ClientState,
     Close,
     CloseCode,
-    Disconnect,
     Error,
-    PacketReceived,
-    PacketTooLarge,
     PeerUnknown,
-    PeerUnknownEvent,
     Ping,
     Pong,
     Recv,
     Register,
     Registered,
-    RegisteredEvent,
-    RelayCore,
-    RelayLimits,
-    RelayNotRegistered,
     Send,
-    SessionEnded,
-    SessionState,
-    TokenBucket,
-    Transmit,
-    UnregisteredLimiter,
-    decode_frame,
     encode_frame,
     make_register,
 )
+from coremesh.keyedrelay.limits import UnregisteredLimiter
+from coremesh.keyedrelay.server import Disconnect, SessionState
 
-ALICE = Identity(b"a" * 32)
-BOB = Identity(b"b" * 32)
-MALLORY = Identity(b"m" * 32)
-
-
-def counting_bytes() -> Callable[[int], bytes]:
-    counter = itertools.count(1)
-    return lambda n: next(counter).to_bytes(n, "big")
-
-
-def make_core(**limits: float) -> RelayCore:
-    return RelayCore(RelayLimits(**limits), random_bytes=counting_bytes())  # type: ignore[arg-type]
-
-
-def decoded(actions: list[Action]) -> list[tuple[int, object]]:
-    out: list[tuple[int, object]] = []
-    for a in actions:
-        if isinstance(a, Disconnect):
-            out.append((a.conn, a))
-        else:
-            out.append((a.conn, decode_frame(a.frame)))
-    return out
-
-
-def open_(core: RelayCore, now: float = 0.0) -> tuple[int, bytes]:
-    conn = core.open_session(now)
-    [(c, challenge)] = decoded(core.drain())
-    assert c == conn and isinstance(challenge, Challenge)
-    return conn, challenge.nonce
-
-
-def register(core: RelayCore, identity: Identity, now: float = 0.0) -> int:
-    conn, nonce = open_(core, now)
-    core.receive_frame(conn, encode_frame(make_register(identity, nonce)), now)
-    assert decoded(core.drain()) == [(conn, Registered(max_packet=core.limits.max_packet))]
-    assert core.session_state(conn) is SessionState.REGISTERED
-    return conn
-
-
-def closed_with(actions: list[Action], conn: int, code: int) -> str:
-    """Assert the actions are CLOSE/ERROR(code) then Disconnect(code) for conn; return the reason."""
-    frames = decoded(actions)
-    assert len(frames) == 2, frames
-    (c1, frame), (c2, disc) = frames
-    assert c1 == c2 == conn
-    assert isinstance(frame, Close | Error) and frame.code == code
-    assert isinstance(disc, Disconnect) and disc.code == code
-    return frame.reason
-
-
-# --- token bucket ---
-
-
-def test_token_bucket_is_exact_with_a_hand_clock() -> None:
-    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
-    assert [bucket.consume(1, 0.0) for _ in range(6)] == [True] * 5 + [False]
-    assert not bucket.consume(1, 0.05)  # half a token
-    assert bucket.consume(1, 0.1) and not bucket.consume(1, 0.1)
-    assert bucket.tokens(10.0) == 5.0  # capped at capacity
-    assert not bucket.consume(6, 10.0)  # more than capacity never passes, and takes nothing
-    assert bucket.consume(5, 10.0) and bucket.tokens(10.0) == 0.0
-    assert bucket.tokens(9.0) == 0.0  # time going backwards adds nothing
-    assert bucket.consume(2.5, 10.25)
-
-
-def test_token_bucket_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        TokenBucket(0, 1, 0.0)
-    with pytest.raises(ValueError):
-        TokenBucket(1, 0, 0.0)
-
+from .keyedrelay_helpers import (
+    ALICE,
+    BOB,
+    MALLORY,
+    closed_with,
+    decoded,
+    make_core,
+    open_,
+    register,
+)
 
 # --- registration ---
 
@@ -390,142 +310,7 @@ def test_close_all_says_shutdown_to_everyone() -> None:
     assert sorted(closes) == sorted([a, b, pending]) and core.sessions_current == 0
 
 
-def test_limits_are_validated_with_clear_messages() -> None:
-    with pytest.raises(ValueError, match="rate_bytes_per_s must be a positive number"):
-        RelayLimits(rate_bytes_per_s=0)
-    with pytest.raises(ValueError, match="max_frame must be an integer in"):
-        RelayLimits(max_frame=100)
-    with pytest.raises(ValueError, match="max_sessions"):
-        RelayLimits(max_sessions=0)
-    with pytest.raises(ValueError, match="max_unregistered"):
-        RelayLimits(max_unregistered=0)
-
-
-# --- the client session, alone and paired with a core ---
-
-
-def client(now: float = 0.0, **kw: float) -> ClientSession:
-    return ClientSession(ALICE, now=now, random_bytes=counting_bytes(), **kw)  # type: ignore[arg-type]
-
-
-def test_client_answers_the_challenge_and_registers() -> None:
-    c = client()
-    relay = BOB.peer_id
-    c.receive_frame(encode_frame(Challenge(nonce=b"n" * 32, relay_id=relay)), 0.0)
-    [reg] = c.frames_to_send()
-    assert decode_frame(reg) == make_register(ALICE, b"n" * 32)
-    assert c.state is ClientState.AWAIT_REGISTERED and not c.registered
-    with pytest.raises(RelayNotRegistered):
-        c.encode_send(BOB.peer_id, b"x")
-    c.receive_frame(encode_frame(Registered(max_packet=1500)), 0.0)
-    assert c.next_event() == RegisteredEvent(1500, relay) and c.registered
-    assert c.encode_send(BOB.peer_id, b"x") == encode_frame(Send(dst=BOB.peer_id, packet=b"x"))
-    with pytest.raises(PacketTooLarge):
-        c.encode_send(BOB.peer_id, bytes(1501))
-    c.receive_frame(encode_frame(Recv(src=BOB.peer_id, packet=b"hi")), 0.1)
-    c.receive_frame(encode_frame(PeerUnknown(dst=MALLORY.peer_id)), 0.1)
-    assert c.next_event() == PacketReceived(BOB.peer_id, b"hi")
-    assert c.next_event() == PeerUnknownEvent(MALLORY.peer_id)
-
-
-def test_client_refuses_another_version_and_an_unexpected_relay() -> None:
-    c = client()
-    c.receive_frame(encode_frame(Challenge(nonce=bytes(32), version=2)), 0.0)
-    assert c.next_event() == SessionEnded(
-        CloseCode.UNSUPPORTED_VERSION, "relay speaks version 2, we speak 1", False
-    )
-    c2 = ClientSession(ALICE, now=0.0, expected_relay=BOB.peer_id, random_bytes=counting_bytes())  # type: ignore[arg-type]
-    c2.receive_frame(encode_frame(Challenge(nonce=bytes(32), relay_id=MALLORY.peer_id)), 0.0)
-    ended = c2.next_event()
-    assert isinstance(ended, SessionEnded) and ended.code == CloseCode.AUTH_FAILED
-
-
-def test_client_reports_relay_error_and_protocol_violations() -> None:
-    c = client()
-    c.receive_frame(encode_frame(Error(code=CloseCode.SERVER_FULL, reason="relay full")), 0.0)
-    assert c.next_event() == SessionEnded(CloseCode.SERVER_FULL, "relay full", True)
-    c = client()
-    c.receive_frame(encode_frame(Recv(src=BOB.peer_id, packet=b"early")), 0.0)
-    ended = c.next_event()
-    assert isinstance(ended, SessionEnded) and ended.code == CloseCode.PROTOCOL_ERROR and not ended.by_relay
-    assert decode_frame(c.frames_to_send()[0]) == Close(code=CloseCode.PROTOCOL_ERROR, reason=ended.reason)
-    c = client()
-    c.receive_frame(b"\x77garbage", 0.0)
-    assert isinstance(c.next_event(), SessionEnded) and c.state is ClientState.CLOSED
-
-
-def test_client_timers() -> None:
-    c = client(now=0.0, register_timeout=5.0, keepalive_interval=10.0)
-    assert c.get_timer() == 5.0
-    c.handle_timer(5.0)
-    assert c.next_event() == SessionEnded(CloseCode.REGISTER_TIMEOUT, "registration timed out", False)
-    c = client(now=0.0, keepalive_interval=10.0)
-    c.receive_frame(encode_frame(Challenge(nonce=bytes(32))), 0.0)
-    c.receive_frame(encode_frame(Registered(max_packet=100)), 1.0)
-    c.frames_to_send()
-    c.next_event()
-    assert c.get_timer() == 11.0
-    c.handle_timer(11.0)
-    [ping] = c.frames_to_send()
-    assert isinstance(decode_frame(ping), Ping) and c.get_timer() == 31.0
-    c.receive_frame(encode_frame(Ping(data=b"abcdefgh")), 20.0)
-    assert c.frames_to_send() == [encode_frame(Pong(data=b"abcdefgh"))]
-    c.handle_timer(50.0)
-    assert c.next_event() == SessionEnded(CloseCode.IDLE_TIMEOUT, "relay idle timeout", False)
-
-
-def test_client_and_core_in_memory_exchange_packets() -> None:
-    core = make_core()
-    clients: dict[int, ClientSession] = {}
-    for identity in (ALICE, BOB):
-        conn = core.open_session(0.0)
-        clients[conn] = ClientSession(identity, now=0.0, random_bytes=counting_bytes())  # type: ignore[arg-type]
-    a, b = clients
-    moved = True
-    while moved:
-        moved = False
-        for action in core.drain():
-            moved = True
-            if isinstance(action, Transmit):
-                clients[action.conn].receive_frame(action.frame, 0.0)
-        for conn, c in clients.items():
-            for frame in c.frames_to_send():
-                moved = True
-                core.receive_frame(conn, frame, 0.0)
-    assert clients[a].registered and clients[b].registered
-    for i in range(100):
-        core.receive_frame(a, clients[a].encode_send(BOB.peer_id, b"%d" % i), 0.0)
-    for action in core.drain():
-        assert isinstance(action, Transmit)
-        clients[action.conn].receive_frame(action.frame, 0.0)
-    events = [clients[b].next_event() for _ in range(101)]
-    assert isinstance(events[0], RegisteredEvent)
-    assert events[1:] == [PacketReceived(ALICE.peer_id, b"%d" % i) for i in range(100)]
-
-
 # --- unregistered connections ---
-
-
-def test_unregistered_limiter_evicts_the_oldest_of_the_same_source_first() -> None:
-    lim: UnregisteredLimiter[str] = UnregisteredLimiter(max_total=5, max_per_source=2)
-    assert lim.admit("a1", "A") == [] and lim.admit("a2", "A") == []
-    assert lim.admit("b1", "B") == []
-    assert lim.admit("a3", "A") == ["a1"]  # A is at its cap: its oldest goes, not B's
-    assert lim.count("A") == 2 and "a1" not in lim and "b1" in lim
-    lim.remove("a2")  # registered
-    lim.remove("a2")  # unknown keys are ignored
-    assert lim.admit("a4", "A") == [] and len(lim) == 3
-
-
-def test_unregistered_limiter_evicts_the_oldest_overall_at_the_total_cap() -> None:
-    lim: UnregisteredLimiter[int] = UnregisteredLimiter(max_total=3, max_per_source=3)
-    for key, source in ((1, "A"), (2, "B"), (3, "C")):
-        assert lim.admit(key, source) == []
-    assert lim.admit(4, "D") == [1]
-    assert lim.admit(5, "B") == [2] and lim.count("B") == 1 and lim.count("A") == 0
-    assert len(lim) == 3
-    with pytest.raises(ValueError):
-        UnregisteredLimiter(max_total=2, max_per_source=3)
 
 
 def test_idle_unregistered_connections_cannot_lock_out_a_client() -> None:
