@@ -69,7 +69,7 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 def node_flags() -> str:
     from coremesh_node import settings
 
-    env_of = {key: var for var, key in settings.ENV_VARS.items()}
+    env_of = settings.ENV_VARS
     keys = settings.MESH_KEYS | settings.NODE_KEYS
     rows = []
     for action in _options(settings.build_parser()):
