@@ -34,7 +34,8 @@ from coremesh.service import (
 )
 from coremesh.service.lifecycle import SignalledService
 
-from .admin import INBOX_BYTES, STATE, AdminServer, Inbox, InboxPump, create_admin_app, resolve_address
+from .admin import STATE, AdminServer, create_admin_app, resolve_address
+from .inbox import INBOX_BYTES, Inbox, InboxPump, state_text
 from .logs import log
 from .settings import PROG, NodeSettings, resolve
 
@@ -177,7 +178,7 @@ class Daemon(SignalledService):
     # ----------------------------------------------------------------------------- connections
 
     def _on_connection(self, event: Any) -> None:
-        state = getattr(event.state, "value", str(event.state))
+        state = state_text(event.state)
         fields: dict[str, Any] = {
             "peer_id": event.peer_id.to_text(),
             "state": state,

@@ -118,7 +118,8 @@ def _routes(app: web.Application) -> list[tuple[str, str, str]]:
 
 
 def _node_app() -> web.Application:
-    from coremesh_node.admin import Inbox, create_admin_app
+    from coremesh_node.admin import create_admin_app
+    from coremesh_node.inbox import Inbox
 
     node: Any = object()  # the routes are read, never called
     app: web.Application = create_admin_app(node, Inbox())
