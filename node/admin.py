@@ -26,7 +26,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import enum
 import ipaddress
 import json
 import socket
@@ -52,7 +51,6 @@ from coremesh.cli.main import (
 )
 from coremesh.config import parse_peer_address
 from coremesh.dht.service import record_json
-from coremesh.endpoint.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
 from coremesh.errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -75,8 +73,9 @@ from coremesh.service.admin import (
     metrics_registry,
     metrics_response,
 )
+from coremesh.service.jsonable import jsonable, state_text
 
-from .inbox import Inbox, state_text
+from .inbox import Inbox
 from .logs import log
 from .metrics import NodeCollector
 
@@ -108,24 +107,6 @@ class NodeLike(Protocol):
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
-    if isinstance(value, PeerId):
-        return value.to_text()
-    if isinstance(value, Address | DirectAddress | TurnAddress | RelayAddress | ProbeAddress):
-        return str(value)  # every kind of path address prints as one string
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
 def peer_info_json(info: Any) -> dict[str, Any]:
     """A PeerInfo as JSON: every field, ``rtt`` (seconds) shown as ``rtt_ms``."""
     out: dict[str, Any] = {}
@@ -138,7 +119,7 @@ def peer_info_json(info: Any) -> dict[str, Any]:
         if name == "rtt":
             out["rtt_ms"] = None if value is None else round(float(value) * 1000, 3)
         else:
-            out[name] = _jsonable(value)
+            out[name] = jsonable(value, binary="base64")
     return out
 
 
@@ -296,7 +277,7 @@ async def _status(request: web.Request) -> web.Response:
         "version": _version(),
         "uptime_s": round(time.monotonic() - st.started_at, 3),
         "connections": connected,
-        "stats": _jsonable(node.stats()),
+        "stats": jsonable(node.stats(), binary="base64"),
         "inbox": st.inbox.status(),
     }
     candidates = getattr(node, "candidates", None)
@@ -307,11 +288,13 @@ async def _status(request: web.Request) -> web.Response:
         body["nat_type"] = announced  # what peers are told ("" until netcheck found it)
     relay_status = getattr(node, "relay_status", None)
     if callable(relay_status):
-        body["relays"] = _jsonable(relay_status())
+        body["relays"] = jsonable(relay_status(), binary="base64")
     dht_status = getattr(node, "dht_status", None)
     if callable(dht_status):
-        body["dht"] = _jsonable(dht_status())  # routing table, published record, drops by reason
-    body.update(_jsonable(st.extra_status))
+        body["dht"] = jsonable(
+            dht_status(), binary="base64"
+        )  # routing table, published record, drops by reason
+    body.update(jsonable(st.extra_status, binary="base64"))
     return web.json_response(body)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import enum
 import functools
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from typing import Any, Final, Protocol
 
 from coremesh.errors import ConnectionClosed
 from coremesh.identity import PeerId
+from coremesh.service.jsonable import state_text
 
 from .logs import log
 
@@ -31,11 +31,6 @@ class ConnectionSource(Protocol):
     """What the pump needs from a node (``coremesh.MeshNode`` has it): a peer's open connection."""
 
     def get_connection(self, peer: PeerId) -> Any: ...
-
-
-def state_text(state: Any) -> str:
-    """A connection state (an enum or its text) as text: ``connected``, ``closed``, ..."""
-    return str(state.value if isinstance(state, enum.Enum) else state)
 
 
 @dataclass(frozen=True, slots=True)

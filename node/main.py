@@ -32,10 +32,11 @@ from coremesh.service import (
     os_error_text,
     service_main,
 )
+from coremesh.service.jsonable import state_text
 from coremesh.service.lifecycle import SignalledService
 
 from .admin import STATE, AdminServer, create_admin_app, resolve_address
-from .inbox import INBOX_BYTES, Inbox, InboxPump, state_text
+from .inbox import INBOX_BYTES, Inbox, InboxPump
 from .logs import log
 from .settings import PROG, NodeSettings, resolve
 
