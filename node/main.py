@@ -2,10 +2,12 @@
 
     coremesh-node --listen HOST:PORT --data-dir DIR --admin HOST:PORT [--bootstrap [PEERID@]HOST:PORT]...
 
-Starts a :class:`coremesh.MeshNode`, reads every connection's messages into an inbox, serves the admin
-API, dials ``--connect`` peers and bootstrap peers that carry an id (retrying with backoff, and again
-whenever the connection drops), and shuts down gracefully on SIGTERM/SIGINT: the admin server stops,
-then ``node.stop()`` closes every connection so that peers see a close at once.
+Starts a :class:`coremesh.MeshNode`, reads every connection's messages into an inbox
+(:mod:`coremesh_node.inbox`), serves the admin API (:mod:`coremesh_node.admin`), dials ``--connect``
+peers (retrying with backoff, and again whenever the connection drops), and shuts down gracefully on
+SIGTERM/SIGINT (:class:`~coremesh.service.lifecycle.SignalledService`): readiness goes to 503, the
+dialers and the admin server stop, then ``node.stop()`` closes every connection so that peers see a
+close at once. A second signal during shutdown ends the process at once.
 
 Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (one line on stderr);
 1 when the node cannot run (UDP or admin address in use, data dir held by another process, ...).
@@ -21,10 +23,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from coremesh import MeshNode
+from coremesh import ConnectionEvent, MeshNode
 from coremesh.config import PeerAddress
 from coremesh.datadir import DataDirLocked
 from coremesh.errors import ConfigError, IdentityError, MeshError
+from coremesh.identity import PeerId
 from coremesh.service import (
     EXIT_CONFIG,
     EXIT_RUNTIME,
@@ -63,7 +66,7 @@ class Daemon(SignalledService):
             inbox_bytes = settings.inbox_bytes or INBOX_BYTES
         self.inbox = Inbox(max_bytes=inbox_bytes)
         self._dialers: list[asyncio.Task[None]] = []
-        self._closed_events: dict[Any, asyncio.Event] = {}
+        self._closed_events: dict[PeerId, asyncio.Event] = {}
         self.node: MeshNode | None = None
         self.pump: InboxPump | None = None
         self.admin: AdminServer | None = None
@@ -178,7 +181,7 @@ class Daemon(SignalledService):
 
     # ----------------------------------------------------------------------------- connections
 
-    def _on_connection(self, event: Any) -> None:
+    def _on_connection(self, event: ConnectionEvent) -> None:
         state = state_text(event.state)
         fields: dict[str, Any] = {
             "peer_id": event.peer_id.to_text(),
