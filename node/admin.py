@@ -65,6 +65,7 @@ from coremesh.errors import (
 )
 from coremesh.identity import PeerId
 from coremesh.netcheck.hostaddrs import host_addresses
+from coremesh.service import version
 from coremesh.service.admin import (
     AdminRunner,
     ApiError,
@@ -127,15 +128,6 @@ def advertised_addresses(listen: Iterable[Address]) -> list[str]:
     """Concrete addresses peers can dial: a wildcard bind is shown as loopback plus the primary
     address of each family (see :mod:`coremesh.netcheck.hostaddrs`)."""
     return list(dict.fromkeys(str(a) for addr in listen for a in host_addresses(addr)))
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("coremesh")
-    except Exception:
-        return "unknown"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -247,7 +239,7 @@ def create_admin_app(
     app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=max_body)
     state = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
     app[STATE] = state
-    app[REGISTRY] = metrics_registry(NodeCollector(lambda: state, _version()))
+    app[REGISTRY] = metrics_registry(NodeCollector(lambda: state, version()))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/peers", _peers)
     app.router.add_post("/v1/connect", _connect)
@@ -274,7 +266,7 @@ async def _status(request: web.Request) -> web.Response:
         "addresses": st.addresses(),
         "listen": [str(a) for a in node.listen_addresses],
         "admin": st.admin_address,
-        "version": _version(),
+        "version": version(),
         "uptime_s": round(time.monotonic() - st.started_at, 3),
         "connections": connected,
         "stats": jsonable(node.stats(), binary="base64"),
