@@ -3,6 +3,9 @@
 - :mod:`coremesh.service.logs` — structured logs on stderr (JSON lines or aligned text).
 - :mod:`coremesh.service.settings` — flags > environment > config file > defaults: one-line argparse
   errors, TOML tables with checked keys, value parsers whose errors name where a value came from.
+- :mod:`coremesh.service.lifecycle` — serve until SIGTERM or SIGINT, shut down within a bound.
+- :mod:`coremesh.service.admin` — the admin HTTP apps' runner, JSON errors and Prometheus registry.
+- :mod:`coremesh.service.jsonable` — values as JSON, for the logs and the admin APIs.
 - here — exit codes, :class:`StartupError`, :func:`service_main` (settings, logs, the event loop,
   one-line failures), a one-line text for an ``OSError`` while binding, the installed version.
 
