@@ -37,6 +37,7 @@ from coremesh.service.admin import (
     metrics_registry,
     metrics_response,
 )
+from coremesh.service.jsonable import state_text
 from coremesh.service.logs import EventLogger
 
 log = EventLogger("coremesh_bootstrap.admin")
@@ -83,7 +84,7 @@ class BootstrapCollector(Collector):
         ready.add_metric([], 1 if self._state.ready else 0)
         yield ready
         connections = GaugeMetricFamily(f"{NAMESPACE}_connections", "mesh connections now")
-        connections.add_metric([], sum(1 for p in node.get_peers() if _state_text(p.state) == "connected"))
+        connections.add_metric([], sum(1 for p in node.get_peers() if state_text(p.state) == "connected"))
         yield connections
         stats: Mapping[str, Any] = node.dht_status().get("stats", {})
         drops = CounterMetricFamily(
@@ -137,14 +138,10 @@ class BootstrapState:
         if node is not None:
             body["peer_id"] = node.peer_id.to_text()
             body["listen"] = [str(a) for a in node.listen_addresses]
-            body["connections"] = sum(1 for p in node.get_peers() if _state_text(p.state) == "connected")
+            body["connections"] = sum(1 for p in node.get_peers() if state_text(p.state) == "connected")
             body["dht"] = node.dht_status()
             body["stats"] = {k: v for k, v in node.stats().items() if isinstance(v, int)}
         return body
-
-
-def _state_text(state: Any) -> str:
-    return str(getattr(state, "value", state))
 
 
 STATE: Final = web.AppKey("coremesh_bootstrap_admin_state", BootstrapState)
@@ -212,7 +209,7 @@ async def _peers(request: web.Request) -> web.Response:
             {
                 "peer_id": p.peer_id.to_text(),
                 "address": str(p.address),
-                "state": _state_text(p.state),
+                "state": state_text(p.state),
                 "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
             }
         )

@@ -1,4 +1,4 @@
-"""The node's admin HTTP API (JSON over HTTP/1.1, aiohttp), and the inbox it serves messages from.
+"""The node's admin HTTP API (JSON over HTTP/1.1, aiohttp); messages come from the inbox (node/inbox.py).
 
 Endpoints (documented with examples in docs/admin-api.md):
 
@@ -25,15 +25,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import dataclasses
-import enum
-import functools
 import ipaddress
 import json
 import socket
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -55,7 +51,6 @@ from coremesh.cli.main import (
 )
 from coremesh.config import parse_peer_address
 from coremesh.dht.service import record_json
-from coremesh.endpoint.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
 from coremesh.errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -70,6 +65,7 @@ from coremesh.errors import (
 )
 from coremesh.identity import PeerId
 from coremesh.netcheck.hostaddrs import host_addresses
+from coremesh.service import version
 from coremesh.service.admin import (
     AdminRunner,
     ApiError,
@@ -78,12 +74,12 @@ from coremesh.service.admin import (
     metrics_registry,
     metrics_response,
 )
+from coremesh.service.jsonable import jsonable, state_text
 
+from .inbox import Inbox
 from .logs import log
 from .metrics import NodeCollector
 
-INBOX_SIZE: Final = 10_000  # messages
-INBOX_BYTES: Final = 64 * 1024 * 1024  # payload bytes; see Inbox
 # The ranges below are shared with the CLI (coremesh.cli.main), so that it refuses locally what we would.
 MAX_POLL_TIMEOUT: Final = RECV_TIMEOUT_RANGE[1]
 MAX_PING_COUNT: Final = PING_COUNT_RANGE[1]
@@ -109,220 +105,7 @@ class NodeLike(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-# ---------------------------------------------------------------------------------------------- inbox
-
-
-@dataclass(frozen=True, slots=True)
-class InboxMessage:
-    sender: PeerId
-    data: bytes
-    ts: float  # wall-clock time of arrival, seconds since the epoch
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"from": self.sender.to_text()}
-        try:
-            out["data"] = self.data.decode("utf-8")
-        except UnicodeDecodeError:
-            out["data"] = base64.b64encode(self.data).decode("ascii")
-            out["encoding"] = "base64"
-        out["ts"] = round(self.ts, 6)
-        return out
-
-
-class Inbox:
-    """Received messages in arrival order, bounded by a message count and a total byte size.
-
-    The :class:`InboxPump` adds messages with :meth:`put`, which *waits* while the inbox is full: the
-    pump then stops reading that connection, so the library's flow control pushes back on the sender
-    (its ``send`` blocks) instead of the daemon buffering without limit or dropping. Only a message
-    larger than ``max_bytes`` on its own can never fit: it is dropped, counted and logged.
-
-    :meth:`append` is the non-blocking form: it makes room by dropping the oldest messages (counted).
-    """
-
-    def __init__(self, maxlen: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
-        if maxlen < 1:
-            raise ValueError(f"inbox maxlen: expected 1 or more, got {maxlen}")
-        if max_bytes < 1:
-            raise ValueError(f"inbox max_bytes: expected 1 or more, got {max_bytes}")
-        self.maxlen = maxlen
-        self.max_bytes = max_bytes
-        self._items: deque[InboxMessage] = deque()
-        self._changed = asyncio.Event()
-        self._closed = False
-        self.bytes = 0  # payload bytes queued
-        self.received = 0
-        self.received_bytes = 0  # payload bytes received since start (queued, or dropped oversized)
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def fits(self, size: int) -> bool:
-        """Whether a message of ``size`` bytes can be queued now without dropping anything."""
-        return len(self._items) < self.maxlen and self.bytes + size <= self.max_bytes
-
-    def _push(self, sender: PeerId, data: bytes, ts: float | None) -> None:
-        self._items.append(InboxMessage(sender, bytes(data), time.time() if ts is None else ts))
-        self.bytes += len(data)
-        self.received += 1
-        self.received_bytes += len(data)
-        self._wake()
-
-    def _drop_oversized(self, sender: PeerId, size: int) -> None:
-        self.received += 1
-        self.received_bytes += size
-        self.dropped += 1
-        log.warning(
-            "inbox.message_dropped",
-            peer_id=str(sender),
-            bytes=size,
-            max_bytes=self.max_bytes,
-            reason="the message alone is larger than the inbox",
-        )
-
-    def append(self, sender: PeerId, data: bytes, ts: float | None = None) -> None:
-        """Queue at once, dropping (and counting) the oldest messages until this one fits."""
-        if len(data) > self.max_bytes:
-            self._drop_oversized(sender, len(data))
-            return
-        while self._items and not self.fits(len(data)):
-            self.bytes -= len(self._items.popleft().data)
-            self.dropped += 1
-        self._push(sender, data, ts)
-
-    async def put(self, sender: PeerId, data: bytes, ts: float | None = None) -> bool:
-        """Queue ``data``, waiting until there is room. False if it was not queued: larger than
-        ``max_bytes`` on its own (dropped, counted, logged), or the inbox closed while waiting."""
-        if len(data) > self.max_bytes:
-            self._drop_oversized(sender, len(data))
-            return False
-        while not self.fits(len(data)):
-            if self._closed:
-                return False
-            await self._changed.wait()
-        if self._closed:
-            return False
-        self._push(sender, data, ts)
-        return True
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_for(self, count: int, timeout: float) -> None:
-        """Return once ``count`` messages are queued, ``timeout`` seconds passed, or the inbox closed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self._items) < count and not self._closed:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
-
-    def take(self, count: int | None = None) -> list[InboxMessage]:
-        """Remove and return up to ``count`` messages (all if None), oldest first."""
-        n = len(self._items) if count is None else min(count, len(self._items))
-        out = [self._items.popleft() for _ in range(n)]
-        if out:
-            self.bytes -= sum(len(m.data) for m in out)
-            self._wake()  # a reader waiting in put() may go on
-        return out
-
-    def status(self) -> dict[str, int]:
-        return {
-            "queued": len(self._items),
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "max_messages": self.maxlen,
-            "received": self.received,
-            "dropped": self.dropped,
-        }
-
-    def close(self) -> None:
-        """Wake every waiting long-poll and reader (shutdown)."""
-        self._closed = True
-        self._wake()
-
-
-class InboxPump:
-    """Reads every connected peer's messages into the inbox: one reader task per Connection.
-
-    A reader takes the next message from its connection only once the previous one is in the inbox:
-    while the inbox is full it waits, the connection's receive window is not re-opened, and the
-    sender's ``send`` blocks (back-pressure end to end).
-    """
-
-    def __init__(self, node: NodeLike, inbox: Inbox) -> None:
-        self._node = node
-        self._inbox = inbox
-        self._readers: dict[int, asyncio.Task[None]] = {}
-
-    def on_event(self, event: Any) -> None:
-        """A ``MeshNode.on_connection`` callback: start a reader on every CONNECTED event."""
-        if _state_text(event.state) != "connected":
-            return
-        conn = self._node.get_connection(event.peer_id)
-        if conn is None:
-            return
-        key = id(conn)
-        task = self._readers.get(key)
-        if task is not None and not task.done():
-            return
-        task = asyncio.get_running_loop().create_task(self._read(conn), name=f"inbox-{event.peer_id}")
-        self._readers[key] = task
-        task.add_done_callback(functools.partial(self._forget, key))
-
-    def _forget(self, key: int, _task: asyncio.Task[None]) -> None:
-        self._readers.pop(key, None)
-
-    async def _read(self, conn: Any) -> None:
-        sender: PeerId = conn.peer_id
-        try:
-            async for data in conn:
-                await self._inbox.put(sender, data)
-        except ConnectionClosed:
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("inbox.reader_failed", peer_id=str(sender), error=f"{type(exc).__name__}: {exc}")
-
-    async def stop(self) -> None:
-        tasks = list(self._readers.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._readers.clear()
-
-
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _state_text(state: Any) -> str:
-    return str(state.value if isinstance(state, enum.Enum) else state)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
-    if isinstance(value, PeerId):
-        return value.to_text()
-    if isinstance(value, Address | DirectAddress | TurnAddress | RelayAddress | ProbeAddress):
-        return str(value)  # every kind of path address prints as one string
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
 
 
 def peer_info_json(info: Any) -> dict[str, Any]:
@@ -337,7 +120,7 @@ def peer_info_json(info: Any) -> dict[str, Any]:
         if name == "rtt":
             out["rtt_ms"] = None if value is None else round(float(value) * 1000, 3)
         else:
-            out[name] = _jsonable(value)
+            out[name] = jsonable(value, binary="base64")
     return out
 
 
@@ -345,15 +128,6 @@ def advertised_addresses(listen: Iterable[Address]) -> list[str]:
     """Concrete addresses peers can dial: a wildcard bind is shown as loopback plus the primary
     address of each family (see :mod:`coremesh.netcheck.hostaddrs`)."""
     return list(dict.fromkeys(str(a) for addr in listen for a in host_addresses(addr)))
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("coremesh")
-    except Exception:
-        return "unknown"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -465,7 +239,7 @@ def create_admin_app(
     app = web.Application(middlewares=[json_errors(log, _ERROR_MAP)], client_max_size=max_body)
     state = AdminState(node=node, inbox=inbox, role=role, listen=listen, extra_status=extra_status or {})
     app[STATE] = state
-    app[REGISTRY] = metrics_registry(NodeCollector(lambda: state, _version()))
+    app[REGISTRY] = metrics_registry(NodeCollector(lambda: state, version()))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/peers", _peers)
     app.router.add_post("/v1/connect", _connect)
@@ -485,17 +259,17 @@ async def _status(request: web.Request) -> web.Response:
     st = request.app[STATE]
     node = st.node
     peers = node.get_peers()
-    connected = sum(1 for p in peers if _state_text(p.state) == "connected")
+    connected = sum(1 for p in peers if state_text(p.state) == "connected")
     body: dict[str, Any] = {
         "role": st.role,
         "peer_id": node.peer_id.to_text(),
         "addresses": st.addresses(),
         "listen": [str(a) for a in node.listen_addresses],
         "admin": st.admin_address,
-        "version": _version(),
+        "version": version(),
         "uptime_s": round(time.monotonic() - st.started_at, 3),
         "connections": connected,
-        "stats": _jsonable(node.stats()),
+        "stats": jsonable(node.stats(), binary="base64"),
         "inbox": st.inbox.status(),
     }
     candidates = getattr(node, "candidates", None)
@@ -506,11 +280,13 @@ async def _status(request: web.Request) -> web.Response:
         body["nat_type"] = announced  # what peers are told ("" until netcheck found it)
     relay_status = getattr(node, "relay_status", None)
     if callable(relay_status):
-        body["relays"] = _jsonable(relay_status())
+        body["relays"] = jsonable(relay_status(), binary="base64")
     dht_status = getattr(node, "dht_status", None)
     if callable(dht_status):
-        body["dht"] = _jsonable(dht_status())  # routing table, published record, drops by reason
-    body.update(_jsonable(st.extra_status))
+        body["dht"] = jsonable(
+            dht_status(), binary="base64"
+        )  # routing table, published record, drops by reason
+    body.update(jsonable(st.extra_status, binary="base64"))
     return web.json_response(body)
 
 

@@ -2,10 +2,12 @@
 
     coremesh-node --listen HOST:PORT --data-dir DIR --admin HOST:PORT [--bootstrap [PEERID@]HOST:PORT]...
 
-Starts a :class:`coremesh.MeshNode`, reads every connection's messages into an inbox, serves the admin
-API, dials ``--connect`` peers and bootstrap peers that carry an id (retrying with backoff, and again
-whenever the connection drops), and shuts down gracefully on SIGTERM/SIGINT: the admin server stops,
-then ``node.stop()`` closes every connection so that peers see a close at once.
+Starts a :class:`coremesh.MeshNode`, reads every connection's messages into an inbox
+(:mod:`coremesh_node.inbox`), serves the admin API (:mod:`coremesh_node.admin`), dials ``--connect``
+peers (retrying with backoff, and again whenever the connection drops), and shuts down gracefully on
+SIGTERM/SIGINT (:class:`~coremesh.service.lifecycle.SignalledService`): readiness goes to 503, the
+dialers and the admin server stop, then ``node.stop()`` closes every connection so that peers see a
+close at once. A second signal during shutdown ends the process at once.
 
 Exit codes: 0 after a clean shutdown; 2 for bad flags, config or identity file (one line on stderr);
 1 when the node cannot run (UDP or admin address in use, data dir held by another process, ...).
@@ -15,67 +17,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import random
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from coremesh import MeshNode
+from coremesh import ConnectionEvent, MeshNode
 from coremesh.config import PeerAddress
 from coremesh.datadir import DataDirLocked
 from coremesh.errors import ConfigError, IdentityError, MeshError
-from coremesh.service.lifecycle import serve_until_signalled
+from coremesh.identity import PeerId
+from coremesh.service import (
+    EXIT_CONFIG,
+    EXIT_RUNTIME,
+    StartupError,
+    os_error_text,
+    service_main,
+)
+from coremesh.service.jsonable import state_text
+from coremesh.service.lifecycle import SignalledService
 
-from . import logs
-from .admin import INBOX_BYTES, STATE, AdminServer, Inbox, InboxPump, create_admin_app, resolve_address
+from .admin import STATE, AdminServer, create_admin_app, resolve_address
+from .inbox import INBOX_BYTES, Inbox, InboxPump
 from .logs import log
 from .settings import PROG, NodeSettings, resolve
 
-EXIT_OK: Final = 0
-EXIT_RUNTIME: Final = 1
-EXIT_CONFIG: Final = 2
 SHUTDOWN_TIMEOUT: Final = 10.0
 BACKOFF_FIRST: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 
 
-class StartupError(Exception):
-    """The node cannot start; ``exit_code`` says whether it is the configuration's fault (2) or not (1)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _fail(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = resolve(argv, os.environ)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return EXIT_CONFIG
-    logs.configure(settings.log_format, settings.log_level)
-    try:
-        return asyncio.run(Daemon(settings).run())
-    except StartupError as exc:
-        _fail(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return 130
-    except Exception as exc:  # a bug: one line for the operator, the traceback in the log
-        log.error("node.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-        _fail(f"unexpected error: {type(exc).__name__}: {exc}")
-        return EXIT_RUNTIME
+    return service_main(PROG, lambda: resolve(argv, os.environ), lambda s: Daemon(s).run(), log)
 
 
-class Daemon:
+class Daemon(SignalledService):
+    name = "node"
+    shutdown_timeout = SHUTDOWN_TIMEOUT
+
     def __init__(self, settings: NodeSettings, *, inbox_bytes: int | None = None) -> None:
+        super().__init__(log)
         self.settings = settings
         # The inbox's byte cap: while it is full the node stops reading from peers, so their sends
         # block (back-pressure) instead of the daemon's memory growing.
@@ -83,27 +65,17 @@ class Daemon:
         if inbox_bytes is None:
             inbox_bytes = settings.inbox_bytes or INBOX_BYTES
         self.inbox = Inbox(max_bytes=inbox_bytes)
-        self._stop = asyncio.Event()
         self._dialers: list[asyncio.Task[None]] = []
-        self._closed_events: dict[Any, asyncio.Event] = {}
+        self._closed_events: dict[PeerId, asyncio.Event] = {}
         self.node: MeshNode | None = None
         self.pump: InboxPump | None = None
         self.admin: AdminServer | None = None
 
     # ------------------------------------------------------------------------------- lifecycle
 
-    async def run(self) -> int:
-        done = await serve_until_signalled(
-            self._start, self._shutdown, self._stop, self._on_signal, timeout=SHUTDOWN_TIMEOUT
-        )
-        if not done:
-            log.error("node.stop_timeout", seconds=SHUTDOWN_TIMEOUT)
-            return EXIT_RUNTIME
-        return EXIT_OK
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("node.stopping", signal=sig.name)
-        self._stop.set()
+    def not_ready(self) -> None:
+        if self.admin is not None:
+            self.admin.app[STATE].ready = False
 
     async def _start(self) -> None:
         s = self.settings
@@ -131,7 +103,7 @@ class Daemon:
             raise StartupError(f"cannot listen on {mesh.listen_addr}: {reason}", EXIT_RUNTIME) from None
         except OSError as exc:
             raise StartupError(
-                f"cannot listen on {mesh.listen_addr}: {_os_error(exc)}", EXIT_RUNTIME
+                f"cannot listen on {mesh.listen_addr}: {os_error_text(exc)}", EXIT_RUNTIME
             ) from None
         except MeshError as exc:
             raise StartupError(f"cannot start the node: {exc}", EXIT_RUNTIME) from None
@@ -148,11 +120,11 @@ class Daemon:
         try:
             admin_address = await self.admin.start(s.admin)
         except OSError as exc:
-            await node.stop()
+            self.admin = None
             raise StartupError(
-                f"cannot serve the admin API on {s.admin}: {_os_error(exc)}", EXIT_RUNTIME
+                f"cannot serve the admin API on {s.admin}: {os_error_text(exc)}", EXIT_RUNTIME
             ) from None
-        app[STATE].ready = True
+        app[STATE].ready = not self.stopping
 
         for entry in s.dial_peers:
             self._dialers.append(asyncio.create_task(self._keep_connected(entry), name=f"dial-{entry}"))
@@ -180,7 +152,9 @@ class Daemon:
             pid=os.getpid(),
         )
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, *, quiet: bool = False) -> None:
+        """Stop dialing, stop the admin API, close every connection (peers see a close at once), stop
+        reading into the inbox. After a failed start (``quiet``) it only releases what was opened."""
         for task in self._dialers:
             task.cancel()
         for task in self._dialers:
@@ -190,10 +164,13 @@ class Daemon:
             await self.admin.stop()
         stats: dict[str, int] = {}
         if self.node is not None:
-            stats = self.node.stats()  # the final counters, read while the socket is still open
+            if not quiet:
+                stats = self.node.stats()  # the final counters, read while the socket is still open
             await self.node.stop()
         if self.pump is not None:
             await self.pump.stop()
+        if quiet:
+            return
         log.info(
             "node.stopped",
             peer_id=self.node.peer_id.to_text() if self.node else None,
@@ -204,8 +181,8 @@ class Daemon:
 
     # ----------------------------------------------------------------------------- connections
 
-    def _on_connection(self, event: Any) -> None:
-        state = getattr(event.state, "value", str(event.state))
+    def _on_connection(self, event: ConnectionEvent) -> None:
+        state = state_text(event.state)
         fields: dict[str, Any] = {
             "peer_id": event.peer_id.to_text(),
             "state": state,
@@ -262,16 +239,6 @@ class Daemon:
                 "dial.reconnecting", peer_id=peer.to_text(), address=str(entry.address), in_s=round(wait, 2)
             )
             await asyncio.sleep(wait)
-
-
-def _os_error(exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "address not available on this host"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return exc.strerror or str(exc)
 
 
 if __name__ == "__main__":

@@ -5,63 +5,93 @@ TOML file) > defaults. A list (bootstrap peers, ``--connect``) given at a higher
 lower one as a whole; lists are never concatenated across levels.
 
 Everything is validated here, before any socket is opened, and every problem is a
-:class:`~coremesh.errors.ConfigError` whose message names the setting and where it came from.
+:class:`~coremesh.errors.ConfigError` whose message names the setting and where it came from. The
+layering is the services' (:mod:`coremesh.service.settings`); what is the node's own: the keys of
+its ``[node]`` table are the :class:`~coremesh.config.MeshConfig` fields plus a few of the daemon's,
+and the mesh values are checked by ``MeshConfig`` itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import sys
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
-from coremesh.addr import Address, parse_address
+from coremesh.addr import Address
 from coremesh.config import MeshConfig, PeerAddress, parse_peer_address
 from coremesh.errors import ConfigError, InvalidAddress, InvalidPeerId
+from coremesh.service import version
+from coremesh.service.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    OneLineParser,
+    Sources,
+    parse_admin,
+    parse_bool,
+    parse_choice,
+    parse_list,
+    read_layers,
+    read_toml,
+)
 
 PROG: Final = "coremesh-node"
+TABLE: Final = "node"
 DEFAULT_LISTEN: Final = "[::]:7946"
 DEFAULT_ADMIN: Final = "127.0.0.1:7947"
-LOG_FORMATS: Final = ("json", "text")
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+DEFAULT_INBOX_BYTES: Final = 64 * 1024 * 1024
 
-# Environment variable -> settings key. Lists are comma-separated.
+# Settings key -> environment variable. Lists are comma-separated.
 ENV_VARS: Final[Mapping[str, str]] = {
-    "COREMESH_CONFIG": "config",
-    "COREMESH_LISTEN": "listen_addr",
-    "COREMESH_DATA_DIR": "data_dir",
-    "COREMESH_ADMIN": "admin",
-    "COREMESH_BOOTSTRAP": "bootstrap_peers",
-    "COREMESH_RELAY": "relays",
-    "COREMESH_KEYED_RELAY": "keyed_relays",
-    "COREMESH_CONNECT": "connect",
-    "COREMESH_LOG_FORMAT": "log_format",
-    "COREMESH_LOG_LEVEL": "log_level",
-    "COREMESH_INBOX_BYTES": "inbox_bytes",
-    "COREMESH_ADVERTISE": "advertise_addresses",
-    "COREMESH_STUN_SERVERS": "stun_servers",
+    "config": "COREMESH_CONFIG",
+    "listen_addr": "COREMESH_LISTEN",
+    "data_dir": "COREMESH_DATA_DIR",
+    "admin": "COREMESH_ADMIN",
+    "bootstrap_peers": "COREMESH_BOOTSTRAP",
+    "relays": "COREMESH_RELAY",
+    "keyed_relays": "COREMESH_KEYED_RELAY",
+    "connect": "COREMESH_CONNECT",
+    "log_format": "COREMESH_LOG_FORMAT",
+    "log_level": "COREMESH_LOG_LEVEL",
+    "inbox_bytes": "COREMESH_INBOX_BYTES",
+    "advertise_addresses": "COREMESH_ADVERTISE",
+    "stun_servers": "COREMESH_STUN_SERVERS",
 }
-_LIST_KEYS: Final = frozenset(
-    {
-        "bootstrap_peers",
-        "relays",
-        "keyed_relays",
-        "connect",
-        "advertise_addresses",
-        "stun_servers",
-        "mdns_interfaces",
-    }
-)
+# Settings key -> its flag, where the flag is not --key-with-dashes.
+FLAG_NAMES: Final[Mapping[str, str]] = {
+    "listen_addr": "--listen",
+    "bootstrap_peers": "--bootstrap",
+    "relays": "--relay",
+    "keyed_relays": "--keyed-relay",
+    "advertise_addresses": "--advertise",
+    "stun_servers": "--stun-server",
+    "mdns_interfaces": "--mdns-interface",
+}
 
 # Keys of the [node] table besides the MeshConfig fields.
 NODE_KEYS: Final = frozenset(
     {"admin", "admin_allow_remote", "log_format", "log_level", "connect", "inbox_bytes"}
 )
 MESH_KEYS: Final = frozenset(f.name for f in fields(MeshConfig)) - {"extra"}
+KEYS: Final = MESH_KEYS | NODE_KEYS
+# The lists: MeshConfig's tuple-valued fields, and --connect.
+_LIST_KEYS: Final = frozenset(f.name for f in fields(MeshConfig) if str(f.type).startswith("tuple[")) | {
+    "connect"
+}
+_STR_KEYS: Final = ("admin", "log_format", "log_level", "listen_addr", "data_dir")
+# Flags whose text becomes a whole number here (MeshConfig checks the range).
+_INT_FLAGS: Final = ("max_connections", "datagram_size")
+
+DEFAULTS: Final[Mapping[str, Any]] = {
+    "listen_addr": DEFAULT_LISTEN,
+    "admin": DEFAULT_ADMIN,
+    "admin_allow_remote": False,
+    "log_format": "json",
+    "log_level": "info",
+    "connect": [],
+    "inbox_bytes": DEFAULT_INBOX_BYTES,
+}
 
 EXAMPLES: Final = f"""\
 examples:
@@ -71,7 +101,7 @@ examples:
   {PROG} --config /etc/coremesh/node.toml --log-format text
 
 precedence: flags > environment > config file > defaults. Environment variables:
-  {", ".join(ENV_VARS)}
+  {", ".join(ENV_VARS.values())}
   (COREMESH_BOOTSTRAP and COREMESH_CONNECT are comma-separated lists).
 
 config file (TOML), all keys optional, in a [node] table:
@@ -100,7 +130,7 @@ class NodeSettings:
     log_level: str
     connect: tuple[PeerAddress, ...]
     config_file: Path | None
-    inbox_bytes: int = 64 * 1024 * 1024
+    inbox_bytes: int = DEFAULT_INBOX_BYTES
 
     @property
     def pinned_bootstrap(self) -> tuple[PeerAddress, ...]:
@@ -125,15 +155,8 @@ class NodeSettings:
         return tuple(e for e in self.mesh.bootstrap_addresses if e.peer_id is None)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are ONE line on stderr, then exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description=(
             "Run a Core Mesh node: listen for peers over UDP, keep connections to the peers it is told "
@@ -295,107 +318,54 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="while relayed, direct checks retry with backoff up to this interval (30s)",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
+def load_config_file(path: Path, table: str = TABLE, known: Iterable[str] = KEYS) -> dict[str, Any]:
+    """The ``[node]`` table of a TOML file, keys and value types checked; ConfigError names the file.
 
-        return version("coremesh")
-    except Exception:
-        return "unknown"
-
-
-_INT_FLAGS: Final = ("max_connections", "datagram_size")
-
-
-def _from_flags(ns: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in vars(ns).items():
-        if value is None or key == "config":
-            continue
-        if key in _INT_FLAGS:
-            value = _parse_int(value, "--" + key.replace("_", "-"))
-        out[key] = value
-    return out
-
-
-def _parse_int(text: str, name: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for var, key in ENV_VARS.items():
-        raw = env.get(var)
-        if raw is None or raw.strip() == "":
-            continue
-        if key in _LIST_KEYS:
-            out[key] = [item.strip() for item in raw.split(",") if item.strip()]
-        elif key in ("log_format", "log_level"):
-            out[key] = raw.strip().lower()
-        else:
-            out[key] = raw.strip()
-    return out
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    """The ``[node]`` table of a TOML file, keys checked; ConfigError names the file on any problem."""
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: not found") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
-    stray = sorted(k for k, v in doc.items() if not isinstance(v, dict))
-    if stray:
-        raise ConfigError(
-            f"config file {path}: key(s) {', '.join(stray)} outside a table; put them under [node]"
-        )
-    table = doc.get("node", {})
-    unknown = sorted(set(table) - MESH_KEYS - NODE_KEYS)
+    Unlike the relay's and the bootstrap's tables, keys are written as the MeshConfig fields are
+    (underscores), every unknown key is listed, and other tables are left alone."""
+    table_values = read_toml(path, table).get(table, {})
+    known_keys = frozenset(known)
+    unknown = sorted(set(table_values) - known_keys)
     if unknown:
-        known = ", ".join(sorted(MESH_KEYS | NODE_KEYS))
         raise ConfigError(
-            f"config file {path}: unknown key(s) in [node]: {', '.join(unknown)}; known: {known}"
+            f"config file {path}: unknown key(s) in [{table}]: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known_keys))}"
         )
     for key in _LIST_KEYS:
-        if key in table and not (
-            isinstance(table[key], list) and all(isinstance(x, str) for x in table[key])
+        if key in table_values and not (
+            isinstance(table_values[key], list) and all(isinstance(x, str) for x in table_values[key])
         ):
             raise ConfigError(f"config file {path}: {key}: expected a list of strings")
-    for key in ("admin", "log_format", "log_level", "listen_addr", "data_dir"):
-        if key in table and not isinstance(table[key], str):
-            raise ConfigError(f"config file {path}: {key}: expected a string, got {table[key]!r}")
-    if "admin_allow_remote" in table and not isinstance(table["admin_allow_remote"], bool):
+    for key in _STR_KEYS:
+        if key in table_values and not isinstance(table_values[key], str):
+            raise ConfigError(f"config file {path}: {key}: expected a string, got {table_values[key]!r}")
+    if "admin_allow_remote" in table_values and not isinstance(table_values["admin_allow_remote"], bool):
         raise ConfigError(f"config file {path}: admin_allow_remote: expected true or false")
-    return dict(table)
+    return dict(table_values)
 
 
 def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> NodeSettings:
     """Parse flags (exits 2 with one line on a malformed command line), merge, validate.
 
-    Raises :class:`ConfigError` for a bad value from any source.
+    ``env`` is the environment to read (none if not given). Raises :class:`ConfigError` for a bad
+    value from any source.
     """
-    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    env = {} if env is None else env
-    flags = _from_flags(ns)
-    env_values = _from_env(env)
-    config_path = ns.config if ns.config is not None else env_values.pop("config", None)
-    env_values.pop("config", None)
-    file_values: dict[str, Any] = {}
-    config_file = Path(config_path) if config_path else None
-    if config_file is not None:
-        file_values = load_config_file(config_file)
-    return merge(flags=flags, env=env_values, file=file_values, config_file=config_file)
+    raw = read_layers(
+        build_parser(),
+        argv,
+        {} if env is None else env,
+        env_names=ENV_VARS,
+        table=TABLE,
+        keys=KEYS,
+        load_table=load_config_file,
+    )
+    # The log settings from the environment are not case-sensitive (COREMESH_LOG_LEVEL=Warning).
+    env_values = {k: v.lower() if k in ("log_format", "log_level") else v for k, v in raw.env.items()}
+    return merge(flags=raw.flags, env=env_values, file=raw.file, config_file=raw.config_file)
 
 
 def merge(
@@ -406,92 +376,57 @@ def merge(
     config_file: Path | None = None,
 ) -> NodeSettings:
     """Merge the three sources (flags > env > file > defaults) and validate the result."""
-    values: dict[str, Any] = {
-        "listen_addr": DEFAULT_LISTEN,
-        "admin": DEFAULT_ADMIN,
-        "admin_allow_remote": False,
-        "log_format": "json",
-        "log_level": "info",
-        "connect": [],
-        "inbox_bytes": 64 * 1024 * 1024,
-    }
-    source: dict[str, str] = dict.fromkeys(values, "default")
-    for name, layer in (("config file", file), ("environment", env), ("flag", flags)):
-        for key, value in layer.items():
-            values[key] = value
-            source[key] = name
+    src = Sources(
+        defaults=DEFAULTS,
+        file=file,
+        env=env,
+        flags=flags,
+        env_names=ENV_VARS,
+        flag_names=FLAG_NAMES,
+        config_file=config_file,
+    )
+    w = src.where
+    for key in _INT_FLAGS:
+        if src.source(key) == "flag" and isinstance(src[key], str):
+            src.values[key] = _flag_int(src[key], w(key))
 
-    def where(key: str) -> str:
-        src = source.get(key, "default")
-        if src == "flag":
-            flag_names = {
-                "listen_addr": "listen",
-                "bootstrap_peers": "bootstrap",
-                "relays": "relay",
-                "keyed_relays": "keyed-relay",
-                "advertise_addresses": "advertise",
-                "stun_servers": "stun-server",
-                "mdns_interfaces": "mdns-interface",
-            }
-            return "--" + flag_names.get(key, key).replace("_", "-")
-        if src == "environment":
-            return next((v for v, k in ENV_VARS.items() if k == key), key)
-        if src == "config file":
-            return f"{key} in {config_file}"
-        return key
-
-    log_format = str(values["log_format"]).lower()
+    log_format = str(src["log_format"]).lower()
     if log_format not in LOG_FORMATS:
-        raise ConfigError(f"{where('log_format')}: expected json or text, got {values['log_format']!r}")
-    log_level = str(values["log_level"]).lower()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(
-            f"{where('log_level')}: expected one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}"
-        )
-
-    admin = _parse_admin(str(values["admin"]), where("admin"))
-    allow_remote = bool(values["admin_allow_remote"])
-    if not allow_remote and not ipaddress.ip_address(admin.host).is_loopback:
-        raise ConfigError(
-            f"{where('admin')}: {admin} is not a loopback address; the admin API has no authentication, "
-            "so it listens on loopback only unless --admin-allow-remote is given"
-        )
+        raise ConfigError(f"{w('log_format')}: expected json or text, got {src['log_format']!r}")
+    log_level = parse_choice(str(src["log_level"]), w("log_level"), LOG_LEVELS)
+    allow_remote = parse_bool(src["admin_allow_remote"], w("admin_allow_remote"))
+    admin = parse_admin(
+        src["admin"], w("admin"), allow_remote=allow_remote, remote_flag="--admin-allow-remote"
+    )
 
     connect: list[PeerAddress] = []
-    for entry in values["connect"]:
+    for entry in parse_list(src["connect"], w("connect")):
         try:
             connect.append(parse_peer_address(entry, require_id=True))
         except (InvalidAddress, InvalidPeerId) as exc:
-            raise ConfigError(f"{where('connect')}: {exc}") from None
+            raise ConfigError(f"{w('connect')}: {exc}") from None
 
-    mesh_values = {k: v for k, v in values.items() if k in MESH_KEYS}
-    for key in (
-        "bootstrap_peers",
-        "relays",
-        "keyed_relays",
-        "advertise_addresses",
-        "stun_servers",
-        "mdns_interfaces",
-    ):
-        if key in mesh_values:
-            mesh_values[key] = tuple(mesh_values[key])
+    mesh_values = {k: v for k, v in src.values.items() if k in MESH_KEYS}
+    for key in _LIST_KEYS & mesh_values.keys():
+        if isinstance(mesh_values[key], str):  # a comma-separated environment variable
+            mesh_values[key] = parse_list(mesh_values[key], w(key))
     try:
         mesh = MeshConfig.from_dict(mesh_values)
     except ConfigError as exc:
         key, sep, rest = str(exc).partition(":")
-        if not sep or key not in source or where(key) == key:
+        if not sep or w(key) == key:
             raise
-        raise ConfigError(f"{where(key)}:{rest}") from None
+        raise ConfigError(f"{w(key)}:{rest}") from None
     except TypeError as exc:  # a value of the wrong type that MeshConfig did not name
         raise ConfigError(f"config: {exc}") from None
     try:
-        inbox_bytes = int(values["inbox_bytes"])
+        inbox_bytes = int(src["inbox_bytes"])
     except (TypeError, ValueError):
         raise ConfigError(
-            f"{where('inbox_bytes')}: expected a number of bytes, got {values['inbox_bytes']!r}"
+            f"{w('inbox_bytes')}: expected a number of bytes, got {src['inbox_bytes']!r}"
         ) from None
     if not 1024 * 1024 <= inbox_bytes <= 1 << 40:
-        raise ConfigError(f"{where('inbox_bytes')}: expected 1 MiB to 1 TiB, got {inbox_bytes}")
+        raise ConfigError(f"{w('inbox_bytes')}: expected 1 MiB to 1 TiB, got {inbox_bytes}")
     return NodeSettings(
         mesh=mesh,
         admin=admin,
@@ -504,10 +439,8 @@ def merge(
     )
 
 
-def _parse_admin(text: str, where: str) -> Address:
-    if text.strip().lower().startswith("localhost:"):
-        text = "127.0.0.1:" + text.strip()[len("localhost:") :]
+def _flag_int(text: str, where: str) -> int:
     try:
-        return parse_address(text)
-    except InvalidAddress as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        return int(text, 10)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an integer, got {text!r}") from None

@@ -69,7 +69,7 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 def node_flags() -> str:
     from coremesh_node import settings
 
-    env_of = {key: var for var, key in settings.ENV_VARS.items()}
+    env_of = settings.ENV_VARS
     keys = settings.MESH_KEYS | settings.NODE_KEYS
     rows = []
     for action in _options(settings.build_parser()):
@@ -118,7 +118,8 @@ def _routes(app: web.Application) -> list[tuple[str, str, str]]:
 
 
 def _node_app() -> web.Application:
-    from coremesh_node.admin import Inbox, create_admin_app
+    from coremesh_node.admin import create_admin_app
+    from coremesh_node.inbox import Inbox
 
     node: Any = object()  # the routes are read, never called
     app: web.Application = create_admin_app(node, Inbox())

@@ -3,6 +3,9 @@
 - :mod:`coremesh.service.logs` — structured logs on stderr (JSON lines or aligned text).
 - :mod:`coremesh.service.settings` — flags > environment > config file > defaults: one-line argparse
   errors, TOML tables with checked keys, value parsers whose errors name where a value came from.
+- :mod:`coremesh.service.lifecycle` — serve until SIGTERM or SIGINT, shut down within a bound.
+- :mod:`coremesh.service.admin` — the admin HTTP apps' runner, JSON errors and Prometheus registry.
+- :mod:`coremesh.service.jsonable` — values as JSON, for the logs and the admin APIs.
 - here — exit codes, :class:`StartupError`, :func:`service_main` (settings, logs, the event loop,
   one-line failures), a one-line text for an ``OSError`` while binding, the installed version.
 
@@ -67,7 +70,8 @@ def service_main(
 ) -> int:
     """A service process from start to exit status: settings (a bad one is one line and exit 2),
     logs, then ``serve(settings)`` on a new event loop. A failed start is one line and its exit code;
-    an unexpected exception is one line for the operator and a traceback in the log (exit 1)."""
+    an unexpected exception is one line for the operator and a traceback in the log (exit 1), as the
+    event ``<service>.crashed`` (``node.crashed`` for ``coremesh-node``)."""
     from . import logs as service_logs
 
     try:
@@ -84,7 +88,9 @@ def service_main(
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
     except Exception as exc:
-        log.error("service.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        log.error(
+            f"{prog.removeprefix('coremesh-')}.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True
+        )
         fail(prog, f"unexpected error: {type(exc).__name__}: {exc}")
         return EXIT_RUNTIME
 

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import IO, Any, Final
 
+from .jsonable import jsonable
+
 _RESERVED: Final = frozenset({"ts", "level", "event", "logger"})
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -35,18 +37,6 @@ _HANDLER_NAME: Final = "coremesh_service"
 def _ts(created: float) -> str:
     millis = int(created * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
 
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
@@ -79,7 +69,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
         }
         for key, value in fields.items():
-            out[f"field_{key}" if key in _RESERVED else key] = _jsonable(value)
+            out[f"field_{key}" if key in _RESERVED else key] = jsonable(value, binary="hex")
         return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -89,7 +79,7 @@ class TextFormatter(logging.Formatter):
         parts = [_ts(record.created), f"{record.levelname.lower():<7}", event]
         exc = fields.pop("exc", None)
         for key, value in fields.items():
-            value = _jsonable(value)
+            value = jsonable(value, binary="hex")
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             if isinstance(value, str) and (not text or any(c in text for c in ' "=')):
                 text = json.dumps(text, ensure_ascii=False)

@@ -16,7 +16,7 @@ import ipaddress
 import os
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -93,6 +93,10 @@ class RawSettings:
     config_file: Path | None
 
 
+TableLoader = Callable[[Path, str, Iterable[str]], dict[str, Any]]
+"""Reads the ``[table]`` of a config file, its keys checked against the known ones (``load_toml_table``)."""
+
+
 def read_layers(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
@@ -101,17 +105,19 @@ def read_layers(
     env_names: Mapping[str, str],
     table: str,
     keys: Iterable[str],
+    load_table: TableLoader | None = None,
 ) -> RawSettings:
     """Parse the flags (exit 2 with one line on a malformed command line), read the environment
     variables of ``env_names`` (which may name ``config``) and the ``[table]`` of the config file
-    given by ``--config`` or the environment."""
+    given by ``--config`` or the environment, with ``load_table`` (default :func:`load_toml_table`)."""
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     flags = {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
     env_values: dict[str, Any] = dict(read_env(os.environ if env is None else env, env_names))
     config_text = getattr(ns, "config", None) or env_values.get("config")
     env_values.pop("config", None)
     config_file = Path(config_text).expanduser() if config_text else None
-    file_values = load_toml_table(config_file, table, keys) if config_file else {}
+    load = load_toml_table if load_table is None else load_table
+    file_values = load(config_file, table, keys) if config_file else {}
     return RawSettings(flags, env_values, file_values, config_file)
 
 
@@ -125,9 +131,10 @@ def read_env(env: Mapping[str, str], names: Mapping[str, str]) -> dict[str, str]
     return out
 
 
-def load_toml_table(path: Path, table: str, known: Iterable[str]) -> dict[str, Any]:
-    """The ``[table]`` of a TOML file. Keys may be written with dashes (``min-port``) or underscores;
-    they come back with underscores. Unknown keys and keys outside the table are errors."""
+def read_toml(path: Path, table: str) -> dict[str, Any]:
+    """A TOML config file whose every key sits in a table (``[table]`` is the one the message
+    suggests). Every problem with the file itself (missing, a directory, unreadable, not TOML) is one
+    :class:`~coremesh.errors.ConfigError` line that names it."""
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
@@ -144,6 +151,13 @@ def load_toml_table(path: Path, table: str, known: Iterable[str]) -> dict[str, A
         raise ConfigError(
             f"config file {path}: key(s) {', '.join(stray)} outside a table; put them under [{table}]"
         )
+    return doc
+
+
+def load_toml_table(path: Path, table: str, known: Iterable[str]) -> dict[str, Any]:
+    """The ``[table]`` of a TOML file. Keys may be written with dashes (``min-port``) or underscores;
+    they come back with underscores. Unknown keys and keys outside the table are errors."""
+    doc = read_toml(path, table)
     other = sorted(k for k in doc if k != table)
     if other:
         raise ConfigError(f"config file {path}: unknown table(s) {', '.join(other)}; expected [{table}]")

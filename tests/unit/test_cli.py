@@ -481,7 +481,8 @@ class AdminThread:
     """The admin app of coremesh_node, served from an event loop on a background thread."""
 
     def __init__(self) -> None:
-        from coremesh_node.admin import STATE, AdminServer, Inbox, create_admin_app
+        from coremesh_node.admin import STATE, AdminServer, create_admin_app
+        from coremesh_node.inbox import Inbox
 
         self.node = FakeNode()
         self.loop = asyncio.new_event_loop()

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 from aiohttp import ClientSession
-from coremesh_node.admin import STATE, AdminServer, Inbox, InboxPump, create_admin_app
+from coremesh_node.admin import STATE, AdminServer, create_admin_app
+from coremesh_node.inbox import Inbox, InboxPump
 
 from coremesh import MeshConfig, MeshNode
 from coremesh.addr import Address

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from coremesh_node import logs
+from coremesh_node.logs import log
 from coremesh_node.settings import DEFAULT_ADMIN, DEFAULT_LISTEN, build_parser, resolve
 
 from coremesh.addr import Address
 from coremesh.errors import ConfigError
 from coremesh.identity import Identity
+from coremesh.service.logs import configure
 
 PEER_A = Identity(bytes(range(32))).peer_id.to_text()
 PEER_B = Identity(bytes(range(1, 33))).peer_id.to_text()
@@ -260,6 +261,20 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert "not found" in error_of(["--config", str(tmp_path / "nope.toml")])
 
 
+def test_a_config_path_that_is_a_directory_is_one_clear_line(tmp_path: Path) -> None:
+    """The same line as coremesh-relay and coremesh-bootstrap give (the file is read by shared code)."""
+    from coremesh_bootstrap.settings import resolve as bootstrap_resolve
+    from coremesh_relay.settings import resolve as relay_resolve
+
+    expected = f"config file {tmp_path}: is a directory"
+    assert error_of(["--config", str(tmp_path)]) == expected
+    assert error_of([], {"COREMESH_CONFIG": str(tmp_path)}) == expected
+    for other in (relay_resolve, bootstrap_resolve):
+        with pytest.raises(ConfigError) as info:
+            other(["--config", str(tmp_path), "--data-dir", str(tmp_path)], {})
+        assert str(info.value) == expected
+
+
 def test_malformed_command_line_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--log-format", "xml"], ["--frobnicate"], ["--listen"]):
         with pytest.raises(SystemExit) as info:
@@ -321,15 +336,32 @@ def test_main_reports_a_corrupt_identity_file_in_one_line(
     assert err.startswith("coremesh-node: error: ") and "identity" in err and err.count("\n") == 1
 
 
+@pytest.mark.usefixtures("restore_logging")
+def test_an_unexpected_error_is_one_line_and_a_node_crashed_event(capsys: pytest.CaptureFixture[str]) -> None:
+    from coremesh_node.settings import PROG
+
+    from coremesh.service import service_main
+
+    async def serve(_settings: object) -> int:
+        raise RuntimeError("boom")
+
+    assert service_main(PROG, lambda: resolve([], {}), serve, log) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1] == "coremesh-node: error: unexpected error: RuntimeError: boom"
+    crashed = json.loads(lines[0])
+    assert crashed["event"] == "node.crashed" and crashed["error"] == "RuntimeError: boom"
+    assert "Traceback" in crashed["exc"]
+
+
 # ------------------------------------------------------------------------------------------- logs
 
 
 def _log_line(fmt: str) -> str:
     stream = io.StringIO()
-    handler = logs.configure(fmt, "info", stream)
+    handler = configure(fmt, "info", stream)
     try:
-        logs.log.info("node.ready", peer_id="abc", addresses=["127.0.0.1:1"], level="x", note="a b")
-        logs.log.debug("hidden")
+        log.info("node.ready", peer_id="abc", addresses=["127.0.0.1:1"], level="x", note="a b")
+        log.debug("hidden")
         logging.getLogger("coremesh.node").info("node started", extra={"address": "127.0.0.1:1"})
     finally:
         logging.getLogger().removeHandler(handler)
