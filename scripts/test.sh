@@ -25,8 +25,7 @@ COREMESH_PYTHON_HEADERS=1
 echo "== ruff"
 ruff check .
 ruff format --check .
-echo "== mypy (strict on coremesh)"
+echo "== mypy (strict on coremesh, node, relay, bootstrap and natlab)"
 mypy
-mypy --ignore-missing-imports node relay bootstrap natlab
 echo "== pytest"
 python -m pytest -q "$@"
