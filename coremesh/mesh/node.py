@@ -208,7 +208,7 @@ class MeshNode:
             # dir are released, and nobody is left waiting on a connection.
             runtime.close()
             parts.runtime = None
-            self._registry.close_all("node stopped")
+            self._registry.mark_all_closed("node stopped")
             self._unlock_data_dir()
         log.info("node stopped", extra={"peer_id": str(self.peer_id)})
 

@@ -35,5 +35,10 @@ class NodeParts:
 
     def require_running(self) -> tuple[UdpRuntime, Endpoint]:
         if self.runtime is None or self.endpoint is None:
-            raise LocalProtocolError("node is not started (use 'async with MeshNode(...)' or await start())")
+            raise not_started()
         return self.runtime, self.endpoint
+
+
+def not_started() -> LocalProtocolError:
+    """The error for an operation that needs a started node."""
+    return LocalProtocolError("node is not started (use 'async with MeshNode(...)' or await start())")

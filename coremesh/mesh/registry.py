@@ -20,7 +20,7 @@ from ..endpoint.paths import PathAddress, RelayAddress, udp_address
 from ..errors import ConnectionClosed, ConnectionFailed, MeshError, PeerNotFound
 from ..identity import PeerId
 from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
-from .parts import NodeParts
+from .parts import NodeParts, not_started
 
 log = logging.getLogger("coremesh.node")
 
@@ -59,7 +59,7 @@ class ConnectionRegistry:
     def open_connections(self) -> list[Connection]:
         return [c for c in self._connections.values() if not c.is_closed]
 
-    def close_all(self, reason: str) -> None:
+    def mark_all_closed(self, reason: str) -> None:
         """Mark every connection closed and fail every connect waiting (the node stopped)."""
         for conn in list(self._connections.values()):
             conn._mark_closed(reason)
@@ -135,7 +135,9 @@ class ConnectionRegistry:
     # -- ConnectionOwner: what a Connection asks of the core -------------------------------------
 
     def try_send(self, peer_id: PeerId, data: bytes) -> bool:
-        runtime, endpoint = self._parts.require_running()
+        runtime, endpoint = self._parts.runtime, self._parts.endpoint
+        if runtime is None or endpoint is None:
+            raise not_started()
         try:
             queued = endpoint.try_send(peer_id, data, runtime.now())
         except PeerNotFound:
