@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -280,17 +281,16 @@ class MeshConfig:
                 f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for key in (
-            "bootstrap_peers",
-            "relays",
-            "keyed_relays",
-            "advertise_addresses",
-            "stun_servers",
-            "mdns_interfaces",
-        ):
+        for key in tuple_fields(cls):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def tuple_fields(cls: type[MeshConfig]) -> frozenset[str]:
+    """The fields of ``cls`` declared as tuples: a config file gives them as lists."""
+    hints = typing.get_type_hints(cls)
+    return frozenset(f.name for f in fields(cls) if typing.get_origin(hints[f.name]) is tuple)
 
 
 def _int(value: object, name: str, low: int, high: int) -> None:

@@ -5,6 +5,6 @@ asks it for addresses when told to connect to a PeerId it has no address for. Sh
 :class:`~coremesh.discovery.mdns.MdnsDiscovery` (the local network, off by default).
 """
 
-from .base import DiscoveredPeer, DiscoveryService, StaticDiscovery
+from .base import DiscoveredPeer, DiscoveryHost, DiscoveryService, StaticDiscovery
 
-__all__ = ["DiscoveredPeer", "DiscoveryService", "StaticDiscovery"]
+__all__ = ["DiscoveredPeer", "DiscoveryHost", "DiscoveryService", "StaticDiscovery"]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..addr import Address
 from ..identity import PeerId
-
-if TYPE_CHECKING:
-    from ..mesh.node import MeshNode
 
 MAX_ADDRESSES = 16
 """Addresses kept per discovered peer: a hostile announcement cannot make a node dial hundreds."""
@@ -34,6 +31,17 @@ class DiscoveredPeer:
         object.__setattr__(self, "addresses", addresses)
 
 
+class DiscoveryHost(Protocol):
+    """What a discovery service may ask of the node it serves (a ``MeshNode`` is one): who it is
+    and where its socket is bound, to advertise them."""
+
+    @property
+    def peer_id(self) -> PeerId: ...
+
+    @property
+    def local_address(self) -> Address: ...
+
+
 @runtime_checkable
 class DiscoveryService(Protocol):
     """A discovery plugin. ``name`` identifies it (``"mdns"``, ``"dht"``, ``"static"``) and is the
@@ -44,7 +52,7 @@ class DiscoveryService(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def start(self, node: MeshNode) -> None: ...
+    async def start(self, node: DiscoveryHost) -> None: ...
 
     async def discover_peers(self) -> list[DiscoveredPeer]: ...
 
@@ -64,7 +72,7 @@ class StaticDiscovery:
     def add(self, peer_id: PeerId, *addresses: Address) -> None:
         self._peers[peer_id] = DiscoveredPeer(peer_id=peer_id, addresses=addresses, source=self.name)
 
-    async def start(self, node: MeshNode) -> None:
+    async def start(self, node: DiscoveryHost) -> None:
         return None
 
     async def discover_peers(self) -> list[DiscoveredPeer]:

@@ -19,15 +19,12 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ..addr import Address
 from ..errors import InvalidPeerId, MeshError
 from ..identity import PeerId
-from .base import MAX_ADDRESSES, DiscoveredPeer
-
-if TYPE_CHECKING:
-    from ..mesh.node import MeshNode
+from .base import MAX_ADDRESSES, DiscoveredPeer, DiscoveryHost
 
 log = logging.getLogger("coremesh.discovery.mdns")
 
@@ -61,7 +58,7 @@ class MdnsDiscovery:
         self._pending: set[asyncio.Task[None]] = set()
         self._state_change: Any = None
 
-    async def start(self, node: MeshNode) -> None:
+    async def start(self, node: DiscoveryHost) -> None:
         from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -97,7 +94,7 @@ class MdnsDiscovery:
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_change])
         log.info("mdns started", extra={"addresses": addresses, "port": port})
 
-    def _advertised_ips(self, node: MeshNode) -> list[str]:
+    def _advertised_ips(self, node: DiscoveryHost) -> list[str]:
         """The node's addresses to publish: its bound IP, or for a wildcard bind the interface IPs
         (those of ``interfaces``, else every non-link-local IP of the host)."""
         bound = node.local_address.host

@@ -1108,8 +1108,15 @@ class Endpoint:
         conn.start_rekey(now)
         return True
 
-    def can_send(self, peer_id: PeerId) -> bool:
-        return self._connected(peer_id).stream.can_send()
+    def try_send(self, peer_id: PeerId, data: bytes, now: float) -> bool:
+        """Queue one message if the send buffer has room, with one liveness check; False under
+        back-pressure (wait for :class:`~.events.SendReady`). Raises like :meth:`send`."""
+        conn = self._connected(peer_id)
+        if not conn.stream.can_send():
+            return False
+        conn.stream.send_message(data, now)
+        self.mark_dirty(conn)
+        return True
 
     def ping(self, peer_id: PeerId, now: float) -> int:
         """Queue a PING; the matching :class:`~coremesh.endpoint.events.PongReceived` carries the token."""

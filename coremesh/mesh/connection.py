@@ -1,4 +1,8 @@
-"""``Connection``: the application's handle on one authenticated, reliable peer connection."""
+"""``Connection``: the application's handle on one authenticated, reliable peer connection.
+
+A Connection talks to its owner only through :class:`ConnectionOwner` (the node's
+:class:`~coremesh.mesh.registry.ConnectionRegistry` implements it), never to the node itself.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,11 @@ import asyncio
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..endpoint.paths import PathAddress
 from ..errors import ConnectionClosed, MeshError
 from ..identity import PeerId
-
-if TYPE_CHECKING:
-    from .node import MeshNode
 
 
 class ConnectionState(enum.Enum):
@@ -59,6 +60,30 @@ class PingResult:
     via: str = "direct"  # "direct", "turn" or "keyed"
 
 
+class ConnectionOwner(Protocol):
+    """What a :class:`Connection` asks of whoever owns it: the core's send, receive-window, close
+    and ping, by peer."""
+
+    def try_send(self, peer_id: PeerId, data: bytes) -> bool:
+        """Queue one message, or return False under back-pressure (the owner calls the
+        connection's ``_set_writable`` once there is room). Raises
+        :class:`~coremesh.errors.ConnectionClosed` when the peer's connection is not established
+        (any more), :class:`~coremesh.errors.MessageTooLarge` above ``max_message_size``."""
+        ...
+
+    def consumed(self, peer_id: PeerId, nbytes: int) -> None:
+        """The application read ``nbytes`` of messages: give that much window back to the peer."""
+        ...
+
+    def close(self, peer_id: PeerId) -> None:
+        """Start a graceful close (the owner calls the connection's ``_mark_closed`` when done)."""
+        ...
+
+    async def ping(self, peer_id: PeerId, *, timeout: float) -> PingResult:
+        """Round-trip time to the peer over its connection, and the path it took."""
+        ...
+
+
 class Connection:
     """Messages to and from one peer: reliable, ordered, encrypted and authenticated.
 
@@ -68,8 +93,10 @@ class Connection:
     closed and every message that arrived before the close has been read.
     """
 
-    def __init__(self, node: MeshNode, peer_id: PeerId, address: PathAddress, *, initiator: bool) -> None:
-        self._node = node
+    def __init__(
+        self, owner: ConnectionOwner, peer_id: PeerId, address: PathAddress, *, initiator: bool
+    ) -> None:
+        self._owner = owner
         self.peer_id = peer_id
         self._address = address
         self.initiator = initiator
@@ -104,11 +131,10 @@ class Connection:
         while True:
             if self._closed_reason is not None:
                 raise ConnectionClosed(f"connection to {self.peer_id} is closed", self._closed_reason)
-            if self._node._can_send(self.peer_id):
-                break
+            if self._owner.try_send(self.peer_id, bytes(data)):
+                return
             self._writable.clear()
             await self._writable.wait()
-        self._node._send(self.peer_id, bytes(data))
 
     async def receive(self) -> bytes:
         """The next message. Raises ConnectionClosed when closed and drained."""
@@ -118,14 +144,14 @@ class Connection:
             self._readable.clear()
             await self._readable.wait()
         data = self._inbox.popleft()
-        self._node._consumed(self.peer_id, len(data))
+        self._owner.consumed(self.peer_id, len(data))
         return data
 
     def receive_nowait(self) -> bytes | None:
         if not self._inbox:
             return None
         data = self._inbox.popleft()
-        self._node._consumed(self.peer_id, len(data))
+        self._owner.consumed(self.peer_id, len(data))
         return data
 
     def __aiter__(self) -> Connection:
@@ -139,12 +165,12 @@ class Connection:
 
     async def ping(self, timeout: float = 5.0) -> float:
         """Round-trip time in seconds, measured with a PING frame over this connection."""
-        return (await self._node.ping(self.peer_id, timeout=timeout)).rtt
+        return (await self._owner.ping(self.peer_id, timeout=timeout)).rtt
 
     async def close(self) -> None:
         """Close gracefully: the peer sees a close, not a timeout. Waits until done (bounded)."""
         if self._closed_reason is None:
-            self._node._close(self.peer_id)
+            self._owner.close(self.peer_id)
         try:
             await asyncio.wait_for(self._closed_event.wait(), timeout=5.0)
         except TimeoutError:
@@ -155,7 +181,7 @@ class Connection:
         assert self._closed_reason is not None
         return self._closed_reason
 
-    # -- called by MeshNode --------------------------------------------------------------------
+    # -- called by the owner --------------------------------------------------------------------
 
     def _deliver(self, data: bytes) -> None:
         self._inbox.append(data)
@@ -175,4 +201,12 @@ class Connection:
             self._closed_event.set()
 
 
-__all__ = ["Connection", "ConnectionEvent", "ConnectionState", "MeshError", "PeerInfo", "PingResult"]
+__all__ = [
+    "Connection",
+    "ConnectionEvent",
+    "ConnectionOwner",
+    "ConnectionState",
+    "MeshError",
+    "PeerInfo",
+    "PingResult",
+]

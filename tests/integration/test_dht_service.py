@@ -171,15 +171,15 @@ def test_without_a_data_dir_a_restarted_node_never_signs_a_lower_sequence_number
     async def body() -> None:
         node = MeshNode(MeshConfig(listen_addr="127.0.0.1:0"))
         await node.start()
-        assert node._dht is not None and node._dht.core.own_record is not None
-        first = node._dht.core.own_record.seq
+        assert node._parts.dht is not None and node._parts.dht.core.own_record is not None
+        first = node._parts.dht.core.own_record.seq
         await node.stop()
         behind = types.SimpleNamespace(time=lambda: time.time() - 600.0)
         monkeypatch.setattr(dht_service, "time", behind)
         await node.start()
         try:
-            assert node._dht is not None and node._dht.core.own_record is not None
-            assert node._dht.core.own_record.seq > first
+            assert node._parts.dht is not None and node._parts.dht.core.own_record is not None
+            assert node._parts.dht.core.own_record.seq > first
         finally:
             await node.stop()
 

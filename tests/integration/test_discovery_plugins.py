@@ -16,7 +16,7 @@ from coremesh.addr import Address
 from coremesh.discovery import DiscoveredPeer, DiscoveryService, StaticDiscovery
 from coremesh.errors import MeshError
 from coremesh.identity import Identity, PeerId
-from coremesh.mesh.node import DISCOVERY_POLL
+from coremesh.mesh.dialer import DISCOVERY_POLL
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -96,16 +96,16 @@ def test_a_lost_allocation_stops_routing_and_is_replaced() -> None:
                 await service.stop()
                 service = StunTurnService(dataclasses.replace(config, listen=f"127.0.0.1:{port}"))
                 await service.start()
-                link = a._relays.turn[0]  # type: ignore[union-attr]
+                link = a._parts.relays.turn[0]  # type: ignore[union-attr]
                 assert link.client is not None
                 link.client.handle_timer(link._now() + 7200)  # its refresh is now due
                 link._flush()
                 # The new server does not know the allocation: it is lost.
                 await eventually(lambda: link.error is not None, 15, "the allocation to be lost")
                 assert link.error is not None and "Lost" in link.error, link.error
-                assert b.local_address not in a._runtime.routes  # type: ignore[union-attr]  # no black hole
+                assert b.local_address not in a._parts.runtime.routes  # type: ignore[union-attr]  # no black hole
                 await eventually(  # re-allocated (after about a second), and the route restored
-                    lambda: link.allocated and b.local_address in a._runtime.routes,  # type: ignore[union-attr]
+                    lambda: link.allocated and b.local_address in a._parts.runtime.routes,  # type: ignore[union-attr]
                     15,
                     "a new allocation and route",
                 )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,35 @@ def test_keyed_relay_urls_are_validated() -> None:
     assert config.keyed_relay_urls == ("ws://127.0.0.1:8443/v1/relay", "tcp://[::1]:9000")
     with pytest.raises(ConfigError, match="keyed_relays"):
         MeshConfig(keyed_relays=("http://127.0.0.1:80",))
+
+
+def test_the_tuple_fields_come_from_the_field_types() -> None:
+    from coremesh.config import tuple_fields
+
+    assert tuple_fields(MeshConfig) == {
+        "bootstrap_peers",
+        "relays",
+        "keyed_relays",
+        "advertise_addresses",
+        "stun_servers",
+        "mdns_interfaces",
+    }
+    config = MeshConfig.from_dict(
+        {key: ["127.0.0.1:9"] for key in ("bootstrap_peers", "advertise_addresses", "stun_servers")}
+        | {"relays": ["127.0.0.1:3478"], "keyed_relays": ["tcp://127.0.0.1:9"], "mdns_interfaces": ["::1"]}
+    )
+    for key in tuple_fields(MeshConfig):
+        assert isinstance(getattr(config, key), tuple), key
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _WiderConfig(MeshConfig):
+    """MeshConfig with one more tuple field, as a future setting would add it."""
+
+    trusted_peers: tuple[str, ...] = ()
+
+
+def test_a_new_tuple_field_is_read_from_a_list_without_being_listed() -> None:
+    config = _WiderConfig.from_dict({"trusted_peers": ["a", "b"], "relays": ["127.0.0.1:3478"]})
+    assert config.trusted_peers == ("a", "b")
+    assert config.relays == ("127.0.0.1:3478",)
