@@ -178,10 +178,9 @@ class UdpRuntime:
         back the way its request came: a probe socket, our TURN allocation)."""
         if self._closed:
             return
-        if type(address) is Address:
-            self._send_direct([(data, address)], self._loop.time())
-        else:
-            self._send_all([(data, address)], self._loop.time())
+        if isinstance(address, Address):
+            address = DirectAddress(address)  # our own traffic to that address: never via a TURN route
+        self._send_all([(data, address)], self._loop.time())
 
     def deliver(self, data: bytes, address: PathAddress) -> None:
         """Feed a mesh packet that arrived by an indirect path (the keyed relay) into the core (or
