@@ -23,6 +23,7 @@ from ..endpoint.endpoint import Endpoint
 from ..endpoint.events import Event
 from ..endpoint.paths import DirectAddress, PathAddress, ProbeAddress, RelayAddress, TurnAddress
 from ..errors import ConfigError
+from .timer import CoreTimer
 
 
 class Route(Protocol):
@@ -112,6 +113,11 @@ def _try_setsockopt(sock: socket.socket, level: int, opt: int, value: int) -> No
         log.debug("setsockopt(%s, %s) not supported", level, opt)
 
 
+def _split(data: bytes, segment: int) -> list[bytes]:
+    """The datagrams of one GRO read: ``segment`` bytes each, the last one possibly shorter."""
+    return [data[offset : offset + segment] for offset in range(0, len(data), segment)]
+
+
 class UdpRuntime:
     """Drives one :class:`Endpoint` from one socket on the running event loop."""
 
@@ -121,8 +127,7 @@ class UdpRuntime:
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._v6 = sock.family == socket.AF_INET6
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = CoreTimer(self._loop, self._on_timer)
         self._pending: deque[tuple[bytes, Address]] = deque()
         self._writer_armed = False
         self._flush_scheduled = False
@@ -173,10 +178,9 @@ class UdpRuntime:
         back the way its request came: a probe socket, our TURN allocation)."""
         if self._closed:
             return
-        if type(address) is Address:
-            self._send_direct([(data, address)], self._loop.time())
-        else:
-            self._send_all([(data, address)], self._loop.time())
+        if isinstance(address, Address):
+            address = DirectAddress(address)  # our own traffic to that address: never via a TURN route
+        self._send_all([(data, address)], self._loop.time())
 
     def deliver(self, data: bytes, address: PathAddress) -> None:
         """Feed a mesh packet that arrived by an indirect path (the keyed relay) into the core (or
@@ -221,8 +225,7 @@ class UdpRuntime:
         self._loop.remove_reader(self.sock.fileno())
         if self._writer_armed:
             self._loop.remove_writer(self.sock.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for ident in list(self._probes):
             self._close_probe(ident)
         self.sock.close()
@@ -238,73 +241,78 @@ class UdpRuntime:
         self.pump()
 
     def pump(self) -> None:
-        """Send what the core has, deliver its events, re-arm its timer."""
-        if self._closed:
-            return
+        """Deliver the core's events, then send what it has (with what their handlers queued) and
+        re-arm its timer."""
+        if not self._closed:
+            self._pump(self._loop.time())
+
+    def _pump(self, now: float) -> None:
         endpoint = self.endpoint
-        now = self._loop.time()
-        if endpoint.socket_commands:
-            self._probe_commands()
-        out = endpoint.datagrams_to_send(now)
-        if out:
-            self._send_all(out, now)
         on_event = self._on_event
-        while (event := endpoint.next_event()) is not None:
-            on_event(event)
-        # Event handlers may have queued more work (e.g. a reply); send it in the same pass.
-        if endpoint.socket_commands:
-            self._probe_commands()
-        out = endpoint.datagrams_to_send(now)
-        if out:
-            self._send_all(out, now)
-        self._arm_timer(endpoint.get_timer())
+        event = endpoint.next_event()
+        while True:
+            # Events first: a handler's reply then leaves in the same drain as the core's output.
+            while event is not None:
+                on_event(event)
+                event = endpoint.next_event()
+            if endpoint.socket_commands:
+                self._probe_commands()  # before the drain: a datagram may need a socket opened here
+            out = endpoint.datagrams_to_send(now)
+            if out:
+                self._send_all(out, now)
+            # Draining rarely emits an event (a connection whose keys ran out ends as it seals):
+            # deliver it now, and send what its handler queued.
+            event = endpoint.next_event()
+            if event is None:
+                break
+        self._timer.arm(endpoint.get_timer())
 
-    def _arm_timer(self, when: float | None) -> None:
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self, now: float) -> None:
         if self._closed:
             return
-        self.endpoint.handle_timer(self._loop.time())
-        self.pump()
+        self.endpoint.handle_timer(now)
+        self._pump(now)
 
     def _on_readable(self) -> None:
-        if self.gro:
-            self._on_readable_gro()
-            return
-        recvfrom = self.sock.recvfrom
+        """Read a batch of datagrams. With GRO, one read may carry several datagrams of one sender,
+        all of the size a control message gives (the last one may be shorter): they are split here."""
+        gro = self.gro
+        sock = self.sock
+        recvfrom = sock.recvfrom
         receive = self._receive_mesh
         now = self._loop.time()
         count = nbytes = 0
         cache: dict[object, Address] = {}
+        ancdata: list[tuple[int, int, bytes]] = []
         for _ in range(RECV_BATCH):
             try:
-                data, sockaddr = recvfrom(RECV_BUFFER)
+                if gro:
+                    data, ancdata, _flags, sockaddr = sock.recvmsg(RECV_BUFFER, _GRO_CMSG_SPACE)
+                else:
+                    data, sockaddr = recvfrom(RECV_BUFFER)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 # ICMP errors surface here on some systems; they are not fatal for a UDP socket.
                 self.endpoint.counters["socket_errors"] += 1
-                log.debug("recvfrom: %s", exc)
+                log.debug("receive: %s", exc)
                 continue
             addr = cache.get(sockaddr)
             if addr is None:
                 addr = cache[sockaddr] = normalize_socket_address(sockaddr)
-            nbytes += len(data)
-            if data and data[0] >= _MESH_FIRST_BYTE:
-                receive(data, addr, now)
-            else:
-                self._on_foreign(data, addr, now)
-            count += 1
+            size = len(data)
+            nbytes += size
+            segment = 0
+            for level, kind, value in ancdata:
+                if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(value) >= 4:
+                    segment = _GRO_SIZE.unpack_from(value)[0]
+            datagrams = (data,) if segment <= 0 or segment >= size else _split(data, segment)
+            for datagram in datagrams:
+                if datagram and datagram[0] >= _MESH_FIRST_BYTE:
+                    receive(datagram, addr, now)
+                else:
+                    self._on_foreign(datagram, addr, now)
+            count += len(datagrams)
         self.datagrams_received += count
         self.bytes_received += nbytes
         self.pump()
@@ -325,47 +333,6 @@ class UdpRuntime:
             # Tagged, so that the core can tell a packet relayed by our TURN server from a direct one.
             self._receive_mesh(inner, TurnAddress(addr, peer), now)
 
-    def _on_readable_gro(self) -> None:
-        recvmsg = self.sock.recvmsg
-        receive = self._receive_mesh
-        now = self._loop.time()
-        count = nbytes = 0
-        cache: dict[object, Address] = {}
-        for _ in range(RECV_BATCH):
-            try:
-                data, ancdata, _flags, sockaddr = recvmsg(RECV_BUFFER, _GRO_CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.endpoint.counters["socket_errors"] += 1
-                log.debug("recvmsg: %s", exc)
-                continue
-            addr = cache.get(sockaddr)
-            if addr is None:
-                addr = cache[sockaddr] = normalize_socket_address(sockaddr)
-            nbytes += len(data)
-            segment = 0
-            for level, kind, value in ancdata:
-                if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(value) >= 4:
-                    segment = _GRO_SIZE.unpack_from(value)[0]
-            if segment <= 0 or segment >= len(data):
-                if data and data[0] >= _MESH_FIRST_BYTE:
-                    receive(data, addr, now)
-                else:
-                    self._on_foreign(data, addr, now)
-                count += 1
-                continue
-            for offset in range(0, len(data), segment):
-                chunk = data[offset : offset + segment]
-                if chunk[0] >= _MESH_FIRST_BYTE:
-                    receive(chunk, addr, now)
-                else:
-                    self._on_foreign(chunk, addr, now)
-                count += 1
-        self.datagrams_received += count
-        self.bytes_received += nbytes
-        self.pump()
-
     def _sockaddr(self, address: Address) -> tuple[str, int]:
         host = address.host
         if self._v6 and ":" not in host:
@@ -373,38 +340,38 @@ class UdpRuntime:
         return host, address.port
 
     def _send_all(self, out: list[tuple[bytes, PathAddress]], now: float) -> None:
-        if self.routes or self.relay_sender is not None or any(type(a) is not Address for _, a in out):
-            direct = self._send_indirect(out, now)
-        else:
-            direct = out  # type: ignore[assignment]  # all plain UDP addresses
-        if direct:
-            self._send_direct(direct, now)
+        """Send each datagram the one way its address names; UDP ones leave together at the end.
 
-    def _send_indirect(self, out: list[tuple[bytes, PathAddress]], now: float) -> list[tuple[bytes, Address]]:
-        """Send what goes by the keyed relay; wrap what goes by TURN; return what goes direct."""
+        A plain :class:`Address` (or a :class:`TurnAddress`, back the way it came) goes through the
+        TURN route for its peer if there is one, else straight; a :class:`DirectAddress` always
+        straight; a :class:`ProbeAddress` from that probe socket; a :class:`RelayAddress` by the
+        keyed relay."""
         direct: list[tuple[bytes, Address]] = []
+        append = direct.append
         routes = self.routes
         for data, address in out:
-            if isinstance(address, RelayAddress):
+            if isinstance(address, Address):
+                peer = address
+            elif isinstance(address, TurnAddress):
+                peer = address.peer
+            elif isinstance(address, DirectAddress):
+                append((data, address.address))
+                continue
+            elif isinstance(address, ProbeAddress):
+                self._send_probe(data, address, now)
+                continue
+            else:
                 sender = self.relay_sender
                 if sender is None or not sender(address, data):
                     self.endpoint.counters["drop_relay_unavailable"] += 1
                 continue
-            if isinstance(address, DirectAddress):
-                direct.append((data, address.address))  # a check or a direct path: never via TURN
-                continue
-            if isinstance(address, ProbeAddress):
-                self._send_probe(data, address, now)
-                continue
-            if isinstance(address, TurnAddress):
-                # Back the way it came; with no route (the allocation is gone) it goes direct.
-                address = address.peer
-            route = routes.get(address)
+            route = routes.get(peer) if routes else None
             if route is None:
-                direct.append((data, address))
+                append((data, peer))
             else:
-                direct.append((route.wrap(data, address, now), route.server))
-        return direct
+                append((route.wrap(data, peer, now), route.server))
+        if direct:
+            self._send_direct(direct, now)
 
     # -- probe sockets (the birthday approach) ------------------------------------------------
 
@@ -551,6 +518,7 @@ class UdpRuntime:
         self.send_errors += 1
         if exc.errno == errno.EMSGSIZE:
             self.endpoint.on_datagram_too_big(address, len(data), now)
+            self.schedule_flush()  # what was in that datagram goes again, in smaller ones
         else:
             self.endpoint.counters["drop_send_error"] += 1
             log.debug("sendto %s: %s", address, exc)

@@ -9,6 +9,10 @@ recovery period (§7.3.2); persistent congestion collapses it to the minimum (§
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coremesh.reliability.recovery import SentRecord
 
 __all__ = ["INITIAL_WINDOW_PACKETS", "LOSS_REDUCTION_FACTOR", "MINIMUM_WINDOW_PACKETS", "NewReno"]
 
@@ -37,15 +41,23 @@ class NewReno:
         """Whether a packet sent at ``time_sent`` was sent during the current recovery period."""
         return self.recovery_start is not None and time_sent <= self.recovery_start
 
-    def on_packets_acked(self, acked: Iterable[tuple[float, int]], app_limited: bool = False) -> None:
-        """Grow the window for newly acknowledged ``(time_sent, sent_bytes)`` packets (RFC 9002 §7.3)."""
+    def on_packets_acked(self, acked: Iterable[SentRecord], app_limited: bool = False) -> None:
+        """Grow the window for newly acknowledged packets, those sent after the recovery period
+        started (RFC 9002 §7.3.2); not at all when ``app_limited`` (§7.8: the window was not fully
+        used)."""
         if app_limited:
-            # RFC 9002 §7.8: the window does not grow when it is not fully used.
             return
         recovery_start = self.recovery_start
-        self.on_bytes_acked(
-            sum(size for time_sent, size in acked if recovery_start is None or time_sent > recovery_start)
-        )
+        nbytes = 0
+        if recovery_start is None:
+            for rec in acked:
+                nbytes += rec[1]
+        else:
+            for rec in acked:
+                if rec[0] > recovery_start:
+                    nbytes += rec[1]
+        if nbytes:
+            self.on_bytes_acked(nbytes)
 
     def on_bytes_acked(self, nbytes: int) -> None:
         """Grow the window for ``nbytes`` acknowledged, all sent outside the recovery period.

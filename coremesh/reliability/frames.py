@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from coremesh.errors import DecodeError
 from coremesh.reliability.codes import ErrorCode
-from coremesh.reliability.varint import MAX_VARINT, encode_varint, varint_len
+from coremesh.reliability.varint import MAX_VARINT, encode_varint
 
 __all__ = [
     "MAX_ACK_RANGES",
@@ -43,7 +43,6 @@ __all__ = [
     "encode_frame",
     "encode_payload",
     "stream_header",
-    "stream_header_len",
 ]
 
 MAX_ACK_RANGES = 64
@@ -130,11 +129,6 @@ def _err(message: str) -> DecodeError:
 
 
 # ----------------------------------------------------------------------------------------- encoding
-
-
-def stream_header_len(offset: int, length: int) -> int:
-    """Bytes taken by a STREAM frame's type, offset and length fields."""
-    return 1 + varint_len(offset) + varint_len(length)
 
 
 def stream_header(offset: int, length: int) -> bytes:

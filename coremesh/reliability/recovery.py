@@ -155,12 +155,9 @@ class Recovery:
         cc = self.cc
         in_flight_before = self.bytes_in_flight
         acked_bytes = 0
-        growth = 0  # bytes of packets sent after the recovery period started (RFC 9002 §7.3.2)
-        recovery_start = cc.recovery_start
         for rec in acked:
             acked_bytes += rec[1]
-            if recovery_start is None or rec[0] > recovery_start:
-                growth += rec[1]
+        recovery_start = cc.recovery_start
         # Loss detection only has work when a packet below the largest acknowledged is unacked.
         if sent and (self.loss_time is not None or self._oldest() < self.largest_acked):
             lost = self._detect_lost(now)
@@ -168,11 +165,10 @@ class Recovery:
             lost = _EMPTY
         persistent = self._on_lost(lost, now, ranges, prev_largest) if lost else False
         self.bytes_in_flight -= acked_bytes
-        if cc.recovery_start != recovery_start:
-            # These losses started a recovery period: the acknowledged packets were sent before it.
-            growth = 0
-        if growth and in_flight_before * 2 >= cc.cwnd:  # else app-limited (RFC 9002 §7.8)
-            cc.on_bytes_acked(growth)
+        # Losses that started (or, persistent, ended) a recovery period came after the acknowledged
+        # packets were sent: those do not grow the window.
+        if cc.recovery_start == recovery_start:
+            cc.on_packets_acked(acked, app_limited=in_flight_before * 2 < cc.cwnd)
         self.pto_count = 0
         return acked, lost, persistent
 

@@ -484,11 +484,7 @@ class ReliableStream:
         payload = b"".join(parts)
         size = len(payload) + self._overhead
         if flags >= 0:
-            # Recovery.on_packet_sent, inlined: this runs for every packet.
-            recovery = self._recovery
-            recovery.sent[self._next_pn - 1] = (now, size, flags, ranges)
-            recovery.bytes_in_flight += size
-            recovery.last_eliciting_time = now
+            self._recovery.on_packet_sent(self._next_pn - 1, (now, size, flags, ranges))
         self._packets_sent += 1
         self._bytes_sent += size
         return payload

@@ -84,6 +84,10 @@ def test_rtt_pto_and_loss_delay_formulas() -> None:
 # ------------------------------------------------------------------------------------ NewReno (RFC 9002 §7)
 
 
+def record(time_sent: float, size: int = 1200, flags: int = 0) -> SentRecord:
+    return (time_sent, size, flags, None)
+
+
 def test_newreno_initial_and_minimum_window() -> None:
     cc = NewReno(1200)
     assert cc.cwnd == 12000
@@ -93,25 +97,25 @@ def test_newreno_initial_and_minimum_window() -> None:
 
 def test_newreno_slow_start_grows_by_acked_bytes() -> None:
     cc = NewReno(1200)
-    cc.on_packets_acked([(1.0, 1200), (1.0, 1200), (1.0, 1000)])
+    cc.on_packets_acked([record(1.0), record(1.0), record(1.0, 1000)])
     assert cc.cwnd == 15400
 
 
 def test_newreno_app_limited_does_not_grow() -> None:
     cc = NewReno(1200)
-    cc.on_packets_acked([(1.0, 1200)], app_limited=True)
+    cc.on_packets_acked([record(1.0)], app_limited=True)
     assert cc.cwnd == 12000
 
 
 def test_newreno_loss_halves_once_per_recovery_period() -> None:
     cc = NewReno(1200)
-    cc.on_packets_acked([(1.0, 1200)] * 3)
+    cc.on_packets_acked([record(1.0)] * 3)
     assert cc.cwnd == 15600
     cc.on_congestion_event(time_sent=1.5, now=2.0)
     assert (cc.cwnd, cc.ssthresh, cc.recovery_start) == (7800, 7800, 2.0)
     cc.on_congestion_event(time_sent=1.9, now=2.1)  # sent before recovery started: same event
     assert cc.cwnd == 7800
-    cc.on_packets_acked([(1.8, 1200)])  # sent before recovery: no growth
+    cc.on_packets_acked([record(1.8)])  # sent before recovery: no growth
     assert cc.cwnd == 7800
     cc.on_congestion_event(time_sent=2.5, now=3.0)  # a new loss after recovery: halve again
     assert (cc.cwnd, cc.ssthresh) == (3900, 3900)
@@ -119,13 +123,13 @@ def test_newreno_loss_halves_once_per_recovery_period() -> None:
 
 def test_newreno_congestion_avoidance_one_datagram_per_window() -> None:
     cc = NewReno(1200)
-    cc.on_packets_acked([(0.0, 1200)] * 3)  # 15600
+    cc.on_packets_acked([record(0.0)] * 3)  # 15600
     cc.on_congestion_event(1.0, now=2.0)  # 7800
-    cc.on_packets_acked([(2.5, 1200)] * 6)  # 7200 acked < cwnd
+    cc.on_packets_acked([record(2.5)] * 6)  # 7200 acked < cwnd
     assert cc.cwnd == 7800
-    cc.on_packets_acked([(2.5, 1200)])  # 8400 >= 7800: +1200, 600 carried over
+    cc.on_packets_acked([record(2.5)])  # 8400 >= 7800: +1200, 600 carried over
     assert cc.cwnd == 9000
-    cc.on_packets_acked([(2.5, 1200)] * 7)  # 600 + 8400 = 9000 >= 9000
+    cc.on_packets_acked([record(2.5)] * 7)  # 600 + 8400 = 9000 >= 9000
     assert cc.cwnd == 10200
 
 
@@ -134,10 +138,10 @@ def test_newreno_never_below_minimum_and_persistent_congestion() -> None:
     for i in range(10):
         cc.on_congestion_event(time_sent=float(i) + 0.5, now=float(i + 1))
     assert cc.cwnd == 2400
-    cc.on_packets_acked([(20.0, 1200)] * 4)
+    cc.on_packets_acked([record(20.0)] * 4)
     cc.on_persistent_congestion()
     assert (cc.cwnd, cc.recovery_start) == (2400, None)
-    cc.on_packets_acked([(0.0, 1200)])  # no recovery period any more: grows (ssthresh 2400: CA)
+    cc.on_packets_acked([record(0.0)])  # no recovery period any more: grows (ssthresh 2400: CA)
     assert cc.cwnd == 2400
 
 
@@ -149,10 +153,6 @@ def test_newreno_datagram_size_change_keeps_minimum() -> None:
 
 
 # ---------------------------------------------------------------- loss detection (RFC 9002 §6)
-
-
-def record(time_sent: float, size: int = 1200, flags: int = 0) -> SentRecord:
-    return (time_sent, size, flags, None)
 
 
 def sent_recovery(times: list[float]) -> Recovery:

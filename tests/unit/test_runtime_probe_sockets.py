@@ -1,14 +1,16 @@
-"""The runtime's probe sockets (the birthday approach) over real loopback sockets: what the core
-sends to a ProbeAddress leaves from that socket, what arrives on it comes back tagged with it, and
-closing it stops both."""
+"""The runtime over real loopback sockets: its receive loop (with and without GRO), and its probe
+sockets (the birthday approach): what the core sends to a ProbeAddress leaves from that socket, what
+arrives on it comes back tagged with it, and closing it stops both."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import struct
 
 from coremesh.addr import Address
-from coremesh.aio.runtime import UdpRuntime, open_udp_socket
+from coremesh.aio.runtime import UDP_GRO, UDP_SEGMENT, UdpRuntime, open_udp_socket
 from coremesh.config import MeshConfig
 from coremesh.endpoint import events as ev
 from coremesh.endpoint.endpoint import Endpoint
@@ -60,3 +62,41 @@ def test_a_probe_socket_sends_receives_and_closes() -> None:
             b.close()
 
     asyncio.run(main())
+
+
+def test_one_receive_loop_with_and_without_gro() -> None:
+    """Datagrams sent in one GSO call (which a GRO socket may read as one buffer) come out one by
+    one, in order, counted once each, whether the runtime reads with GRO or without."""
+    sent = [bytes([i]) * 100 for i in range(5)] + [b"\x05" * 40]  # the last one shorter, as GSO allows
+
+    async def receive_all(gro: bool) -> tuple[list[bytes], int, int]:
+        got: list[bytes] = []
+
+        def foreign(data: bytes, addr: Address, now: float) -> list[tuple[bytes, Address]]:
+            got.append(data)
+            return []
+
+        runtime = _runtime(3, [])
+        if not gro and runtime.gro:
+            runtime.sock.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 0)
+            runtime.gro = False
+        runtime.foreign_handler = foreign
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            target = (runtime.local_address.host, runtime.local_address.port)
+            try:
+                segment = [(socket.IPPROTO_UDP, UDP_SEGMENT, struct.pack("=H", 100))]
+                sender.sendmsg(sent, segment, 0, target)
+            except OSError:  # no segmentation offload here: the same datagrams one by one
+                for data in sent:
+                    sender.sendto(data, target)
+            assert await _wait_for(lambda: len(got) >= len(sent))
+            return got, runtime.datagrams_received, runtime.bytes_received
+        finally:
+            sender.close()
+            runtime.close()
+
+    for gro in (True, False):
+        got, count, nbytes = asyncio.run(receive_all(gro))
+        assert got == sent
+        assert (count, nbytes) == (len(sent), sum(map(len, sent)))
