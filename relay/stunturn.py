@@ -110,6 +110,7 @@ class StunTurnService:
         if self._started:
             raise RuntimeError("StunTurnService already started")
         self._loop = asyncio.get_running_loop()
+        self._timer = CoreTimer(self._loop, self._on_timer)
         cfg = self.config
         # With port 0 the UDP port is picked first and TCP must then get the same number: if another
         # process holds it for TCP, start over with a fresh port rather than fail.
@@ -153,7 +154,6 @@ class StunTurnService:
         )
         self.turn.server_addresses = own.server_addresses
         own.add_listeners([*self._addresses, *self._extra_addresses])
-        self._timer = CoreTimer(self._loop, self._on_timer)
         log.info("STUN/TURN listening on %s", ", ".join(self.listening()))
         if not cfg.users and cfg.static_auth_secret is None:
             log.warning(
@@ -261,7 +261,6 @@ class StunTurnService:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._tcp.stop_sweeping()
         for server in self._tcp_servers:
             server.close()
@@ -472,7 +471,8 @@ class StunTurnService:
         return loop.time()
 
     def _arm_timer(self) -> None:
-        if self.turn is not None and self._timer is not None:
+        """Re-arm the TURN core's timer; none once stopping (closing connections still report)."""
+        if self.turn is not None and self._timer is not None and not self._closing:
             self._timer.arm(self.turn.get_timer())
 
     def _on_timer(self, now: float) -> None:
