@@ -15,10 +15,14 @@ from typing import Final
 
 from coremesh.addr import Address, parse_address
 from coremesh.errors import ConfigError
+from coremesh.stun.attributes import MAX_TEXT_CHARS
 from coremesh.turn.policy import parse_ip_range
 
 from .own_addresses import WILDCARDS
 
+DEFAULT_REALM: Final = "coremesh"
+DEFAULT_MIN_PORT: Final = 49152  # the relay port range: IANA's dynamic ports
+DEFAULT_MAX_PORT: Final = 65535
 # TCP/TLS connection limits: the defaults of the StunTurnConfig fields of the same names, lowercase.
 MAX_TCP_CONNECTIONS: Final = 4096  # in total (also at most half the process's file descriptor limit)
 MAX_TCP_CONNECTIONS_PER_IP: Final = 64  # per source IPv4 address / IPv6 /64
@@ -47,14 +51,14 @@ class StunTurnConfig:
 
     listen: Address
     alt_address: str | None = None
-    realm: str = "coremesh"
+    realm: str = DEFAULT_REALM
     users: Mapping[str, str] = field(default_factory=dict)
     static_auth_secret: str | None = None
     allow_loopback_peers: bool = False
     allowed_peer_ips: tuple[str, ...] = ()
     denied_peer_ips: tuple[str, ...] = ()
-    min_port: int = 49152
-    max_port: int = 65535
+    min_port: int = DEFAULT_MIN_PORT
+    max_port: int = DEFAULT_MAX_PORT
     user_quota: int = 0
     total_quota: int = 0
     max_bps: int = 0
@@ -87,8 +91,8 @@ class StunTurnConfig:
             if self.listen.port == 65535:
                 raise ConfigError("alt_address: listen port + 1 must be a port (listen port < 65535)")
             object.__setattr__(self, "alt_address", alt.compressed)
-        if not self.realm or len(self.realm) > 127:
-            raise ConfigError("realm: must be 1-127 characters")
+        if not self.realm or len(self.realm) > MAX_TEXT_CHARS:
+            raise ConfigError(f"realm: must be 1-{MAX_TEXT_CHARS} characters")
         for name, password in self.users.items():
             if not name or not password:
                 raise ConfigError("users: names and passwords must not be empty")
