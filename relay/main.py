@@ -35,7 +35,8 @@ from coremesh.service.logs import EventLogger
 from .admin import AdminServer, RelayState, create_admin_app
 from .keyed import KeyedRelayConfig, KeyedRelayServer
 from .settings import PROG, RelaySettings, resolve
-from .stunturn import StunTurnConfig, StunTurnService
+from .stunturn import StunTurnService
+from .stunturn_config import StunTurnConfig
 
 SHUTDOWN_TIMEOUT: Final = 10.0
 

@@ -38,18 +38,16 @@ from coremesh.service.settings import (
     parse_str,
     read_layers,
 )
+from coremesh.stun.attributes import MAX_TEXT_CHARS, MAX_USERNAME_BYTES
 from coremesh.turn.policy import parse_ip_range
+
+from .stunturn_config import DEFAULT_MAX_PORT, DEFAULT_MIN_PORT, DEFAULT_REALM
 
 PROG: Final = "coremesh-relay"
 TABLE: Final = "relay"
 ENV_PREFIX: Final = "COREMESH_RELAY_"
 DEFAULT_LISTEN: Final = "0.0.0.0:3478"
 DEFAULT_ADMIN: Final = "127.0.0.1:9641"
-DEFAULT_REALM: Final = "coremesh"
-DEFAULT_MIN_PORT: Final = 49152
-DEFAULT_MAX_PORT: Final = 65535
-MAX_USERNAME_BYTES: Final = 512  # RFC 8489 §14.3: USERNAME is less than 513 bytes
-MAX_REALM_CHARS: Final = 127  # RFC 8489 §14.9: REALM is less than 128 characters
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -352,9 +350,10 @@ def merge(
         raise ConfigError(f"{w('no_udp')} and {w('no_tcp')} together leave nothing to serve STUN/TURN on")
 
     realm = parse_str(src["realm"], w("realm")).strip()
-    if not realm or len(realm) > MAX_REALM_CHARS or any(not c.isprintable() or c == '"' for c in realm):
+    # RFC 8489 §14.9: REALM is less than 128 characters (MAX_TEXT_CHARS).
+    if not realm or len(realm) > MAX_TEXT_CHARS or any(not c.isprintable() or c == '"' for c in realm):
         raise ConfigError(
-            f"{w('realm')}: expected 1 to {MAX_REALM_CHARS} printable characters without quotes, "
+            f"{w('realm')}: expected 1 to {MAX_TEXT_CHARS} printable characters without quotes, "
             f"got {src['realm']!r}"
         )
 

@@ -24,6 +24,7 @@ from ..identity import Identity, PeerId
 from ..turn import client as turn
 from .keyedrelay import KeyedRelayClient
 from .runtime import UdpRuntime
+from .timer import CoreTimer
 
 log = logging.getLogger("coremesh.aio.relays")
 
@@ -52,7 +53,7 @@ class TurnLink:
         self.relayed: Address | None = None
         self.error: str | None = None
         self.ready = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: CoreTimer | None = None  # in the client's (wall) clock; made on the loop
         self._binding_id = b""
         self._binding_task: asyncio.Future[None] | None = None
         self._stopping = False
@@ -197,17 +198,13 @@ class TurnLink:
         assert self.client is not None
         for data in self.client.datagrams_to_send():
             self._runtime.send_raw(data, self.server)
-        when = self.client.get_timer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = asyncio.get_running_loop().call_at(when - self._wall_offset, self._on_timer)
+        if self._timer is None:
+            self._timer = CoreTimer(asyncio.get_running_loop(), self._on_timer, offset=self._wall_offset)
+        self._timer.arm(self.client.get_timer())
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def _on_timer(self, now: float) -> None:
         if self.client is not None:
-            self.client.handle_timer(self._now())
+            self.client.handle_timer(now)
             self._drain()
             self._flush()
 

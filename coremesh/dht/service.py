@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from ..addr import Address
 from ..aio.runtime import UdpRuntime
+from ..aio.timer import CoreTimer
 from ..config import MeshConfig, PeerAddress
 from ..endpoint.paths import PathAddress, udp_address
 from ..errors import DecodeError, PeerNotFound
@@ -80,8 +81,7 @@ class DhtService:
         self._loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - self._loop.time()
         self.core = DhtNode(identity, config.dht_config, rng=rng, wall_offset=self._wall_offset)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = CoreTimer(self._loop, self._on_timer)
         self._lookups: dict[int, asyncio.Future[LookupFinished]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: tuple[tuple[str, str], ...] | None = None
@@ -113,9 +113,7 @@ class DhtService:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.save()
         for fut in self._lookups.values():
             if not fut.done():
@@ -279,22 +277,10 @@ class DhtService:
                 self._note_seq(event.record.seq)
         for data, addr in self.core.datagrams_to_send(now):
             self._runtime.send_raw(data, addr)
-        self._arm(self.core.get_timer())
+        self._timer.arm(self.core.get_timer())
 
-    def _arm(self, when: float | None) -> None:
-        if when == self._timer_at and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.core.handle_timer(self._loop.time())
+    def _on_timer(self, now: float) -> None:
+        self.core.handle_timer(now)
         self._pump()
 
     def _spawn(self, coro: Any) -> None:

@@ -1,8 +1,17 @@
-"""The host's own addresses: the host candidates of a node that listens on a wildcard.
+"""The host's own addresses, for the two jobs that need them.
 
-A socket bound to ``0.0.0.0`` or ``::`` has no address a peer could dial. :func:`interface_addresses`
-lists the usable unicast addresses of every interface (Linux: ``SIOCGIFADDR`` per interface for
-IPv4, ``/proc/net/if_inet6`` for IPv6; elsewhere, or on any error, the list is empty).
+A socket bound to ``0.0.0.0`` or ``::`` has no address of its own; two things need the addresses
+behind it, and they want different lists:
+
+- Candidates a peer could dial (the node): :func:`host_addresses` and :func:`interface_addresses`
+  list a few usable unicast addresses (Linux: ``SIOCGIFADDR`` per interface for IPv4,
+  ``/proc/net/if_inet6`` for IPv6; no loopback, no link-local, at most :data:`MAX_ADDRESSES`;
+  elsewhere, or on any error, the list is empty).
+- Everything that *is* this host (the relay's loop check: relayed data must never reach one of its
+  own listeners): :func:`all_local_ips` lists every local address, loopback, link-local and
+  secondary IPv4 addresses included, uncapped (IPv4 from ``/proc/net/fib_trie``, which has the
+  secondary addresses ``SIOCGIFADDR`` does not report; IPv6 from ``/proc/net/if_inet6``).
+
 :func:`primary_ip` is the source address the kernel would pick towards a documentation address: a UDP
 socket's ``connect()`` does a route lookup and sends nothing, so neither ever leaves the host.
 """
@@ -20,6 +29,8 @@ from ..addr import Address
 
 SIOCGIFADDR: Final = 0x8915
 MAX_ADDRESSES: Final = 8
+FIB_TRIE: Final = "/proc/net/fib_trie"
+IF_INET6: Final = "/proc/net/if_inet6"
 
 _V4_PROBE = "192.0.2.1"  # TEST-NET-1: a route lookup only, no packet is sent
 _V6_PROBE = "2001:db8::1"  # documentation prefix
@@ -94,15 +105,58 @@ def _ipv4() -> list[str]:
 
 
 def _ipv6() -> list[str]:
-    out: list[str] = []
-    try:
-        with open("/proc/net/if_inet6") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        if fields:
+    text = _read_proc(IF_INET6)
+    return [] if text is None else ipv6_from_if_inet6(text)
+
+
+def ipv4_from_fib_trie(text: str) -> list[str]:
+    """The host's IPv4 addresses in the text of Linux's ``/proc/net/fib_trie``: the leaves marked
+    ``/32 host LOCAL``, each once, in order. Lines that do not parse are skipped."""
+    out: dict[str, None] = {}
+    leaf: str | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|--"):
+            leaf = stripped[3:].strip()
+        elif stripped.startswith("/") and leaf is not None:
+            words = stripped.split()
+            if words[:1] == ["/32"] and words[1:3] == ["host", "LOCAL"]:
+                with contextlib.suppress(ValueError):
+                    out[str(ipaddress.IPv4Address(leaf))] = None
+        elif not stripped.startswith("/"):
+            leaf = None
+    return list(out)
+
+
+def ipv6_from_if_inet6(text: str) -> list[str]:
+    """The host's IPv6 addresses in the text of Linux's ``/proc/net/if_inet6`` (the first column,
+    32 hex digits), each once, in order. Lines that do not parse are skipped."""
+    out: dict[str, None] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words and len(words[0]) == 32:
             with contextlib.suppress(ValueError):
-                out.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
-    return out
+                out[ipaddress.IPv6Address(bytes.fromhex(words[0])).compressed] = None
+    return list(out)
+
+
+def local_ips_from_proc(fib_trie: str, if_inet6: str) -> list[str]:
+    """Every IP of the host from the texts of ``/proc/net/fib_trie`` and ``/proc/net/if_inet6``,
+    each once, IPv4 first. Pure, for tests."""
+    return list(dict.fromkeys([*ipv4_from_fib_trie(fib_trie), *ipv6_from_if_inet6(if_inet6)]))
+
+
+def all_local_ips() -> list[str] | None:
+    """Every IP of the host (:func:`local_ips_from_proc`); ``None`` when ``/proc`` cannot be read."""
+    texts = [_read_proc(FIB_TRIE) or "", _read_proc(IF_INET6) or ""]
+    if not any(texts):
+        return None
+    return local_ips_from_proc(*texts) or None
+
+
+def _read_proc(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None

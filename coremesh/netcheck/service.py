@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 from ..addr import Address, normalize_socket_address
 from ..aio.runtime import UdpRuntime
+from ..aio.timer import CoreTimer
 from ..errors import DecodeError, MeshError
 from ..keyedrelay.url import parse_relay_url
 from ..stun.attributes import Attr
@@ -52,30 +53,23 @@ class _Driver:
         self.probe = probe
         self.runtime = runtime
         self.finished = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(asyncio.get_running_loop(), self._on_timer)
 
     def flush(self) -> None:
         for data, address in self.probe.datagrams_to_send():
             self.runtime.send_raw(data, address)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self.probe.done:
+            self._timer.cancel()
             self.finished.set()
             return
-        when = self.probe.next_timer()
-        if when is not None:
-            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+        self._timer.arm(self.probe.next_timer())
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.probe.handle_timer(self.runtime.now())
+    def _on_timer(self, now: float) -> None:
+        self.probe.handle_timer(now)
         self.flush()
 
     def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
 
 class Netchecker:

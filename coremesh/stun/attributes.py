@@ -109,6 +109,31 @@ class Attr(enum.IntEnum):
     REFLECTED_FROM = 0x000B
 
 
+STUN_REQUIRED: Final[frozenset[int]] = frozenset(
+    {
+        Attr.MAPPED_ADDRESS,
+        Attr.USERNAME,
+        Attr.MESSAGE_INTEGRITY,
+        Attr.ERROR_CODE,
+        Attr.UNKNOWN_ATTRIBUTES,
+        Attr.REALM,
+        Attr.NONCE,
+        Attr.MESSAGE_INTEGRITY_SHA256,
+        Attr.PASSWORD_ALGORITHM,
+        Attr.USERHASH,
+        Attr.XOR_MAPPED_ADDRESS,
+    }
+)
+"""The comprehension-required attributes of RFC 8489 itself: every STUN server (Binding, TURN)
+understands these in a request, so none of them earns a 420."""
+
+NAT_DISCOVERY_REQUIRED: Final[frozenset[int]] = frozenset(
+    {Attr.CHANGE_REQUEST, Attr.PADDING, Attr.RESPONSE_PORT}
+)
+"""The comprehension-required attributes of RFC 5780, understood by a server with an alternate
+address."""
+
+
 def is_comprehension_required(attr_type: int) -> bool:
     """Types 0x0000-0x7FFF must be understood; an unknown one in a request earns a 420."""
     return attr_type < 0x8000

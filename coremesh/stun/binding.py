@@ -42,27 +42,8 @@ from typing import Final, NamedTuple
 
 from ..addr import Address
 from ..errors import ConfigError, DecodeError
-from .attributes import Attr
+from .attributes import NAT_DISCOVERY_REQUIRED, STUN_REQUIRED, Attr
 from .message import Method, StunClass, StunMessage, decode, encode
-
-BASE_ATTRIBUTES: Final = frozenset(
-    {
-        Attr.MAPPED_ADDRESS,
-        Attr.USERNAME,
-        Attr.MESSAGE_INTEGRITY,
-        Attr.ERROR_CODE,
-        Attr.UNKNOWN_ATTRIBUTES,
-        Attr.REALM,
-        Attr.NONCE,
-        Attr.MESSAGE_INTEGRITY_SHA256,
-        Attr.PASSWORD_ALGORITHM,
-        Attr.USERHASH,
-        Attr.XOR_MAPPED_ADDRESS,
-    }
-)
-"""The comprehension-required attributes of RFC 8489 itself: understood (and, without
-credentials configured, ignored) in a Binding request."""
-RFC5780_ATTRIBUTES: Final = frozenset({Attr.CHANGE_REQUEST, Attr.PADDING, Attr.RESPONSE_PORT})
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 9216
 """Room for RFC 5780 PADDING up to a jumbo-frame MTU; anything larger is not a Binding request."""
@@ -169,7 +150,7 @@ class BindingServer:
             self.counters["error_400"] += 1
             return [self._error(msg, 400, "Unsupported method", src, local)]
         role = self._role(local)
-        known = BASE_ATTRIBUTES if role is None else BASE_ATTRIBUTES | RFC5780_ATTRIBUTES
+        known = STUN_REQUIRED if role is None else STUN_REQUIRED | NAT_DISCOVERY_REQUIRED
         unknown = msg.comprehension_required_unknown(known)
         if unknown:
             self.counters["error_420"] += 1

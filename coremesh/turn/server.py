@@ -31,7 +31,7 @@ from typing import Final
 
 from ..addr import Address
 from ..errors import DecodeError
-from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, Attr, StunEncodeError
+from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, STUN_REQUIRED, Attr, StunEncodeError
 from ..stun.channeldata import CHANNEL_MAX_ACCEPTED, decode_channel_data, encode_channel_data
 from ..stun.credentials import NonceStatus, check_nonce, check_rest_api_username, long_term_key, make_nonce
 from ..stun.message import Method, StunClass, StunMessage, decode, encode, verify_integrity
@@ -60,21 +60,10 @@ HEAP_SLACK: Final = 16
 UDP_PROTOCOL: Final = 17
 SOFTWARE: Final = "coremesh-turn"
 
-# Comprehension-required attributes this server understands in requests and indications.
-_KNOWN_REQUIRED: Final = frozenset(
-    int(a)
-    for a in (
-        Attr.MAPPED_ADDRESS,
-        Attr.USERNAME,
-        Attr.MESSAGE_INTEGRITY,
-        Attr.ERROR_CODE,
-        Attr.UNKNOWN_ATTRIBUTES,
-        Attr.REALM,
-        Attr.NONCE,
-        Attr.MESSAGE_INTEGRITY_SHA256,
-        Attr.PASSWORD_ALGORITHM,
-        Attr.USERHASH,
-        Attr.XOR_MAPPED_ADDRESS,
+# Comprehension-required attributes this server understands in requests and indications: STUN's
+# own and TURN's.
+_KNOWN_REQUIRED: Final = STUN_REQUIRED | frozenset(
+    {
         Attr.CHANNEL_NUMBER,
         Attr.LIFETIME,
         Attr.XOR_PEER_ADDRESS,
@@ -84,7 +73,7 @@ _KNOWN_REQUIRED: Final = frozenset(
         Attr.EVEN_PORT,
         Attr.REQUESTED_TRANSPORT,
         Attr.RESERVATION_TOKEN,
-    )
+    }
 )
 # DONT-FRAGMENT is deliberately absent: this server cannot set DF per datagram, so, as RFC 8656
 # §7.2 asks, it answers an Allocate carrying it with 420 and the client retries without it.

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import pytest
 from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
-from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+from coremesh_relay.stunturn import StunTurnService
+from coremesh_relay.stunturn_config import StunTurnConfig
 
 from coremesh import (
     AuthenticationFailed,

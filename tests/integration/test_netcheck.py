@@ -131,7 +131,8 @@ def test_a_node_without_nat_reports_no_nat_and_relay_latency(relay: Relay) -> No
 def test_a_dual_stack_node_measures_from_its_own_socket(relay: Relay) -> None:
     """The mapping that matters is the mesh socket's: each family's public address carries the
     node's own port (an IPv4 relay process, and an IPv6 STUN server in process on ::1)."""
-    from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+    from coremesh_relay.stunturn import StunTurnService
+    from coremesh_relay.stunturn_config import StunTurnConfig
 
     async def body() -> None:
         v6 = StunTurnService(StunTurnConfig(listen="[::1]:0"))  # type: ignore[arg-type]
@@ -224,7 +225,8 @@ def test_a_dead_server_is_not_udp_blocked() -> None:
 
 def test_netcheck_shares_the_socket_with_a_turn_allocation() -> None:
     """Netcheck takes only its own STUN answers: the TURN client on the same socket keeps working."""
-    from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+    from coremesh_relay.stunturn import StunTurnService
+    from coremesh_relay.stunturn_config import StunTurnConfig
 
     async def body() -> None:
         service = StunTurnService(

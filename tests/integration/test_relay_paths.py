@@ -14,7 +14,8 @@ from typing import TypeVar
 
 import pytest
 from coremesh_relay.keyed import KeyedRelayConfig, KeyedRelayServer
-from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+from coremesh_relay.stunturn import StunTurnService
+from coremesh_relay.stunturn_config import StunTurnConfig
 
 from coremesh import Connection, ConnectionFailed, MeshConfig, MeshNode, PeerId
 from coremesh.endpoint.paths import RelayAddress

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+from coremesh_relay.stunturn import StunTurnService
+from coremesh_relay.stunturn_config import StunTurnConfig
 
 from coremesh.addr import Address, parse_address
 from coremesh.errors import ConfigError
@@ -717,7 +718,9 @@ garbage
 
 
 def test_local_ips_from_proc_reads_fib_trie_and_if_inet6() -> None:
-    from coremesh_relay.stunturn import local_ips_from_proc, own_ips
+    from coremesh_relay.own_addresses import own_ips
+
+    from coremesh.netcheck.hostaddrs import local_ips_from_proc
 
     ips = local_ips_from_proc(FIB_TRIE, IF_INET6)
     assert ips == ["127.0.0.1", "192.0.2.2", "198.51.100.7", "fd00::2", "::1", "fe80::fc:ff:fe00:1"]
@@ -730,11 +733,11 @@ def test_local_ips_from_proc_reads_fib_trie_and_if_inet6() -> None:
 def test_wildcard_listen_blocks_relaying_to_the_relays_own_listeners(monkeypatch: pytest.MonkeyPatch) -> None:
     """Listening on 0.0.0.0, a client allowed loopback peers must not make the relay send to its own
     listener via 127.0.0.1, another loopback address, or another host address."""
-    import coremesh_relay.stunturn as st
+    import coremesh_relay.own_addresses as own
 
     # Keep every relayed address on loopback, whatever this host's routes are.
-    monkeypatch.setattr(st, "relay_ip", lambda host, version: "127.0.0.1" if version == 4 else None)
-    monkeypatch.setattr(st, "host_local_ips", local_ips_from_proc_sample, raising=False)
+    monkeypatch.setattr(own, "relay_ip", lambda host, version: "127.0.0.1" if version == 4 else None)
+    monkeypatch.setattr(own, "all_local_ips", local_ips_from_proc_sample)
 
     async def body() -> None:
         service = StunTurnService(config(listen=Address("0.0.0.0", 0)))
@@ -796,7 +799,7 @@ def test_wildcard_listen_blocks_relaying_to_the_relays_own_listeners(monkeypatch
 
 
 def local_ips_from_proc_sample() -> list[str]:
-    from coremesh_relay.stunturn import local_ips_from_proc
+    from coremesh.netcheck.hostaddrs import local_ips_from_proc
 
     return local_ips_from_proc(FIB_TRIE, IF_INET6)
 
@@ -846,7 +849,7 @@ def test_port_zero_retries_when_tcp_cannot_take_the_udp_port(monkeypatch: pytest
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]  # TCP port in use by someone else
-        real_bind = shell_module._bind_udp
+        real_bind = shell_module.bind_udp
         calls = []
 
         def first_pick_collides(address: Address, **kwargs: object) -> socket.socket:
@@ -855,7 +858,7 @@ def test_port_zero_retries_when_tcp_cannot_take_the_udp_port(monkeypatch: pytest
                 return real_bind(Address("127.0.0.1", taken))  # UDP gets the port TCP cannot have
             return real_bind(address, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(shell_module, "_bind_udp", first_pick_collides)
+        monkeypatch.setattr(shell_module, "bind_udp", first_pick_collides)
 
         async def body() -> None:
             service = shell_module.StunTurnService(config())

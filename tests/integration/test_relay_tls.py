@@ -8,7 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+from coremesh_relay.stunturn import StunTurnService
+from coremesh_relay.stunturn_config import StunTurnConfig
 
 from coremesh import stun
 from coremesh.addr import normalize_socket_address

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from coremesh_relay.stunturn import StunTurnConfig, StunTurnService
+from coremesh_relay.stunturn import StunTurnService
+from coremesh_relay.stunturn_config import StunTurnConfig
 
 from coremesh.addr import Address
 from coremesh.stun.credentials import rest_api_credentials
