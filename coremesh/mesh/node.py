@@ -17,8 +17,10 @@ from ..aio.runtime import UdpRuntime, open_udp_socket
 from ..config import MeshConfig, PeerAddress, parse_peer_address
 from ..datadir import DataDirLock, lock_data_dir
 from ..endpoint import events as ev
-from ..endpoint.endpoint import Endpoint, PeerSnapshot, PeerState
+from ..endpoint.endpoint import Endpoint
 from ..endpoint.paths import PathAddress, RelayAddress, udp_address
+from ..endpoint.peer import PeerSnapshot
+from ..endpoint.states import PeerState
 from ..errors import (
     ConnectionClosed,
     ConnectionFailed,
