@@ -131,3 +131,14 @@ def test_the_diagram_is_drawn_from_the_table() -> None:
     for state, cause in INITIAL.items():
         assert f"    [*] --> {state.name}: {cause}\n" in diagram
     assert "    CLOSED --> [*]\n" in diagram
+
+
+def test_the_architecture_doc_shows_the_diagram_of_the_table() -> None:
+    from tests import gendocs
+
+    text = gendocs.ARCHITECTURE.read_text(encoding="utf-8")
+    _, changed = gendocs.render_peer_states(text)
+    assert not changed, "docs/architecture.md: the peer state diagram is stale; run: python -m tests.gendocs"
+    assert mermaid_diagram() in text
+    with pytest.raises(ValueError, match="markers are missing"):
+        gendocs.render_peer_states("# no markers here\n")
