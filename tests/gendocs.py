@@ -1,4 +1,5 @@
-"""Generate the parts of docs/cli.md and docs/admin-api.md that the code already says.
+"""Generate the parts of docs/cli.md, docs/admin-api.md and docs/architecture.md that the code
+already says.
 
     python -m tests.gendocs          rewrite the generated sections in place
     python -m tests.gendocs --check  exit 1 (and name the sections) if a doc does not match the code
@@ -11,6 +12,10 @@ text around it is written by hand and left alone. The sources:
 - ``cli-commands``: the ``coremesh`` parser's commands and their options (coremesh.cli.main);
 - ``node-endpoints``, ``service-endpoints``: the routes of the node's, the relay's and the bootstrap's
   admin apps, each described by the first paragraph of its handler's docstring.
+
+docs/architecture.md carries the peer connection's state diagram, drawn from the transition table
+(``coremesh.endpoint.states.mermaid_diagram``), between ``<!-- peer-states:begin -->`` and
+``<!-- peer-states:end -->``.
 
 tests/unit/test_docs_match.py fails when a doc and the code disagree.
 """
@@ -154,6 +159,28 @@ SECTIONS: Final[dict[str, Callable[[], str]]] = {
 }
 FILES: Final = (DOCS / "cli.md", DOCS / "admin-api.md")
 
+ARCHITECTURE: Final = DOCS / "architecture.md"
+_PEER_STATES: Final = re.compile(
+    r"(<!-- peer-states:begin -->\n)(?P<body>.*?)(<!-- peer-states:end -->)", re.S
+)
+
+
+def peer_states() -> str:
+    from coremesh.endpoint.states import mermaid_diagram
+
+    return mermaid_diagram()
+
+
+def render_peer_states(text: str) -> tuple[str, bool]:
+    """``text`` with the state diagram between its markers drawn from the table, and whether it
+    changed. Missing markers are an error (the diagram would silently go unchecked)."""
+    match = _PEER_STATES.search(text)
+    if match is None:
+        raise ValueError("the peer-states markers are missing")
+    body = peer_states()
+    new = text[: match.start("body")] + body + text[match.end("body") :]
+    return new, body != match["body"]
+
 
 def render(text: str) -> tuple[str, list[str]]:
     """``text`` with every generated section rewritten from the code, and the names of those that
@@ -187,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             stale += [f"{path.relative_to(REPO)}: {name}" for name in changed]
             if not check:
                 path.write_text(new, encoding="utf-8")
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    new, diagram_changed = render_peer_states(text)
+    if diagram_changed:
+        stale.append(f"{ARCHITECTURE.relative_to(REPO)}: peer-states")
+        if not check:
+            ARCHITECTURE.write_text(new, encoding="utf-8")
     if stale:
         verb = "out of date" if check else "rewritten"
         print(f"generated sections {verb}: {'; '.join(stale)}", file=sys.stderr)

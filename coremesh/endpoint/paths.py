@@ -98,3 +98,18 @@ def path_kind(address: PathAddress) -> str:
     if isinstance(address, TurnAddress):
         return "turn"
     return "direct"
+
+
+def direct_path(target: Address | ProbeAddress) -> PathAddress:
+    """Where a check or a direct path to ``target`` goes: straight from our socket (never by a
+    relay route), or from the probe socket it names."""
+    return target if isinstance(target, ProbeAddress) else DirectAddress(target)
+
+
+def same_path(a: PathAddress, b: PathAddress) -> bool:
+    """Whether packets from ``a`` come by the path we send to at ``b``: a plain and a direct
+    address of one UDP endpoint are the same path; a TURN or keyed relay path is only itself."""
+    if a == b:
+        return True
+    direct = (Address, DirectAddress)
+    return isinstance(a, direct) and isinstance(b, direct) and udp_address(a) == udp_address(b)

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from ..addr import Address, parse_address
 from ..config import MeshConfig, PeerAddress, parse_peer_address
-from ..endpoint.endpoint import PeerState
 from ..endpoint.paths import PathAddress, RelayAddress
+from ..endpoint.states import PeerState
 from ..errors import (
     ConnectionFailed,
     InvalidAddress,

@@ -21,7 +21,8 @@ from ..addr import Address
 from ..aio.runtime import UdpRuntime, open_udp_socket
 from ..config import MeshConfig
 from ..datadir import DataDirLock, lock_data_dir
-from ..endpoint.endpoint import Endpoint, PeerState
+from ..endpoint.endpoint import Endpoint
+from ..endpoint.states import PeerState
 from ..errors import LocalProtocolError
 from ..identity import Identity, PeerId, load_or_create_identity
 from ..traversal import TraversalConfig

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from ..addr import Address
 from ..endpoint import events as ev
-from ..endpoint.endpoint import PeerSnapshot, PeerState
 from ..endpoint.paths import PathAddress, RelayAddress, udp_address
+from ..endpoint.peer import PeerSnapshot
+from ..endpoint.states import PeerState
 from ..errors import ConnectionClosed, ConnectionFailed, MeshError, PeerNotFound
 from ..identity import PeerId
 from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult

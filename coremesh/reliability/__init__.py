@@ -14,7 +14,7 @@ from coremesh.reliability.events import (
     PathMtuUpdated,
     PongReceived,
     ReliabilityEvent,
-    SendBufferAvailable,
+    SendReady,
 )
 from coremesh.reliability.stream import INTERNAL_PING_TOKEN, ReliableStream
 
@@ -30,5 +30,5 @@ __all__ = [
     "ReliabilityConfig",
     "ReliabilityEvent",
     "ReliableStream",
-    "SendBufferAvailable",
+    "SendReady",
 ]

@@ -15,7 +15,7 @@ __all__ = [
     "PathMtuUpdated",
     "PongReceived",
     "ReliabilityEvent",
-    "SendBufferAvailable",
+    "SendReady",
 ]
 
 
@@ -53,7 +53,7 @@ class CloseReceived:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SendBufferAvailable:
+class SendReady:
     """The send buffer was full and has room again: ``can_send()`` is True."""
 
 
@@ -73,6 +73,4 @@ class CloseAcked:
     """The peer acknowledged our CLOSE frame."""
 
 
-ReliabilityEvent = (
-    MessageReceived | PongReceived | CloseReceived | SendBufferAvailable | PathMtuUpdated | CloseAcked
-)
+ReliabilityEvent = MessageReceived | PongReceived | CloseReceived | SendReady | PathMtuUpdated | CloseAcked

@@ -48,7 +48,7 @@ from coremesh.reliability.events import (
     PathMtuUpdated,
     PongReceived,
     ReliabilityEvent,
-    SendBufferAvailable,
+    SendReady,
 )
 from coremesh.reliability.frames import (
     MAX_CLOSE_REASON,
@@ -179,7 +179,7 @@ class ReliableStream:
 
     def can_send(self) -> bool:
         """Whether ``send_message`` is welcome now: open and the send buffer not full. When False,
-        wait for ``SendBufferAvailable`` (or the connection closing)."""
+        wait for ``SendReady`` (or the connection closing)."""
         return not self._closed and self._sendbuf.buffered < self._send_buffer_size
 
     def send_ping(self, token: int, now: float) -> None:
@@ -214,7 +214,7 @@ class ReliableStream:
     def _wake_senders(self) -> None:
         if self._tx_full:
             self._tx_full = False
-            self._events.append(SendBufferAvailable())
+            self._events.append(SendReady())
 
     def _on_close_received(self, code: int, reason: str) -> None:
         self._remote_closed = True
@@ -379,7 +379,7 @@ class ReliableStream:
                 on_acked(start, end)
             if self._tx_full and sendbuf.buffered < self._send_buffer_size:
                 self._tx_full = False
-                self._events.append(SendBufferAvailable())
+                self._events.append(SendReady())
             if self._close_waiting and not sendbuf.has_unacked:
                 self._close_waiting = False
                 self._close_pending = True

@@ -111,8 +111,17 @@ class SecureSession:
     def open(self, packet: bytes, counter: int) -> bytes:
         """Decrypt and authenticate one transport packet; raises AuthenticationFailed on a forgery
         or a replay. The replay window moves only after the packet authenticated."""
-        if not self.replay.check(counter):
+        plaintext = self.open_unless_replayed(packet, counter)
+        if plaintext is None:
             raise AuthenticationFailed("replayed or too old packet")
+        return plaintext
+
+    def open_unless_replayed(self, packet: bytes, counter: int) -> bytes | None:
+        """:meth:`open`, but a replayed or too old counter is None (checked once, before any
+        decryption) rather than an error, so that a receiver can count it apart from forgeries,
+        which still raise AuthenticationFailed."""
+        if not self.replay.check(counter):
+            return None
         header = packet[: wire.TRANSPORT_HEADER_LEN]
         plaintext = self._recv.decrypt_with_nonce(counter, header, packet[wire.TRANSPORT_HEADER_LEN :])
         self.replay.update(counter)

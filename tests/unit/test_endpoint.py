@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from coremesh.addr import Address
 from coremesh.config import MeshConfig
 from coremesh.endpoint import events as ev
-from coremesh.endpoint.endpoint import Endpoint, PeerState
+from coremesh.endpoint.endpoint import Endpoint
+from coremesh.endpoint.states import PeerState
 from coremesh.errors import PeerNotFound
 from coremesh.identity import Identity
 from coremesh.secure import wire

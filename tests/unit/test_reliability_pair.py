@@ -15,7 +15,7 @@ from coremesh.reliability import (
     ReliabilityConfig,
     ReliabilityEvent,
     ReliableStream,
-    SendBufferAvailable,
+    SendReady,
 )
 from coremesh.reliability.frames import AckFrame, StreamFrame, encode_payload
 from coremesh.reliability.varint import encode_varint
@@ -272,7 +272,7 @@ def test_send_buffer_back_pressure() -> None:
     assert events(a) == []
     got = exchange(a, b, 0.0)
     assert len(got) == 4
-    assert events(a) == [SendBufferAvailable()]
+    assert events(a) == [SendReady()]
     assert a.can_send()
 
 
@@ -281,7 +281,7 @@ def test_send_buffer_event_on_close() -> None:
     a.send_message(b"x" * 2000, 0.0)
     assert not a.can_send()
     a.close(0, "", 0.0)
-    assert events(a) == [SendBufferAvailable()]
+    assert events(a) == [SendReady()]
     assert not a.can_send()
 
 

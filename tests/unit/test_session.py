@@ -117,6 +117,21 @@ def test_forged_and_replayed_transport_packets_are_rejected() -> None:
         b.open(packet, counter)
 
 
+def test_a_replay_is_told_apart_from_a_forgery_without_decrypting_it() -> None:
+    """What the endpoint runs per packet: one replay check; a replay is None, a forgery raises."""
+    a, b = handshake()
+    packet = a.seal(b"payload")
+    counter = wire.decode_transport_header(packet)[1]
+    forged = bytearray(packet)
+    forged[-1] ^= 1
+    with pytest.raises(AuthenticationFailed):
+        b.open_unless_replayed(bytes(forged), counter)
+    assert b.open_unless_replayed(packet, counter) == b"payload"
+    assert b.open_unless_replayed(packet, counter) is None
+    assert b.open_unless_replayed(bytes(forged), counter) is None  # a replayed counter is never decrypted
+    assert b.packets_received == 1 and b.replay.highest == counter
+
+
 def test_out_of_order_packets_within_the_window_are_accepted() -> None:
     a, b = handshake()
     packets = [a.seal(bytes([i])) for i in range(50)]

@@ -248,8 +248,8 @@ def test_a_failed_attempt_is_bounded_explained_and_backed_off() -> None:
     assert path(w.a, w.b) == path(w.b, w.a) == "keyed"
     for node, other in ((w.a, w.b), (w.b, w.a)):
         conn = node.endpoint._peers[other.peer_id]
-        assert conn.agent is not None
-        assert 1 <= conn.agent.birthday_attempts <= 2  # 20 s, then 40 s between attempts
+        assert conn.paths.agent is not None
+        assert 1 <= conn.paths.agent.birthday_attempts <= 2  # 20 s, then 40 s between attempts
         assert node.probe_sockets_open() == 0
     snap = w.a.endpoint.snapshot(w.b.peer_id)
     assert snap is not None and snap.path_reason is not None

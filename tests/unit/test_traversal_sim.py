@@ -217,7 +217,7 @@ def test_a_replayed_packet_on_a_connection_without_relay_is_followed_then_revert
     assert b_conn.address == attacker  # a NAT rebinding looks the same: followed at once...
     # ...and left again: the genuine peer's next packet brings it back (RFC 9000 §9.3.3), or the
     # unanswered challenge reverts it after a second.
-    assert net.run_until(lambda: b_conn.address == a_addr and b_conn.migration is None, timeout=3.0)
+    assert net.run_until(lambda: b_conn.address == a_addr and b_conn.paths.migration is None, timeout=3.0)
     net.run_for(2.0)
     assert b_conn.address == a_addr
     assert len(sink.got) < 10
