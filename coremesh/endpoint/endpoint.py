@@ -15,6 +15,11 @@ A different ``conn_id`` from a known peer means the peer opened a new connection
 say) and the old one is torn down. When both peers dial each other at once, the connection opened
 by the lower PeerId wins, on both sides.
 
+Routing: the endpoint holds the node's TURN route table (which peer address goes through which
+TURN server; the shell writes it as allocations bind channels or are lost) and resolves every
+datagram it gives out to a :data:`~coremesh.endpoint.paths.SendAddress` that names one way out, so
+the shell never decides a route.
+
 Timers: connections whose timer may have moved are noted as touched; ``get_timer`` and
 ``handle_timer`` re-read only those into a :class:`~coremesh.endpoint.timers.TimerHeap`, so the next
 deadline costs O(log n) and ``handle_timer`` visits only the connections that are due.
@@ -273,16 +278,18 @@ class Endpoint:
         return address
 
     def _resolve(self, out: list[tuple[bytes, PathAddress]]) -> list[tuple[bytes, SendAddress]]:
-        """Turn every destination in ``out`` into its :data:`SendAddress`, in place. Plain
-        addresses without TURN routes (the common case) cost one type check each."""
+        """Turn every destination in ``out`` into its :data:`SendAddress`, in place (as
+        :meth:`send_address` does, inlined for the two common kinds: a plain address without TURN
+        routes costs one type check)."""
         routes = self._turn_routes
-        send_address = self.send_address
         for i, (data, address) in enumerate(out):
-            if address.__class__ is Address and not routes:
-                continue
-            resolved = send_address(address)
-            if resolved is not address:
-                out[i] = (data, resolved)
+            if type(address) is Address:
+                if routes and (server := routes.get(address)) is not None:
+                    out[i] = (data, TurnAddress(server, address))
+            elif type(address) is DirectAddress:
+                out[i] = (data, address.address)
+            elif type(address) is TurnAddress:
+                out[i] = (data, self.send_address(address))
         return cast("list[tuple[bytes, SendAddress]]", out)  # every destination is resolved now
 
     def _read_timers(self) -> None:
