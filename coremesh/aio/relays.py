@@ -35,9 +35,9 @@ RETRY_MAX = 60.0
 class TurnLink:
     """One STUN/TURN server, used over the node's own UDP socket.
 
-    With credentials it holds a TURN allocation (the relayed address is a candidate and the link is
-    a runtime route: datagrams to a peer are wrapped in ChannelData or Send indications); without,
-    it only learns the node's server-reflexive address with a Binding request.
+    With credentials it holds a TURN allocation (the relayed address is a candidate, and the runtime
+    wraps datagrams the endpoint core routes to this server in ChannelData or Send indications);
+    without, it only learns the node's server-reflexive address with a Binding request.
     """
 
     def __init__(
@@ -69,6 +69,7 @@ class TurnLink:
     async def start(self) -> None:
         self.server = await _resolve(self.config.address, self._runtime)
         if self.config.username and self.config.password:
+            self._runtime.turn_links[self.server] = self
             self._allocate()
         else:
             self._binding_task = asyncio.ensure_future(self._bind())
@@ -83,9 +84,8 @@ class TurnLink:
 
     def _lost(self) -> None:
         """The allocation is gone (or never came): stop routing through it, and try again later."""
-        routes = self._runtime.routes
-        for address in [a for a, route in routes.items() if route is self]:
-            del routes[address]  # traffic goes direct again rather than into a dead allocation
+        # Traffic goes direct again rather than into a dead allocation.
+        self._runtime.endpoint.clear_turn_routes_via(self.server)
         if not self._stopping and (self._retry_task is None or self._retry_task.done()):
             self._retry_task = asyncio.ensure_future(self._retry())
 
@@ -103,9 +103,10 @@ class TurnLink:
             return  # _lost() scheduled the next try
         self._retry_delay = RETRY_INITIAL
         log.info("TURN allocation restored", extra={"relay": str(self.server), "relayed": str(self.relayed)})
+        endpoint = self._runtime.endpoint
         for address in list(self.routed):
-            if address not in self._runtime.routes and await self.prepare(address):
-                self._runtime.routes[address] = self
+            if endpoint.turn_route(address) is None and await self.prepare(address):
+                endpoint.set_turn_route(address, self.server)
 
     async def _bind(self) -> None:
         """RFC 8489 Binding with the usual retransmissions (0, 0.5, 1.5 s...), bounded."""
@@ -138,7 +139,7 @@ class TurnLink:
     def allocated(self) -> bool:
         return self.client is not None and self.relayed is not None
 
-    # -- the runtime's Route protocol -------------------------------------------------------------
+    # -- the runtime's TurnWrapper protocol -------------------------------------------------------
 
     def wrap(self, data: bytes, peer: Address, now: float) -> bytes:
         assert self.client is not None

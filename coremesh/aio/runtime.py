@@ -21,15 +21,14 @@ from typing import Final, Protocol
 from ..addr import Address, normalize_socket_address
 from ..endpoint.endpoint import Endpoint
 from ..endpoint.events import Event
-from ..endpoint.paths import DirectAddress, PathAddress, ProbeAddress, RelayAddress, TurnAddress
+from ..endpoint.paths import PathAddress, ProbeAddress, RelayAddress, SendAddress, TurnAddress
 from ..errors import ConfigError
 from .timer import CoreTimer
 
 
-class Route(Protocol):
-    """An indirect way to a UDP address (a TURN allocation): wraps a datagram for its server."""
-
-    server: Address
+class TurnWrapper(Protocol):
+    """A TURN allocation: wraps a datagram to ``peer`` for its server (ChannelData or a Send
+    indication)."""
 
     def wrap(self, data: bytes, peer: Address, now: float) -> bytes: ...
 
@@ -46,6 +45,7 @@ _MESH_FIRST_BYTE: Final = 0xE0
 log = logging.getLogger("coremesh.aio.runtime")
 
 RECV_BATCH: Final = 512
+ADDRESS_CACHE_SIZE: Final = 4096  # socket addresses whose Address is kept between reads
 PROBE_SOCKET_BUFFER: Final = 65536
 RECV_BUFFER: Final = 65536
 # Linux UDP segmentation offload: one sendmsg carries many equal-size datagrams (GSO), and the
@@ -139,9 +139,10 @@ class UdpRuntime:
         self.send_errors = 0
         self.gso = sys.platform == "linux"
         self.gro = sys.platform == "linux" and _enable_gro(sock)
-        # Indirect paths: TURN routes by peer address, the keyed relay by PeerId, and a handler for
-        # the STUN/TURN traffic that shares this socket (RFC 7983 first-byte demultiplexing).
-        self.routes: dict[Address, Route] = {}
+        # Indirect paths: our TURN allocations by server address (the core decides which peer goes
+        # through which), the keyed relay by PeerId, and a handler for the STUN/TURN traffic that
+        # shares this socket (RFC 7983 first-byte demultiplexing).
+        self.turn_links: dict[Address, TurnWrapper] = {}
         self.relay_sender: RelaySender | None = None
         self.foreign_handler: ForeignHandler | None = None
         # Other protocols of the mesh's type range that are not the endpoint's (the DHT), by type
@@ -150,6 +151,8 @@ class UdpRuntime:
         self._receive_mesh: PacketHandler = endpoint.receive_datagram
         # Probe sockets of the birthday approach, by id (the core bounds how many).
         self._probes: dict[int, socket.socket] = {}
+        # The Address of each recent sender's socket address, so that a read builds none.
+        self._addresses: dict[object, Address] = {}
 
     def add_packet_handler(self, packet_type: int, handler: PacketHandler) -> None:
         """Hand mesh-range datagrams whose first byte is ``packet_type`` to ``handler``."""
@@ -178,9 +181,10 @@ class UdpRuntime:
         back the way its request came: a probe socket, our TURN allocation)."""
         if self._closed:
             return
-        if isinstance(address, Address):
-            address = DirectAddress(address)  # our own traffic to that address: never via a TURN route
-        self._send_all([(data, address)], self._loop.time())
+        # Our own traffic to a plain address goes straight, never by a TURN route; another path is
+        # resolved by the core like its own packets.
+        out = address if isinstance(address, Address) else self.endpoint.send_address(address)
+        self._send_all([(data, out)], self._loop.time())
 
     def deliver(self, data: bytes, address: PathAddress) -> None:
         """Feed a mesh packet that arrived by an indirect path (the keyed relay) into the core (or
@@ -282,7 +286,9 @@ class UdpRuntime:
         receive = self._receive_mesh
         now = self._loop.time()
         count = nbytes = 0
-        cache: dict[object, Address] = {}
+        cache = self._addresses
+        if len(cache) > ADDRESS_CACHE_SIZE:
+            cache.clear()
         ancdata: list[tuple[int, int, bytes]] = []
         for _ in range(RECV_BATCH):
             try:
@@ -339,37 +345,28 @@ class UdpRuntime:
             host = "::ffff:" + host
         return host, address.port
 
-    def _send_all(self, out: list[tuple[bytes, PathAddress]], now: float) -> None:
-        """Send each datagram the one way its address names; UDP ones leave together at the end.
-
-        A plain :class:`Address` (or a :class:`TurnAddress`, back the way it came) goes through the
-        TURN route for its peer if there is one, else straight; a :class:`DirectAddress` always
-        straight; a :class:`ProbeAddress` from that probe socket; a :class:`RelayAddress` by the
-        keyed relay."""
+    def _send_all(self, out: list[tuple[bytes, SendAddress]], now: float) -> None:
+        """Send each datagram the one way its address names (the core resolved it); UDP ones
+        leave together at the end. A plain :class:`Address` goes straight; a :class:`TurnAddress`
+        wrapped for our allocation at its server; a :class:`ProbeAddress` from that probe socket;
+        a :class:`RelayAddress` by the keyed relay."""
         direct: list[tuple[bytes, Address]] = []
         append = direct.append
-        routes = self.routes
         for data, address in out:
             if isinstance(address, Address):
-                peer = address
+                append((data, address))
             elif isinstance(address, TurnAddress):
-                peer = address.peer
-            elif isinstance(address, DirectAddress):
-                append((data, address.address))
-                continue
+                link = self.turn_links.get(address.server)
+                if link is None:
+                    self.endpoint.counters["drop_relay_unavailable"] += 1
+                else:
+                    append((link.wrap(data, address.peer, now), address.server))
             elif isinstance(address, ProbeAddress):
                 self._send_probe(data, address, now)
-                continue
             else:
                 sender = self.relay_sender
                 if sender is None or not sender(address, data):
                     self.endpoint.counters["drop_relay_unavailable"] += 1
-                continue
-            route = routes.get(peer) if routes else None
-            if route is None:
-                append((data, peer))
-            else:
-                append((route.wrap(data, peer, now), route.server))
         if direct:
             self._send_direct(direct, now)
 

@@ -15,6 +15,11 @@ A different ``conn_id`` from a known peer means the peer opened a new connection
 say) and the old one is torn down. When both peers dial each other at once, the connection opened
 by the lower PeerId wins, on both sides.
 
+Routing: the endpoint holds the node's TURN route table (which peer address goes through which
+TURN server; the shell writes it as allocations bind channels or are lost) and resolves every
+datagram it gives out to a :data:`~coremesh.endpoint.paths.SendAddress` that names one way out, so
+the shell never decides a route.
+
 Timers: connections whose timer may have moved are noted as touched; ``get_timer`` and
 ``handle_timer`` re-read only those into a :class:`~coremesh.endpoint.timers.TimerHeap`, so the next
 deadline costs O(log n) and ``handle_timer`` visits only the connections that are due.
@@ -25,8 +30,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from ..addr import Address
 from ..config import MeshConfig
@@ -44,7 +48,7 @@ from ..secure.session import Responder
 from ..traversal import Candidate, TraversalConfig
 from ..traversal.agent import PROBE_IDS
 from . import events as ev
-from .paths import PathAddress, udp_address
+from .paths import DirectAddress, PathAddress, SendAddress, TurnAddress, udp_address
 from .peer import PeerConnection, PeerSnapshot
 from .states import ConnState, PeerState
 from .timers import TimerHeap
@@ -100,9 +104,11 @@ class Endpoint:
         self._ranks = itertools.count()
         self._events: deque[ev.Event] = deque()
         self.out: list[tuple[bytes, PathAddress]] = []
+        # TURN routes: peer UDP address -> the TURN server whose allocation carries our traffic to
+        # it (written by the shell, which owns the allocations; read when packets leave).
+        self._turn_routes: dict[Address, Address] = {}
         self.counters: Counter[str] = Counter()
-        # NAT traversal: our candidates (the shell keeps them current) and whether the runtime
-        # sends a plain address through a TURN route (a query of shell state, no I/O).
+        # NAT traversal: our candidates (the shell keeps them current).
         self.traversal_config = traversal if traversal is not None else TraversalConfig()
         self.traversal_enabled = config.enable_nat_traversal
         # Probe sockets of the birthday approach: the runtime opens and closes them in this order
@@ -114,7 +120,6 @@ class Endpoint:
         self._probe_base = 0
         self.local_candidates: tuple[Candidate, ...] = ()
         self.nat_type = ""
-        self.is_routed: Callable[[Address], bool] = lambda _address: False
 
     # -- plumbing used by PeerConnection -------------------------------------------------------
 
@@ -225,7 +230,8 @@ class Endpoint:
         except AuthenticationFailed:
             self.counters["drop_auth_failed"] += 1
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, PathAddress]]:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, SendAddress]]:
+        """What to send now, each datagram with the one way out it takes (see :data:`SendAddress`)."""
         if self._dirty:
             dirty = self._dirty
             self._dirty = {}
@@ -233,7 +239,58 @@ class Endpoint:
                 conn.flush(now)
             self._touched.update(dirty)
         out, self.out = self.out, []
-        return out
+        return self._resolve(out)
+
+    # -- TURN routes --------------------------------------------------------------------------
+
+    def set_turn_route(self, peer: Address, server: Address) -> None:
+        """Send what goes to ``peer`` through our TURN allocation at ``server`` (channel bound)."""
+        self._turn_routes[peer] = server
+
+    def clear_turn_route(self, peer: Address) -> None:
+        """Send to ``peer`` straight again."""
+        self._turn_routes.pop(peer, None)
+
+    def clear_turn_routes_via(self, server: Address) -> None:
+        """The allocation at ``server`` is gone: every peer it carried is sent to straight again."""
+        routes = self._turn_routes
+        for peer in [p for p, s in routes.items() if s == server]:
+            del routes[peer]
+
+    def turn_route(self, peer: Address) -> Address | None:
+        """The TURN server that carries our traffic to ``peer``, if any."""
+        return self._turn_routes.get(peer)
+
+    def send_address(self, address: PathAddress) -> SendAddress:
+        """The one way out for a packet to ``address``: a plain address through its TURN route
+        when there is one, else straight; a direct address straight; a TURN address (back the way
+        it came) through the TURN route of its peer when there is one, else straight."""
+        if isinstance(address, Address):
+            server = self._turn_routes.get(address)
+            return address if server is None else TurnAddress(server, address)
+        if isinstance(address, DirectAddress):
+            return address.address
+        if isinstance(address, TurnAddress):
+            server = self._turn_routes.get(address.peer)
+            if server is None:
+                return address.peer
+            return address if server == address.server else TurnAddress(server, address.peer)
+        return address
+
+    def _resolve(self, out: list[tuple[bytes, PathAddress]]) -> list[tuple[bytes, SendAddress]]:
+        """Turn every destination in ``out`` into its :data:`SendAddress`, in place (as
+        :meth:`send_address` does, inlined for the two common kinds: a plain address without TURN
+        routes costs one type check)."""
+        routes = self._turn_routes
+        for i, (data, address) in enumerate(out):
+            if type(address) is Address:
+                if routes and (server := routes.get(address)) is not None:
+                    out[i] = (data, TurnAddress(server, address))
+            elif type(address) is DirectAddress:
+                out[i] = (data, address.address)
+            elif type(address) is TurnAddress:
+                out[i] = (data, self.send_address(address))
+        return cast("list[tuple[bytes, SendAddress]]", out)  # every destination is resolved now
 
     def _read_timers(self) -> None:
         """Bring the heap up to date with the connections touched since it was last read."""

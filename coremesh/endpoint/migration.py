@@ -83,7 +83,7 @@ class PeerPaths:
         if kind != "direct" or isinstance(address, (DirectAddress, ProbeAddress)):
             return kind
         assert isinstance(address, Address)
-        if self.endpoint.is_routed(address) or self.is_peer_relay(address):
+        if self.endpoint.turn_route(address) is not None or self.is_peer_relay(address):
             return "turn"  # by our TURN route, or to the peer's TURN relayed address
         return "direct"
 
@@ -279,7 +279,7 @@ class PeerPaths:
         if self.kind() == "direct" and self.relay_path is None:
             # A NAT rebinding: follow at once (the session must survive it), validate, revert on failure.
             old = self.address
-            routed = isinstance(addr, Address) and ep.is_routed(addr)
+            routed = isinstance(addr, Address) and ep.turn_route(addr) is not None
             self.address = DirectAddress(udp) if isinstance(old, DirectAddress) or routed else addr
             self.migration = (old, target, now + MIGRATION_VALIDATION_TIME)
             ep.counters["address_changes"] += 1

@@ -1,17 +1,23 @@
 """Where a peer's packets go: a UDP address, or a relay.
 
-The endpoint core treats every kind as an opaque, hashable destination; the asyncio runtime routes
-them:
+Inside the endpoint core a connection's path is one of these (a :data:`PathAddress`):
 
-* :class:`~coremesh.addr.Address`: UDP to that address, wrapped for a TURN server when the runtime
-  has a TURN route for it (how a pending connect falls back to TURN);
-* :class:`DirectAddress`: UDP straight to that address, whatever the routes say (connectivity
+* :class:`~coremesh.addr.Address`: UDP to that address, through a TURN allocation when the core
+  holds a TURN route for it (how a pending connect falls back to TURN);
+* :class:`DirectAddress`: UDP straight to that address, whatever the TURN routes say (connectivity
   checks, and a connection that NAT traversal moved to a direct path);
 * :class:`TurnAddress`: a packet that arrived unwrapped from our TURN allocation, so that the core
   can tell it from one that came directly (replies go through the TURN route when there is one);
 * :class:`RelayAddress`: the keyed mesh relay, by PeerId;
 * :class:`ProbeAddress`: UDP to that address from one of the runtime's extra probe sockets (the
   birthday approach against a random-port symmetric NAT), and what arrives on that socket.
+
+What leaves the core (:meth:`~coremesh.endpoint.endpoint.Endpoint.datagrams_to_send`) is resolved
+against the core's TURN route table into a :data:`SendAddress`, where each kind names exactly one
+way out, so that a shell switches on the type once and never looks a route up: a plain
+:class:`~coremesh.addr.Address` is straight UDP, a :class:`TurnAddress` is "wrap for the TURN
+allocation at ``server``", a :class:`ProbeAddress` leaves from that probe socket, a
+:class:`RelayAddress` goes by the keyed relay.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class ProbeAddress(NamedTuple):
 
 
 PathAddress = Address | RelayAddress | DirectAddress | TurnAddress | ProbeAddress
+SendAddress = Address | RelayAddress | TurnAddress | ProbeAddress
 
 
 def udp_address(address: PathAddress) -> Address | None:
@@ -92,7 +99,7 @@ def udp_address(address: PathAddress) -> Address | None:
 
 
 def path_kind(address: PathAddress) -> str:
-    """``keyed``, ``turn`` or ``direct`` (a plain Address may still be TURN-routed by the runtime)."""
+    """``keyed``, ``turn`` or ``direct`` (a plain Address may still be TURN-routed by the core)."""
     if isinstance(address, RelayAddress):
         return "keyed"
     if isinstance(address, TurnAddress):

@@ -280,7 +280,7 @@ class Dialer:
         if snap is None or snap.state is not PeerState.CONNECTING or not snap.initiator:
             return
         endpoint.close(peer_id, runtime.now())
-        runtime.routes.pop(address, None)
+        endpoint.clear_turn_route(address)
         if self._parts.relays is not None:
             self._parts.relays.forget(address)
         runtime.pump()
@@ -289,7 +289,7 @@ class Dialer:
     async def _turn_route(self, address: Address, deadline: float) -> str | None:
         """Route ``address`` through a TURN allocation (channel bound): None once it is, else why
         no TURN server can carry it (one line naming the relay, e.g. its 403 refusal)."""
-        runtime, _ = self._parts.require_running()
+        runtime, endpoint = self._parts.require_running()
         relays = self._parts.relays
         link = relays.turn_link() if relays is not None else None
         if link is None:
@@ -297,7 +297,7 @@ class Dialer:
         refused = await link.bind(address, min(1.0, max(deadline - runtime.now(), 0.0)))
         if refused is not None:
             return refused
-        runtime.routes[address] = link
+        endpoint.set_turn_route(address, link.server)
         link.routed.add(address)
         return None
 
@@ -319,7 +319,7 @@ class Dialer:
         if relays is None:
             return False
         carried = False  # a TURN allocation carried the initiation (the peer may just be offline)
-        if relays.turn and address not in runtime.routes and not isinstance(tried, RelayAddress):
+        if relays.turn and endpoint.turn_route(address) is None and not isinstance(tried, RelayAddress):
             refused = await self._turn_route(address, deadline)
             if refused is not None:
                 notes.append(refused)
@@ -336,7 +336,7 @@ class Dialer:
             if unusable is not None:
                 notes.append(unusable)
             return carried  # a TURN route keeps carrying the attempt until the deadline
-        runtime.routes.pop(address, None)
+        endpoint.clear_turn_route(address)
         relays.forget(address)
         if endpoint.redirect(peer_id, RelayAddress(keyed, peer_id), runtime.now(), deadline=deadline):
             log.info("trying through the keyed relay", extra={"peer_id": str(peer_id), "relay": keyed})

@@ -139,7 +139,6 @@ class MeshNode:
         )
         parts.endpoint = endpoint
         parts.runtime = runtime = UdpRuntime(endpoint, sock, self._registry.on_event)
-        endpoint.is_routed = lambda address: address in runtime.routes
         runtime.start()
         if cfg.keyed_relay_urls or cfg.relay_servers:
             from ..aio.relays import RelayManager  # imported lazily: only nodes with relays need it

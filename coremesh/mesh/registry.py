@@ -122,14 +122,14 @@ class ConnectionRegistry:
 
     def _path_of(self, address: PathAddress, peer: PeerId | None = None) -> str:
         """``relay`` when a relay carries the traffic (keyed relay, or a TURN route), else ``direct``."""
-        runtime, endpoint = self._parts.runtime, self._parts.endpoint
+        endpoint = self._parts.endpoint
         if peer is not None and endpoint is not None:
             snap = endpoint.snapshot(peer)
             if snap is not None:
                 return "direct" if snap.path == "direct" else "relay"
         if isinstance(address, RelayAddress):
             return "relay"
-        if runtime is not None and address in runtime.routes:
+        if isinstance(address, Address) and endpoint is not None and endpoint.turn_route(address) is not None:
             return "relay"
         return "direct"
 
@@ -302,9 +302,9 @@ class ConnectionRegistry:
         self._path_notes.pop(event.peer_id, None)
         address = conn.remote_address if conn is not None else None
         udp = udp_address(address) if address is not None else None
-        runtime, relays = self._parts.runtime, self._parts.relays
-        if udp is not None and runtime is not None:
-            runtime.routes.pop(udp, None)
+        endpoint, relays = self._parts.endpoint, self._parts.relays
+        if udp is not None and endpoint is not None:
+            endpoint.clear_turn_route(udp)
             if relays is not None:
                 relays.forget(udp)
         if conn is not None:

@@ -34,7 +34,6 @@ from random import Random
 from typing import Protocol
 
 from ..addr import Address
-from ..endpoint.paths import DirectAddress
 from ..errors import ConfigError, MeshError
 from .clock import VirtualClock
 from .nat import Nat
@@ -445,8 +444,6 @@ class SimNetwork:
     def _flush_one(self, addr: Address, endpoint: DatagramEndpoint, now: float) -> None:
         nat = self._nat_of_host.get(addr.host) if self._nat_of_host else None
         for data, dst in endpoint.datagrams_to_send(now):
-            if isinstance(dst, DirectAddress):  # the endpoint core sends these for path checks
-                dst = dst.address
             src = nat.outbound(addr, dst, now) if nat is not None else addr
             self._send(src, data, dst, now)
         t = endpoint.get_timer()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 from ..addr import Address
 from ..endpoint import events as ev
 from ..endpoint.endpoint import Endpoint
-from ..endpoint.paths import DirectAddress, ProbeAddress, RelayAddress, TurnAddress
+from ..endpoint.paths import ProbeAddress, RelayAddress, TurnAddress
 from ..identity import PeerId
 
 if TYPE_CHECKING:
@@ -119,9 +119,7 @@ class SimNode:
                 if self.relay is not None:
                     out.append((b"R" + dst.peer.key + data, self.relay))
             elif isinstance(dst, TurnAddress):
-                out.append((data, dst.peer))
-            elif isinstance(dst, DirectAddress):
-                out.append((data, dst.address))
+                self.endpoint.counters["drop_relay_unavailable"] += 1  # the simulator has no TURN
             elif isinstance(dst, ProbeAddress):
                 probe = self._probes.get(dst.socket)
                 if probe is None or self._net is None:

@@ -104,9 +104,9 @@ def test_a_lost_allocation_stops_routing_and_is_replaced() -> None:
                 # The new server does not know the allocation: it is lost.
                 await eventually(lambda: link.error is not None, 15, "the allocation to be lost")
                 assert link.error is not None and "Lost" in link.error, link.error
-                assert b.local_address not in a._parts.runtime.routes  # type: ignore[union-attr]  # no black hole
+                assert a._parts.endpoint.turn_route(b.local_address) is None  # type: ignore[union-attr]  # no black hole
                 await eventually(  # re-allocated (after about a second), and the route restored
-                    lambda: link.allocated and b.local_address in a._parts.runtime.routes,  # type: ignore[union-attr]
+                    lambda: link.allocated and a._parts.endpoint.turn_route(b.local_address) is not None,  # type: ignore[union-attr]
                     15,
                     "a new allocation and route",
                 )
