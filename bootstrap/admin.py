@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from coremesh.addr import Address
-from coremesh.dht.service import record_json
+from coremesh.dht.records import record_json
 from coremesh.errors import InvalidPeerId, MeshError, PeerNotFound
 from coremesh.identity import PeerId
 from coremesh.service import version

@@ -50,7 +50,7 @@ from coremesh.cli.main import (
     SEND_TIMEOUT_RANGE,
 )
 from coremesh.config import parse_peer_address
-from coremesh.dht.service import record_json
+from coremesh.dht.records import record_json
 from coremesh.errors import (
     AuthenticationFailed,
     ConnectionClosed,

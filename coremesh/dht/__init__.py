@@ -1,6 +1,7 @@
 """Kademlia DHT (sans-IO): signed peer records, routing table, iterative lookups, the node core.
 
-See docs/dht.md for the protocol, the configuration and the simulator figures.
+Its asyncio shell is :mod:`coremesh.aio.dht`. See docs/dht.md for the protocol, the configuration
+and the simulator figures.
 """
 
 from __future__ import annotations

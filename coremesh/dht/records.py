@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -187,3 +187,14 @@ class PeerRecord:
 
     def __repr__(self) -> str:
         return f"PeerRecord({self.peer_id.short()}…, seq={self.seq}, expires_at={self.expires_at})"
+
+
+def record_json(record: PeerRecord, wall_now: float) -> dict[str, Any]:
+    """A peer record as the admin APIs show it."""
+    return {
+        "peer_id": record.peer_id.to_text(),
+        "seq": record.seq,
+        "expires_at": record.expires_at,
+        "expires_in_s": round(record.expires_at - wall_now, 3),
+        "addresses": [{"kind": kind, "address": text} for kind, text in record.addresses],
+    }

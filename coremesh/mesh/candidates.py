@@ -20,8 +20,8 @@ from ..traversal import Candidate, CandidateType
 from .parts import NodeParts
 
 if TYPE_CHECKING:
+    from ..aio.netcheck import Netchecker
     from ..netcheck.report import NetcheckReport
-    from ..netcheck.service import Netchecker
 
 CANDIDATE_REFRESH = 2.0  # seconds between looks at our candidates (relays re-allocate, interfaces change)
 _CANDIDATE_TYPES = {"host": CandidateType.HOST, "srflx": CandidateType.SRFLX, "relay": CandidateType.RELAY}
@@ -139,7 +139,7 @@ class LocalCandidates:
         servers = self._config.stun_addresses
         if not servers:
             return
-        from ..netcheck.service import Netchecker
+        from ..aio.netcheck import Netchecker
 
         relays = self._parts.relays
         interval = self._config.netcheck_interval

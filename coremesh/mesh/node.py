@@ -153,7 +153,7 @@ class MeshNode:
             )
             await parts.relays.start()
         if cfg.dht:
-            from ..dht.service import DhtService  # imported lazily: a node may run without the DHT
+            from ..aio.dht import DhtService  # imported lazily: a node may run without the DHT
 
             parts.dht = DhtService(
                 self._identity,
@@ -341,7 +341,7 @@ class MeshNode:
     async def netcheck(self, refresh: bool = False) -> NetcheckReport:
         """What this node knows about its network (NAT mapping and filtering, public addresses,
         hairpinning, relay latency, UDP blocked): the last report at once, or a new run with
-        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.netcheck.service.NetcheckError`
+        ``refresh`` (or when none has finished yet). Raises :class:`~coremesh.aio.netcheck.NetcheckError`
         when no STUN server is configured (``stun_servers``, or ``relays``)."""
         return await self._candidates.netcheck_report(refresh)
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from ..errors import LocalProtocolError
 
 if TYPE_CHECKING:
+    from ..aio.dht import DhtService
     from ..aio.relays import RelayManager
     from ..aio.runtime import UdpRuntime
-    from ..dht.service import DhtService
     from ..endpoint.endpoint import Endpoint
 
 

@@ -27,15 +27,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..addr import Address, normalize_socket_address
-from ..aio.runtime import UdpRuntime
-from ..aio.timer import CoreTimer
 from ..errors import DecodeError, MeshError
 from ..keyedrelay.url import parse_relay_url
+from ..netcheck.probe import NETCHECK_TRANSACTION, NetcheckProbe, ProbeResult
+from ..netcheck.report import NetcheckReport, RelayLatency
 from ..stun.attributes import Attr
 from ..stun.message import HEADER_SIZE, Method, StunClass, StunMessage, decode, encode
 from ..stun.transaction import TransactionConfig
-from .probe import NETCHECK_TRANSACTION, NetcheckProbe, ProbeResult
-from .report import NetcheckReport, RelayLatency
+from .runtime import UdpRuntime
+from .timer import CoreTimer
 
 log = logging.getLogger("coremesh.netcheck.service")
 

@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..addr import Address
-from ..aio.runtime import UdpRuntime
-from ..aio.timer import CoreTimer
 from ..config import MeshConfig, PeerAddress
+from ..dht.events import LookupFinished, OwnRecordRenewed
+from ..dht.node import DhtNode
+from ..dht.records import MAX_ADDRESSES, MAX_SEQ, PeerRecord
 from ..endpoint.paths import PathAddress, udp_address
 from ..errors import DecodeError, PeerNotFound
 from ..identity import Identity, PeerId, atomic_write
 from ..secure.wire import PacketType
-from .events import LookupFinished, OwnRecordRenewed
-from .node import DhtNode
-from .records import MAX_ADDRESSES, MAX_SEQ, PeerRecord
+from .runtime import UdpRuntime
+from .timer import CoreTimer
 
 log = logging.getLogger("coremesh.dht")
 
@@ -305,14 +305,3 @@ class DhtService:
                     last_save = self._loop.time()
             except Exception:
                 log.exception("DHT maintenance failed; trying again")
-
-
-def record_json(record: PeerRecord, wall_now: float) -> dict[str, Any]:
-    """A peer record as the admin APIs show it."""
-    return {
-        "peer_id": record.peer_id.to_text(),
-        "seq": record.seq,
-        "expires_at": record.expires_at,
-        "expires_in_s": round(record.expires_at - wall_now, 3),
-        "addresses": [{"kind": kind, "address": text} for kind, text in record.addresses],
-    }
