@@ -16,10 +16,10 @@ import pytest
 
 from coremesh import MeshConfig, MeshNode
 from coremesh.addr import Address
+from coremesh.aio import dht as dht_service
 from coremesh.aio.dht import DhtService
 from coremesh.aio.runtime import UdpRuntime, open_udp_socket
 from coremesh.dht import DhtConfig, DhtNode
-from coremesh.dht import service as dht_service
 from coremesh.endpoint.endpoint import Endpoint
 from coremesh.endpoint.events import Event
 from coremesh.endpoint.paths import ProbeAddress, RelayAddress
