@@ -162,8 +162,9 @@ class PeerConnection:
                 yield s
 
     def session_for_index(self, index: int) -> SecureSession | None:
-        for s in self.sessions():
-            if s.local_index == index:
+        """The session ``index`` names (run per packet received: no generator)."""
+        for s in (self.current, self.next, self.previous):
+            if s is not None and s.local_index == index:
                 return s
         return None
 
