@@ -31,8 +31,8 @@ from ..reliability import ReliableStream
 from ..reliability import events as rev
 from ..secure import wire
 from ..secure.session import InitiatorHandshake, SecureSession
-from ..traversal import encode_path_frames, is_path_packet
-from ..traversal.frames import PathFrame
+from ..traversal import encode_path_frames
+from ..traversal.frames import PATH_PREFIX, PathFrame
 from . import events as ev
 from .migration import PeerPaths
 from .paths import PathAddress, same_path
@@ -162,8 +162,9 @@ class PeerConnection:
                 yield s
 
     def session_for_index(self, index: int) -> SecureSession | None:
-        for s in self.sessions():
-            if s.local_index == index:
+        """The session ``index`` names (run per packet received: no generator)."""
+        for s in (self.current, self.next, self.previous):
+            if s is not None and s.local_index == index:
                 return s
         return None
 
@@ -519,13 +520,13 @@ class PeerConnection:
 
     def flush(self, now: float) -> None:
         session = self.current
-        if session is None or self.finished:
+        if session is None or self.state is ConnState.CLOSED:
             return
         ep = self.endpoint
         payloads = self.stream.payloads_to_send(now)
         if not payloads:
             return
-        address = self.address
+        address = self.paths.address
         out = ep.out
         for payload in payloads:
             packet = self.seal(session, payload)
@@ -557,13 +558,16 @@ class PeerConnection:
             self.on_next_used()
         if self.state in (ConnState.DIALING, ConnState.CONFIRMING) and self.current is not None:
             self.announce(now, "first packet under the new keys")
-        if is_path_packet(plaintext):
+        if plaintext.startswith(PATH_PREFIX):  # a path packet (traversal/frames.py), not the stream
             if self.state is ConnState.CONNECTED:
                 self.paths.on_path_packet(plaintext, addr, now)
             ep.mark_dirty(self)
             return
-        if newest and not same_path(addr, self.address):
-            self.paths.on_new_address(addr, now)
+        if newest:
+            address = self.paths.address
+            # The usual case, the same address, needs no question to paths.py.
+            if addr != address and not same_path(addr, address):
+                self.paths.on_new_address(addr, now)
         if plaintext:
             acked = self.stream.largest_acked
             try:

@@ -48,9 +48,9 @@ class ConnState(enum.Enum):
     CROSSED = "crossed"  # both sides closed at once: we linger to ack the peer's CLOSE, then report
     CLOSED = "closed"  # gone from the endpoint; nothing more happens
 
-    @property
-    def public(self) -> PeerState:
-        return _PUBLIC[self]
+    public: PeerState
+    """What callers see of this state: a plain attribute (set from :data:`_PUBLIC` below), so the
+    liveness check on every send reads it without a call."""
 
 
 _PUBLIC: Final = {
@@ -62,6 +62,9 @@ _PUBLIC: Final = {
     ConnState.CROSSED: PeerState.DRAINING,
     ConnState.CLOSED: PeerState.DRAINING,  # never shown: a closed connection has left the endpoint
 }
+for _state, _public in _PUBLIC.items():
+    _state.public = _public
+del _state, _public
 
 ANNOUNCED: Final = frozenset({ConnState.CONNECTED, ConnState.CLOSING, ConnState.DRAINING, ConnState.CROSSED})
 """States in which the application has seen PeerConnected (so it must see PeerDisconnected)."""

@@ -16,6 +16,7 @@ not acknowledged again, so the peer may retransmit their content.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 
 from coremesh.reliability.frames import MAX_ACK_RANGES, encode_ack
@@ -29,6 +30,9 @@ OLD = 3
 
 RETIRE_AFTER_REPORTS = 4
 
+_NOW = -math.inf  # ``ack_at`` of an ACK due at once
+_NEVER = math.inf  # ``ack_at`` with nothing to acknowledge
+
 
 def _start(entry: list[int]) -> int:
     return entry[0]
@@ -38,15 +42,15 @@ class AckTracker:
     """Tracks received packet numbers of one connection and schedules ACK frames."""
 
     __slots__ = (
-        "_deadline",
         "_eliciting",
         "_floor",
-        "_immediate",
         "_max_ack_delay",
         "_ranges",
         "_threshold",
+        "ack_at",
         "largest",
         "largest_time",
+        "wants_ack",
     )
 
     def __init__(self, max_ack_delay: float, threshold: int) -> None:
@@ -56,8 +60,12 @@ class AckTracker:
         self._ranges: list[list[int]] = []
         self._floor = 0
         self._eliciting = 0
-        self._deadline: float | None = None
-        self._immediate = False
+        # Plain attributes, read by the stream on every packet it builds:
+        self.wants_ack = False
+        """Whether an ack-eliciting packet awaits acknowledgement (worth piggybacking an ACK)."""
+        self.ack_at = _NEVER
+        """When an ACK frame must be sent, alone if nothing else goes out: due once ``now >= ack_at``
+        (-inf: at once; +inf: nothing to acknowledge)."""
         self.largest = -1
         self.largest_time = 0.0
 
@@ -87,16 +95,17 @@ class AckTracker:
             self.largest_time = now
         if ack_eliciting:
             if status == OUT_OF_ORDER:
-                self._immediate = True
+                self.ack_at = _NOW
             self._on_eliciting(now)
         return status
 
     def _on_eliciting(self, now: float) -> None:
         self._eliciting += 1
+        self.wants_ack = True
         if self._eliciting >= self._threshold:
-            self._immediate = True
-        elif self._deadline is None:
-            self._deadline = now + self._max_ack_delay
+            self.ack_at = _NOW
+        elif self.ack_at == _NEVER:
+            self.ack_at = now + self._max_ack_delay
 
     def _insert(self, pn: int) -> int:
         if pn < self._floor:
@@ -129,24 +138,17 @@ class AckTracker:
     @property
     def deadline(self) -> float | None:
         """When a delayed ACK falls due, or None (also None once it is due at once)."""
-        return None if self._immediate else self._deadline
+        at = self.ack_at
+        return None if math.isinf(at) else at  # due at once (-inf) or nothing to acknowledge (+inf)
 
     def ack_due(self, now: float) -> bool:
-        """Whether an ACK frame must be sent now, alone if nothing else goes out."""
-        if self._immediate:
-            return True
-        deadline = self._deadline
-        return deadline is not None and now >= deadline
-
-    @property
-    def wants_ack(self) -> bool:
-        """Whether an ack-eliciting packet awaits acknowledgement (worth piggybacking an ACK)."""
-        return self._eliciting > 0
+        """Whether an ACK frame must be sent now, alone if nothing else goes out (``now >= ack_at``)."""
+        return now >= self.ack_at
 
     def on_timer(self, now: float) -> None:
         """Turn a delayed ACK whose deadline passed into an immediate one."""
-        if self._deadline is not None and now >= self._deadline:
-            self._immediate = True
+        if now >= self.ack_at:
+            self.ack_at = _NOW
 
     def build_ack(self, now: float, max_bytes: int) -> bytes:
         """Encode an ACK frame of at most ``max_bytes`` bytes and mark everything acknowledged."""
@@ -160,8 +162,8 @@ class AckTracker:
             del desc[len(desc) // 2 :]
             frame = encode_ack(desc, delay_us)
         self._eliciting = 0
-        self._deadline = None
-        self._immediate = False
+        self.wants_ack = False
+        self.ack_at = _NEVER
         # Retire lower ranges once they have been reported enough times (RFC 9000 §13.2.4).
         top = len(ranges) - 1
         for k in range(top):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import deque
 
-from coremesh.reliability.varint import encode_varint
+from coremesh.reliability.varint import VARINT_FORMS
 
 __all__ = ["SendBuffer"]
 
@@ -67,7 +67,8 @@ class SendBuffer:
     def write_message(self, data: bytes) -> None:
         """Append one framed message."""
         n = len(data)
-        prefix = encode_varint(n)
+        tag, size = VARINT_FORMS[n.bit_length()]  # the shortest varint, without a call
+        prefix = (n | tag).to_bytes(size, "big")
         block = self._open
         if n < _SMALL:
             if block is None or len(block) >= _OPEN_BLOCK:

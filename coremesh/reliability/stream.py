@@ -66,7 +66,7 @@ from coremesh.reliability.recovery import F_CLOSE, F_MAX_DATA, F_PING, F_PROBE, 
 from coremesh.reliability.recvbuf import ReceiveBuffer
 from coremesh.reliability.rtt import RttEstimator
 from coremesh.reliability.sendbuf import SendBuffer
-from coremesh.reliability.varint import MAX_VARINT, encode_varint
+from coremesh.reliability.varint import MAX_VARINT, VARINT_FORMS, encode_varint
 
 __all__ = [
     "BLACK_HOLE_LOSSES",
@@ -455,7 +455,7 @@ class ReliableStream:
                 break
             if probing:
                 self._pto_probes -= 1
-        if self._pongs or self._acks.ack_due(now):
+        if self._pongs or now >= self._acks.ack_at:  # an ACK due (AckTracker.ack_due)
             parts, _ = self._start_packet(now, self._max_payload)
             out.append(self._finish(parts, now, -1, None))
         return out
@@ -463,11 +463,10 @@ class ReliableStream:
     def _start_packet(self, now: float, budget: int) -> tuple[list[bytes | bytearray], int]:
         pn = self._next_pn
         self._next_pn = pn + 1
-        head = encode_varint(pn)
-        parts: list[bytes | bytearray] = [head]
-        used = len(head)
+        tag, used = VARINT_FORMS[pn.bit_length()]  # the shortest varint, without a call
+        parts: list[bytes | bytearray] = [(pn | tag).to_bytes(used, "big")]
         acks = self._acks
-        if acks.wants_ack or acks.ack_due(now):
+        if acks.wants_ack or now >= acks.ack_at:  # attributes: no call per packet
             frame = acks.build_ack(now, budget - used)
             parts.append(frame)
             used += len(frame)

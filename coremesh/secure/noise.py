@@ -33,6 +33,7 @@ __all__ = [
     "DHLEN",
     "MAX_MESSAGE_LEN",
     "MAX_NONCE",
+    "NONCE",
     "PATTERNS",
     "TAG_LEN",
     "CipherState",
@@ -52,9 +53,9 @@ MAX_MESSAGE_LEN: Final = 65535
 MAX_NONCE: Final = (1 << 64) - 1
 
 # ChaChaPoly nonce: 32 bits of zeros, then the 64-bit counter little-endian. One struct call
-# builds it in a single allocation on the per-packet path.
-_NONCE: Final = struct.Struct("<4xQ")
-_REKEY_NONCE: Final = _NONCE.pack(MAX_NONCE)
+# builds it in a single allocation on the per-packet path (the secure session packs it too).
+NONCE: Final = struct.Struct("<4xQ")
+_REKEY_NONCE: Final = NONCE.pack(MAX_NONCE)
 _ZEROS32: Final = bytes(32)
 
 _aead_encrypt = _sodium.crypto_aead_chacha20poly1305_ietf_encrypt
@@ -111,6 +112,7 @@ class CipherState:
     in-order transport does. Over UDP packets are lost and reordered, so the counter travels in the
     packet instead: ``encrypt_with_nonce``/``decrypt_with_nonce`` take it explicitly and leave the
     internal counter alone; replay protection is then the caller's job (see :mod:`coremesh.secure.replay`).
+    The secure session's per-packet path calls the same keyed AEAD directly (:meth:`transport_aead`).
     """
 
     __slots__ = ("_aead", "_k", "_n")
@@ -134,6 +136,17 @@ class CipherState:
     def has_key(self) -> bool:
         return self._k is not None
 
+    def transport_aead(self) -> ChaCha20Poly1305:
+        """The keyed AEAD that ``encrypt_with_nonce``/``decrypt_with_nonce`` call, for a caller that
+        keeps its nonces in range itself and calls ``encrypt``/``decrypt`` with ``NONCE.pack(n)``
+        without a Python call in between (:class:`~coremesh.secure.session.SecureSession`: its
+        counter limit and replay window do the range checks). A later :meth:`rekey` does not change
+        the object already handed out."""
+        aead = self._aead
+        if aead is None:
+            raise LocalProtocolError("cipher has no key")
+        return aead
+
     @property
     def nonce(self) -> int:
         """The next nonce ``encrypt_with_ad``/``decrypt_with_ad`` will use."""
@@ -152,7 +165,7 @@ class CipherState:
         n = self._n
         if n >= MAX_NONCE:
             raise NonceExhausted("nonces exhausted; rekey or start a new session")
-        out = _aead_encrypt(plaintext, ad, _NONCE.pack(n), k)
+        out = _aead_encrypt(plaintext, ad, NONCE.pack(n), k)
         self._n = n + 1
         return out
 
@@ -164,7 +177,7 @@ class CipherState:
         n = self._n
         if n >= MAX_NONCE:
             raise NonceExhausted("nonces exhausted; rekey or start a new session")
-        out = self._decrypt(k, _NONCE.pack(n), ad, ciphertext)
+        out = self._decrypt(k, NONCE.pack(n), ad, ciphertext)
         self._n = n + 1
         return out
 
@@ -178,7 +191,7 @@ class CipherState:
             raise LocalProtocolError("cipher has no key")
         if not 0 <= n < MAX_NONCE:
             raise LocalProtocolError("nonce out of range (2^64-1 is reserved)")
-        return aead.encrypt(_NONCE.pack(n), plaintext, ad)
+        return aead.encrypt(NONCE.pack(n), plaintext, ad)
 
     def decrypt_with_nonce(self, n: int, ad: bytes, ciphertext: bytes) -> bytes:
         """Decrypt under the explicit nonce ``n``; raises AuthenticationFailed on any forgery."""
@@ -190,7 +203,7 @@ class CipherState:
         if len(ciphertext) < TAG_LEN:
             raise AuthenticationFailed("ciphertext shorter than its authentication tag")
         try:
-            return aead.decrypt(_NONCE.pack(n), ciphertext, ad)
+            return aead.decrypt(NONCE.pack(n), ciphertext, ad)
         except InvalidTag:
             raise AuthenticationFailed("decryption failed") from None
 

@@ -13,7 +13,10 @@ responder refuses one that is not newer than the last it accepted from that peer
 initiation creates no state.
 
 Transport packets use explicit 64-bit counters as AEAD nonces (packets arrive out of order over UDP)
-and a sliding replay window. Nothing here reads a clock or a random source: both are passed in.
+and a sliding replay window. A session seals and opens them with the keyed AEAD of the Noise split
+(:meth:`~coremesh.secure.noise.CipherState.transport_aead`) and the transport header's struct, at C
+level: its own counter limit and replay window keep every nonce in range. Nothing here reads a clock
+or a random source: both are passed in.
 """
 
 from __future__ import annotations
@@ -26,17 +29,22 @@ from dataclasses import dataclass
 from typing import Final
 
 import nacl.bindings as sodium
+from cryptography.exceptions import InvalidTag
 
 from ..errors import AuthenticationFailed, DecodeError, NonceExhausted
 from ..identity import Identity, PeerId
 from . import wire
-from .noise import CipherState, HandshakeState, KeyPair
+from .noise import NONCE, CipherState, HandshakeState, KeyPair
 from .replay import COUNTER_LIMIT, ReplayWindow
 
 PROTOCOL_NAME: Final = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
 PROLOGUE: Final = b"coremesh/1"
 _TAI64_BASE: Final = 1 << 62
 _TIMESTAMP = struct.Struct("!QI")
+_TRANSPORT: Final = int(wire.PacketType.TRANSPORT)
+_HEADER_LEN: Final = wire.TRANSPORT_HEADER_LEN
+_pack_header = wire.TRANSPORT_HEADER.pack
+_pack_nonce = NONCE.pack
 
 
 def mac1_key(static_public: bytes) -> bytes:
@@ -62,8 +70,8 @@ class SecureSession:
     """
 
     __slots__ = (
-        "_recv",
-        "_send",
+        "_decrypt",
+        "_encrypt",
         "confirmed",
         "created_at",
         "is_initiator",
@@ -86,8 +94,8 @@ class SecureSession:
     ) -> None:
         self.local_index = local_index
         self.remote_index = remote_index
-        self._send = send
-        self._recv = recv
+        self._encrypt = send.transport_aead().encrypt
+        self._decrypt = recv.transport_aead().decrypt
         self.is_initiator = is_initiator
         self.created_at = created_at
         # The initiator knows the responder holds the keys (it answered); the responder learns
@@ -105,8 +113,8 @@ class SecureSession:
         if counter >= COUNTER_LIMIT:
             raise NonceExhausted("session exhausted its nonces; a rekey was overdue")
         self.send_counter = counter + 1
-        header = wire.encode_transport_header(self.remote_index, counter)
-        return header + self._send.encrypt_with_nonce(counter, header, plaintext)
+        header = _pack_header(_TRANSPORT, self.remote_index, counter)
+        return header + self._encrypt(_pack_nonce(counter), plaintext, header)
 
     def open(self, packet: bytes, counter: int) -> bytes:
         """Decrypt and authenticate one transport packet; raises AuthenticationFailed on a forgery
@@ -120,11 +128,14 @@ class SecureSession:
         """:meth:`open`, but a replayed or too old counter is None (checked once, before any
         decryption) rather than an error, so that a receiver can count it apart from forgeries,
         which still raise AuthenticationFailed."""
-        if not self.replay.check(counter):
+        replay = self.replay
+        if not replay.check(counter):  # also refuses a counter outside 0..2^64-2
             return None
-        header = packet[: wire.TRANSPORT_HEADER_LEN]
-        plaintext = self._recv.decrypt_with_nonce(counter, header, packet[wire.TRANSPORT_HEADER_LEN :])
-        self.replay.update(counter)
+        try:
+            plaintext = self._decrypt(_pack_nonce(counter), packet[_HEADER_LEN:], packet[:_HEADER_LEN])
+        except InvalidTag:  # a forgery, or shorter than its tag
+            raise AuthenticationFailed("decryption failed") from None
+        replay.update(counter)
         self.packets_received += 1
         return plaintext
 

@@ -70,7 +70,9 @@ def classify(datagram: bytes) -> Protocol:
 
 _INIT_HEAD = struct.Struct("!BBI")
 _RESP_HEAD = struct.Struct("!BBII")
-_TRANSPORT_HEAD = struct.Struct("!BIQ")
+TRANSPORT_HEADER: Final = struct.Struct("!BIQ")
+"""type, receiver_index, counter: the per-packet path packs and unpacks it directly (the checked
+forms are :func:`encode_transport_header` and :func:`decode_transport_header`)."""
 _PROBE = struct.Struct("!BBQ")
 
 # Noise IK message sizes (X25519, ChaChaPoly): msg1 = e(32) + enc s(32+16) + enc payload(+16),
@@ -156,7 +158,7 @@ def decode_handshake_resp(data: bytes) -> HandshakeResp:
 
 
 def encode_transport_header(receiver_index: int, counter: int) -> bytes:
-    return _TRANSPORT_HEAD.pack(PacketType.TRANSPORT, receiver_index, counter)
+    return TRANSPORT_HEADER.pack(PacketType.TRANSPORT, receiver_index, counter)
 
 
 def decode_transport_header(data: bytes) -> tuple[int, int]:
@@ -165,7 +167,7 @@ def decode_transport_header(data: bytes) -> tuple[int, int]:
         raise DecodeError("truncated transport packet")
     if data[0] != PacketType.TRANSPORT:
         raise DecodeError(f"not a TRANSPORT packet (type {data[0]:#x})")
-    _, index, counter = _TRANSPORT_HEAD.unpack_from(data)
+    _, index, counter = TRANSPORT_HEADER.unpack_from(data)
     return index, counter
 
 

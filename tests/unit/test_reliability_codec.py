@@ -25,7 +25,7 @@ from coremesh.reliability.frames import (
     encode_frame,
     encode_payload,
 )
-from coremesh.reliability.varint import MAX_VARINT, decode_varint, encode_varint, varint_len
+from coremesh.reliability.varint import MAX_VARINT, VARINT_FORMS, decode_varint, encode_varint, varint_len
 
 
 def typed(frames: list[Frame]) -> list[tuple[str, Frame]]:
@@ -54,6 +54,17 @@ def test_varint_vectors(value: int, encoded: bytes) -> None:
     assert encode_varint(value) == encoded
     assert varint_len(value) == len(encoded)
     assert decode_varint(encoded, 0) == (value, len(encoded))
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 63, 64, 16_383, 16_384, (1 << 30) - 1, 1 << 30, 151_288_809_941_952_652, MAX_VARINT]
+)
+def test_varint_forms_give_the_shortest_encoding(value: int) -> None:
+    # What the send path runs for packet numbers and message length prefixes, without a call.
+    tag, size = VARINT_FORMS[value.bit_length()]
+    encoded = (value | tag).to_bytes(size, "big")
+    assert size == varint_len(value)
+    assert decode_varint(encoded, 0) == (value, size)
 
 
 def test_varint_non_minimal_encoding_decodes() -> None:

@@ -18,6 +18,7 @@ from coremesh.errors import (
 )
 from coremesh.identity import Identity
 from coremesh.secure import wire
+from coremesh.secure.noise import CipherState
 from coremesh.secure.replay import COUNTER_LIMIT
 from coremesh.secure.session import InitiatorHandshake, Responder, SecureSession, encode_timestamp
 
@@ -130,6 +131,59 @@ def test_a_replay_is_told_apart_from_a_forgery_without_decrypting_it() -> None:
     assert b.open_unless_replayed(packet, counter) is None
     assert b.open_unless_replayed(bytes(forged), counter) is None  # a replayed counter is never decrypted
     assert b.packets_received == 1 and b.replay.highest == counter
+
+
+def test_a_session_seals_what_the_checked_explicit_nonce_path_seals() -> None:
+    """The session calls the AEAD directly; its packets are exactly the transport header plus
+    ``CipherState.encrypt_with_nonce`` (checked against the Noise vectors) under the same counter."""
+    k1, k2 = bytes(range(32)), bytes(range(32, 64))
+    a = SecureSession(
+        local_index=1,
+        remote_index=2,
+        send=CipherState(k1),
+        recv=CipherState(k2),
+        is_initiator=True,
+        created_at=0.0,
+    )
+    b = SecureSession(
+        local_index=2,
+        remote_index=1,
+        send=CipherState(k2),
+        recv=CipherState(k1),
+        is_initiator=False,
+        created_at=0.0,
+    )
+    for counter in range(3):
+        header = wire.encode_transport_header(2, counter)
+        packet = a.seal(b"message %d" % counter)
+        assert packet == header + CipherState(k1).encrypt_with_nonce(counter, header, b"message %d" % counter)
+        assert b.open_unless_replayed(packet, counter) == b"message %d" % counter
+    reply = b.seal(b"back")
+    assert reply == wire.encode_transport_header(1, 0) + CipherState(k2).encrypt_with_nonce(
+        0, wire.encode_transport_header(1, 0), b"back"
+    )
+    assert a.open(reply, 0) == b"back"
+
+
+def test_a_packet_shorter_than_its_tag_is_an_authentication_failure() -> None:
+    a, b = handshake()
+    packet = a.seal(b"")
+    for n in (0, wire.TRANSPORT_HEADER_LEN, len(packet) - 1):
+        with pytest.raises(AuthenticationFailed):
+            b.open_unless_replayed(packet[:n], 0)
+    assert b.open_unless_replayed(packet, 0) == b""
+
+
+def test_a_session_needs_keyed_ciphers() -> None:
+    with pytest.raises(LocalProtocolError):
+        SecureSession(
+            local_index=1,
+            remote_index=2,
+            send=CipherState(),
+            recv=CipherState(),
+            is_initiator=True,
+            created_at=0.0,
+        )
 
 
 def test_out_of_order_packets_within_the_window_are_accepted() -> None:
