@@ -483,7 +483,11 @@ class Endpoint:
     # -- receive paths ------------------------------------------------------------------------
 
     def _on_transport(self, data: bytes, addr: PathAddress, now: float) -> None:
-        index, counter = wire.decode_transport_header(data)
+        # The header at C level (the checked form is wire.decode_transport_header); receive_datagram
+        # dispatched on the type byte already.
+        if len(data) < wire.TRANSPORT_OVERHEAD:
+            raise DecodeError("truncated transport packet")
+        _, index, counter = wire.TRANSPORT_HEADER.unpack_from(data)
         conn = self._indexes.get(index)
         session = conn.session_for_index(index) if conn is not None else None
         if conn is None or session is None:

@@ -12,7 +12,7 @@ from .aio import run
 from .message_path import trace_one_message
 
 MAX_SEND_FILES = 9
-MAX_RECEIVE_FILES = 13
+MAX_RECEIVE_FILES = 11
 CONNECTION = "coremesh/mesh/connection.py"
 
 
