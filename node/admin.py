@@ -38,17 +38,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from coremesh.addr import Address, format_address, parse_address
-from coremesh.cli.main import (
-    CONNECT_PATHS,
-    CONNECT_TIMEOUT_RANGE,
-    LOOKUP_TIMEOUT_RANGE,
-    MAX_RECV_COUNT,
-    PING_COUNT_RANGE,
-    PING_INTERVAL_RANGE,
-    PING_TIMEOUT_RANGE,
-    RECV_TIMEOUT_RANGE,
-    SEND_TIMEOUT_RANGE,
-)
 from coremesh.config import parse_peer_address
 from coremesh.dht.records import record_json
 from coremesh.errors import (
@@ -75,12 +64,23 @@ from coremesh.service.admin import (
     metrics_response,
 )
 from coremesh.service.jsonable import jsonable, state_text
+from coremesh.service.nodeapi import (
+    CONNECT_PATHS,
+    CONNECT_TIMEOUT_RANGE,
+    LOOKUP_TIMEOUT_RANGE,
+    MAX_RECV_COUNT,
+    PING_COUNT_RANGE,
+    PING_INTERVAL_RANGE,
+    PING_TIMEOUT_RANGE,
+    RECV_TIMEOUT_RANGE,
+    SEND_TIMEOUT_RANGE,
+)
 
 from .inbox import Inbox
 from .logs import log
 from .metrics import NodeCollector
 
-# The ranges below are shared with the CLI (coremesh.cli.main), so that it refuses locally what we would.
+# The ranges below are shared with the CLI (coremesh.service.nodeapi): it refuses locally what we would.
 MAX_POLL_TIMEOUT: Final = RECV_TIMEOUT_RANGE[1]
 MAX_PING_COUNT: Final = PING_COUNT_RANGE[1]
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0

@@ -36,6 +36,16 @@ from ..config import parse_peer_address
 from ..errors import InvalidAddress, InvalidPeerId
 from ..identity import PeerId
 from ..netcheck.report import format_netcheck
+from ..service.nodeapi import (
+    CONNECT_PATHS,
+    CONNECT_TIMEOUT_RANGE,
+    LOOKUP_TIMEOUT_RANGE,
+    MAX_RECV_COUNT,
+    PING_COUNT_RANGE,
+    PING_INTERVAL_RANGE,
+    PING_TIMEOUT_RANGE,
+    RECV_TIMEOUT_RANGE,
+)
 
 PROG: Final = "coremesh"
 DEFAULT_ADMIN: Final = "127.0.0.1:7947"
@@ -45,17 +55,6 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
-# The ranges the admin API accepts (node/admin.py imports these), checked here too so that a value the
-# node would refuse is a usage error (exit 2) before any request. (low, high), inclusive.
-CONNECT_TIMEOUT_RANGE: Final = (0.1, 300.0)  # seconds
-CONNECT_PATHS: Final = ("auto", "direct", "relay")
-SEND_TIMEOUT_RANGE: Final = (0.1, 300.0)
-PING_COUNT_RANGE: Final = (1, 1000)
-PING_TIMEOUT_RANGE: Final = (0.01, 60.0)  # per ping
-PING_INTERVAL_RANGE: Final = (0.0, 10.0)
-RECV_TIMEOUT_RANGE: Final = (0.0, 300.0)
-LOOKUP_TIMEOUT_RANGE: Final = (0.1, 30.0)
-MAX_RECV_COUNT: Final = 1_000_000
 # Extra HTTP wait when the node may first resolve a PeerId through the DHT (its lookup_timeout).
 LOOKUP_BUDGET: Final = 40.0
 

@@ -23,6 +23,7 @@ from coremesh.addr import Address
 from coremesh.cli import main as cli
 from coremesh.errors import ConnectionClosed, ConnectionFailed, PeerNotFound
 from coremesh.identity import Identity, PeerId
+from coremesh.service import nodeapi
 
 PEER_A = Identity(bytes(range(32))).peer_id
 PEER_B = Identity(bytes(range(1, 33))).peer_id
@@ -679,10 +680,10 @@ def test_connect_path_reaches_the_node(api: AdminThread, capsys: pytest.CaptureF
 def test_cli_and_api_ranges_are_the_same() -> None:
     from coremesh_node import admin
 
-    assert admin.MAX_POLL_TIMEOUT == cli.RECV_TIMEOUT_RANGE[1] == 300
-    assert admin.MAX_PING_COUNT == cli.PING_COUNT_RANGE[1] == 1000
-    assert cli.PING_TIMEOUT_RANGE == (0.01, 60) and cli.PING_INTERVAL_RANGE == (0, 10)
-    assert cli.CONNECT_TIMEOUT_RANGE == (0.1, 300) and cli.MAX_RECV_COUNT == 1_000_000
+    assert admin.MAX_POLL_TIMEOUT == nodeapi.RECV_TIMEOUT_RANGE[1] == 300
+    assert admin.MAX_PING_COUNT == nodeapi.PING_COUNT_RANGE[1] == 1000
+    assert nodeapi.PING_TIMEOUT_RANGE == (0.01, 60) and nodeapi.PING_INTERVAL_RANGE == (0, 10)
+    assert nodeapi.CONNECT_TIMEOUT_RANGE == (0.1, 300) and nodeapi.MAX_RECV_COUNT == 1_000_000
 
 
 @pytest.mark.parametrize(
@@ -707,12 +708,12 @@ def test_cli_refuses_exactly_what_the_api_refuses(
     """At each limit and just beyond it, the CLI (exit 2 before any request) and the API (400) agree."""
     flag = argv[argv.index("{}") - 1]
     low, high = {
-        ("recv", "--timeout"): cli.RECV_TIMEOUT_RANGE,
-        ("recv", "--count"): (1, cli.MAX_RECV_COUNT),
-        ("ping", "--count"): cli.PING_COUNT_RANGE,
-        ("ping", "--timeout"): cli.PING_TIMEOUT_RANGE,
-        ("ping", "--interval"): cli.PING_INTERVAL_RANGE,
-        ("connect", "--timeout"): cli.CONNECT_TIMEOUT_RANGE,
+        ("recv", "--timeout"): nodeapi.RECV_TIMEOUT_RANGE,
+        ("recv", "--count"): (1, nodeapi.MAX_RECV_COUNT),
+        ("ping", "--count"): nodeapi.PING_COUNT_RANGE,
+        ("ping", "--timeout"): nodeapi.PING_TIMEOUT_RANGE,
+        ("ping", "--interval"): nodeapi.PING_INTERVAL_RANGE,
+        ("connect", "--timeout"): nodeapi.CONNECT_TIMEOUT_RANGE,
     }[(argv[0], flag)]
     step = 1 if isinstance(low, int) and isinstance(high, int) else 0.001
     api.node.connections[PEER_B] = FakeConnection(PEER_B, Address("127.0.0.1", 9))

@@ -84,6 +84,19 @@ def test_only_mesh_node_knows_meshnode() -> None:
     assert not knows, f"these modules import coremesh.mesh.node: {knows}"
 
 
+def test_only_the_programs_know_the_cli() -> None:
+    """The CLI and the demo are programs on top of the library: nothing else imports them."""
+    knows = sorted(
+        str(path.relative_to(ROOT))
+        for folder in (PACKAGE, *(ROOT / name for name in SERVICES), ROOT / "natlab")
+        for path in folder.rglob("*.py")
+        if any(name.startswith("coremesh.cli") for name in imports(path))
+        and not path.is_relative_to(PACKAGE / "cli")
+        and path != PACKAGE / "__main__.py"
+    )
+    assert not knows, f"these modules import coremesh.cli: {knows}"
+
+
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_services_never_import_each_other(service: str) -> None:
     others = tuple(name for folder, name in SERVICES.items() if folder != service)
