@@ -45,8 +45,12 @@ def worker(connections: int, pumps: int, seed: int) -> dict[str, Any]:
     import coremesh
     from coremesh.addr import Address
     from coremesh.config import MeshConfig
-    from coremesh.endpoint.endpoint import Endpoint
     from coremesh.identity import Identity
+
+    try:
+        from coremesh.endpoint.endpoint import Endpoint
+    except ImportError:  # before the package was split into folders (c9361a7 and older)
+        from coremesh.endpoint import Endpoint  # type: ignore[attr-defined,no-redef]
 
     config = MeshConfig(
         max_connections=connections + 1,
