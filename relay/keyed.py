@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import ssl
@@ -46,6 +45,8 @@ from coremesh.keyedrelay.frames import MAX_FRAME, CloseCode, FrameType
 from coremesh.keyedrelay.framing import MAGIC, WS_PATH, FrameReader, tcp_frame
 from coremesh.keyedrelay.limits import RelayLimits, UnregisteredLimiter
 from coremesh.keyedrelay.server import Disconnect, RelayCore, SessionState
+
+from .tcp_limits import ip_group
 
 log = logging.getLogger("coremesh_relay.keyed")
 
@@ -154,18 +155,7 @@ def _is_int(value: object) -> bool:
 def _source_of(transport: asyncio.BaseTransport) -> str:
     """The key unregistered connections are counted under: the peer's IP address, IPv6 by /64."""
     peer = transport.get_extra_info("peername")
-    if not peer:
-        return ""
-    host = str(peer[0]).partition("%")[0]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    return ip_group(str(peer[0])) if peer else ""
 
 
 class _Link(Protocol):

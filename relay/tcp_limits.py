@@ -31,13 +31,19 @@ ConnectionKey = tuple[Address, Address, Transport]
 
 
 def ip_group(host: str) -> str:
-    """What the per-IP cap counts under: the IPv4 address itself, or the IPv6 /64 it is in."""
-    if ":" not in host:
-        return host
+    """What a per-source limit counts under: the IPv4 address itself (also when it arrives
+    IPv4-mapped on a dual-stack socket), or the IPv6 /64 it is in; a zone id is ignored. Used by the
+    TCP caps here and by the keyed relay's limit on unregistered connections."""
+    host = host.partition("%")[0]
     try:
-        return str(ipaddress.IPv6Network((host, 64), strict=False))
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def tcp_connection_limit(configured: int) -> int:

@@ -33,6 +33,9 @@ def test_ip_group_is_the_ipv4_address_or_the_ipv6_slash_64() -> None:
     assert ip_group("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert ip_group("2001:db8:1:2::9") == ip_group("2001:db8:1:2:ffff::1")
     assert ip_group("not:an:ip") == "not:an:ip"
+    # The keyed relay counts unregistered connections under the same groups.
+    assert ip_group("::ffff:192.0.2.7") == "192.0.2.7"
+    assert ip_group("fe80::1%eth0") == "fe80::/64"
 
 
 def test_a_connection_that_sends_no_request_is_closed_after_the_request_timeout() -> None:
