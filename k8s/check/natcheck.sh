@@ -4,12 +4,13 @@
 # the deployed bootstrap and relay, and ping one from the other by PeerId. Exit 0 when the ping gets
 # through (its "via" is printed: a relay, since two symmetric NATs do not punch), 1 otherwise.
 set -eu
-P=k8scheck
+P="${COREMESH_CHECK_PREFIX:-k8scheck}"  # the NAT lab run's prefix (its namespaces are P-NAME)
 UPLINK_IP=192.0.2.1
 BOOTSTRAP="${COREMESH_CHECK_BOOTSTRAP:?}"
 RELAY_HOST="${COREMESH_CHECK_RELAY_HOST:?}"
 KEYED_HOST="${COREMESH_CHECK_KEYED_RELAY_HOST:?}"
 say() { echo "natcheck: $*"; }
+W=$(mktemp -d /tmp/natcheck.XXXXXX)  # the nodes' data dirs and logs
 # Names resolve here, in the pod; the emulated hosts get addresses.
 resolve() { getent ahostsv4 "$1" | awk 'NR == 1 { print $1 }'; }
 boot_host=${BOOTSTRAP%:*}
@@ -24,7 +25,7 @@ mount -o remount,rw /proc/sys 2>/dev/null || true
 mkdir -p /run/netns
 coremesh-natlab up "$(dirname "$0")/natcheck.toml" --prefix "$P"
 cleanup() {
-    for pid in $(cat /tmp/natcheck.pids 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+    for pid in $(cat "$W/pids" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
     coremesh-natlab down "$P" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -40,26 +41,36 @@ echo 1 > /proc/sys/net/ipv4/ip_forward
 iptables -t nat -A POSTROUTING -s 192.0.2.0/24 ! -o cmup0 -j MASQUERADE
 for router in nat_a nat_b; do ip -n "$P-$router" route replace default via "$UPLINK_IP"; done
 
-: > /tmp/natcheck.pids
+: > "$W/pids"
 for host in a b; do
     coremesh-natlab exec --prefix "$P" "$host" -- coremesh-node --listen 0.0.0.0:7946 \
-        --data-dir "/tmp/$host" --admin 127.0.0.1:7947 --bootstrap "$boot_ip:${BOOTSTRAP##*:}" \
+        --data-dir "$W/$host" --admin 127.0.0.1:7947 --bootstrap "$boot_ip:${BOOTSTRAP##*:}" \
         --stun-server "$relay_ip:3478" --keyed-relay "tcp://$keyed_ip:8443" --log-format text \
-        >"/tmp/$host.log" 2>&1 &
-    echo $! >> /tmp/natcheck.pids
+        >"$W/$host.log" 2>&1 &
+    echo $! >> "$W/pids"
 done
 status() { coremesh-natlab exec --prefix "$P" "$1" -- coremesh --admin 127.0.0.1:7947 status --json; }
 peer_of() { status "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["peer_id"])'; }
 tries=0
 until b_id=$(peer_of b 2>/dev/null) && [ -n "$b_id" ] && peer_of a >/dev/null 2>&1; do
     tries=$((tries + 1))
-    [ "$tries" -lt 60 ] || { say "the nodes did not start"; tail -n 20 /tmp/a.log /tmp/b.log; exit 1; }
+    for pid in $(cat "$W/pids"); do
+        kill -0 "$pid" 2>/dev/null || { say "a node exited"; tail -n 20 "$W/a.log" "$W/b.log"; exit 1; }
+    done
+    [ "$tries" -lt 60 ] || { say "the nodes did not start"; tail -n 20 "$W/a.log" "$W/b.log"; exit 1; }
     sleep 1
 done
-say "b is $b_id; a pings it by PeerId (resolved through the bootstrap's DHT)"
+say "b is $b_id; waiting for its record in the DHT (through the bootstrap)"
+tries=0
+until coremesh-natlab exec --prefix "$P" a -- coremesh --admin 127.0.0.1:7947 lookup "$b_id" >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 30 ] || { say "b's record never reached the DHT"; tail -n 20 "$W/a.log" "$W/b.log"; exit 1; }
+    sleep 1
+done
+say "a pings b by PeerId"
 if coremesh-natlab exec --prefix "$P" a -- coremesh --admin 127.0.0.1:7947 ping --json "$b_id"; then
     say "ok: a reached b through the deployment"
     exit 0
 fi
-say "FAILED: a could not reach b"; tail -n 20 /tmp/a.log /tmp/b.log
+say "FAILED: a could not reach b"; tail -n 20 "$W/a.log" "$W/b.log"
 exit 1
