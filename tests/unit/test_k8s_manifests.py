@@ -287,3 +287,55 @@ def test_nat_check_job_has_only_net_admin_and_sys_admin() -> None:
         ["sh", "-n", str(K8S / "check" / "natcheck.sh")], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def container_env(target: str, c: dict[str, Any]) -> dict[str, str]:
+    """The environment Kubernetes gives the container: envFrom ConfigMaps, then env, with Secret
+    values and ``$(NAME)`` references to earlier variables expanded as the kubelet does."""
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        env |= configmap_env(target, source["configMapRef"]["name"])
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in objects(target, "Secret")}
+    for e in c.get("env", []):
+        if "value" in e:
+            value = e["value"]
+            for name, known in env.items():
+                value = value.replace(f"$({name})", known)
+            assert "$(" not in value, f"{e['name']}: unresolved reference in {e['value']!r}"
+            env[e["name"]] = value
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
+
+
+@pytest.mark.parametrize("target", DEPLOYMENTS)
+def test_each_service_accepts_its_command_and_environment(target: str) -> None:
+    # The services' own settings layers check what the manifests give them (no socket is opened).
+    from coremesh_bootstrap.settings import resolve as bootstrap_settings
+    from coremesh_node.settings import resolve as node_settings
+    from coremesh_relay.settings import resolve as relay_settings
+
+    resolvers = {
+        "coremesh-node": node_settings,
+        "coremesh-relay": relay_settings,
+        "coremesh-bootstrap": bootstrap_settings,
+    }
+    checked = set()
+    for where, _, c in containers(target):
+        program, *argv = c["command"]
+        settings = resolvers[program](argv, container_env(target, c))
+        checked.add(program)
+        if program == "coremesh-relay":
+            env = container_env(target, c)
+            assert (settings.min_port, settings.max_port) == (
+                int(env["COREMESH_RELAY_MIN_PORT"]),
+                int(env["COREMESH_RELAY_MAX_PORT"]),
+            )
+            assert settings.keyed_listen is not None and len(settings.users) == 1, where
+            assert settings.static_auth_secret is not None, where
+        if program == "coremesh-node":
+            (relay,) = settings.mesh.relay_servers
+            assert (relay.username, relay.address.port) == ("mesh", 3478), where
+            assert len(settings.mesh.keyed_relay_urls) == 1 and settings.mesh.bootstrap_addresses, where
+    assert checked == set(resolvers)
