@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 #   element);
 # - iptables, iproute2 (ip netns), nftables, conntrack, procps (sysctl): the NAT lab and the tests' own
 #   namespaces;
-# - coturn: the third-party STUN/TURN peer of the interoperability tests.
+# - coturn: the third-party STUN/TURN peer of the interoperability tests;
+# - kubernetes-client (kubectl, kustomize inside): renders k8s/ for tests/unit/test_k8s_manifests.py.
 need=""
 has() { command -v "$1" >/dev/null 2>&1; }
 has gcc || need="$need gcc"
@@ -19,6 +20,7 @@ has nft || need="$need nftables"
 has conntrack || need="$need conntrack"
 has sysctl || need="$need procps"
 has turnserver || need="$need coturn"
+has kubectl || need="$need kubernetes-client"
 COREMESH_SYSTEM_PACKAGES="$need"
 COREMESH_PYTHON_HEADERS=1
 . scripts/setup-env.sh
