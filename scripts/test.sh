@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 #   element);
 # - iptables, iproute2 (ip netns), nftables, conntrack, procps (sysctl): the NAT lab and the tests' own
 #   namespaces;
-# - coturn: the third-party STUN/TURN peer of the interoperability tests.
+# - coturn: the third-party STUN/TURN peer of the interoperability tests;
+# - docker.io, docker-compose, debootstrap: the compose tests (tests/integration/test_compose.py) build
+#   their images on a local base (scripts/docker-base.sh) and run the mesh with docker-compose.
 need=""
 has() { command -v "$1" >/dev/null 2>&1; }
 has gcc || need="$need gcc"
@@ -19,6 +21,9 @@ has nft || need="$need nftables"
 has conntrack || need="$need conntrack"
 has sysctl || need="$need procps"
 has turnserver || need="$need coturn"
+has dockerd || need="$need docker.io"
+has docker-compose || docker compose version >/dev/null 2>&1 || need="$need docker-compose"
+has debootstrap || need="$need debootstrap"
 COREMESH_SYSTEM_PACKAGES="$need"
 COREMESH_PYTHON_HEADERS=1
 . scripts/setup-env.sh
@@ -27,5 +32,23 @@ ruff check .
 ruff format --check .
 echo "== mypy (strict on coremesh, node, relay, bootstrap and natlab)"
 mypy
+# A Docker daemon for the compose tests: the one that answers, or one started here and stopped (by its
+# PID) when this script ends.
+if ! docker info >/dev/null 2>&1; then
+    echo "== starting dockerd (log: ${TMPDIR:-/tmp}/coremesh-dockerd.log)"
+    dockerd >"${TMPDIR:-/tmp}/coremesh-dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    trap 'kill "$DOCKERD_PID" 2>/dev/null; wait "$DOCKERD_PID" 2>/dev/null || true' EXIT
+    tries=0
+    until docker info >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 120 ] || ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            tail -n 20 "${TMPDIR:-/tmp}/coremesh-dockerd.log" >&2
+            echo "test.sh: dockerd did not come up" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+fi
 echo "== pytest"
 python -m pytest -q "$@"
