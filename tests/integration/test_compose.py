@@ -89,6 +89,21 @@ class Project:
         """``coremesh ARGS --json`` inside node container ``index`` (1-based), with the CLI's defaults."""
         return self("exec", "-T", f"--index={index}", "node", "coremesh", *args, "--json", check=check)
 
+    def bootstrap_status(self) -> Any:
+        """The bootstrap's ``status --json`` (its admin API is on loopback in its container), or None."""
+        result = self(
+            "exec",
+            "-T",
+            "bootstrap",
+            "coremesh",
+            "--admin",
+            "127.0.0.1:7948",
+            "status",
+            "--json",
+            check=False,
+        )
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
     def cli_json(self, index: int, *args: str) -> Any:
         return json.loads(self.cli(index, *args).stdout)
 
@@ -149,6 +164,7 @@ def test_compose_mesh_finds_peers_through_the_bootstrap_and_outlives_the_relay(p
         assert st["bootstrap"] == ["bootstrap:7946"], st
         ids[i] = st["peer_id"]
     assert len(set(ids.values())) == NODES
+    bootstrap_id = wait_until(project.bootstrap_status, 60, "the bootstrap's admin API")["peer_id"]
 
     # Each node's record is in the DHT (published through the bootstrap) before anyone dials by PeerId.
     for i in range(2, NODES + 1):
@@ -178,6 +194,15 @@ def test_compose_mesh_finds_peers_through_the_bootstrap_and_outlives_the_relay(p
     again = project.cli_json(1, "ping", ids[2])
     assert again["received"] == 1 and again["via"] == "direct", again
     assert not _running(project), "the killed relay came back: the mesh was not tested without it"
+
+    # Every node joined the DHT through the bootstrap.
+    assert project.bootstrap_status()["dht"]["routing_table_size"] >= NODES
+    # A new bootstrap container keeps the identity (named volume): pinned PeerIds stay valid.
+    project("up", "-d", "--no-deps", "--force-recreate", "bootstrap", timeout=180)
+    project.remember_volumes()
+    assert (
+        wait_until(project.bootstrap_status, 60, "the new bootstrap's admin API")["peer_id"] == bootstrap_id
+    )
 
 
 def _running(project: Project) -> bool:
