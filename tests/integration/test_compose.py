@@ -206,6 +206,12 @@ def test_compose_mesh_finds_peers_through_the_bootstrap_and_outlives_the_relay(p
         wait_until(project.bootstrap_status, 60, "the new bootstrap's admin API")["peer_id"] == bootstrap_id
     )
 
+    # SIGTERM (docker stop) ends every service cleanly, well within the timeout: exit status 0, not 137.
+    running = project.containers(all_states=False)
+    project("stop", "--timeout", "20")
+    codes = {c: run(["docker", "inspect", "-f", "{{.State.ExitCode}}", c]).stdout.strip() for c in running}
+    assert set(codes.values()) == {"0"}, codes
+
 
 def joined(status: Any) -> Any:
     """A node's ``dht`` status once its routing table holds a contact, else None."""
