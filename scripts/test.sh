@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 #   namespaces;
 # - coturn: the third-party STUN/TURN peer of the interoperability tests;
 # - kubernetes-client (kubectl, kustomize inside): renders k8s/ for tests/unit/test_k8s_manifests.py.
+# - docker.io, docker-compose, debootstrap: the compose tests (tests/integration/test_compose.py) build
+#   their images on a local base (scripts/docker-base.sh) and run the mesh with docker-compose.
 need=""
 has() { command -v "$1" >/dev/null 2>&1; }
 has gcc || need="$need gcc"
@@ -21,6 +23,9 @@ has conntrack || need="$need conntrack"
 has sysctl || need="$need procps"
 has turnserver || need="$need coturn"
 has kubectl || need="$need kubernetes-client"
+has dockerd || need="$need docker.io"
+has docker-compose || docker compose version >/dev/null 2>&1 || need="$need docker-compose"
+has debootstrap || need="$need debootstrap"
 COREMESH_SYSTEM_PACKAGES="$need"
 COREMESH_PYTHON_HEADERS=1
 . scripts/setup-env.sh
@@ -29,5 +34,23 @@ ruff check .
 ruff format --check .
 echo "== mypy (strict on coremesh, node, relay, bootstrap and natlab)"
 mypy
+# A Docker daemon for the compose tests: the one that answers, or one started here and stopped (by its
+# PID) when this script ends.
+if ! docker info >/dev/null 2>&1; then
+    echo "== starting dockerd (log: ${TMPDIR:-/tmp}/coremesh-dockerd.log)"
+    dockerd >"${TMPDIR:-/tmp}/coremesh-dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    trap 'kill "$DOCKERD_PID" 2>/dev/null; wait "$DOCKERD_PID" 2>/dev/null || true' EXIT
+    tries=0
+    until docker info >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 120 ] || ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            tail -n 20 "${TMPDIR:-/tmp}/coremesh-dockerd.log" >&2
+            echo "test.sh: dockerd did not come up" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+fi
 echo "== pytest"
 python -m pytest -q "$@"

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from ..addr import Address
+from ..addr import Address, normalize_socket_address
 from ..config import MeshConfig, PeerAddress
 from ..dht.events import LookupFinished, OwnRecordRenewed
 from ..dht.node import DhtNode
@@ -57,6 +59,31 @@ SAVE_INTERVAL: Final = 60.0
 ADDRESS_CHECK_INTERVAL: Final = 2.0  # how soon a new address (a relay's srflx, say) is published
 
 AddressSource = Callable[[], list[tuple[str, str]]]
+
+
+async def resolve_seeds(seeds: tuple[PeerAddress, ...], family: int) -> tuple[PeerAddress, ...]:
+    """Seeds given by host name (``bootstrap:7946`` in a compose file), resolved once at start, in the
+    socket's ``family`` first: the DHT accepts an answer only from the very address it asked, and
+    answers come from an IP. A name that does not resolve is left out, with a warning."""
+    out: list[PeerAddress] = []
+    loop = asyncio.get_running_loop()
+    for entry in seeds:
+        host, port = entry.address.host, entry.address.port
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            out.append(entry)
+            continue
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.warning("bootstrap seed %s: cannot resolve %s: %s", entry.address, host, exc)
+            continue
+        infos.sort(key=lambda info: info[0] != family)
+        out.append(PeerAddress(normalize_socket_address(infos[0][4]), entry.peer_id))
+    return tuple(out)
 
 
 class DhtService:

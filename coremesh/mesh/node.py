@@ -153,7 +153,7 @@ class MeshNode:
             )
             await parts.relays.start()
         if cfg.dht:
-            from ..aio.dht import DhtService  # imported lazily: a node may run without the DHT
+            from ..aio.dht import DhtService, resolve_seeds  # imported lazily: a node may run without the DHT
 
             parts.dht = DhtService(
                 self._identity,
@@ -164,7 +164,7 @@ class MeshNode:
                 rng=self._rng,
                 seq_floor=self._dht_seq,
             )
-            parts.dht.start(cfg.bootstrap_addresses)
+            parts.dht.start(await resolve_seeds(cfg.bootstrap_addresses, runtime.sock.family))
         self._candidates.start_netcheck()
         await self._finder.start_services(self)
         parts.stopping = False

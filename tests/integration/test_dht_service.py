@@ -105,6 +105,36 @@ def test_a_restart_with_the_clock_set_back_publishes_a_record_the_holders_accept
     run(body)
 
 
+def test_a_seed_given_by_host_name_answers_and_the_node_joins_through_it() -> None:
+    """``--bootstrap NAME:PORT`` (a compose service name): the seed's answer comes from its IP, and the
+    node accepts it (the name was resolved before the PING), so it joins through the seed's answer
+    instead of waiting for the seed to contact it first."""
+
+    async def body() -> None:
+        seed = MeshNode(MeshConfig(listen_addr="127.0.0.1:0"))
+        await seed.start()
+        try:
+            node = MeshNode(
+                MeshConfig(
+                    listen_addr="127.0.0.1:0", bootstrap_peers=(f"localhost:{seed.local_address.port}",)
+                )
+            )
+            await node.start()
+            try:
+                await eventually(
+                    lambda: _stats(node).get("routing_table_size", 0) >= 1, 20, "the node to join"
+                )
+                stats = _stats(node)
+                assert stats.get("drop_unsolicited_response", 0) == 0, stats
+                assert stats.get("request_timeout", 0) == 0, stats
+            finally:
+                await node.stop()
+        finally:
+            await seed.stop()
+
+    run(body)
+
+
 # -- DHT datagrams by another path than the main socket ---------------------------------------------
 
 
