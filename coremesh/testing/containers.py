@@ -393,7 +393,8 @@ class CoreMeshCluster:
     ``images`` names prebuilt images; otherwise they are built (or reused) from ``build_context``
     (default: the checkout this package runs from, or ``COREMESH_BUILD_CONTEXT``) on ``base_image``
     (default ``COREMESH_BASE_IMAGE`` or python:3.11-slim-bookworm). ``env`` is added to every node's
-    environment (``COREMESH_*`` settings, docs/cli.md).
+    environment (``COREMESH_*`` settings, docs/cli.md). Started, every service answers ``/readyz`` and
+    every node's record is in the DHT (:meth:`wait_meshed`).
     """
 
     def __init__(
@@ -461,7 +462,8 @@ class CoreMeshCluster:
         return labels
 
     def start(self) -> Self:
-        """Build or reuse the images, then start the bootstrap, the relay and the nodes, each ready.
+        """Build or reuse the images, start the bootstrap, the relay and the nodes, each ready, and wait
+        until the nodes find each other (:meth:`wait_meshed`).
         On any failure (or KeyboardInterrupt) everything started so far is removed before it raises."""
         try:
             self._docker = DockerClient()
@@ -480,10 +482,30 @@ class CoreMeshCluster:
                 self._docker.client.volumes.create(name=service.volume, labels=self.labels(service.role))
             for service in self.services:
                 service.start()
+            self.wait_meshed()
         except BaseException:
             self.close()
             raise
         return self
+
+    def wait_meshed(self, timeout: float | None = None) -> None:
+        """Wait until every node's signed record is in the DHT: node ``i+1`` finds node ``i`` by its
+        PeerId (``coremesh lookup``), so a test can dial any node by PeerId alone."""
+        if len(self.nodes) < 2:
+            return
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
+        for i, sought in enumerate(self.nodes):
+            seeker = self.nodes[(i + 1) % len(self.nodes)]
+            while True:
+                result = seeker.cli_result("lookup", sought.peer_id or "", "--timeout", "2")
+                if result.exit_code == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"{seeker.name} does not find {sought.name}'s record through the bootstrap: "
+                        f"{result.stdout.strip()} {result.stderr.strip()}"
+                    )
+                time.sleep(0.25)
 
     def close(self) -> None:
         """Remove every container, the network and the volumes of this cluster (idempotent)."""
