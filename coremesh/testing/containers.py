@@ -522,8 +522,11 @@ class CoreMeshCluster:
     ) -> None:
         if exc is not None:
             for service in self.services:
-                if service._container is not None:
+                try:
                     tail = "\n".join(service.logs().splitlines()[-15:])
+                except Exception as log_error:  # the daemon may be what failed
+                    tail = f"(no logs: {log_error})"
+                if service._container is not None:
                     exc.add_note(f"--- {service.name} ({service.container_name}), last log lines:\n{tail}")
         self.close()
 

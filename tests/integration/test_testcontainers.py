@@ -19,7 +19,8 @@ import pytest
 
 from coremesh.testing.containers import ClusterError, ClusterOptions, CoreMeshCluster, leftovers
 
-pytestmark = pytest.mark.integration
+# The first test of a fresh machine builds the base and the images inside its fixture.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 pytest_plugins = ["coremesh.testing.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parents[2]
