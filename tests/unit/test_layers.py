@@ -8,6 +8,8 @@ services never import each other. TYPE_CHECKING imports count: a type-only cycle
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,29 @@ def test_the_rules_see_a_violation() -> None:
     found = imports_of(text, "coremesh.secure.session")
     assert {"coremesh.aio.runtime", "asyncio", "coremesh.mesh"} <= found
     assert imports_of("from . import wire\n", "coremesh.secure", is_package=True) >= {"coremesh.secure.wire"}
+
+
+DOCKER_HARNESS = ("testcontainers", "docker", "coremesh.testing")
+
+
+def test_only_the_container_harness_knows_docker() -> None:
+    """coremesh/testing is a test harness over Docker (a shell, like the programs): nothing else in the
+    library, the services or the NAT lab imports it, testcontainers or the docker SDK."""
+    knows = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for folder in (PACKAGE, *(ROOT / name for name in SERVICES), ROOT / "natlab")
+        for path in folder.rglob("*.py")
+        if not path.is_relative_to(PACKAGE / "testing")
+        for name in imports(path)
+        if name in DOCKER_HARNESS or name.startswith(tuple(f"{h}." for h in DOCKER_HARNESS))
+    )
+    assert not knows, f"these modules import the container harness: {knows}"
+
+
+def test_importing_the_package_and_the_cli_loads_no_docker() -> None:
+    code = (
+        "import sys, coremesh, coremesh.testing, coremesh.cli.main\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('testcontainers', 'docker')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
