@@ -89,3 +89,14 @@ ENV COREMESH_BOOTSTRAP_LISTEN=0.0.0.0:7946 COREMESH_BOOTSTRAP_DATA_DIR=/var/lib/
 EXPOSE 7946/udp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD ["python3", "-c", "import os, urllib.request as r; h, _, p = (os.environ.get('COREMESH_BOOTSTRAP_ADMIN') or '127.0.0.1:7948').rpartition(':'); h = {'0.0.0.0': '127.0.0.1', '[::]': '[::1]'}.get(h, h); r.urlopen(f'http://{h}:{p}/healthz', timeout=2)"]
 ENTRYPOINT ["coremesh-bootstrap"]
+
+# ---- coremesh-natlab: a NAT router with the NAT lab's rules (compose/docker-compose.nat.yml) ----
+# Root with NET_ADMIN only (no --privileged). It also serves as the `coremesh-natlab` image of the
+# in-cluster check (k8s/check/job.yaml): the NAT lab and its tools (iptables, nft, ip) are all here.
+FROM runtime AS router
+LABEL org.opencontainers.image.title="coremesh-natlab" \
+      org.opencontainers.image.description="Core Mesh NAT lab: NAT routers with the lab's rules, coremesh-natlab"
+USER root
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends iptables nftables iproute2 \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/*
+ENTRYPOINT ["python3", "-m", "coremesh_natlab.router", "nat"]
