@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .composeproject import Project, compose_project, wait_until
+from .composeproject import Project, compose_project, run, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,22 @@ def _mapped(status: Any) -> str | None:
     return turn[0]["mapped"] if turn and turn[0]["allocated"] else None
 
 
+PROC = """
+import pathlib
+for p in pathlib.Path('/proc').glob('[0-9]*'):
+    cmd = (p / 'cmdline').read_bytes().split(b'\\0')
+    if any(c.endswith(b'coremesh-node') for c in cmd[:2]) and b'coremesh_natlab.router' not in cmd:
+        f = dict(l.split(':', 1) for l in (p / 'status').read_text().splitlines())
+        print(f['Uid'].split()[0], f['CapEff'].strip())
+"""
+
+
+def _node_process(project: Project, service: str) -> tuple[str, ...]:
+    """(uid, effective capabilities) of the coremesh-node process in ``service``'s container."""
+    out = project("exec", "-T", service, "python3", "-c", PROC).stdout.split()
+    return tuple(out)
+
+
 # A fresh machine builds the base and four images first (minutes); later runs take about half a minute.
 @pytest.mark.timeout(1200)
 def test_cone_pair_goes_direct_and_symmetric_pair_stays_relayed(project: Project) -> None:
@@ -56,6 +72,9 @@ def test_cone_pair_goes_direct_and_symmetric_pair_stays_relayed(project: Project
         status = wait_until(lambda n=node: _json(project, n, "status"), 90, f"{node}'s admin API")
         ids[node] = status["peer_id"]
         mapped[node] = wait_until(lambda n=node: _mapped(_json(project, n, "status")), 90, f"{node}'s TURN")
+    # The node process runs as the coremesh user without capabilities (NET_ADMIN was for its route only).
+    for node in NODES:
+        assert _node_process(project, node) == ("10001", "0000000000000000"), node
     # Every node reaches the internet through its own router's NAT, never around it.
     for node, wan in ROUTER_WAN.items():
         assert mapped[node].split(":")[0] == wan, mapped
@@ -92,3 +111,9 @@ def test_cone_pair_goes_direct_and_symmetric_pair_stays_relayed(project: Project
     assert sym["received"] == 1 and sym["via"] in ("turn", "keyed"), sym
     again = _json(project, "sym-b", "ping", ids["sym-a"])
     assert again["received"] == 1 and again["via"] in ("turn", "keyed") and again["reason"], again
+
+    # SIGTERM (docker stop) ends every service, the routers too, cleanly: exit status 0, not 137.
+    running = project.containers(all_states=False)
+    project("stop", "--timeout", "20")
+    codes = {c: run(["docker", "inspect", "-f", "{{.State.ExitCode}}", c]).stdout.strip() for c in running}
+    assert set(codes.values()) == {"0"}, codes
