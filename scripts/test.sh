@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 #   namespaces;
 # - coturn: the third-party STUN/TURN peer of the interoperability tests;
 # - kubernetes-client (kubectl, kustomize inside): renders k8s/ for tests/unit/test_k8s_manifests.py.
-# - docker.io, docker-compose, debootstrap: the compose tests (tests/integration/test_compose.py) build
-#   their images on a local base (scripts/docker-base.sh) and run the mesh with docker-compose.
+# - docker.io, docker-compose, debootstrap: the compose and container tests (test_compose.py,
+#   test_compose_nat.py, test_testcontainers.py) build their images on a local base
+#   (scripts/docker-base.sh) and run meshes with docker-compose or testcontainers.
 need=""
 has() { command -v "$1" >/dev/null 2>&1; }
 has gcc || need="$need gcc"
