@@ -48,6 +48,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "listen_addr": "COREMESH_LISTEN",
     "data_dir": "COREMESH_DATA_DIR",
     "admin": "COREMESH_ADMIN",
+    "admin_allow_remote": "COREMESH_ADMIN_ALLOW_REMOTE",
     "bootstrap_peers": "COREMESH_BOOTSTRAP",
     "relays": "COREMESH_RELAY",
     "keyed_relays": "COREMESH_KEYED_RELAY",

@@ -215,6 +215,15 @@ def test_non_loopback_admin_is_refused_with_the_reason() -> None:
     assert s.admin == Address("0.0.0.0", 7947) and s.admin_allow_remote
 
 
+def test_remote_admin_from_the_environment() -> None:
+    """A container sets the node up by environment alone, like relay and bootstrap."""
+    env = {"COREMESH_ADMIN": "0.0.0.0:7947", "COREMESH_ADMIN_ALLOW_REMOTE": "true"}
+    s = resolve([], env)
+    assert s.admin == Address("0.0.0.0", 7947) and s.admin_allow_remote
+    message = error_of([], {**env, "COREMESH_ADMIN_ALLOW_REMOTE": "maybe"})
+    assert "COREMESH_ADMIN_ALLOW_REMOTE" in message
+
+
 def test_bad_peer_entries() -> None:
     assert "--connect" in error_of(["--connect", "127.0.0.1:9"])  # an id is required
     typo = PEER_A[:-1] + ("a" if PEER_A[-1] != "a" else "b")
