@@ -51,6 +51,7 @@ def stun_turn_config(s: RelaySettings) -> StunTurnConfig:
     return StunTurnConfig(
         listen=s.listen,
         alt_address=None if s.alt_address is None else s.alt_address.compressed,
+        external_ip=s.external_ip,
         realm=s.realm,
         users=dict(s.users),
         static_auth_secret=s.static_auth_secret,

@@ -88,12 +88,12 @@ class OwnAddresses:
         self.relay_ipv6 = relay_ip(listen_host, 6)
         self.server_addresses = ServerAddresses()
 
-    def own_ips(self, alt_address: str | None = None) -> list[str]:
+    def own_ips(self, alt_address: str | None = None, external_ip: str | None = None) -> list[str]:
         """The IPs the peer policy must refuse: what the listener receives on, the RFC 5780 alternate
-        address, and the relayed addresses' IPs."""
+        address, the external (public) IP relayed addresses are advertised with, and the relayed
+        addresses' IPs."""
         out = own_ips(self.listen_host, self._local_ips)
-        if alt_address is not None:
-            out.append(alt_address)
+        out.extend(ip for ip in (alt_address, external_ip) if ip is not None)
         out.extend(ip for ip in (self.relay_ipv4, self.relay_ipv6) if ip is not None)
         return out
 

@@ -41,7 +41,7 @@ from coremesh.service.settings import (
 from coremesh.stun.attributes import MAX_TEXT_CHARS, MAX_USERNAME_BYTES
 from coremesh.turn.policy import parse_ip_range
 
-from .stunturn_config import DEFAULT_MAX_PORT, DEFAULT_MIN_PORT, DEFAULT_REALM
+from .stunturn_config import DEFAULT_MAX_PORT, DEFAULT_MIN_PORT, DEFAULT_REALM, parse_external_ip
 
 PROG: Final = "coremesh-relay"
 TABLE: Final = "relay"
@@ -59,6 +59,7 @@ _INT_KEYS: Final = ("min_port", "max_port", "user_quota", "total_quota", "max_bp
 _STR_KEYS: Final = (
     "listen",
     "alt_address",
+    "external_ip",
     "admin",
     "keyed_listen",
     "data_dir",
@@ -123,6 +124,7 @@ class RelaySettings:
 
     listen: Address
     alt_address: IpAddress | None
+    external_ip: str | None  # PUBLIC or PUBLIC/PRIVATE, checked (coturn's --external-ip)
     admin: Address
     admin_allow_remote: bool
     keyed_listen: Address | None
@@ -159,6 +161,7 @@ class RelaySettings:
         return {
             "listen": str(self.listen),
             "alt_address": str(self.alt_address) if self.alt_address else None,
+            "external_ip": self.external_ip,
             "keyed_listen": str(self.keyed_listen) if self.keyed_listen else None,
             "data_dir": str(self.data_dir) if self.data_dir else None,
             "realm": self.realm,
@@ -198,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--alt-address",
         metavar="IP",
         help="RFC 5780 alternate address: also answer on IP:PORT and both IPs on PORT+1 (off)",
+    )
+    g.add_argument(
+        "--external-ip",
+        "-X",
+        metavar="PUBLIC[/PRIVATE]",
+        help="behind a 1:1 NAT or load balancer: tell TURN clients relayed addresses as PUBLIC:PORT; "
+        "relay sockets stay bound locally, on PRIVATE when given; one IP, IPv4 or IPv6 (off)",
     )
     g.add_argument("--no-udp", action="store_const", const=True, help="no STUN/TURN over UDP")
     g.add_argument("--no-tcp", action="store_const", const=True, help="no STUN/TURN over TCP")
@@ -260,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULTS: Final[Mapping[str, Any]] = {
     "listen": DEFAULT_LISTEN,
     "alt_address": None,
+    "external_ip": None,
     "admin": DEFAULT_ADMIN,
     "admin_allow_remote": False,
     "keyed_listen": None,
@@ -337,6 +348,11 @@ def merge(
     if src["alt_address"] is not None:
         alt_address = _check_alt_address(parse_ip(src["alt_address"], w("alt_address")), listen, w)
 
+    external_ip: str | None = None
+    if src["external_ip"] is not None:
+        public, private = parse_external_ip(parse_str(src["external_ip"], w("external_ip")), w("external_ip"))
+        external_ip = public if private is None else f"{public}/{private}"
+
     for key in ("min_port", "max_port"):
         if not 1 <= n[key] <= 65535:
             raise ConfigError(f"{w(key)}: expected a port 1 to 65535, got {n[key]}")
@@ -384,6 +400,7 @@ def merge(
     return RelaySettings(
         listen=listen,
         alt_address=alt_address,
+        external_ip=external_ip,
         admin=admin,
         admin_allow_remote=b["admin_allow_remote"],
         keyed_listen=keyed_listen,

@@ -58,7 +58,7 @@ from coremesh.turn.server import (
 )
 
 from .own_addresses import OwnAddresses
-from .stunturn_config import StunTurnConfig
+from .stunturn_config import StunTurnConfig, parse_external_ip
 from .tcp_limits import ConnectionKey, TcpConnections
 from .udp_sockets import RECV_SIZE, UdpSender, UdpSocket, bind_udp
 
@@ -134,12 +134,21 @@ class StunTurnService:
         other = Address(cfg.alt_address, primary.port + 1) if cfg.alt_address is not None else None
         self.binding = BindingServer(SOFTWARE, other_address=other, primary_address=primary)
         own = self._own = OwnAddresses(primary.host)
+        external: dict[int, str] = {}
+        if cfg.external_ip is not None:
+            public, private = parse_external_ip(cfg.external_ip, "external_ip")
+            version = 6 if ":" in public else 4
+            external[version] = public
+            if private is not None and version == 4:  # relay sockets of that family bind on PRIVATE
+                own.relay_ipv4 = private
+            elif private is not None:
+                own.relay_ipv6 = private
         self.turn = TurnServer(
             TurnServerConfig(
                 realm=cfg.realm,
                 users=dict(cfg.users),
                 static_auth_secret=cfg.static_auth_secret,
-                policy=self._policy.with_own_ips(own.own_ips(cfg.alt_address)),
+                policy=self._policy.with_own_ips(own.own_ips(cfg.alt_address, *external.values())),
                 min_port=cfg.min_port,
                 max_port=cfg.max_port,
                 user_quota=cfg.user_quota,
@@ -147,6 +156,8 @@ class StunTurnService:
                 max_bps=cfg.max_bps,
                 relay_ipv4=own.relay_ipv4,
                 relay_ipv6=own.relay_ipv6,
+                external_ipv4=external.get(4),
+                external_ipv6=external.get(6),
                 software=SOFTWARE,
             ),
             rng=random.Random(self._rng.getrandbits(64)),

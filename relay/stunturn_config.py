@@ -31,6 +31,26 @@ TCP_IDLE_TIMEOUT: Final = 30.0  # s without a valid request on a connection that
 TCP_PARTIAL_TIMEOUT: Final = 5.0  # s one incomplete frame may take to arrive in full
 
 
+def parse_external_ip(text: str, where: str) -> tuple[str, str | None]:
+    """``PUBLIC`` or ``PUBLIC/PRIVATE`` (coturn's ``--external-ip``) → the two IPs, compressed;
+    :class:`ConfigError` naming ``where`` otherwise."""
+    public_text, sep, private_text = text.strip().partition("/")
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for part in (public_text, private_text) if sep else (public_text,):
+        try:
+            ips.append(ipaddress.ip_address(part.strip()))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: expected PUBLIC or PUBLIC/PRIVATE (IP addresses), got {text!r}"
+            ) from None
+    for ip in ips:
+        if ip.is_unspecified or ip.is_multicast:
+            raise ConfigError(f"{where}: {ip} is not a unicast address")
+    if len(ips) == 2 and ips[0].version != ips[1].version:
+        raise ConfigError(f"{where}: {ips[0]} and {ips[1]} must be of one IP family")
+    return ips[0].compressed, ips[1].compressed if len(ips) == 2 else None
+
+
 @dataclass(frozen=True, slots=True)
 class StunTurnConfig:
     """Everything one relay needs; validated on construction (:class:`ConfigError` names the field).
@@ -39,7 +59,10 @@ class StunTurnConfig:
     ``alt_address`` is an IP of the same family (RFC 5780: the relay then also listens on it and on
     PORT+1). ``users`` maps names to passwords; ``static_auth_secret`` enables TURN REST API
     credentials. Quotas and ``max_bps`` (bytes per second per allocation): 0 means unlimited.
-    ``ssl_context`` turns the TCP listener into TLS.
+    ``ssl_context`` turns the TCP listener into TLS. ``external_ip`` is ``PUBLIC`` or
+    ``PUBLIC/PRIVATE`` (coturn's ``--external-ip``): clients are told relayed addresses of PUBLIC's
+    family as PUBLIC:PORT while the relay sockets stay bound locally, on PRIVATE when given (else on
+    the usual relay IP of that family); one external IP, for one family.
 
     TCP/TLS limits: at most ``max_tcp_connections`` connections (and never more than half the
     process's ``RLIMIT_NOFILE``, so relay sockets always find descriptors) and
@@ -65,6 +88,7 @@ class StunTurnConfig:
     no_tcp: bool = False
     no_udp: bool = False
     ssl_context: ssl.SSLContext | None = None
+    external_ip: str | None = None
     max_tcp_connections: int = MAX_TCP_CONNECTIONS
     max_tcp_connections_per_ip: int = MAX_TCP_CONNECTIONS_PER_IP
     tcp_request_timeout: float = TCP_REQUEST_TIMEOUT
@@ -91,6 +115,9 @@ class StunTurnConfig:
             if self.listen.port == 65535:
                 raise ConfigError("alt_address: listen port + 1 must be a port (listen port < 65535)")
             object.__setattr__(self, "alt_address", alt.compressed)
+        if self.external_ip is not None:
+            public, private = parse_external_ip(self.external_ip, "external_ip")
+            object.__setattr__(self, "external_ip", public if private is None else f"{public}/{private}")
         if not self.realm or len(self.realm) > MAX_TEXT_CHARS:
             raise ConfigError(f"realm: must be 1-{MAX_TEXT_CHARS} characters")
         for name, password in self.users.items():

@@ -22,6 +22,7 @@ Nothing raised by decoding bytes from the network escapes: malformed input is a 
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import logging
 import random
 from collections import Counter
@@ -138,6 +139,9 @@ class TurnServerConfig:
     the TURN REST API convention (username ``EXPIRY[:NAME]``, password base64(HMAC-SHA1(secret,
     username))). ``relay_ipv4`` / ``relay_ipv6`` are the IPs relayed addresses are bound on; when one
     is unset, the server address the request arrived on is used if it is of that family.
+    ``external_ipv4`` / ``external_ipv6`` (coturn's ``--external-ip``, for a relay behind a 1:1 NAT or
+    a load balancer) replace the IP of that family in the XOR-RELAYED-ADDRESS of Allocate responses;
+    the port stays the relay's and relay sockets stay bound on the relay IP.
     ``max_bps`` is in bytes per second (as coturn's ``--max-bps``), both directions together.
     ``max_permissions`` caps the live permissions of one allocation (508 beyond it) and
     ``max_peers_per_request`` the XOR-PEER-ADDRESS attributes of one CreatePermission (400 beyond).
@@ -154,6 +158,8 @@ class TurnServerConfig:
     max_bps: int = 0
     relay_ipv4: str | None = None
     relay_ipv6: str | None = None
+    external_ipv4: str | None = None
+    external_ipv6: str | None = None
     default_lifetime: float = DEFAULT_LIFETIME
     max_lifetime: float = MAX_LIFETIME
     nonce_lifetime: float = NONCE_LIFETIME
@@ -174,6 +180,23 @@ class TurnServerConfig:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 < self.default_lifetime <= self.max_lifetime:
             raise ValueError("need 0 < default_lifetime <= max_lifetime")
+        for name, version in (("external_ipv4", 4), ("external_ipv6", 6)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                ip = ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{name}: {value!r} is not an IP address") from None
+            if ip.version != version:
+                raise ValueError(f"{name}: {value} is not an IPv{version} address")
+            object.__setattr__(self, name, ip.compressed)
+
+    def advertised(self, relay: Address) -> Address:
+        """The relayed address as clients are told it: ``external_ipv4``/``external_ipv6`` with the
+        relay's port when set for its family, else ``relay`` itself."""
+        external = self.external_ipv6 if ":" in relay.host else self.external_ipv4
+        return relay if external is None else Address(external, relay.port)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -584,7 +607,7 @@ class TurnServer:
         msg = pending.request
         ok = self._success(msg)
         for version in sorted(alloc.relays):
-            ok.add_address(Attr.XOR_RELAYED_ADDRESS, alloc.relays[version])
+            ok.add_address(Attr.XOR_RELAYED_ADDRESS, self.config.advertised(alloc.relays[version]))
         ok.add_uint(Attr.LIFETIME, int(pending.lifetime))
         if pending.token is not None:
             ok.add(Attr.RESERVATION_TOKEN, pending.token)

@@ -20,12 +20,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from coremesh.addr import Address
+from coremesh.turn import Allocated, TurnClient
 
 from ..certs import make_cert
 from .daemons import stop_process
@@ -359,6 +362,72 @@ def test_turn_allocate_without_credentials_is_challenged_and_counted(relays: Rel
     text = body.decode()
     assert "coremesh_relay_auth_challenges_total 1.0" in text, text
     assert 'coremesh_relay_auth_failures_total{service="stun_turn"} 0.0' in text  # a challenge, no failure
+
+
+def drive_turn(
+    client: TurnClient, sock: socket.socket, server: tuple[str, int], done: Callable[[], bool]
+) -> None:
+    """A blocking shell for the TURN client core: send its datagrams, feed it replies, run its timer."""
+    deadline = time.monotonic() + 10.0
+    while not done():
+        assert time.monotonic() < deadline, "the TURN client did not finish in time"
+        for data in client.datagrams_to_send():
+            sock.sendto(data, server)
+        with contextlib.suppress(TimeoutError):
+            data, _ = sock.recvfrom(4096)
+            got = client.on_datagram(data, time.monotonic())
+            if got is not None:
+                turn_inbox.append(got)
+        timer = client.get_timer()
+        if timer is not None and timer <= time.monotonic():
+            client.handle_timer(time.monotonic())
+
+
+turn_inbox: list[tuple[Address, bytes]] = []
+
+
+def test_external_ip_is_advertised_while_the_relay_port_is_bound_locally(relays: Relays) -> None:
+    """coturn's -X: the allocation reports 192.0.2.50:PORT (a documentation address, never sent to),
+    and PORT is really bound on 127.0.0.1: a peer sending there reaches the client."""
+    relay = relays.start(
+        "--external-ip", "192.0.2.50/127.0.0.1", "--user", "alice:secret", "--allow-loopback-peers"
+    )
+    host, _, port = relay.listen.rpartition(":")
+    server = (host, int(port))
+    turn_inbox.clear()
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer,
+    ):
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.05)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(2.0)
+        client = TurnClient(Address(host, int(port)), "alice", "secret", random_bytes=os.urandom)
+        client.allocate(time.monotonic())
+        events: list[object] = []
+
+        def allocated() -> bool:
+            while (ev := client.next_event()) is not None:
+                events.append(ev)
+            return bool(events)
+
+        drive_turn(client, sock, server, allocated)
+        ev = events[0]
+        assert isinstance(ev, Allocated), ev
+        assert ev.relayed_address.host == "192.0.2.50" and 40000 <= ev.relayed_address.port <= 40999
+        assert ev.mapped_address == Address(*sock.getsockname())
+        peer_addr = Address(*peer.getsockname())
+        client.create_permission(peer_addr, time.monotonic())
+        drive_turn(client, sock, server, lambda: not client._txns)  # the CreatePermission answered
+        peer.sendto(b"hello through the NAT", ("127.0.0.1", ev.relayed_address.port))
+        drive_turn(client, sock, server, lambda: bool(turn_inbox))
+        assert turn_inbox == [(peer_addr, b"hello through the NAT")]
+        sock.sendto(client.wrap(b"and back", peer_addr), server)
+        data, src = peer.recvfrom(2048)
+        assert data == b"and back" and src == ("127.0.0.1", ev.relayed_address.port)
+    _, body = http_get(relay.admin, "/v1/status")
+    assert json.loads(body)["settings"]["external_ip"] == "192.0.2.50/127.0.0.1"
 
 
 def free_rfc5780_port() -> int:

@@ -20,7 +20,7 @@ from coremesh.errors import ConfigError
 from coremesh.stun.attributes import Attr
 from coremesh.stun.channeldata import frame_length
 from coremesh.stun.message import Method, StunClass, StunMessage, decode, encode
-from coremesh.turn import Allocated, TurnClient
+from coremesh.turn import Allocated, PermissionFailed, TurnClient
 
 from .aio import eventually
 
@@ -227,6 +227,49 @@ def test_turn_over_udp_relays_both_ways_with_send_and_channels() -> None:
         finally:
             sock.close()
             peer.close()
+            await service.stop()
+
+    run(body)
+
+
+def test_external_ip_is_advertised_and_is_one_of_the_relays_own_addresses() -> None:
+    """--external-ip 192.0.2.50/127.0.0.1: Allocate reports the public IP with the bound port, and
+    the public IP is refused as a peer (the loop check); nothing is ever sent to 192.0.2.50."""
+
+    async def body() -> None:
+        service = StunTurnService(config(external_ip="192.0.2.50/127.0.0.1", allow_loopback_peers=False))
+        sock = udp_socket()
+        try:
+            await service.start()
+            server = service.addresses[0]
+            loop = asyncio.get_running_loop()
+            client = TurnClient(server, "alice", "secret", random_bytes=random.randbytes)
+            client.allocate(loop.time())
+            events: list[object] = []
+
+            def event_count(n: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    while (ev := client.next_event()) is not None:
+                        events.append(ev)
+                    return len(events) >= n
+
+                return check
+
+            await drive_udp(client, sock, server, event_count(1))
+            ev = events[0]
+            assert isinstance(ev, Allocated), ev
+            assert ev.relayed_address.host == "192.0.2.50"
+            assert config().min_port <= ev.relayed_address.port <= config().max_port
+            client.create_permission(Address("192.0.2.50", 9), loop.time())
+            await drive_udp(client, sock, server, event_count(2))
+            refused = events[1]
+            assert isinstance(refused, PermissionFailed) and refused.code == 403, refused
+            assert service.stats().get("packets_to_peer", 0) == 0
+            # Refused as the relay's own address, not merely as a documentation range.
+            assert service.turn is not None
+            assert service.turn.config.policy.reason("192.0.2.50") == "the relay's own address"
+        finally:
+            sock.close()
             await service.stop()
 
     run(body)

@@ -9,6 +9,7 @@ No cluster is needed: ``kubectl kustomize`` renders offline (scripts/test.sh ins
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import tomllib
@@ -221,6 +222,10 @@ def test_cloud_overlay_uses_load_balancers_that_keep_the_client_address() -> Non
     assert pinned == {"coremesh-bootstrap-0", "coremesh-bootstrap-1"}
     for where, _, c in containers("overlays/cloud"):
         assert c["image"].startswith("REGISTRY.example.com/"), where
+    # TURN behind the load balancer reports its public IP: a documentation address until replaced.
+    external = configmap_env("overlays/cloud", "coremesh-relay")["COREMESH_RELAY_EXTERNAL_IP"]
+    assert ipaddress.ip_address(external) in ipaddress.ip_network("192.0.2.0/24")
+    assert "PLACEHOLDER" in (K8S / "overlays/cloud/cloud-relay-config.yaml").read_text()
     # The relay stays one pod per address: allocations and keyed sessions live in one process.
     relay = named("overlays/cloud", "Deployment", "coremesh-relay")
     assert relay["spec"]["replicas"] == 1 and relay["spec"]["strategy"]["type"] == "Recreate"

@@ -202,6 +202,11 @@ def test_env_switches_and_lists() -> None:
         (["--log-format", "xml"], ["--log-format", "json, text"]),
         (["--log-level", "loud"], ["--log-level", "debug"]),
         (["--cert", "/nonexistent/cert.pem"], ["--cert", "no such file"]),
+        (["--external-ip", "public"], ["--external-ip", "PUBLIC/PRIVATE"]),
+        (["--external-ip", "192.0.2.50/"], ["--external-ip", "PUBLIC/PRIVATE"]),
+        (["--external-ip", "192.0.2.50/::1"], ["--external-ip", "one IP family"]),
+        (["--external-ip", "0.0.0.0"], ["--external-ip", "unicast"]),
+        (["--external-ip", "192.0.2.50/10.0.0.1/10.0.0.2"], ["--external-ip", "PUBLIC/PRIVATE"]),
     ],
 )
 def test_bad_values_name_the_flag(argv: list[str], words: list[str]) -> None:
@@ -253,6 +258,21 @@ def test_bad_flag_syntax_exits_2_with_one_line(capsys: pytest.CaptureFixture[str
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("coremesh-relay: error: ") and "--bogus" in err[0]
+
+
+def test_external_ip_from_flag_variable_and_file(tmp_path: Path) -> None:
+    assert settings().external_ip is None
+    assert settings("--external-ip", "192.0.2.50/127.0.0.1").external_ip == "192.0.2.50/127.0.0.1"
+    assert settings("-X", "2001:DB8::50").external_ip == "2001:db8::50"
+    env = {"COREMESH_RELAY_EXTERNAL_IP": "198.51.100.7"}
+    assert settings(env=env).external_ip == "198.51.100.7"
+    path = write(tmp_path, '[relay]\nexternal-ip = "203.0.113.9/10.1.2.3"\n')
+    assert settings("--config", str(path)).external_ip == "203.0.113.9/10.1.2.3"
+    assert settings("--config", str(path), env=env).external_ip == "198.51.100.7"
+    assert settings("--external-ip", "192.0.2.1").summary()["external_ip"] == "192.0.2.1"
+    assert config_error(env={"COREMESH_RELAY_EXTERNAL_IP": "x"}).startswith("COREMESH_RELAY_EXTERNAL_IP:")
+    bad = write(tmp_path, '[relay]\nexternal_ip = "1.2.3"\n', name="bad.toml")
+    assert config_error("--config", str(bad)).startswith(f"external_ip in {bad}:")
 
 
 # ---------------------------------------------------------------------------------------------- TLS

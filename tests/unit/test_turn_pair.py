@@ -959,3 +959,29 @@ def test_malformed_error_response_is_dropped_and_the_request_still_times_out() -
         client2.handle_timer(now)
     ev = client2.next_event()
     assert isinstance(ev, AllocationFailed) and "timed out" in ev.reason and now == 39.5
+
+
+def test_external_ip_is_reported_with_the_relay_port() -> None:
+    """coturn's --external-ip: the client is told PUBLIC:PORT, the relay is opened on the relay IP."""
+    server = make_server(relay_ipv4="10.0.0.5", external_ipv4="192.0.2.50", min_port=50000, max_port=50099)
+    pair = make_pair(server)
+    ev = pair.allocate()
+    (opened,) = pair.net.open_relays
+    assert opened.host == "10.0.0.5"
+    assert ev.relayed_address == Address("192.0.2.50", opened.port)
+    assert ev.mapped_address == CLIENT
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"external_ipv4": "nope"}, ["external_ipv4", "not an IP"]),
+        ({"external_ipv4": "2001:db8::1"}, ["external_ipv4", "IPv4"]),
+        ({"external_ipv6": "192.0.2.1"}, ["external_ipv6", "IPv6"]),
+    ],
+)
+def test_bad_external_ip_is_a_value_error(kw: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        TurnServerConfig(**kw)  # type: ignore[arg-type]
+    for word in words:
+        assert word in str(info.value)
