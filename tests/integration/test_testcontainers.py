@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +42,6 @@ def coremesh_cluster_options() -> ClusterOptions:
     if base.returncode != 0:
         pytest.fail(f"scripts/docker-base.sh failed:\n{base.stdout}\n{base.stderr}")
     return ClusterOptions(nodes=3, base_image=BASE_IMAGE, build_context=ROOT)
-
-
-def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def exchange(sender: Any, receiver: Any, text: str) -> None:
