@@ -171,6 +171,17 @@ async def drive_udp(
 client_inbox: list[tuple[Address, bytes]] = []
 
 
+def events_reached(client: TurnClient, events: list[object], n: int) -> Callable[[], bool]:
+    """A condition for :func:`drive_udp`: drains the client's events into ``events``; true at ``n``."""
+
+    def check() -> bool:
+        while (ev := client.next_event()) is not None:
+            events.append(ev)
+        return len(events) >= n
+
+    return check
+
+
 def test_turn_over_udp_relays_both_ways_with_send_and_channels() -> None:
     async def body() -> None:
         service = StunTurnService(config())
@@ -247,21 +258,13 @@ def test_external_ip_is_advertised_and_is_one_of_the_relays_own_addresses() -> N
             client.allocate(loop.time())
             events: list[object] = []
 
-            def event_count(n: int) -> Callable[[], bool]:
-                def check() -> bool:
-                    while (ev := client.next_event()) is not None:
-                        events.append(ev)
-                    return len(events) >= n
-
-                return check
-
-            await drive_udp(client, sock, server, event_count(1))
+            await drive_udp(client, sock, server, events_reached(client, events, 1))
             ev = events[0]
             assert isinstance(ev, Allocated), ev
             assert ev.relayed_address.host == "192.0.2.50"
             assert config().min_port <= ev.relayed_address.port <= config().max_port
             client.create_permission(Address("192.0.2.50", 9), loop.time())
-            await drive_udp(client, sock, server, event_count(2))
+            await drive_udp(client, sock, server, events_reached(client, events, 2))
             refused = events[1]
             assert isinstance(refused, PermissionFailed) and refused.code == 403, refused
             assert service.stats().get("packets_to_peer", 0) == 0
@@ -304,15 +307,7 @@ def test_allocations_live_on_the_monotonic_clock_not_the_wall_clock(monkeypatch:
             client.allocate(loop.time())
             events: list[object] = []
 
-            def event_count(n: int) -> Callable[[], bool]:
-                def check() -> bool:
-                    while (ev := client.next_event()) is not None:
-                        events.append(ev)
-                    return len(events) >= n
-
-                return check
-
-            await drive_udp(client, sock, server, event_count(1))
+            await drive_udp(client, sock, server, events_reached(client, events, 1))
             assert isinstance(events[0], Allocated), events
             relay = events[0].relayed_address
             peer_addr = Address(*peer.getsockname())
@@ -327,7 +322,7 @@ def test_allocations_live_on_the_monotonic_clock_not_the_wall_clock(monkeypatch:
             assert client_inbox.pop() == (peer_addr, b"after a step forward")
             client.create_permission(Address("127.0.0.2", peer_addr.port), loop.time())
             await drive_udp(client, sock, server, lambda: not client._txns)
-            assert not event_count(2)(), events  # no PermissionFailed, no AllocationLost
+            assert not events_reached(client, events, 2)(), events  # no PermissionFailed, no AllocationLost
             assert service.stats()["stale_nonces"] >= 1 and service.stats()["allocations_current"] == 1
 
             # The wall clock steps two days back, the monotonic one moves 301 s: the permission
@@ -435,17 +430,9 @@ def test_loopback_peer_refused_without_allow_loopback_peers() -> None:
             client.allocate(loop.time())
             events: list[object] = []
 
-            def has_events(n: int) -> Callable[[], bool]:
-                def check() -> bool:
-                    while (ev := client.next_event()) is not None:
-                        events.append(ev)
-                    return len(events) >= n
-
-                return check
-
-            await drive_udp(client, sock, server, has_events(1))
+            await drive_udp(client, sock, server, events_reached(client, events, 1))
             client.create_permission("127.0.0.1", loop.time())
-            await drive_udp(client, sock, server, has_events(2))
+            await drive_udp(client, sock, server, events_reached(client, events, 2))
             assert getattr(events[1], "code", None) == 403
         finally:
             sock.close()
