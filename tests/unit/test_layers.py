@@ -17,7 +17,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "coremesh"
 
-CORES = ("secure", "reliability", "endpoint", "traversal", "stun", "turn", "keyedrelay", "dht", "netcheck")
+CORES = (
+    "secure",
+    "reliability",
+    "endpoint",
+    "routing",
+    "traversal",
+    "stun",
+    "turn",
+    "keyedrelay",
+    "dht",
+    "netcheck",
+)
 CORE_FILES = ("identity.py", "addr.py", "errors.py", "config.py", "ratelimit.py")
 SHELL_ONLY = ("coremesh.aio", "coremesh.mesh", "coremesh.service", "coremesh.cli")
 SERVICES = {"node": "coremesh_node", "relay": "coremesh_relay", "bootstrap": "coremesh_bootstrap"}
