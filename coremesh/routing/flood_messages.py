@@ -6,9 +6,13 @@ another. ``seqno`` is the origin's message number: ``max(previous + 1, wall_ms)`
 restarts without storage and tells the age of a message. Layouts (big-endian)::
 
     BROADCAST   version:1 | origin:32 | seqno:8 | signature:64 | data
-    MULTICAST   version:1 | origin:32 | seqno:8 | glen:1 | group | signature:64 | data
+    MULTICAST   version:1 | origin:32 | seqno:8 | glen:1 | group | signature:64 | targets:32 | data
     MEMBERSHIP  version:1 | count:1 | count × record
     record      member:32 | seqno:8 | ngroups:1 | ngroups × (glen:1 | group) | signature:64
+
+A MULTICAST's ``targets`` is a Bloom filter (256 bits, 4 bits per member, salted by the seqno) of the
+members this copy is for; each hop rewrites it for the copies it sends on, so it is outside the
+signature (a hop could drop the message anyway). All ones means every member.
 
 A group name is UTF-8 of 1 to 64 bytes; a record's groups are distinct and sorted by their bytes
 (one encoding per group set). Every malformation raises :class:`DecodeError`; a bad group name given
@@ -17,7 +21,9 @@ by the local program raises :class:`InvalidGroup` (a ``ValueError``).
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,6 +35,9 @@ SIGNATURE_LEN: Final = 64
 MAX_GROUP_LEN: Final = 64
 MAX_SEQNO: Final = (1 << 64) - 1
 MAX_RECORD_GROUPS: Final = 255
+TARGETS_LEN: Final = 32  # bytes of a MULTICAST's target filter (256 bits)
+TARGETS_HASHES: Final = 4  # bits set per member
+ALL_TARGETS: Final = b"\xff" * TARGETS_LEN
 
 BROADCAST_DOMAIN: Final = b"coremesh-broadcast-v1\x00"
 MULTICAST_DOMAIN: Final = b"coremesh-multicast-v1\x00"
@@ -60,7 +69,27 @@ def group_bytes(group: str) -> bytes:
 
 def multicast_overhead(group: str) -> int:
     """Bytes of a MULTICAST body besides its data."""
-    return _HEAD.size + 1 + len(group_bytes(group)) + SIGNATURE_LEN
+    return _HEAD.size + 1 + len(group_bytes(group)) + SIGNATURE_LEN + TARGETS_LEN
+
+
+def _target_bits(member: PeerId, seqno: int) -> bytes:
+    # One byte per hash is a bit index 0..255; salted by the seqno so that no two members collide
+    # in every message.
+    return hashlib.blake2b(seqno.to_bytes(8, "big") + member.key, digest_size=TARGETS_HASHES).digest()
+
+
+def target_filter(members: Iterable[PeerId], seqno: int) -> bytes:
+    """The MULTICAST target filter of ``members`` for the message numbered ``seqno``."""
+    bits = bytearray(TARGETS_LEN)
+    for member in members:
+        for index in _target_bits(member, seqno):
+            bits[index >> 3] |= 1 << (index & 7)
+    return bytes(bits)
+
+
+def in_target_filter(targets: bytes, member: PeerId, seqno: int) -> bool:
+    """True if ``member`` may be in ``targets`` (false positives possible, no false negatives)."""
+    return all(targets[index >> 3] & (1 << (index & 7)) for index in _target_bits(member, seqno))
 
 
 def _check_seqno(seqno: int) -> None:
@@ -110,11 +139,14 @@ class Multicast:
     group: str
     data: bytes
     signature: bytes
+    targets: bytes = ALL_TARGETS  # not signed: see the module's docstring
 
     def __post_init__(self) -> None:
         _check_seqno(self.seqno)
         group_bytes(self.group)
         _check_signature(self.signature)
+        if not isinstance(self.targets, bytes) or len(self.targets) != TARGETS_LEN:
+            raise ValueError(f"a target filter is {TARGETS_LEN} bytes")
 
     def signed_bytes(self) -> bytes:
         return multicast_signed_bytes(self.origin, self.seqno, self.group, self.data)
@@ -122,7 +154,7 @@ class Multicast:
     def encode(self) -> bytes:
         raw = group_bytes(self.group)
         head = _HEAD.pack(FLOOD_VERSION, self.origin.key, self.seqno) + bytes((len(raw),)) + raw
-        return head + self.signature + self.data
+        return head + self.signature + self.targets + self.data
 
 
 def multicast_signed_bytes(origin: PeerId, seqno: int, group: str, data: bytes) -> bytes:
@@ -131,17 +163,19 @@ def multicast_signed_bytes(origin: PeerId, seqno: int, group: str, data: bytes) 
 
 
 def decode_multicast(body: bytes) -> Multicast:
-    _, origin, seqno = _head(body, _HEAD.size + 2 + SIGNATURE_LEN, "MULTICAST")
+    _, origin, seqno = _head(body, _HEAD.size + 2 + SIGNATURE_LEN + TARGETS_LEN, "MULTICAST")
     pos = _HEAD.size
     glen = body[pos]
     pos += 1
-    if not 1 <= glen <= MAX_GROUP_LEN or len(body) < pos + glen + SIGNATURE_LEN:
+    if not 1 <= glen <= MAX_GROUP_LEN or len(body) < pos + glen + SIGNATURE_LEN + TARGETS_LEN:
         raise DecodeError("bad MULTICAST group")
     group = _group_text(body[pos : pos + glen])
     pos += glen
     signature = bytes(body[pos : pos + SIGNATURE_LEN])
+    pos += SIGNATURE_LEN
+    targets = bytes(body[pos : pos + TARGETS_LEN])
     try:
-        return Multicast(origin, seqno, group, bytes(body[pos + SIGNATURE_LEN :]), signature)
+        return Multicast(origin, seqno, group, bytes(body[pos + TARGETS_LEN :]), signature, targets)
     except ValueError as exc:
         raise DecodeError(f"invalid MULTICAST message: {exc}") from None
 

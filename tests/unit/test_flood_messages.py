@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from coremesh.errors import DecodeError
 from coremesh.identity import Identity, PeerId, verify_signature
 from coremesh.routing.flood_messages import (
+    ALL_TARGETS,
     BROADCAST_DOMAIN,
     MEMBERSHIP_DOMAIN,
     MULTICAST_DOMAIN,
@@ -23,8 +24,10 @@ from coremesh.routing.flood_messages import (
     decode_multicast,
     encode_membership,
     group_bytes,
+    in_target_filter,
     record_size,
     sorted_groups,
+    target_filter,
 )
 
 IDENT = Identity(bytes(range(32)))
@@ -56,10 +59,16 @@ def test_broadcast_round_trip(origin: PeerId, seqno: int, data: bytes) -> None:
     assert decode_broadcast(msg.encode()) == msg
 
 
-@given(origin=_peers, seqno=_seqnos, group=_valid_groups, data=st.binary(max_size=300))
+@given(
+    origin=_peers,
+    seqno=_seqnos,
+    group=_valid_groups,
+    data=st.binary(max_size=300),
+    targets=st.binary(min_size=32, max_size=32),
+)
 @settings(max_examples=100, deadline=None)
-def test_multicast_round_trip(origin: PeerId, seqno: int, group: str, data: bytes) -> None:
-    msg = Multicast(origin, seqno, group, data, SIG)
+def test_multicast_round_trip(origin: PeerId, seqno: int, group: str, data: bytes, targets: bytes) -> None:
+    msg = Multicast(origin, seqno, group, data, SIG, targets)
     assert decode_multicast(msg.encode()) == msg
 
 
@@ -171,6 +180,27 @@ def test_signatures_are_domain_separated_and_cover_every_field() -> None:
         != Multicast(peer, 5, "h", b"data", SIG).signed_bytes()
     )
     assert _record(peer, 5, {"g"}).signed_bytes() != _record(peer, 5, {"g", "h"}).signed_bytes()
+
+
+def test_target_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    members = [Identity(bytes([i]) * 32).peer_id for i in range(1, 9)]
+    others = [Identity(i.to_bytes(2, "big") * 16).peer_id for i in range(300, 1300)]
+    for seqno in (1, 2, 1_800_000_000_000):
+        bits = target_filter(members, seqno)
+        assert all(in_target_filter(bits, m, seqno) for m in members)
+        false_positives = sum(in_target_filter(bits, p, seqno) for p in others)
+        assert false_positives < 20  # about 0.02% expected with 8 members in 256 bits
+        assert not any(in_target_filter(target_filter([], seqno), m, seqno) for m in members)
+        assert all(in_target_filter(ALL_TARGETS, p, seqno) for p in others[:50])
+
+
+def test_the_target_filter_is_outside_the_signature() -> None:
+    peer = IDENT.peer_id
+    a = Multicast(peer, 5, "g", b"data", SIG, target_filter([peer], 5))
+    b = Multicast(peer, 5, "g", b"data", SIG)
+    assert a.signed_bytes() == b.signed_bytes()
+    assert a.encode() != b.encode()
+    assert decode_multicast(a.encode()).targets == a.targets
 
 
 def test_constructors_refuse_bad_values() -> None:
