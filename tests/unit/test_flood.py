@@ -2,16 +2,20 @@
 
 The routing table is faked from the graph: shortest paths by BFS (ties broken by peer key), so a
 node's next hop towards D is its BFS parent in the tree grown from D, and its children for an origin
-S are the neighbours whose next hop towards S is itself. With ``unknown=True`` no node knows any
-neighbour's choice, which turns reverse-path forwarding into plain flooding.
+S are the neighbours whose next hop towards S is itself, among those whose choice it knows
+(``Net.knows``). With ``unknown=True`` no node knows any neighbour's choice, which turns reverse-path
+forwarding into plain flooding.
 """
 
 from __future__ import annotations
 
 import collections
 import random
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coremesh.errors import ConfigError, MessageTooLarge
 from coremesh.identity import Identity, PeerId
@@ -67,12 +71,15 @@ class StaticRoutes:
         return self.net.next_hop(self.me, destination)
 
     def children(self, origin: PeerId) -> set[PeerId]:
-        if self.net.unknown:
-            return set()
-        return {n for n in self.net.adj[self.me] if self.net.next_hop(n, origin) == self.me}
+        return {
+            n
+            for n in self.net.adj[self.me]
+            if self.knows_route_of(n, origin) and self.net.next_hop(n, origin) == self.me
+        }
 
     def knows_route_of(self, neighbour: PeerId, origin: PeerId) -> bool:
-        return not self.net.unknown
+        p = self.net.peers.index
+        return self.net.knows(p(self.me), p(neighbour), p(origin))
 
 
 class Net:
@@ -82,12 +89,15 @@ class Net:
         edges: list[tuple[int, int]],
         *,
         unknown: bool = False,
+        knows: Callable[[int, int, int], bool] | None = None,
         config: FloodConfig | None = None,
         seed: int | None = None,
     ) -> None:
         self.idents = [Identity(bytes([i + 1]) * 32) for i in range(n)]
         self.peers = [ident.peer_id for ident in self.idents]
-        self.unknown = unknown
+        if knows is None:
+            knows = (lambda *_: False) if unknown else (lambda *_: True)
+        self.knows = knows  # (node, neighbour, origin): node knows the neighbour's choice for origin
         self.now = 0.0
         self.adj: dict[PeerId, set[PeerId]] = {p: set() for p in self.peers}
         self._trees: dict[PeerId, dict[PeerId, PeerId]] = {}
@@ -602,3 +612,91 @@ def test_membership_messages_from_link_up_carry_every_record() -> None:
     records = decode_membership(out[0][1][len(OVERLAY_PREFIX) + 1 :])
     assert {r.member for r in records} == {net.peers[0], net.peers[2]}  # the neighbour's own too
     assert out[0][1] == overlay_packet(OverlayType.MEMBERSHIP, encode_membership(records))
+
+
+@st.composite
+def _graphs(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]]]:
+    """A connected graph: a random spanning tree plus random extra edges."""
+    n = draw(st.integers(2, 10))
+    edges = {(draw(st.integers(0, i - 1)), i) for i in range(1, n)}
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    edges |= set(draw(st.lists(st.sampled_from(pairs), max_size=2 * n)))
+    return n, sorted(edges)
+
+
+@given(graph=_graphs(), seed=st.integers(0, 2**32), known=st.floats(0, 1), members=st.sets(st.integers(0, 9)))
+@settings(max_examples=40, deadline=None)
+def test_any_graph_any_knowledge_every_node_delivers_exactly_once(
+    graph: tuple[int, list[tuple[int, int]]], seed: int, known: float, members: set[int]
+) -> None:
+    """Whatever a node knows of its neighbours' choices (some, none, all), each broadcast is
+    delivered once per node, duplicates are the copies beyond that, and multicast reaches the
+    members only."""
+    n, edges = graph
+    memo: dict[tuple[int, int, int], bool] = {}
+    rng = random.Random(seed)
+
+    def knows(node: int, neighbour: int, origin: int) -> bool:
+        return memo.setdefault((node, neighbour, origin), rng.random() < known)
+
+    net = Net(n, edges, knows=knows, seed=seed)
+    members = {m for m in members if m < n}
+    for m in members:
+        net.floods[m].join("g", net.now)
+    net.pump()
+    net.received.clear()
+    for origin in range(n):
+        net.floods[origin].broadcast(b"b", net.now)
+        net.floods[origin].multicast("g", b"m", net.now)
+    net.pump()
+    for i in range(n):
+        got = sorted((d.kind, net.peers.index(d.origin)) for d in net.take(i))
+        expect = [("broadcast", o) for o in range(n) if o != i]
+        if i in members:
+            expect += [("multicast", o) for o in range(n) if o != i]
+        assert got == sorted(expect)
+    copies = sum(v for (_, kind), v in net.received.items() if kind == OverlayType.BROADCAST)
+    assert net.total("broadcast_duplicates") == copies - n * (n - 1)
+    if known == 1.0:
+        assert net.total("broadcast_duplicates") == 0
+
+
+def _valid_packets() -> list[tuple[int, bytes]]:
+    net = Net(2, _line(2))
+    net.floods[0].join("g", net.now)
+    net.floods[1].join("g", net.now)
+    net.pump()
+    net.floods[0].broadcast(b"hello", net.now)
+    net.floods[0].multicast("g", b"hello", net.now)
+    net.floods[0].link_up(net.peers[1], net.now)
+    return [
+        (overlay_type(p), p[len(OVERLAY_PREFIX) + 1 :]) for _, p in net.floods[0].messages_to_send(net.now)
+    ]
+
+
+VALID_PACKETS = _valid_packets()
+
+
+@given(data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_receive_never_raises_on_bad_input(data: st.DataObject) -> None:
+    net = Net(2, _line(2))
+    net.floods[1].join("g", net.now)
+    f = net.floods[1]
+    kind, body = data.draw(st.sampled_from(VALID_PACKETS))
+    if data.draw(st.booleans()):
+        raw = bytearray(body)
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= data.draw(st.integers(1, 255))
+        body = bytes(raw)
+    else:
+        body = data.draw(st.binary(max_size=300))
+    kind = data.draw(st.sampled_from([kind, kind, 0x11, 0x12, 0x13, 0x10, 0xE8, 0]))
+    f.receive(net.peers[0], kind, body, net.now)
+    f.handle_timer(net.now + 100)
+    delivered = []
+    while (d := f.next_delivery()) is not None:
+        delivered.append(d)
+    # Whatever got through was genuine: signed by node 0, unchanged.
+    assert all(d.origin == net.peers[0] and d.data == b"hello" for d in delivered)
