@@ -78,8 +78,8 @@ class StaticRoutes:
         }
 
     def knows_route_of(self, neighbour: PeerId, origin: PeerId) -> bool:
-        p = self.net.peers.index
-        return self.net.knows(p(self.me), p(neighbour), p(origin))
+        number = self.net.number
+        return self.net.knows(number[self.me], number[neighbour], number[origin])
 
 
 class Net:
@@ -93,8 +93,9 @@ class Net:
         config: FloodConfig | None = None,
         seed: int | None = None,
     ) -> None:
-        self.idents = [Identity(bytes([i + 1]) * 32) for i in range(n)]
+        self.idents = [Identity((i + 1).to_bytes(4, "big") * 8) for i in range(n)]
         self.peers = [ident.peer_id for ident in self.idents]
+        self.number = {p: i for i, p in enumerate(self.peers)}
         if knows is None:
             knows = (lambda *_: False) if unknown else (lambda *_: True)
         self.knows = knows  # (node, neighbour, origin): node knows the neighbour's choice for origin
@@ -137,7 +138,7 @@ class Net:
         return self._trees[root]
 
     def next_hop(self, node: PeerId, destination: PeerId) -> PeerId | None:
-        forced = self.forced.get((self.peers.index(node), self.peers.index(destination)))
+        forced = self.forced.get((self.number[node], self.number[destination]))
         if forced is not None:
             return self.peers[forced]
         return self.parent(destination).get(node)
@@ -151,7 +152,7 @@ class Net:
                 hop = self.next_hop(x, self.peers[m])
                 assert hop is not None
                 x = hop
-                nodes.add(self.peers.index(x))
+                nodes.add(self.number[x])
         return nodes
 
     def link(self, a: int, b: int, *, announce: bool = True) -> None:
@@ -173,7 +174,7 @@ class Net:
         while inflight:
             k = self.rng.randrange(len(inflight)) if self.rng is not None else 0
             sender, to, packet = inflight.pop(k)
-            j = self.peers.index(to)
+            j = self.number[to]
             assert to in self.adj[self.peers[sender]], "a message went to a node that is not a neighbour"
             assert len(packet) <= 1100
             kind = overlay_type(packet)
@@ -650,7 +651,7 @@ def test_any_graph_any_knowledge_every_node_delivers_exactly_once(
         net.floods[origin].multicast("g", b"m", net.now)
     net.pump()
     for i in range(n):
-        got = sorted((d.kind, net.peers.index(d.origin)) for d in net.take(i))
+        got = sorted((d.kind, net.number[d.origin]) for d in net.take(i))
         expect = [("broadcast", o) for o in range(n) if o != i]
         if i in members:
             expect += [("multicast", o) for o in range(n) if o != i]
