@@ -164,6 +164,11 @@ class Net:
             self.floods[a].link_up(pb, self.now)
             self.floods[b].link_up(pa, self.now)
 
+    def unlink(self, a: int, b: int) -> None:
+        self.adj[self.peers[a]].discard(self.peers[b])
+        self.adj[self.peers[b]].discard(self.peers[a])
+        self._trees.clear()
+
     def pump(self, *, drop: set[int] | None = None) -> int:
         """Deliver every packet until the network is quiet (in random order when seeded); packets
         from nodes in ``drop`` are lost. Returns the number of packets delivered."""
@@ -250,6 +255,28 @@ def test_forwarding_follows_children_only() -> None:
     net.pump()
     assert net.total("broadcast_duplicates") == 0
     assert net.total("broadcasts_forwarded") + net.floods[0].counters["broadcasts_sent"] * 2 == 8
+
+
+def test_after_a_link_of_the_ring_is_cut_the_new_tree_still_reaches_everyone_once() -> None:
+    net = Net(9, _ring(9))
+    for i in (3, 4):
+        net.floods[i].join("g", net.now)
+    net.pump()
+    net.unlink(3, 4)  # the routes and trees follow (the fake table recomputes them at once)
+    for origin in (0, 3, 4):
+        net.floods[origin].broadcast(b"b%d" % origin, net.now)
+        net.floods[origin].multicast("g", b"m%d" % origin, net.now)
+        net.pump()
+        for i in range(9):
+            got = sorted(d.data for d in net.take(i))
+            expect = [] if i == origin else [b"b%d" % origin]
+            if i in (3, 4) and i != origin:
+                expect.append(b"m%d" % origin)
+            assert got == sorted(expect), (origin, i)
+    assert net.total("broadcast_duplicates") == net.total("multicast_duplicates") == 0
+    # From 3 to 4 the multicast now goes the long way round: through all 7 other nodes.
+    assert net.floods[3].counters["multicasts_sent"] == 1
+    assert sum(net.floods[i].counters["multicasts_forwarded"] for i in (0, 1, 2, 5, 6, 7, 8)) >= 7
 
 
 def test_multicast_reaches_members_only_and_non_members_forward_without_delivering() -> None:
