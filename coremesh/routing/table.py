@@ -22,8 +22,15 @@ the whole path ``[neighbour, ..., destination]`` instead, so
   what measured link costs, backups and ``set_router`` are for.
 
 Records are verified once per (origin, seqno), kept (latest per origin, at most ``max_records``)
-and ride along in update messages, each sent once per neighbour and seqno. An advert whose records
-have not arrived yet waits for them and is re-examined when they do.
+and ride along in update messages: a neighbour gets the latest record of every node on a path we
+send it, once per seqno; they are not flooded (a version a node holds keeps attesting the links
+still on it; our own record goes to every neighbour when it changes). An advert is checked when it
+arrives; one whose records are missing or older than needed waits and is checked again when a newer
+record of an end of the faulty link arrives. We advertise a route only when our records attest its
+first link (our record and the next hop's list each other), so honest tables never send a path
+their neighbour must refuse. What a table can be fooled by is bounded: a replayed record older than
+the one it holds is refused (``drop_old_record``), so a dead link can only be claimed while the
+table holds no newer record of either end; and whatever a path claims, its metric is only a claim.
 
 Metrics, hysteresis, selection
 ------------------------------
@@ -164,6 +171,7 @@ class _Advert:
     msg_no: int
     metric: int
     path: tuple[PeerId, ...] | None  # neighbour ... destination; None: withdrawn or refused
+    valid: bool = False  # attested by the records we hold (checked on arrival and when they change)
 
 
 @dataclass(slots=True)
@@ -261,6 +269,8 @@ class RoutingTable:
         self._records: dict[PeerId, OriginRecord] = {}
         self._nbrs: dict[PeerId, frozenset[PeerId]] = {}  # each record's neighbours, for lookups
         self._own: OriginRecord | None = None
+        self._own_listed: frozenset[PeerId] = frozenset()  # the neighbours our record lists
+        self._ids: dict[bytes, PeerId] = {}  # interned ids
         self._own_dirty = True
         self._own_dirty_at = now
         self._seqno_floor = 0  # a seqno of ours seen elsewhere (a previous run's): sign above it
@@ -360,9 +370,12 @@ class RoutingTable:
         previous = self._own.seqno if self._own is not None else 0
         wall = int((now + self._wall_offset) * 1000)
         seqno = min(max(previous + 1, wall, self._seqno_floor + 1), 2**64 - 1)
+        before = set(self._own.neighbours) if self._own is not None else set()
         self._own = OriginRecord.create(self.peer_id, seqno, listed, self._sign)
+        self._own_listed = frozenset(listed)
         for link in self._links.values():
             link.mark_record(self.peer_id, now)
+        self._advertise_via(before.symmetric_difference(listed), now)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -403,11 +416,22 @@ class RoutingTable:
         link.ack_at = min(link.ack_at, now)
         for record in update.records:
             self._accept_record(record, now)
+        intern = self._intern
         for destination in update.withdrawals:
-            self._receive_advert(neighbour, link, destination, _Advert(update.msg_no, INFINITY, None), now)
+            advert = _Advert(update.msg_no, INFINITY, None)
+            self._receive_advert(neighbour, link, intern(destination), advert, now)
         for entry in update.routes:
-            advert = _Advert(update.msg_no, entry.metric, (neighbour, *entry.hops))
-            self._receive_advert(neighbour, link, entry.destination, advert, now)
+            path = (neighbour, *map(intern, entry.hops))
+            self._receive_advert(neighbour, link, path[-1], _Advert(update.msg_no, entry.metric, path), now)
+
+    def _intern(self, peer: PeerId) -> PeerId:
+        """One PeerId object per id: paths share them, and lookups compare by identity first."""
+        known = self._ids.get(peer.key)
+        if known is not None:
+            return known
+        if len(self._ids) < 4 * self.config.max_records:
+            self._ids[peer.key] = peer
+        return peer
 
     def _accept_record(self, record: OriginRecord, now: float) -> None:
         origin = record.origin
@@ -435,13 +459,18 @@ class RoutingTable:
             return
         self.counters["records_verified"] += 1
         self._records[origin] = record
-        self._nbrs[origin] = frozenset(record.neighbours)
-        for link in self._links.values():
-            if origin in link.records_sent or origin in link.sent:
-                link.mark_record(origin, now)
-        waiting = self._waiting.pop(origin, None)
-        for destination in [origin, *(waiting or ())]:
+        self._nbrs[origin] = frozenset(map(self._intern, record.neighbours))
+        # Not flooded: a neighbour gets a record with the first path we send it through the origin
+        # (record_of in _items_for); a version it holds keeps attesting the links still on it.
+        if origin in self._links:
+            # Routes via this neighbour may have become advertisable (its record now lists us).
+            self._advertise_via({origin}, now)
+        for destination in self._waiting.pop(origin, {}):
+            for advert in self._cand.get(destination, {}).values():
+                if advert.path is not None:
+                    advert.valid = self._path_fault(advert.path) is None
             self._recompute(destination, now)
+        self._recompute(origin, now)
 
     def _receive_advert(
         self, neighbour: PeerId, link: _Link, destination: PeerId, advert: _Advert, now: float
@@ -456,6 +485,7 @@ class RoutingTable:
         path = advert.path
         if path is not None:
             reason = self._path_fault(path)
+            advert.valid = reason is None
             if reason in ("missing_record", "unattested"):
                 # Wait for the records (an honest neighbour sent them, maybe in a lost message).
                 self._wait_for_records(path, destination)
@@ -558,7 +588,7 @@ class RoutingTable:
             if link is None or path is None or neighbour == destination:
                 continue
             metric = advert.metric + link.cost
-            if metric < INFINITY and self._path_fault(path) is None:
+            if metric < INFINITY and advert.valid:
                 cands.append((metric, neighbour.key, neighbour, path))
         old = self._routes.get(destination)
         if not cands:
@@ -592,6 +622,21 @@ class RoutingTable:
     def _advertise(self, destination: PeerId, now: float) -> None:
         for link in self._links.values():
             link.mark(destination, now)
+
+    def _advertise_via(self, next_hops: set[PeerId], now: float) -> None:
+        """Look again at the adverts of every route whose primary goes via ``next_hops``."""
+        if next_hops:
+            for destination, routes in self._routes.items():
+                if routes[0].next_hop in next_hops:
+                    self._advertise(destination, now)
+
+    def _advertisable(self, route: Route) -> bool:
+        """Whether our records attest the first link (both ends list each other): a neighbour
+        would refuse the route otherwise. The rest of the path was checked when it arrived."""
+        if len(route.path) >= self.config.max_path or route.next_hop not in self._own_listed:
+            return False
+        theirs = self._nbrs.get(route.next_hop)
+        return theirs is not None and self.peer_id in theirs
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -665,7 +710,7 @@ class RoutingTable:
         for destination in link.pending:
             routes = self._routes.get(destination)
             want: tuple[int, tuple[PeerId, ...]] | None = None
-            if routes is not None and len(routes[0].path) < self.config.max_path:
+            if routes is not None and self._advertisable(routes[0]):
                 want = (routes[0].metric, routes[0].path)
             if destination in link.sent:
                 if link.sent[destination] == want:

@@ -221,15 +221,18 @@ def test_a_record_with_a_bad_signature_is_refused() -> None:
 def test_an_old_record_is_refused() -> None:
     old: list[OriginRecord] = []
     net, a = _forger_setup(old)
-    # X and Y were linked once; the link is gone and both signed newer records since.
-    assert a.record(net.pid("X")).seqno > old[0].seqno  # type: ignore[union-attr]
-    # M replays the old records to claim the dead link (M-X is not real either, but M's own
-    # record may claim it: only X's could confirm).
-    m_claims = OriginRecord.create(net.pid("M"), 2**62, [net.pid("A"), net.pid("X")], net.idents["M"].sign)
-    dropped = a.counters["drop_old_record"]
-    net.inject("M", "A", _forge(net, [m_claims, *old], ["X", "Y"]))
-    assert a.counters["drop_old_record"] == dropped + 2
-    assert [r.next_hop for r in a.routes(net.pid("Y"))] == [net.pid("B")]
+    x, y = net.pid("X"), net.pid("Y")
+    # X and Y were linked once; the link is gone and X signed a newer record since, which A holds.
+    newer = a.record(x)
+    assert newer is not None and newer.seqno > old[0].seqno and y not in newer.neighbours
+    # M replays the old records to claim the dead link X-Y.
+    dropped, unattested = a.counters["drop_old_record"], a.counters["drop_unattested"]
+    net.inject("M", "A", _forge(net, old, ["X", "Y"]))
+    assert a.counters["drop_old_record"] > dropped
+    assert a.counters["drop_unattested"] == unattested + 1
+    assert a.record(x) == newer
+    assert all(r.path != (net.pid("M"), x, y) for r in a.routes(y))
+    assert a.routes(y)[0].next_hop == net.pid("B")
 
 
 def test_incoming_updates_are_rate_limited_per_neighbour() -> None:
