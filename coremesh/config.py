@@ -146,6 +146,7 @@ class MeshConfig:
     netcheck_interval: float = 300.0
     mdns: bool = False
     mdns_interfaces: tuple[str, ...] = ()
+    forwarding: bool = True  # carry other peers' routed packets (overlay routing through this node)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -177,7 +178,7 @@ class MeshConfig:
             set_(self, name, tuple(entries))
             set_(self, f"_{name}", tuple(parsed))
         _int(self.max_connections, "max_connections", 1, 1_000_000)
-        for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery", "dht"):
+        for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery", "dht", "forwarding"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         for name in (

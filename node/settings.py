@@ -221,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="take no part in the DHT: no lookups, no record published (peers need PEERID@HOST:PORT)",
     )
     p.add_argument(
+        "--no-forwarding",
+        dest="forwarding",
+        action="store_const",
+        const=False,
+        default=None,
+        help="carry no routed packets for other peers (this node still uses routes through others)",
+    )
+    p.add_argument(
         "--relay",
         dest="relays",
         action="append",

@@ -27,6 +27,7 @@ deadline costs O(log n) and ``handle_timer`` visits only the connections that ar
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import Counter, OrderedDict, deque
@@ -43,12 +44,14 @@ from ..errors import (
 )
 from ..identity import Identity, PeerId
 from ..reliability import ReliabilityConfig
+from ..routing.overlay import OVERLAY_PREFIX, ROUTED_HEADER_LEN
 from ..secure import wire
 from ..secure.session import Responder
 from ..traversal import Candidate, TraversalConfig
 from ..traversal.agent import PROBE_IDS
 from . import events as ev
-from .paths import DirectAddress, PathAddress, SendAddress, TurnAddress, udp_address
+from .overlay import Overlay
+from .paths import DirectAddress, PathAddress, RoutedAddress, SendAddress, TurnAddress, udp_address
 from .peer import PeerConnection, PeerSnapshot
 from .states import ConnState, PeerState
 from .timers import TimerHeap
@@ -58,6 +61,10 @@ PROBE_INTERVAL: Final = 0.5
 MAX_TIMESTAMPS: Final = 65536
 MAX_PENDING_PROBES: Final = 256
 MAX_KEPT_PROBE_SOCKETS: Final = 16  # probe sockets that carry connections after a birthday attempt
+# What a routed packet adds to an end-to-end packet: the overlay prefix, the ROUTED header, and the
+# hop session's transport header and tag (a source route adds 32 bytes per hop; it fits in PMTU
+# probing's margin).
+ROUTED_OVERHEAD: Final = len(OVERLAY_PREFIX) + ROUTED_HEADER_LEN + wire.TRANSPORT_OVERHEAD
 
 
 class Endpoint:
@@ -85,6 +92,12 @@ class Endpoint:
             send_buffer_size=config.send_buffer_size,
             receive_window=config.receive_window,
             max_message_size=config.max_message_size,
+        )
+        # End-to-end connections through the overlay: their packets travel inside a hop's packet.
+        self.routed_stream_config = dataclasses.replace(
+            self.stream_config,
+            base_datagram_size=self.stream_config.base_datagram_size - ROUTED_OVERHEAD,
+            max_datagram_size=self.stream_config.max_datagram_size - ROUTED_OVERHEAD,
         )
         self._responder = Responder(identity)
         self._peers: dict[PeerId, PeerConnection] = {}
@@ -120,6 +133,9 @@ class Endpoint:
         self._probe_base = 0
         self.local_candidates: tuple[Candidate, ...] = ()
         self.nat_type = ""
+        # Overlay routing: neighbours, forwarding, routed connections (endpoint/overlay.py).
+        self.overlay = Overlay(self, 0.0)
+        self._links_changed = False
 
     # -- plumbing used by PeerConnection -------------------------------------------------------
 
@@ -169,6 +185,15 @@ class Endpoint:
     def emit(self, event: ev.Event) -> None:
         self._events.append(event)
 
+    def connections(self) -> dict[PeerId, PeerConnection]:
+        """The established or pending connection of each peer (not replacements)."""
+        return self._peers
+
+    def links_changed(self) -> None:
+        """A connection came up or ended: the overlay's neighbours are re-read before the next
+        packets leave (so a dead link is withdrawn at once)."""
+        self._links_changed = True
+
     def mark_dirty(self, conn: PeerConnection) -> None:
         """``conn`` has something to send (flushed by ``datagrams_to_send``)."""
         self._dirty[conn] = None
@@ -194,6 +219,7 @@ class Endpoint:
         self._touched.pop(conn, None)
         self._timers.discard(conn)
         self._rank.pop(conn, None)
+        self._links_changed = True
 
     def promote(self, conn: PeerConnection) -> None:
         """A confirmed replacement becomes the peer's connection; the old one ends."""
@@ -238,8 +264,17 @@ class Endpoint:
             for conn in dirty:
                 conn.flush(now)
             self._touched.update(dirty)
+        overlay = self.overlay
+        if self._links_changed:
+            self._links_changed = False
+            overlay.reconcile(now)
+        overlay.flush_control(now)
         out, self.out = self.out, []
-        return self._resolve(out)
+        resolved = self._resolve(out)
+        if self.out:  # routed packets, sealed into their next hops' sessions
+            more, self.out = self.out, []
+            resolved.extend(self._resolve(more))
+        return resolved
 
     # -- TURN routes --------------------------------------------------------------------------
 
@@ -275,6 +310,8 @@ class Endpoint:
             if server is None:
                 return address.peer
             return address if server == address.server else TurnAddress(server, address.peer)
+        if isinstance(address, RoutedAddress):
+            raise LocalProtocolError("a routed packet has no UDP way out of its own (see Overlay.wrap)")
         return address
 
     def _resolve(self, out: list[tuple[bytes, PathAddress]]) -> list[tuple[bytes, SendAddress]]:
@@ -282,6 +319,7 @@ class Endpoint:
         :meth:`send_address` does, inlined for the two common kinds: a plain address without TURN
         routes costs one type check)."""
         routes = self._turn_routes
+        routed = False
         for i, (data, address) in enumerate(out):
             if type(address) is Address:
                 if routes and (server := routes.get(address)) is not None:
@@ -290,6 +328,11 @@ class Endpoint:
                 out[i] = (data, address.address)
             elif type(address) is TurnAddress:
                 out[i] = (data, self.send_address(address))
+            elif type(address) is RoutedAddress:
+                self.overlay.wrap(data, address)  # into self.out, sealed for the next hop
+                routed = True
+        if routed:
+            out = [item for item in out if type(item[1]) is not RoutedAddress]
         return cast("list[tuple[bytes, SendAddress]]", out)  # every destination is resolved now
 
     def _read_timers(self) -> None:
@@ -303,6 +346,9 @@ class Endpoint:
     def get_timer(self) -> float | None:
         self._read_timers()
         best = self._timers.next_deadline()
+        overlay = self.overlay.get_timer()
+        if overlay is not None and (best is None or overlay < best):
+            best = overlay
         for _, _, deadline in self._probes.values():
             if best is None or deadline < best:
                 best = deadline
@@ -319,6 +365,7 @@ class Endpoint:
             if conn.state is not ConnState.CLOSED:
                 conn.on_timer(now)
                 self._touch(conn)
+        self.overlay.handle_timer(now)
         for nonce, (address, attempts, deadline) in list(self._probes.items()):
             if deadline <= now:
                 if attempts >= PROBE_RETRIES:
@@ -513,6 +560,10 @@ class Endpoint:
             self.counters["drop_handshake_auth_failed"] += 1
             return
         peer = result.peer_id
+        if isinstance(addr, RoutedAddress) and addr.peer != peer:
+            # A routed initiation names its source: a peer cannot open a session as another's.
+            self.counters["drop_routed_source_mismatch"] += 1
+            return
         last = self._timestamps.get(peer)
         if peer == self.peer_id or (last is not None and result.timestamp <= last):
             self.counters["drop_replayed_handshake" if peer != self.peer_id else "drop_self_handshake"] += 1

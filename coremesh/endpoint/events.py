@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..identity import PeerId
+from ..routing.flood import Delivery
 from .paths import PathAddress
 
 
@@ -82,6 +83,25 @@ class PathChanged:
     reason: str | None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OverlayDelivered:
+    """A broadcast or a multicast for this node arrived through the overlay."""
+
+    delivery: Delivery
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteProbeAnswered:
+    """The answer to a route probe (traceroute): who answered, whether it is the destination."""
+
+    destination: PeerId
+    nonce: int
+    hop_limit: int
+    responder: PeerId
+    reached: bool
+    rtt: float
+
+
 Event = (
     PeerConnected
     | PeerDisconnected
@@ -92,4 +112,6 @@ Event = (
     | AddressChanged
     | IdentityResolved
     | PathChanged
+    | OverlayDelivered
+    | RouteProbeAnswered
 )

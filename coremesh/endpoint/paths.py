@@ -10,7 +10,10 @@ Inside the endpoint core a connection's path is one of these (a :data:`PathAddre
   can tell it from one that came directly (replies go through the TURN route when there is one);
 * :class:`RelayAddress`: the keyed mesh relay, by PeerId;
 * :class:`ProbeAddress`: UDP to that address from one of the runtime's extra probe sockets (the
-  birthday approach against a random-port symmetric NAT), and what arrives on that socket.
+  birthday approach against a random-port symmetric NAT), and what arrives on that socket;
+* :class:`RoutedAddress`: through the overlay, by PeerId, hop by hop through other peers
+  (``coremesh/routing``); the core wraps such packets in ROUTED packets and seals them into the
+  next hop's session, so no shell ever sees one.
 
 What leaves the core (:meth:`~coremesh.endpoint.endpoint.Endpoint.datagrams_to_send`) is resolved
 against the core's TURN route table into a :data:`SendAddress`, where each kind names exactly one
@@ -83,13 +86,29 @@ class ProbeAddress(NamedTuple):
         return f"{self.address} via probe socket {self.socket}"
 
 
-PathAddress = Address | RelayAddress | DirectAddress | TurnAddress | ProbeAddress
+class RoutedAddress(NamedTuple):
+    """``peer`` through the overlay: ROUTED packets forwarded by other peers, along the route
+    table's choice, or along ``route`` (the hops to take, the destination last) when the sender
+    fixes them (a source route)."""
+
+    peer: PeerId
+    route: tuple[PeerId, ...] = ()
+
+    @property
+    def is_ipv6(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"routed:{self.peer.short()}"
+
+
+PathAddress = Address | RelayAddress | DirectAddress | TurnAddress | ProbeAddress | RoutedAddress
 SendAddress = Address | RelayAddress | TurnAddress | ProbeAddress
 
 
 def udp_address(address: PathAddress) -> Address | None:
-    """The UDP address of the peer behind a path (None for the keyed relay)."""
-    if isinstance(address, RelayAddress):
+    """The UDP address of the peer behind a path (None for the keyed relay and routed paths)."""
+    if isinstance(address, (RelayAddress, RoutedAddress)):
         return None
     if isinstance(address, DirectAddress):
         return address.address
@@ -99,9 +118,12 @@ def udp_address(address: PathAddress) -> Address | None:
 
 
 def path_kind(address: PathAddress) -> str:
-    """``keyed``, ``turn`` or ``direct`` (a plain Address may still be TURN-routed by the core)."""
+    """``keyed``, ``turn``, ``routed`` or ``direct`` (a plain Address may still be TURN-routed by
+    the core)."""
     if isinstance(address, RelayAddress):
         return "keyed"
+    if isinstance(address, RoutedAddress):
+        return "routed"
     if isinstance(address, TurnAddress):
         return "turn"
     return "direct"

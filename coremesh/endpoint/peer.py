@@ -29,13 +29,14 @@ from ..errors import (
 from ..identity import PeerId
 from ..reliability import ReliableStream
 from ..reliability import events as rev
+from ..routing.overlay import OVERLAY_PREFIX
 from ..secure import wire
 from ..secure.session import InitiatorHandshake, SecureSession
 from ..traversal import encode_path_frames
 from ..traversal.frames import PATH_PREFIX, PathFrame
 from . import events as ev
 from .migration import PeerPaths
-from .paths import PathAddress, same_path
+from .paths import PathAddress, RoutedAddress, same_path
 from .states import ANNOUNCED, ConnState, PeerState, check_transition
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class PeerSnapshot:
     packets_sent: int
     packets_lost: int
     cwnd: int
-    path: str = "direct"  # "direct", "turn" or "keyed"
+    path: str = "direct"  # "direct", "turn", "keyed" or "routed"
     path_reason: str | None = None  # why the connection is relayed, when it is
 
 
@@ -105,7 +106,8 @@ class PeerConnection:
         self.initiator = initiator  # we opened it (changes once at most: a simultaneous open we lose)
         self.pinned = pinned  # path="relay": never move to a direct path
         self.state = ConnState.DIALING if initiator else ConnState.CONFIRMING
-        self.stream = ReliableStream(endpoint.stream_config, now)
+        routed = isinstance(address, RoutedAddress)
+        self.stream = ReliableStream(endpoint.routed_stream_config if routed else endpoint.stream_config, now)
         self.paths = PeerPaths(self, address)
         self.previous: SecureSession | None = None
         self.current: SecureSession | None = None
@@ -305,6 +307,10 @@ class PeerConnection:
         self.last_received = now
         if not self.announced:
             self.paths.aim(addr)
+            if isinstance(addr, RoutedAddress) and self.stream.packets_sent == 0:
+                # The routed attempt of a race answered first: its packets travel inside a hop's
+                # packet, so the stream starts with the routed datagram sizes.
+                self.stream = ReliableStream(ep.routed_stream_config, now)
             self.announce(now, "handshake response")
         # The responder only trusts the new keys once a packet arrives under them: send an
         # ack-eliciting PING, which the stream retransmits until it is acknowledged.
@@ -315,6 +321,7 @@ class PeerConnection:
     def announce(self, now: float, cause: str) -> None:
         self.extra_paths = []
         self.endpoint.promote(self)
+        self.endpoint.links_changed()
         self._set_state(ConnState.CONNECTED, cause)
         self.connected_at = now
         self.connect_deadline = None
@@ -558,6 +565,10 @@ class PeerConnection:
             self.on_next_used()
         if self.state in (ConnState.DIALING, ConnState.CONFIRMING) and self.current is not None:
             self.announce(now, "first packet under the new keys")
+        if plaintext.startswith(OVERLAY_PREFIX):  # for the overlay (routing/overlay.py), not the stream
+            if self.state is ConnState.CONNECTED:
+                ep.overlay.on_packet(self, plaintext, now)
+            return
         if plaintext.startswith(PATH_PREFIX):  # a path packet (traversal/frames.py), not the stream
             if self.state is ConnState.CONNECTED:
                 self.paths.on_path_packet(plaintext, addr, now)

@@ -55,9 +55,10 @@ class PeerInfo:
 @dataclass(frozen=True, slots=True)
 class PingResult:
     rtt: float
-    path: str  # "direct" or "relay"
+    path: str  # "direct", "relay" or "routed" (through other peers)
     reason: str | None = None  # why the path is relayed (failed checks, NAT types), None when direct
-    via: str = "direct"  # "direct", "turn" or "keyed"
+    via: str = "direct"  # "direct", "turn", "keyed" or "routed"
+    hops: tuple[PeerId, ...] = ()  # the peers a routed connection passes, in order
 
 
 class ConnectionOwner(Protocol):

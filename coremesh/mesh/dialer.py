@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ..addr import Address, parse_address
 from ..config import MeshConfig, PeerAddress, parse_peer_address
-from ..endpoint.paths import PathAddress, RelayAddress
+from ..endpoint.paths import PathAddress, RelayAddress, RoutedAddress
 from ..endpoint.states import PeerState
 from ..errors import (
     ConnectionFailed,
@@ -62,8 +62,8 @@ class Dialer:
         path: str = "auto",
     ) -> Connection:
         """See :meth:`coremesh.MeshNode.connect`."""
-        if path not in ("auto", "direct", "relay"):
-            raise ValueError(f"path must be 'auto', 'direct' or 'relay', not {path!r}")
+        if path not in ("auto", "direct", "relay", "routed"):
+            raise ValueError(f"path must be 'auto', 'direct', 'relay' or 'routed', not {path!r}")
         timeout = self._config.connect_timeout if timeout is None else timeout
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -74,6 +74,8 @@ class Dialer:
             known = self._registry.get(wanted)
             if known is not None:
                 return known
+            if path == "routed":
+                return await self._connect_routed(wanted, deadline)
             if self._finder.has_dht or self._finder.services:
                 return await self._connect_discovered(wanted, deadline=deadline, timeout=timeout, path=path)
         return await self._connect_to(_resolve_target(peer, addr), deadline, path, timeout)
@@ -168,6 +170,16 @@ class Dialer:
         relayed = path == "relay"  # whether some relay path carried an initiation
         fell_back = False
         try:
+            keyed_relay = relays.keyed_relay() if relays is not None else None
+            if path == "auto" and keyed_relay is None and endpoint.overlay.next_hop(peer_id) is not None:
+                # Through other peers (the overlay): after the direct attempt's head start, the
+                # same initiation also goes routed; NAT traversal then moves a routed connection
+                # to a direct path when the NATs allow it (rendezvous through a shared peer).
+                await _wait_until(fut, min(runtime.now() + RACE_HEAD_START, deadline))
+                if not fut.done() and endpoint.also_try(peer_id, RoutedAddress(peer_id), runtime.now()):
+                    relayed = True
+                    notes.append("tried through other peers (routed)")
+                    runtime.pump()
             if path != "direct" and has_relay:
                 budget = timeout / 3
                 keyed = relays.keyed_relay() if relays is not None else None
@@ -344,6 +356,36 @@ class Dialer:
             return True
         return carried
 
+    async def _connect_routed(self, peer_id: PeerId, deadline: float) -> Connection:
+        """Connect through the overlay only: an end-to-end session by PeerId, carried by peers."""
+        runtime, endpoint = self._parts.require_running()
+        if endpoint.overlay.next_hop(peer_id) is None:
+            raise ConnectionFailed(f"no route to {peer_id} through the mesh's peers")
+        fut = self._registry.wait_connected(peer_id)
+        try:
+            endpoint.connect(
+                peer_id, RoutedAddress(peer_id), runtime.now(), timeout=max(deadline - runtime.now(), 0.0)
+            )
+        except LocalProtocolError as exc:
+            self._registry.stop_waiting(peer_id, fut)
+            raise ConnectionFailed(str(exc)) from None
+        self._registry.notify(ConnectionEvent(peer_id, ConnectionState.CONNECTING, RoutedAddress(peer_id)))
+        runtime.pump()
+        try:
+            await _wait_until(fut, deadline)
+            if fut.done():
+                error = fut.exception()
+                if error is None:
+                    return fut.result()
+                if not isinstance(error, HandshakeTimedOut):
+                    raise error
+            raise ConnectionFailed(f"no routed handshake response from {peer_id} in time")
+        finally:
+            self._registry.stop_waiting(peer_id, fut)
+            if not fut.done():
+                fut.cancel()
+                endpoint.close(peer_id, runtime.now())
+
     async def _connect_discovered(
         self, peer_id: PeerId, *, deadline: float, timeout: float, path: str
     ) -> Connection:
@@ -370,6 +412,9 @@ class Dialer:
         while not candidates and finder.services and runtime.now() + DISCOVERY_POLL < deadline:
             await asyncio.sleep(DISCOVERY_POLL)
             candidates = await _within(finder.discovered_addresses(peer_id), deadline, [])
+        endpoint = self._parts.endpoint
+        if not candidates and path == "auto" and endpoint is not None and endpoint.overlay.next_hop(peer_id):
+            return await self._connect_routed(peer_id, deadline)  # no address, but a route
         if not candidates:
             if not_found is not None:
                 raise not_found

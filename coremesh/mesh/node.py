@@ -30,6 +30,7 @@ from .candidates import LocalCandidates
 from .connection import Connection, ConnectionEvent, PeerInfo, PingResult
 from .dialer import Dialer
 from .finder import PeerFinder
+from .overlay import OverlayApi
 from .parts import NodeParts
 from .registry import ConnectionRegistry
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from ..dht.records import PeerRecord
     from ..discovery.base import DiscoveredPeer, DiscoveryService
     from ..netcheck.report import NetcheckReport
+    from ..routing.flood import Delivery
+    from ..routing.table import Route
 
 log = logging.getLogger("coremesh.node")
 
@@ -76,6 +79,7 @@ class MeshNode:
         self._candidates = LocalCandidates(self._parts, self.config, self._rng)
         self._finder = PeerFinder(self._parts, self.config, identity.peer_id)
         self._dialer = Dialer(self._parts, self.config, self._registry, self._finder)
+        self._overlay = OverlayApi(self._parts, self._registry)
         self._background: set[asyncio.Task[None]] = set()
         self._dht_seq = 0  # the last record sequence number, kept across a stop() and start()
 
@@ -260,10 +264,45 @@ class MeshNode:
         return self._registry.peers()
 
     async def broadcast(self, data: bytes) -> int:
-        """Send ``data`` to every connected peer; returns how many it was queued for."""
-        conns = self.connections()
-        results = await asyncio.gather(*(c.send(data) for c in conns), return_exceptions=True)
-        return sum(1 for r in results if not isinstance(r, BaseException))
+        """Send ``data`` to every node of the connected mesh, not only the neighbours: each node
+        delivers it once (to :meth:`on_delivery` callbacks). Returns how many neighbours it left
+        to. At most one packet's worth of data (:class:`MessageTooLarge` above)."""
+        return await self._overlay.broadcast(data)
+
+    async def multicast(self, group: str, data: bytes) -> int:
+        """Send ``data`` to the members of ``group`` (only they deliver it); returns how many
+        neighbours it left to."""
+        return await self._overlay.multicast(group, data)
+
+    def join(self, group: str) -> None:
+        """Become a member of ``group`` (a signed membership announcement goes mesh-wide)."""
+        self._overlay.join(group)
+
+    def leave(self, group: str) -> None:
+        self._overlay.leave(group)
+
+    def groups(self) -> list[str]:
+        return self._overlay.groups()
+
+    def on_delivery(self, callback: Callable[[Delivery], object]) -> Callable[[], None]:
+        """Call ``callback`` with every broadcast and multicast delivered to this node; returns a
+        function that unsubscribes."""
+        return self._overlay.on_delivery(callback)
+
+    def routes(self) -> list[dict[str, Any]]:
+        """The route table: per destination the next hop, metric, hops and backups (JSON-ready)."""
+        return self._overlay.routes()
+
+    async def trace(self, peer: PeerId | str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The hops to ``peer`` through the overlay, with each hop's round-trip time."""
+        peer_id = PeerId.from_text(peer) if isinstance(peer, str) else peer
+        return await self._overlay.trace(peer_id, timeout=timeout)
+
+    def set_router(self, fn: Callable[[PeerId, list[Route]], PeerId | None] | None) -> None:
+        """Let ``fn(destination, routes)`` pick the next hop among the table's candidates
+        (primary first); None from it, or an invalid choice, keeps the table's own choice."""
+        _, endpoint = self._parts.require_running()
+        endpoint.overlay.set_router(fn)
 
     async def ping(self, peer: PeerId | str, *, timeout: float = 5.0) -> PingResult:
         self._parts.require_running()
@@ -290,6 +329,7 @@ class MeshNode:
             counters["bytes_received"] = runtime.bytes_received
             counters["bytes_sent"] = runtime.bytes_sent
         counters["connections"] = len(self.connections())
+        counters.update(self._overlay.stats())
         return counters
 
     # -- the DHT ------------------------------------------------------------------------------

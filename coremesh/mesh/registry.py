@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 from ..addr import Address
 from ..endpoint import events as ev
-from ..endpoint.paths import PathAddress, RelayAddress, udp_address
+from ..endpoint.paths import PathAddress, RelayAddress, RoutedAddress, udp_address
 from ..endpoint.peer import PeerSnapshot
 from ..endpoint.states import PeerState
 from ..errors import ConnectionClosed, ConnectionFailed, MeshError, PeerNotFound
 from ..identity import PeerId
+from ..routing.flood import Delivery
 from .connection import Connection, ConnectionEvent, ConnectionState, PeerInfo, PingResult
 from .parts import NodeParts, not_started
 
@@ -31,6 +32,11 @@ _STATE_MAP = {
     PeerState.CLOSING: ConnectionState.CLOSED,
     PeerState.DRAINING: ConnectionState.CLOSED,
 }
+
+
+def public_path(kind: str) -> str:
+    """The API's ``path`` for a path kind: ``direct``, ``routed`` (through other peers) or ``relay``."""
+    return kind if kind in ("direct", "routed") else "relay"
 
 
 class HandshakeTimedOut(ConnectionFailed):
@@ -47,6 +53,8 @@ class ConnectionRegistry:
         self._ping_waiters: dict[tuple[PeerId, int], asyncio.Future[float]] = {}
         self._probe_waiters: dict[int, asyncio.Future[PeerId | None]] = {}
         self._callbacks: list[Callable[[ConnectionEvent], object]] = []
+        self._delivery_callbacks: list[Callable[[Delivery], object]] = []
+        self._route_probe_waiters: dict[int, asyncio.Future[ev.RouteProbeAnswered]] = {}
         # Why a relayed connection is not on the cheaper relay (e.g. a TURN 403), by peer.
         self._path_notes: dict[PeerId, str] = {}
 
@@ -82,7 +90,7 @@ class ConnectionRegistry:
                     peer_id=snap.peer_id,
                     address=snap.address,
                     state=_STATE_MAP[snap.state],
-                    path="direct" if snap.path == "direct" else "relay",
+                    path=public_path(snap.path),
                     via=snap.path,
                     reason=self.path_reason(snap),
                     rtt=snap.rtt,
@@ -126,7 +134,9 @@ class ConnectionRegistry:
         if peer is not None and endpoint is not None:
             snap = endpoint.snapshot(peer)
             if snap is not None:
-                return "direct" if snap.path == "direct" else "relay"
+                return public_path(snap.path)
+        if isinstance(address, RoutedAddress):
+            return "routed"
         if isinstance(address, RelayAddress):
             return "relay"
         if isinstance(address, Address) and endpoint is not None and endpoint.turn_route(address) is not None:
@@ -178,9 +188,10 @@ class ConnectionRegistry:
             return PingResult(rtt=rtt, path="direct")
         return PingResult(
             rtt=rtt,
-            path="direct" if snap.path == "direct" else "relay",
+            path=public_path(snap.path),
             reason=self.path_reason(snap),
             via=snap.path,
+            hops=endpoint.overlay.hops(peer_id) if snap.path == "routed" else (),
         )
 
     # -- waiting on the core -----------------------------------------------------------------------
@@ -232,6 +243,23 @@ class ConnectionRegistry:
             except Exception:
                 log.exception("on_connection callback failed")
 
+    def subscribe_deliveries(self, callback: Callable[[Delivery], object]) -> Callable[[], None]:
+        self._delivery_callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._delivery_callbacks:
+                self._delivery_callbacks.remove(callback)
+
+        return unsubscribe
+
+    def wait_route_probe(self, nonce: int) -> asyncio.Future[ev.RouteProbeAnswered]:
+        fut: asyncio.Future[ev.RouteProbeAnswered] = asyncio.get_running_loop().create_future()
+        self._route_probe_waiters[nonce] = fut
+        return fut
+
+    def stop_waiting_route_probe(self, nonce: int) -> None:
+        self._route_probe_waiters.pop(nonce, None)
+
     # -- events from the core --------------------------------------------------------------------
 
     def on_event(self, event: ev.Event) -> None:
@@ -265,7 +293,7 @@ class ConnectionRegistry:
         elif isinstance(event, ev.PathChanged):
             conn = self._connections.get(event.peer_id)
             if conn is not None:
-                conn.path = "direct" if event.kind == "direct" else "relay"
+                conn.path = public_path(event.kind)
             log.info(
                 "path changed",
                 extra={
@@ -275,6 +303,16 @@ class ConnectionRegistry:
                     "reason": event.reason,
                 },
             )
+        elif isinstance(event, ev.OverlayDelivered):
+            for deliver in list(self._delivery_callbacks):
+                try:
+                    deliver(event.delivery)
+                except Exception:
+                    log.exception("on_delivery callback failed")
+        elif isinstance(event, ev.RouteProbeAnswered):
+            answered = self._route_probe_waiters.pop(event.nonce, None)
+            if answered is not None and not answered.done():
+                answered.set_result(event)
         elif isinstance(event, ev.IdentityResolved):
             probe = self._probe_waiters.pop(event.nonce, None)
             if probe is not None and not probe.done():

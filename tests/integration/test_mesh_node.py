@@ -24,8 +24,9 @@ from coremesh import (
     PeerNotFound,
 )
 from coremesh.identity import Identity
+from coremesh.routing.flood import Delivery
 
-from .aio import run
+from .aio import eventually, run
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -250,19 +251,24 @@ def test_identity_persists_in_the_data_dir(tmp_path: Path) -> None:
     run(body)
 
 
-def test_broadcast_reaches_every_connected_peer() -> None:
+def test_broadcast_reaches_every_node_of_the_mesh_once_not_only_neighbours() -> None:
     async def body() -> None:
         async with MeshNode(LOOP4) as hub, MeshNode(LOOP4) as x, MeshNode(LOOP4) as y:
+            got: dict[str, list[Delivery]] = {"hub": [], "x": [], "y": []}
+            for name, node in (("hub", hub), ("x", x), ("y", y)):
+                node.on_delivery(got[name].append)
+            # x - hub - y: x and y are not connected to each other.
             await x.connect(hub.peer_id, hub.local_address)
             await y.connect(hub.peer_id, hub.local_address)
-            for _ in range(50):
-                if len(hub.connections()) == 2:
-                    break
-                await asyncio.sleep(0.02)
-            assert await hub.broadcast(b"to all") == 2
-            for node in (x, y):
-                conn = node.get_connection(hub.peer_id)
-                assert conn is not None and await conn.receive() == b"to all"
+            await eventually(lambda: any(r["destination"] == y.peer_id.to_text() for r in x.routes()))
+            assert await x.broadcast(b"to all") == 1  # one neighbour: the hub
+            await eventually(lambda: bool(got["hub"] and got["y"]))
+            for name in ("hub", "y"):
+                assert [(d.kind, d.origin, d.data) for d in got[name]] == [
+                    ("broadcast", x.peer_id, b"to all")
+                ]
+            assert got["x"] == []  # the sender does not deliver its own broadcast
+            assert y.get_connection(x.peer_id) is None  # it came through the hub, not a connection
 
     run(body)
 
