@@ -5,7 +5,7 @@ Nothing is counted twice: every value comes from what the node already counts (`
 metrics can never drift from ``/v1/status``. A counter the node adds later still shows up, as
 ``coremesh_node_mesh_<key>_total``, before it is given a name here.
 
-    coremesh_node_connections{path}                 connected peers now, by path: direct, turn, keyed
+    coremesh_node_connections{path}                 connected peers now, by path: direct, turn, keyed, routed
     coremesh_node_packets_total{direction}          UDP datagrams sent / received on the mesh socket
     coremesh_node_bytes_total{direction}            their bytes (UDP payload), probe sockets included
     coremesh_node_payload_bytes_total{direction}    message bytes sent (``/v1/send``) / received (inbox)
@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 NAMESPACE: Final = "coremesh_node"
-PATHS: Final = ("direct", "turn", "keyed")
+PATHS: Final = ("direct", "turn", "keyed", "routed")
 
 # MeshNode.stats() keys with a name of their own (the rest: drop_* by reason, path_switches_to_*,
 # traversal events, else coremesh_node_mesh_<key>_total).
