@@ -60,6 +60,7 @@ from coremesh.errors import (
 )
 from coremesh.identity import PeerId
 from coremesh.netcheck.hostaddrs import host_addresses
+from coremesh.routing.flood import InvalidGroup, TooManyGroups
 from coremesh.service import version
 from coremesh.service.admin import (
     AdminRunner,
@@ -229,6 +230,8 @@ _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidAddress, 400, "invalid_address"),
     (PeerNotFound, 404, "peer_not_found"),
     (MessageTooLarge, 413, "message_too_large"),
+    (InvalidGroup, 400, "bad_request"),
+    (TooManyGroups, 409, "too_many_groups"),
     (AuthenticationFailed, 502, "authentication_failed"),
     (NatTraversalFailed, 502, "nat_traversal_failed"),
     (ConnectionClosed, 409, "connection_closed"),

@@ -213,12 +213,18 @@ def format_status(st: JsonObject) -> str:
         f"uptime       {float(st.get('uptime_s') or 0):.1f}s",
         f"connections  {st.get('connections', 0)}",
     ]
+    routes = _object(st.get("stats")).get("routes")
+    if isinstance(routes, int):
+        lines.append(f"routes       {routes} destination{'s' if routes != 1 else ''} (coremesh routes)")
     inbox = st.get("inbox")
     if isinstance(inbox, dict):
         text = f"{inbox.get('queued', 0)} queued"
         if isinstance(inbox.get("bytes"), int) and isinstance(inbox.get("max_bytes"), int):
             text += f" ({_size(inbox['bytes'])} of {_size(inbox['max_bytes'])})"
-        lines.append(f"inbox        {text}, {inbox.get('dropped', 0)} dropped")
+        text += f", {inbox.get('dropped', 0)} dropped"
+        if inbox.get("deliveries_dropped"):
+            text += f" ({inbox['deliveries_dropped']} broadcasts/multicasts)"
+        lines.append(f"inbox        {text}")
     dht = st.get("dht")
     if role == "bootstrap" and isinstance(dht, dict) and dht.get("enabled", True):
         lines.append(

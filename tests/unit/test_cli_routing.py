@@ -21,6 +21,8 @@ from coremesh.addr import Address
 from coremesh.cli import main as cli
 from coremesh.errors import MessageTooLarge, PeerNotFound
 from coremesh.identity import Identity, PeerId
+from coremesh.routing.flood import TooManyGroups
+from coremesh.routing.flood_messages import MAX_GROUP_LEN, group_bytes
 from coremesh.service import nodeapi
 from tests.unit.test_cli import (
     PEER_B,
@@ -112,6 +114,8 @@ class RoutingNode(FakeNode):
         return 1
 
     def join(self, group: str) -> None:
+        if len(self.joined) >= 3:
+            raise TooManyGroups("a member has at most 3 groups")
         if group not in self.joined:
             self.joined.append(group)
 
@@ -361,10 +365,23 @@ def test_route_timeout_limits_are_the_same_in_the_cli_and_the_api(
         capsys.readouterr()
 
 
-def test_a_group_name_at_the_limit_is_accepted() -> None:
-    assert nodeapi.group_name_error("a" * nodeapi.GROUP_NAME_MAX) is None
-    assert nodeapi.group_name_error("Room-1.eu:west/2_b") is None
+def test_a_group_name_at_the_limit_is_accepted_and_fits_the_wire() -> None:
+    longest = "a" * nodeapi.GROUP_NAME_MAX
+    for name in (longest, "Room-1.eu:west/2_b", "0"):
+        assert nodeapi.group_name_error(name) is None
+        assert group_bytes(name) == name.encode()  # what the API accepts, multicast records carry
+    assert nodeapi.GROUP_NAME_MAX <= MAX_GROUP_LEN
     assert all(nodeapi.group_name_error(g) for g in BAD_GROUPS)
+
+
+def test_joining_too_many_groups_is_409(api: AdminThread, capsys: pytest.CaptureFixture[str]) -> None:
+    for group in ("a", "b", "c"):
+        assert api.request("POST", "/v1/join", {"group": group})[0] == 200
+    status, body = api.request("POST", "/v1/join", {"group": "d"})
+    assert (status, body["code"]) == (409, "too_many_groups") and "at most 3" in body["error"]
+    code, _, err = run(["--admin", api.admin, "join", "d"], capsys)
+    assert code == 1
+    assert_one_error_line(err, "at most 3 groups")
 
 
 # ----------------------------------------------------------------------------- recv: kind and group
@@ -432,3 +449,14 @@ def test_a_relay_says_it_does_not_route(
         code, out, err = run(["--admin", admin, *argv], capsys)
     assert code == 1 and out == ""
     assert_one_error_line(err, "this is a coremesh-relay, not a coremesh-node", lacks)
+
+
+def test_status_shows_the_routes_and_the_dropped_deliveries(
+    api: AdminThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.call(lambda: api.inbox.close())  # every delivery is dropped now
+    api.call(lambda: api.inbox.offer(PEER_C, b"x", kind="broadcast"))
+    code, out, _ = run(["--admin", api.admin, "status"], capsys)
+    assert code == 0
+    assert "routes       2 destinations (coremesh routes)" in out
+    assert "inbox        0 queued (0 B of 64.0 MiB), 1 dropped (1 broadcasts/multicasts)" in out
