@@ -10,6 +10,12 @@ Endpoints (documented with examples in docs/admin-api.md):
     GET  /v1/messages   ?count=N&timeout=S  long-poll, then remove and return up to N messages
     GET  /v1/netcheck   ?refresh=1  NAT behaviour, public addresses, relay latency (last run, or a new one)
     GET  /v1/lookup     ?peer=ID&timeout=S  a PeerId's signed record, found through the DHT
+    GET  /v1/routes     the overlay routing table: per destination its next hop, metric, hops, backups
+    POST /v1/route      {"peer": "PEERID", "timeout": S}  traceroute: the hops with per-hop latency
+    POST /v1/broadcast  {"data": "text"}  to every node of the mesh (docs/routing.md)
+    POST /v1/join       {"group": "NAME"}; POST /v1/leave {"group": "NAME"}
+    POST /v1/multicast  {"group": "NAME", "data": "text"}  to the group's members
+    GET  /v1/groups     the groups this node is a member of
     GET  /metrics       Prometheus text: connections by path, packets, bytes, handshakes, drops, DHT
                         and traversal counters (node/metrics.py)
     GET  /healthz       the process answers
@@ -32,7 +38,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -54,6 +60,7 @@ from coremesh.errors import (
 )
 from coremesh.identity import PeerId
 from coremesh.netcheck.hostaddrs import host_addresses
+from coremesh.routing.flood import InvalidGroup, TooManyGroups
 from coremesh.service import version
 from coremesh.service.admin import (
     AdminRunner,
@@ -73,7 +80,9 @@ from coremesh.service.nodeapi import (
     PING_INTERVAL_RANGE,
     PING_TIMEOUT_RANGE,
     RECV_TIMEOUT_RANGE,
+    ROUTE_TIMEOUT_RANGE,
     SEND_TIMEOUT_RANGE,
+    group_name_error,
 )
 
 from .inbox import Inbox
@@ -103,6 +112,19 @@ class NodeLike(Protocol):
     def get_connection(self, peer: PeerId) -> Any: ...
     async def ping(self, peer: PeerId, *, timeout: float = 5.0) -> Any: ...
     def stats(self) -> dict[str, int]: ...
+
+
+class RouterLike(Protocol):
+    """What the routing endpoints need from a node (``coremesh.MeshNode``'s overlay routing, see
+    docs/routing.md): the table, traceroute, broadcast and multicast groups."""
+
+    def routes(self) -> list[dict[str, Any]]: ...
+    async def trace(self, peer: PeerId, *, timeout: float = 5.0) -> list[dict[str, Any]]: ...
+    async def broadcast(self, data: bytes) -> int: ...
+    def join(self, group: str) -> None: ...
+    def leave(self, group: str) -> None: ...
+    async def multicast(self, group: str, data: bytes) -> int: ...
+    def groups(self) -> list[str]: ...
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -172,6 +194,35 @@ def _integer(value: Any, name: str, default: int, low: int, high: int) -> int:
     return number
 
 
+def _payload(body: dict[str, Any]) -> bytes:
+    """The message bytes of a request: ``"data"`` as text (``"encoding": "base64"`` for bytes, as
+    ``/v1/messages`` answers them), or ``"data_b64"``."""
+    has_text, has_b64 = "data" in body, "data_b64" in body
+    if has_text == has_b64:
+        raise ApiError(400, "bad_request", 'give exactly one of "data" (text) or "data_b64" (base64)')
+    encoding = body.get("encoding", "utf-8")
+    if encoding not in ("utf-8", "base64") or (has_b64 and "encoding" in body):
+        raise ApiError(
+            400, "bad_request", f'"encoding": expected "utf-8" or "base64" with "data", got {encoding!r}'
+        )
+    if has_text and encoding == "utf-8":
+        if not isinstance(body["data"], str):
+            raise ApiError(400, "bad_request", '"data" must be a string (use "data_b64" for bytes)')
+        return bytes(body["data"].encode("utf-8"))
+    name = "data" if has_text else "data_b64"
+    try:
+        return base64.b64decode(str(body[name]), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_request", f'"{name}" is not valid base64') from None
+
+
+def _group(value: Any) -> str:
+    error = group_name_error(value)
+    if error is not None:
+        raise ApiError(400, "bad_request", f'"group": {error}')
+    return str(value)
+
+
 # The library's errors as API errors; the first matching class wins (subclasses first).
 _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidPeerId, 400, "invalid_peer_id"),
@@ -179,6 +230,8 @@ _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidAddress, 400, "invalid_address"),
     (PeerNotFound, 404, "peer_not_found"),
     (MessageTooLarge, 413, "message_too_large"),
+    (InvalidGroup, 400, "bad_request"),
+    (TooManyGroups, 409, "too_many_groups"),
     (AuthenticationFailed, 502, "authentication_failed"),
     (NatTraversalFailed, 502, "nat_traversal_failed"),
     (ConnectionClosed, 409, "connection_closed"),
@@ -248,6 +301,13 @@ def create_admin_app(
     app.router.add_post("/v1/send", _send)
     app.router.add_get("/v1/messages", _messages)
     app.router.add_get("/v1/netcheck", _netcheck)
+    app.router.add_get("/v1/routes", _routes)
+    app.router.add_post("/v1/route", _route)
+    app.router.add_post("/v1/broadcast", _broadcast)
+    app.router.add_post("/v1/join", _join)
+    app.router.add_post("/v1/leave", _leave)
+    app.router.add_post("/v1/multicast", _multicast)
+    app.router.add_get("/v1/groups", _groups)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -378,6 +438,7 @@ async def _ping(request: web.Request) -> web.Response:
     path: str | None = None
     reason: str | None = None
     via: str | None = None
+    hops: list[str] = []
     sent = 0
     dht_status = getattr(st.node, "dht_status", None)
     if st.node.get_connection(peer) is None and dht_status is not None and dht_status().get("enabled"):
@@ -399,6 +460,7 @@ async def _ping(request: web.Request) -> web.Response:
         path = result.path
         reason = getattr(result, "reason", None)
         via = getattr(result, "via", None)
+        hops = [jsonable(hop, binary="base64") for hop in result.hops]
     if not rtts:
         raise ApiError(504, "timeout", f"no reply from {peer} to {sent} ping(s) within {timeout:g}s each")
     if path is None:
@@ -414,8 +476,9 @@ async def _ping(request: web.Request) -> web.Response:
             "max_ms": round(max(rtts), 3),
             "sent": sent,
             "received": len(rtts),
-            "via": via or path,  # direct, turn or keyed
+            "via": via or path,  # direct, turn, keyed or routed
             "reason": reason,  # why the path is relayed (failed checks, NAT types); null when direct
+            "hops": hops,  # the peers that carry a routed path, in order; [] when direct or relayed
         }
     )
 
@@ -446,18 +509,7 @@ async def _send(request: web.Request) -> web.Response:
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "bad_request", '"peer" is required: PEERID or PEERID@HOST:PORT')
     timeout = _number(body.get("timeout"), "timeout", DEFAULT_SEND_TIMEOUT, *SEND_TIMEOUT_RANGE)
-    has_text, has_b64 = "data" in body, "data_b64" in body
-    if has_text == has_b64:
-        raise ApiError(400, "bad_request", 'give exactly one of "data" (text) or "data_b64" (base64)')
-    if has_text:
-        if not isinstance(body["data"], str):
-            raise ApiError(400, "bad_request", '"data" must be a string (use "data_b64" for bytes)')
-        data = body["data"].encode("utf-8")
-    else:
-        try:
-            data = base64.b64decode(str(body["data_b64"]), validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "bad_request", '"data_b64" is not valid base64') from None
+    data = _payload(body)
     if "@" in text:
         conn, _ = await _connect_peer(st.node, text, DEFAULT_CONNECT_TIMEOUT)
         peer = conn.peer_id
@@ -487,6 +539,81 @@ async def _messages(request: web.Request) -> web.Response:
         await st.inbox.wait_for(1 if count is None else count, timeout)
     messages = st.inbox.take(count)
     return web.json_response({"messages": [m.to_json() for m in messages]})
+
+
+# ------------------------------------------------------------------- overlay routing (docs/routing.md)
+
+
+def _router(request: web.Request) -> RouterLike:
+    return cast(RouterLike, request.app[STATE].node)
+
+
+async def _routes(request: web.Request) -> web.Response:
+    """The overlay routing table: per destination its next hop, metric, hops, seqno, age and backups."""
+    routes = _router(request).routes()
+    return web.json_response({"routes": jsonable(routes, binary="base64")})
+
+
+async def _route(request: web.Request) -> web.Response:
+    """Traceroute to a peer: one probe per hop limit, the hops with their round-trip times."""
+    body = await _json_body(request)
+    peer = _peer_id(body.get("peer"))
+    timeout = _number(body.get("timeout"), "timeout", 5.0, *ROUTE_TIMEOUT_RANGE)
+    t0 = time.monotonic()
+    try:
+        hops = await asyncio.wait_for(_router(request).trace(peer, timeout=timeout), timeout + 2)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"no route to {peer} found within {timeout:g}s") from None
+    hops = jsonable(hops, binary="base64")
+    last = hops[-1] if hops else {}
+    return web.json_response(
+        {
+            "peer_id": peer.to_text(),
+            "hops": hops,
+            "reached": last.get("peer_id") == peer.to_text() and last.get("rtt_ms") is not None,
+            "elapsed_ms": round((time.monotonic() - t0) * 1000, 3),
+        }
+    )
+
+
+async def _broadcast(request: web.Request) -> web.Response:
+    """Send one message to every node of the mesh (each delivers it once, as kind "broadcast")."""
+    body = await _json_body(request)
+    data = _payload(body)
+    neighbours = await _router(request).broadcast(data)
+    return web.json_response({"bytes": len(data), "neighbours": neighbours})
+
+
+async def _join(request: web.Request) -> web.Response:
+    """Join a multicast group: the node delivers the group's messages (signed membership, flooded)."""
+    body = await _json_body(request)
+    group = _group(body.get("group"))
+    router = _router(request)
+    router.join(group)
+    return web.json_response({"group": group, "groups": router.groups()})
+
+
+async def _leave(request: web.Request) -> web.Response:
+    """Leave a multicast group (leaving a group the node is not in is not an error)."""
+    body = await _json_body(request)
+    group = _group(body.get("group"))
+    router = _router(request)
+    router.leave(group)
+    return web.json_response({"group": group, "groups": router.groups()})
+
+
+async def _multicast(request: web.Request) -> web.Response:
+    """Send one message to the members of a group (delivered as kind "multicast" with its group)."""
+    body = await _json_body(request)
+    group = _group(body.get("group"))
+    data = _payload(body)
+    neighbours = await _router(request).multicast(group, data)
+    return web.json_response({"group": group, "bytes": len(data), "neighbours": neighbours})
+
+
+async def _groups(request: web.Request) -> web.Response:
+    """The multicast groups this node is a member of."""
+    return web.json_response({"groups": _router(request).groups()})
 
 
 NETCHECK_TIMEOUT: Final = 90.0

@@ -33,11 +33,29 @@ class ConnectionSource(Protocol):
     def get_connection(self, peer: PeerId) -> Any: ...
 
 
+class DeliverySource(Protocol):
+    """What :meth:`InboxPump.on_delivery` reads from a ``coremesh.routing.flood.Delivery``."""
+
+    @property
+    def kind(self) -> str: ...  # "broadcast" or "multicast"
+    @property
+    def origin(self) -> PeerId: ...
+    @property
+    def group(self) -> str | None: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+KINDS: Final = ("direct", "broadcast", "multicast")
+
+
 @dataclass(frozen=True, slots=True)
 class InboxMessage:
-    sender: PeerId
+    sender: PeerId  # for a broadcast or a multicast: its origin (signed), not the neighbour it came from
     data: bytes
     ts: float  # wall-clock time of arrival, seconds since the epoch
+    kind: str = "direct"  # direct (a connection's stream), broadcast or multicast
+    group: str | None = None  # the multicast group
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"from": self.sender.to_text()}
@@ -47,6 +65,9 @@ class InboxMessage:
             out["data"] = base64.b64encode(self.data).decode("ascii")
             out["encoding"] = "base64"
         out["ts"] = round(self.ts, 6)
+        out["kind"] = self.kind
+        if self.kind == "multicast":
+            out["group"] = self.group
         return out
 
 
@@ -59,6 +80,8 @@ class Inbox:
     larger than ``max_bytes`` on its own can never fit: it is dropped, counted and logged.
 
     :meth:`append` is the non-blocking form: it makes room by dropping the oldest messages (counted).
+    :meth:`offer` is the form for broadcasts and multicasts, which cannot be pushed back on (they come
+    from the node's event loop, not from a stream): one that does not fit now is dropped and counted.
     """
 
     def __init__(self, maxlen: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
@@ -75,6 +98,8 @@ class Inbox:
         self.received = 0
         self.received_bytes = 0  # payload bytes received since start (queued, or dropped oversized)
         self.dropped = 0
+        self.deliveries_dropped = 0  # broadcasts and multicasts that did not fit (also in `dropped`)
+        self._drop_logged = False  # one log line per run of dropped deliveries, not one per message
 
     def __len__(self) -> int:
         return len(self._items)
@@ -83,11 +108,15 @@ class Inbox:
         """Whether a message of ``size`` bytes can be queued now without dropping anything."""
         return len(self._items) < self.maxlen and self.bytes + size <= self.max_bytes
 
-    def _push(self, sender: PeerId, data: bytes, ts: float | None) -> None:
-        self._items.append(InboxMessage(sender, bytes(data), time.time() if ts is None else ts))
+    def _push(
+        self, sender: PeerId, data: bytes, ts: float | None, kind: str = "direct", group: str | None = None
+    ) -> None:
+        ts = time.time() if ts is None else ts
+        self._items.append(InboxMessage(sender, bytes(data), ts, kind, group))
         self.bytes += len(data)
         self.received += 1
         self.received_bytes += len(data)
+        self._drop_logged = False
         self._wake()
 
     def _drop_oversized(self, sender: PeerId, size: int) -> None:
@@ -111,6 +140,45 @@ class Inbox:
             self.bytes -= len(self._items.popleft().data)
             self.dropped += 1
         self._push(sender, data, ts)
+
+    def offer(
+        self,
+        sender: PeerId,
+        data: bytes,
+        *,
+        kind: str = "direct",
+        group: str | None = None,
+        ts: float | None = None,
+    ) -> bool:
+        """Queue at once if it fits, else drop it and count it (never waits, never drops another
+        message): for broadcasts and multicasts, which arrive on the node's event loop. False if
+        dropped."""
+        if kind not in KINDS:
+            raise ValueError(f"inbox message kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        if len(data) > self.max_bytes:
+            self._drop_oversized(sender, len(data))
+            self.deliveries_dropped += 1
+            return False
+        if self._closed or not self.fits(len(data)):
+            self.received += 1
+            self.received_bytes += len(data)
+            self.dropped += 1
+            self.deliveries_dropped += 1
+            if not self._drop_logged:  # once until a message is queued again: a storm is one line
+                self._drop_logged = True
+                log.warning(
+                    "inbox.delivery_dropped",
+                    peer_id=str(sender),
+                    kind=kind,
+                    group=group,
+                    bytes=len(data),
+                    queued=len(self._items),
+                    queued_bytes=self.bytes,
+                    reason="the inbox is full (closed) and a broadcast or multicast cannot wait",
+                )
+            return False
+        self._push(sender, data, ts, kind, group)
+        return True
 
     async def put(self, sender: PeerId, data: bytes, ts: float | None = None) -> bool:
         """Queue ``data``, waiting until there is room. False if it was not queued: larger than
@@ -160,6 +228,7 @@ class Inbox:
             "max_messages": self.maxlen,
             "received": self.received,
             "dropped": self.dropped,
+            "deliveries_dropped": self.deliveries_dropped,
         }
 
     def close(self) -> None:
@@ -195,6 +264,11 @@ class InboxPump:
         task = asyncio.get_running_loop().create_task(self._read(conn), name=f"inbox-{event.peer_id}")
         self._readers[key] = task
         task.add_done_callback(functools.partial(self._forget, key))
+
+    def on_delivery(self, delivery: DeliverySource) -> None:
+        """A ``MeshNode.on_delivery`` callback: a broadcast or multicast into the inbox, at once or
+        dropped and counted when it does not fit (it runs on the node's event loop: it never waits)."""
+        self._inbox.offer(delivery.origin, delivery.data, kind=delivery.kind, group=delivery.group)
 
     def _forget(self, key: int, _task: asyncio.Task[None]) -> None:
         self._readers.pop(key, None)

@@ -5,7 +5,7 @@ Nothing is counted twice: every value comes from what the node already counts (`
 metrics can never drift from ``/v1/status``. A counter the node adds later still shows up, as
 ``coremesh_node_mesh_<key>_total``, before it is given a name here.
 
-    coremesh_node_connections{path}                 connected peers now, by path: direct, turn, keyed
+    coremesh_node_connections{path}                 connected peers now, by path: direct, turn, keyed, routed
     coremesh_node_packets_total{direction}          UDP datagrams sent / received on the mesh socket
     coremesh_node_bytes_total{direction}            their bytes (UDP payload), probe sockets included
     coremesh_node_payload_bytes_total{direction}    message bytes sent (``/v1/send``) / received (inbox)
@@ -19,6 +19,12 @@ metrics can never drift from ``/v1/status``. A counter the node adds later still
     coremesh_node_dht_<gauge>                       routing table size, records stored, lookups active
     coremesh_node_dht_<event>_total                 lookups served and started, PEX, records accepted
     coremesh_node_dht_bytes_total{direction}        DHT message bytes
+    coremesh_node_routes                            destinations the overlay has a route to now
+    coremesh_node_route_changes_total               primary routes changed (new, replaced, lost)
+    coremesh_node_forwarded_packets_total           ROUTED packets this node forwarded for others
+    coremesh_node_forwarded_bytes_total             their bytes
+    coremesh_node_broadcast_duplicates_total        broadcast copies that arrived again (not delivered)
+    coremesh_node_deliveries_total{kind}            broadcasts and multicasts delivered to this node
     coremesh_node_inbox_messages, _inbox_bytes      messages waiting for ``coremesh recv``
     coremesh_node_ready, coremesh_node_build_info   serving or not; the version
     process_*                                       memory, CPU, open files (prometheus_client)
@@ -33,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 NAMESPACE: Final = "coremesh_node"
-PATHS: Final = ("direct", "turn", "keyed")
+PATHS: Final = ("direct", "turn", "keyed", "routed")
 
 # MeshNode.stats() keys with a name of their own (the rest: drop_* by reason, path_switches_to_*,
 # traversal events, else coremesh_node_mesh_<key>_total).
@@ -50,6 +56,13 @@ _NAMED: Final = frozenset(
         "handshake_initiations_sent",
         "connect_timeouts",
         "connect_identity_mismatch",
+        "routes",
+        "route_changes",
+        "forwarded_packets",
+        "forwarded_bytes",
+        "broadcast_duplicates",
+        "broadcasts_delivered",
+        "multicasts_delivered",
     }
 )
 _TRAVERSAL: Final = frozenset(
@@ -64,6 +77,14 @@ _TRAVERSAL: Final = frozenset(
         "address_changes",
     }
 )
+# Overlay routing (docs/routing.md): MeshNode.stats() key -> (metric name, help). "routes" is a gauge.
+_ROUTING: Final = {
+    "route_changes": ("route_changes", "primary routes changed: new, replaced by a better one, or lost"),
+    "forwarded_packets": ("forwarded_packets", "ROUTED packets forwarded for other nodes"),
+    "forwarded_bytes": ("forwarded_bytes", "bytes of the ROUTED packets forwarded for other nodes"),
+    "broadcast_duplicates": ("broadcast_duplicates", "broadcast copies that arrived again (dropped)"),
+}
+_DELIVERED: Final = {"broadcast": "broadcasts_delivered", "multicast": "multicasts_delivered"}
 _DHT_GAUGES: Final = frozenset(
     {"routing_table_size", "records_stored", "lookups_active", "lookups_queued", "pending_requests"}
 )
@@ -155,6 +176,8 @@ class NodeCollector(Collector):
             value=stats.get("handshake_initiations_sent", 0),
         )
 
+        yield from _routing(stats)
+
         drops = CounterMetricFamily(
             f"{NAMESPACE}_drops", "packets dropped, by layer and reason", labels=["layer", "reason"]
         )
@@ -219,6 +242,23 @@ class NodeCollector(Collector):
             yield GaugeMetricFamily(
                 f"{NAMESPACE}_inbox_bytes", "payload bytes waiting for coremesh recv", value=inbox[1]
             )
+
+
+def _routing(stats: Mapping[str, Any]) -> Iterator[Metric]:
+    """The overlay's families, 0 until the node routes (a scrape always has the same names)."""
+    yield GaugeMetricFamily(
+        f"{NAMESPACE}_routes", "destinations the overlay has a route to now", value=stats.get("routes", 0)
+    )
+    for key, (name, text) in _ROUTING.items():
+        yield CounterMetricFamily(f"{NAMESPACE}_{name}", text, value=stats.get(key, 0))
+    delivered = CounterMetricFamily(
+        f"{NAMESPACE}_deliveries",
+        "broadcasts and multicasts delivered to this node, by kind",
+        labels=["kind"],
+    )
+    for kind, key in _DELIVERED.items():
+        delivered.add_metric([kind], stats.get(key, 0))
+    yield delivered
 
 
 def _by_direction(name: str, text: str, sent: int, received: int) -> CounterMetricFamily:

@@ -8,6 +8,13 @@
     coremesh [--admin HOST:PORT] send PEERID TEXT [--json]
     coremesh [--admin HOST:PORT] recv [--count N] [--timeout S] [--json]
     coremesh [--admin HOST:PORT] netcheck [--refresh] [--json]
+    coremesh [--admin HOST:PORT] routes [--json]
+    coremesh [--admin HOST:PORT] route PEERID [--timeout S] [--json]
+    coremesh [--admin HOST:PORT] broadcast TEXT [--base64] [--json]
+    coremesh [--admin HOST:PORT] join GROUP [--json]
+    coremesh [--admin HOST:PORT] leave GROUP [--json]
+    coremesh [--admin HOST:PORT] multicast GROUP TEXT [--base64] [--json]
+    coremesh [--admin HOST:PORT] groups [--json]
 
 Only the standard library is used (``http.client``), so the command starts fast. Peer ids and addresses
 are checked locally before any request. Every failure is one line on stderr (``coremesh: error: ...``)
@@ -39,12 +46,15 @@ from ..netcheck.report import format_netcheck
 from ..service.nodeapi import (
     CONNECT_PATHS,
     CONNECT_TIMEOUT_RANGE,
+    GROUP_NAME_MAX,
     LOOKUP_TIMEOUT_RANGE,
     MAX_RECV_COUNT,
     PING_COUNT_RANGE,
     PING_INTERVAL_RANGE,
     PING_TIMEOUT_RANGE,
     RECV_TIMEOUT_RANGE,
+    ROUTE_TIMEOUT_RANGE,
+    group_name_error,
 )
 
 PROG: Final = "coremesh"
@@ -153,6 +163,21 @@ def check_peer_address(text: str) -> str:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
+def check_group(text: str) -> str:
+    error = group_name_error(text)
+    if error is not None:
+        raise CliError(f"GROUP: {error}", EXIT_USAGE)
+    return text
+
+
+def check_base64(text: str) -> str:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise CliError("TEXT is not valid base64 (--base64 was given)", EXIT_USAGE) from None
+    return text
+
+
 def check_admin(text: str) -> Address:
     try:
         return parse_address(text, allow_zero_port=False, allow_names=True)
@@ -188,12 +213,18 @@ def format_status(st: JsonObject) -> str:
         f"uptime       {float(st.get('uptime_s') or 0):.1f}s",
         f"connections  {st.get('connections', 0)}",
     ]
+    routes = _object(st.get("stats")).get("routes")
+    if isinstance(routes, int):
+        lines.append(f"routes       {routes} destination{'s' if routes != 1 else ''} (coremesh routes)")
     inbox = st.get("inbox")
     if isinstance(inbox, dict):
         text = f"{inbox.get('queued', 0)} queued"
         if isinstance(inbox.get("bytes"), int) and isinstance(inbox.get("max_bytes"), int):
             text += f" ({_size(inbox['bytes'])} of {_size(inbox['max_bytes'])})"
-        lines.append(f"inbox        {text}, {inbox.get('dropped', 0)} dropped")
+        text += f", {inbox.get('dropped', 0)} dropped"
+        if inbox.get("deliveries_dropped"):
+            text += f" ({inbox['deliveries_dropped']} broadcasts/multicasts)"
+        lines.append(f"inbox        {text}")
     dht = st.get("dht")
     if role == "bootstrap" and isinstance(dht, dict) and dht.get("enabled", True):
         lines.append(
@@ -239,7 +270,7 @@ def format_peers(data: JsonObject) -> str:
     peers = data.get("peers") or []
     if not peers:
         return "no peers"
-    rows = [("PEER_ID", "ADDRESS", "STATE", "PATH", "RTT")]
+    rows: list[tuple[str, ...]] = [("PEER_ID", "ADDRESS", "STATE", "PATH", "RTT")]
     for p in peers:
         rows.append(
             (
@@ -250,10 +281,7 @@ def format_peers(data: JsonObject) -> str:
                 _ms(p.get("rtt_ms")),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
-    )
+    return "\n".join(_table(rows))
 
 
 def format_connect(data: JsonObject) -> str:
@@ -266,12 +294,92 @@ def format_connect(data: JsonObject) -> str:
 def format_ping(data: JsonObject) -> str:
     sent, received = data.get("sent", 0), data.get("received", 0)
     loss = 100.0 * (1 - received / sent) if isinstance(sent, int) and sent else 0.0
+    hops = data.get("hops")
     return (
-        f"ping {data.get('peer_id')} via {data.get('path')}: {sent} sent, {received} received, "
-        f"{loss:.0f}% loss, rtt min/avg/max = "
-        f"{float(data.get('min_ms', 0)):.3f}/{float(data.get('rtt_ms', 0)):.3f}/"
-        f"{float(data.get('max_ms', 0)):.3f} ms"
-    ) + (f"\n  relayed ({data.get('via')}): {data['reason']}" if data.get("reason") else "")
+        (
+            f"ping {data.get('peer_id')} via {data.get('path')}: {sent} sent, {received} received, "
+            f"{loss:.0f}% loss, rtt min/avg/max = "
+            f"{float(data.get('min_ms', 0)):.3f}/{float(data.get('rtt_ms', 0)):.3f}/"
+            f"{float(data.get('max_ms', 0)):.3f} ms"
+        )
+        + (f"\n  relayed ({data.get('via')}): {data['reason']}" if data.get("reason") else "")
+        + (f"\n  routed through {' -> '.join(map(str, hops))}" if isinstance(hops, list) and hops else "")
+    )
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned columns (the last one not padded)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
+    ]
+
+
+def format_routes(data: JsonObject) -> str:
+    """One line per destination (hops counted, the next hop first), then one indented line per backup."""
+    routes = [r for r in data.get("routes") or [] if isinstance(r, dict)]
+    if not routes:
+        return "no routes"
+    rows: list[tuple[str, ...]] = [("DESTINATION", "NEXT_HOP", "METRIC", "HOPS", "AGE")]
+    backups: dict[int, list[str]] = {}
+    for r in routes:
+        age = r.get("age_s")
+        rows.append(
+            (
+                str(r.get("destination")),
+                str(r.get("next_hop")),
+                str(r.get("metric")),
+                str(len(r.get("hops") or [])),
+                f"{float(age):.1f}s" if isinstance(age, int | float) else "-",
+            )
+        )
+        backups[len(rows) - 1] = [
+            f"  backup via {b.get('next_hop')}  metric {b.get('metric')}  hops {len(b.get('hops') or [])}"
+            for b in r.get("backups") or []
+            if isinstance(b, dict)
+        ]
+    lines: list[str] = []
+    for i, line in enumerate(_table(rows)):
+        lines.append(line)
+        lines.extend(backups.get(i, []))
+    return "\n".join(lines)
+
+
+def format_route(data: JsonObject) -> str:
+    """Traceroute style: one line per hop with its round-trip time (``*`` when it did not answer)."""
+    hops = [h for h in data.get("hops") or [] if isinstance(h, dict)]
+    head = f"route to {data.get('peer_id')}: {len(hops)} hop{'s' if len(hops) != 1 else ''}"
+    if not data.get("reached", True):
+        head += " (destination not reached)"
+    lines = [head]
+    for h in hops:
+        rtt = h.get("rtt_ms")
+        lines.append(f"{h.get('hop')!s:>3}  {h.get('peer_id')}  {_ms(rtt) if rtt is not None else '*'}")
+    return "\n".join(lines)
+
+
+def format_broadcast(data: JsonObject) -> str:
+    return f"broadcast {data.get('bytes')} bytes (sent to {data.get('neighbours')} neighbours)"
+
+
+def format_multicast(data: JsonObject) -> str:
+    return (
+        f"multicast {data.get('bytes')} bytes to group {data.get('group')} "
+        f"(sent to {data.get('neighbours')} neighbours)"
+    )
+
+
+def format_groups(data: JsonObject) -> str:
+    groups = data.get("groups") or []
+    return "\n".join(map(str, groups)) if groups else "no groups"
+
+
+def _membership(verb: str) -> Callable[[JsonObject], str]:
+    def human(data: JsonObject) -> str:
+        groups = ", ".join(map(str, data.get("groups") or [])) or "none"
+        return f"{verb} {data.get('group')} (member of: {groups})"
+
+    return human
 
 
 def format_lookup(data: JsonObject) -> str:
@@ -338,11 +446,18 @@ def json_line(data: JsonObject) -> str:
 
 
 def format_message(msg: JsonObject) -> str:
-    """One line per message; the peer-controlled payload is escaped (see :func:`escape_text`)."""
+    """One line per message; the peer-controlled payload is escaped (see :func:`escape_text`). A
+    broadcast or multicast says so: ``PEERID (broadcast): text``, ``PEERID (multicast GROUP): text``."""
     sender, data = escape_text(msg.get("from")), escape_text(msg.get("data"))
+    notes: list[str] = []
+    kind = msg.get("kind", "direct")
+    if kind == "multicast":
+        notes.append(f"multicast {escape_text(msg.get('group'))}")
+    elif kind != "direct":
+        notes.append(escape_text(kind))
     if msg.get("encoding") == "base64":
-        return f"{sender} (base64): {data}"
-    return f"{sender}: {data}"
+        notes.append("base64")
+    return f"{sender} ({', '.join(notes)}): {data}" if notes else f"{sender}: {data}"
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -397,16 +512,14 @@ def cmd_ping(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
 def cmd_send(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     peer = check_peer_id(args.peer)
     body: JsonObject = {"peer": peer.to_text()}
-    if args.base64:
-        try:
-            base64.b64decode(args.text, validate=True)
-        except (binascii.Error, ValueError):
-            raise CliError("TEXT is not valid base64 (--base64 was given)", EXIT_USAGE) from None
-        body["data_b64"] = args.text
-    else:
-        body["data"] = args.text
+    body.update(_data(args))
     out.emit(client.request("POST", "/v1/send", body), format_send)
     return EXIT_OK
+
+
+def _data(args: argparse.Namespace) -> JsonObject:
+    """TEXT as the API's message fields: ``data``, or ``data_b64`` with ``--base64``."""
+    return {"data_b64": check_base64(args.text)} if args.base64 else {"data": args.text}
 
 
 def cmd_recv(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
@@ -423,6 +536,46 @@ def cmd_recv(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     if args.count > 0 and len(messages) < args.count:
         waited = time.monotonic() - t0
         raise CliError(f"received {len(messages)} of {args.count} message(s) within {waited:.1f}s")
+    return EXIT_OK
+
+
+def cmd_routes(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    out.emit(client.request("GET", "/v1/routes"), format_routes)
+    return EXIT_OK
+
+
+def cmd_route(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    peer = check_peer_id(args.peer)
+    body = {"peer": peer.to_text(), "timeout": args.timeout}
+    out.emit(client.request("POST", "/v1/route", body, timeout=args.timeout + 10), format_route)
+    return EXIT_OK
+
+
+def cmd_broadcast(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    out.emit(client.request("POST", "/v1/broadcast", _data(args)), format_broadcast)
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    body = {"group": check_group(args.group)}
+    out.emit(client.request("POST", "/v1/join", body), _membership("joined"))
+    return EXIT_OK
+
+
+def cmd_leave(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    body = {"group": check_group(args.group)}
+    out.emit(client.request("POST", "/v1/leave", body), _membership("left"))
+    return EXIT_OK
+
+
+def cmd_multicast(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    body = {"group": check_group(args.group), **_data(args)}
+    out.emit(client.request("POST", "/v1/multicast", body), format_multicast)
+    return EXIT_OK
+
+
+def cmd_groups(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    out.emit(client.request("GET", "/v1/groups"), format_groups)
     return EXIT_OK
 
 
@@ -482,15 +635,17 @@ def _span(limits: tuple[float, float]) -> str:
 
 
 _SEND_OPTIONS: Final = frozenset({"-h", "--help", "--json", "--base64"})
+_TEXT_COMMANDS: Final = frozenset({"send", "broadcast", "multicast"})  # they take a TEXT, same options
 
 
 def protect_send_text(argv: Sequence[str]) -> list[str]:
     """``send PEERID -hello``: make a TEXT (or PEERID) that starts with ``-`` a positional argument.
 
-    argparse would take ``-hello`` for options (``-h`` with ``ello``). Within ``send``, every argument
-    that is not one of send's own options (``-h``, ``--help``, ``--json``, ``--base64``) is moved after
-    a ``--``; an explicit ``--`` keeps working. So a TEXT that is exactly one of those options still
-    needs ``--`` before it: ``coremesh send PEERID -- --json``.
+    argparse would take ``-hello`` for options (``-h`` with ``ello``). Within ``send`` (and
+    ``broadcast``, ``multicast``), every argument that is not one of their own options (``-h``,
+    ``--help``, ``--json``, ``--base64``) is moved after a ``--``; an explicit ``--`` keeps working.
+    So a TEXT that is exactly one of those options still needs ``--`` before it:
+    ``coremesh send PEERID -- --json``.
     """
     args = list(argv)
     i = 0
@@ -502,7 +657,7 @@ def protect_send_text(argv: Sequence[str]) -> list[str]:
         if not has_value and len(name) > 2 and "--admin".startswith(name):
             i += 1  # --admin's value
         i += 1
-    if i >= len(args) or args[i] != "send":
+    if i >= len(args) or args[i] not in _TEXT_COMMANDS:
         return args
     options: list[str] = []
     positionals: list[str] = []
@@ -525,6 +680,7 @@ def _version() -> str:
 
 
 _FMT: Final = argparse.RawDescriptionHelpFormatter
+GROUP_HELP: Final = f"the group: 1 to {GROUP_NAME_MAX} letters, digits and . _ - : /"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -727,6 +883,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--refresh", action="store_true", help="measure again now instead of the last result")
     p.set_defaults(func=cmd_netcheck)
+
+    p = command(
+        "routes",
+        "show the overlay routing table",
+        "Show the node's overlay routes (docs/routing.md): for each destination the next hop, the "
+        "metric (lower is better), the number of hops and the age of the route, then its backups.\n"
+        '--json prints {"routes": [...]}, each with destination, next_hop, metric, hops (peer ids, '
+        "next hop first), seqno, age_s and backups (next_hop, metric, hops).",
+        "  coremesh routes\n  coremesh routes --json | jq -r '.routes[] | [.destination, .metric] | @tsv'",
+    )
+    p.set_defaults(func=cmd_routes)
+
+    p = command(
+        "route",
+        "trace the route to a peer, hop by hop",
+        "Traceroute over the overlay: one probe per hop limit, printing each hop's peer id and its "
+        "round-trip time ('*' when it did not answer).\n--json prints an object with peer_id, hops "
+        "([{hop, peer_id, rtt_ms}]), reached and elapsed_ms.",
+        "  coremesh route PEERID\n  coremesh route PEERID --json | jq '.hops[].rtt_ms'",
+    )
+    p.add_argument("peer", metavar="PEERID", help="the destination's id")
+    p.add_argument(
+        "--timeout",
+        type=_seconds(*ROUTE_TIMEOUT_RANGE),
+        default=5.0,
+        metavar="S",
+        help=f"give up after S seconds (5; {_span(ROUTE_TIMEOUT_RANGE)})",
+    )
+    p.set_defaults(func=cmd_route)
+
+    p = command(
+        "broadcast",
+        "send one message to every node of the mesh",
+        "Send TEXT (UTF-8; with --base64, the decoded bytes) to every node of the connected mesh, "
+        "through the routing tree: each delivers it once, and `coremesh recv` there shows it with "
+        '"kind": "broadcast". One packet: at most about 1 KB.',
+        "  coremesh broadcast 'hello, everyone'\n  coremesh broadcast --base64 AAECAw==",
+    )
+    p.add_argument("text", metavar="TEXT", help="the message")
+    p.add_argument("--base64", action="store_true", help="TEXT is base64-encoded bytes")
+    p.set_defaults(func=cmd_broadcast)
+
+    for name, verb, what in (
+        ("join", "join", "Join GROUP: the node then delivers the group's multicasts (to `coremesh recv`)."),
+        ("leave", "leave", "Leave GROUP: the node stops delivering its multicasts."),
+    ):
+        p = command(
+            name,
+            f"{verb} a multicast group",
+            f"{what} Membership is signed and announced to the mesh.\n--json prints the group and "
+            "every group the node is now a member of.",
+            f"  coremesh {name} chat\n  coremesh {name} sensors/room-1 --json",
+        )
+        p.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+        p.set_defaults(func=cmd_join if name == "join" else cmd_leave)
+
+    p = command(
+        "multicast",
+        "send one message to a multicast group",
+        "Send TEXT (UTF-8; with --base64, the decoded bytes) to the members of GROUP (the sender need "
+        'not be one); `coremesh recv` on a member shows it with "kind": "multicast" and its "group".',
+        "  coremesh multicast chat 'hello, group'\n  coremesh multicast chat --base64 AAECAw==",
+    )
+    p.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    p.add_argument("text", metavar="TEXT", help="the message")
+    p.add_argument("--base64", action="store_true", help="TEXT is base64-encoded bytes")
+    p.set_defaults(func=cmd_multicast)
+
+    p = command(
+        "groups",
+        "list the multicast groups the node is a member of",
+        'List the groups this node joined, one per line.\n--json prints {"groups": [...]}.',
+        "  coremesh groups\n  coremesh groups --json",
+    )
+    p.set_defaults(func=cmd_groups)
     return parser
 
 
@@ -741,6 +972,13 @@ _LACKS: Final = {
     "send": "it does not send messages",
     "recv": "it has no inbox of messages",
     "netcheck": "it does not run netcheck",
+    "routes": "it does not route",
+    "route": "it does not route",
+    "broadcast": "it does not broadcast",
+    "join": "it has no multicast groups",
+    "leave": "it has no multicast groups",
+    "multicast": "it has no multicast groups",
+    "groups": "it has no multicast groups",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -61,8 +62,9 @@ class Canned:
     requests: list[tuple[str, str, dict[str, list[str]], Any]] = field(default_factory=list)
 
 
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Canned]]:
+@contextlib.contextmanager
+def canned_server() -> Iterator[tuple[str, Canned]]:
+    """A stdlib HTTP server answering what ``Canned.routes`` says and recording every request."""
     canned = Canned()
 
     class Handler(BaseHTTPRequestHandler):
@@ -93,6 +95,12 @@ def fake() -> Iterator[tuple[str, Canned]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Canned]]:
+    with canned_server() as server:
+        yield server
 
 
 STATUS = {
@@ -439,6 +447,7 @@ class FakePeerInfo:
 class FakePing:
     rtt: float
     path: str
+    hops: tuple[PeerId, ...] = ()
 
 
 class FakeNode:
@@ -481,11 +490,11 @@ class FakeNode:
 class AdminThread:
     """The admin app of coremesh_node, served from an event loop on a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: FakeNode | None = None) -> None:
         from coremesh_node.admin import STATE, AdminServer, create_admin_app
         from coremesh_node.inbox import Inbox
 
-        self.node = FakeNode()
+        self.node = FakeNode() if node is None else node
         self.loop = asyncio.new_event_loop()
         self.inbox = Inbox(maxlen=3)
         self.app = create_admin_app(self.node, self.inbox, listen="127.0.0.1:7946")
@@ -544,8 +553,9 @@ def test_recv_base64_for_binary_payloads(api: AdminThread, capsys: pytest.Captur
         "data": base64.b64encode(b"\xff\x00binary").decode(),
         "encoding": "base64",
         "ts": 1.0,
+        "kind": "direct",
     }
-    assert second == {"from": PEER_C.to_text(), "data": "héllo", "ts": 2.0}
+    assert second == {"from": PEER_C.to_text(), "data": "héllo", "ts": 2.0, "kind": "direct"}
     assert len(api.inbox) == 0  # taken out
 
 
@@ -579,6 +589,7 @@ def test_inbox_overflow_drops_oldest_and_counts(api: AdminThread) -> None:
         "max_messages": 3,
         "received": 5,
         "dropped": 2,
+        "deliveries_dropped": 0,
     }
     assert [m["data"] for m in api.request("GET", "/v1/messages")[1]["messages"]] == ["m2", "m3", "m4"]
 
