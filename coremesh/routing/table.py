@@ -221,7 +221,7 @@ class _Link:
         self.pending_records: dict[PeerId, None] = {}  # origins whose latest record it should get
         self.pending_at = math.inf
         self.sent: dict[PeerId, tuple[int, tuple[PeerId, ...]] | None] = {}  # None: unknown
-        self.records_sent: dict[PeerId, int] = {}
+        self.records_sent: dict[PeerId, OriginRecord] = {}  # the version it was last sent
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
@@ -373,8 +373,7 @@ class RoutingTable:
         before = set(self._own.neighbours) if self._own is not None else set()
         self._own = OriginRecord.create(self.peer_id, seqno, listed, self._sign)
         self._own_listed = frozenset(listed)
-        for link in self._links.values():
-            link.mark_record(self.peer_id, now)
+        # Neighbours get it with the paths that need it (a new neighbour at link_up).
         self._advertise_via(before.symmetric_difference(listed), now)
 
     # -- receiving -----------------------------------------------------------------------------
@@ -698,11 +697,16 @@ class RoutingTable:
     def _items_for(self, neighbour: PeerId, link: _Link) -> list[Item]:
         items: list[Item] = []
 
-        def record_of(origin: PeerId) -> None:
+        def record_of(origin: PeerId, *needed: PeerId) -> None:
+            """Send ``origin``'s latest record unless the version sent already lists ``needed``."""
             record = self._own if origin == self.peer_id else self._records.get(origin)
-            if record is not None and origin != neighbour and link.records_sent.get(origin) != record.seqno:
-                link.records_sent[origin] = record.seqno
-                items.append(record)
+            if record is None or origin == neighbour:
+                return
+            sent = link.records_sent.get(origin)
+            if sent is record or (sent is not None and needed and all(n in sent.neighbours for n in needed)):
+                return
+            link.records_sent[origin] = record
+            items.append(record)
 
         for origin in link.pending_records:
             record_of(origin)
@@ -722,9 +726,15 @@ class RoutingTable:
                 items.append(destination)
                 continue
             link.sent[destination] = want
-            record_of(self.peer_id)
-            for hop in want[1]:
-                record_of(hop)
+            full = (self.peer_id, *want[1])
+            last = len(full) - 1
+            for i, hop in enumerate(full):  # the records that attest each link of the path
+                if i == 0:
+                    record_of(hop, full[1])
+                elif i == last:
+                    record_of(hop, full[i - 1])
+                else:
+                    record_of(hop, full[i - 1], full[i + 1])
             items.append(RouteEntry(want[1], want[0]))
         link.pending.clear()
         return items

@@ -55,6 +55,20 @@ def test_line_routes_through_the_middle() -> None:
                 assert net.pid(name) not in r.path
 
 
+def test_a_path_through_oneself_is_never_a_route() -> None:
+    net = line()
+    b = net.tables["B"]
+    assert b.knows_route_of(net.pid("A"), net.pid("C"))  # A told B: "C via B"
+    b.link_down(net.pid("C"), net.now)
+    assert b.routes(net.pid("C")) == []  # A's advert [A, B, C] is no route for B
+    assert b.next_hop(net.pid("C")) is None
+    net.tables["C"].link_down(net.pid("B"), net.now)
+    net.up.discard(frozenset(("B", "C")))
+    net.settle()
+    assert net.tables["A"].routes(net.pid("C")) == []
+    assert b.counters["drop_path_loop"] == 0
+
+
 def test_ring_has_a_primary_and_a_backup_via_the_other_side() -> None:
     net = ring()
     primary, backup = net.tables["0"].routes(net.pid("2"))
@@ -173,6 +187,7 @@ def _forger_setup(xy_once: list[OriginRecord] | None = None) -> tuple[VNet, Rout
         net.settle()
         xy_once += [_own_record(net, "X"), _own_record(net, "Y")]
         net.cut("X", "Y")
+        net.link("A", "X")  # A hears X's newer record from X itself (records are not flooded)
         net.settle()
     net.silence("M")
     return net, net.tables["A"]
@@ -222,7 +237,7 @@ def test_an_old_record_is_refused() -> None:
     old: list[OriginRecord] = []
     net, a = _forger_setup(old)
     x, y = net.pid("X"), net.pid("Y")
-    # X and Y were linked once; the link is gone and X signed a newer record since, which A holds.
+    # X and Y were linked once; the link is gone and X signed newer records since, which A holds.
     newer = a.record(x)
     assert newer is not None and newer.seqno > old[0].seqno and y not in newer.neighbours
     # M replays the old records to claim the dead link X-Y.
