@@ -155,6 +155,27 @@ def test_drops_are_repaired_by_acks_and_retransmission() -> None:
                 assert got == clean.tables[a].routes(clean.pid(b))[0].metric
 
 
+def test_an_overflowing_retransmission_queue_resends_the_whole_table() -> None:
+    net = VNet("ABCDE", config=RoutingConfig(max_unacked=2))
+    for x, y in ("AB", "BC", "CD", "DE"):
+        net.link(x, y)
+    net.settle()
+    assert net.path("A", "E") == ["B", "C", "D", "E"]
+    net.blocked.add(("B", "A"))  # B's updates to A are lost for a while
+    for x, y in ("DE", "CD", "BC"):  # three cuts, each its own batch of updates
+        net.cut(x, y)
+        net.run(1.0)
+    net.link("B", "C")
+    net.run(1.0)
+    assert net.path("A", "E") == ["B", "C", "D", "E"]  # stale: B's withdrawals were lost
+    assert net.tables["B"].counters["full_resends"] >= 1
+    net.blocked.clear()
+    net.settle()
+    assert net.tables["A"].routes(net.pid("E")) == []
+    assert net.tables["A"].routes(net.pid("D")) == []
+    assert net.path("A", "C") == ["B", "C"]
+
+
 def test_full_tables_split_into_packets_that_fit() -> None:
     config = RoutingConfig(max_packet=500, max_path=12, max_record_neighbours=8)
     names = [f"{x}{y}" for x in range(6) for y in range(6)]
