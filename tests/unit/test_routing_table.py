@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coremesh.identity import PeerId
 from coremesh.routing.messages import RouteEntry, RouteUpdate, encode_update
@@ -465,3 +467,66 @@ def test_record_seqno_grows_from_the_wall_clock() -> None:
 def test_config_is_validated(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RoutingConfig(**kw)  # type: ignore[arg-type]
+
+
+_FUZZ_NAMES = ["A", "B", "C", "D", "E"]
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_arbitrary_updates_from_a_neighbour_never_break_the_table(data: st.DataObject) -> None:
+    """Whatever a neighbour sends (valid messages with any paths and records, or mutated bytes),
+    the table neither raises nor routes through itself nor over a path with a repeated id."""
+    net = VNet(_FUZZ_NAMES)
+    net.link("A", "B")
+    net.link("B", "C")
+    net.link("C", "D")
+    net.settle()
+    net.silence("B")  # B's messages to A are the test's from now on
+    a = net.tables["A"]
+    pids = [net.pid(n) for n in _FUZZ_NAMES]
+    signers = {net.pid(n): net.idents[n] for n in _FUZZ_NAMES}
+    records = [
+        OriginRecord.create(p, seq, [q for q in nbrs if q != p], signers[p].sign)
+        for p, seq, nbrs in data.draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(pids), st.integers(0, 2**63), st.lists(st.sampled_from(pids), max_size=4)
+                ),
+                max_size=4,
+            )
+        )
+    ]
+    for _ in range(data.draw(st.integers(1, 4))):
+        entries = data.draw(
+            st.lists(
+                st.builds(
+                    RouteEntry,
+                    st.lists(st.sampled_from(pids), min_size=1, max_size=5).map(tuple),
+                    st.integers(0, 0xFFFE),
+                ),
+                max_size=5,
+            )
+        )
+        update = RouteUpdate(
+            epoch=data.draw(st.integers(0, 3)),
+            msg_no=data.draw(st.integers(1, 50)),
+            ack_epoch=data.draw(st.integers(0, 2**32 - 1)),
+            acks=tuple(data.draw(st.lists(st.integers(0, 20), max_size=3))),
+            records=tuple(data.draw(st.lists(st.sampled_from(records), max_size=3))) if records else (),
+            routes=tuple(entries),
+            withdrawals=tuple(data.draw(st.lists(st.sampled_from(pids), max_size=2))),
+        )
+        body = bytearray(encode_update(update))
+        if data.draw(st.booleans()):
+            i = data.draw(st.integers(0, len(body) - 1))
+            body[i] ^= data.draw(st.integers(1, 255))
+        a.receive(net.pid("B"), bytes(body), net.now)
+        a.messages_to_send(net.now)
+    for routes in a.all_routes():
+        for r in routes:
+            assert net.pid("A") not in r.path
+            assert len(set(r.path)) == len(r.path)
+            assert r.next_hop == r.path[0] and r.destination == r.path[-1]
+            assert r.next_hop in a.neighbours()
+    net.run(30.0)  # timers and retransmissions on what is left
