@@ -246,7 +246,18 @@ Router = Callable[[PeerId, list[Route]], PeerId | None]
 
 
 class RoutingTable:
-    """One node's routes to every destination of the overlay (see the module docstring)."""
+    """One node's routes to every destination of the overlay (see the module docstring).
+
+    ``counters``: ``route_changes`` (a destination's primary next hop changed, appeared or went),
+    ``updates_sent`` / ``updates_received`` (messages, pure acks and retransmissions included),
+    ``retransmissions``, ``full_resends``, ``peer_epoch_changes``, ``records_verified``,
+    ``updates_stale`` (an entry older than one already applied), ``adverts_waiting`` (for a
+    record), ``router_invalid`` (a ``set_router`` choice that was no candidate), and the refusals:
+    ``drop_not_neighbour``, ``drop_rate_limited``, ``drop_malformed``, ``drop_stale_epoch``,
+    ``drop_bad_signature``, ``drop_old_record`` (also seen when two copies of a record race),
+    ``drop_record_conflict``, ``drop_records_full``, ``drop_unattested``, ``drop_path_loop``,
+    ``drop_path_too_long``, ``drop_too_many_adverts``.
+    """
 
     def __init__(
         self,
@@ -417,6 +428,12 @@ class RoutingTable:
         link.ack_at = min(link.ack_at, now)
         for record in update.records:
             self._accept_record(record, now)
+            # It holds this version: no need to send it back.
+            known = link.records_sent.get(record.origin)
+            if (known is None or known[0] < record.seqno) and record.origin in self._nbrs:
+                latest = self._records[record.origin]
+                if latest.seqno == record.seqno:
+                    link.records_sent[record.origin] = (latest.seqno, self._nbrs[record.origin])
         intern = self._intern
         for destination in update.withdrawals:
             advert = _Advert(update.msg_no, INFINITY, None)
@@ -726,7 +743,12 @@ class RoutingTable:
         for destination in link.pending:
             routes = self._routes.get(destination)
             want: tuple[int, tuple[PeerId, ...]] | None = None
-            if routes is not None and self._advertisable(routes[0]):
+            via_it = routes is not None and routes[0].next_hop == neighbour
+            if via_it:
+                # It only needs to know that it is our next hop (children, knows_route_of): a short
+                # path that changes only when our next hop does, no records, no metric.
+                want = (0, (neighbour,) if destination == neighbour else (neighbour, destination))
+            elif routes is not None and self._advertisable(routes[0]):
                 want = (routes[0].metric, routes[0].path)
             if destination in link.sent:
                 if link.sent[destination] == want:
@@ -738,6 +760,9 @@ class RoutingTable:
                 items.append(destination)
                 continue
             link.sent[destination] = want
+            if via_it:
+                items.append(RouteEntry(want[1], want[0]))
+                continue
             full = (self.peer_id, *want[1])
             last = len(full) - 1
             for i, hop in enumerate(full):  # the records that attest each link of the path
