@@ -366,6 +366,35 @@ def test_a_small_improvement_does_not_switch_the_primary() -> None:
     assert c.metric < 50 / 1.1
 
 
+def test_loss_scales_the_link_cost() -> None:
+    net = _two_ways()
+    a = net.tables["A"]
+    assert a.routes(net.pid("B"))[0].metric == 10
+    for _ in range(40):  # 50% loss on A-B, for longer than cost_hold
+        net.sample("A", "B", 0.010, loss=0.5)
+        net.run(0.25)
+    assert 18 <= a.routes(net.pid("B"))[0].metric <= 20  # ETX 1/(1-0.5): about twice 10 ms
+    assert net.next_hop("A", "D") == "C"
+
+
+def test_only_the_neighbours_a_record_lists_carry_routes() -> None:
+    net = VNet("ABC", config=RoutingConfig(max_record_neighbours=1))
+    net.link("A", "B")
+    net.settle()
+    net.link("B", "C")  # B's record lists only A, its oldest link
+    net.settle()
+    b_record = net.tables["B"].record(net.pid("B"))
+    assert b_record is not None and b_record.neighbours == (net.pid("A"),)
+    assert net.path("B", "C") == ["C"]  # B itself uses the link
+    assert net.tables["A"].routes(net.pid("C")) == []  # but cannot prove it to A
+    assert net.path("C", "A") == ["B", "A"]  # B-A is listed
+    net.cut("A", "B")
+    net.link("A", "B")  # now B-C is the oldest link: B's record lists C
+    net.settle()
+    assert net.path("A", "C") == ["B", "C"]
+    assert net.tables["C"].routes(net.pid("A")) == []
+
+
 def test_set_router_picks_among_the_candidates() -> None:
     net = ring()
     t = net.tables["0"]
