@@ -3,8 +3,8 @@
 Why path vectors, and why signed
 --------------------------------
 Babel (RFC 8966) stays loop-free with its feasibility condition: a node accepts a route only if
-its metric is below the best it ever announced for that destination's seqno, and when nothing
-feasible is left it must ask the origin for a new seqno and wait. That works between routers that
+it carries a newer seqno or a metric below the best it ever announced for the current one, and
+when nothing feasible is left it must ask the origin for a new seqno and wait. That works between routers that
 trust each other; here any peer may lie, and a liar can claim any metric. A path vector carries
 the whole path ``[neighbour, ..., destination]`` instead, so
 
@@ -22,9 +22,12 @@ the whole path ``[neighbour, ..., destination]`` instead, so
   what measured link costs, backups and ``set_router`` are for.
 
 Records are verified once per (origin, seqno), kept (latest per origin, at most ``max_records``)
-and ride along in update messages: a neighbour gets the latest record of every node on a path we
-send it, once per seqno; they are not flooded (a version a node holds keeps attesting the links
-still on it; our own record goes to every neighbour when it changes). An advert is checked when it
+and ride along in update messages: with a path we send a neighbour goes the latest record of each
+node on it whose version the neighbour holds (one we sent it, or one it sent us) does not list
+that node's links on the path; our own record goes to a neighbour when its link comes up. Records
+are not flooded: a version a node holds keeps attesting the links still on it. To the neighbour
+that is our next hop for a destination we send only "you are my next hop" (what
+:meth:`RoutingTable.children` needs), not the path beyond it. An advert is checked when it
 arrives; one whose records are missing or older than needed waits and is checked again when a newer
 record of an end of the faulty link arrives. We advertise a route only when our records attest its
 first link (our record and the next hop's list each other), so honest tables never send a path
