@@ -128,6 +128,7 @@ class RoutingConfig:
     min_rto: float = 0.2
     max_rto: float = 16.0
     max_unacked: int = 1024  # unacked messages per neighbour before a full resend
+    ack_delay: float = 0.02  # a pure ack waits this long for more messages to ack (or an update)
     update_rate: float = 100.0  # incoming messages per second per neighbour (token bucket)
     update_burst: float = 1000.0
 
@@ -151,7 +152,7 @@ class RoutingConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"RoutingConfig.{name} must be positive, got {value!r}")
-        for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours"):
+        for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours", "ack_delay"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be >= 0, got {value!r}")
@@ -159,6 +160,8 @@ class RoutingConfig:
             raise ValueError("rtt_smoothing must be in (0, 1] and max_loss_factor >= 1")
         if self.min_rto > self.max_rto or self.default_link_cost > MAX_LINK_COST:
             raise ValueError("min_rto must be <= max_rto and default_link_cost <= 10000")
+        if self.ack_delay >= min(self.min_rto, self.initial_rto):
+            raise ValueError("ack_delay must be below min_rto and initial_rto")
         if self.max_record_neighbours > MAX_RECORD_NEIGHBOURS or self.max_path > 255:
             raise ValueError("max_record_neighbours must be <= 255 and max_path <= 255")
         need = OVERLAY_OVERHEAD + HEADER_LEN + COUNTS_LEN
@@ -432,7 +435,7 @@ class RoutingTable:
         if update.msg_no == 0:
             return
         link.pending_acks.append(update.msg_no)
-        link.ack_at = min(link.ack_at, now)
+        link.ack_at = min(link.ack_at, now + self.config.ack_delay)
         for record in update.records:
             self._accept_record(record, now)
             # It holds this version: no need to send it back.
@@ -675,7 +678,7 @@ class RoutingTable:
                 if items:
                     link.last_update = now
                 link.pending_at = math.inf
-            while link.pending_acks:
+            while link.pending_acks and now >= link.ack_at:
                 room = (self._budget - HEADER_LEN - COUNTS_LEN) // 4
                 out.append((neighbour, self._emit(link, 0, None, min(room, MAX_ACKS))))
         return out
@@ -683,7 +686,7 @@ class RoutingTable:
     def _rto(self, link: _Link) -> float:
         if link.srtt is None:
             return self.config.initial_rto
-        return min(max(3 * link.srtt, self.config.min_rto), self.config.max_rto)
+        return min(max(3 * link.srtt + self.config.ack_delay, self.config.min_rto), self.config.max_rto)
 
     def _emit(self, link: _Link, msg_no: int, parts: UpdateParts | None, max_acks: int = 0) -> bytes:
         if parts is not None:
