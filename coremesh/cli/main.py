@@ -53,6 +53,7 @@ from ..service.nodeapi import (
     PING_INTERVAL_RANGE,
     PING_TIMEOUT_RANGE,
     RECV_TIMEOUT_RANGE,
+    ROUTE_MAX_HOPS,
     ROUTE_TIMEOUT_RANGE,
     group_name_error,
 )
@@ -353,8 +354,11 @@ def format_route(data: JsonObject) -> str:
         head += " (destination not reached)"
     lines = [head]
     for h in hops:
-        rtt = h.get("rtt_ms")
-        lines.append(f"{h.get('hop')!s:>3}  {h.get('peer_id')}  {_ms(rtt) if rtt is not None else '*'}")
+        peer, rtt = h.get("peer_id"), h.get("rtt_ms")
+        if peer is None:  # no answer at this hop limit within the timeout
+            lines.append(f"{h.get('hop')!s:>3}  *")
+        else:
+            lines.append(f"{h.get('hop')!s:>3}  {peer}  {_ms(rtt) if rtt is not None else '*'}")
     return "\n".join(lines)
 
 
@@ -547,7 +551,8 @@ def cmd_routes(args: argparse.Namespace, client: AdminClient, out: Output) -> in
 def cmd_route(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     peer = check_peer_id(args.peer)
     body = {"peer": peer.to_text(), "timeout": args.timeout}
-    out.emit(client.request("POST", "/v1/route", body, timeout=args.timeout + 10), format_route)
+    budget = args.timeout * ROUTE_MAX_HOPS + 10
+    out.emit(client.request("POST", "/v1/route", body, timeout=budget), format_route)
     return EXIT_OK
 
 
@@ -774,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CONNECT_PATHS,
         default="auto",
         help="auto: directly, then through the node's relays if the peer does not answer (default); "
-        "direct: UDP only; relay: through a TURN allocation or the keyed relay only",
+        "direct: UDP only; relay: through a TURN allocation or the keyed relay only; "
+        "routed: through other peers of the mesh (a PeerId alone, with a route to it: see routes)",
     )
     p.set_defaults(func=cmd_connect)
 
@@ -898,9 +904,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "route",
         "trace the route to a peer, hop by hop",
-        "Traceroute over the overlay: one probe per hop limit, printing each hop's peer id and its "
-        "round-trip time ('*' when it did not answer).\n--json prints an object with peer_id, hops "
-        "([{hop, peer_id, rtt_ms}]), reached and elapsed_ms.",
+        "Traceroute over the overlay: one probe per hop limit (at most 16), printing each hop's peer "
+        "id and its round-trip time ('*' when no answer came within --timeout).\n--json prints an "
+        "object with peer_id, hops ([{hop, peer_id, rtt_ms}], null when no answer), reached and "
+        "elapsed_ms.",
         "  coremesh route PEERID\n  coremesh route PEERID --json | jq '.hops[].rtt_ms'",
     )
     p.add_argument("peer", metavar="PEERID", help="the destination's id")
@@ -909,7 +916,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds(*ROUTE_TIMEOUT_RANGE),
         default=5.0,
         metavar="S",
-        help=f"give up after S seconds (5; {_span(ROUTE_TIMEOUT_RANGE)})",
+        help=f"wait S seconds for each hop's answer (5; {_span(ROUTE_TIMEOUT_RANGE)})",
     )
     p.set_defaults(func=cmd_route)
 

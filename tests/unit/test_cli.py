@@ -686,6 +686,8 @@ def test_connect_path_reaches_the_node(api: AdminThread, capsys: pytest.CaptureF
             ["--admin", api.admin, "connect", f"{PEER_B}@127.0.0.1:9", "--path", "carrier-pigeon"], env={}
         )
     assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    code, _, _ = run(["--admin", api.admin, "connect", PEER_B.to_text(), "--path", "routed"], capsys)
+    assert code == 0 and api.node.connect_paths[-1] == "routed"
 
 
 def test_cli_and_api_ranges_are_the_same() -> None:

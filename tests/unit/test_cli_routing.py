@@ -90,9 +90,11 @@ class RoutingNode(FakeNode):
             raise self.trace_error
         if peer not in (PEER_B, PEER_C):
             raise PeerNotFound(f"no route to {peer}")
-        hops = [{"hop": 1, "peer_id": PEER_B.to_text(), "rtt_ms": 1.25}]
-        if peer == PEER_C:
-            hops.append({"hop": 2, "peer_id": PEER_C.to_text(), "rtt_ms": None if timeout < 1 else 2.5})
+        hops: list[dict[str, Any]] = [{"hop": 1, "peer_id": PEER_B.to_text(), "rtt_ms": 1.25}]
+        if peer == PEER_C and timeout < 1:  # C's answer comes too late: the trace ends unanswered
+            hops += [{"hop": n, "peer_id": None, "rtt_ms": None} for n in (2, 3)]
+        elif peer == PEER_C:
+            hops.append({"hop": 2, "peer_id": PEER_C.to_text(), "rtt_ms": 2.5})
         return hops
 
     async def ping(self, peer: PeerId, *, timeout: float = 5.0) -> FakePing:
@@ -190,10 +192,13 @@ def test_route_traces_the_hops_with_their_latency(
     code, out, _ = run(["--admin", api.admin, "route", PEER_C.to_text(), "--timeout", "0.5"], capsys)
     assert code == 0 and node_of(api).traces[-1] == (PEER_C, 0.5)
     assert out.splitlines() == [
-        f"route to {PEER_C}: 2 hops (destination not reached)",
+        f"route to {PEER_C}: 3 hops (destination not reached)",
         f"  1  {PEER_B}  1.250 ms",
-        f"  2  {PEER_C}  *",
+        "  2  *",
+        "  3  *",
     ]
+    status, answer = api.request("POST", "/v1/route", {"peer": PEER_C.to_text(), "timeout": 0.5})
+    assert status == 200 and answer["reached"] is False and answer["hops"][-1]["peer_id"] is None
 
 
 @pytest.mark.parametrize(
@@ -330,7 +335,7 @@ def test_api_refuses_a_bad_peer_id(api: AdminThread) -> None:
         *[["multicast", g, "text"] for g in BAD_GROUPS],
         ["route", "nope"],
         ["route", PEER_C.to_text(), "--timeout", "0.05"],
-        ["route", PEER_C.to_text(), "--timeout", "61"],
+        ["route", PEER_C.to_text(), "--timeout", "10.5"],
         ["broadcast", "--base64", "!!"],
         ["multicast", "g", "--base64", "!!"],
     ],
@@ -363,6 +368,12 @@ def test_route_timeout_limits_are_the_same_in_the_cli_and_the_api(
             code = exit.code
         assert code == (0 if ok else 2), value
         capsys.readouterr()
+
+
+def test_the_trace_bound_is_the_nodes() -> None:
+    from coremesh.mesh.overlay import MAX_TRACE_HOPS
+
+    assert nodeapi.ROUTE_MAX_HOPS == MAX_TRACE_HOPS
 
 
 def test_a_group_name_at_the_limit_is_accepted_and_fits_the_wire() -> None:
