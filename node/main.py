@@ -94,7 +94,7 @@ class Daemon(SignalledService):
         node = self.node
         self.pump = InboxPump(node, self.inbox)
         node.on_connection(self._on_connection)
-        node.on_delivery(self.pump.on_delivery)  # broadcasts and multicasts, into the same inbox
+        node.on_delivery(self.pump.on_delivery)  # broadcasts and multicasts into the same inbox
         try:
             await node.start()
         except IdentityError as exc:

@@ -99,9 +99,12 @@ class Dialer:
             await asyncio.sleep(delay)
 
     async def _connect_to(
-        self, target: PeerAddress, deadline: float, path: str, timeout: float
+        self, target: PeerAddress, deadline: float, path: str, timeout: float, *, race_routed: bool = False
     ) -> Connection:
-        """Connect to one address, giving up at ``deadline``: ``timeout`` after the call began."""
+        """Connect to one address, giving up at ``deadline``: ``timeout`` after the call began.
+
+        ``race_routed``: also race a routed attempt (as ``path="auto"`` does) while this one address
+        is tried direct only (a PeerId's earlier candidates)."""
         runtime, endpoint = self._parts.require_running()
         reason = runtime.unreachable_reason(target.address)
         if reason is not None:
@@ -171,7 +174,8 @@ class Dialer:
         fell_back = False
         try:
             keyed_relay = relays.keyed_relay() if relays is not None else None
-            if path == "auto" and keyed_relay is None and endpoint.overlay.next_hop(peer_id) is not None:
+            routed_ok = path == "auto" or race_routed
+            if routed_ok and keyed_relay is None and endpoint.overlay.next_hop(peer_id) is not None:
                 # Through other peers (the overlay): after the direct attempt's head start, the
                 # same initiation also goes routed; NAT traversal then moves a routed connection
                 # to a direct path when the NATs allow it (rendezvous through a shared peer).
@@ -438,6 +442,7 @@ class Dialer:
                     min(deadline, runtime.now() + share),
                     path if last else "direct",
                     share,
+                    race_routed=path == "auto",
                 )
             except ConnectionFailed as exc:
                 failures.append(exc)

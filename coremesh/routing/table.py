@@ -34,13 +34,15 @@ table holds no newer record of either end; and whatever a path claims, its metri
 
 Metrics, hysteresis, selection
 ------------------------------
-A link costs ``max(1, round(rtt_ms))`` scaled by the ETX factor ``1/(1-loss)`` (capped); the
-samples are smoothed, and the cost the table uses changes only after the smoothed value stayed more
-than ``cost_hysteresis`` away from it for ``cost_hold`` seconds (RFC 9616's spirit: jitter does not
-flap routes). A route's metric is the neighbour's advertised metric plus our link cost to it. The
-primary is the lowest metric, but a new primary replaces the current one only when better by
-``switch_margin`` or when the current one is gone. Backups: the best route via each other neighbour
-(up to ``max_backups``).
+A link costs what RFC 9616 (Babel's RTT-based metric) gives: a hop cost (96) times the ETX
+factor ``1/(1-loss)`` (capped), plus an RTT penalty that is 0 below 10 ms, rises linearly to 150
+at 120 ms and stays there (so that LAN jitter never flaps routes, while a slow link costs more than
+a fast one); the samples are smoothed, and the cost the table uses changes only after the smoothed
+cost stayed more than ``cost_hysteresis`` away from it for ``cost_hold`` seconds (RFC 9616's
+hysteresis: jitter does not flap routes). A route's metric is the neighbour's advertised metric
+plus our link cost to it. The primary is the lowest metric, but a new primary replaces the
+current one only when better by ``switch_margin`` or when the current one is gone. Backups: the
+best route via each other neighbour (up to ``max_backups``).
 
 Propagation and repair
 ----------------------
@@ -113,7 +115,11 @@ class RoutingConfig:
     max_records: int = 10000  # origin records kept (one per origin); also bounds adverts per neighbour
     max_path: int = 30  # hops of a route (next hop ... destination)
     max_record_neighbours: int = 30  # neighbours listed in our record (the oldest links)
-    default_link_cost: int = 100  # before the first RTT sample (about 100 ms)
+    default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
+    hop_cost: int = 96  # what any link costs (Babel's wired link cost), times its ETX factor
+    rtt_min: float = 0.010  # RFC 9616: RTTs below this add nothing (LAN jitter flaps no route) ...
+    rtt_max: float = 0.120  # ... then the penalty grows linearly up to max_rtt_penalty at rtt_max
+    max_rtt_penalty: int = 150
     max_loss_factor: float = 8.0  # cap of the ETX factor 1/(1-loss)
     rtt_smoothing: float = 0.25  # weight of a new sample in the smoothed RTT and loss
     cost_hysteresis: float = 0.25  # relative move of the smoothed cost that may change the used cost
@@ -132,6 +138,7 @@ class RoutingConfig:
             "max_records",
             "max_path",
             "default_link_cost",
+            "rtt_max",
             "max_loss_factor",
             "rtt_smoothing",
             "cost_hysteresis",
@@ -146,6 +153,8 @@ class RoutingConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"RoutingConfig.{name} must be positive, got {value!r}")
+        if not 0 <= self.rtt_min < self.rtt_max or self.max_rtt_penalty < 0 or self.hop_cost < 0:
+            raise ValueError("rtt_min must be >= 0 and below rtt_max; hop_cost, max_rtt_penalty >= 0")
         for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
@@ -328,14 +337,22 @@ class RoutingTable:
             link.srtt = rtt if link.srtt is None else link.srtt + a * (rtt - link.srtt)
         if link.srtt is None:
             return
-        etx = min(1.0 / (1.0 - link.loss) if link.loss < 1.0 else math.inf, self.config.max_loss_factor)
-        raw = min(MAX_LINK_COST, max(1, round(max(1, round(link.srtt * 1000)) * etx)))
+        raw = self.link_cost(link.srtt, link.loss)
         first = link.raw_cost is None
         link.raw_cost = raw
         if first:
             self._set_cost(neighbour, link, raw, now)
         else:
             self._check_cost(neighbour, link, now)
+
+    def link_cost(self, srtt: float, loss: float) -> int:
+        """A link's cost from its smoothed RTT and loss, after RFC 9616: the hop cost times the ETX
+        factor ``1/(1-loss)`` (capped), plus an RTT penalty that is 0 below ``rtt_min``, grows
+        linearly to ``max_rtt_penalty`` at ``rtt_max`` and stays there."""
+        cfg = self.config
+        etx = min(1.0 / (1.0 - loss) if loss < 1.0 else math.inf, cfg.max_loss_factor)
+        span = (min(max(srtt, cfg.rtt_min), cfg.rtt_max) - cfg.rtt_min) / (cfg.rtt_max - cfg.rtt_min)
+        return min(MAX_LINK_COST, max(1, round(cfg.hop_cost * etx + cfg.max_rtt_penalty * span)))
 
     def _check_cost(self, neighbour: PeerId, link: _Link, now: float) -> None:
         raw = link.raw_cost

@@ -530,3 +530,21 @@ def test_arbitrary_updates_from_a_neighbour_never_break_the_table(data: st.DataO
             assert r.next_hop == r.path[0] and r.destination == r.path[-1]
             assert r.next_hop in a.neighbours()
     net.run(30.0)  # timers and retransmissions on what is left
+
+
+def test_default_link_costs_follow_rfc_9616() -> None:
+    """A hop costs 96; RTTs under 10 ms add nothing (LAN jitter changes no cost), then the penalty
+    grows linearly to 150 at 120 ms and stays there; loss multiplies the hop cost (ETX)."""
+    table = RoutingTable(
+        identity("X").peer_id, identity("X").sign, RoutingConfig(), rng=random.Random(1), now=0.0
+    )
+    cost = table.link_cost
+    assert cost(0.0002, 0.0) == cost(0.009, 0.0) == 96
+    assert cost(0.065, 0.0) == 96 + 75
+    assert cost(0.120, 0.0) == cost(2.0, 0.0) == 96 + 150
+    assert cost(0.001, 0.5) == 192
+    assert cost(0.001, 1.0) == 96 * 8  # the ETX factor is capped
+    # A path of two LAN hops is always better than one of three, whatever the sub-10 ms jitter.
+    assert 2 * cost(0.009, 0.0) < 3 * cost(0.0001, 0.0)
+    with pytest.raises(ValueError):
+        RoutingConfig(rtt_min=0.2, rtt_max=0.1)
