@@ -423,7 +423,8 @@ async def _connect(request: web.Request) -> web.Response:
 
 
 async def _ping(request: web.Request) -> web.Response:
-    """Round-trip times to a peer; one not connected yet is resolved through the DHT and connected first."""
+    """Round-trip times to a peer; one not connected yet is resolved through the DHT (or the routing
+    table) and connected first."""
     st = request.app[STATE]
     body = await _json_body(request)
     peer = _peer_id(body.get("peer"))
@@ -436,10 +437,14 @@ async def _ping(request: web.Request) -> web.Response:
     via: str | None = None
     hops: list[str] = []
     sent = 0
-    dht_status = getattr(st.node, "dht_status", None)
-    if st.node.get_connection(peer) is None and dht_status is not None and dht_status().get("enabled"):
-        # Not connected yet: resolve the id through the DHT and connect, within the timeout.
-        await _connect_peer(st.node, peer.to_text(), timeout, "auto")
+    if st.node.get_connection(peer) is None:
+        # Not connected yet: resolve the id through the DHT and connect (racing a routed attempt),
+        # or without a DHT connect through the peers that route to it; within the timeout.
+        dht_status = getattr(st.node, "dht_status", None)
+        if dht_status is not None and dht_status().get("enabled"):
+            await _connect_peer(st.node, peer.to_text(), timeout, "auto")
+        elif any(r.get("destination") == peer.to_text() for r in st.node.routes()):
+            await _connect_peer(st.node, peer.to_text(), timeout, "routed")
     for i in range(count):
         if i and interval:
             await asyncio.sleep(interval)

@@ -701,7 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  coremesh --admin 127.0.0.1:7947 connect PEERID@192.0.2.10:7946\n"
             "  coremesh ping PEERID --count 5 --json\n"
             "  coremesh send PEERID 'hello'\n"
-            "  coremesh recv --count 1 --timeout 10 --json\n\n"
+            "  coremesh recv --count 1 --timeout 10 --json\n"
+            "  coremesh routes\n"
+            "  coremesh broadcast 'hello, mesh'\n\n"
             f"--admin defaults to ${ENV_ADMIN}, else {DEFAULT_ADMIN}.\n"
             "exit status: 0 ok; 1 the operation failed (node not running, unknown peer, timeout,\n"
             "fewer messages than --count); 2 bad command line or input (malformed peer id, ...)."
@@ -806,9 +808,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ping",
         "measure the round-trip time to a peer",
         "Send COUNT pings to a peer over the mesh and report the round-trip times. A peer that is\n"
-        "not connected yet is found by its id through the DHT and connected first.\n"
+        "not connected yet is found by its id through the DHT (or the routing table) and connected\n"
+        "first; on a routed path the hops (the peers that carry it) are shown.\n"
         "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received,\n"
-        "via (direct, turn or keyed) and reason (why the path is relayed, or null).",
+        "via (direct, turn, keyed or routed), reason (why the path is relayed, or null) and hops\n"
+        "(the peer ids a routed path passes, [] otherwise).",
         "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
     )
     p.add_argument("peer", metavar="PEERID", help="the peer's id")

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .daemons import Node, Nodes, cli, cli_json, wait_for
+from coremesh.identity import Identity
+
+from .daemons import Node, Nodes, assert_one_error_line, cli, cli_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +64,9 @@ def test_routes_route_and_a_routed_ping(line: tuple[Node, Node, Node]) -> None:
     assert [h["peer_id"] for h in trace["hops"]] == [b.peer_id, c.peer_id]
     assert all(h["rtt_ms"] > 0 for h in trace["hops"])
 
-    result = cli(a.admin, "connect", c.peer_id, "--path", "routed")  # by PeerId alone, through b
-    assert result.returncode == 0, result.stderr
-    assert "path routed" in result.stdout
-    # On loopback a and c then punch a direct path over the routed session's signalling: the ping
-    # goes either way, and says which consistently.
+    # Not connected, no DHT: the ping connects through b, by the routing table. On loopback a and c
+    # may then punch a direct path over the routed session's signalling: the ping goes either way,
+    # and says which consistently.
     ping = cli_json(a.admin, "ping", c.peer_id, "--count", "2", "--json")
     assert ping["received"] == 2
     assert (ping["path"], ping["hops"]) in (("routed", [b.peer_id]), ("direct", []))
@@ -111,3 +111,12 @@ def test_broadcast_and_multicast_reach_whom_they_should(line: tuple[Node, Node, 
 
     left = cli_json(c.admin, "leave", "chat", "--json")
     assert left == {"group": "chat", "groups": []}
+
+
+def test_connect_by_route(line: tuple[Node, Node, Node]) -> None:
+    a, _, c = line
+    result = cli(a.admin, "connect", c.peer_id, "--path", "routed")  # by PeerId alone, through b
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"connected to {c.peer_id}") and "path routed" in result.stdout
+    nobody = Identity(bytes(32)).peer_id.to_text()  # a valid id no node of the mesh has
+    assert_one_error_line(cli(a.admin, "connect", nobody, "--path", "routed"), "no route")

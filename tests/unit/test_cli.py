@@ -486,6 +486,9 @@ class FakeNode:
     def stats(self) -> dict[str, int]:
         return {"datagrams_sent": 1}
 
+    def routes(self) -> list[dict[str, Any]]:
+        return []  # no overlay routes (tests/unit/test_cli_routing.py has a node with some)
+
 
 class AdminThread:
     """The admin app of coremesh_node, served from an event loop on a background thread."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,14 +39,6 @@ PEER_D = Identity(bytes(range(3, 35))).peer_id
 MAX_PACKET = 1000  # the fake's broadcast and multicast limit
 
 
-@dataclass(frozen=True)
-class FakeDelivery:
-    kind: str
-    origin: PeerId
-    group: str | None
-    data: bytes
-
-
 class RoutingNode(FakeNode):
     """FakeNode plus the routing part of the Node API: A reaches B directly and C and D through B."""
 
@@ -59,11 +50,12 @@ class RoutingNode(FakeNode):
         self.joined: list[str] = []
         self.traces: list[tuple[PeerId, float]] = []
         self.trace_error: BaseException | None = None
-        self.subscribers: list[Callable[[FakeDelivery], object]] = []
+        self.route_to_d = False
 
     def routes(self) -> list[dict[str, Any]]:
         b, c, d = PEER_B.to_text(), PEER_C.to_text(), PEER_D.to_text()
-        return [
+        to_d = {"destination": d, "next_hop": b, "metric": 30, "hops": [b, d], "seqno": 1, "age_s": 0.5}
+        return ([{**to_d, "backups": []}] if self.route_to_d else []) + [
             {
                 "destination": b,
                 "next_hop": b,
@@ -231,6 +223,17 @@ def test_ping_gives_the_hops_of_a_routed_path(api: AdminThread, capsys: pytest.C
     assert json.loads(out)["hops"] == [] and json.loads(out)["path"] == "direct"
     code, out, _ = run(["--admin", api.admin, "ping", PEER_B.to_text()], capsys)
     assert "routed through" not in out
+
+
+def test_ping_connects_through_the_routing_table_without_a_dht(api: AdminThread) -> None:
+    status, answer = api.request("POST", "/v1/ping", {"peer": PEER_D.to_text()})
+    assert (status, answer["code"]) == (404, "peer_not_found")  # no connection, no DHT, no route
+    node_of(api).route_to_d = True
+    status, answer = api.request("POST", "/v1/ping", {"peer": PEER_D.to_text()})
+    assert status == 200 and answer["received"] == 1
+    assert node_of(api).connect_paths == ["routed"]
+    status, _ = api.request("POST", "/v1/ping", {"peer": PEER_D.to_text()})  # connected now
+    assert status == 200 and node_of(api).connect_paths == ["routed"]
 
 
 # ------------------------------------------------------------------------- broadcast and multicast
