@@ -38,7 +38,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -80,6 +80,7 @@ from coremesh.service.nodeapi import (
     PING_INTERVAL_RANGE,
     PING_TIMEOUT_RANGE,
     RECV_TIMEOUT_RANGE,
+    ROUTE_MAX_HOPS,
     ROUTE_TIMEOUT_RANGE,
     SEND_TIMEOUT_RANGE,
     group_name_error,
@@ -112,12 +113,7 @@ class NodeLike(Protocol):
     def get_connection(self, peer: PeerId) -> Any: ...
     async def ping(self, peer: PeerId, *, timeout: float = 5.0) -> Any: ...
     def stats(self) -> dict[str, int]: ...
-
-
-class RouterLike(Protocol):
-    """What the routing endpoints need from a node (``coremesh.MeshNode``'s overlay routing, see
-    docs/routing.md): the table, traceroute, broadcast and multicast groups."""
-
+    # Overlay routing (docs/routing.md): the table, traceroute, broadcast and multicast groups.
     def routes(self) -> list[dict[str, Any]]: ...
     async def trace(self, peer: PeerId, *, timeout: float = 5.0) -> list[dict[str, Any]]: ...
     async def broadcast(self, data: bytes) -> int: ...
@@ -427,7 +423,8 @@ async def _connect(request: web.Request) -> web.Response:
 
 
 async def _ping(request: web.Request) -> web.Response:
-    """Round-trip times to a peer; one not connected yet is resolved through the DHT and connected first."""
+    """Round-trip times to a peer; one not connected yet is resolved through the DHT (or the routing
+    table) and connected first."""
     st = request.app[STATE]
     body = await _json_body(request)
     peer = _peer_id(body.get("peer"))
@@ -440,10 +437,14 @@ async def _ping(request: web.Request) -> web.Response:
     via: str | None = None
     hops: list[str] = []
     sent = 0
-    dht_status = getattr(st.node, "dht_status", None)
-    if st.node.get_connection(peer) is None and dht_status is not None and dht_status().get("enabled"):
-        # Not connected yet: resolve the id through the DHT and connect, within the timeout.
-        await _connect_peer(st.node, peer.to_text(), timeout, "auto")
+    if st.node.get_connection(peer) is None:
+        # Not connected yet: resolve the id through the DHT and connect (racing a routed attempt),
+        # or without a DHT connect through the peers that route to it; within the timeout.
+        dht_status = getattr(st.node, "dht_status", None)
+        if dht_status is not None and dht_status().get("enabled"):
+            await _connect_peer(st.node, peer.to_text(), timeout, "auto")
+        elif any(r.get("destination") == peer.to_text() for r in st.node.routes()):
+            await _connect_peer(st.node, peer.to_text(), timeout, "routed")
     for i in range(count):
         if i and interval:
             await asyncio.sleep(interval)
@@ -544,26 +545,26 @@ async def _messages(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------- overlay routing (docs/routing.md)
 
 
-def _router(request: web.Request) -> RouterLike:
-    return cast(RouterLike, request.app[STATE].node)
-
-
 async def _routes(request: web.Request) -> web.Response:
     """The overlay routing table: per destination its next hop, metric, hops, seqno, age and backups."""
-    routes = _router(request).routes()
+    routes = request.app[STATE].node.routes()
     return web.json_response({"routes": jsonable(routes, binary="base64")})
 
 
 async def _route(request: web.Request) -> web.Response:
-    """Traceroute to a peer: one probe per hop limit, the hops with their round-trip times."""
+    """Traceroute to a peer: one probe per hop limit, the hops with their round-trip times.
+
+    ``timeout`` is the wait for each hop's answer (a hop that does not answer in time is
+    ``{"peer_id": null, "rtt_ms": null}``), at most ROUTE_MAX_HOPS hops."""
     body = await _json_body(request)
     peer = _peer_id(body.get("peer"))
-    timeout = _number(body.get("timeout"), "timeout", 5.0, *ROUTE_TIMEOUT_RANGE)
+    timeout = _number(body.get("timeout"), "timeout", 5.0, *ROUTE_TIMEOUT_RANGE)  # per hop
+    bound = timeout * ROUTE_MAX_HOPS + 2
     t0 = time.monotonic()
     try:
-        hops = await asyncio.wait_for(_router(request).trace(peer, timeout=timeout), timeout + 2)
+        hops = await asyncio.wait_for(request.app[STATE].node.trace(peer, timeout=timeout), bound)
     except TimeoutError:
-        raise ApiError(504, "timeout", f"no route to {peer} found within {timeout:g}s") from None
+        raise ApiError(504, "timeout", f"the trace to {peer} did not end within {bound:g}s") from None
     hops = jsonable(hops, binary="base64")
     last = hops[-1] if hops else {}
     return web.json_response(
@@ -580,7 +581,7 @@ async def _broadcast(request: web.Request) -> web.Response:
     """Send one message to every node of the mesh (each delivers it once, as kind "broadcast")."""
     body = await _json_body(request)
     data = _payload(body)
-    neighbours = await _router(request).broadcast(data)
+    neighbours = await request.app[STATE].node.broadcast(data)
     return web.json_response({"bytes": len(data), "neighbours": neighbours})
 
 
@@ -588,18 +589,18 @@ async def _join(request: web.Request) -> web.Response:
     """Join a multicast group: the node delivers the group's messages (signed membership, flooded)."""
     body = await _json_body(request)
     group = _group(body.get("group"))
-    router = _router(request)
-    router.join(group)
-    return web.json_response({"group": group, "groups": router.groups()})
+    node = request.app[STATE].node
+    node.join(group)
+    return web.json_response({"group": group, "groups": node.groups()})
 
 
 async def _leave(request: web.Request) -> web.Response:
     """Leave a multicast group (leaving a group the node is not in is not an error)."""
     body = await _json_body(request)
     group = _group(body.get("group"))
-    router = _router(request)
-    router.leave(group)
-    return web.json_response({"group": group, "groups": router.groups()})
+    node = request.app[STATE].node
+    node.leave(group)
+    return web.json_response({"group": group, "groups": node.groups()})
 
 
 async def _multicast(request: web.Request) -> web.Response:
@@ -607,13 +608,13 @@ async def _multicast(request: web.Request) -> web.Response:
     body = await _json_body(request)
     group = _group(body.get("group"))
     data = _payload(body)
-    neighbours = await _router(request).multicast(group, data)
+    neighbours = await request.app[STATE].node.multicast(group, data)
     return web.json_response({"group": group, "bytes": len(data), "neighbours": neighbours})
 
 
 async def _groups(request: web.Request) -> web.Response:
     """The multicast groups this node is a member of."""
-    return web.json_response({"groups": _router(request).groups()})
+    return web.json_response({"groups": request.app[STATE].node.groups()})
 
 
 NETCHECK_TIMEOUT: Final = 90.0

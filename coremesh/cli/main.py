@@ -53,6 +53,7 @@ from ..service.nodeapi import (
     PING_INTERVAL_RANGE,
     PING_TIMEOUT_RANGE,
     RECV_TIMEOUT_RANGE,
+    ROUTE_MAX_HOPS,
     ROUTE_TIMEOUT_RANGE,
     group_name_error,
 )
@@ -353,8 +354,11 @@ def format_route(data: JsonObject) -> str:
         head += " (destination not reached)"
     lines = [head]
     for h in hops:
-        rtt = h.get("rtt_ms")
-        lines.append(f"{h.get('hop')!s:>3}  {h.get('peer_id')}  {_ms(rtt) if rtt is not None else '*'}")
+        peer, rtt = h.get("peer_id"), h.get("rtt_ms")
+        if peer is None:  # no answer at this hop limit within the timeout
+            lines.append(f"{h.get('hop')!s:>3}  *")
+        else:
+            lines.append(f"{h.get('hop')!s:>3}  {peer}  {_ms(rtt) if rtt is not None else '*'}")
     return "\n".join(lines)
 
 
@@ -547,7 +551,8 @@ def cmd_routes(args: argparse.Namespace, client: AdminClient, out: Output) -> in
 def cmd_route(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     peer = check_peer_id(args.peer)
     body = {"peer": peer.to_text(), "timeout": args.timeout}
-    out.emit(client.request("POST", "/v1/route", body, timeout=args.timeout + 10), format_route)
+    budget = args.timeout * ROUTE_MAX_HOPS + 10
+    out.emit(client.request("POST", "/v1/route", body, timeout=budget), format_route)
     return EXIT_OK
 
 
@@ -696,7 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  coremesh --admin 127.0.0.1:7947 connect PEERID@192.0.2.10:7946\n"
             "  coremesh ping PEERID --count 5 --json\n"
             "  coremesh send PEERID 'hello'\n"
-            "  coremesh recv --count 1 --timeout 10 --json\n\n"
+            "  coremesh recv --count 1 --timeout 10 --json\n"
+            "  coremesh routes\n"
+            "  coremesh broadcast 'hello, mesh'\n\n"
             f"--admin defaults to ${ENV_ADMIN}, else {DEFAULT_ADMIN}.\n"
             "exit status: 0 ok; 1 the operation failed (node not running, unknown peer, timeout,\n"
             "fewer messages than --count); 2 bad command line or input (malformed peer id, ...)."
@@ -774,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CONNECT_PATHS,
         default="auto",
         help="auto: directly, then through the node's relays if the peer does not answer (default); "
-        "direct: UDP only; relay: through a TURN allocation or the keyed relay only",
+        "direct: UDP only; relay: through a TURN allocation or the keyed relay only; "
+        "routed: through other peers of the mesh (a PeerId alone, with a route to it: see routes)",
     )
     p.set_defaults(func=cmd_connect)
 
@@ -800,9 +808,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ping",
         "measure the round-trip time to a peer",
         "Send COUNT pings to a peer over the mesh and report the round-trip times. A peer that is\n"
-        "not connected yet is found by its id through the DHT and connected first.\n"
+        "not connected yet is found by its id through the DHT (or the routing table) and connected\n"
+        "first; on a routed path the hops (the peers that carry it) are shown.\n"
         "--json prints an object with rtt_ms (mean), rtts_ms, min_ms, max_ms, path, sent, received,\n"
-        "via (direct, turn or keyed) and reason (why the path is relayed, or null).",
+        "via (direct, turn, keyed or routed), reason (why the path is relayed, or null) and hops\n"
+        "(the peer ids a routed path passes, [] otherwise).",
         "  coremesh ping PEERID\n  coremesh ping PEERID --count 10 --interval 0.5 --json",
     )
     p.add_argument("peer", metavar="PEERID", help="the peer's id")
@@ -898,9 +908,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "route",
         "trace the route to a peer, hop by hop",
-        "Traceroute over the overlay: one probe per hop limit, printing each hop's peer id and its "
-        "round-trip time ('*' when it did not answer).\n--json prints an object with peer_id, hops "
-        "([{hop, peer_id, rtt_ms}]), reached and elapsed_ms.",
+        "Traceroute over the overlay: one probe per hop limit (at most 16), printing each hop's peer "
+        "id and its round-trip time ('*' when no answer came within --timeout).\n--json prints an "
+        "object with peer_id, hops ([{hop, peer_id, rtt_ms}], null when no answer), reached and "
+        "elapsed_ms.",
         "  coremesh route PEERID\n  coremesh route PEERID --json | jq '.hops[].rtt_ms'",
     )
     p.add_argument("peer", metavar="PEERID", help="the destination's id")
@@ -909,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds(*ROUTE_TIMEOUT_RANGE),
         default=5.0,
         metavar="S",
-        help=f"give up after S seconds (5; {_span(ROUTE_TIMEOUT_RANGE)})",
+        help=f"wait S seconds for each hop's answer (5; {_span(ROUTE_TIMEOUT_RANGE)})",
     )
     p.set_defaults(func=cmd_route)
 

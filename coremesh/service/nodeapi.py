@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 CONNECT_TIMEOUT_RANGE: Final = (0.1, 300.0)  # seconds
-CONNECT_PATHS: Final = ("auto", "direct", "relay")
+CONNECT_PATHS: Final = ("auto", "direct", "relay", "routed")
 SEND_TIMEOUT_RANGE: Final = (0.1, 300.0)
 PING_COUNT_RANGE: Final = (1, 1000)
 PING_TIMEOUT_RANGE: Final = (0.01, 60.0)  # per ping
@@ -17,7 +17,8 @@ PING_INTERVAL_RANGE: Final = (0.0, 10.0)
 RECV_TIMEOUT_RANGE: Final = (0.0, 300.0)
 LOOKUP_TIMEOUT_RANGE: Final = (0.1, 30.0)
 MAX_RECV_COUNT: Final = 1_000_000
-ROUTE_TIMEOUT_RANGE: Final = (0.1, 60.0)  # a whole traceroute (`coremesh route`)
+ROUTE_TIMEOUT_RANGE: Final = (0.1, 10.0)  # `coremesh route`: the wait for each hop's answer
+ROUTE_MAX_HOPS: Final = 16  # a trace probes at most this many hops (MeshNode.trace)
 
 # Multicast group names: 1 to GROUP_NAME_MAX characters, letters, digits and ``. _ - : /``, starting
 # with a letter or a digit, so that a name is one shell word and one safe line on a terminal.

@@ -486,6 +486,9 @@ class FakeNode:
     def stats(self) -> dict[str, int]:
         return {"datagrams_sent": 1}
 
+    def routes(self) -> list[dict[str, Any]]:
+        return []  # no overlay routes (tests/unit/test_cli_routing.py has a node with some)
+
 
 class AdminThread:
     """The admin app of coremesh_node, served from an event loop on a background thread."""
@@ -686,6 +689,8 @@ def test_connect_path_reaches_the_node(api: AdminThread, capsys: pytest.CaptureF
             ["--admin", api.admin, "connect", f"{PEER_B}@127.0.0.1:9", "--path", "carrier-pigeon"], env={}
         )
     assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    code, _, _ = run(["--admin", api.admin, "connect", PEER_B.to_text(), "--path", "routed"], capsys)
+    assert code == 0 and api.node.connect_paths[-1] == "routed"
 
 
 def test_cli_and_api_ranges_are_the_same() -> None:

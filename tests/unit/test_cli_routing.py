@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,14 +39,6 @@ PEER_D = Identity(bytes(range(3, 35))).peer_id
 MAX_PACKET = 1000  # the fake's broadcast and multicast limit
 
 
-@dataclass(frozen=True)
-class FakeDelivery:
-    kind: str
-    origin: PeerId
-    group: str | None
-    data: bytes
-
-
 class RoutingNode(FakeNode):
     """FakeNode plus the routing part of the Node API: A reaches B directly and C and D through B."""
 
@@ -59,11 +50,12 @@ class RoutingNode(FakeNode):
         self.joined: list[str] = []
         self.traces: list[tuple[PeerId, float]] = []
         self.trace_error: BaseException | None = None
-        self.subscribers: list[Callable[[FakeDelivery], object]] = []
+        self.route_to_d = False
 
     def routes(self) -> list[dict[str, Any]]:
         b, c, d = PEER_B.to_text(), PEER_C.to_text(), PEER_D.to_text()
-        return [
+        to_d = {"destination": d, "next_hop": b, "metric": 30, "hops": [b, d], "seqno": 1, "age_s": 0.5}
+        return ([{**to_d, "backups": []}] if self.route_to_d else []) + [
             {
                 "destination": b,
                 "next_hop": b,
@@ -90,9 +82,11 @@ class RoutingNode(FakeNode):
             raise self.trace_error
         if peer not in (PEER_B, PEER_C):
             raise PeerNotFound(f"no route to {peer}")
-        hops = [{"hop": 1, "peer_id": PEER_B.to_text(), "rtt_ms": 1.25}]
-        if peer == PEER_C:
-            hops.append({"hop": 2, "peer_id": PEER_C.to_text(), "rtt_ms": None if timeout < 1 else 2.5})
+        hops: list[dict[str, Any]] = [{"hop": 1, "peer_id": PEER_B.to_text(), "rtt_ms": 1.25}]
+        if peer == PEER_C and timeout < 1:  # C's answer comes too late: the trace ends unanswered
+            hops += [{"hop": n, "peer_id": None, "rtt_ms": None} for n in (2, 3)]
+        elif peer == PEER_C:
+            hops.append({"hop": 2, "peer_id": PEER_C.to_text(), "rtt_ms": 2.5})
         return hops
 
     async def ping(self, peer: PeerId, *, timeout: float = 5.0) -> FakePing:
@@ -190,10 +184,13 @@ def test_route_traces_the_hops_with_their_latency(
     code, out, _ = run(["--admin", api.admin, "route", PEER_C.to_text(), "--timeout", "0.5"], capsys)
     assert code == 0 and node_of(api).traces[-1] == (PEER_C, 0.5)
     assert out.splitlines() == [
-        f"route to {PEER_C}: 2 hops (destination not reached)",
+        f"route to {PEER_C}: 3 hops (destination not reached)",
         f"  1  {PEER_B}  1.250 ms",
-        f"  2  {PEER_C}  *",
+        "  2  *",
+        "  3  *",
     ]
+    status, answer = api.request("POST", "/v1/route", {"peer": PEER_C.to_text(), "timeout": 0.5})
+    assert status == 200 and answer["reached"] is False and answer["hops"][-1]["peer_id"] is None
 
 
 @pytest.mark.parametrize(
@@ -226,6 +223,17 @@ def test_ping_gives_the_hops_of_a_routed_path(api: AdminThread, capsys: pytest.C
     assert json.loads(out)["hops"] == [] and json.loads(out)["path"] == "direct"
     code, out, _ = run(["--admin", api.admin, "ping", PEER_B.to_text()], capsys)
     assert "routed through" not in out
+
+
+def test_ping_connects_through_the_routing_table_without_a_dht(api: AdminThread) -> None:
+    status, answer = api.request("POST", "/v1/ping", {"peer": PEER_D.to_text()})
+    assert (status, answer["code"]) == (404, "peer_not_found")  # no connection, no DHT, no route
+    node_of(api).route_to_d = True
+    status, answer = api.request("POST", "/v1/ping", {"peer": PEER_D.to_text()})
+    assert status == 200 and answer["received"] == 1
+    assert node_of(api).connect_paths == ["routed"]
+    status, _ = api.request("POST", "/v1/ping", {"peer": PEER_D.to_text()})  # connected now
+    assert status == 200 and node_of(api).connect_paths == ["routed"]
 
 
 # ------------------------------------------------------------------------- broadcast and multicast
@@ -330,7 +338,7 @@ def test_api_refuses_a_bad_peer_id(api: AdminThread) -> None:
         *[["multicast", g, "text"] for g in BAD_GROUPS],
         ["route", "nope"],
         ["route", PEER_C.to_text(), "--timeout", "0.05"],
-        ["route", PEER_C.to_text(), "--timeout", "61"],
+        ["route", PEER_C.to_text(), "--timeout", "10.5"],
         ["broadcast", "--base64", "!!"],
         ["multicast", "g", "--base64", "!!"],
     ],
@@ -363,6 +371,12 @@ def test_route_timeout_limits_are_the_same_in_the_cli_and_the_api(
             code = exit.code
         assert code == (0 if ok else 2), value
         capsys.readouterr()
+
+
+def test_the_trace_bound_is_the_nodes() -> None:
+    from coremesh.mesh.overlay import MAX_TRACE_HOPS
+
+    assert nodeapi.ROUTE_MAX_HOPS == MAX_TRACE_HOPS
 
 
 def test_a_group_name_at_the_limit_is_accepted_and_fits_the_wire() -> None:
