@@ -137,8 +137,11 @@ def direct_path(target: Address | ProbeAddress) -> PathAddress:
 
 def same_path(a: PathAddress, b: PathAddress) -> bool:
     """Whether packets from ``a`` come by the path we send to at ``b``: a plain and a direct
-    address of one UDP endpoint are the same path; a TURN or keyed relay path is only itself."""
+    address of one UDP endpoint are the same path, and so are two routed paths to one peer; a TURN
+    or keyed relay path is only itself."""
     if a == b:
         return True
+    if isinstance(a, RoutedAddress) and isinstance(b, RoutedAddress):
+        return a.peer == b.peer  # the way back need not be the source route we send along
     direct = (Address, DirectAddress)
     return isinstance(a, direct) and isinstance(b, direct) and udp_address(a) == udp_address(b)

@@ -306,7 +306,8 @@ class PeerConnection:
         self.install_session(session)
         self.last_received = now
         if not self.announced:
-            self.paths.aim(addr)
+            if not (isinstance(addr, RoutedAddress) and same_path(addr, self.address)):
+                self.paths.aim(addr)  # (a source route we dial along is kept: answers come by table)
             if isinstance(addr, RoutedAddress) and self.stream.packets_sent == 0:
                 # The routed attempt of a race answered first: its packets travel inside a hop's
                 # packet, so the stream starts with the routed datagram sizes.

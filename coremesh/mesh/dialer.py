@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ..addr import Address, parse_address
@@ -60,10 +60,13 @@ class Dialer:
         *,
         timeout: float | None = None,
         path: str = "auto",
+        route: Sequence[PeerId] = (),
     ) -> Connection:
         """See :meth:`coremesh.MeshNode.connect`."""
         if path not in ("auto", "direct", "relay", "routed"):
             raise ValueError(f"path must be 'auto', 'direct', 'relay' or 'routed', not {path!r}")
+        if route and (path != "routed" or addr is not None):
+            raise ValueError("a source route is for path='routed' by PeerId alone")
         timeout = self._config.connect_timeout if timeout is None else timeout
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -75,9 +78,12 @@ class Dialer:
             if known is not None:
                 return known
             if path == "routed":
-                return await self._connect_routed(wanted, deadline)
+                return await self._connect_routed(wanted, deadline, tuple(route))
             if self._finder.has_dht or self._finder.services:
                 return await self._connect_discovered(wanted, deadline=deadline, timeout=timeout, path=path)
+            _, endpoint = self._parts.require_running()
+            if path == "auto" and endpoint.overlay.next_hop(wanted) is not None:
+                return await self._connect_routed(wanted, deadline)  # no address to try, but a route
         return await self._connect_to(_resolve_target(peer, addr), deadline, path, timeout)
 
     async def dial_forever(self, entry: PeerAddress) -> None:
@@ -360,15 +366,25 @@ class Dialer:
             return True
         return carried
 
-    async def _connect_routed(self, peer_id: PeerId, deadline: float) -> Connection:
-        """Connect through the overlay only: an end-to-end session by PeerId, carried by peers."""
+    async def _connect_routed(
+        self, peer_id: PeerId, deadline: float, route: tuple[PeerId, ...] = ()
+    ) -> Connection:
+        """Connect through the overlay only: an end-to-end session by PeerId, carried by peers
+        along the route table's choice, or along ``route`` (a source route: the hops to take, the
+        destination last or left out)."""
         runtime, endpoint = self._parts.require_running()
-        if endpoint.overlay.next_hop(peer_id) is None:
-            raise ConnectionFailed(f"no route to {peer_id} through the mesh's peers")
+        if route and route[-1] != peer_id:
+            route = (*route, peer_id)
+        if endpoint.overlay.next_hop(peer_id, route) is None:
+            first = f"{route[0]} is not a neighbour" if route else "no route"
+            raise ConnectionFailed(f"cannot route to {peer_id} through the mesh's peers: {first}")
         fut = self._registry.wait_connected(peer_id)
         try:
             endpoint.connect(
-                peer_id, RoutedAddress(peer_id), runtime.now(), timeout=max(deadline - runtime.now(), 0.0)
+                peer_id,
+                RoutedAddress(peer_id, route),
+                runtime.now(),
+                timeout=max(deadline - runtime.now(), 0.0),
             )
         except LocalProtocolError as exc:
             self._registry.stop_waiting(peer_id, fut)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -234,6 +234,7 @@ class MeshNode:
         *,
         timeout: float | None = None,
         path: str = "auto",
+        route: Sequence[PeerId | str] = (),
     ) -> Connection:
         """Connect to a peer (or return the existing connection).
 
@@ -241,9 +242,11 @@ class MeshNode:
         ``peer`` does not. A PeerId alone is resolved through the DHT (its signed record lists the
         peer's candidates, tried in turn); :class:`PeerNotFound` when the network has no live record.
 
-        ``path``: ``"direct"`` (UDP to the address only), ``"relay"`` (through a relay only), or
-        ``"auto"``: directly first, then through a relay if no direct handshake completes within
-        a third of the timeout.
+        ``path``: ``"direct"`` (UDP to the address only), ``"relay"`` (through a relay only),
+        ``"routed"`` (by PeerId alone, through other peers: the overlay's route, or ``route``, a
+        source route naming the hops, the first one a neighbour), or ``"auto"``: directly first,
+        racing a routed attempt when the route table has a route, then through a relay if no
+        direct handshake completes within a third of the timeout.
 
         ``timeout`` (default ``config.connect_timeout``) bounds the whole call: it returns or raises
         by then, whatever it tried (identity probe, DHT lookup, relays). Raises
@@ -252,7 +255,8 @@ class MeshNode:
         :class:`NatTraversalFailed` when the peer did not answer directly and no relay could carry
         the connection (the message says why, relay by relay), else :class:`ConnectionFailed`.
         """
-        return await self._dialer.connect(peer, addr, timeout=timeout, path=path)
+        hops = tuple(PeerId.from_text(h) if isinstance(h, str) else h for h in route)
+        return await self._dialer.connect(peer, addr, timeout=timeout, path=path, route=hops)
 
     def get_connection(self, peer: PeerId) -> Connection | None:
         return self._registry.get(peer)

@@ -141,3 +141,26 @@ def test_malformed_overlay_packets_are_counted(garbage: bytes) -> None:
     b.endpoint.overlay.on_packet(conn, garbage, net.clock.now)
     counters = b.endpoint.counters
     assert counters["drop_overlay_malformed"] + counters["drop_overlay_unknown_type"] == 1
+
+
+def test_a_source_route_fixes_the_hops_whatever_the_table_prefers() -> None:
+    net, nodes = mesh(5, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0)])
+    a, b, c, d, e = nodes
+    c_id = c.endpoint.peer_id
+    assert net.run_until(lambda: has_route(a, c) and has_route(c, a), timeout=10)
+    assert a.endpoint.overlay.next_hop(c_id) == b.endpoint.peer_id  # the table's choice: the short way
+    route = (e.endpoint.peer_id, d.endpoint.peer_id, c_id)  # the sender's choice: the long way
+    a.endpoint.connect(c_id, RoutedAddress(c_id, route), net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: a.endpoint.state_of(c_id) is PeerState.CONNECTED, timeout=10)
+    before = e.endpoint.counters["forwarded_packets"], d.endpoint.counters["forwarded_packets"]
+    a.endpoint.send(c_id, b"the long way round", net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: b"the long way round" in c.messages(), timeout=10)
+    # e and d carried it (the table alone would have sent it through b; c's answers go by c's table).
+    after = e.endpoint.counters["forwarded_packets"], d.endpoint.counters["forwarded_packets"]
+    assert after[0] > before[0] and after[1] > before[1]
+    # A source route whose first hop is not a neighbour goes nowhere (counted).
+    far = RoutedAddress(c_id, (d.endpoint.peer_id, c_id))
+    assert a.endpoint.overlay.wrap(b"x", far) is False
+    assert a.endpoint.counters["drop_no_route"] >= 1
