@@ -147,6 +147,9 @@ class MeshConfig:
     mdns: bool = False
     mdns_interfaces: tuple[str, ...] = ()
     forwarding: bool = True  # carry other peers' routed packets (overlay routing through this node)
+    # Overlay neighbours quiet this long are pinged; a link silent 3.5 times as long is withdrawn
+    # from routing (traffic moves to a backup route) until the neighbour is heard again.
+    hello_interval: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,6 +193,7 @@ class MeshConfig:
             "gossip_interval",
             "path_dead_after",
             "traversal_retry_max",
+            "hello_interval",
         ):
             value = parse_duration(getattr(self, name), name)
             if not 0.01 <= value <= 86400:

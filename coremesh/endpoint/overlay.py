@@ -39,11 +39,10 @@ if TYPE_CHECKING:
 
 SAMPLE_INTERVAL: Final = 1.0  # seconds between link measurements fed to the table
 # Neighbour liveness (Babel's hellos, on the hop connection's own PINGs): a neighbour we heard
-# nothing from for HELLO_INTERVAL is pinged; after LINK_DEAD_AFTER of silence (three missed
-# hellos) its link is withdrawn from the table, long before the connection's idle timeout ends it,
-# and it comes back as soon as the neighbour is heard again.
-HELLO_INTERVAL: Final = 1.0
-LINK_DEAD_AFTER: Final = 3.5
+# nothing from for ``config.hello_interval`` (1 s) is pinged; after DEAD_AFTER_HELLOS times that of
+# silence (three missed hellos) its link is withdrawn from the table, long before the connection's
+# idle timeout ends it, and it comes back as soon as the neighbour is heard again.
+DEAD_AFTER_HELLOS: Final = 3.5
 MAX_PROBES: Final = 256
 
 # A route probe's inner packet: kind | nonce:8 | sent hop limit
@@ -60,6 +59,8 @@ class Overlay:
         self.endpoint = endpoint
         ep = endpoint
         self.forwarding = ep.config.forwarding
+        self.hello_interval = ep.config.hello_interval
+        self.link_dead_after = DEAD_AFTER_HELLOS * self.hello_interval
         self.table = RoutingTable(
             ep.peer_id,
             ep.identity.sign,
@@ -78,7 +79,7 @@ class Overlay:
             wall_offset=ep.wall_offset,
         )
         self.neighbours: set[PeerId] = set()
-        self.sample_at = now + SAMPLE_INTERVAL
+        self.sample_at = now + min(SAMPLE_INTERVAL, self.hello_interval)
         # Route probes in flight: nonce -> (destination, hop limit sent, when sent).
         self.probes: dict[int, tuple[PeerId, int, float]] = {}
 
@@ -91,7 +92,7 @@ class Overlay:
             for peer, conn in self.endpoint.connections().items()
             if conn.state is ConnState.CONNECTED
             and not isinstance(conn.address, RoutedAddress)
-            and now - conn.last_received <= LINK_DEAD_AFTER
+            and now - conn.last_received <= self.link_dead_after
         }
         if current == self.neighbours:
             return
@@ -108,7 +109,7 @@ class Overlay:
             conn = self.endpoint.connections().get(peer)
             if conn is None:
                 continue
-            if now - max(conn.last_received, conn.last_ping_at) >= HELLO_INTERVAL:
+            if now - max(conn.last_received, conn.last_ping_at) >= self.hello_interval:
                 conn.last_ping_at = now
                 conn.send_ping(now)
             s = conn.stream
@@ -127,7 +128,7 @@ class Overlay:
 
     def handle_timer(self, now: float) -> None:
         if now >= self.sample_at:
-            self.sample_at = now + SAMPLE_INTERVAL
+            self.sample_at = now + min(SAMPLE_INTERVAL, self.hello_interval)
             self.reconcile(now)
             self._sample(now)
         self.table.handle_timer(now)
