@@ -496,6 +496,9 @@ def table(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
 
     s, t = results["setup"], results["throughput"]
     bk, nb = results["transit_death_with_backup"], results["transit_death_no_backup"]
+    changes = nb["route_changes"]  # [seconds from the kill, next hop or None], the first at the start
+    withdrawn = next((t for t, hop in changes[1:] if hop is None), None)
+    back = next((t for t, hop in changes[1:] if hop is not None), None)
     rows: list[tuple[str, Any, Any, Any]] = [
         ("setup through 1 transit, median (ms)", s["routed"]["median_ms"], RETICULUM["setup_ms"], None),
         ("setup through 1 transit, p90 (ms)", s["routed"]["p90_ms"], "-", None),
@@ -515,9 +518,12 @@ def table(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
             RETICULUM["recovery_s"],
             None,
         ),
+        ("  of which: A's route moved to the backup (s)", bk["route_switched_after_s"], "-", None),
         ("  lost / duplicated / reordered", f"{bk['lost']}/{bk['duplicated']}/{bk['reordered']}", "-", None),
         ("  sent but never delivered (messages)", bk["undelivered"], "-", None),
         ("transit killed, no backup, restarted after (s)", nb["restart_after_kill_s"], "-", None),
+        ("  A's route to C withdrawn after the kill (s)", withdrawn, "-", None),
+        ("  A's route back after the kill (s)", back, "-", None),
         ("  delivery resumes after the restart (s)", nb.get("resumed_after_s"), "-", None),
         (
             "  delivery resumes after the kill (s)",
