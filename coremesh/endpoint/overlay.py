@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .peer import PeerConnection
 
 SAMPLE_INTERVAL: Final = 1.0  # seconds between link measurements fed to the table
+LIVENESS_CHECKS: Final = 4  # silent links are looked for this many times per hello interval
 # Neighbour liveness (Babel's hellos, on the hop connection's own PINGs): a neighbour we heard
 # nothing from for ``config.hello_interval`` (1 s) is pinged; after DEAD_AFTER_HELLOS times that of
 # silence (three missed hellos) its link is withdrawn from the table, long before the connection's
@@ -79,7 +80,11 @@ class Overlay:
             wall_offset=ep.wall_offset,
         )
         self.neighbours: set[PeerId] = set()
+        self.check_at = now + self.hello_interval / LIVENESS_CHECKS
         self.sample_at = now + min(SAMPLE_INTERVAL, self.hello_interval)
+        # The next hop each routed destination's packets last took (None: there was no route).
+        self.route_changes_seen = 0
+        self.hops_in_use: dict[PeerId, PeerId | None] = {}
         # Route probes in flight: nonce -> (destination, hop limit sent, when sent).
         self.probes: dict[int, tuple[PeerId, int, float]] = {}
 
@@ -120,16 +125,18 @@ class Overlay:
     # -- timers -------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        best = self.sample_at
+        best = min(self.sample_at, self.check_at)
         for t in (self.table.get_timer(), self.flood.get_timer()):
             if t is not None and t < best:
                 best = t
         return best
 
     def handle_timer(self, now: float) -> None:
+        if now >= self.check_at:
+            self.check_at = now + self.hello_interval / LIVENESS_CHECKS
+            self.reconcile(now)
         if now >= self.sample_at:
             self.sample_at = now + min(SAMPLE_INTERVAL, self.hello_interval)
-            self.reconcile(now)
             self._sample(now)
         self.table.handle_timer(now)
         self.flood.handle_timer(now)
@@ -148,6 +155,8 @@ class Overlay:
         ep = self.endpoint
         route = address.route
         hop = self.next_hop(address.peer, route)
+        if not route:
+            self.hops_in_use[address.peer] = hop  # (None: unroutable now; see flush_control)
         if hop is None:
             ep.counters["drop_no_route"] += 1
             return False
@@ -179,6 +188,10 @@ class Overlay:
 
     def flush_control(self, now: float) -> None:
         """Seal what the table and the flood core have for neighbours into their sessions."""
+        changes = self.table.counters["route_changes"]
+        if changes != self.route_changes_seen:
+            self.route_changes_seen = changes
+            self._follow_route_changes(now)
         for neighbour, plaintext in self.table.messages_to_send(now):
             if self._send_to_neighbour(neighbour, plaintext):
                 self.endpoint.counters["route_update_bytes_sent"] += len(plaintext)
@@ -186,6 +199,27 @@ class Overlay:
             self._send_to_neighbour(neighbour, plaintext)
         while (delivery := self.flood.next_delivery()) is not None:
             self.endpoint.emit(ev.OverlayDelivered(delivery=delivery))
+
+    def _follow_route_changes(self, now: float) -> None:
+        """A routed connection whose next hop changed (a repair, a better route, a route back)
+        is on a new path: its stream forgets the old path's RTT and backoff and resends what was in
+        flight at once (RFC 9000 §9.4), instead of waiting out a probe timeout doubled during the
+        outage."""
+        for peer, conn in self.endpoint.connections().items():
+            address = conn.address
+            if not isinstance(address, RoutedAddress) or address.route or conn.current is None:
+                continue
+            if peer not in self.hops_in_use:
+                continue  # nothing sent on it yet
+            hop = self.table.next_hop(peer)
+            last = self.hops_in_use[peer]
+            self.hops_in_use[peer] = hop
+            if hop is not None and hop != last and conn.state is ConnState.CONNECTED:
+                conn.stream.on_path_changed(now)
+                self.endpoint.mark_dirty(conn)
+                self.endpoint.counters["routed_path_changes"] += 1
+        for peer in [p for p in self.hops_in_use if p not in self.endpoint.connections()]:
+            del self.hops_in_use[peer]
 
     # -- receiving ----------------------------------------------------------------------------
 

@@ -112,6 +112,8 @@ def test_a_ring_moves_to_the_backup_when_a_link_dies_with_nothing_lost() -> None
     assert [m.data for m in c.of(ev.MessageReceived) if m.peer_id == a_id] == sent
     assert a.endpoint.overlay.next_hop(c_id) == e.endpoint.peer_id
     assert a.endpoint.state_of(c_id) is PeerState.CONNECTED  # the end-to-end session survived
+    # The stream saw the new path and resent at once instead of waiting out its backed-off PTO.
+    assert a.endpoint.counters["routed_path_changes"] >= 1
 
 
 def test_a_routed_initiation_must_come_from_its_named_source() -> None:
