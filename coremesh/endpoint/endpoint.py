@@ -268,7 +268,8 @@ class Endpoint:
         if self._links_changed:
             self._links_changed = False
             overlay.reconcile(now)
-        overlay.flush_control(now)
+        if overlay.pending:
+            overlay.flush_control(now)
         out, self.out = self.out, []
         resolved = self._resolve(out)
         if self.out:  # routed packets, sealed into their next hops' sessions

@@ -80,6 +80,9 @@ class Overlay:
             wall_offset=ep.wall_offset,
         )
         self.neighbours: set[PeerId] = set()
+        # The table or the flood core may have something to send (set whenever they were fed), so
+        # that a pump with nothing for the overlay never calls into them.
+        self.pending = True
         self.check_at = now + self.hello_interval / LIVENESS_CHECKS
         self.sample_at = now + min(SAMPLE_INTERVAL, self.hello_interval)
         # The next hop each routed destination's packets last took (None: there was no route).
@@ -101,6 +104,7 @@ class Overlay:
         }
         if current == self.neighbours:
             return
+        self.pending = True
         for peer in self.neighbours - current:
             self.table.link_down(peer, now)
         for peer in current - self.neighbours:
@@ -132,6 +136,7 @@ class Overlay:
         return best
 
     def handle_timer(self, now: float) -> None:
+        self.pending = True
         if now >= self.check_at:
             self.check_at = now + self.hello_interval / LIVENESS_CHECKS
             self.reconcile(now)
@@ -188,6 +193,7 @@ class Overlay:
 
     def flush_control(self, now: float) -> None:
         """Seal what the table and the flood core have for neighbours into their sessions."""
+        self.pending = False
         changes = self.table.counters["route_changes"]
         if changes != self.route_changes_seen:
             self.route_changes_seen = changes
@@ -227,6 +233,7 @@ class Overlay:
         """An overlay packet from the peer of ``conn`` (authenticated by its session)."""
         ep = self.endpoint
         neighbour = conn.peer_id
+        self.pending = True
         if neighbour not in self.neighbours:
             self.reconcile(now)
             if neighbour not in self.neighbours:
@@ -351,6 +358,7 @@ class Overlay:
 
     def set_router(self, fn: Callable[[PeerId, list[Route]], PeerId | None] | None) -> None:
         self.table.set_router(fn)
+        self.pending = True
 
 
 def is_overlay(plaintext: bytes) -> bool:
