@@ -908,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "route",
         "trace the route to a peer, hop by hop",
-        "Traceroute over the overlay: one probe per hop limit (at most 16), printing each hop's peer "
+        "Traceroute over the overlay: one probe per hop limit (at most 32), printing each hop's peer "
         "id and its round-trip time ('*' when no answer came within --timeout).\n--json prints an "
         "object with peer_id, hops ([{hop, peer_id, rtt_ms}], null when no answer), reached and "
         "elapsed_ms.",

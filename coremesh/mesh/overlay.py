@@ -22,7 +22,7 @@ from .registry import ConnectionRegistry
 
 log = logging.getLogger("coremesh.node")
 
-MAX_TRACE_HOPS = 16
+MAX_TRACE_HOPS = 32
 
 
 def _route_json(route: Route, now: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ RECV_TIMEOUT_RANGE: Final = (0.0, 300.0)
 LOOKUP_TIMEOUT_RANGE: Final = (0.1, 30.0)
 MAX_RECV_COUNT: Final = 1_000_000
 ROUTE_TIMEOUT_RANGE: Final = (0.1, 10.0)  # `coremesh route`: the wait for each hop's answer
-ROUTE_MAX_HOPS: Final = 16  # a trace probes at most this many hops (MeshNode.trace)
+ROUTE_MAX_HOPS: Final = 32  # a trace probes at most this many hops (MeshNode.trace)
 
 # Multicast group names: 1 to GROUP_NAME_MAX characters, letters, digits and ``. _ - : /``, starting
 # with a letter or a digit, so that a name is one shell word and one safe line on a terminal.
