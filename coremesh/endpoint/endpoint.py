@@ -62,8 +62,7 @@ MAX_TIMESTAMPS: Final = 65536
 MAX_PENDING_PROBES: Final = 256
 MAX_KEPT_PROBE_SOCKETS: Final = 16  # probe sockets that carry connections after a birthday attempt
 # What a routed packet adds to an end-to-end packet: the overlay prefix, the ROUTED header, and the
-# hop session's transport header and tag (a source route adds 32 bytes per hop; it fits in PMTU
-# probing's margin).
+# hop session's transport header and tag (a source route adds a count byte and 32 bytes per hop).
 ROUTED_OVERHEAD: Final = len(OVERLAY_PREFIX) + ROUTED_HEADER_LEN + wire.TRANSPORT_OVERHEAD
 
 
@@ -184,6 +183,21 @@ class Endpoint:
 
     def emit(self, event: ev.Event) -> None:
         self._events.append(event)
+
+    def stream_config_for(self, address: PathAddress) -> ReliabilityConfig:
+        """The stream parameters of a connection on ``address``: smaller datagrams when its
+        packets ride inside routed packets (and smaller again by a source route's bytes)."""
+        if not isinstance(address, RoutedAddress):
+            return self.stream_config
+        if not address.route:
+            return self.routed_stream_config
+        extra = 1 + 32 * (len(address.route) - 1)
+        base = self.routed_stream_config
+        return dataclasses.replace(
+            base,
+            base_datagram_size=base.base_datagram_size - extra,
+            max_datagram_size=base.max_datagram_size - extra,
+        )
 
     def connections(self) -> dict[PeerId, PeerConnection]:
         """The established or pending connection of each peer (not replacements)."""

@@ -106,8 +106,7 @@ class PeerConnection:
         self.initiator = initiator  # we opened it (changes once at most: a simultaneous open we lose)
         self.pinned = pinned  # path="relay": never move to a direct path
         self.state = ConnState.DIALING if initiator else ConnState.CONFIRMING
-        routed = isinstance(address, RoutedAddress)
-        self.stream = ReliableStream(endpoint.routed_stream_config if routed else endpoint.stream_config, now)
+        self.stream = ReliableStream(endpoint.stream_config_for(address), now)
         self.paths = PeerPaths(self, address)
         self.previous: SecureSession | None = None
         self.current: SecureSession | None = None
@@ -311,7 +310,7 @@ class PeerConnection:
             if isinstance(addr, RoutedAddress) and self.stream.packets_sent == 0:
                 # The routed attempt of a race answered first: its packets travel inside a hop's
                 # packet, so the stream starts with the routed datagram sizes.
-                self.stream = ReliableStream(ep.routed_stream_config, now)
+                self.stream = ReliableStream(ep.stream_config_for(addr), now)
             self.announce(now, "handshake response")
         # The responder only trusts the new keys once a packet arrives under them: send an
         # ack-eliciting PING, which the stream retransmits until it is acknowledged.
