@@ -404,7 +404,7 @@ class RoutingSim:
         self.drops: Counter[str] = Counter()
         self.metrics = Metrics()
         self.last_route_change = 0.0
-        self._route_changes = 0
+        self._last_timer = (-1, -1.0, 0)
         self.nodes: list[Node] = []
         self.index: dict[PeerId, int] = {}
         for i in range(params.nodes):
@@ -492,6 +492,12 @@ class RoutingSim:
         if node.timer != t:
             return  # superseded
         node.timer = None
+        if self._last_timer[:2] == (i, t):
+            self._last_timer = (i, t, self._last_timer[2] + 1)
+            if self._last_timer[2] > 10_000:
+                raise RuntimeError(f"node {i}'s timer fires again and again at t={t}: livelock")
+        else:
+            self._last_timer = (i, t, 0)
         tt = node.table.get_timer()
         if tt is not None and tt <= self.now:
             node.table.handle_timer(self.now)
@@ -913,6 +919,7 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
         "fail_fraction_measured": round(getattr(sim, "down_fraction", 0.0), 4),
         "probes": dict(m.probes),
         "delivery_ratio": round(m.probes["delivered"] / max(1, m.probes["sent"]), 4),
+        "stretch_min": round(min(m.stretch), 3) if m.stretch else None,
         "stretch_mean": round(statistics.mean(m.stretch), 3) if m.stretch else None,
         "stretch_p95": round(pct(m.stretch, 0.95) or 0, 3) if m.stretch else None,
         "stretch_max": round(max(m.stretch), 3) if m.stretch else None,
@@ -1064,6 +1071,7 @@ def main(argv: list[str] | None = None) -> None:
         "--broadcast-rate", type=float, default=d.broadcast_rate, help="broadcasts per virtual second"
     )
     ap.add_argument("--isolated", type=int, default=d.isolated, help="isolated failures measured at the end")
+    ap.add_argument("--isolated-gap", type=float, default=d.isolated_gap, help="seconds between them")
     ap.add_argument("--bootstrap-timeout", type=float, default=d.bootstrap_timeout)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -1081,6 +1089,7 @@ def main(argv: list[str] | None = None) -> None:
         probe_rate=a.probe_rate,
         broadcast_rate=a.broadcast_rate,
         isolated=a.isolated,
+        isolated_gap=a.isolated_gap,
         bootstrap_timeout=a.bootstrap_timeout,
         memory=not a.no_memory,
     )
