@@ -1,0 +1,232 @@
+"""The ROUTE_UPDATE body: acks, origin records, route entries and withdrawals between neighbours.
+
+One message (the body after the overlay prefix and the type byte)::
+
+    version:1 | epoch:4 | msg_no:4 | ack_epoch:4 | ack_count:1 | ack:4 * ack_count
+    | record_count:1 | origin record * record_count          (coremesh/routing/records.py)
+    | id_count:2 | id:32 * id_count                          (the ids the entries below name)
+    | route_count:2 | (metric:2 | hops:1 | id_index:2 * hops) * route_count
+    | withdrawal_count:2 | id_index:2 * withdrawal_count
+
+``epoch`` is the sender's random number for its current view of the link (new on every link up);
+``msg_no`` numbers the sender's messages within an epoch from 1 (0: a pure ack, which carries
+nothing else and is not acknowledged); ``ack_epoch`` and the acks name the receiver's messages
+that arrived. A route entry's hops are the sender's path without the sender: next hop first,
+destination last (``metric`` < :data:`INFINITY`); a withdrawal names a destination the sender no
+longer reaches. The id table makes a path cost 2 bytes per hop once its ids are in the message.
+
+:func:`pack_update` splits records, routes and withdrawals into bodies that each fit a size
+budget. Every malformation raises :class:`~coremesh.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..errors import DecodeError
+from ..identity import PeerId
+from .overlay import OVERLAY_PREFIX
+from .records import OriginRecord, decode_record_from, record_size
+
+VERSION: Final = 1
+INFINITY: Final = 0xFFFF
+MAX_ACKS: Final = 255
+MAX_RECORDS: Final = 255
+MAX_HOPS: Final = 255
+_HEAD = struct.Struct("!BIIIB")
+HEADER_LEN: Final = _HEAD.size  # without the acks
+COUNTS_LEN: Final = 1 + 2 + 2 + 2  # record, id, route and withdrawal counts
+OVERLAY_OVERHEAD: Final = len(OVERLAY_PREFIX) + 1  # prefix and type byte before a body
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """The sender reaches ``hops[-1]`` through ``hops`` (next hop first) at ``metric``."""
+
+    hops: tuple[PeerId, ...]
+    metric: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.hops) <= MAX_HOPS:
+            raise ValueError(f"a route entry has 1..{MAX_HOPS} hops")
+        if not 0 <= self.metric < INFINITY:
+            raise ValueError("a route metric is 0..INFINITY-1")
+
+    @property
+    def destination(self) -> PeerId:
+        return self.hops[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUpdate:
+    epoch: int
+    msg_no: int
+    ack_epoch: int = 0
+    acks: tuple[int, ...] = ()
+    records: tuple[OriginRecord, ...] = ()
+    routes: tuple[RouteEntry, ...] = ()
+    withdrawals: tuple[PeerId, ...] = ()
+
+    def __post_init__(self) -> None:
+        for n in (self.epoch, self.msg_no, self.ack_epoch, *self.acks):
+            if not 0 <= n < 2**32:
+                raise ValueError("epochs, message and ack numbers fit in 32 bits")
+        if len(self.acks) > MAX_ACKS or len(self.records) > MAX_RECORDS:
+            raise ValueError("too many acks or records in one message")
+        if self.msg_no == 0 and (self.records or self.routes or self.withdrawals):
+            raise ValueError("a pure ack (msg_no 0) carries nothing else")
+
+
+def encode_update(update: RouteUpdate) -> bytes:
+    ids: dict[PeerId, int] = {}
+
+    def index(peer: PeerId) -> int:
+        i = ids.get(peer)
+        if i is None:
+            i = ids[peer] = len(ids)
+        return i
+
+    routes = b"".join(
+        struct.pack(f"!HB{len(e.hops)}H", e.metric, len(e.hops), *(index(h) for h in e.hops))
+        for e in update.routes
+    )
+    withdrawals = b"".join(struct.pack("!H", index(d)) for d in update.withdrawals)
+    if len(ids) > 0xFFFF or len(update.routes) > 0xFFFF or len(update.withdrawals) > 0xFFFF:
+        raise ValueError("too many ids, routes or withdrawals in one message")
+    return b"".join(
+        (
+            _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, len(update.acks)),
+            struct.pack(f"!{len(update.acks)}I", *update.acks),
+            bytes((len(update.records),)),
+            *(r.encode() for r in update.records),
+            struct.pack("!H", len(ids)),
+            *(p.key for p in ids),
+            struct.pack("!H", len(update.routes)),
+            routes,
+            struct.pack("!H", len(update.withdrawals)),
+            withdrawals,
+        )
+    )
+
+
+def decode_update(body: bytes) -> RouteUpdate:
+    """Decode a ROUTE_UPDATE body (after the type byte); DecodeError on anything malformed."""
+    if len(body) < HEADER_LEN:
+        raise DecodeError("truncated route update")
+    version, epoch, msg_no, ack_epoch, ack_count = _HEAD.unpack_from(body, 0)
+    if version != VERSION:
+        raise DecodeError(f"unsupported route update version {version}")
+    pos = HEADER_LEN
+    acks = _take(body, pos, f"!{ack_count}I")
+    pos += 4 * ack_count
+    record_count = _take(body, pos, "!B")[0]
+    pos += 1
+    records = []
+    for _ in range(record_count):
+        record, pos = decode_record_from(body, pos)
+        records.append(record)
+    id_count = _take(body, pos, "!H")[0]
+    pos += 2
+    if len(body) < pos + 32 * id_count:
+        raise DecodeError("truncated route update id table")
+    keys = [bytes(body[pos + 32 * i : pos + 32 * (i + 1)]) for i in range(id_count)]
+    pos += 32 * id_count
+    if len(set(keys)) != len(keys):
+        raise DecodeError("repeated id in a route update's id table")
+    peers = [PeerId(k) for k in keys]
+    used = [False] * id_count
+    route_count = _take(body, pos, "!H")[0]
+    pos += 2
+    routes = []
+    for _ in range(route_count):
+        metric, hops = _take(body, pos, "!HB")
+        pos += 3
+        if metric >= INFINITY or hops == 0:
+            raise DecodeError("bad route entry (metric INFINITY or no hops)")
+        indices = _take(body, pos, f"!{hops}H")
+        pos += 2 * hops
+        routes.append(RouteEntry(tuple(_peer(peers, used, i) for i in indices), metric))
+    withdrawal_count = _take(body, pos, "!H")[0]
+    pos += 2
+    withdrawals = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{withdrawal_count}H"))
+    pos += 2 * withdrawal_count
+    if pos != len(body):
+        raise DecodeError("trailing bytes after a route update")
+    if not all(used):
+        raise DecodeError("unused id in a route update's id table")
+    if msg_no == 0 and (records or routes or withdrawals):
+        raise DecodeError("a pure ack (message number 0) carries routes or records")
+    return RouteUpdate(epoch, msg_no, ack_epoch, acks, tuple(records), tuple(routes), withdrawals)
+
+
+def _take(body: bytes, pos: int, fmt: str) -> tuple[int, ...]:
+    size = struct.calcsize(fmt)
+    if len(body) < pos + size:
+        raise DecodeError("truncated route update")
+    return struct.unpack_from(fmt, body, pos)
+
+
+def _peer(peers: list[PeerId], used: list[bool], i: int) -> PeerId:
+    if i >= len(peers):
+        raise DecodeError(f"route update id index {i} out of range")
+    used[i] = True
+    return peers[i]
+
+
+@dataclass(slots=True)
+class UpdateParts:
+    """What one message will carry (before message and ack numbers are given)."""
+
+    records: list[OriginRecord] = field(default_factory=list)
+    routes: list[RouteEntry] = field(default_factory=list)
+    withdrawals: list[PeerId] = field(default_factory=list)
+    size: int = HEADER_LEN + COUNTS_LEN  # the encoded size without acks
+    ids: set[PeerId] = field(default_factory=set)
+
+
+Item = OriginRecord | RouteEntry | PeerId  # a PeerId alone is a withdrawal
+
+
+def item_size(item: Item, ids: set[PeerId]) -> int:
+    if isinstance(item, OriginRecord):
+        return item.size()
+    if isinstance(item, RouteEntry):
+        return 3 + 2 * len(item.hops) + 32 * len(set(item.hops) - ids)
+    return 2 + (0 if item in ids else 32)
+
+
+def max_item_size(max_hops: int, max_record_neighbours: int) -> int:
+    """The largest single item :func:`pack_update` may be given, for these limits."""
+    return max(3 + 34 * max_hops, record_size(max_record_neighbours))
+
+
+def pack_update(items: Sequence[Item], budget: int) -> list[UpdateParts]:
+    """Split ``items`` (records, routes, withdrawals in the order given) into messages whose body
+    without acks is at most ``budget`` bytes; the order is kept (a record goes before, or in the
+    same message as, the routes listed after it). ValueError if one item cannot fit alone."""
+    out: list[UpdateParts] = []
+    cur = UpdateParts()
+    for item in items:
+        size = item_size(item, cur.ids)
+        if cur.size + size > budget or (isinstance(item, OriginRecord) and len(cur.records) == MAX_RECORDS):
+            if cur.records or cur.routes or cur.withdrawals:
+                out.append(cur)
+            cur = UpdateParts()
+            size = item_size(item, cur.ids)
+            if cur.size + size > budget:
+                raise ValueError(f"a route update item of {size} bytes cannot fit in {budget}")
+        cur.size += size
+        if isinstance(item, OriginRecord):
+            cur.records.append(item)
+        elif isinstance(item, RouteEntry):
+            cur.routes.append(item)
+            cur.ids.update(item.hops)
+        else:
+            cur.withdrawals.append(item)
+            cur.ids.add(item)
+    if cur.records or cur.routes or cur.withdrawals:
+        out.append(cur)
+    return out

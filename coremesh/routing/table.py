@@ -1,0 +1,798 @@
+"""The overlay's routing table: signed path vectors between neighbours (sans-IO).
+
+Why path vectors, and why signed
+--------------------------------
+Babel (RFC 8966) stays loop-free with its feasibility condition: a node accepts a route only if
+its metric is below the best it ever announced for that destination's seqno, and when nothing
+feasible is left it must ask the origin for a new seqno and wait. That works between routers that
+trust each other; here any peer may lie, and a liar can claim any metric. A path vector carries
+the whole path ``[neighbour, ..., destination]`` instead, so
+
+- loops are impossible by construction: a path that contains our own id is never a route (it is
+  remembered only as "this neighbour routes that destination through us", which
+  :meth:`RoutingTable.children` reports for broadcast trees), and a path with a repeated id is
+  refused. No feasibility condition, no seqno requests, no starvation: any loop-free path a
+  neighbour offers may be used at once, which is what makes repair immediate;
+- every claim can be checked: each node signs an :class:`~coremesh.routing.records.OriginRecord`
+  listing its neighbours, and a path is accepted only when both ends of each of its links list each
+  other in their latest verified records (the link from the advertising neighbour to us is
+  attested by the hop session itself). A peer cannot advertise a path through a link that does not
+  exist without the signatures of both its ends; a forged, unattested or replayed claim is refused
+  and counted (``drop_*`` counters). A peer can still lie about a metric or drop traffic: that is
+  what measured link costs, backups and ``set_router`` are for.
+
+Records are verified once per (origin, seqno), kept (latest per origin, at most ``max_records``)
+and ride along in update messages: a neighbour gets the latest record of every node on a path we
+send it, once per seqno; they are not flooded (a version a node holds keeps attesting the links
+still on it; our own record goes to every neighbour when it changes). An advert is checked when it
+arrives; one whose records are missing or older than needed waits and is checked again when a newer
+record of an end of the faulty link arrives. We advertise a route only when our records attest its
+first link (our record and the next hop's list each other), so honest tables never send a path
+their neighbour must refuse. What a table can be fooled by is bounded: a replayed record older than
+the one it holds is refused (``drop_old_record``), so a dead link can only be claimed while the
+table holds no newer record of either end; and whatever a path claims, its metric is only a claim.
+
+Metrics, hysteresis, selection
+------------------------------
+A link costs ``max(1, round(rtt_ms))`` scaled by the ETX factor ``1/(1-loss)`` (capped); the
+samples are smoothed, and the cost the table uses changes only after the smoothed value stayed more
+than ``cost_hysteresis`` away from it for ``cost_hold`` seconds (RFC 9616's spirit: jitter does not
+flap routes). A route's metric is the neighbour's advertised metric plus our link cost to it. The
+primary is the lowest metric, but a new primary replaces the current one only when better by
+``switch_margin`` or when the current one is gone. Backups: the best route via each other neighbour
+(up to ``max_backups``).
+
+Propagation and repair
+----------------------
+Updates are triggered (batched, at most one batch per neighbour per ``min_update_interval``), a
+full table goes to a neighbour whose link comes up, and there are no periodic dumps. Overlay
+packets are unreliable, so the table makes updates reliable itself: each message carries a
+per-neighbour message number within the sender's link epoch; the neighbour acks; unacked messages
+are retransmitted with a doubling RTO; if the queue of unacked messages overflows, or the neighbour
+starts a new epoch (it lost its view of us), the whole table is sent again. Per destination the
+newest message number wins, so reordering and retransmission never bring back stale state.
+:meth:`RoutingTable.link_down` removes every route via the neighbour at once: the best backup is
+primary immediately, and updates or withdrawals go out to the other neighbours, which repair the
+same way: the table converges again in about one update interval per hop.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import DecodeError
+from ..identity import PeerId, verify_signature
+from ..ratelimit import TokenBucket
+from .messages import (
+    COUNTS_LEN,
+    HEADER_LEN,
+    INFINITY,
+    MAX_ACKS,
+    OVERLAY_OVERHEAD,
+    Item,
+    RouteEntry,
+    RouteUpdate,
+    UpdateParts,
+    decode_update,
+    encode_update,
+    max_item_size,
+    pack_update,
+)
+from .overlay import OverlayType, overlay_packet
+from .records import MAX_RECORD_NEIGHBOURS, OriginRecord
+
+__all__ = ["INFINITY", "Route", "RoutingConfig", "RoutingTable"]
+
+MAX_LINK_COST = 10_000
+_RETIRED_EPOCHS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    destination: PeerId
+    next_hop: PeerId
+    path: tuple[PeerId, ...]  # next_hop ... destination (len 1 when the destination is a neighbour)
+    metric: int
+    seqno: int  # destination's record seqno (0 while its record is unknown)
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """The table's parameters; every field is validated on construction."""
+
+    max_packet: int = 1100  # overlay plaintext per message, prefix and type byte included
+    min_update_interval: float = 0.05  # seconds between two batches of triggered updates, per neighbour
+    max_backups: int = 3
+    max_records: int = 10000  # origin records kept (one per origin); also bounds adverts per neighbour
+    max_path: int = 30  # hops of a route (next hop ... destination)
+    max_record_neighbours: int = 30  # neighbours listed in our record (the oldest links)
+    default_link_cost: int = 100  # before the first RTT sample (about 100 ms)
+    max_loss_factor: float = 8.0  # cap of the ETX factor 1/(1-loss)
+    rtt_smoothing: float = 0.25  # weight of a new sample in the smoothed RTT and loss
+    cost_hysteresis: float = 0.25  # relative move of the smoothed cost that may change the used cost
+    cost_hold: float = 2.0  # seconds the move must last
+    switch_margin: float = 0.1  # a new primary must be this much better than the current one
+    initial_rto: float = 1.0  # retransmission timeout before the link's RTT is known
+    min_rto: float = 0.2
+    max_rto: float = 16.0
+    max_unacked: int = 1024  # unacked messages per neighbour before a full resend
+    update_rate: float = 100.0  # incoming messages per second per neighbour (token bucket)
+    update_burst: float = 1000.0
+
+    def __post_init__(self) -> None:
+        positive = (
+            "min_update_interval",
+            "max_records",
+            "max_path",
+            "default_link_cost",
+            "max_loss_factor",
+            "rtt_smoothing",
+            "cost_hysteresis",
+            "initial_rto",
+            "min_rto",
+            "max_rto",
+            "max_unacked",
+            "update_rate",
+            "update_burst",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"RoutingConfig.{name} must be positive, got {value!r}")
+        for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"RoutingConfig.{name} must be >= 0, got {value!r}")
+        if not self.rtt_smoothing <= 1 or not self.max_loss_factor >= 1:
+            raise ValueError("rtt_smoothing must be in (0, 1] and max_loss_factor >= 1")
+        if self.min_rto > self.max_rto or self.default_link_cost > MAX_LINK_COST:
+            raise ValueError("min_rto must be <= max_rto and default_link_cost <= 10000")
+        if self.max_record_neighbours > MAX_RECORD_NEIGHBOURS or self.max_path > 255:
+            raise ValueError("max_record_neighbours must be <= 255 and max_path <= 255")
+        need = OVERLAY_OVERHEAD + HEADER_LEN + COUNTS_LEN
+        need += max_item_size(self.max_path, self.max_record_neighbours)
+        if self.max_packet < need:
+            raise ValueError(
+                f"max_packet {self.max_packet} cannot hold a path of {self.max_path} hops or a record"
+                f" of {self.max_record_neighbours} neighbours ({need} bytes needed)"
+            )
+
+
+@dataclass(slots=True)
+class _Advert:
+    """What a neighbour last told us about one destination."""
+
+    msg_no: int
+    metric: int
+    path: tuple[PeerId, ...] | None  # neighbour ... destination; None: withdrawn or refused
+    valid: bool = False  # attested by the records we hold (checked on arrival and when they change)
+
+
+@dataclass(slots=True)
+class _Sent:
+    parts: UpdateParts
+    deadline: float
+    rto: float
+
+
+class _Link:
+    """Our state for one neighbour: the link's cost, what it told us, what we told it."""
+
+    __slots__ = (
+        "ack_at",
+        "adverts",
+        "bucket",
+        "cost",
+        "epoch",
+        "last_update",
+        "loss",
+        "moved_since",
+        "next_msg_no",
+        "peer_epoch",
+        "pending",
+        "pending_acks",
+        "pending_at",
+        "pending_records",
+        "raw_cost",
+        "records_sent",
+        "retired",
+        "sent",
+        "srtt",
+        "unacked",
+        "up_at",
+    )
+
+    def __init__(self, epoch: int, config: RoutingConfig, now: float) -> None:
+        self.up_at = now
+        self.epoch = epoch
+        self.next_msg_no = 1
+        self.peer_epoch: int | None = None
+        self.retired: collections.deque[int] = collections.deque(maxlen=_RETIRED_EPOCHS)
+        self.unacked: dict[int, _Sent] = {}
+        self.pending_acks: list[int] = []
+        self.ack_at = math.inf
+        self.pending: dict[PeerId, None] = {}  # destinations whose advert to it may have changed
+        self.pending_records: dict[PeerId, None] = {}  # origins whose latest record it should get
+        self.pending_at = math.inf
+        self.sent: dict[PeerId, tuple[int, tuple[PeerId, ...]] | None] = {}  # None: unknown
+        self.records_sent: dict[PeerId, int] = {}
+        self.last_update = -math.inf
+        self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
+        self.adverts: dict[PeerId, _Advert] = {}
+        self.cost = config.default_link_cost
+        self.raw_cost: int | None = None
+        self.srtt: float | None = None
+        self.loss = 0.0
+        self.moved_since: float | None = None
+
+    def mark(self, destination: PeerId, now: float) -> None:
+        self.pending[destination] = None
+        self.pending_at = min(self.pending_at, now)
+
+    def mark_record(self, origin: PeerId, now: float) -> None:
+        self.pending_records[origin] = None
+        self.pending_at = min(self.pending_at, now)
+
+
+Router = Callable[[PeerId, list[Route]], PeerId | None]
+
+
+class RoutingTable:
+    """One node's routes to every destination of the overlay (see the module docstring)."""
+
+    def __init__(
+        self,
+        peer_id: PeerId,
+        sign: Callable[[bytes], bytes],
+        config: RoutingConfig,
+        *,
+        verify: Callable[[PeerId, bytes, bytes], bool] = verify_signature,
+        rng: random.Random,
+        now: float,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.peer_id = peer_id
+        self.config = config
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._sign = sign
+        self._verify = verify
+        self._rng = rng
+        self._wall_offset = wall_offset
+        self._now = now
+        self._links: dict[PeerId, _Link] = {}
+        self._records: dict[PeerId, OriginRecord] = {}
+        self._nbrs: dict[PeerId, frozenset[PeerId]] = {}  # each record's neighbours, for lookups
+        self._own: OriginRecord | None = None
+        self._own_listed: frozenset[PeerId] = frozenset()  # the neighbours our record lists
+        self._ids: dict[bytes, PeerId] = {}  # interned ids
+        self._own_dirty = True
+        self._own_dirty_at = now
+        self._seqno_floor = 0  # a seqno of ours seen elsewhere (a previous run's): sign above it
+        self._routes: dict[PeerId, list[Route]] = {}
+        self._cand: dict[PeerId, dict[PeerId, _Advert]] = {}  # destination -> neighbour -> advert
+        self._children: dict[PeerId, set[PeerId]] = {}  # origin -> neighbours routing it via us
+        self._waiting: dict[PeerId, dict[PeerId, None]] = {}  # missing record's origin -> dests
+        self._router: Router | None = None
+        self._budget = config.max_packet - OVERLAY_OVERHEAD
+
+    # -- links ---------------------------------------------------------------------------------
+
+    def link_up(self, neighbour: PeerId, now: float) -> None:
+        """A hop session to ``neighbour`` is up: send it our whole table."""
+        self._now = now
+        if neighbour == self.peer_id:
+            raise ValueError("a node is not its own neighbour")
+        if neighbour in self._links:
+            self.link_down(neighbour, now)
+        epoch = self._rng.getrandbits(32) or 1
+        link = self._links[neighbour] = _Link(epoch, self.config, now)
+        self._own_changed(now)
+        link.mark_record(self.peer_id, now)
+        for destination in self._routes:
+            link.mark(destination, now)
+        self._recompute(neighbour, now)
+
+    def link_down(self, neighbour: PeerId, now: float) -> None:
+        """The hop session to ``neighbour`` is gone: every route via it goes at once."""
+        self._now = now
+        link = self._links.pop(neighbour, None)
+        if link is None:
+            return
+        self._own_changed(now)
+        affected = [neighbour]
+        for destination, advert in link.adverts.items():
+            self._unindex(neighbour, destination, advert)
+            affected.append(destination)
+        for destination in affected:
+            self._recompute(destination, now)
+
+    def link_sample(self, neighbour: PeerId, rtt: float | None, loss: float, now: float) -> None:
+        """A measurement of the link: smoothed RTT in seconds (None: none yet) and loss (0..1)."""
+        self._now = now
+        link = self._links.get(neighbour)
+        if link is None:
+            return
+        a = self.config.rtt_smoothing
+        if not 0.0 <= loss <= 1.0 or math.isnan(loss):
+            loss = 1.0 if loss > 1.0 else 0.0
+        link.loss = loss if link.srtt is None else link.loss + a * (loss - link.loss)
+        if rtt is not None and rtt >= 0 and math.isfinite(rtt):
+            link.srtt = rtt if link.srtt is None else link.srtt + a * (rtt - link.srtt)
+        if link.srtt is None:
+            return
+        etx = min(1.0 / (1.0 - link.loss) if link.loss < 1.0 else math.inf, self.config.max_loss_factor)
+        raw = min(MAX_LINK_COST, max(1, round(max(1, round(link.srtt * 1000)) * etx)))
+        first = link.raw_cost is None
+        link.raw_cost = raw
+        if first:
+            self._set_cost(neighbour, link, raw, now)
+        else:
+            self._check_cost(neighbour, link, now)
+
+    def _check_cost(self, neighbour: PeerId, link: _Link, now: float) -> None:
+        raw = link.raw_cost
+        if raw is None:
+            return
+        if abs(raw - link.cost) <= self.config.cost_hysteresis * link.cost:
+            link.moved_since = None
+        elif link.moved_since is None and self.config.cost_hold > 0:
+            link.moved_since = now
+        elif link.moved_since is None or now - link.moved_since >= self.config.cost_hold:
+            self._set_cost(neighbour, link, raw, now)
+
+    def _set_cost(self, neighbour: PeerId, link: _Link, cost: int, now: float) -> None:
+        link.moved_since = None
+        if cost == link.cost:
+            return
+        link.cost = cost
+        for destination in [neighbour, *link.adverts]:
+            self._recompute(destination, now)
+
+    def _own_changed(self, now: float) -> None:
+        if not self._own_dirty:
+            self._own_dirty = True
+            self._own_dirty_at = now
+
+    def _refresh_own(self, now: float) -> None:
+        if not self._own_dirty:
+            return
+        self._own_dirty = False
+        oldest = sorted(self._links, key=lambda p: (self._links[p].up_at, p.key))
+        listed = oldest[: self.config.max_record_neighbours]
+        if self._own is not None and set(self._own.neighbours) == set(listed):
+            return
+        previous = self._own.seqno if self._own is not None else 0
+        wall = int((now + self._wall_offset) * 1000)
+        seqno = min(max(previous + 1, wall, self._seqno_floor + 1), 2**64 - 1)
+        before = set(self._own.neighbours) if self._own is not None else set()
+        self._own = OriginRecord.create(self.peer_id, seqno, listed, self._sign)
+        self._own_listed = frozenset(listed)
+        for link in self._links.values():
+            link.mark_record(self.peer_id, now)
+        self._advertise_via(before.symmetric_difference(listed), now)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def receive(self, neighbour: PeerId, body: bytes, now: float) -> None:
+        """A ROUTE_UPDATE body (after the type byte) from ``neighbour``."""
+        self._now = now
+        link = self._links.get(neighbour)
+        if link is None:
+            self.counters["drop_not_neighbour"] += 1
+            return
+        if not link.bucket.consume(1, now):
+            self.counters["drop_rate_limited"] += 1
+            return
+        try:
+            update = decode_update(body)
+        except DecodeError:
+            self.counters["drop_malformed"] += 1
+            return
+        if update.epoch != link.peer_epoch:
+            if update.epoch in link.retired:
+                self.counters["drop_stale_epoch"] += 1
+                return
+            if link.peer_epoch is not None:
+                # The neighbour restarted its view of us: forget what it told us, tell it all again.
+                link.retired.append(link.peer_epoch)
+                self._forget_adverts(neighbour, link, now)
+                self._resend_all(link, now)
+                self.counters["peer_epoch_changes"] += 1
+            link.peer_epoch = update.epoch
+            link.pending_acks.clear()
+        self.counters["updates_received"] += 1
+        if update.ack_epoch == link.epoch:
+            for no in update.acks:
+                link.unacked.pop(no, None)
+        if update.msg_no == 0:
+            return
+        link.pending_acks.append(update.msg_no)
+        link.ack_at = min(link.ack_at, now)
+        for record in update.records:
+            self._accept_record(record, now)
+        intern = self._intern
+        for destination in update.withdrawals:
+            advert = _Advert(update.msg_no, INFINITY, None)
+            self._receive_advert(neighbour, link, intern(destination), advert, now)
+        for entry in update.routes:
+            path = (neighbour, *map(intern, entry.hops))
+            self._receive_advert(neighbour, link, path[-1], _Advert(update.msg_no, entry.metric, path), now)
+
+    def _intern(self, peer: PeerId) -> PeerId:
+        """One PeerId object per id: paths share them, and lookups compare by identity first."""
+        known = self._ids.get(peer.key)
+        if known is not None:
+            return known
+        if len(self._ids) < 4 * self.config.max_records:
+            self._ids[peer.key] = peer
+        return peer
+
+    def _accept_record(self, record: OriginRecord, now: float) -> None:
+        origin = record.origin
+        if origin == self.peer_id:
+            if record.seqno > self._seqno_floor:
+                self._seqno_floor = record.seqno
+                if self._own is not None and record.seqno >= self._own.seqno:
+                    self._own = None  # sign again above it
+                    self._own_changed(now)
+            return
+        stored = self._records.get(origin)
+        if stored is not None:
+            if record.seqno < stored.seqno:
+                self.counters["drop_old_record"] += 1
+                return
+            if record.seqno == stored.seqno:
+                if record.signature != stored.signature or record.neighbours != stored.neighbours:
+                    self.counters["drop_record_conflict"] += 1
+                return
+        elif len(self._records) >= self.config.max_records:
+            self.counters["drop_records_full"] += 1
+            return
+        if not record.verify(self._verify):
+            self.counters["drop_bad_signature"] += 1
+            return
+        self.counters["records_verified"] += 1
+        self._records[origin] = record
+        self._nbrs[origin] = frozenset(map(self._intern, record.neighbours))
+        # Not flooded: a neighbour gets a record with the first path we send it through the origin
+        # (record_of in _items_for); a version it holds keeps attesting the links still on it.
+        if origin in self._links:
+            # Routes via this neighbour may have become advertisable (its record now lists us).
+            self._advertise_via({origin}, now)
+        for destination in self._waiting.pop(origin, {}):
+            for advert in self._cand.get(destination, {}).values():
+                if advert.path is not None:
+                    advert.valid = self._path_fault(advert.path) is None
+            self._recompute(destination, now)
+        self._recompute(origin, now)
+
+    def _receive_advert(
+        self, neighbour: PeerId, link: _Link, destination: PeerId, advert: _Advert, now: float
+    ) -> None:
+        old = link.adverts.get(destination)
+        if old is not None and old.msg_no >= advert.msg_no:
+            self.counters["updates_stale"] += 1
+            return
+        if old is None and len(link.adverts) >= self.config.max_records:
+            self.counters["drop_too_many_adverts"] += 1
+            return
+        path = advert.path
+        if path is not None:
+            reason = self._path_fault(path)
+            advert.valid = reason is None
+            if reason in ("missing_record", "unattested"):
+                # Wait for the records (an honest neighbour sent them, maybe in a lost message).
+                self._wait_for_records(path, destination)
+            if reason == "missing_record":
+                self.counters["adverts_waiting"] += 1
+            elif reason in ("path_loop", "path_too_long", "unattested"):
+                self.counters[f"drop_{reason}"] += 1
+                if reason != "unattested":
+                    advert.path = None
+        if old is not None:
+            self._unindex(neighbour, destination, old)
+        link.adverts[destination] = advert
+        self._index(neighbour, destination, advert)
+        self._recompute(destination, now)
+
+    def _path_fault(self, path: tuple[PeerId, ...]) -> str | None:
+        """Why ``path`` (neighbour ... destination) is not a route now, or None if it is one."""
+        if len(set(path)) != len(path):
+            return "path_loop"
+        if self.peer_id in path:
+            return "via_us"
+        if len(path) > self.config.max_path:
+            return "path_too_long"
+        nbrs = self._nbrs
+        for x, y in itertools.pairwise(path):
+            nx = nbrs.get(x)
+            ny = nbrs.get(y)
+            if nx is None or ny is None:
+                return "missing_record"
+            if y not in nx or x not in ny:
+                return "unattested"
+        return None
+
+    def _wait_for_records(self, path: tuple[PeerId, ...], destination: PeerId) -> None:
+        """Re-examine ``destination`` when a newer record of an end of a faulty link arrives."""
+        nbrs = self._nbrs
+        for x, y in itertools.pairwise(path):
+            nx = nbrs.get(x)
+            ny = nbrs.get(y)
+            if nx is not None and ny is not None and y in nx and x in ny:
+                continue
+            for origin in (x, y):
+                if len(self._waiting) < self.config.max_records or origin in self._waiting:
+                    self._waiting.setdefault(origin, {})[destination] = None
+
+    def _index(self, neighbour: PeerId, destination: PeerId, advert: _Advert) -> None:
+        path = advert.path
+        if path is None:
+            return
+        if len(path) > 1 and path[1] == self.peer_id:
+            self._children.setdefault(destination, set()).add(neighbour)
+        if self.peer_id not in path:
+            self._cand.setdefault(destination, {})[neighbour] = advert
+
+    def _unindex(self, neighbour: PeerId, destination: PeerId, advert: _Advert) -> None:
+        children = self._children.get(destination)
+        if children is not None:
+            children.discard(neighbour)
+            if not children:
+                del self._children[destination]
+        cands = self._cand.get(destination)
+        if cands is not None and cands.get(neighbour) is advert:
+            del cands[neighbour]
+            if not cands:
+                del self._cand[destination]
+
+    def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
+        adverts, link.adverts = link.adverts, {}
+        for destination, advert in adverts.items():
+            self._unindex(neighbour, destination, advert)
+        for destination in adverts:
+            self._recompute(destination, now)
+
+    def _resend_all(self, link: _Link, now: float) -> None:
+        self.counters["full_resends"] += 1
+        for sent in link.unacked.values():
+            for destination in sent.parts.withdrawals:  # it may still hold what these withdrew
+                link.sent[destination] = None
+        link.unacked.clear()
+        for destination in link.sent:
+            link.sent[destination] = None
+            link.mark(destination, now)
+        for destination in self._routes:
+            link.mark(destination, now)
+        link.records_sent.clear()
+        link.mark_record(self.peer_id, now)
+
+    # -- route selection -----------------------------------------------------------------------
+
+    def _recompute(self, destination: PeerId, now: float) -> None:
+        if destination == self.peer_id:
+            return
+        cands: list[tuple[int, bytes, PeerId, tuple[PeerId, ...]]] = []
+        direct = self._links.get(destination)
+        if direct is not None:
+            cands.append((direct.cost, destination.key, destination, (destination,)))
+        for neighbour, advert in self._cand.get(destination, {}).items():
+            link = self._links.get(neighbour)
+            path = advert.path
+            if link is None or path is None or neighbour == destination:
+                continue
+            metric = advert.metric + link.cost
+            if metric < INFINITY and advert.valid:
+                cands.append((metric, neighbour.key, neighbour, path))
+        old = self._routes.get(destination)
+        if not cands:
+            if old is not None:
+                del self._routes[destination]
+                self.counters["route_changes"] += 1
+                self._advertise(destination, now)
+            return
+        cands.sort(key=lambda c: (c[0], c[1]))
+        best = cands[0]
+        if old is not None and old[0].next_hop != best[2]:
+            current = next((c for c in cands if c[2] == old[0].next_hop), None)
+            if current is not None and best[0] * (1 + self.config.switch_margin) >= current[0]:
+                best = current
+        chosen = [best, *(c for c in cands if c is not best)][: 1 + self.config.max_backups]
+        record = self._records.get(destination)
+        seqno = record.seqno if record is not None else 0
+        previous = {r.next_hop: r for r in old} if old is not None else {}
+        routes = []
+        for metric, _, next_hop, path in chosen:
+            r = previous.get(next_hop)
+            if r is None or r.path != path or r.metric != metric or r.seqno != seqno:
+                r = Route(destination, next_hop, path, metric, seqno, now)
+            routes.append(r)
+        self._routes[destination] = routes
+        if old is None or old[0].next_hop != routes[0].next_hop:
+            self.counters["route_changes"] += 1
+        if old is None or old[0].path != routes[0].path or old[0].metric != routes[0].metric:
+            self._advertise(destination, now)
+
+    def _advertise(self, destination: PeerId, now: float) -> None:
+        for link in self._links.values():
+            link.mark(destination, now)
+
+    def _advertise_via(self, next_hops: set[PeerId], now: float) -> None:
+        """Look again at the adverts of every route whose primary goes via ``next_hops``."""
+        if next_hops:
+            for destination, routes in self._routes.items():
+                if routes[0].next_hop in next_hops:
+                    self._advertise(destination, now)
+
+    def _advertisable(self, route: Route) -> bool:
+        """Whether our records attest the first link (both ends list each other): a neighbour
+        would refuse the route otherwise. The rest of the path was checked when it arrived."""
+        if len(route.path) >= self.config.max_path or route.next_hop not in self._own_listed:
+            return False
+        theirs = self._nbrs.get(route.next_hop)
+        return theirs is not None and self.peer_id in theirs
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def messages_to_send(self, now: float) -> list[tuple[PeerId, bytes]]:
+        """Overlay plaintexts (prefix included) to seal into each neighbour's hop session."""
+        self._now = now
+        self._refresh_own(now)
+        out: list[tuple[PeerId, bytes]] = []
+        for neighbour, link in self._links.items():
+            for msg_no, sent in link.unacked.items():
+                if sent.deadline <= now:
+                    sent.rto = min(sent.rto * 2, self.config.max_rto)
+                    sent.deadline = now + sent.rto
+                    self.counters["retransmissions"] += 1
+                    out.append((neighbour, self._emit(link, msg_no, sent.parts)))
+            allowed = now >= link.last_update + self.config.min_update_interval
+            if (link.pending or link.pending_records) and allowed:
+                if len(link.unacked) >= self.config.max_unacked:
+                    self._resend_all(link, now)
+                items = self._items_for(neighbour, link)
+                for parts in pack_update(items, self._budget):
+                    msg_no = link.next_msg_no
+                    link.next_msg_no = msg_no + 1 if msg_no < 2**32 - 1 else 1
+                    rto = self._rto(link)
+                    link.unacked[msg_no] = _Sent(parts, now + rto, rto)
+                    out.append((neighbour, self._emit(link, msg_no, parts)))
+                if items:
+                    link.last_update = now
+                link.pending_at = math.inf
+            while link.pending_acks:
+                room = (self._budget - HEADER_LEN - COUNTS_LEN) // 4
+                out.append((neighbour, self._emit(link, 0, None, min(room, MAX_ACKS))))
+        return out
+
+    def _rto(self, link: _Link) -> float:
+        if link.srtt is None:
+            return self.config.initial_rto
+        return min(max(3 * link.srtt, self.config.min_rto), self.config.max_rto)
+
+    def _emit(self, link: _Link, msg_no: int, parts: UpdateParts | None, max_acks: int = 0) -> bytes:
+        if parts is not None:
+            max_acks = min(MAX_ACKS, (self._budget - parts.size) // 4)
+        acks = tuple(link.pending_acks[:max_acks])
+        del link.pending_acks[: len(acks)]
+        if not link.pending_acks:
+            link.ack_at = math.inf
+        update = RouteUpdate(
+            epoch=link.epoch,
+            msg_no=msg_no,
+            ack_epoch=link.peer_epoch or 0,
+            acks=acks,
+            records=tuple(parts.records) if parts else (),
+            routes=tuple(parts.routes) if parts else (),
+            withdrawals=tuple(parts.withdrawals) if parts else (),
+        )
+        self.counters["updates_sent"] += 1
+        return overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(update))
+
+    def _items_for(self, neighbour: PeerId, link: _Link) -> list[Item]:
+        items: list[Item] = []
+
+        def record_of(origin: PeerId) -> None:
+            record = self._own if origin == self.peer_id else self._records.get(origin)
+            if record is not None and origin != neighbour and link.records_sent.get(origin) != record.seqno:
+                link.records_sent[origin] = record.seqno
+                items.append(record)
+
+        for origin in link.pending_records:
+            record_of(origin)
+        link.pending_records.clear()
+        for destination in link.pending:
+            routes = self._routes.get(destination)
+            want: tuple[int, tuple[PeerId, ...]] | None = None
+            if routes is not None and self._advertisable(routes[0]):
+                want = (routes[0].metric, routes[0].path)
+            if destination in link.sent:
+                if link.sent[destination] == want:
+                    continue
+            elif want is None:
+                continue
+            if want is None:
+                del link.sent[destination]
+                items.append(destination)
+                continue
+            link.sent[destination] = want
+            record_of(self.peer_id)
+            for hop in want[1]:
+                record_of(hop)
+            items.append(RouteEntry(want[1], want[0]))
+        link.pending.clear()
+        return items
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` or :meth:`messages_to_send` next has work (None: never)."""
+        t = self._own_dirty_at if self._own_dirty else math.inf
+        interval = self.config.min_update_interval
+        for link in self._links.values():
+            t = min(t, link.ack_at)
+            if link.pending or link.pending_records:
+                t = min(t, max(link.pending_at, link.last_update + interval))
+            for sent in link.unacked.values():
+                t = min(t, sent.deadline)
+            if link.moved_since is not None:
+                t = min(t, link.moved_since + self.config.cost_hold)
+        return None if t == math.inf else t
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        self._refresh_own(now)
+        for neighbour, link in list(self._links.items()):
+            if link.moved_since is not None and now - link.moved_since >= self.config.cost_hold:
+                self._check_cost(neighbour, link, now)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def next_hop(self, destination: PeerId) -> PeerId | None:
+        routes = self._routes.get(destination)
+        if routes is None:
+            return None
+        if self._router is not None:
+            choice = self._router(destination, list(routes))
+            if choice is not None:
+                if any(r.next_hop == choice for r in routes):
+                    return choice
+                self.counters["router_invalid"] += 1
+        return routes[0].next_hop
+
+    def routes(self, destination: PeerId) -> list[Route]:
+        return list(self._routes.get(destination, ()))
+
+    def all_routes(self) -> list[list[Route]]:
+        return [list(routes) for routes in self._routes.values()]
+
+    def neighbours(self) -> list[PeerId]:
+        return list(self._links)
+
+    def children(self, origin: PeerId) -> set[PeerId]:
+        """Neighbours whose chosen path to ``origin`` has us as their next hop."""
+        return set(self._children.get(origin, ()))
+
+    def knows_route_of(self, neighbour: PeerId, origin: PeerId) -> bool:
+        """Whether ``neighbour`` told us its current path to ``origin`` (or is ``origin``)."""
+        link = self._links.get(neighbour)
+        if link is None:
+            return False
+        if neighbour == origin:
+            return True
+        advert = link.adverts.get(origin)
+        return advert is not None and advert.path is not None
+
+    def set_router(self, fn: Router | None) -> None:
+        """``fn(destination, routes primary first)`` picks the next hop; None: the default choice."""
+        self._router = fn
+
+    def record(self, origin: PeerId) -> OriginRecord | None:
+        """The latest verified record of ``origin`` (ours included)."""
+        return self._own if origin == self.peer_id else self._records.get(origin)

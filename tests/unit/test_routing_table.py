@@ -1,0 +1,431 @@
+"""RoutingTable: tables wired together in a virtual network (routing_net.VNet), time advanced by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from coremesh.identity import PeerId
+from coremesh.routing.messages import RouteEntry, RouteUpdate, encode_update
+from coremesh.routing.overlay import OverlayType, overlay_packet
+from coremesh.routing.records import OriginRecord
+from coremesh.routing.table import Route, RoutingConfig, RoutingTable
+
+from .routing_net import WALL, VNet, identity
+
+
+def line() -> VNet:
+    net = VNet("ABC")
+    net.link("A", "B")
+    net.link("B", "C")
+    net.settle()
+    return net
+
+
+def ring(n: int = 5, **kw: object) -> VNet:
+    names = [str(i) for i in range(n)]
+    net = VNet(names, **kw)  # type: ignore[arg-type]
+    for i in range(n):
+        net.link(names[i], names[(i + 1) % n])
+    net.settle()
+    return net
+
+
+def test_line_routes_through_the_middle() -> None:
+    net = line()
+    (route,) = net.tables["A"].routes(net.pid("C"))
+    assert route.next_hop == net.pid("B")
+    assert route.path == (net.pid("B"), net.pid("C"))
+    assert route.destination == net.pid("C")
+    assert route.metric == 20  # two links of 10 ms
+    assert route.seqno == net.tables["C"].record(net.pid("C")).seqno  # type: ignore[union-attr]
+    assert net.path("C", "A") == ["B", "A"]
+    assert net.path("A", "B") == ["B"]
+    assert net.tables["A"].next_hop(net.pid("C")) == net.pid("B")
+    assert net.tables["A"].next_hop(net.pid("A")) is None
+    assert sorted(net.tables["B"].neighbours(), key=lambda p: p.key) == sorted(
+        [net.pid("A"), net.pid("C")], key=lambda p: p.key
+    )
+    assert len(net.tables["B"].all_routes()) == 2
+    # Nobody routes to itself, no path contains its own node.
+    for name, table in net.tables.items():
+        for routes in table.all_routes():
+            for r in routes:
+                assert net.pid(name) not in r.path
+
+
+def test_ring_has_a_primary_and_a_backup_via_the_other_side() -> None:
+    net = ring()
+    primary, backup = net.tables["0"].routes(net.pid("2"))
+    assert [net.names[p] for p in primary.path] == ["1", "2"]
+    assert [net.names[p] for p in backup.path] == ["4", "3", "2"]
+    assert (primary.metric, backup.metric) == (20, 30)
+
+
+def test_link_down_moves_to_the_backup_at_once_then_converges() -> None:
+    net = ring()
+    changes = net.tables["0"].counters["route_changes"]
+    net.tables["0"].link_down(net.pid("1"), net.now)  # before any message travels
+    (route,) = net.tables["0"].routes(net.pid("2"))
+    assert route.next_hop == net.pid("4")
+    assert net.tables["0"].counters["route_changes"] > changes
+    net.tables["1"].link_down(net.pid("0"), net.now)
+    net.up.discard(frozenset(("0", "1")))
+    took = net.settle()
+    assert took < 1.0
+    assert net.walk("1", "0") == ["1", "2", "3", "4", "0"]
+    assert net.walk("0", "1") == ["0", "4", "3", "2", "1"]
+    for a in net.tables:
+        for b in net.tables:
+            if a != b:
+                assert net.walk(a, b) is not None
+    # The link comes back: the short way is used again.
+    net.link("0", "1")
+    net.settle()
+    assert net.path("0", "1") == ["1"]
+    assert net.path("0", "2") == ["1", "2"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_loops_after_random_failures(seed: int) -> None:
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(12)]
+    net = VNet(names, seed=seed)
+    edges = {frozenset((names[i], names[(i + 1) % 12])) for i in range(12)}
+    while len(edges) < 24:
+        a, b = rng.sample(names, 2)
+        edges.add(frozenset((a, b)))
+    for edge in sorted(edges, key=sorted):
+        a, b = sorted(edge)
+        net.link(a, b, rtt=rng.uniform(0.005, 0.05))
+    net.settle()
+    for _ in range(4):
+        for edge in rng.sample(sorted(net.up, key=sorted), 3):
+            net.cut(*sorted(edge))
+        for edge in rng.sample(sorted(edges - net.up, key=sorted), 2):
+            a, b = sorted(edge)
+            net.link(a, b, rtt=rng.uniform(0.005, 0.05))
+        net.settle()
+        comp = net.components()
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                walked = net.walk(a, b)
+                assert (walked is not None) == (b in comp[a])
+                for r in net.tables[a].routes(net.pid(b)):
+                    assert net.pid(a) not in r.path
+                    assert len(set(r.path)) == len(r.path)
+
+
+def test_drops_are_repaired_by_acks_and_retransmission() -> None:
+    names = [str(i) for i in range(6)]
+    net = VNet(names, seed=7, drop=0.4)
+    for i in range(6):
+        net.link(names[i], names[(i + 1) % 6])
+    net.link("0", "3")
+    net.settle(limit=600)
+    retransmitted = sum(t.counters["retransmissions"] for t in net.tables.values())
+    assert retransmitted > 0
+    clean = VNet(names, seed=7)
+    for i in range(6):
+        clean.link(names[i], names[(i + 1) % 6])
+    clean.link("0", "3")
+    clean.settle()
+    for a in names:
+        for b in names:
+            if a != b:  # the same best metrics (equal-cost ties may pick either way)
+                assert net.walk(a, b) is not None
+                got = net.tables[a].routes(net.pid(b))[0].metric
+                assert got == clean.tables[a].routes(clean.pid(b))[0].metric
+
+
+def test_full_tables_split_into_packets_that_fit() -> None:
+    config = RoutingConfig(max_packet=500, max_path=12, max_record_neighbours=8)
+    names = [f"{x}{y}" for x in range(6) for y in range(6)]
+    net = VNet(names, config=config)
+    for x in range(6):
+        for y in range(6):
+            if x < 5:
+                net.link(f"{x}{y}", f"{x + 1}{y}")
+            if y < 5:
+                net.link(f"{x}{y}", f"{x}{y + 1}")
+    net.settle()  # VNet asserts every packet fits max_packet
+    assert net.walk("00", "55") is not None
+    assert len(net.path("00", "55")) == 10
+    assert net.packets["00"] > 10
+
+
+def _forger_setup(xy_once: list[OriginRecord] | None = None) -> tuple[VNet, RoutingTable]:
+    """A-B-C, A-M-X-C, Y-C; then M stops following the protocol (its table leaves the network)
+    and lies to A by hand. X and Y are not linked."""
+    net = VNet(["A", "B", "C", "M", "X", "Y"])
+    net.link("A", "B")
+    net.link("B", "C")
+    net.link("A", "M")
+    net.link("M", "X")
+    net.link("X", "C")
+    net.link("Y", "C")
+    net.settle()
+    if xy_once is not None:  # X and Y were linked once: keep their records of that time
+        net.link("X", "Y")
+        net.settle()
+        xy_once += [_own_record(net, "X"), _own_record(net, "Y")]
+        net.cut("X", "Y")
+        net.settle()
+    net.silence("M")
+    return net, net.tables["A"]
+
+
+def _forge(net: VNet, records: list[OriginRecord], hops: list[str], msg_no: int = 1000) -> bytes:
+    entry = RouteEntry(tuple(net.pid(h) for h in hops), 5)
+    update = RouteUpdate(epoch=0xF00, msg_no=msg_no, records=tuple(records), routes=(entry,))
+    return overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(update))
+
+
+def _own_record(net: VNet, name: str) -> OriginRecord:
+    record = {**net.tables, **net.silenced}[name].record(net.pid(name))
+    assert record is not None
+    return record
+
+
+def test_an_advert_through_a_link_that_does_not_exist_is_refused() -> None:
+    net, a = _forger_setup()
+    before = a.routes(net.pid("Y"))
+    assert [net.names[p] for p in before[0].path] == ["B", "C", "Y"]
+    # M claims M-X-Y: X and Y's genuine records do not list each other.
+    records = [_own_record(net, n) for n in ("M", "X", "Y")]
+    net.inject("M", "A", _forge(net, records, ["X", "Y"]))
+    assert a.counters["drop_unattested"] == 1
+    assert [r.next_hop for r in a.routes(net.pid("Y"))] == [net.pid("B")]
+    # The control: the same lie about the metric over real links (M-X-C) is believed.
+    net.inject("M", "A", _forge(net, [_own_record(net, "C")], ["X", "C"], msg_no=1001))
+    assert a.routes(net.pid("C"))[0].next_hop == net.pid("M")
+    assert a.counters["drop_unattested"] == 1
+
+
+def test_a_record_with_a_bad_signature_is_refused() -> None:
+    net, a = _forger_setup()
+    # M signs a record "of X" listing Y, and one "of Y" listing X, with its own key.
+    fake = [
+        OriginRecord.create(net.pid("X"), 2**60, [net.pid("Y"), net.pid("M")], net.idents["M"].sign),
+        OriginRecord.create(net.pid("Y"), 2**60, [net.pid("X")], net.idents["M"].sign),
+    ]
+    net.inject("M", "A", _forge(net, [_own_record(net, "M"), *fake], ["X", "Y"]))
+    assert a.counters["drop_bad_signature"] == 2
+    assert [r.next_hop for r in a.routes(net.pid("Y"))] == [net.pid("B")]
+    assert a.record(net.pid("X")) == _own_record(net, "X")
+
+
+def test_an_old_record_is_refused() -> None:
+    old: list[OriginRecord] = []
+    net, a = _forger_setup(old)
+    x, y = net.pid("X"), net.pid("Y")
+    # X and Y were linked once; the link is gone and X signed a newer record since, which A holds.
+    newer = a.record(x)
+    assert newer is not None and newer.seqno > old[0].seqno and y not in newer.neighbours
+    # M replays the old records to claim the dead link X-Y.
+    dropped, unattested = a.counters["drop_old_record"], a.counters["drop_unattested"]
+    net.inject("M", "A", _forge(net, old, ["X", "Y"]))
+    assert a.counters["drop_old_record"] > dropped
+    assert a.counters["drop_unattested"] == unattested + 1
+    assert a.record(x) == newer
+    assert all(r.path != (net.pid("M"), x, y) for r in a.routes(y))
+    assert a.routes(y)[0].next_hop == net.pid("B")
+
+
+def test_incoming_updates_are_rate_limited_per_neighbour() -> None:
+    config = RoutingConfig(update_rate=1.0, update_burst=2.0)
+    net = VNet(["A", "M"], config=config)
+    net.link("A", "M")
+    net.settle()
+    net.silence("M")
+    a = net.tables["A"]
+    before = a.counters["drop_rate_limited"]
+    for i in range(10):
+        net.inject("M", "A", _forge(net, [], ["A"], msg_no=2000 + i))
+    dropped = a.counters["drop_rate_limited"] - before
+    assert dropped >= 8  # at most the 2-message burst went through
+    # Time refills the bucket.
+    net.run(5.0)
+    received = a.counters["updates_received"]
+    net.inject("M", "A", _forge(net, [], ["A"], msg_no=3000))
+    assert a.counters["drop_rate_limited"] - before == dropped
+    assert a.counters["updates_received"] == received + 1
+
+
+def test_rate_limited_updates_still_arrive_by_retransmission() -> None:
+    config = RoutingConfig(
+        update_rate=5.0, update_burst=5.0, max_packet=400, max_path=8, max_record_neighbours=6
+    )
+    names = [str(i) for i in range(12)]
+    net = VNet(names, config=config)
+    for i in range(11):
+        net.link(names[i], names[i + 1])
+    net.settle(limit=900)
+    assert sum(t.counters["drop_rate_limited"] for t in net.tables.values()) > 0
+    assert net.walk("0", "8") == names[:9]
+
+
+def _two_ways() -> VNet:
+    """A reaches D via B (10 + 10 ms) or via C (11 + 10 ms)."""
+    net = VNet("ABCD")
+    net.link("A", "B", rtt=0.010)
+    net.link("B", "D", rtt=0.010)
+    net.link("A", "C", rtt=0.011)
+    net.link("C", "D", rtt=0.010)
+    net.settle()
+    return net
+
+
+def test_jitter_within_the_band_keeps_the_primary() -> None:
+    net = _two_ways()
+    a = net.tables["A"]
+    assert net.next_hop("A", "D") == "B"
+    changes = a.counters["route_changes"]
+    for i in range(40):
+        net.sample("A", "B", 0.0124 if i % 2 else 0.009)  # up to 24% above 10 ms
+        net.run(0.25)
+    assert net.next_hop("A", "D") == "B"
+    assert a.counters["route_changes"] == changes
+    assert a.routes(net.pid("D"))[0].metric == 20
+
+
+def test_a_lasting_big_change_moves_the_primary_after_the_hold_time() -> None:
+    net = _two_ways()
+    start = net.now
+    net.sample("A", "C", 0.001)
+    net.run(0.5)
+    assert net.next_hop("A", "D") == "B"  # not yet: the cost moved less than cost_hold ago
+    while net.now - start < net.config.cost_hold + 0.5:
+        net.sample("A", "C", 0.001)
+        net.run(0.25)
+    assert net.next_hop("A", "D") == "C"
+    assert net.tables["A"].routes(net.pid("D"))[0].metric < 20
+
+
+def test_a_small_improvement_does_not_switch_the_primary() -> None:
+    net = VNet("ABCD")
+    net.link("A", "B", rtt=0.010)
+    net.link("B", "D", rtt=0.040)
+    net.link("A", "C", rtt=0.020)
+    net.link("C", "D", rtt=0.040)
+    net.settle()
+    a = net.tables["A"]
+    assert [r.metric for r in a.routes(net.pid("D"))] == [50, 60]
+    for _ in range(20):  # C's way: 46, better than 50 but by less than switch_margin
+        net.sample("A", "C", 0.006)
+        net.run(0.25)
+    (b, c) = a.routes(net.pid("D"))
+    assert (b.next_hop, c.next_hop) == (net.pid("B"), net.pid("C"))
+    assert b.metric == 50 and 50 / 1.1 <= c.metric < 50
+    for _ in range(20):  # C's way: 42, better by more than the margin
+        net.sample("A", "C", 0.002)
+        net.run(0.25)
+    (c, b) = a.routes(net.pid("D"))
+    assert (c.next_hop, b.next_hop) == (net.pid("C"), net.pid("B"))
+    assert c.metric < 50 / 1.1
+
+
+def test_set_router_picks_among_the_candidates() -> None:
+    net = ring()
+    t = net.tables["0"]
+    seen: list[tuple[PeerId, list[Route]]] = []
+
+    def prefer_backup(dest: PeerId, routes: list[Route]) -> PeerId | None:
+        seen.append((dest, routes))
+        return routes[-1].next_hop
+
+    t.set_router(prefer_backup)
+    assert t.next_hop(net.pid("2")) == net.pid("4")
+    assert seen[-1][0] == net.pid("2") and len(seen[-1][1]) == 2
+    t.set_router(lambda dest, routes: identity("nobody").peer_id)
+    assert t.next_hop(net.pid("2")) == net.pid("1")
+    assert t.counters["router_invalid"] == 1
+    t.set_router(lambda dest, routes: None)
+    assert t.next_hop(net.pid("2")) == net.pid("1")
+    t.set_router(None)
+    assert t.next_hop(net.pid("2")) == net.pid("1")
+    assert t.counters["router_invalid"] == 1
+
+
+def test_children_and_knows_route_of_report_the_neighbours_choices() -> None:
+    net = line()
+    a, b, c = (net.pid(n) for n in "ABC")
+    assert net.tables["B"].children(c) == {a}
+    assert net.tables["B"].children(a) == {c}
+    assert net.tables["C"].children(c) == {b}  # B reaches C directly
+    assert net.tables["A"].children(c) == set()
+    assert net.tables["A"].knows_route_of(b, c)
+    assert net.tables["A"].knows_route_of(b, b)
+    assert net.tables["B"].knows_route_of(a, c)
+    assert not net.tables["A"].knows_route_of(c, b)  # not a neighbour
+    net.cut("B", "C")
+    net.settle()
+    assert net.tables["B"].children(c) == set()
+    assert not net.tables["A"].knows_route_of(b, c)
+    assert net.tables["A"].routes(c) == []
+
+
+def test_a_neighbour_that_restarts_its_view_gets_everything_again() -> None:
+    net = line()
+    # A drops and re-adds its link to B; B never notices (no link_down at B).
+    net.tables["A"].link_down(net.pid("B"), net.now)
+    net.tables["A"].link_up(net.pid("B"), net.now)
+    net.settle()
+    assert net.tables["B"].counters["peer_epoch_changes"] == 1
+    assert net.path("A", "C") == ["B", "C"]
+    assert net.path("C", "A") == ["B", "A"]
+
+
+def test_malformed_and_foreign_input_is_counted() -> None:
+    net = line()
+    a = net.tables["A"]
+    a.receive(net.pid("B"), b"\x01garbage", net.now)
+    assert a.counters["drop_malformed"] == 1
+    a.receive(identity("stranger").peer_id, b"", net.now)
+    assert a.counters["drop_not_neighbour"] == 1
+    net.settle()
+    assert net.path("A", "C") == ["B", "C"]
+
+
+def test_get_timer_is_none_when_quiet_and_messages_are_full_overlay_packets() -> None:
+    net = line()
+    assert all(t.get_timer() is None for t in net.tables.values())
+    t = RoutingTable(
+        identity("solo").peer_id, identity("solo").sign, RoutingConfig(), rng=random.Random(1), now=5.0
+    )
+    t.link_up(net.pid("A"), 5.0)
+    assert t.get_timer() == 5.0
+    (dst, packet), *_ = t.messages_to_send(5.0)
+    assert dst == net.pid("A")
+    assert packet.startswith(overlay_packet(OverlayType.ROUTE_UPDATE, b""))
+
+
+def test_record_seqno_grows_from_the_wall_clock() -> None:
+    net = line()
+    rec = _own_record(net, "A")
+    assert rec.seqno >= int(WALL * 1000)
+    net.link("A", "C")
+    net.settle()
+    assert _own_record(net, "A").seqno > rec.seqno
+    assert set(_own_record(net, "A").neighbours) == {net.pid("B"), net.pid("C")}
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_packet": 200},
+        {"min_update_interval": 0},
+        {"max_backups": -1},
+        {"max_records": 0},
+        {"max_path": 300},
+        {"rtt_smoothing": 2.0},
+        {"min_rto": 5.0, "max_rto": 1.0},
+        {"update_rate": float("nan")},
+    ],
+)
+def test_config_is_validated(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RoutingConfig(**kw)  # type: ignore[arg-type]
