@@ -72,7 +72,7 @@ def test_without_failures_every_probe_arrives_and_every_broadcast_once() -> None
     assert r["broadcast_coverage"] == 1.0
     assert r["broadcast_duplicate_deliveries"] == 0
     assert r["broadcast_copies_per_node"] >= 1.0
-    assert r["routing_bytes_per_node_s"] > 0
+    assert r["bootstrap_bytes_per_node"] > 0
     assert r["signatures_made"] >= 30  # every node signed its own record
     assert r["verify_calls"] >= r["verify_distinct"] > 0
 
