@@ -90,6 +90,7 @@ __all__ = ["INFINITY", "Route", "RoutingConfig", "RoutingTable"]
 
 MAX_LINK_COST = 10_000
 _RETIRED_EPOCHS = 8
+_UNKNOWN: tuple[int, tuple[PeerId, ...]] = (-1, ())  # in _Link.sent: it may hold anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +221,9 @@ class _Link:
         self.pending: dict[PeerId, None] = {}  # destinations whose advert to it may have changed
         self.pending_records: dict[PeerId, None] = {}  # origins whose latest record it should get
         self.pending_at = math.inf
-        self.sent: dict[PeerId, tuple[int, tuple[PeerId, ...]] | None] = {}  # None: unknown
-        self.records_sent: dict[PeerId, int] = {}
+        self.sent: dict[PeerId, tuple[int, tuple[PeerId, ...]]] = {}  # what it holds from us
+        # The version of each record it was last sent: seqno and neighbours.
+        self.records_sent: dict[PeerId, tuple[int, frozenset[PeerId]]] = {}
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
@@ -372,9 +374,8 @@ class RoutingTable:
         seqno = min(max(previous + 1, wall, self._seqno_floor + 1), 2**64 - 1)
         before = set(self._own.neighbours) if self._own is not None else set()
         self._own = OriginRecord.create(self.peer_id, seqno, listed, self._sign)
-        self._own_listed = frozenset(listed)
-        for link in self._links.values():
-            link.mark_record(self.peer_id, now)
+        self._own_listed = frozenset(map(self._intern, listed))
+        # Neighbours get it with the paths that need it (a new neighbour at link_up).
         self._advertise_via(before.symmetric_difference(listed), now)
 
     # -- receiving -----------------------------------------------------------------------------
@@ -563,10 +564,10 @@ class RoutingTable:
         self.counters["full_resends"] += 1
         for sent in link.unacked.values():
             for destination in sent.parts.withdrawals:  # it may still hold what these withdrew
-                link.sent[destination] = None
+                link.sent[destination] = _UNKNOWN
         link.unacked.clear()
         for destination in link.sent:
-            link.sent[destination] = None
+            link.sent[destination] = _UNKNOWN
             link.mark(destination, now)
         for destination in self._routes:
             link.mark(destination, now)
@@ -657,9 +658,14 @@ class RoutingTable:
                 if len(link.unacked) >= self.config.max_unacked:
                     self._resend_all(link, now)
                 items = self._items_for(neighbour, link)
+                if link.next_msg_no + len(items) >= 2**32:  # numbers run out: start a new epoch
+                    link.epoch = self._rng.getrandbits(32) or 1
+                    link.next_msg_no = 1
+                    self._resend_all(link, now)
+                    items = self._items_for(neighbour, link)
                 for parts in pack_update(items, self._budget):
                     msg_no = link.next_msg_no
-                    link.next_msg_no = msg_no + 1 if msg_no < 2**32 - 1 else 1
+                    link.next_msg_no = msg_no + 1
                     rto = self._rto(link)
                     link.unacked[msg_no] = _Sent(parts, now + rto, rto)
                     out.append((neighbour, self._emit(link, msg_no, parts)))
@@ -698,11 +704,21 @@ class RoutingTable:
     def _items_for(self, neighbour: PeerId, link: _Link) -> list[Item]:
         items: list[Item] = []
 
-        def record_of(origin: PeerId) -> None:
-            record = self._own if origin == self.peer_id else self._records.get(origin)
-            if record is not None and origin != neighbour and link.records_sent.get(origin) != record.seqno:
-                link.records_sent[origin] = record.seqno
-                items.append(record)
+        def record_of(origin: PeerId, *needed: PeerId) -> None:
+            """Send ``origin``'s latest record unless the version sent already lists ``needed``."""
+            if origin == self.peer_id:
+                record, listed = self._own, self._own_listed
+            else:
+                record, listed = self._records.get(origin), self._nbrs.get(origin, frozenset())
+            if record is None or origin == neighbour:
+                return
+            sent = link.records_sent.get(origin)
+            if sent is not None and (
+                sent[0] == record.seqno or (needed and all(n in sent[1] for n in needed))
+            ):
+                return
+            link.records_sent[origin] = (record.seqno, listed)
+            items.append(record)
 
         for origin in link.pending_records:
             record_of(origin)
@@ -722,9 +738,15 @@ class RoutingTable:
                 items.append(destination)
                 continue
             link.sent[destination] = want
-            record_of(self.peer_id)
-            for hop in want[1]:
-                record_of(hop)
+            full = (self.peer_id, *want[1])
+            last = len(full) - 1
+            for i, hop in enumerate(full):  # the records that attest each link of the path
+                if i == 0:
+                    record_of(hop, full[1])
+                elif i == last:
+                    record_of(hop, full[i - 1])
+                else:
+                    record_of(hop, full[i - 1], full[i + 1])
             items.append(RouteEntry(want[1], want[0]))
         link.pending.clear()
         return items

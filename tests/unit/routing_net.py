@@ -53,6 +53,7 @@ class VNet:
             for n in self.idents
         }
         self.silenced: dict[str, RoutingTable] = {}
+        self.blocked: set[tuple[str, str]] = set()  # (src, dst): every packet that way is lost
         self.up: set[frozenset[str]] = set()
         self._queue: list[tuple[float, int, str, str, bytes]] = []
         self._seq = 0
@@ -91,6 +92,8 @@ class VNet:
                 self.packets[name] += 1
                 self.bytes[name] += len(packet)
                 to = self.names[dst]
+                if (name, to) in self.blocked:
+                    continue
                 if frozenset((name, to)) in self.up and self.rng.random() >= self.drop:
                     self._seq += 1
                     heapq.heappush(self._queue, (self.now + self.delay, self._seq, name, to, packet))

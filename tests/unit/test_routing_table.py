@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coremesh.identity import PeerId
 from coremesh.routing.messages import RouteEntry, RouteUpdate, encode_update
@@ -53,6 +55,20 @@ def test_line_routes_through_the_middle() -> None:
         for routes in table.all_routes():
             for r in routes:
                 assert net.pid(name) not in r.path
+
+
+def test_a_path_through_oneself_is_never_a_route() -> None:
+    net = line()
+    b = net.tables["B"]
+    assert b.knows_route_of(net.pid("A"), net.pid("C"))  # A told B: "C via B"
+    b.link_down(net.pid("C"), net.now)
+    assert b.routes(net.pid("C")) == []  # A's advert [A, B, C] is no route for B
+    assert b.next_hop(net.pid("C")) is None
+    net.tables["C"].link_down(net.pid("B"), net.now)
+    net.up.discard(frozenset(("B", "C")))
+    net.settle()
+    assert net.tables["A"].routes(net.pid("C")) == []
+    assert b.counters["drop_path_loop"] == 0
 
 
 def test_ring_has_a_primary_and_a_backup_via_the_other_side() -> None:
@@ -141,6 +157,27 @@ def test_drops_are_repaired_by_acks_and_retransmission() -> None:
                 assert got == clean.tables[a].routes(clean.pid(b))[0].metric
 
 
+def test_an_overflowing_retransmission_queue_resends_the_whole_table() -> None:
+    net = VNet("ABCDE", config=RoutingConfig(max_unacked=2))
+    for x, y in ("AB", "BC", "CD", "DE"):
+        net.link(x, y)
+    net.settle()
+    assert net.path("A", "E") == ["B", "C", "D", "E"]
+    net.blocked.add(("B", "A"))  # B's updates to A are lost for a while
+    for x, y in ("DE", "CD", "BC"):  # three cuts, each its own batch of updates
+        net.cut(x, y)
+        net.run(1.0)
+    net.link("B", "C")
+    net.run(1.0)
+    assert net.path("A", "E") == ["B", "C", "D", "E"]  # stale: B's withdrawals were lost
+    assert net.tables["B"].counters["full_resends"] >= 1
+    net.blocked.clear()
+    net.settle()
+    assert net.tables["A"].routes(net.pid("E")) == []
+    assert net.tables["A"].routes(net.pid("D")) == []
+    assert net.path("A", "C") == ["B", "C"]
+
+
 def test_full_tables_split_into_packets_that_fit() -> None:
     config = RoutingConfig(max_packet=500, max_path=12, max_record_neighbours=8)
     names = [f"{x}{y}" for x in range(6) for y in range(6)]
@@ -173,6 +210,7 @@ def _forger_setup(xy_once: list[OriginRecord] | None = None) -> tuple[VNet, Rout
         net.settle()
         xy_once += [_own_record(net, "X"), _own_record(net, "Y")]
         net.cut("X", "Y")
+        net.link("A", "X")  # A hears X's newer record from X itself (records are not flooded)
         net.settle()
     net.silence("M")
     return net, net.tables["A"]
@@ -222,7 +260,7 @@ def test_an_old_record_is_refused() -> None:
     old: list[OriginRecord] = []
     net, a = _forger_setup(old)
     x, y = net.pid("X"), net.pid("Y")
-    # X and Y were linked once; the link is gone and X signed a newer record since, which A holds.
+    # X and Y were linked once; the link is gone and X signed newer records since, which A holds.
     newer = a.record(x)
     assert newer is not None and newer.seqno > old[0].seqno and y not in newer.neighbours
     # M replays the old records to claim the dead link X-Y.
@@ -429,3 +467,66 @@ def test_record_seqno_grows_from_the_wall_clock() -> None:
 def test_config_is_validated(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RoutingConfig(**kw)  # type: ignore[arg-type]
+
+
+_FUZZ_NAMES = ["A", "B", "C", "D", "E"]
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_arbitrary_updates_from_a_neighbour_never_break_the_table(data: st.DataObject) -> None:
+    """Whatever a neighbour sends (valid messages with any paths and records, or mutated bytes),
+    the table neither raises nor routes through itself nor over a path with a repeated id."""
+    net = VNet(_FUZZ_NAMES)
+    net.link("A", "B")
+    net.link("B", "C")
+    net.link("C", "D")
+    net.settle()
+    net.silence("B")  # B's messages to A are the test's from now on
+    a = net.tables["A"]
+    pids = [net.pid(n) for n in _FUZZ_NAMES]
+    signers = {net.pid(n): net.idents[n] for n in _FUZZ_NAMES}
+    records = [
+        OriginRecord.create(p, seq, [q for q in nbrs if q != p], signers[p].sign)
+        for p, seq, nbrs in data.draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(pids), st.integers(0, 2**63), st.lists(st.sampled_from(pids), max_size=4)
+                ),
+                max_size=4,
+            )
+        )
+    ]
+    for _ in range(data.draw(st.integers(1, 4))):
+        entries = data.draw(
+            st.lists(
+                st.builds(
+                    RouteEntry,
+                    st.lists(st.sampled_from(pids), min_size=1, max_size=5).map(tuple),
+                    st.integers(0, 0xFFFE),
+                ),
+                max_size=5,
+            )
+        )
+        update = RouteUpdate(
+            epoch=data.draw(st.integers(0, 3)),
+            msg_no=data.draw(st.integers(1, 50)),
+            ack_epoch=data.draw(st.integers(0, 2**32 - 1)),
+            acks=tuple(data.draw(st.lists(st.integers(0, 20), max_size=3))),
+            records=tuple(data.draw(st.lists(st.sampled_from(records), max_size=3))) if records else (),
+            routes=tuple(entries),
+            withdrawals=tuple(data.draw(st.lists(st.sampled_from(pids), max_size=2))),
+        )
+        body = bytearray(encode_update(update))
+        if data.draw(st.booleans()):
+            i = data.draw(st.integers(0, len(body) - 1))
+            body[i] ^= data.draw(st.integers(1, 255))
+        a.receive(net.pid("B"), bytes(body), net.now)
+        a.messages_to_send(net.now)
+    for routes in a.all_routes():
+        for r in routes:
+            assert net.pid("A") not in r.path
+            assert len(set(r.path)) == len(r.path)
+            assert r.next_hop == r.path[0] and r.destination == r.path[-1]
+            assert r.next_hop in a.neighbours()
+    net.run(30.0)  # timers and retransmissions on what is left
