@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coremesh.identity import Identity, PeerId, verify_signature
-from coremesh.routing.overlay import OVERLAY_PREFIX, OverlayType
+from coremesh.routing.overlay import DEFAULT_HOP_LIMIT, OVERLAY_PREFIX, OverlayType
 from coremesh.secure.wire import TRANSPORT_OVERHEAD
 
 WALL = 1_700_000_000.0
@@ -339,6 +339,8 @@ class SimParams:
     isolated: int = 10
     isolated_gap: float = 20.0
     memory: bool = True
+    cpu_budget: float = 0.0  # process CPU seconds after which the phases are cut short (0: none)
+    progress: bool = False  # a line on stderr every virtual 10 s
 
 
 @dataclass
@@ -405,6 +407,9 @@ class RoutingSim:
         self.metrics = Metrics()
         self.last_route_change = 0.0
         self._last_timer = (-1, -1.0, 0)
+        self.cpu0 = time.process_time()
+        self.notes: list[str] = []  # what was cut short, and why
+        self.down_fraction = 0.0
         self.nodes: list[Node] = []
         self.index: dict[PeerId, int] = {}
         for i in range(params.nodes):
@@ -719,6 +724,32 @@ class RoutingSim:
 
     # ---- phases
 
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu0
+
+    def over_budget(self, phase: str) -> bool:
+        if self.p.cpu_budget <= 0 or self.cpu() <= self.p.cpu_budget:
+            return False
+        self.notes.append(
+            f"{phase} cut short at virtual t={self.now:.1f} s: CPU budget of {self.p.cpu_budget:.0f} s spent"
+        )
+        return True
+
+    def progress(self, phase: str, last: list[float]) -> None:
+        if self.p.progress and self.now >= last[0] + 10:
+            last[0] = self.now
+            sent = sum(self.bytes_sent) / 1e6
+            print(
+                f"# {phase} t={self.now:.0f} s, {sent:.1f} MB sent, CPU {self.cpu():.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def route_coverage(self) -> float:
+        """Routes known over routes possible (every node to every other node)."""
+        n = self.p.nodes
+        return sum(self.route_count(i) for i in range(n)) / (n * (n - 1))
+
     def bootstrap(self) -> float | None:
         for a, b in self.topo.links:
             self.bring_up(a, b)
@@ -727,11 +758,15 @@ class RoutingSim:
         want = self.p.nodes - 1
         pending = list(range(self.p.nodes))
         step = 0.5
+        last = [0.0]
         while self.now < self.p.bootstrap_timeout:
             self.run_until(self.now + step)
             pending = [i for i in pending if self.route_count(i) < want]
             if not pending:
                 return self.now
+            self.progress("bootstrap", last)
+            if self.over_budget("bootstrap"):
+                break
         return None
 
     def churn(self) -> None:
@@ -770,11 +805,15 @@ class RoutingSim:
                 self.at(t, self.start_broadcast)
         down_time = 0.0
         last = t0
+        shown = [self.now]
         while self.now < end:  # the run, sampling the fraction of links down each second
             self.run_until(min(end, self.now + 1.0))
             down_time += (len(links) - len(self.up)) * (self.now - last)
             last = self.now
-        self.down_fraction = down_time / max(1e-9, p.duration * len(links))
+            self.progress("churn", shown)
+            if self.now < end and self.over_budget("churn"):
+                break
+        self.down_fraction = down_time / max(1e-9, (self.now - t0) * len(links))
 
     def isolated_failures(self) -> None:
         """Every link back up, settle, then single failures one at a time."""
@@ -784,7 +823,9 @@ class RoutingSim:
                 self.bring_up(a, b)
         self.run_until(self.now + p.isolated_gap)
         links = self.topo.links
-        for _ in range(p.isolated):
+        for k in range(p.isolated):
+            if k and self.over_budget("isolated failures"):
+                break
             a, b = links[self.rng.randrange(len(links))]
             changes = self.total_route_changes()
             self.measure_failure(a, b, "isolated")
@@ -873,6 +914,7 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
     boot_bytes0 = sum(sim.bytes_sent)
     boot = sim.bootstrap()
     boot_end = sim.now
+    coverage = sim.route_coverage()
     boot_bytes = sum(sim.bytes_sent) - boot_bytes0
     boot_real = time.process_time() - real0
     b0, pk0 = sum(sim.bytes_sent), sum(sim.packets_sent)
@@ -914,6 +956,7 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
         "bootstrap_converged_s": None if boot is None else round(boot, 2),
         "bootstrap_virtual_s": round(boot_end, 2),
         "bootstrap_bytes_per_node": round(boot_bytes / n),
+        "bootstrap_route_coverage": round(coverage, 4),
         "churn_virtual_s": churn_s,
         "fail_fraction_target": params.fail_fraction,
         "fail_fraction_measured": round(getattr(sim, "down_fraction", 0.0), 4),
@@ -925,6 +968,7 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
         "stretch_max": round(max(m.stretch), 3) if m.stretch else None,
         "hops_mean": round(statistics.mean(m.hops), 2) if m.hops else None,
         "hops_max": max(m.hops) if m.hops else None,
+        "hops_over_default_limit": sum(1 for h in m.hops if h > DEFAULT_HOP_LIMIT),
         "repair_churn_s": _summary(times(repairs_churn)),
         "repair_churn_unrepaired": sum(1 for r in repairs_churn if r.pairs and r.repaired is None),
         "repair_isolated_s": _summary(times(repairs_iso)),
@@ -958,6 +1002,7 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
     if params.memory:
         out.update(table_memory(sim))
     out["cpu_s_total"] = round(time.process_time() - real0, 1)
+    out["notes"] = sim.notes
     return out
 
 
@@ -978,7 +1023,12 @@ def format_table(r: dict[str, Any]) -> str:
             return "n/a"
         return f"p50 {x['p50']:.2f} s, p95 {x['p95']:.2f} s, max {x['max']:.2f} s (n={x['n']})"
 
-    boot = "not converged" if r["bootstrap_converged_s"] is None else f"{r['bootstrap_converged_s']:.1f} s"
+    boot = (
+        f"not converged by {r['bootstrap_virtual_s']:.0f} s "
+        f"({r['bootstrap_route_coverage']:.1%} of the routes)"
+        if r["bootstrap_converged_s"] is None
+        else f"{r['bootstrap_converged_s']:.1f} s"
+    )
     rows = [
         ("topology", f"{r['nodes']} nodes, {r['links']} links, mean degree {r['mean_degree']}", ""),
         (
@@ -993,7 +1043,12 @@ def format_table(r: dict[str, Any]) -> str:
             f"mean {r['stretch_mean']}, p95 {r['stretch_p95']}, max {r['stretch_max']}",
             ">= 1.0, low",
         ),
-        ("hops (delivered probes)", f"mean {r['hops_mean']}, max {r['hops_max']}", ""),
+        (
+            "hops (delivered probes)",
+            f"mean {r['hops_mean']}, max {r['hops_max']}, "
+            f"{r['hops_over_default_limit']} over {DEFAULT_HOP_LIMIT}",
+            "",
+        ),
         (
             "convergence, churn failures",
             s(r["repair_churn_s"])
@@ -1047,6 +1102,7 @@ def format_table(r: dict[str, Any]) -> str:
     w1 = max(len(b) for _, b, _ in rows)
     lines = [f"{'metric':<{w0}}  {'measured':<{w1}}  target", "-" * (w0 + w1 + 30)]
     lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+    lines += [f"NOTE: {note}" for note in r.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -1074,6 +1130,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--isolated-gap", type=float, default=d.isolated_gap, help="seconds between them")
     ap.add_argument("--bootstrap-timeout", type=float, default=d.bootstrap_timeout)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument(
+        "--cpu-budget", type=float, default=0.0, help="CPU seconds after which phases are cut short"
+    )
+    ap.add_argument("--progress", action="store_true", help="progress lines on stderr")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = ap.parse_args(argv)
     params = SimParams(
@@ -1092,6 +1152,8 @@ def main(argv: list[str] | None = None) -> None:
         isolated_gap=a.isolated_gap,
         bootstrap_timeout=a.bootstrap_timeout,
         memory=not a.no_memory,
+        cpu_budget=a.cpu_budget,
+        progress=a.progress,
     )
     result = run(params)
     if a.json:
