@@ -513,9 +513,12 @@ class RoutingSim:
                 self.drain_deliveries(i)
         self.flush(i)
 
-    def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> bool:
-        """Run the events due up to ``end`` (then the clock is at ``end``); True if ``stop`` said so."""
+    def run_until(self, end: float) -> bool:
+        """Run the events due up to ``end`` (then the clock is at ``end``). False when the CPU
+        budget ran out first (then the clock is at the last event run)."""
         heap = self.heap
+        budget = self.p.cpu_budget
+        count = 0
         while heap and heap[0][0] <= end:
             t, _, kind, a, b, data = heapq.heappop(heap)
             self.now = t
@@ -525,10 +528,11 @@ class RoutingSim:
                 self.timer(a, t)
             else:
                 data()
-            if stop is not None and stop():
-                return True
+            count += 1
+            if budget > 0 and count % 1024 == 0 and self.cpu() > budget:
+                return False
         self.now = end
-        return False
+        return True
 
     # ---- links
 
@@ -736,11 +740,14 @@ class RoutingSim:
         return True
 
     def progress(self, phase: str, last: list[float]) -> None:
-        if self.p.progress and self.now >= last[0] + 10:
-            last[0] = self.now
+        """A line on stderr every virtual 10 s or CPU 30 s (``last``: [virtual, CPU] of the last)."""
+        cpu = self.cpu()
+        if self.p.progress and (self.now >= last[0] + 10 or cpu >= last[1] + 30):
+            last[:] = [self.now, cpu]
             sent = sum(self.bytes_sent) / 1e6
+            routes = f", routes {self.route_coverage():.1%}" if phase == "bootstrap" else ""
             print(
-                f"# {phase} t={self.now:.0f} s, {sent:.1f} MB sent, CPU {self.cpu():.0f} s",
+                f"# {phase} t={self.now:.1f} s, {sent:.1f} MB of updates sent{routes}, CPU {cpu:.0f} s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -758,7 +765,7 @@ class RoutingSim:
         want = self.p.nodes - 1
         pending = list(range(self.p.nodes))
         step = 0.5
-        last = [0.0]
+        last = [0.0, 0.0]
         while self.now < self.p.bootstrap_timeout:
             self.run_until(self.now + step)
             pending = [i for i in pending if self.route_count(i) < want]
@@ -772,6 +779,8 @@ class RoutingSim:
     def churn(self) -> None:
         p = self.p
         t0 = self.now
+        if self.over_budget("churn"):
+            return
         end = t0 + p.duration
         links = self.topo.links
         if p.fail_fraction > 0:
@@ -797,7 +806,7 @@ class RoutingSim:
                     self.at(t, lambda a=-1 - a, b=b: self.bring_up(a, b) if not self.is_up(a, b) else None)
         if p.probe_rate > 0:
             t = t0
-            while (t := t + self.rng.expovariate(p.probe_rate)) < end:
+            while (t := t + self.rng.expovariate(p.probe_rate)) < end - 2.0:  # all arrive in the phase
                 self.at(t, self.start_probe)
         if p.broadcast_rate > 0:
             t = t0
@@ -805,7 +814,7 @@ class RoutingSim:
                 self.at(t, self.start_broadcast)
         down_time = 0.0
         last = t0
-        shown = [self.now]
+        shown = [self.now, self.cpu()]
         while self.now < end:  # the run, sampling the fraction of links down each second
             self.run_until(min(end, self.now + 1.0))
             down_time += (len(links) - len(self.up)) * (self.now - last)
@@ -818,13 +827,15 @@ class RoutingSim:
     def isolated_failures(self) -> None:
         """Every link back up, settle, then single failures one at a time."""
         p = self.p
+        if p.isolated <= 0 or self.over_budget("isolated failures"):
+            return
         for a, b in self.topo.links:
             if not self.is_up(a, b):
                 self.bring_up(a, b)
         self.run_until(self.now + p.isolated_gap)
         links = self.topo.links
-        for k in range(p.isolated):
-            if k and self.over_budget("isolated failures"):
+        for _ in range(p.isolated):
+            if self.over_budget("isolated failures"):
                 break
             a, b = links[self.rng.randrange(len(links))]
             changes = self.total_route_changes()
