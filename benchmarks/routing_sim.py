@@ -331,6 +331,7 @@ class SimParams:
     max_delay: float = 0.030
     sample_interval: float = 5.0
     bootstrap_timeout: float = 600.0
+    join_rate: float = 0.0  # nodes joining per virtual second (0: every link up at t=0)
     probe_rate: float = 10.0
     broadcast_rate: float = 0.2
     poll: float = 0.05
@@ -410,6 +411,7 @@ class RoutingSim:
         self.cpu0 = time.process_time()
         self.notes: list[str] = []  # what was cut short, and why
         self.down_fraction = 0.0
+        self.last_join = 0.0
         self.nodes: list[Node] = []
         self.index: dict[PeerId, int] = {}
         for i in range(params.nodes):
@@ -757,20 +759,49 @@ class RoutingSim:
         n = self.p.nodes
         return sum(self.route_count(i) for i in range(n)) / (n * (n - 1))
 
+    def join(self, i: int, joined: set[int]) -> None:
+        """Node ``i`` joins: its links to the nodes already there come up."""
+        joined.add(i)
+        for j in self.topo.adj[i]:
+            if j in joined and j != i:
+                a, b = min(i, j), max(i, j)
+                self.bring_up(a, b)
+                self.at(
+                    self.now + self.rng.uniform(0, self.p.sample_interval),
+                    lambda a=a, b=b: self.sampler(a, b),
+                )
+
     def bootstrap(self) -> float | None:
-        for a, b in self.topo.links:
-            self.bring_up(a, b)
-        for a, b in self.topo.links:
-            self.at(self.rng.uniform(0, self.p.sample_interval), lambda a=a, b=b: self.sampler(a, b))
-        want = self.p.nodes - 1
-        pending = list(range(self.p.nodes))
+        """Every link up at t=0 (``join_rate`` 0), or nodes joining one after the other in
+        breadth-first order from a random node. Returns the time all routes were known, counted
+        from the last join, or None."""
+        n = self.p.nodes
+        joined: set[int] = set()
+        if self.p.join_rate > 0:
+            root = self.rng.randrange(n)
+            order, seen = [root], {root}
+            for x in order:
+                for y in self.topo.adj[x]:
+                    if y not in seen:
+                        seen.add(y)
+                        order.append(y)
+            for k, i in enumerate(order):
+                self.at(k / self.p.join_rate, lambda i=i: self.join(i, joined))
+            self.last_join = (n - 1) / self.p.join_rate
+        else:
+            for i in range(n):
+                self.join(i, joined)
+            self.last_join = 0.0
+        want = n - 1
+        pending = list(range(n))
         step = 0.5
         last = [0.0, 0.0]
-        while self.now < self.p.bootstrap_timeout:
+        while self.now < self.last_join + self.p.bootstrap_timeout:
             self.run_until(self.now + step)
-            pending = [i for i in pending if self.route_count(i) < want]
-            if not pending:
-                return self.now
+            if self.now >= self.last_join:
+                pending = [i for i in pending if self.route_count(i) < want]
+                if not pending:
+                    return self.now - self.last_join
             self.progress("bootstrap", last)
             if self.over_budget("bootstrap"):
                 break
@@ -966,6 +997,8 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
         "link_delay_ms": [params.min_delay * 1000, params.max_delay * 1000],
         "bootstrap_converged_s": None if boot is None else round(boot, 2),
         "bootstrap_virtual_s": round(boot_end, 2),
+        "join_rate": params.join_rate,
+        "last_join_s": round(sim.last_join, 2),
         "bootstrap_bytes_per_node": round(boot_bytes / n),
         "bootstrap_route_coverage": round(coverage, 4),
         "churn_virtual_s": churn_s,
@@ -1040,6 +1073,12 @@ def format_table(r: dict[str, Any]) -> str:
         if r["bootstrap_converged_s"] is None
         else f"{r['bootstrap_converged_s']:.1f} s"
     )
+    if r["join_rate"] > 0:
+        boot = f"{r['join_rate']:g} joins/s, last at {r['last_join_s']:.0f} s; all routes " + (
+            boot if r["bootstrap_converged_s"] is None else f"{boot} after it"
+        )
+    else:
+        boot = "all links up at 0 s; all routes " + boot
     rows = [
         ("topology", f"{r['nodes']} nodes, {r['links']} links, mean degree {r['mean_degree']}", ""),
         (
@@ -1047,7 +1086,7 @@ def format_table(r: dict[str, Any]) -> str:
             f"{r['fail_fraction_measured']:.1%}",
             f"{r['fail_fraction_target']:.0%}",
         ),
-        ("bootstrap: all routes", f"{boot}, {r['bootstrap_bytes_per_node'] / 1000:.0f} KB/node", ""),
+        ("bootstrap", f"{boot}, {r['bootstrap_bytes_per_node'] / 1000:.0f} KB/node sent", ""),
         ("delivery ratio (probes)", f"{r['delivery_ratio']:.4f} of {r['probes'].get('sent', 0)}", "1.0"),
         (
             "path stretch (cost)",
@@ -1140,6 +1179,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--isolated", type=int, default=d.isolated, help="isolated failures measured at the end")
     ap.add_argument("--isolated-gap", type=float, default=d.isolated_gap, help="seconds between them")
     ap.add_argument("--bootstrap-timeout", type=float, default=d.bootstrap_timeout)
+    ap.add_argument(
+        "--join-rate",
+        type=float,
+        default=d.join_rate,
+        help="nodes joining per second (0: all links up at t=0)",
+    )
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument(
         "--cpu-budget", type=float, default=0.0, help="CPU seconds after which phases are cut short"
@@ -1162,6 +1207,7 @@ def main(argv: list[str] | None = None) -> None:
         isolated=a.isolated,
         isolated_gap=a.isolated_gap,
         bootstrap_timeout=a.bootstrap_timeout,
+        join_rate=a.join_rate,
         memory=not a.no_memory,
         cpu_budget=a.cpu_budget,
         progress=a.progress,
