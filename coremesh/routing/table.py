@@ -3,8 +3,8 @@
 Why path vectors, and why signed
 --------------------------------
 Babel (RFC 8966) stays loop-free with its feasibility condition: a node accepts a route only if
-its metric is below the best it ever announced for that destination's seqno, and when nothing
-feasible is left it must ask the origin for a new seqno and wait. That works between routers that
+it carries a newer seqno or a metric below the best it ever announced for the current one, and
+when nothing feasible is left it must ask the origin for a new seqno and wait. That works between routers that
 trust each other; here any peer may lie, and a liar can claim any metric. A path vector carries
 the whole path ``[neighbour, ..., destination]`` instead, so
 
@@ -22,9 +22,12 @@ the whole path ``[neighbour, ..., destination]`` instead, so
   what measured link costs, backups and ``set_router`` are for.
 
 Records are verified once per (origin, seqno), kept (latest per origin, at most ``max_records``)
-and ride along in update messages: a neighbour gets the latest record of every node on a path we
-send it, once per seqno; they are not flooded (a version a node holds keeps attesting the links
-still on it; our own record goes to every neighbour when it changes). An advert is checked when it
+and ride along in update messages: with a path we send a neighbour goes the latest record of each
+node on it whose version the neighbour holds (one we sent it, or one it sent us) does not list
+that node's links on the path; our own record goes to a neighbour when its link comes up. Records
+are not flooded: a version a node holds keeps attesting the links still on it. To the neighbour
+that is our next hop for a destination we send only "you are my next hop" (what
+:meth:`RoutingTable.children` needs), not the path beyond it. An advert is checked when it
 arrives; one whose records are missing or older than needed waits and is checked again when a newer
 record of an end of the faulty link arrives. We advertise a route only when our records attest its
 first link (our record and the next hop's list each other), so honest tables never send a path
@@ -64,6 +67,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ..errors import DecodeError
 from ..identity import PeerId, verify_signature
@@ -90,7 +94,8 @@ __all__ = ["INFINITY", "Route", "RoutingConfig", "RoutingTable"]
 
 MAX_LINK_COST = 10_000
 _RETIRED_EPOCHS = 8
-_UNKNOWN: tuple[int, tuple[PeerId, ...]] = (-1, ())  # in _Link.sent: it may hold anything
+_UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
+_VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,7 @@ class RoutingConfig:
     min_rto: float = 0.2
     max_rto: float = 16.0
     max_unacked: int = 1024  # unacked messages per neighbour before a full resend
+    ack_delay: float = 0.02  # a pure ack waits this long for more messages to ack (or an update)
     update_rate: float = 100.0  # incoming messages per second per neighbour (token bucket)
     update_burst: float = 1000.0
 
@@ -146,7 +152,7 @@ class RoutingConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"RoutingConfig.{name} must be positive, got {value!r}")
-        for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours"):
+        for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours", "ack_delay"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be >= 0, got {value!r}")
@@ -154,6 +160,8 @@ class RoutingConfig:
             raise ValueError("rtt_smoothing must be in (0, 1] and max_loss_factor >= 1")
         if self.min_rto > self.max_rto or self.default_link_cost > MAX_LINK_COST:
             raise ValueError("min_rto must be <= max_rto and default_link_cost <= 10000")
+        if self.ack_delay >= min(self.min_rto, self.initial_rto):
+            raise ValueError("ack_delay must be below min_rto and initial_rto")
         if self.max_record_neighbours > MAX_RECORD_NEIGHBOURS or self.max_path > 255:
             raise ValueError("max_record_neighbours must be <= 255 and max_path <= 255")
         need = OVERLAY_OVERHEAD + HEADER_LEN + COUNTS_LEN
@@ -221,9 +229,9 @@ class _Link:
         self.pending: dict[PeerId, None] = {}  # destinations whose advert to it may have changed
         self.pending_records: dict[PeerId, None] = {}  # origins whose latest record it should get
         self.pending_at = math.inf
-        self.sent: dict[PeerId, tuple[int, tuple[PeerId, ...]]] = {}  # what it holds from us
+        self.sent: dict[PeerId, Route | str] = {}  # what it holds from us: a route, _VIA_IT, _UNKNOWN
         # The version of each record it was last sent: seqno and neighbours.
-        self.records_sent: dict[PeerId, tuple[int, frozenset[PeerId]]] = {}
+        self.records_sent: dict[PeerId, OriginRecord] = {}
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
@@ -245,8 +253,26 @@ class _Link:
 Router = Callable[[PeerId, list[Route]], PeerId | None]
 
 
+def _same(sent: Route | str, want: Route | str) -> bool:
+    """Whether a neighbour that was sent ``sent`` holds what ``want`` would tell it."""
+    if isinstance(sent, str) or isinstance(want, str):
+        return sent == want and sent != _UNKNOWN
+    return sent.metric == want.metric and sent.path == want.path
+
+
 class RoutingTable:
-    """One node's routes to every destination of the overlay (see the module docstring)."""
+    """One node's routes to every destination of the overlay (see the module docstring).
+
+    ``counters``: ``route_changes`` (a destination's primary next hop changed, appeared or went),
+    ``updates_sent`` / ``updates_received`` (messages, pure acks and retransmissions included),
+    ``retransmissions``, ``full_resends``, ``peer_epoch_changes``, ``records_verified``,
+    ``updates_stale`` (an entry older than one already applied), ``adverts_waiting`` (for a
+    record), ``router_invalid`` (a ``set_router`` choice that was no candidate), and the refusals:
+    ``drop_not_neighbour``, ``drop_rate_limited``, ``drop_malformed``, ``drop_stale_epoch``,
+    ``drop_bad_signature``, ``drop_old_record`` (also seen when two copies of a record race),
+    ``drop_record_conflict``, ``drop_records_full``, ``drop_unattested``, ``drop_path_loop``,
+    ``drop_path_too_long``, ``drop_too_many_adverts``.
+    """
 
     def __init__(
         self,
@@ -269,16 +295,13 @@ class RoutingTable:
         self._now = now
         self._links: dict[PeerId, _Link] = {}
         self._records: dict[PeerId, OriginRecord] = {}
-        self._nbrs: dict[PeerId, frozenset[PeerId]] = {}  # each record's neighbours, for lookups
         self._own: OriginRecord | None = None
         self._own_listed: frozenset[PeerId] = frozenset()  # the neighbours our record lists
-        self._ids: dict[bytes, PeerId] = {}  # interned ids
+        self._ids: dict[bytes, PeerId] = {peer_id.key: peer_id}  # interned ids
         self._own_dirty = True
         self._own_dirty_at = now
         self._seqno_floor = 0  # a seqno of ours seen elsewhere (a previous run's): sign above it
         self._routes: dict[PeerId, list[Route]] = {}
-        self._cand: dict[PeerId, dict[PeerId, _Advert]] = {}  # destination -> neighbour -> advert
-        self._children: dict[PeerId, set[PeerId]] = {}  # origin -> neighbours routing it via us
         self._waiting: dict[PeerId, dict[PeerId, None]] = {}  # missing record's origin -> dests
         self._router: Router | None = None
         self._budget = config.max_packet - OVERLAY_OVERHEAD
@@ -290,6 +313,7 @@ class RoutingTable:
         self._now = now
         if neighbour == self.peer_id:
             raise ValueError("a node is not its own neighbour")
+        neighbour = self._intern(neighbour)
         if neighbour in self._links:
             self.link_down(neighbour, now)
         epoch = self._rng.getrandbits(32) or 1
@@ -307,11 +331,7 @@ class RoutingTable:
         if link is None:
             return
         self._own_changed(now)
-        affected = [neighbour]
-        for destination, advert in link.adverts.items():
-            self._unindex(neighbour, destination, advert)
-            affected.append(destination)
-        for destination in affected:
+        for destination in [neighbour, *link.adverts]:
             self._recompute(destination, now)
 
     def link_sample(self, neighbour: PeerId, rtt: float | None, loss: float, now: float) -> None:
@@ -383,6 +403,7 @@ class RoutingTable:
     def receive(self, neighbour: PeerId, body: bytes, now: float) -> None:
         """A ROUTE_UPDATE body (after the type byte) from ``neighbour``."""
         self._now = now
+        neighbour = self._intern(neighbour)
         link = self._links.get(neighbour)
         if link is None:
             self.counters["drop_not_neighbour"] += 1
@@ -414,9 +435,18 @@ class RoutingTable:
         if update.msg_no == 0:
             return
         link.pending_acks.append(update.msg_no)
-        link.ack_at = min(link.ack_at, now)
+        link.ack_at = min(link.ack_at, now + self.config.ack_delay)
         for record in update.records:
             self._accept_record(record, now)
+            # It holds this version: no need to send it back.
+            known = link.records_sent.get(record.origin)
+            latest = self._records.get(record.origin)
+            if (
+                (known is None or known.seqno < record.seqno)
+                and latest is not None
+                and latest.seqno == record.seqno
+            ):
+                link.records_sent[latest.origin] = latest
         intern = self._intern
         for destination in update.withdrawals:
             advert = _Advert(update.msg_no, INFINITY, None)
@@ -459,16 +489,19 @@ class RoutingTable:
             self.counters["drop_bad_signature"] += 1
             return
         self.counters["records_verified"] += 1
-        self._records[origin] = record
-        self._nbrs[origin] = frozenset(map(self._intern, record.neighbours))
+        # Kept with interned ids: shared with every path, compared by identity first.
+        origin = self._intern(origin)
+        neighbours = tuple(map(self._intern, record.neighbours))
+        self._records[origin] = OriginRecord(origin, record.seqno, neighbours, record.signature)
         # Not flooded: a neighbour gets a record with the first path we send it through the origin
         # (record_of in _items_for); a version it holds keeps attesting the links still on it.
         if origin in self._links:
             # Routes via this neighbour may have become advertisable (its record now lists us).
             self._advertise_via({origin}, now)
         for destination in self._waiting.pop(origin, {}):
-            for advert in self._cand.get(destination, {}).values():
-                if advert.path is not None:
+            for link in self._links.values():
+                advert = link.adverts.get(destination)
+                if advert is not None and advert.path is not None:
                     advert.valid = self._path_fault(advert.path) is None
             self._recompute(destination, now)
         self._recompute(origin, now)
@@ -496,10 +529,7 @@ class RoutingTable:
                 self.counters[f"drop_{reason}"] += 1
                 if reason != "unattested":
                     advert.path = None
-        if old is not None:
-            self._unindex(neighbour, destination, old)
         link.adverts[destination] = advert
-        self._index(neighbour, destination, advert)
         self._recompute(destination, now)
 
     def _path_fault(self, path: tuple[PeerId, ...]) -> str | None:
@@ -510,53 +540,30 @@ class RoutingTable:
             return "via_us"
         if len(path) > self.config.max_path:
             return "path_too_long"
-        nbrs = self._nbrs
+        records = self._records
         for x, y in itertools.pairwise(path):
-            nx = nbrs.get(x)
-            ny = nbrs.get(y)
-            if nx is None or ny is None:
+            rx = records.get(x)
+            ry = records.get(y)
+            if rx is None or ry is None:
                 return "missing_record"
-            if y not in nx or x not in ny:
+            if y not in rx.neighbours or x not in ry.neighbours:
                 return "unattested"
         return None
 
     def _wait_for_records(self, path: tuple[PeerId, ...], destination: PeerId) -> None:
         """Re-examine ``destination`` when a newer record of an end of a faulty link arrives."""
-        nbrs = self._nbrs
+        records = self._records
         for x, y in itertools.pairwise(path):
-            nx = nbrs.get(x)
-            ny = nbrs.get(y)
-            if nx is not None and ny is not None and y in nx and x in ny:
+            rx = records.get(x)
+            ry = records.get(y)
+            if rx is not None and ry is not None and y in rx.neighbours and x in ry.neighbours:
                 continue
             for origin in (x, y):
                 if len(self._waiting) < self.config.max_records or origin in self._waiting:
                     self._waiting.setdefault(origin, {})[destination] = None
 
-    def _index(self, neighbour: PeerId, destination: PeerId, advert: _Advert) -> None:
-        path = advert.path
-        if path is None:
-            return
-        if len(path) > 1 and path[1] == self.peer_id:
-            self._children.setdefault(destination, set()).add(neighbour)
-        if self.peer_id not in path:
-            self._cand.setdefault(destination, {})[neighbour] = advert
-
-    def _unindex(self, neighbour: PeerId, destination: PeerId, advert: _Advert) -> None:
-        children = self._children.get(destination)
-        if children is not None:
-            children.discard(neighbour)
-            if not children:
-                del self._children[destination]
-        cands = self._cand.get(destination)
-        if cands is not None and cands.get(neighbour) is advert:
-            del cands[neighbour]
-            if not cands:
-                del self._cand[destination]
-
     def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
         adverts, link.adverts = link.adverts, {}
-        for destination, advert in adverts.items():
-            self._unindex(neighbour, destination, advert)
         for destination in adverts:
             self._recompute(destination, now)
 
@@ -583,14 +590,13 @@ class RoutingTable:
         direct = self._links.get(destination)
         if direct is not None:
             cands.append((direct.cost, destination.key, destination, (destination,)))
-        for neighbour, advert in self._cand.get(destination, {}).items():
-            link = self._links.get(neighbour)
-            path = advert.path
-            if link is None or path is None or neighbour == destination:
-                continue
+        for neighbour, link in self._links.items():
+            advert = link.adverts.get(destination)
+            if advert is None or not advert.valid or advert.path is None:
+                continue  # valid: attested, without us, no loop (checked on arrival)
             metric = advert.metric + link.cost
-            if metric < INFINITY and advert.valid:
-                cands.append((metric, neighbour.key, neighbour, path))
+            if metric < INFINITY:
+                cands.append((metric, neighbour.key, neighbour, advert.path))
         old = self._routes.get(destination)
         if not cands:
             if old is not None:
@@ -636,8 +642,8 @@ class RoutingTable:
         would refuse the route otherwise. The rest of the path was checked when it arrived."""
         if len(route.path) >= self.config.max_path or route.next_hop not in self._own_listed:
             return False
-        theirs = self._nbrs.get(route.next_hop)
-        return theirs is not None and self.peer_id in theirs
+        theirs = self._records.get(route.next_hop)
+        return theirs is not None and self.peer_id in theirs.neighbours
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -672,7 +678,7 @@ class RoutingTable:
                 if items:
                     link.last_update = now
                 link.pending_at = math.inf
-            while link.pending_acks:
+            while link.pending_acks and now >= link.ack_at:
                 room = (self._budget - HEADER_LEN - COUNTS_LEN) // 4
                 out.append((neighbour, self._emit(link, 0, None, min(room, MAX_ACKS))))
         return out
@@ -680,7 +686,7 @@ class RoutingTable:
     def _rto(self, link: _Link) -> float:
         if link.srtt is None:
             return self.config.initial_rto
-        return min(max(3 * link.srtt, self.config.min_rto), self.config.max_rto)
+        return min(max(3 * link.srtt + self.config.ack_delay, self.config.min_rto), self.config.max_rto)
 
     def _emit(self, link: _Link, msg_no: int, parts: UpdateParts | None, max_acks: int = 0) -> bytes:
         if parts is not None:
@@ -706,18 +712,15 @@ class RoutingTable:
 
         def record_of(origin: PeerId, *needed: PeerId) -> None:
             """Send ``origin``'s latest record unless the version sent already lists ``needed``."""
-            if origin == self.peer_id:
-                record, listed = self._own, self._own_listed
-            else:
-                record, listed = self._records.get(origin), self._nbrs.get(origin, frozenset())
+            record = self._own if origin == self.peer_id else self._records.get(origin)
             if record is None or origin == neighbour:
                 return
             sent = link.records_sent.get(origin)
             if sent is not None and (
-                sent[0] == record.seqno or (needed and all(n in sent[1] for n in needed))
+                sent.seqno == record.seqno or (needed and all(n in sent.neighbours for n in needed))
             ):
                 return
-            link.records_sent[origin] = (record.seqno, listed)
+            link.records_sent[origin] = record
             items.append(record)
 
         for origin in link.pending_records:
@@ -725,20 +728,28 @@ class RoutingTable:
         link.pending_records.clear()
         for destination in link.pending:
             routes = self._routes.get(destination)
-            want: tuple[int, tuple[PeerId, ...]] | None = None
-            if routes is not None and self._advertisable(routes[0]):
-                want = (routes[0].metric, routes[0].path)
-            if destination in link.sent:
-                if link.sent[destination] == want:
-                    continue
-            elif want is None:
+            want: Route | str | None = None
+            if routes is not None and routes[0].next_hop == neighbour:
+                # It only needs to know that it is our next hop (children, knows_route_of): a short
+                # path that changes only when our next hop does, no records, no metric.
+                want = _VIA_IT
+            elif routes is not None and self._advertisable(routes[0]):
+                want = routes[0]
+            sent = link.sent.get(destination)
+            if sent is None and want is None:
+                continue
+            if sent is not None and want is not None and _same(sent, want):
                 continue
             if want is None:
                 del link.sent[destination]
                 items.append(destination)
                 continue
             link.sent[destination] = want
-            full = (self.peer_id, *want[1])
+            if isinstance(want, str):
+                hops = (neighbour,) if destination == neighbour else (neighbour, destination)
+                items.append(RouteEntry(hops, 0))
+                continue
+            full = (self.peer_id, *want.path)
             last = len(full) - 1
             for i, hop in enumerate(full):  # the records that attest each link of the path
                 if i == 0:
@@ -747,7 +758,7 @@ class RoutingTable:
                     record_of(hop, full[i - 1])
                 else:
                     record_of(hop, full[i - 1], full[i + 1])
-            items.append(RouteEntry(want[1], want[0]))
+            items.append(RouteEntry(want.path, want.metric))
         link.pending.clear()
         return items
 
@@ -799,7 +810,13 @@ class RoutingTable:
 
     def children(self, origin: PeerId) -> set[PeerId]:
         """Neighbours whose chosen path to ``origin`` has us as their next hop."""
-        return set(self._children.get(origin, ()))
+        children = set()
+        for neighbour, link in self._links.items():
+            advert = link.adverts.get(origin)
+            path = advert.path if advert is not None else None
+            if path is not None and len(path) > 1 and path[1] == self.peer_id:
+                children.add(neighbour)
+        return children
 
     def knows_route_of(self, neighbour: PeerId, origin: PeerId) -> bool:
         """Whether ``neighbour`` told us its current path to ``origin`` (or is ``origin``)."""

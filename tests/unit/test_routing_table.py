@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coremesh.identity import PeerId
-from coremesh.routing.messages import RouteEntry, RouteUpdate, encode_update
-from coremesh.routing.overlay import OverlayType, overlay_packet
+from coremesh.routing.messages import RouteEntry, RouteUpdate, decode_update, encode_update
+from coremesh.routing.overlay import OVERLAY_PREFIX, OverlayType, overlay_packet
 from coremesh.routing.records import OriginRecord
 from coremesh.routing.table import Route, RoutingConfig, RoutingTable
 
@@ -273,6 +273,30 @@ def test_an_old_record_is_refused() -> None:
     assert a.routes(y)[0].next_hop == net.pid("B")
 
 
+def test_acks_wait_a_little_and_go_together() -> None:
+    net = VNet(["A", "M"])
+    net.link("A", "M")
+    net.settle()
+    net.silence("M")
+    a = net.tables["A"]
+    first = RouteUpdate(epoch=7, msg_no=9)  # a new epoch: A sends M its table again, acks aboard
+    a.receive(net.pid("M"), encode_update(first), net.now)
+    sent = [decode_update(p[len(OVERLAY_PREFIX) + 1 :]) for _, p in a.messages_to_send(net.now)]
+    a_epoch, a_msgs = sent[0].epoch, tuple(u.msg_no for u in sent)
+    assert sent and 9 in sent[0].acks
+    net.now += 0.1
+    for i in range(3):  # M acks all of A's messages, and sends three of its own
+        update = RouteUpdate(7, 10 + i, a_epoch, a_msgs, routes=(RouteEntry((net.pid("A"),), 1),))
+        a.receive(net.pid("M"), encode_update(update), net.now)
+        net.now += 0.005
+    assert a.messages_to_send(net.now) == []  # within ack_delay of the first
+    assert a.get_timer() == pytest.approx(net.now - 0.015 + a.config.ack_delay)
+    (dst, packet), *more = a.messages_to_send(net.now + 0.01)
+    assert dst == net.pid("M") and more == []
+    ack = decode_update(packet[len(OVERLAY_PREFIX) + 1 :])
+    assert (ack.msg_no, ack.ack_epoch, sorted(ack.acks)) == (0, 7, [10, 11, 12])
+
+
 def test_incoming_updates_are_rate_limited_per_neighbour() -> None:
     config = RoutingConfig(update_rate=1.0, update_burst=2.0)
     net = VNet(["A", "M"], config=config)
@@ -364,6 +388,35 @@ def test_a_small_improvement_does_not_switch_the_primary() -> None:
     (c, b) = a.routes(net.pid("D"))
     assert (c.next_hop, b.next_hop) == (net.pid("C"), net.pid("B"))
     assert c.metric < 50 / 1.1
+
+
+def test_loss_scales_the_link_cost() -> None:
+    net = _two_ways()
+    a = net.tables["A"]
+    assert a.routes(net.pid("B"))[0].metric == 10
+    for _ in range(40):  # 50% loss on A-B, for longer than cost_hold
+        net.sample("A", "B", 0.010, loss=0.5)
+        net.run(0.25)
+    assert 18 <= a.routes(net.pid("B"))[0].metric <= 20  # ETX 1/(1-0.5): about twice 10 ms
+    assert net.next_hop("A", "D") == "C"
+
+
+def test_only_the_neighbours_a_record_lists_carry_routes() -> None:
+    net = VNet("ABC", config=RoutingConfig(max_record_neighbours=1))
+    net.link("A", "B")
+    net.settle()
+    net.link("B", "C")  # B's record lists only A, its oldest link
+    net.settle()
+    b_record = net.tables["B"].record(net.pid("B"))
+    assert b_record is not None and b_record.neighbours == (net.pid("A"),)
+    assert net.path("B", "C") == ["C"]  # B itself uses the link
+    assert net.tables["A"].routes(net.pid("C")) == []  # but cannot prove it to A
+    assert net.path("C", "A") == ["B", "A"]  # B-A is listed
+    net.cut("A", "B")
+    net.link("A", "B")  # now B-C is the oldest link: B's record lists C
+    net.settle()
+    assert net.path("A", "C") == ["B", "C"]
+    assert net.tables["C"].routes(net.pid("A")) == []
 
 
 def test_set_router_picks_among_the_candidates() -> None:
@@ -462,6 +515,7 @@ def test_record_seqno_grows_from_the_wall_clock() -> None:
         {"rtt_smoothing": 2.0},
         {"min_rto": 5.0, "max_rto": 1.0},
         {"update_rate": float("nan")},
+        {"ack_delay": 0.5},
     ],
 )
 def test_config_is_validated(kw: dict[str, float]) -> None:
