@@ -1068,7 +1068,7 @@ def format_table(r: dict[str, Any]) -> str:
         return f"p50 {x['p50']:.2f} s, p95 {x['p95']:.2f} s, max {x['max']:.2f} s (n={x['n']})"
 
     boot = (
-        f"not converged by {r['bootstrap_virtual_s']:.0f} s "
+        f"not converged by {r['bootstrap_virtual_s']:.1f} s "
         f"({r['bootstrap_route_coverage']:.1%} of the routes)"
         if r["bootstrap_converged_s"] is None
         else f"{r['bootstrap_converged_s']:.1f} s"
