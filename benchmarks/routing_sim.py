@@ -51,7 +51,7 @@ phases short when the process has used that much CPU, and the table says so (NOT
 Scale (measured on the shared 2-core box, December 2026, default options): 100 nodes run in ~50 s of
 CPU (bootstrap 8 s, 300 virtual s of churn 37 s); 200 nodes in ~3 min (bootstrap 46 s, 120 s of
 churn 125 s). 1,000 nodes do NOT run in 10 minutes of CPU: the bootstrap alone does not finish
-(after 540 s of CPU the network is 0.5 virtual seconds in, 1.6 GB of updates sent, a third of the
+(after 540 s of CPU the network is 0.6 virtual seconds in, 1.7 GB of updates sent, 45% of the
 routes known). What limits it is the volume of path vectors, not the harness: every node must hear
 every destination from every neighbour at least once, with its whole path (32 bytes a hop; paths
 average ~16 hops at 1,000 nodes), so a bootstrap carries at least N * degree * N route entries
