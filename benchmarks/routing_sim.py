@@ -428,6 +428,7 @@ class RoutingSim:
         self.notes: list[str] = []  # what was cut short, and why
         self.down_fraction = 0.0
         self.last_join = 0.0
+        self.churn_over = False
         self.sent_each_second: list[int] = []  # total update bytes sent, each second of churn
         self.nodes: list[Node] = []
         self.index: dict[PeerId, int] = {}
@@ -851,7 +852,7 @@ class RoutingSim:
                     else:
                         self.at(t, lambda a=a, b=b: self.take_down(a, b))
                 else:
-                    self.at(t, lambda a=-1 - a, b=b: self.bring_up(a, b) if not self.is_up(a, b) else None)
+                    self.at(t, lambda a=-1 - a, b=b: self.recover(a, b))
         if p.probe_rate > 0:
             t = t0
             while (t := t + self.rng.expovariate(p.probe_rate)) < end - 2.0:  # all arrive in the phase
@@ -874,9 +875,15 @@ class RoutingSim:
                 break
         self.down_fraction = down_time / max(1e-9, (self.now - t0) * len(links))
 
+    def recover(self, a: int, b: int) -> None:
+        """A churn failure ends (unless the churn phase is over: every link came back then)."""
+        if not self.churn_over and not self.is_up(a, b):
+            self.bring_up(a, b)
+
     def isolated_failures(self) -> None:
         """Every link back up, settle, then single failures one at a time."""
         p = self.p
+        self.churn_over = True
         if p.isolated <= 0 or self.over_budget("isolated failures"):
             return
         for a, b in self.topo.links:
