@@ -42,8 +42,10 @@ LIVENESS_CHECKS: Final = 4  # silent links are looked for this many times per he
 # Neighbour liveness (Babel's hellos, on the hop connection's own PINGs): a neighbour we heard
 # nothing from for ``config.hello_interval`` (1 s) is pinged; after DEAD_AFTER_HELLOS times that of
 # silence (three missed hellos) its link is withdrawn from the table, long before the connection's
-# idle timeout ends it, and it comes back as soon as the neighbour is heard again.
+# idle timeout ends it, and it comes back as soon as the neighbour is heard again. A node with many
+# neighbours (a bootstrap) hellos each less often, so as to send at most HELLO_RATE_MAX a second.
 DEAD_AFTER_HELLOS: Final = 3.5
+HELLO_RATE_MAX: Final = 200.0
 MAX_PROBES: Final = 256
 
 # A route probe's inner packet: kind | nonce:8 | sent hop limit
@@ -60,7 +62,8 @@ class Overlay:
         self.endpoint = endpoint
         ep = endpoint
         self.forwarding = ep.config.forwarding
-        self.hello_interval = ep.config.hello_interval
+        self.configured_hello = ep.config.hello_interval
+        self.hello_interval = self.configured_hello
         self.link_dead_after = DEAD_AFTER_HELLOS * self.hello_interval
         self.table = RoutingTable(
             ep.peer_id,
@@ -80,9 +83,12 @@ class Overlay:
             wall_offset=ep.wall_offset,
         )
         self.neighbours: set[PeerId] = set()
-        # The table or the flood core may have something to send (set whenever they were fed), so
-        # that a pump with nothing for the overlay never calls into them.
+        # The table or the flood core may have something to send (set whenever they were fed, by
+        # touch()), so that a pump with nothing for the overlay never calls into them; and their
+        # next deadline, re-read only after they were fed or drained.
         self.pending = True
+        self._cores_timer: float | None = None
+        self._cores_timer_stale = True
         self.check_at = now + self.hello_interval / LIVENESS_CHECKS
         self.sample_at = now + min(SAMPLE_INTERVAL, self.hello_interval)
         # The next hop each routed destination's packets last took (None: there was no route).
@@ -104,13 +110,15 @@ class Overlay:
         }
         if current == self.neighbours:
             return
-        self.pending = True
+        self.touch()
         for peer in self.neighbours - current:
             self.table.link_down(peer, now)
         for peer in current - self.neighbours:
             self.table.link_up(peer, now)
             self.flood.link_up(peer, now)
         self.neighbours = current
+        self.hello_interval = max(self.configured_hello, len(current) / HELLO_RATE_MAX)
+        self.link_dead_after = DEAD_AFTER_HELLOS * self.hello_interval
 
     def _sample(self, now: float) -> None:
         """Hellos to quiet neighbours, and each link's RTT and loss to the table."""
@@ -128,15 +136,23 @@ class Overlay:
 
     # -- timers -------------------------------------------------------------------------------
 
+    def touch(self) -> None:
+        """The table or the flood core was fed: flush them at the next pump, re-read their timers."""
+        self.pending = True
+        self._cores_timer_stale = True
+
     def get_timer(self) -> float | None:
         best = min(self.sample_at, self.check_at)
-        for t in (self.table.get_timer(), self.flood.get_timer()):
-            if t is not None and t < best:
-                best = t
+        if self._cores_timer_stale:
+            self._cores_timer_stale = False
+            times = [t for t in (self.table.get_timer(), self.flood.get_timer()) if t is not None]
+            self._cores_timer = min(times) if times else None
+        if self._cores_timer is not None and self._cores_timer < best:
+            best = self._cores_timer
         return best
 
     def handle_timer(self, now: float) -> None:
-        self.pending = True
+        self.touch()
         if now >= self.check_at:
             self.check_at = now + self.hello_interval / LIVENESS_CHECKS
             self.reconcile(now)
@@ -194,6 +210,7 @@ class Overlay:
     def flush_control(self, now: float) -> None:
         """Seal what the table and the flood core have for neighbours into their sessions."""
         self.pending = False
+        self._cores_timer_stale = True
         changes = self.table.counters["route_changes"]
         if changes != self.route_changes_seen:
             self.route_changes_seen = changes
@@ -233,7 +250,7 @@ class Overlay:
         """An overlay packet from the peer of ``conn`` (authenticated by its session)."""
         ep = self.endpoint
         neighbour = conn.peer_id
-        self.pending = True
+        self.touch()
         if neighbour not in self.neighbours:
             self.reconcile(now)
             if neighbour not in self.neighbours:
@@ -358,7 +375,7 @@ class Overlay:
 
     def set_router(self, fn: Callable[[PeerId, list[Route]], PeerId | None] | None) -> None:
         self.table.set_router(fn)
-        self.pending = True
+        self.touch()
 
 
 def is_overlay(plaintext: bytes) -> bool:

@@ -97,27 +97,27 @@ class OverlayApi:
         """Send ``data`` to every node of the connected mesh; returns how many neighbours it went to."""
         runtime, endpoint = self._parts.require_running()
         sent = endpoint.overlay.flood.broadcast(bytes(data), runtime.now())
-        endpoint.overlay.pending = True
+        endpoint.overlay.touch()
         runtime.pump()
         return sent
 
     async def multicast(self, group: str, data: bytes) -> int:
         runtime, endpoint = self._parts.require_running()
         sent = endpoint.overlay.flood.multicast(group, bytes(data), runtime.now())
-        endpoint.overlay.pending = True
+        endpoint.overlay.touch()
         runtime.pump()
         return sent
 
     def join(self, group: str) -> None:
         runtime, endpoint = self._parts.require_running()
         endpoint.overlay.flood.join(group, runtime.now())
-        endpoint.overlay.pending = True
+        endpoint.overlay.touch()
         runtime.pump()
 
     def leave(self, group: str) -> None:
         runtime, endpoint = self._parts.require_running()
         endpoint.overlay.flood.leave(group, runtime.now())
-        endpoint.overlay.pending = True
+        endpoint.overlay.touch()
         runtime.pump()
 
     def groups(self) -> list[str]:

@@ -312,6 +312,10 @@ class RoutingTable:
         self._seqno_floor = 0  # a seqno of ours seen elsewhere (a previous run's): sign above it
         self._routes: dict[PeerId, list[Route]] = {}
         self._waiting: dict[PeerId, dict[PeerId, None]] = {}  # missing record's origin -> dests
+        # destination -> the neighbours holding an advert for it, so that choosing a destination's
+        # route looks at its advertisers only (a hub with many neighbours would otherwise pay
+        # O(neighbours) per destination).
+        self._advertisers: dict[PeerId, set[PeerId]] = {}
         self._router: Router | None = None
         self._budget = config.max_packet - OVERLAY_OVERHEAD
 
@@ -340,6 +344,7 @@ class RoutingTable:
         if link is None:
             return
         self._own_changed(now)
+        self._unindex_all(neighbour, link.adverts)
         for destination in [neighbour, *link.adverts]:
             self._recompute(destination, now)
 
@@ -516,10 +521,11 @@ class RoutingTable:
             # Routes via this neighbour may have become advertisable (its record now lists us).
             self._advertise_via({origin}, now)
         for destination in self._waiting.pop(origin, {}):
-            for link in self._links.values():
-                advert = link.adverts.get(destination)
+            for holder, holder_link in self._links.items():
+                advert = holder_link.adverts.get(destination)
                 if advert is not None and advert.path is not None:
                     advert.valid = self._path_fault(advert.path) is None
+                    self._index(holder, destination, advert.valid)
             self._recompute(destination, now)
         self._recompute(origin, now)
 
@@ -547,6 +553,7 @@ class RoutingTable:
                 if reason != "unattested":
                     advert.path = None
         link.adverts[destination] = advert
+        self._index(neighbour, destination, advert.valid and advert.path is not None)
         self._recompute(destination, now)
 
     def _path_fault(self, path: tuple[PeerId, ...]) -> str | None:
@@ -581,8 +588,30 @@ class RoutingTable:
 
     def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
         adverts, link.adverts = link.adverts, {}
+        self._unindex_all(neighbour, adverts)
         for destination in adverts:
             self._recompute(destination, now)
+
+    def _index(self, neighbour: PeerId, destination: PeerId, usable: bool) -> None:
+        """Keep ``_advertisers`` to the usable adverts (valid, with a path): a hub's neighbours'
+        paths through the hub itself are kept for children() but never looked at for a route."""
+        if usable:
+            self._advertisers.setdefault(destination, set()).add(neighbour)
+            return
+        holders = self._advertisers.get(destination)
+        if holders is not None:
+            holders.discard(neighbour)
+            if not holders:
+                del self._advertisers[destination]
+
+    def _unindex_all(self, neighbour: PeerId, destinations: dict[PeerId, _Advert]) -> None:
+        index = self._advertisers
+        for destination in destinations:
+            holders = index.get(destination)
+            if holders is not None:
+                holders.discard(neighbour)
+                if not holders:
+                    del index[destination]
 
     def _resend_all(self, link: _Link, now: float) -> None:
         self.counters["full_resends"] += 1
@@ -607,9 +636,11 @@ class RoutingTable:
         direct = self._links.get(destination)
         if direct is not None:
             cands.append((direct.cost, destination.key, destination, (destination,)))
-        for neighbour, link in self._links.items():
-            advert = link.adverts.get(destination)
-            if advert is None or not advert.valid or advert.path is None:
+        links = self._links
+        for neighbour in self._advertisers.get(destination, ()):
+            link = links.get(neighbour)
+            advert = link.adverts.get(destination) if link is not None else None
+            if link is None or advert is None or not advert.valid or advert.path is None:
                 continue  # valid: attested, without us, no loop (checked on arrival)
             metric = advert.metric + link.cost
             if metric < INFINITY:
