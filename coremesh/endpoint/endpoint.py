@@ -555,6 +555,10 @@ class Endpoint:
         if conn is None or session is None:
             self.counters["drop_unknown_session"] += 1
             return
+        if type(addr) is RoutedAddress and addr.peer != conn.peer_id:
+            # A hop rewrote the source of a routed packet: it must not steer the connection.
+            self.counters["drop_routed_source_mismatch"] += 1
+            return
         highest = session.replay.highest
         plaintext = session.open_unless_replayed(data, counter)
         if plaintext is None:
@@ -666,6 +670,9 @@ class Endpoint:
         hs = conn.handshake if conn is not None else None
         if conn is None or hs is None or hs.local_index != resp.receiver_index:
             self.counters["drop_unexpected_response"] += 1
+            return
+        if isinstance(addr, RoutedAddress) and addr.peer != conn.peer_id:
+            self.counters["drop_routed_source_mismatch"] += 1
             return
         self._touch(conn).on_response(resp, addr, now)
 

@@ -168,7 +168,13 @@ class Overlay:
     def next_hop(self, destination: PeerId, route: tuple[PeerId, ...] = ()) -> PeerId | None:
         if route:
             return route[0] if route[0] in self.neighbours else None
-        hop = self.table.next_hop(destination)
+        try:
+            hop = self.table.next_hop(destination)  # may ask the application's set_router function
+        except Exception:
+            # A router function that raises is an invalid choice: counted, the table's own is used.
+            self.endpoint.counters["router_failed"] += 1
+            routes = self.table.routes(destination)
+            hop = routes[0].next_hop if routes else None
         return hop if hop in self.neighbours else None
 
     def wrap(self, inner: bytes, address: RoutedAddress, *, probe: bool = False, hop_limit: int = 0) -> bool:
@@ -176,7 +182,7 @@ class Overlay:
         ep = self.endpoint
         route = address.route
         hop = self.next_hop(address.peer, route)
-        if not route:
+        if not route and address.peer in ep.connections():
             self.hops_in_use[address.peer] = hop  # (None: unroutable now; see flush_control)
         if hop is None:
             ep.counters["drop_no_route"] += 1
@@ -189,7 +195,12 @@ class Overlay:
             source_route=route[1:] if route else (),
             probe=probe,
         )
-        if not self._send_to_neighbour(hop, ov.encode_routed(packet)):
+        try:
+            plaintext = ov.encode_routed(packet)
+        except ValueError:  # a source route longer than the header carries
+            ep.counters["drop_unencodable_route"] += 1
+            return False
+        if not self._send_to_neighbour(hop, plaintext):
             ep.counters["drop_no_route"] += 1
             return False
         ep.counters["routed_packets_sent"] += 1
@@ -250,6 +261,9 @@ class Overlay:
         """An overlay packet from the peer of ``conn`` (authenticated by its session)."""
         ep = self.endpoint
         neighbour = conn.peer_id
+        if isinstance(conn.address, RoutedAddress):  # inside an end-to-end session: not a neighbour
+            ep.counters["drop_overlay_not_neighbour"] += 1
+            return
         self.touch()
         if neighbour not in self.neighbours:
             self.reconcile(now)
@@ -292,6 +306,9 @@ class Overlay:
         route = packet.source_route
         if route and route[0] == ep.peer_id:
             route = route[1:]
+        if route and (len(set(route)) != len(route) or ep.peer_id in route):
+            ep.counters["drop_bad_source_route"] += 1  # a route that revisits a node: a loop
+            return
         hop = self.next_hop(packet.destination, route)
         if hop is None:
             ep.counters["drop_no_route"] += 1
@@ -299,7 +316,7 @@ class Overlay:
         forwarded = ov.Routed(
             destination=packet.destination,
             source=packet.source,
-            hop_limit=packet.hop_limit - 1,
+            hop_limit=min(packet.hop_limit, ov.DEFAULT_HOP_LIMIT) - 1,
             inner=packet.inner,
             source_route=route[1:] if route else (),
             probe=packet.probe,

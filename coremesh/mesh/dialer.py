@@ -29,6 +29,7 @@ from ..errors import (
     PeerNotFound,
 )
 from ..identity import PeerId
+from ..routing.overlay import MAX_SOURCE_ROUTE
 from .connection import Connection, ConnectionEvent, ConnectionState
 from .finder import PeerFinder
 from .parts import NodeParts
@@ -375,6 +376,10 @@ class Dialer:
         runtime, endpoint = self._parts.require_running()
         if route and route[-1] != peer_id:
             route = (*route, peer_id)
+        if len(route) > MAX_SOURCE_ROUTE + 1 or len(set(route)) != len(route) or endpoint.peer_id in route:
+            raise ValueError(
+                f"a source route names at most {MAX_SOURCE_ROUTE + 1} distinct hops, this node not among them"
+            )
         if endpoint.overlay.next_hop(peer_id, route) is None:
             first = f"{route[0]} is not a neighbour" if route else "no route"
             raise ConnectionFailed(f"cannot route to {peer_id} through the mesh's peers: {first}")

@@ -166,3 +166,74 @@ def test_a_source_route_fixes_the_hops_whatever_the_table_prefers() -> None:
     far = RoutedAddress(c_id, (d.endpoint.peer_id, c_id))
     assert a.endpoint.overlay.wrap(b"x", far) is False
     assert a.endpoint.counters["drop_no_route"] >= 1
+
+
+def test_a_hop_rewriting_the_source_cannot_steer_a_routed_connection() -> None:
+    net, (a, b, c) = mesh(3, [(0, 1), (1, 2)])
+    routed_connect(net, a, c)
+    a_id, c_id = a.endpoint.peer_id, c.endpoint.peer_id
+    x = make(98, 198).endpoint.peer_id  # a peer id that is not on this connection
+    # b forwards a's next packet to c with its source rewritten to x.
+    overlay_b = b.endpoint.overlay
+    original = overlay_b._on_routed
+
+    def rewrite(neighbour: object, packet: ov.Routed, size: int, now: float) -> None:
+        if packet.destination == c_id and packet.source == a_id and not packet.probe:
+            packet = ov.Routed(packet.destination, x, packet.hop_limit, packet.inner)
+        original(neighbour, packet, size, now)  # type: ignore[arg-type]
+
+    overlay_b._on_routed = rewrite  # type: ignore[method-assign]
+    a.endpoint.send(c_id, b"steer me", net.clock.now)
+    net.flush()
+    net.run_for(0.5)
+    assert c.endpoint.counters["drop_routed_source_mismatch"] >= 1
+    assert c.endpoint.snapshot(a_id) is not None
+    assert c.endpoint.connections()[a_id].address == RoutedAddress(a_id)  # not moved to x
+
+
+def test_a_source_route_that_revisits_a_node_is_dropped_and_hop_limits_are_clamped() -> None:
+    net, (a, b, c) = mesh(3, [(0, 1), (1, 2)])
+    assert net.run_until(lambda: has_route(a, c), timeout=10)
+    a_id, b_id, c_id = (n.endpoint.peer_id for n in (a, b, c))
+    link = b.endpoint.connections()[a_id]
+    looping = ov.Routed(
+        destination=a_id, source=c_id, hop_limit=255, inner=b"x", source_route=(c_id, b_id) * 4
+    )
+    b.endpoint.overlay.on_packet(link, ov.encode_routed(looping), net.clock.now)
+    assert b.endpoint.counters["drop_bad_source_route"] == 1
+    assert b.endpoint.counters["forwarded_packets"] == 0
+    # An honest packet with an inflated hop limit leaves with at most the default.
+    sent_before = len(b.sent)
+    b.endpoint.overlay.on_packet(
+        link, ov.encode_routed(ov.Routed(c_id, a_id, 255, b"\x00probe", probe=False)), net.clock.now
+    )
+    assert b.endpoint.counters["forwarded_packets"] == 1
+    net.flush()
+    assert len(b.sent) > sent_before
+
+
+def test_spoofed_probe_sources_leave_no_state_behind() -> None:
+    net, (a, b, c) = mesh(3, [(0, 1), (1, 2)])
+    assert net.run_until(lambda: has_route(a, c), timeout=10)
+    link = c.endpoint.connections()[b.endpoint.peer_id]
+    for i in range(200):
+        spoofed = make(1000 + i, 2000 + i).endpoint.peer_id
+        probe = ov.Routed(c.endpoint.peer_id, spoofed, 4, bytes(10), probe=True)
+        c.endpoint.overlay.on_packet(link, ov.encode_routed(probe), net.clock.now)
+    assert len(c.endpoint.overlay.hops_in_use) == 0  # answers to strangers are not remembered
+
+
+def test_a_router_function_that_raises_is_counted_and_the_table_decides() -> None:
+    net, (a, b, c) = mesh(3, [(0, 1), (1, 2)])
+    assert net.run_until(lambda: has_route(a, c), timeout=10)
+
+    def broken(destination: object, routes: object) -> None:
+        raise KeyError("boom")
+
+    a.endpoint.overlay.set_router(broken)  # type: ignore[arg-type]
+    assert a.endpoint.overlay.next_hop(c.endpoint.peer_id) == b.endpoint.peer_id
+    assert a.endpoint.counters["router_failed"] >= 1
+    # An over-long source route is a counted drop, not an exception in the send path.
+    too_long = RoutedAddress(c.endpoint.peer_id, (b.endpoint.peer_id,) * 20 + (c.endpoint.peer_id,))
+    assert a.endpoint.overlay.wrap(b"x", too_long) is False
+    assert a.endpoint.counters["drop_unencodable_route"] == 1
