@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from coremesh.errors import ConfigError, MessageTooLarge
 from coremesh.identity import Identity, PeerId
-from coremesh.routing.flood import Delivery, Flood, FloodConfig, RouteView, TooManyGroups
+from coremesh.routing.flood import Delivery, Flood, FloodConfig, RouteView, TooManyGroups, _SeenCache
 from coremesh.routing.flood_messages import (
     Broadcast,
     InvalidGroup,
@@ -556,6 +556,11 @@ def test_sizes_and_group_names_are_checked_for_the_api() -> None:
         Flood(net.peers[0], net.idents[0].sign, StaticRoutes(net, net.peers[0]), now=0.0, max_packet=100)
     with pytest.raises(ConfigError, match="record_refresh"):
         FloodConfig(record_refresh=10.0, record_ttl=5.0)
+    for field, value in (("message_rate", 0), ("record_burst", -1.0), ("message_burst", True)):
+        with pytest.raises(ConfigError, match=field):
+            FloodConfig(**{field: value})
+    with pytest.raises(ConfigError, match="max_seen_per_origin"):
+        FloodConfig(max_seen_per_origin=0)
 
 
 def test_group_limits_bound_memory() -> None:
@@ -884,3 +889,30 @@ def test_throwaway_members_are_evicted_for_a_routable_one_and_routable_ones_are_
     assert flood.counters["drop_records_full"] >= 1
     assert flood.counters["records_evicted"] == evicted
     assert flood.members("chat") == [honest.peer_id]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1), st.integers(0, 40)), max_size=120))
+def test_seen_cache_bounds_hold_and_an_evicted_key_stays_below_its_origins_floor(
+    adds: list[tuple[int, int, int]],
+) -> None:
+    cache = _SeenCache(10, 4, 6)  # every origin's floor is remembered
+    small = _SeenCache(10, 4, 2)  # the floors of two origins only: the least recently evicted go
+    evicted: set[tuple[int, bytes, int]] = set()
+    for origin, kind, seqno in adds:
+        key = (kind, bytes([origin]), seqno)
+        if key in cache or seqno <= cache.floor(key[1]):
+            continue  # what Flood._admit refuses
+        before = set(cache._entries)
+        cache.add(key)
+        small.add(key)
+        assert len(small._floors) <= 2
+        evicted |= before - set(cache._entries)
+        assert len(cache) <= 10
+        assert all(sum(1 for k in cache._entries if k[1] == o) <= 4 for o in {k[1] for k in cache._entries})
+        for gone in evicted:  # never admitted again: below its origin's floor
+            assert gone not in cache
+            assert gone[2] <= cache.floor(gone[1])
+    cache.expire(20)
+    assert all(k[2] >= 20 for k in cache._entries)
+    assert all(cache.floor(o) >= 20 or cache.floor(o) == -1 for o in {bytes([i]) for i in range(6)})
