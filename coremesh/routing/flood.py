@@ -21,12 +21,24 @@ neither verified again nor delivered; a broadcast copy goes no further, a multic
 towards members not yet served (below). The cache is bounded in age and in count: a message older
 than ``max_age`` (by its seqno against our wall clock) or further ahead than ``max_future`` is
 refused (``drop_too_old`` / ``drop_too_new``), so a replay is either in the cache or refused; when
-the count bound forces the lowest seqno out, that seqno becomes a floor below which new arrivals are
-refused as too old, so an eviction never lets a replay through.
+the count bound forces an entry out, its seqno becomes a floor below which new arrivals from the same
+origin are refused as too old, so an eviction never lets a replay through. Floors and quotas are per
+origin: an origin holds at most ``max_seen_per_origin`` entries (its own lowest leave first), and when
+the whole cache is full the origin holding the most gives one up; so an origin that dates its messages
+up to ``max_future`` ahead moves its own floor only, never another origin's (one global floor would let
+it block every broadcast of the mesh).
+
+Rate limits. BROADCAST and MULTICAST packets (``message_rate``) and membership records
+(``record_rate``) from each neighbour pass a token bucket before any signature check; the excess is
+dropped and counted (``drop_rate_limited``). The bursts are sized from what an honest neighbour sends
+at once: its whole outbox of flood packets, or two full membership syncs (``link_up``).
 
 Multicast. Each member floods a signed membership record (member, seqno, its full sorted group set)
 like a broadcast; leaving is a newer record without the group; records expire after ``record_ttl``
-and members refresh them before. A neighbour whose link comes up is sent every record we hold. A
+and members refresh them before. When the store (``max_records``) is full, a new member's record
+evicts the least recently stored record of a member the routes do not reach (records of throwaway
+keys look like that: counted ``records_evicted``); it is refused (``drop_records_full``) only when
+every member held is routable. A neighbour whose link comes up is sent every record we hold. A
 MULTICAST from S to group G follows the routes towards its members: S sends one copy to each
 distinct next hop (``RouteView.next_hop``) of the members of G, and each copy names, in a 32-byte
 Bloom filter outside the signature, the members it is for; a hop passes it on towards the members
@@ -54,6 +66,7 @@ from typing import Protocol
 
 from ..errors import ConfigError, DecodeError, LocalProtocolError, MessageTooLarge
 from ..identity import PeerId, verify_signature
+from ..ratelimit import TokenBucket
 from .flood_messages import (
     BROADCAST_OVERHEAD,
     MEMBERSHIP_HEADER_LEN,
@@ -125,6 +138,8 @@ class FloodConfig:
     max_members_per_group: int = 1024  # members kept per group (beyond: dropped, counted)
     max_records: int = 10000  # membership records kept (other members)
     max_seen: int = 16384  # seen-cache entries (broadcast and multicast)
+    max_seen_per_origin: int = 1024  # ... of which one origin may hold (its oldest leave first)
+    max_floors: int = 16384  # origins whose eviction floor is remembered (least recently evicted go)
     max_age: float = 60.0  # a message whose seqno is older than this is refused
     max_future: float = 60.0  # ... or one further ahead of our wall clock (clock skew allowed)
     record_ttl: float = 3600.0  # a membership record not refreshed for this long is forgotten
@@ -132,6 +147,11 @@ class FloodConfig:
     max_deliveries: int = 1024  # deliveries waiting for next_delivery()
     max_outbox: int = 4096  # broadcast/multicast packets waiting for messages_to_send()
     prune_interval: float = 10.0  # how often expired entries are swept
+    # Per neighbour, before any signature check (excess dropped, ``drop_rate_limited``):
+    message_rate: float = 1000.0  # BROADCAST and MULTICAST packets per second
+    message_burst: float | None = None  # ... banked; None: max_outbox (what one node sends at once)
+    record_rate: float = 200.0  # membership records per second
+    record_burst: float | None = None  # ... banked; None: two full syncs (2 * (max_records + 1))
 
     def __post_init__(self) -> None:
         for name in (
@@ -139,6 +159,8 @@ class FloodConfig:
             "max_members_per_group",
             "max_records",
             "max_seen",
+            "max_seen_per_origin",
+            "max_floors",
             "max_deliveries",
             "max_outbox",
         ):
@@ -149,6 +171,12 @@ class FloodConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
                 raise ConfigError(f"FloodConfig.{name} must be a number of seconds > 0, got {value!r}")
+        for name in ("message_rate", "message_burst", "record_rate", "record_burst"):
+            value = getattr(self, name)
+            if value is None and name.endswith("burst"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
+                raise ConfigError(f"FloodConfig.{name} must be a positive number, got {value!r}")
         if self.record_refresh >= self.record_ttl:
             raise ConfigError("FloodConfig.record_refresh must be shorter than record_ttl")
 
@@ -168,18 +196,27 @@ _SeenKey = tuple[int, bytes, int]  # kind, origin key, seqno
 
 
 class _SeenCache:
-    """Keys (kind, origin, seqno) of admitted messages, bounded by age and count.
+    """Keys (kind, origin, seqno) of admitted messages, bounded by age and count, per origin.
 
-    Entries leave lowest seqno first (seqnos are origin wall-clock milliseconds). An entry pushed out
-    by the count bound raises ``floor``: unseen messages at or below it are refused, so that no
-    evicted message can be admitted twice.
+    Each origin holds at most ``per_origin`` entries; when the whole cache is over ``max_entries``,
+    the origin holding the most entries gives one up. Either way an origin loses its own lowest
+    seqno, and that seqno raises the origin's floor (``floor(origin)``): its unseen messages at or
+    below it are refused, so that no evicted message can be admitted twice. A floor is the origin's
+    own: an origin dating its messages in the future moves nobody's floor but its own. Floors are
+    kept for the ``max_floors`` origins most recently evicted from (the oldest forgotten first) and
+    dropped once below the age window, where the age check refuses replays by itself.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, per_origin: int, max_floors: int) -> None:
         self._max = max_entries
+        self._per_origin = per_origin
+        self._max_floors = max_floors
         self._entries: dict[_SeenKey, _Seen | None] = {}
-        self._heap: list[tuple[int, int, bytes]] = []
-        self.floor = -1
+        self._origins: dict[bytes, list[tuple[int, int]]] = {}  # origin: heap of (seqno, kind)
+        self._by_count: dict[int, dict[bytes, None]] = {}  # entries held: origins holding that many
+        self._most = 0  # the most entries an origin holds
+        self._heap: list[tuple[int, int, bytes]] = []  # every entry by seqno (lazy: may hold gone ones)
+        self._floors: collections.OrderedDict[bytes, int] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -190,19 +227,65 @@ class _SeenCache:
     def get(self, key: _SeenKey) -> _Seen | None:
         return self._entries.get(key)
 
+    def floor(self, origin: bytes) -> int:
+        return self._floors.get(origin, -1)
+
     def add(self, key: _SeenKey, entry: _Seen | None = None) -> None:
         kind, origin, seqno = key
+        if key in self._entries:
+            self._entries[key] = entry
+            return
         self._entries[key] = entry
+        heap = self._origins.setdefault(origin, [])
+        self._recount(origin, len(heap), len(heap) + 1)
+        heapq.heappush(heap, (seqno, kind))
         heapq.heappush(self._heap, (seqno, kind, origin))
+        if len(heap) > self._per_origin:
+            self._evict(origin)
         while len(self._entries) > self._max:
-            seqno, kind, origin = heapq.heappop(self._heap)
-            self._entries.pop((kind, origin, seqno), None)
-            self.floor = max(self.floor, seqno)
+            self._evict(next(iter(self._by_count[self._most])))
+        if len(self._heap) > 2 * self._max + 64:  # drop the gone entries the lazy heap still holds
+            self._heap = [(q, k, o) for (q, k, o) in self._heap if (k, o, q) in self._entries]
+            heapq.heapify(self._heap)
 
     def expire(self, below: int) -> None:
+        """Forget the entries (and floors) with seqnos below ``below``: the age check refuses them."""
         while self._heap and self._heap[0][0] < below:
-            seqno, kind, origin = heapq.heappop(self._heap)
-            self._entries.pop((kind, origin, seqno), None)
+            _, _, origin = heapq.heappop(self._heap)
+            heap = self._origins.get(origin)
+            while heap and heap[0][0] < below:
+                self._remove_lowest(origin)
+        for origin, floor in list(self._floors.items()):
+            if floor < below:
+                del self._floors[origin]
+
+    def _evict(self, origin: bytes) -> None:
+        seqno = self._remove_lowest(origin)
+        self._floors[origin] = max(self._floors.pop(origin, -1), seqno)
+        if len(self._floors) > self._max_floors:
+            self._floors.popitem(last=False)
+
+    def _remove_lowest(self, origin: bytes) -> int:
+        heap = self._origins[origin]
+        seqno, kind = heapq.heappop(heap)
+        del self._entries[(kind, origin, seqno)]
+        self._recount(origin, len(heap) + 1, len(heap))
+        if not heap:
+            del self._origins[origin]
+        return seqno
+
+    def _recount(self, origin: bytes, old: int, new: int) -> None:
+        if old:
+            holders = self._by_count[old]
+            del holders[origin]
+            if not holders:
+                del self._by_count[old]
+        if new:
+            self._by_count.setdefault(new, {})[origin] = None
+        if new > self._most:
+            self._most = new
+        while self._most and self._most not in self._by_count:
+            self._most -= 1
 
 
 class Flood:
@@ -231,11 +314,18 @@ class Flood:
         self._max_packet = max_packet
         self._wall_offset = wall_offset
         self._seqno = 0
-        self._seen = _SeenCache(self.config.max_seen)
+        cfg = self.config
+        self._seen = _SeenCache(cfg.max_seen, cfg.max_seen_per_origin, cfg.max_floors)
+        self._message_burst = float(cfg.message_burst if cfg.message_burst is not None else cfg.max_outbox)
+        self._record_burst = float(
+            cfg.record_burst if cfg.record_burst is not None else 2 * (cfg.max_records + 1)
+        )
+        self._buckets: dict[tuple[bool, PeerId], TokenBucket] = {}  # (records?, neighbour)
         self._joined: set[str] = set()
         self._own: MembershipRecord | None = None
         self._own_at = now
-        self._records: dict[PeerId, MembershipRecord] = {}
+        self._records: dict[PeerId, MembershipRecord] = {}  # least recently stored first
+        self._records_full_until = now  # every member held was routable: refuse until then
         self._index: dict[str, set[PeerId]] = {}
         self._outbox: list[tuple[PeerId, bytes]] = []
         self._pending: dict[PeerId, dict[PeerId, MembershipRecord]] = {}
@@ -339,12 +429,18 @@ class Flood:
         self._maybe_prune(now)
         try:
             if kind == OverlayType.BROADCAST:
-                self._on_broadcast(neighbour, decode_broadcast(body), now)
+                msg = decode_broadcast(body)
+                if self._take(neighbour, False, 1, now):
+                    self._on_broadcast(neighbour, msg, now)
             elif kind == OverlayType.MULTICAST:
-                self._on_multicast(neighbour, decode_multicast(body), now)
+                mmsg = decode_multicast(body)
+                if self._take(neighbour, False, 1, now):
+                    self._on_multicast(neighbour, mmsg, now)
             elif kind == OverlayType.MEMBERSHIP:
-                for record in decode_membership(body):
-                    self._on_record(neighbour, record, now)
+                records = decode_membership(body)
+                if self._take(neighbour, True, len(records), now):
+                    for record in records:
+                        self._on_record(neighbour, record, now)
             else:
                 self.counters["drop_unknown_kind"] += 1
         except DecodeError:
@@ -392,10 +488,28 @@ class Flood:
         self._seqno = max(self._seqno + 1, self._wall_ms(now))
         return self._seqno
 
+    def _take(self, neighbour: PeerId, records: bool, amount: int, now: float) -> bool:
+        """Charge ``neighbour``'s bucket (messages, or membership records) before any signature
+        check; an empty bucket drops the whole packet (counted ``drop_rate_limited``)."""
+        bucket = self._buckets.get((records, neighbour))
+        if bucket is None:
+            cfg = self.config
+            rate, burst = (
+                (cfg.record_rate, self._record_burst) if records else (cfg.message_rate, self._message_burst)
+            )
+            bucket = self._buckets[(records, neighbour)] = TokenBucket(rate, burst, now)
+        if bucket.consume(amount, now):
+            return True
+        self.counters["drop_rate_limited"] += 1
+        return False
+
     def _maybe_prune(self, now: float) -> None:
         if now < self._last_prune + self.config.prune_interval:
             return
         self._last_prune = now
+        for key, bucket in list(self._buckets.items()):
+            if bucket.idle_full(now):  # full again: forgetting it changes no decision
+                del self._buckets[key]
         wall = self._wall_ms(now)
         self._seen.expire(wall - int(self.config.max_age * 1000))
         cutoff = wall - int(self.config.record_ttl * 1000)
@@ -477,7 +591,7 @@ class Flood:
             self.counters[duplicates] += 1  # our own come back as duplicates too
             return False
         wall = self._wall_ms(now)
-        if seqno < wall - int(self.config.max_age * 1000) or seqno <= self._seen.floor:
+        if seqno < wall - int(self.config.max_age * 1000) or seqno <= self._seen.floor(origin.key):
             self.counters["drop_too_old"] += 1
             return False
         if seqno > wall + int(self.config.max_future * 1000):
@@ -540,9 +654,13 @@ class Flood:
         if len(record.groups) > self.config.max_groups_per_member:
             self.counters["drop_too_many_groups"] += 1
             return
-        if current is None and len(self._records) - (self._own is not None) >= self.config.max_records:
-            self.counters["drop_records_full"] += 1
-            return
+        victim: PeerId | None = None
+        full = len(self._records) - (self._own is not None) >= self.config.max_records
+        if current is None and member != self.peer_id and full:
+            victim = self._unroutable_record(now)
+            if victim is None:
+                self.counters["drop_records_full"] += 1
+                return
         if not self._verify(member, record.signed_bytes(), record.signature):
             self.counters["drop_bad_signature"] += 1
             return
@@ -552,10 +670,30 @@ class Flood:
             self._seqno = max(self._seqno, record.seqno)
             self._publish(now)
             return
+        if victim is not None:
+            self._set_record(victim, None)
+            self.counters["records_evicted"] += 1
         self.counters["memberships"] += 1
         self._set_record(member, record)
         for n in self._tree_targets(member, neighbour):
             self._pending.setdefault(n, {})[member] = record
+
+    def _unroutable_record(self, now: float) -> PeerId | None:
+        """The member to evict for a new record when the store is full: the least recently stored
+        one the routes do not reach (throwaway keys' records look like that), or None when every
+        member held is routable (the new record is then refused; the whole store is not looked at
+        again for a second). Routable members passed over move to the end of the scan order, so
+        repeated evictions do not walk past them again."""
+        if now < self._records_full_until:
+            return None
+        for member in list(self._records):
+            if member == self.peer_id:
+                continue
+            if self._routes.next_hop(member) is None:
+                return member
+            self._records[member] = self._records.pop(member)  # routable: looked at last next time
+        self._records_full_until = now + 1.0
+        return None
 
     def _set_record(self, member: PeerId, record: MembershipRecord | None) -> None:
         """Store (or with None forget) a member's record and update the group index."""

@@ -19,14 +19,16 @@ from hypothesis import strategies as st
 
 from coremesh.errors import ConfigError, MessageTooLarge
 from coremesh.identity import Identity, PeerId
-from coremesh.routing.flood import Delivery, Flood, FloodConfig, RouteView, TooManyGroups
+from coremesh.routing.flood import Delivery, Flood, FloodConfig, RouteView, TooManyGroups, _SeenCache
 from coremesh.routing.flood_messages import (
     Broadcast,
     InvalidGroup,
     MembershipRecord,
     Multicast,
+    broadcast_signed_bytes,
     decode_membership,
     encode_membership,
+    membership_signed_bytes,
     multicast_signed_bytes,
 )
 from coremesh.routing.overlay import OVERLAY_PREFIX, OverlayType, overlay_packet, overlay_type
@@ -554,6 +556,11 @@ def test_sizes_and_group_names_are_checked_for_the_api() -> None:
         Flood(net.peers[0], net.idents[0].sign, StaticRoutes(net, net.peers[0]), now=0.0, max_packet=100)
     with pytest.raises(ConfigError, match="record_refresh"):
         FloodConfig(record_refresh=10.0, record_ttl=5.0)
+    for field, value in (("message_rate", 0), ("record_burst", -1.0), ("message_burst", True)):
+        with pytest.raises(ConfigError, match=field):
+            FloodConfig(**{field: value})
+    with pytest.raises(ConfigError, match="max_seen_per_origin"):
+        FloodConfig(max_seen_per_origin=0)
 
 
 def test_group_limits_bound_memory() -> None:
@@ -728,3 +735,190 @@ def test_receive_never_raises_on_bad_input(data: st.DataObject) -> None:
         delivered.append(d)
     # Whatever got through was genuine: signed by node 0, unchanged.
     assert all(d.origin == net.peers[0] and d.data == b"hello" for d in delivered)
+
+
+# -- hostile neighbours: the seen cache, the rate limits, the membership store ---------------------
+
+
+class _OneLink:
+    """A RouteView with neighbours and nothing known of anyone's routes, except ``routable``."""
+
+    def __init__(self, neighbours: list[PeerId], routable: set[PeerId] | None = None) -> None:
+        self._neighbours = neighbours
+        self.routable = routable if routable is not None else set()
+
+    def neighbours(self) -> list[PeerId]:
+        return list(self._neighbours)
+
+    def next_hop(self, destination: PeerId) -> PeerId | None:
+        return self._neighbours[0] if destination in self.routable else None
+
+    def children(self, origin: PeerId) -> set[PeerId]:
+        return set()
+
+    def knows_route_of(self, neighbour: PeerId, origin: PeerId) -> bool:
+        return False
+
+
+def _signed_broadcast(ident: Identity, seqno: int, data: bytes = b"x") -> bytes:
+    sig = ident.sign(broadcast_signed_bytes(ident.peer_id, seqno, data))
+    return Broadcast(ident.peer_id, seqno, data, sig).encode()
+
+
+def _signed_record(ident: Identity, seqno: int, groups: tuple[str, ...]) -> MembershipRecord:
+    sig = ident.sign(membership_signed_bytes(ident.peer_id, seqno, groups))
+    return MembershipRecord(ident.peer_id, seqno, groups, sig)
+
+
+def test_one_origin_dating_its_broadcasts_in_the_future_cannot_block_the_others() -> None:
+    """The count bound evicts one origin's entries only: its floor moves, nobody else's does."""
+    me, attacker, honest = (Identity(bytes([i]) * 32) for i in (1, 2, 3))
+    flood = Flood(
+        me.peer_id, me.sign, _OneLink([attacker.peer_id]), now=0.0, wall_offset=WALL,
+        config=FloodConfig(max_seen=64, max_seen_per_origin=16),
+    )  # fmt: skip
+    wall_ms = int(WALL * 1000)
+    first = _signed_broadcast(honest, wall_ms)
+    flood.receive(attacker.peer_id, OverlayType.BROADCAST, first, 0.0)
+    for i in range(65):  # more than the whole cache, dated 59 s ahead (max_future is 60 s)
+        flood.receive(
+            attacker.peer_id, OverlayType.BROADCAST, _signed_broadcast(attacker, wall_ms + 59_000 - i), 0.5
+        )
+    flood.receive(attacker.peer_id, OverlayType.BROADCAST, first, 0.5)  # the honest entry is kept
+    assert flood.counters["broadcast_duplicates"] == 1
+    assert flood.counters["broadcasts_delivered"] == 1 + 17  # its quota, then one evicting its lowest
+    refused = flood.counters["drop_too_old"]  # its own messages below its floor (47 of them)
+    assert refused == 65 - 17
+    flood.receive(
+        attacker.peer_id, OverlayType.BROADCAST, _signed_broadcast(honest, wall_ms + 10_000, b"real"), 10.0
+    )
+    assert flood.counters["drop_too_old"] == refused
+    assert flood.counters["broadcasts_delivered"] == 1 + 17 + 1
+    # The attacker's evicted messages stay refused (its floor): no replay is admitted twice.
+    flood.receive(
+        attacker.peer_id, OverlayType.BROADCAST, _signed_broadcast(attacker, wall_ms + 59_000 - 16), 10.0
+    )
+    assert flood.counters["drop_too_old"] == refused + 1
+    assert len(flood._seen) == 1 + 16 + 1
+
+
+def test_many_origins_filling_the_seen_cache_evict_the_largest_origins_first() -> None:
+    me, honest = Identity(bytes([1]) * 32), Identity(bytes([3]) * 32)
+    keys = [Identity(bytes([10 + i]) * 32) for i in range(4)]
+    flood = Flood(
+        me.peer_id, me.sign, _OneLink([keys[0].peer_id]), now=0.0, wall_offset=WALL,
+        config=FloodConfig(max_seen=32, max_seen_per_origin=12),
+    )  # fmt: skip
+    wall_ms = int(WALL * 1000)
+    first = _signed_broadcast(honest, wall_ms)
+    flood.receive(keys[0].peer_id, OverlayType.BROADCAST, first, 0.0)
+    for ident in keys:  # 4 x 12 entries, more than the cache holds
+        for i in range(12):
+            flood.receive(
+                keys[0].peer_id, OverlayType.BROADCAST, _signed_broadcast(ident, wall_ms + 50_000 + i), 0.0
+            )
+    assert len(flood._seen) == 32
+    flood.receive(keys[0].peer_id, OverlayType.BROADCAST, first, 0.0)
+    assert flood.counters["broadcast_duplicates"] == 1  # still held: a duplicate, not too old
+
+
+def test_incoming_flood_messages_are_rate_limited_per_neighbour_before_the_signature() -> None:
+    me, a, b = (Identity(bytes([i]) * 32) for i in (1, 2, 3))
+    checked: list[PeerId] = []
+
+    def verify(peer: PeerId, message: bytes, signature: bytes) -> bool:
+        checked.append(peer)
+        return False
+
+    cfg = FloodConfig(message_rate=10.0, message_burst=20.0, record_rate=5.0, record_burst=8.0)
+    flood = Flood(me.peer_id, me.sign, _OneLink([a.peer_id, b.peer_id]), verify=verify, now=0.0,
+                  wall_offset=WALL, config=cfg)  # fmt: skip
+    wall_ms = int(WALL * 1000)
+    forged = [Broadcast(a.peer_id, wall_ms + i, b"", bytes(64)).encode() for i in range(50)]
+    for body in forged:
+        flood.receive(a.peer_id, OverlayType.BROADCAST, body, 0.0)
+    assert flood.counters["drop_rate_limited"] == 30
+    assert len(checked) == 20  # the excess never reached the signature check
+    flood.receive(b.peer_id, OverlayType.BROADCAST, forged[0], 0.0)  # another neighbour's own bucket
+    assert len(checked) == 21
+    flood.receive(a.peer_id, OverlayType.BROADCAST, forged[40], 1.0)  # refilled at 10/s
+    assert len(checked) == 22
+    records = [MembershipRecord(a.peer_id, wall_ms + i, ("g",), bytes(64)) for i in range(10)]
+    flood.receive(b.peer_id, OverlayType.MEMBERSHIP, encode_membership(records), 0.0)  # 10 > 8 records
+    assert flood.counters["drop_rate_limited"] == 31
+    assert len(checked) == 22
+
+
+def test_the_default_rate_limits_let_a_full_membership_sync_through() -> None:
+    """A neighbour's link_up sends every record it holds at once: the default bucket takes it."""
+    me, neighbour = Identity(bytes([1]) * 32), Identity(bytes([2]) * 32)
+    flood = Flood(me.peer_id, me.sign, _OneLink([neighbour.peer_id]), now=0.0, wall_offset=WALL)
+    idents = [Identity(i.to_bytes(4, "big") * 8) for i in range(1000, 1000 + 300)]
+    records = [_signed_record(ident, int(WALL * 1000), ("g",)) for ident in idents]
+    for k in range(0, len(records), 10):
+        flood.receive(neighbour.peer_id, OverlayType.MEMBERSHIP, encode_membership(records[k : k + 10]), 0.0)
+    assert flood.counters["drop_rate_limited"] == 0
+    assert len(flood.members("g")) == 300
+
+
+def test_throwaway_members_are_evicted_for_a_routable_one_and_routable_ones_are_kept() -> None:
+    me, attacker, other, honest = (Identity(bytes([i]) * 32) for i in (1, 2, 3, 4))
+    routes = _OneLink([attacker.peer_id, other.peer_id], routable={honest.peer_id})
+    flood = Flood(me.peer_id, me.sign, routes, now=0.0, wall_offset=WALL, config=FloodConfig(max_records=8))
+    seq = int(WALL * 1000)
+    throwaway = [Identity(i.to_bytes(4, "big") * 8) for i in range(100, 112)]
+    flood.receive(attacker.peer_id, OverlayType.MEMBERSHIP,
+                  encode_membership([_signed_record(t, seq, ("x",)) for t in throwaway]), 0.0)  # fmt: skip
+    assert len(flood.members("x")) == 8
+    flood.receive(
+        other.peer_id,
+        OverlayType.MEMBERSHIP,
+        encode_membership([_signed_record(honest, seq, ("chat",))]),
+        1.0,
+    )
+    assert flood.members("chat") == [honest.peer_id]
+    assert flood.counters["records_evicted"] == 4 + 1  # the 9th to 12th throwaway ones, then the honest one
+    # A forged record evicts nobody: the signature is checked before the eviction.
+    forged = MembershipRecord(Identity(bytes([98]) * 32).peer_id, seq, ("z",), bytes(64))
+    flood.receive(other.peer_id, OverlayType.MEMBERSHIP, encode_membership([forged]), 1.0)
+    assert flood.counters["drop_bad_signature"] == 1
+    assert flood.counters["records_evicted"] == 5
+    assert len(flood.members("x")) == 7
+    # Once every record held is of a routable member, a new one is refused and none is evicted.
+    routes.routable = {t.peer_id for t in throwaway} | {honest.peer_id}
+    late = Identity(bytes([99]) * 32)
+    evicted = flood.counters["records_evicted"]
+    flood.receive(
+        other.peer_id, OverlayType.MEMBERSHIP, encode_membership([_signed_record(late, seq, ("y",))]), 2.0
+    )
+    assert flood.members("y") == []
+    assert flood.counters["drop_records_full"] >= 1
+    assert flood.counters["records_evicted"] == evicted
+    assert flood.members("chat") == [honest.peer_id]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1), st.integers(0, 40)), max_size=120))
+def test_seen_cache_bounds_hold_and_an_evicted_key_stays_below_its_origins_floor(
+    adds: list[tuple[int, int, int]],
+) -> None:
+    cache = _SeenCache(10, 4, 6)  # every origin's floor is remembered
+    small = _SeenCache(10, 4, 2)  # the floors of two origins only: the least recently evicted go
+    evicted: set[tuple[int, bytes, int]] = set()
+    for origin, kind, seqno in adds:
+        key = (kind, bytes([origin]), seqno)
+        if key in cache or seqno <= cache.floor(key[1]):
+            continue  # what Flood._admit refuses
+        before = set(cache._entries)
+        cache.add(key)
+        small.add(key)
+        assert len(small._floors) <= 2
+        evicted |= before - set(cache._entries)
+        assert len(cache) <= 10
+        assert all(sum(1 for k in cache._entries if k[1] == o) <= 4 for o in {k[1] for k in cache._entries})
+        for gone in evicted:  # never admitted again: below its origin's floor
+            assert gone not in cache
+            assert gone[2] <= cache.floor(gone[1])
+    cache.expire(20)
+    assert all(k[2] >= 20 for k in cache._entries)
+    assert all(cache.floor(o) >= 20 or cache.floor(o) == -1 for o in {bytes([i]) for i in range(6)})
