@@ -67,7 +67,7 @@ import collections
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -279,7 +279,9 @@ class RoutingTable:
     record), ``router_invalid`` (a ``set_router`` choice that was no candidate), and the refusals:
     ``drop_not_neighbour``, ``drop_rate_limited``, ``drop_malformed``, ``drop_stale_epoch``,
     ``drop_bad_signature``, ``drop_old_record`` (also seen when two copies of a record race),
-    ``drop_record_conflict``, ``drop_records_full``, ``drop_unattested``, ``drop_path_loop``,
+    ``drop_record_conflict``, ``drop_records_full`` (the store is full of records still referenced:
+    by a link, a stored advert's path or a waiting advert; otherwise the oldest unreferenced record
+    is evicted, ``records_evicted``), ``drop_unattested``, ``drop_path_loop``,
     ``drop_path_too_long``, ``drop_too_many_adverts``.
     """
 
@@ -312,6 +314,12 @@ class RoutingTable:
         self._seqno_floor = 0  # a seqno of ours seen elsewhere (a previous run's): sign above it
         self._routes: dict[PeerId, list[Route]] = {}
         self._waiting: dict[PeerId, dict[PeerId, None]] = {}  # missing record's origin -> dests
+        # Stored adverts whose path names each origin; an origin's record is referenced while this
+        # is positive, it is a neighbour, or an advert waits for a newer record of it.
+        self._refs: dict[PeerId, int] = {}
+        # The stored records nothing references, oldest first, with when they became so: the
+        # first one is evicted when the store is full.
+        self._unref: dict[PeerId, float] = {}
         # destination -> the neighbours holding an advert for it, so that choosing a destination's
         # route looks at its advertisers only (a hub with many neighbours would otherwise pay
         # O(neighbours) per destination).
@@ -331,6 +339,7 @@ class RoutingTable:
             self.link_down(neighbour, now)
         epoch = self._rng.getrandbits(32) or 1
         link = self._links[neighbour] = _Link(epoch, self.config, now)
+        self._unref.pop(neighbour, None)
         self._own_changed(now)
         link.mark_record(self.peer_id, now)
         for destination in self._routes:
@@ -345,6 +354,8 @@ class RoutingTable:
             return
         self._own_changed(now)
         self._unindex_all(neighbour, link.adverts)
+        self._unref_paths(link.adverts.values(), now)
+        self._touch(neighbour, now)
         for destination in [neighbour, *link.adverts]:
             self._recompute(destination, now)
 
@@ -504,12 +515,14 @@ class RoutingTable:
                 if record.signature != stored.signature or record.neighbours != stored.neighbours:
                     self.counters["drop_record_conflict"] += 1
                 return
-        elif len(self._records) >= self.config.max_records:
+        elif len(self._records) >= self.config.max_records and not self._unref:
             self.counters["drop_records_full"] += 1
             return
         if not record.verify(self._verify):
             self.counters["drop_bad_signature"] += 1
             return
+        if stored is None and len(self._records) >= self.config.max_records:
+            self._evict(next(iter(self._unref)))
         self.counters["records_verified"] += 1
         # Kept with interned ids: shared with every path, compared by identity first.
         origin = self._intern(origin)
@@ -520,7 +533,9 @@ class RoutingTable:
         if origin in self._links:
             # Routes via this neighbour may have become advertisable (its record now lists us).
             self._advertise_via({origin}, now)
-        for destination in self._waiting.pop(origin, {}):
+        waiting = self._waiting.pop(origin, {})
+        self._touch(origin, now)
+        for destination in waiting:
             for holder, holder_link in self._links.items():
                 advert = holder_link.adverts.get(destination)
                 if advert is not None and advert.path is not None:
@@ -528,6 +543,45 @@ class RoutingTable:
                     self._index(holder, destination, advert.valid)
             self._recompute(destination, now)
         self._recompute(origin, now)
+
+    # -- the record store's references ---------------------------------------------------------
+
+    def _touch(self, origin: PeerId, now: float) -> None:
+        """Keep ``_unref`` to the stored records that nothing references."""
+        if (
+            origin in self._records
+            and not self._refs.get(origin)
+            and origin not in self._links
+            and origin not in self._waiting
+        ):
+            self._unref.setdefault(origin, now)
+        else:
+            self._unref.pop(origin, None)
+
+    def _ref_path(self, path: tuple[PeerId, ...] | None) -> None:
+        if path is not None:
+            refs = self._refs
+            for hop in path:
+                refs[hop] = refs.get(hop, 0) + 1
+                self._unref.pop(hop, None)
+
+    def _unref_paths(self, adverts: Iterable[_Advert], now: float) -> None:
+        refs = self._refs
+        for advert in adverts:
+            if advert.path is None:
+                continue
+            for hop in advert.path:
+                count = refs[hop] - 1
+                if count:
+                    refs[hop] = count
+                else:
+                    del refs[hop]
+                    self._touch(hop, now)
+
+    def _evict(self, origin: PeerId) -> None:
+        del self._unref[origin]
+        del self._records[origin]
+        self.counters["records_evicted"] += 1
 
     def _receive_advert(
         self, neighbour: PeerId, link: _Link, destination: PeerId, advert: _Advert, now: float
@@ -553,6 +607,9 @@ class RoutingTable:
                 if reason != "unattested":
                     advert.path = None
         link.adverts[destination] = advert
+        self._ref_path(advert.path)
+        if old is not None:
+            self._unref_paths((old,), now)
         self._index(neighbour, destination, advert.valid and advert.path is not None)
         self._recompute(destination, now)
 
@@ -585,10 +642,12 @@ class RoutingTable:
             for origin in (x, y):
                 if len(self._waiting) < self.config.max_records or origin in self._waiting:
                     self._waiting.setdefault(origin, {})[destination] = None
+                    self._unref.pop(origin, None)
 
     def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
         adverts, link.adverts = link.adverts, {}
         self._unindex_all(neighbour, adverts)
+        self._unref_paths(adverts.values(), now)
         for destination in adverts:
             self._recompute(destination, now)
 

@@ -602,3 +602,84 @@ def test_default_link_costs_follow_rfc_9616() -> None:
     assert 2 * cost(0.009, 0.0) < 3 * cost(0.0001, 0.0)
     with pytest.raises(ValueError):
         RoutingConfig(rtt_min=0.2, rtt_max=0.1)
+
+
+# -- the record store: eviction, usefulness, garbage collection ------------------------------------
+
+
+class _Solo:
+    """One table fed by hand-made updates from neighbours (each with its own message numbers)."""
+
+    def __init__(self, **kw: float) -> None:
+        self.me = identity("solo")
+        self.table = RoutingTable(
+            self.me.peer_id, self.me.sign, RoutingConfig(**kw), rng=random.Random(1), now=0.0
+        )
+        self.msg_no: dict[str, int] = {}
+
+    def up(self, name: str, now: float = 0.0) -> PeerId:
+        peer = identity(name).peer_id
+        self.table.link_up(peer, now)
+        return peer
+
+    def send(
+        self,
+        name: str,
+        now: float,
+        records: list[OriginRecord] = (),  # type: ignore[assignment]
+        routes: list[tuple[list[str], int]] = (),  # type: ignore[assignment]
+    ) -> None:
+        no = self.msg_no[name] = self.msg_no.get(name, 0) + 1
+        update = RouteUpdate(
+            epoch=7,
+            msg_no=no,
+            records=tuple(records),
+            routes=tuple(RouteEntry(tuple(identity(h).peer_id for h in hops), m) for hops, m in routes),
+        )
+        self.table.receive(identity(name).peer_id, encode_update(update), now)
+
+
+def _rec(name: str, seqno: int, *neighbours: str) -> OriginRecord:
+    me = identity(name)
+    return OriginRecord.create(me.peer_id, seqno, tuple(identity(n).peer_id for n in neighbours), me.sign)
+
+
+def _star(solo: _Solo, hub: str, leaves: list[str], now: float) -> None:
+    """``hub`` (a neighbour of solo) advertises a route to each leaf behind it."""
+    solo.send(hub, now, [_rec(hub, 1, "solo", *leaves)])
+    for leaf in leaves:
+        solo.send(hub, now, [_rec(leaf, 1, hub)], [([leaf], 100)])
+
+
+def test_a_full_record_store_evicts_the_oldest_unreferenced_record() -> None:
+    solo = _Solo(max_records=10)
+    t = solo.table
+    old_leaves = [f"old{i}" for i in range(9)]
+    solo.up("M")
+    _star(solo, "M", old_leaves, 1.0)
+    assert all(t.next_hop(identity(leaf).peer_id) is not None for leaf in old_leaves)
+    assert len(t._records) == 10  # full: M and its nine leaves
+    # While M's routes reference them, no record of the store can go: a new origin is refused.
+    solo.up("H", 2.0)
+    solo.send("H", 2.0, [_rec("H", 1, "solo")])
+    assert t.counters["drop_records_full"] == 1
+    assert t.record(identity("H").peer_id) is None
+    t.link_down(identity("M").peer_id, 3.0)  # M's leaves are referenced by nothing now
+    solo.send("H", 4.0, [_rec("H", 2, "solo", "N"), _rec("N", 1, "H")], [(["N"], 100)])
+    assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+    assert t.counters["drop_records_full"] == 1
+    assert t.counters["records_evicted"] == 2
+    # The oldest unreferenced went first (in the order they became so).
+    assert t.record(identity("old0").peer_id) is None and t.record(identity("old1").peer_id) is None
+    assert t.record(identity("old2").peer_id) is not None and t.record(identity("M").peer_id) is not None
+    # Referenced records are never evicted: H's and N's stay while others come and go.
+    for i in range(20):
+        solo.send(
+            "H",
+            5.0 + i,
+            [_rec("H", 3 + i, "solo", "N", f"new{i}"), _rec(f"new{i}", 1, "H")],
+            [([f"new{i}"], 100)],
+        )
+        solo.send("H", 5.5 + i, [], [])
+    assert len(t._records) <= 10
+    assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
