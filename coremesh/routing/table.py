@@ -96,6 +96,9 @@ __all__ = ["INFINITY", "Route", "RoutingConfig", "RoutingTable"]
 
 MAX_LINK_COST = 10_000
 _RETIRED_EPOCHS = 8
+# Records a neighbour sent that nothing needed yet, kept unverified per neighbour for the routes
+# that follow them in its next messages (a path's records may fill the message before the path's).
+_PARKED = 32
 _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 
@@ -212,6 +215,7 @@ class _Link:
         "loss",
         "moved_since",
         "next_msg_no",
+        "parked",
         "peer_epoch",
         "pending",
         "pending_acks",
@@ -244,6 +248,7 @@ class _Link:
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
+        self.parked: dict[PeerId, OriginRecord] = {}  # records not needed yet, oldest first
         self.cost = config.default_link_cost
         self.raw_cost: int | None = None
         self.srtt: float | None = None
@@ -279,7 +284,10 @@ class RoutingTable:
     record), ``router_invalid`` (a ``set_router`` choice that was no candidate), and the refusals:
     ``drop_not_neighbour``, ``drop_rate_limited``, ``drop_malformed``, ``drop_stale_epoch``,
     ``drop_bad_signature``, ``drop_old_record`` (also seen when two copies of a record race),
-    ``drop_record_conflict``, ``drop_records_full`` (the store is full of records still referenced:
+    ``drop_record_conflict``, ``drop_unneeded_record`` (a record no path it came with or followed
+    it names, of a node we neither hold nor wait for: ``records_parked`` counts those kept a
+    while for the paths that may follow, ``records_unparked`` those a path then needed),
+    ``drop_records_full`` (the store is full of records still referenced:
     by a link, a stored advert's path or a waiting advert; otherwise the oldest unreferenced record
     is evicted, ``records_evicted``), ``drop_unattested``, ``drop_path_loop``,
     ``drop_path_too_long``, ``drop_too_many_adverts``.
@@ -469,7 +477,13 @@ class RoutingTable:
             return
         link.pending_acks.append(update.msg_no)
         link.ack_at = min(link.ack_at, now + self.config.ack_delay)
+        intern = self._intern
+        paths = [(neighbour, *map(intern, entry.hops)) for entry in update.routes]
+        on_paths = {hop for path in paths for hop in path} if update.records else set()
         for record in update.records:
+            if not self._useful(neighbour, record.origin, on_paths):
+                self._park(link, record)
+                continue
             self._accept_record(record, now)
             # It holds this version: no need to send it back.
             known = link.records_sent.get(record.origin)
@@ -480,13 +494,40 @@ class RoutingTable:
                 and latest.seqno == record.seqno
             ):
                 link.records_sent[latest.origin] = latest
-        intern = self._intern
         for destination in update.withdrawals:
             advert = _Advert(update.msg_no, INFINITY, None)
             self._receive_advert(neighbour, link, intern(destination), advert, now)
-        for entry in update.routes:
-            path = (neighbour, *map(intern, entry.hops))
+        for entry, path in zip(update.routes, paths, strict=True):
+            if link.parked:
+                for hop in path:
+                    parked = link.parked.pop(hop, None)
+                    if parked is not None:
+                        self.counters["records_unparked"] += 1
+                        self._accept_record(parked, now)
             self._receive_advert(neighbour, link, path[-1], _Advert(update.msg_no, entry.metric, path), now)
+
+    def _useful(self, neighbour: PeerId, origin: PeerId, on_paths: set[PeerId]) -> bool:
+        """Whether a record of ``origin`` from ``neighbour`` is worth keeping: its own, of a node
+        on a path it sent with it, of one an advert waits for, or a newer version of one we hold.
+        Records of nodes no path names would only fill the store."""
+        return (
+            origin == neighbour
+            or origin == self.peer_id
+            or origin in on_paths
+            or origin in self._waiting
+            or origin in self._records
+            or origin in self._links
+        )
+
+    def _park(self, link: _Link, record: OriginRecord) -> None:
+        """Keep an unneeded record for the paths that may follow it (the oldest goes when full)."""
+        parked = link.parked
+        parked.pop(record.origin, None)
+        if len(parked) >= _PARKED:
+            del parked[next(iter(parked))]
+            self.counters["drop_unneeded_record"] += 1
+        parked[record.origin] = record
+        self.counters["records_parked"] += 1
 
     def _intern(self, peer: PeerId) -> PeerId:
         """One PeerId object per id: paths share them, and lookups compare by identity first."""

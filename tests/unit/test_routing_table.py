@@ -683,3 +683,35 @@ def test_a_full_record_store_evicts_the_oldest_unreferenced_record() -> None:
         solo.send("H", 5.5 + i, [], [])
     assert len(t._records) <= 10
     assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+
+
+def test_records_no_path_needs_are_not_kept() -> None:
+    solo = _Solo(max_records=10)
+    t = solo.table
+    solo.up("M")
+    # Records of throwaway keys, nine per message, no path naming them: none enters the store.
+    for i in range(0, 90, 9):
+        solo.send("M", 0.01 * i, [_rec(f"junk{j}", 1) for j in range(i, i + 9)])
+    assert len(t._records) == 0
+    assert t.counters["drop_unneeded_record"] == 90 - 32  # the last ones wait a little, unverified
+    assert t.counters["records_verified"] == 0
+    # Useful ones are kept: the neighbour's own, and those of a path in the same message.
+    solo.send("M", 1.0, [_rec("M", 1, "solo", "X"), _rec("X", 1, "M")], [(["X"], 100)])
+    assert t.next_hop(identity("X").peer_id) == identity("M").peer_id
+    assert len(t._records) == 2
+
+
+def test_records_before_their_path_in_an_earlier_message_still_attest_it() -> None:
+    solo = _Solo()
+    t = solo.table
+    solo.up("M")
+    solo.send("M", 0.0, [_rec("M", 1, "solo", "X"), _rec("X", 1, "M", "Y"), _rec("Y", 1, "X")])
+    assert t.record(identity("Y").peer_id) is None  # not needed yet
+    solo.send("M", 0.1, [], [(["X", "Y"], 100)])
+    assert t.next_hop(identity("Y").peer_id) == identity("M").peer_id
+    assert t.counters["records_unparked"] == 2
+    # A path whose records come in a later message waits for them.
+    solo.send("M", 0.2, [], [(["X", "Y", "Z"], 100)])
+    assert t.next_hop(identity("Z").peer_id) is None
+    solo.send("M", 0.3, [_rec("Y", 2, "X", "Z"), _rec("Z", 1, "Y")])
+    assert t.next_hop(identity("Z").peer_id) == identity("M").peer_id
