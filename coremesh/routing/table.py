@@ -35,6 +35,17 @@ their neighbour must refuse. What a table can be fooled by is bounded: a replaye
 the one it holds is refused (``drop_old_record``), so a dead link can only be claimed while the
 table holds no newer record of either end; and whatever a path claims, its metric is only a claim.
 
+The record store is bounded and cannot be filled for good. A record from a neighbour is kept only
+when useful: the neighbour's own, a node on a path in the same message, one a waiting advert needs,
+or a newer version of one we hold; others wait a little, unverified (at most 32 per neighbour),
+for the paths that may follow them in the next messages, then are dropped. A record is referenced
+while a link goes to its origin, a stored advert's path names it or an advert waits for it (counts
+kept where adverts and links come and go); when the store is full the oldest unreferenced record
+makes room, and one unreferenced for ``record_ttl`` goes (swept when updates arrive and on the
+timer, oldest first). A neighbour that sent us a record we dropped believes we still hold it: when
+a path it sends needs one, we start a new epoch with it (rarely: ``resyncs``), and it tells us
+everything again, with the records of every path.
+
 Metrics, hysteresis, selection
 ------------------------------
 A link costs what RFC 9616 (Babel's RTT-based metric) gives: a hop cost (96) plus an RTT penalty
@@ -99,6 +110,9 @@ _RETIRED_EPOCHS = 8
 # Records a neighbour sent that nothing needed yet, kept unverified per neighbour for the routes
 # that follow them in its next messages (a path's records may fill the message before the path's).
 _PARKED = 32
+# A neighbour is asked for everything again (a new epoch) at most this often, when a path it sends
+# needs a record we dropped: it believes we hold it and would never send it again otherwise.
+_RESYNC_INTERVAL = 10.0
 _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 
@@ -121,6 +135,7 @@ class RoutingConfig:
     min_update_interval: float = 0.05  # seconds between two batches of triggered updates, per neighbour
     max_backups: int = 3
     max_records: int = 10000  # origin records kept (one per origin); also bounds adverts per neighbour
+    record_ttl: float = 600.0  # a record nothing references (no link, path, waiting advert) this long goes
     max_path: int = 30  # hops of a route (next hop ... destination)
     max_record_neighbours: int = 30  # neighbours listed in our record (the oldest links)
     default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
@@ -145,6 +160,7 @@ class RoutingConfig:
         positive = (
             "min_update_interval",
             "max_records",
+            "record_ttl",
             "max_path",
             "default_link_cost",
             "rtt_max",
@@ -223,6 +239,7 @@ class _Link:
         "pending_records",
         "raw_cost",
         "records_sent",
+        "resync_at",
         "retired",
         "sent",
         "srtt",
@@ -249,6 +266,7 @@ class _Link:
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
         self.parked: dict[PeerId, OriginRecord] = {}  # records not needed yet, oldest first
+        self.resync_at = -math.inf  # when it may be asked for everything again
         self.cost = config.default_link_cost
         self.raw_cost: int | None = None
         self.srtt: float | None = None
@@ -289,8 +307,9 @@ class RoutingTable:
     while for the paths that may follow, ``records_unparked`` those a path then needed),
     ``drop_records_full`` (the store is full of records still referenced:
     by a link, a stored advert's path or a waiting advert; otherwise the oldest unreferenced record
-    is evicted, ``records_evicted``), ``drop_unattested``, ``drop_path_loop``,
-    ``drop_path_too_long``, ``drop_too_many_adverts``.
+    is evicted, ``records_evicted``; one unreferenced for ``record_ttl`` goes, ``records_expired``;
+    ``resyncs``: a neighbour asked for everything again for a record we dropped),
+    ``drop_unattested``, ``drop_path_loop``, ``drop_path_too_long``, ``drop_too_many_adverts``.
     """
 
     def __init__(
@@ -328,6 +347,10 @@ class RoutingTable:
         # The stored records nothing references, oldest first, with when they became so: the
         # first one is evicted when the store is full.
         self._unref: dict[PeerId, float] = {}
+        # Origins whose record we dropped (evicted, expired, or parked and dropped) although a
+        # neighbour may believe we hold it: a path naming one that then misses its record makes us
+        # ask that neighbour for everything again.
+        self._forgotten: dict[PeerId, None] = {}
         # destination -> the neighbours holding an advert for it, so that choosing a destination's
         # route looks at its advertisers only (a hub with many neighbours would otherwise pay
         # O(neighbours) per destination).
@@ -470,6 +493,7 @@ class RoutingTable:
             link.peer_epoch = update.epoch
             link.pending_acks.clear()
         self.counters["updates_received"] += 1
+        self._expire(now)
         if update.ack_epoch == link.epoch:
             for no in update.acks:
                 link.unacked.pop(no, None)
@@ -524,7 +548,9 @@ class RoutingTable:
         parked = link.parked
         parked.pop(record.origin, None)
         if len(parked) >= _PARKED:
-            del parked[next(iter(parked))]
+            dropped = next(iter(parked))
+            del parked[dropped]
+            self._forget(dropped)
             self.counters["drop_unneeded_record"] += 1
         parked[record.origin] = record
         self.counters["records_parked"] += 1
@@ -569,6 +595,7 @@ class RoutingTable:
         origin = self._intern(origin)
         neighbours = tuple(map(self._intern, record.neighbours))
         self._records[origin] = OriginRecord(origin, record.seqno, neighbours, record.signature)
+        self._forgotten.pop(origin, None)
         # Not flooded: a neighbour gets a record with the first path we send it through the origin
         # (record_of in _items_for); a version it holds keeps attesting the links still on it.
         if origin in self._links:
@@ -619,10 +646,39 @@ class RoutingTable:
                     del refs[hop]
                     self._touch(hop, now)
 
-    def _evict(self, origin: PeerId) -> None:
+    def _evict(self, origin: PeerId, counter: str = "records_evicted") -> None:
         del self._unref[origin]
         del self._records[origin]
-        self.counters["records_evicted"] += 1
+        self._forget(origin)
+        self.counters[counter] += 1
+
+    def _forget(self, origin: PeerId) -> None:
+        forgotten = self._forgotten
+        forgotten.pop(origin, None)
+        if len(forgotten) >= self.config.max_records:
+            del forgotten[next(iter(forgotten))]
+        forgotten[origin] = None
+
+    def _expire(self, now: float) -> None:
+        """Drop the records nothing referenced for ``record_ttl`` (oldest first: O(1) amortised)."""
+        unref = self._unref
+        limit = now - self.config.record_ttl
+        while unref:
+            origin, since = next(iter(unref.items()))
+            if since > limit:
+                break
+            self._evict(origin, "records_expired")
+
+    def _resync(self, neighbour: PeerId, link: _Link, now: float) -> None:
+        """Start a new epoch with ``neighbour``: it forgets what we told it and tells us all again,
+        with the records of every path (it believed we held records we dropped)."""
+        if now < link.resync_at:
+            return
+        link.resync_at = now + _RESYNC_INTERVAL
+        link.epoch = self._rng.getrandbits(32) or 1
+        link.next_msg_no = 1
+        self._resend_all(link, now)
+        self.counters["resyncs"] += 1
 
     def _receive_advert(
         self, neighbour: PeerId, link: _Link, destination: PeerId, advert: _Advert, now: float
@@ -643,6 +699,10 @@ class RoutingTable:
                 self._wait_for_records(path, destination)
             if reason == "missing_record":
                 self.counters["adverts_waiting"] += 1
+                if self._forgotten and any(
+                    hop in self._forgotten and hop not in self._records for hop in path
+                ):
+                    self._resync(neighbour, link, now)
             elif reason in ("path_loop", "path_too_long", "unattested"):
                 self.counters[f"drop_{reason}"] += 1
                 if reason != "unattested":
@@ -929,6 +989,7 @@ class RoutingTable:
     def handle_timer(self, now: float) -> None:
         self._now = now
         self._refresh_own(now)
+        self._expire(now)
         for neighbour, link in list(self._links.items()):
             if link.moved_since is not None and now - link.moved_since >= self.config.cost_hold:
                 self._check_cost(neighbour, link, now)

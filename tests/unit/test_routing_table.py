@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -14,7 +15,7 @@ from coremesh.routing.overlay import OVERLAY_PREFIX, OverlayType, overlay_packet
 from coremesh.routing.records import OriginRecord
 from coremesh.routing.table import Route, RoutingConfig, RoutingTable
 
-from .routing_net import WALL, VNet, identity
+from .routing_net import MS_COSTS, WALL, VNet, identity
 
 
 def line() -> VNet:
@@ -516,6 +517,7 @@ def test_record_seqno_grows_from_the_wall_clock() -> None:
         {"min_rto": 5.0, "max_rto": 1.0},
         {"update_rate": float("nan")},
         {"ack_delay": 0.5},
+        {"record_ttl": 0},
     ],
 )
 def test_config_is_validated(kw: dict[str, float]) -> None:
@@ -628,6 +630,7 @@ class _Solo:
         now: float,
         records: list[OriginRecord] = (),  # type: ignore[assignment]
         routes: list[tuple[list[str], int]] = (),  # type: ignore[assignment]
+        withdrawals: list[str] = (),  # type: ignore[assignment]
     ) -> None:
         no = self.msg_no[name] = self.msg_no.get(name, 0) + 1
         update = RouteUpdate(
@@ -635,6 +638,7 @@ class _Solo:
             msg_no=no,
             records=tuple(records),
             routes=tuple(RouteEntry(tuple(identity(h).peer_id for h in hops), m) for hops, m in routes),
+            withdrawals=tuple(identity(w).peer_id for w in withdrawals),
         )
         self.table.receive(identity(name).peer_id, encode_update(update), now)
 
@@ -715,3 +719,38 @@ def test_records_before_their_path_in_an_earlier_message_still_attest_it() -> No
     assert t.next_hop(identity("Z").peer_id) is None
     solo.send("M", 0.3, [_rec("Y", 2, "X", "Z"), _rec("Z", 1, "Y")])
     assert t.next_hop(identity("Z").peer_id) == identity("M").peer_id
+
+
+def test_records_unreferenced_for_record_ttl_are_dropped() -> None:
+    solo = _Solo(record_ttl=60.0)
+    t = solo.table
+    solo.up("M")
+    solo.send("M", 1.0, [_rec("M", 1, "solo", "X", "Y"), _rec("X", 1, "M"), _rec("Y", 1, "M")])
+    solo.send("M", 1.0, [], [(["X"], 100), (["Y"], 100)])
+    solo.send("M", 10.0, withdrawals=["X"])  # X's record is referenced by nothing from now on
+    t.handle_timer(69.0)
+    assert t.record(identity("X").peer_id) is not None
+    t.handle_timer(70.0)
+    assert t.record(identity("X").peer_id) is None
+    assert t.counters["records_expired"] == 1
+    # Those a route, a link or a waiting advert references stay, however old.
+    t.handle_timer(1000.0)
+    assert t.record(identity("Y").peer_id) is not None and t.record(identity("M").peer_id) is not None
+    assert t.next_hop(identity("Y").peer_id) == identity("M").peer_id
+
+
+def test_a_neighbour_resends_everything_when_a_path_needs_a_record_we_dropped() -> None:
+    net = VNet("ABDC", config=dataclasses.replace(MS_COSTS, record_ttl=5.0))
+    for a, b in ("AB", "BD", "DC"):
+        net.link(a, b)
+    net.settle()
+    assert net.path("A", "C") == ["B", "D", "C"]
+    net.cut("B", "D")
+    net.settle()
+    assert net.next_hop("A", "C") is None
+    net.run(10.0)  # C's record, unchanged (its links are), expires at A: B believes A holds it
+    net.link("B", "D")
+    net.settle()
+    a = net.tables["A"]
+    assert a.counters["records_expired"] >= 1 and a.counters["resyncs"] == 1
+    assert net.path("A", "C") == ["B", "D", "C"]
