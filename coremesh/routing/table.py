@@ -110,9 +110,11 @@ _RETIRED_EPOCHS = 8
 # Records a neighbour sent that nothing needed yet, kept unverified per neighbour for the routes
 # that follow them in its next messages (a path's records may fill the message before the path's).
 _PARKED = 32
-# A neighbour is asked for everything again (a new epoch) at most this often, when a path it sends
-# needs a record we dropped: it believes we hold it and would never send it again otherwise.
-_RESYNC_INTERVAL = 10.0
+# A neighbour is asked for everything again (a new epoch) when a path it sends needs a record we
+# dropped (it believes we hold it and would never send it again otherwise): at most once per gap,
+# which doubles each time up to the maximum (a neighbour cannot make us send our table in a loop).
+_RESYNC_GAP = 10.0
+_MAX_RESYNC_GAP = 600.0
 _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 
@@ -240,6 +242,7 @@ class _Link:
         "raw_cost",
         "records_sent",
         "resync_at",
+        "resync_gap",
         "retired",
         "sent",
         "srtt",
@@ -267,6 +270,7 @@ class _Link:
         self.adverts: dict[PeerId, _Advert] = {}
         self.parked: dict[PeerId, OriginRecord] = {}  # records not needed yet, oldest first
         self.resync_at = -math.inf  # when it may be asked for everything again
+        self.resync_gap = _RESYNC_GAP
         self.cost = config.default_link_cost
         self.raw_cost: int | None = None
         self.srtt: float | None = None
@@ -674,7 +678,8 @@ class RoutingTable:
         with the records of every path (it believed we held records we dropped)."""
         if now < link.resync_at:
             return
-        link.resync_at = now + _RESYNC_INTERVAL
+        link.resync_at = now + link.resync_gap
+        link.resync_gap = min(2 * link.resync_gap, _MAX_RESYNC_GAP)
         link.epoch = self._rng.getrandbits(32) or 1
         link.next_msg_no = 1
         self._resend_all(link, now)

@@ -134,6 +134,8 @@ def test_no_loops_after_random_failures(seed: int) -> None:
                 for r in net.tables[a].routes(net.pid(b)):
                     assert net.pid(a) not in r.path
                     assert len(set(r.path)) == len(r.path)
+        for table in net.tables.values():
+            _check_references(table)
 
 
 def test_drops_are_repaired_by_acks_and_retransmission() -> None:
@@ -585,7 +587,23 @@ def test_arbitrary_updates_from_a_neighbour_never_break_the_table(data: st.DataO
             assert len(set(r.path)) == len(r.path)
             assert r.next_hop == r.path[0] and r.destination == r.path[-1]
             assert r.next_hop in a.neighbours()
+    _check_references(a)
+    a.link_down(net.pid("B"), net.now)
+    _check_references(a)
     net.run(30.0)  # timers and retransmissions on what is left
+
+
+def _check_references(t: RoutingTable) -> None:
+    """The record store's reference counts and its list of unreferenced records agree with the
+    adverts, links and waiting adverts the table holds."""
+    refs: dict[PeerId, int] = {}
+    for link in t._links.values():
+        for advert in link.adverts.values():
+            for hop in advert.path or ():
+                refs[hop] = refs.get(hop, 0) + 1
+    assert t._refs == refs
+    unref = {o for o in t._records if o not in refs and o not in t._links and o not in t._waiting}
+    assert set(t._unref) == unref
 
 
 def test_default_link_costs_follow_rfc_9616() -> None:
@@ -687,6 +705,7 @@ def test_a_full_record_store_evicts_the_oldest_unreferenced_record() -> None:
         solo.send("H", 5.5 + i, [], [])
     assert len(t._records) <= 10
     assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+    _check_references(t)
 
 
 def test_records_no_path_needs_are_not_kept() -> None:
@@ -754,3 +773,17 @@ def test_a_neighbour_resends_everything_when_a_path_needs_a_record_we_dropped() 
     a = net.tables["A"]
     assert a.counters["records_expired"] >= 1 and a.counters["resyncs"] == 1
     assert net.path("A", "C") == ["B", "D", "C"]
+    for table in net.tables.values():
+        _check_references(table)
+
+
+def test_a_neighbour_cannot_make_us_resend_our_table_in_a_loop() -> None:
+    solo = _Solo()
+    t = solo.table
+    solo.up("M")
+    solo.send("M", 0.0, [_rec(f"junk{i}", 1) for i in range(40)])  # eight fall out of the waiting room
+    epochs = []
+    for now in (1.0, 5.0, 11.0, 20.0, 31.0, 50.0, 71.0):
+        solo.send("M", now, [], [(["junk0"], 100)])  # "you hold junk0's record": we dropped it
+        epochs.append(t.counters["resyncs"])
+    assert epochs == [1, 1, 2, 2, 3, 3, 4]  # gaps of 10, 20, 40 s
