@@ -507,7 +507,13 @@ class RoutingTable:
         link.ack_at = min(link.ack_at, now + self.config.ack_delay)
         intern = self._intern
         paths = [(neighbour, *map(intern, entry.hops)) for entry in update.routes]
-        on_paths = {hop for path in paths for hop in path} if update.records else set()
+        # The nodes the message's paths name: their records are useful, and referenced while the
+        # message is applied (a full store must not evict one for the next before its path is in).
+        held: tuple[PeerId, ...] = ()
+        if paths and (update.records or link.parked):
+            held = tuple({hop: None for path in paths for hop in path})
+            self._ref_path(held)
+        on_paths = set(held)
         for record in update.records:
             if not self._useful(neighbour, record.origin, on_paths):
                 self._park(link, record)
@@ -533,6 +539,8 @@ class RoutingTable:
                         self.counters["records_unparked"] += 1
                         self._accept_record(parked, now)
             self._receive_advert(neighbour, link, path[-1], _Advert(update.msg_no, entry.metric, path), now)
+        if held:
+            self._unref_paths((_Advert(0, 0, held),), now)
 
     def _useful(self, neighbour: PeerId, origin: PeerId, on_paths: set[PeerId]) -> bool:
         """Whether a record of ``origin`` from ``neighbour`` is worth keeping: its own, of a node
@@ -648,6 +656,8 @@ class RoutingTable:
                     refs[hop] = count
                 else:
                     del refs[hop]
+                    # No stored advert names it: none waits for its record any more.
+                    self._waiting.pop(hop, None)
                     self._touch(hop, now)
 
     def _evict(self, origin: PeerId, counter: str = "records_evicted") -> None:

@@ -602,6 +602,7 @@ def _check_references(t: RoutingTable) -> None:
             for hop in advert.path or ():
                 refs[hop] = refs.get(hop, 0) + 1
     assert t._refs == refs
+    assert set(t._waiting) <= set(refs)  # an advert waits only while it is stored
     unref = {o for o in t._records if o not in refs and o not in t._links and o not in t._waiting}
     assert set(t._unref) == unref
 
@@ -787,3 +788,25 @@ def test_a_neighbour_cannot_make_us_resend_our_table_in_a_loop() -> None:
         solo.send("M", now, [], [(["junk0"], 100)])  # "you hold junk0's record": we dropped it
         epochs.append(t.counters["resyncs"])
     assert epochs == [1, 1, 2, 2, 3, 3, 4]  # gaps of 10, 20, 40 s
+
+
+def test_adverts_that_waited_for_records_pin_nothing_once_gone() -> None:
+    solo = _Solo(max_records=10)
+    t = solo.table
+    solo.up("M")
+    # Paths M never attested (its record lists only us): they wait for newer records of their ends.
+    fakes = [f"fake{i}" for i in range(12)]
+    solo.send(
+        "M",
+        0.0,
+        [_rec("M", 1, "solo"), *(_rec(f, 1, "M") for f in fakes[:8])],
+        [([f], 100) for f in fakes[:8]],
+    )
+    solo.send("M", 0.1, [_rec(f, 1, "M") for f in fakes[8:]], [([f], 100) for f in fakes[8:]])
+    assert len(t._records) == 10 and t.counters["drop_records_full"] == 3
+    t.link_down(identity("M").peer_id, 1.0)
+    assert not t._waiting
+    solo.up("H", 2.0)
+    solo.send("H", 2.0, [_rec("H", 1, "solo", "N"), _rec("N", 1, "H")], [(["N"], 100)])
+    assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+    _check_references(t)
