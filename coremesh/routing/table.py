@@ -35,6 +35,17 @@ their neighbour must refuse. What a table can be fooled by is bounded: a replaye
 the one it holds is refused (``drop_old_record``), so a dead link can only be claimed while the
 table holds no newer record of either end; and whatever a path claims, its metric is only a claim.
 
+The record store is bounded and cannot be filled for good. A record from a neighbour is kept only
+when useful: the neighbour's own, a node on a path in the same message, one a waiting advert needs,
+or a newer version of one we hold; others wait a little, unverified (at most 32 per neighbour),
+for the paths that may follow them in the next messages, then are dropped. A record is referenced
+while a link goes to its origin, a stored advert's path names it or an advert waits for it (counts
+kept where adverts and links come and go); when the store is full the oldest unreferenced record
+makes room, and one unreferenced for ``record_ttl`` goes (swept when updates arrive and on the
+timer, oldest first). A neighbour that sent us a record we dropped believes we still hold it: when
+a path it sends needs one, we start a new epoch with it (rarely: ``resyncs``), and it tells us
+everything again, with the records of every path.
+
 Metrics, hysteresis, selection
 ------------------------------
 A link costs what RFC 9616 (Babel's RTT-based metric) gives: a hop cost (96) plus an RTT penalty
@@ -67,7 +78,7 @@ import collections
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -96,6 +107,14 @@ __all__ = ["INFINITY", "Route", "RoutingConfig", "RoutingTable"]
 
 MAX_LINK_COST = 10_000
 _RETIRED_EPOCHS = 8
+# Records a neighbour sent that nothing needed yet, kept unverified per neighbour for the routes
+# that follow them in its next messages (a path's records may fill the message before the path's).
+_PARKED = 32
+# A neighbour is asked for everything again (a new epoch) when a path it sends needs a record we
+# dropped (it believes we hold it and would never send it again otherwise): at most once per gap,
+# which doubles each time up to the maximum (a neighbour cannot make us send our table in a loop).
+_RESYNC_GAP = 10.0
+_MAX_RESYNC_GAP = 600.0
 _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 
@@ -118,6 +137,7 @@ class RoutingConfig:
     min_update_interval: float = 0.05  # seconds between two batches of triggered updates, per neighbour
     max_backups: int = 3
     max_records: int = 10000  # origin records kept (one per origin); also bounds adverts per neighbour
+    record_ttl: float = 600.0  # a record nothing references (no link, path, waiting advert) this long goes
     max_path: int = 30  # hops of a route (next hop ... destination)
     max_record_neighbours: int = 30  # neighbours listed in our record (the oldest links)
     default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
@@ -142,6 +162,7 @@ class RoutingConfig:
         positive = (
             "min_update_interval",
             "max_records",
+            "record_ttl",
             "max_path",
             "default_link_cost",
             "rtt_max",
@@ -212,6 +233,7 @@ class _Link:
         "loss",
         "moved_since",
         "next_msg_no",
+        "parked",
         "peer_epoch",
         "pending",
         "pending_acks",
@@ -219,6 +241,8 @@ class _Link:
         "pending_records",
         "raw_cost",
         "records_sent",
+        "resync_at",
+        "resync_gap",
         "retired",
         "sent",
         "srtt",
@@ -244,6 +268,9 @@ class _Link:
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
+        self.parked: dict[PeerId, OriginRecord] = {}  # records not needed yet, oldest first
+        self.resync_at = -math.inf  # when it may be asked for everything again
+        self.resync_gap = _RESYNC_GAP
         self.cost = config.default_link_cost
         self.raw_cost: int | None = None
         self.srtt: float | None = None
@@ -279,8 +306,14 @@ class RoutingTable:
     record), ``router_invalid`` (a ``set_router`` choice that was no candidate), and the refusals:
     ``drop_not_neighbour``, ``drop_rate_limited``, ``drop_malformed``, ``drop_stale_epoch``,
     ``drop_bad_signature``, ``drop_old_record`` (also seen when two copies of a record race),
-    ``drop_record_conflict``, ``drop_records_full``, ``drop_unattested``, ``drop_path_loop``,
-    ``drop_path_too_long``, ``drop_too_many_adverts``.
+    ``drop_record_conflict``, ``drop_unneeded_record`` (a record no path it came with or followed
+    it names, of a node we neither hold nor wait for: ``records_parked`` counts those kept a
+    while for the paths that may follow, ``records_unparked`` those a path then needed),
+    ``drop_records_full`` (the store is full of records still referenced:
+    by a link, a stored advert's path or a waiting advert; otherwise the oldest unreferenced record
+    is evicted, ``records_evicted``; one unreferenced for ``record_ttl`` goes, ``records_expired``;
+    ``resyncs``: a neighbour asked for everything again for a record we dropped),
+    ``drop_unattested``, ``drop_path_loop``, ``drop_path_too_long``, ``drop_too_many_adverts``.
     """
 
     def __init__(
@@ -312,6 +345,16 @@ class RoutingTable:
         self._seqno_floor = 0  # a seqno of ours seen elsewhere (a previous run's): sign above it
         self._routes: dict[PeerId, list[Route]] = {}
         self._waiting: dict[PeerId, dict[PeerId, None]] = {}  # missing record's origin -> dests
+        # Stored adverts whose path names each origin; an origin's record is referenced while this
+        # is positive, it is a neighbour, or an advert waits for a newer record of it.
+        self._refs: dict[PeerId, int] = {}
+        # The stored records nothing references, oldest first, with when they became so: the
+        # first one is evicted when the store is full.
+        self._unref: dict[PeerId, float] = {}
+        # Origins whose record we dropped (evicted, expired, or parked and dropped) although a
+        # neighbour may believe we hold it: a path naming one that then misses its record makes us
+        # ask that neighbour for everything again.
+        self._forgotten: dict[PeerId, None] = {}
         # destination -> the neighbours holding an advert for it, so that choosing a destination's
         # route looks at its advertisers only (a hub with many neighbours would otherwise pay
         # O(neighbours) per destination).
@@ -331,6 +374,7 @@ class RoutingTable:
             self.link_down(neighbour, now)
         epoch = self._rng.getrandbits(32) or 1
         link = self._links[neighbour] = _Link(epoch, self.config, now)
+        self._unref.pop(neighbour, None)
         self._own_changed(now)
         link.mark_record(self.peer_id, now)
         for destination in self._routes:
@@ -345,6 +389,8 @@ class RoutingTable:
             return
         self._own_changed(now)
         self._unindex_all(neighbour, link.adverts)
+        self._unref_paths(link.adverts.values(), now)
+        self._touch(neighbour, now)
         for destination in [neighbour, *link.adverts]:
             self._recompute(destination, now)
 
@@ -451,6 +497,7 @@ class RoutingTable:
             link.peer_epoch = update.epoch
             link.pending_acks.clear()
         self.counters["updates_received"] += 1
+        self._expire(now)
         if update.ack_epoch == link.epoch:
             for no in update.acks:
                 link.unacked.pop(no, None)
@@ -458,7 +505,19 @@ class RoutingTable:
             return
         link.pending_acks.append(update.msg_no)
         link.ack_at = min(link.ack_at, now + self.config.ack_delay)
+        intern = self._intern
+        paths = [(neighbour, *map(intern, entry.hops)) for entry in update.routes]
+        # The nodes the message's paths name: their records are useful, and referenced while the
+        # message is applied (a full store must not evict one for the next before its path is in).
+        held: tuple[PeerId, ...] = ()
+        if paths and (update.records or link.parked):
+            held = tuple({hop: None for path in paths for hop in path})
+            self._ref_path(held)
+        on_paths = set(held)
         for record in update.records:
+            if not self._useful(neighbour, record.origin, on_paths):
+                self._park(link, record)
+                continue
             self._accept_record(record, now)
             # It holds this version: no need to send it back.
             known = link.records_sent.get(record.origin)
@@ -469,13 +528,44 @@ class RoutingTable:
                 and latest.seqno == record.seqno
             ):
                 link.records_sent[latest.origin] = latest
-        intern = self._intern
         for destination in update.withdrawals:
             advert = _Advert(update.msg_no, INFINITY, None)
             self._receive_advert(neighbour, link, intern(destination), advert, now)
-        for entry in update.routes:
-            path = (neighbour, *map(intern, entry.hops))
+        for entry, path in zip(update.routes, paths, strict=True):
+            if link.parked:
+                for hop in path:
+                    parked = link.parked.pop(hop, None)
+                    if parked is not None:
+                        self.counters["records_unparked"] += 1
+                        self._accept_record(parked, now)
             self._receive_advert(neighbour, link, path[-1], _Advert(update.msg_no, entry.metric, path), now)
+        if held:
+            self._unref_paths((_Advert(0, 0, held),), now)
+
+    def _useful(self, neighbour: PeerId, origin: PeerId, on_paths: set[PeerId]) -> bool:
+        """Whether a record of ``origin`` from ``neighbour`` is worth keeping: its own, of a node
+        on a path it sent with it, of one an advert waits for, or a newer version of one we hold.
+        Records of nodes no path names would only fill the store."""
+        return (
+            origin == neighbour
+            or origin == self.peer_id
+            or origin in on_paths
+            or origin in self._waiting
+            or origin in self._records
+            or origin in self._links
+        )
+
+    def _park(self, link: _Link, record: OriginRecord) -> None:
+        """Keep an unneeded record for the paths that may follow it (the oldest goes when full)."""
+        parked = link.parked
+        parked.pop(record.origin, None)
+        if len(parked) >= _PARKED:
+            dropped = next(iter(parked))
+            del parked[dropped]
+            self._forget(dropped)
+            self.counters["drop_unneeded_record"] += 1
+        parked[record.origin] = record
+        self.counters["records_parked"] += 1
 
     def _intern(self, peer: PeerId) -> PeerId:
         """One PeerId object per id: paths share them, and lookups compare by identity first."""
@@ -504,23 +594,28 @@ class RoutingTable:
                 if record.signature != stored.signature or record.neighbours != stored.neighbours:
                     self.counters["drop_record_conflict"] += 1
                 return
-        elif len(self._records) >= self.config.max_records:
+        elif len(self._records) >= self.config.max_records and not self._unref:
             self.counters["drop_records_full"] += 1
             return
         if not record.verify(self._verify):
             self.counters["drop_bad_signature"] += 1
             return
+        if stored is None and len(self._records) >= self.config.max_records:
+            self._evict(next(iter(self._unref)))
         self.counters["records_verified"] += 1
         # Kept with interned ids: shared with every path, compared by identity first.
         origin = self._intern(origin)
         neighbours = tuple(map(self._intern, record.neighbours))
         self._records[origin] = OriginRecord(origin, record.seqno, neighbours, record.signature)
+        self._forgotten.pop(origin, None)
         # Not flooded: a neighbour gets a record with the first path we send it through the origin
         # (record_of in _items_for); a version it holds keeps attesting the links still on it.
         if origin in self._links:
             # Routes via this neighbour may have become advertisable (its record now lists us).
             self._advertise_via({origin}, now)
-        for destination in self._waiting.pop(origin, {}):
+        waiting = self._waiting.pop(origin, {})
+        self._touch(origin, now)
+        for destination in waiting:
             for holder, holder_link in self._links.items():
                 advert = holder_link.adverts.get(destination)
                 if advert is not None and advert.path is not None:
@@ -528,6 +623,77 @@ class RoutingTable:
                     self._index(holder, destination, advert.valid)
             self._recompute(destination, now)
         self._recompute(origin, now)
+
+    # -- the record store's references ---------------------------------------------------------
+
+    def _touch(self, origin: PeerId, now: float) -> None:
+        """Keep ``_unref`` to the stored records that nothing references."""
+        if (
+            origin in self._records
+            and not self._refs.get(origin)
+            and origin not in self._links
+            and origin not in self._waiting
+        ):
+            self._unref.setdefault(origin, now)
+        else:
+            self._unref.pop(origin, None)
+
+    def _ref_path(self, path: tuple[PeerId, ...] | None) -> None:
+        if path is not None:
+            refs = self._refs
+            for hop in path:
+                refs[hop] = refs.get(hop, 0) + 1
+                self._unref.pop(hop, None)
+
+    def _unref_paths(self, adverts: Iterable[_Advert], now: float) -> None:
+        refs = self._refs
+        for advert in adverts:
+            if advert.path is None:
+                continue
+            for hop in advert.path:
+                count = refs[hop] - 1
+                if count:
+                    refs[hop] = count
+                else:
+                    del refs[hop]
+                    # No stored advert names it: none waits for its record any more.
+                    self._waiting.pop(hop, None)
+                    self._touch(hop, now)
+
+    def _evict(self, origin: PeerId, counter: str = "records_evicted") -> None:
+        del self._unref[origin]
+        del self._records[origin]
+        self._forget(origin)
+        self.counters[counter] += 1
+
+    def _forget(self, origin: PeerId) -> None:
+        forgotten = self._forgotten
+        forgotten.pop(origin, None)
+        if len(forgotten) >= self.config.max_records:
+            del forgotten[next(iter(forgotten))]
+        forgotten[origin] = None
+
+    def _expire(self, now: float) -> None:
+        """Drop the records nothing referenced for ``record_ttl`` (oldest first: O(1) amortised)."""
+        unref = self._unref
+        limit = now - self.config.record_ttl
+        while unref:
+            origin, since = next(iter(unref.items()))
+            if since > limit:
+                break
+            self._evict(origin, "records_expired")
+
+    def _resync(self, neighbour: PeerId, link: _Link, now: float) -> None:
+        """Start a new epoch with ``neighbour``: it forgets what we told it and tells us all again,
+        with the records of every path (it believed we held records we dropped)."""
+        if now < link.resync_at:
+            return
+        link.resync_at = now + link.resync_gap
+        link.resync_gap = min(2 * link.resync_gap, _MAX_RESYNC_GAP)
+        link.epoch = self._rng.getrandbits(32) or 1
+        link.next_msg_no = 1
+        self._resend_all(link, now)
+        self.counters["resyncs"] += 1
 
     def _receive_advert(
         self, neighbour: PeerId, link: _Link, destination: PeerId, advert: _Advert, now: float
@@ -548,11 +714,18 @@ class RoutingTable:
                 self._wait_for_records(path, destination)
             if reason == "missing_record":
                 self.counters["adverts_waiting"] += 1
+                if self._forgotten and any(
+                    hop in self._forgotten and hop not in self._records for hop in path
+                ):
+                    self._resync(neighbour, link, now)
             elif reason in ("path_loop", "path_too_long", "unattested"):
                 self.counters[f"drop_{reason}"] += 1
                 if reason != "unattested":
                     advert.path = None
         link.adverts[destination] = advert
+        self._ref_path(advert.path)
+        if old is not None:
+            self._unref_paths((old,), now)
         self._index(neighbour, destination, advert.valid and advert.path is not None)
         self._recompute(destination, now)
 
@@ -585,10 +758,12 @@ class RoutingTable:
             for origin in (x, y):
                 if len(self._waiting) < self.config.max_records or origin in self._waiting:
                     self._waiting.setdefault(origin, {})[destination] = None
+                    self._unref.pop(origin, None)
 
     def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
         adverts, link.adverts = link.adverts, {}
         self._unindex_all(neighbour, adverts)
+        self._unref_paths(adverts.values(), now)
         for destination in adverts:
             self._recompute(destination, now)
 
@@ -829,6 +1004,7 @@ class RoutingTable:
     def handle_timer(self, now: float) -> None:
         self._now = now
         self._refresh_own(now)
+        self._expire(now)
         for neighbour, link in list(self._links.items()):
             if link.moved_since is not None and now - link.moved_since >= self.config.cost_hold:
                 self._check_cost(neighbour, link, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -14,7 +15,7 @@ from coremesh.routing.overlay import OVERLAY_PREFIX, OverlayType, overlay_packet
 from coremesh.routing.records import OriginRecord
 from coremesh.routing.table import Route, RoutingConfig, RoutingTable
 
-from .routing_net import WALL, VNet, identity
+from .routing_net import MS_COSTS, WALL, VNet, identity
 
 
 def line() -> VNet:
@@ -133,6 +134,8 @@ def test_no_loops_after_random_failures(seed: int) -> None:
                 for r in net.tables[a].routes(net.pid(b)):
                     assert net.pid(a) not in r.path
                     assert len(set(r.path)) == len(r.path)
+        for table in net.tables.values():
+            _check_references(table)
 
 
 def test_drops_are_repaired_by_acks_and_retransmission() -> None:
@@ -516,6 +519,7 @@ def test_record_seqno_grows_from_the_wall_clock() -> None:
         {"min_rto": 5.0, "max_rto": 1.0},
         {"update_rate": float("nan")},
         {"ack_delay": 0.5},
+        {"record_ttl": 0},
     ],
 )
 def test_config_is_validated(kw: dict[str, float]) -> None:
@@ -583,7 +587,24 @@ def test_arbitrary_updates_from_a_neighbour_never_break_the_table(data: st.DataO
             assert len(set(r.path)) == len(r.path)
             assert r.next_hop == r.path[0] and r.destination == r.path[-1]
             assert r.next_hop in a.neighbours()
+    _check_references(a)
+    a.link_down(net.pid("B"), net.now)
+    _check_references(a)
     net.run(30.0)  # timers and retransmissions on what is left
+
+
+def _check_references(t: RoutingTable) -> None:
+    """The record store's reference counts and its list of unreferenced records agree with the
+    adverts, links and waiting adverts the table holds."""
+    refs: dict[PeerId, int] = {}
+    for link in t._links.values():
+        for advert in link.adverts.values():
+            for hop in advert.path or ():
+                refs[hop] = refs.get(hop, 0) + 1
+    assert t._refs == refs
+    assert set(t._waiting) <= set(refs)  # an advert waits only while it is stored
+    unref = {o for o in t._records if o not in refs and o not in t._links and o not in t._waiting}
+    assert set(t._unref) == unref
 
 
 def test_default_link_costs_follow_rfc_9616() -> None:
@@ -602,3 +623,190 @@ def test_default_link_costs_follow_rfc_9616() -> None:
     assert 2 * cost(0.009, 0.0) < 3 * cost(0.0001, 0.0)
     with pytest.raises(ValueError):
         RoutingConfig(rtt_min=0.2, rtt_max=0.1)
+
+
+# -- the record store: eviction, usefulness, garbage collection ------------------------------------
+
+
+class _Solo:
+    """One table fed by hand-made updates from neighbours (each with its own message numbers)."""
+
+    def __init__(self, **kw: float) -> None:
+        self.me = identity("solo")
+        self.table = RoutingTable(
+            self.me.peer_id, self.me.sign, RoutingConfig(**kw), rng=random.Random(1), now=0.0
+        )
+        self.msg_no: dict[str, int] = {}
+
+    def up(self, name: str, now: float = 0.0) -> PeerId:
+        peer = identity(name).peer_id
+        self.table.link_up(peer, now)
+        return peer
+
+    def send(
+        self,
+        name: str,
+        now: float,
+        records: list[OriginRecord] = (),  # type: ignore[assignment]
+        routes: list[tuple[list[str], int]] = (),  # type: ignore[assignment]
+        withdrawals: list[str] = (),  # type: ignore[assignment]
+    ) -> None:
+        no = self.msg_no[name] = self.msg_no.get(name, 0) + 1
+        update = RouteUpdate(
+            epoch=7,
+            msg_no=no,
+            records=tuple(records),
+            routes=tuple(RouteEntry(tuple(identity(h).peer_id for h in hops), m) for hops, m in routes),
+            withdrawals=tuple(identity(w).peer_id for w in withdrawals),
+        )
+        self.table.receive(identity(name).peer_id, encode_update(update), now)
+
+
+def _rec(name: str, seqno: int, *neighbours: str) -> OriginRecord:
+    me = identity(name)
+    return OriginRecord.create(me.peer_id, seqno, tuple(identity(n).peer_id for n in neighbours), me.sign)
+
+
+def _star(solo: _Solo, hub: str, leaves: list[str], now: float) -> None:
+    """``hub`` (a neighbour of solo) advertises a route to each leaf behind it."""
+    solo.send(hub, now, [_rec(hub, 1, "solo", *leaves)])
+    for leaf in leaves:
+        solo.send(hub, now, [_rec(leaf, 1, hub)], [([leaf], 100)])
+
+
+def test_a_full_record_store_evicts_the_oldest_unreferenced_record() -> None:
+    solo = _Solo(max_records=10)
+    t = solo.table
+    old_leaves = [f"old{i}" for i in range(9)]
+    solo.up("M")
+    _star(solo, "M", old_leaves, 1.0)
+    assert all(t.next_hop(identity(leaf).peer_id) is not None for leaf in old_leaves)
+    assert len(t._records) == 10  # full: M and its nine leaves
+    # While M's routes reference them, no record of the store can go: a new origin is refused.
+    solo.up("H", 2.0)
+    solo.send("H", 2.0, [_rec("H", 1, "solo")])
+    assert t.counters["drop_records_full"] == 1
+    assert t.record(identity("H").peer_id) is None
+    t.link_down(identity("M").peer_id, 3.0)  # M's leaves are referenced by nothing now
+    solo.send("H", 4.0, [_rec("H", 2, "solo", "N"), _rec("N", 1, "H")], [(["N"], 100)])
+    assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+    assert t.counters["drop_records_full"] == 1
+    assert t.counters["records_evicted"] == 2
+    # The oldest unreferenced went first (in the order they became so).
+    assert t.record(identity("old0").peer_id) is None and t.record(identity("old1").peer_id) is None
+    assert t.record(identity("old2").peer_id) is not None and t.record(identity("M").peer_id) is not None
+    # Referenced records are never evicted: H's and N's stay while others come and go.
+    for i in range(20):
+        solo.send(
+            "H",
+            5.0 + i,
+            [_rec("H", 3 + i, "solo", "N", f"new{i}"), _rec(f"new{i}", 1, "H")],
+            [([f"new{i}"], 100)],
+        )
+        solo.send("H", 5.5 + i, [], [])
+    assert len(t._records) <= 10
+    assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+    _check_references(t)
+
+
+def test_records_no_path_needs_are_not_kept() -> None:
+    solo = _Solo(max_records=10)
+    t = solo.table
+    solo.up("M")
+    # Records of throwaway keys, nine per message, no path naming them: none enters the store.
+    for i in range(0, 90, 9):
+        solo.send("M", 0.01 * i, [_rec(f"junk{j}", 1) for j in range(i, i + 9)])
+    assert len(t._records) == 0
+    assert t.counters["drop_unneeded_record"] == 90 - 32  # the last ones wait a little, unverified
+    assert t.counters["records_verified"] == 0
+    # Useful ones are kept: the neighbour's own, and those of a path in the same message.
+    solo.send("M", 1.0, [_rec("M", 1, "solo", "X"), _rec("X", 1, "M")], [(["X"], 100)])
+    assert t.next_hop(identity("X").peer_id) == identity("M").peer_id
+    assert len(t._records) == 2
+
+
+def test_records_before_their_path_in_an_earlier_message_still_attest_it() -> None:
+    solo = _Solo()
+    t = solo.table
+    solo.up("M")
+    solo.send("M", 0.0, [_rec("M", 1, "solo", "X"), _rec("X", 1, "M", "Y"), _rec("Y", 1, "X")])
+    assert t.record(identity("Y").peer_id) is None  # not needed yet
+    solo.send("M", 0.1, [], [(["X", "Y"], 100)])
+    assert t.next_hop(identity("Y").peer_id) == identity("M").peer_id
+    assert t.counters["records_unparked"] == 2
+    # A path whose records come in a later message waits for them.
+    solo.send("M", 0.2, [], [(["X", "Y", "Z"], 100)])
+    assert t.next_hop(identity("Z").peer_id) is None
+    solo.send("M", 0.3, [_rec("Y", 2, "X", "Z"), _rec("Z", 1, "Y")])
+    assert t.next_hop(identity("Z").peer_id) == identity("M").peer_id
+
+
+def test_records_unreferenced_for_record_ttl_are_dropped() -> None:
+    solo = _Solo(record_ttl=60.0)
+    t = solo.table
+    solo.up("M")
+    solo.send("M", 1.0, [_rec("M", 1, "solo", "X", "Y"), _rec("X", 1, "M"), _rec("Y", 1, "M")])
+    solo.send("M", 1.0, [], [(["X"], 100), (["Y"], 100)])
+    solo.send("M", 10.0, withdrawals=["X"])  # X's record is referenced by nothing from now on
+    t.handle_timer(69.0)
+    assert t.record(identity("X").peer_id) is not None
+    t.handle_timer(70.0)
+    assert t.record(identity("X").peer_id) is None
+    assert t.counters["records_expired"] == 1
+    # Those a route, a link or a waiting advert references stay, however old.
+    t.handle_timer(1000.0)
+    assert t.record(identity("Y").peer_id) is not None and t.record(identity("M").peer_id) is not None
+    assert t.next_hop(identity("Y").peer_id) == identity("M").peer_id
+
+
+def test_a_neighbour_resends_everything_when_a_path_needs_a_record_we_dropped() -> None:
+    net = VNet("ABDC", config=dataclasses.replace(MS_COSTS, record_ttl=5.0))
+    for a, b in ("AB", "BD", "DC"):
+        net.link(a, b)
+    net.settle()
+    assert net.path("A", "C") == ["B", "D", "C"]
+    net.cut("B", "D")
+    net.settle()
+    assert net.next_hop("A", "C") is None
+    net.run(10.0)  # C's record, unchanged (its links are), expires at A: B believes A holds it
+    net.link("B", "D")
+    net.settle()
+    a = net.tables["A"]
+    assert a.counters["records_expired"] >= 1 and a.counters["resyncs"] == 1
+    assert net.path("A", "C") == ["B", "D", "C"]
+    for table in net.tables.values():
+        _check_references(table)
+
+
+def test_a_neighbour_cannot_make_us_resend_our_table_in_a_loop() -> None:
+    solo = _Solo()
+    t = solo.table
+    solo.up("M")
+    solo.send("M", 0.0, [_rec(f"junk{i}", 1) for i in range(40)])  # eight fall out of the waiting room
+    epochs = []
+    for now in (1.0, 5.0, 11.0, 20.0, 31.0, 50.0, 71.0):
+        solo.send("M", now, [], [(["junk0"], 100)])  # "you hold junk0's record": we dropped it
+        epochs.append(t.counters["resyncs"])
+    assert epochs == [1, 1, 2, 2, 3, 3, 4]  # gaps of 10, 20, 40 s
+
+
+def test_adverts_that_waited_for_records_pin_nothing_once_gone() -> None:
+    solo = _Solo(max_records=10)
+    t = solo.table
+    solo.up("M")
+    # Paths M never attested (its record lists only us): they wait for newer records of their ends.
+    fakes = [f"fake{i}" for i in range(12)]
+    solo.send(
+        "M",
+        0.0,
+        [_rec("M", 1, "solo"), *(_rec(f, 1, "M") for f in fakes[:8])],
+        [([f], 100) for f in fakes[:8]],
+    )
+    solo.send("M", 0.1, [_rec(f, 1, "M") for f in fakes[8:]], [([f], 100) for f in fakes[8:]])
+    assert len(t._records) == 10 and t.counters["drop_records_full"] == 3
+    t.link_down(identity("M").peer_id, 1.0)
+    assert not t._waiting
+    solo.up("H", 2.0)
+    solo.send("H", 2.0, [_rec("H", 1, "solo", "N"), _rec("N", 1, "H")], [(["N"], 100)])
+    assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
+    _check_references(t)
