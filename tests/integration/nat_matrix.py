@@ -277,8 +277,10 @@ def parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> dict[Any, Any]:
 
 # How long a dialer watches a cell for the path it expects: a deadline, not a wait (the watch ends as
 # soon as the path is the expected one). On a loaded machine a birthday path can take the controlled
-# side well past 12 s to follow (seen: the listener direct, the dialer direct just after 12 s).
-SETTLE = 30.0
+# side well past 12 s to follow (seen: the listener direct, the dialer direct just after 12 s), and
+# a birthday attempt fails now and then (by design 0.03 % of attempts, more under load: seen once
+# in a lab run, cgn -> sym): the watch outlasts the retry 30 s later (BirthdayConfig.retry_initial).
+SETTLE = 50.0
 
 
 def run_matrix(

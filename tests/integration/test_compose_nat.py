@@ -44,13 +44,17 @@ def _mapped(status: Any) -> str | None:
     return turn[0]["mapped"] if turn and turn[0]["allocated"] else None
 
 
+# A process may end between the listing and the read (this very exec's helpers): skip it.
 PROC = """
 import pathlib
 for p in pathlib.Path('/proc').glob('[0-9]*'):
-    cmd = (p / 'cmdline').read_bytes().split(b'\\0')
-    if any(c.endswith(b'coremesh-node') for c in cmd[:2]) and b'coremesh_natlab.router' not in cmd:
-        f = dict(l.split(':', 1) for l in (p / 'status').read_text().splitlines())
-        print(f['Uid'].split()[0], f['CapEff'].strip())
+    try:
+        cmd = (p / 'cmdline').read_bytes().split(b'\\0')
+        if any(c.endswith(b'coremesh-node') for c in cmd[:2]) and b'coremesh_natlab.router' not in cmd:
+            f = dict(l.split(':', 1) for l in (p / 'status').read_text().splitlines())
+            print(f['Uid'].split()[0], f['CapEff'].strip())
+    except (FileNotFoundError, ProcessLookupError):
+        continue
 """
 
 
