@@ -585,22 +585,22 @@ async def _broadcast(request: web.Request) -> web.Response:
     return web.json_response({"bytes": len(data), "neighbours": neighbours})
 
 
-async def _join(request: web.Request) -> web.Response:
-    """Join a multicast group: the node delivers the group's messages (signed membership, flooded)."""
+async def _membership(request: web.Request, join: bool) -> web.Response:
     body = await _json_body(request)
     group = _group(body.get("group"))
     node = request.app[STATE].node
-    node.join(group)
+    (node.join if join else node.leave)(group)
     return web.json_response({"group": group, "groups": node.groups()})
+
+
+async def _join(request: web.Request) -> web.Response:
+    """Join a multicast group: the node delivers the group's messages (signed membership, flooded)."""
+    return await _membership(request, join=True)
 
 
 async def _leave(request: web.Request) -> web.Response:
     """Leave a multicast group (leaving a group the node is not in is not an error)."""
-    body = await _json_body(request)
-    group = _group(body.get("group"))
-    node = request.app[STATE].node
-    node.leave(group)
-    return web.json_response({"group": group, "groups": node.groups()})
+    return await _membership(request, join=False)
 
 
 async def _multicast(request: web.Request) -> web.Response:
