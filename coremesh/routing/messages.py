@@ -7,13 +7,20 @@ One message (the body after the overlay prefix and the type byte)::
     | id_count:2 | id:32 * id_count                          (the ids the entries below name)
     | route_count:2 | (metric:2 | hops:1 | id_index:2 * hops) * route_count
     | withdrawal_count:2 | id_index:2 * withdrawal_count
+    | elsewhere_count:2 | id_index:2 * elsewhere_count
+    | want_count:2 | id_index:2 * want_count
 
 ``epoch`` is the sender's random number for its current view of the link (new on every link up);
 ``msg_no`` numbers the sender's messages within an epoch from 1 (0: a pure ack, which carries
 nothing else and is not acknowledged); ``ack_epoch`` and the acks name the receiver's messages
 that arrived. A route entry's hops are the sender's path without the sender: next hop first,
 destination last (``metric`` < :data:`INFINITY`); a withdrawal names a destination the sender no
-longer reaches. The id table makes a path cost 2 bytes per hop once its ids are in the message.
+longer reaches; an "elsewhere" names a destination the sender reaches at a lower metric than the
+receiver's, so that it needs no path from the receiver (see :mod:`~coremesh.routing.table`): it
+says only that the sender's choice is known and does not go through the receiver. The id table
+makes a path cost 2 bytes per hop once its ids are in the message. A "want" asks for the
+receiver's latest record of an origin: records are pulled by the tables that miss them, not pushed
+along with every path (see :mod:`~coremesh.routing.table`).
 
 :func:`pack_update` splits records, routes and withdrawals into bodies that each fit a size
 budget. Every malformation raises :class:`~coremesh.errors.DecodeError`.
@@ -22,7 +29,7 @@ budget. Every malformation raises :class:`~coremesh.errors.DecodeError`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -31,14 +38,14 @@ from ..identity import PeerId
 from .overlay import OVERLAY_PREFIX
 from .records import OriginRecord, decode_record_from, record_size
 
-VERSION: Final = 1
+VERSION: Final = 2
 INFINITY: Final = 0xFFFF
 MAX_ACKS: Final = 255
 MAX_RECORDS: Final = 255
 MAX_HOPS: Final = 255
 _HEAD = struct.Struct("!BIIIB")
 HEADER_LEN: Final = _HEAD.size  # without the acks
-COUNTS_LEN: Final = 1 + 2 + 2 + 2  # record, id, route and withdrawal counts
+COUNTS_LEN: Final = 1 + 2 + 2 + 2 + 2 + 2  # record, id, route, withdrawal, elsewhere, want counts
 OVERLAY_OVERHEAD: Final = len(OVERLAY_PREFIX) + 1  # prefix and type byte before a body
 
 
@@ -69,6 +76,8 @@ class RouteUpdate:
     records: tuple[OriginRecord, ...] = ()
     routes: tuple[RouteEntry, ...] = ()
     withdrawals: tuple[PeerId, ...] = ()
+    elsewhere: tuple[PeerId, ...] = ()
+    wants: tuple[PeerId, ...] = ()
 
     def __post_init__(self) -> None:
         for n in (self.epoch, self.msg_no, self.ack_epoch, *self.acks):
@@ -76,7 +85,9 @@ class RouteUpdate:
                 raise ValueError("epochs, message and ack numbers fit in 32 bits")
         if len(self.acks) > MAX_ACKS or len(self.records) > MAX_RECORDS:
             raise ValueError("too many acks or records in one message")
-        if self.msg_no == 0 and (self.records or self.routes or self.withdrawals):
+        if self.msg_no == 0 and (
+            self.records or self.routes or self.withdrawals or self.elsewhere or self.wants
+        ):
             raise ValueError("a pure ack (msg_no 0) carries nothing else")
 
 
@@ -94,8 +105,11 @@ def encode_update(update: RouteUpdate) -> bytes:
         for e in update.routes
     )
     withdrawals = b"".join(struct.pack("!H", index(d)) for d in update.withdrawals)
-    if len(ids) > 0xFFFF or len(update.routes) > 0xFFFF or len(update.withdrawals) > 0xFFFF:
-        raise ValueError("too many ids, routes or withdrawals in one message")
+    elsewhere = b"".join(struct.pack("!H", index(d)) for d in update.elsewhere)
+    wants = b"".join(struct.pack("!H", index(d)) for d in update.wants)
+    counts = (len(ids), len(update.routes), len(update.withdrawals), len(update.elsewhere), len(wants))
+    if max(counts) > 0xFFFF:
+        raise ValueError("too many ids, routes, withdrawals or elsewhere entries in one message")
     return b"".join(
         (
             _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, len(update.acks)),
@@ -108,12 +122,24 @@ def encode_update(update: RouteUpdate) -> bytes:
             routes,
             struct.pack("!H", len(update.withdrawals)),
             withdrawals,
+            struct.pack("!H", len(update.elsewhere)),
+            elsewhere,
+            struct.pack("!H", len(update.wants)),
+            wants,
         )
     )
 
 
-def decode_update(body: bytes) -> RouteUpdate:
-    """Decode a ROUTE_UPDATE body (after the type byte); DecodeError on anything malformed."""
+def decode_update(
+    body: bytes,
+    peer_of: Callable[[bytes], PeerId] = PeerId,
+    held: Callable[[bytes], OriginRecord | None] | None = None,
+) -> RouteUpdate:
+    """Decode a ROUTE_UPDATE body (after the type byte); DecodeError on anything malformed.
+
+    ``peer_of`` makes the PeerId of each 32-byte id (a table passes its interning function, so
+    that paths share one object per id); ``held`` the records it holds (see
+    :func:`~coremesh.routing.records.decode_record_from`)."""
     if len(body) < HEADER_LEN:
         raise DecodeError("truncated route update")
     version, epoch, msg_no, ack_epoch, ack_count = _HEAD.unpack_from(body, 0)
@@ -126,7 +152,7 @@ def decode_update(body: bytes) -> RouteUpdate:
     pos += 1
     records = []
     for _ in range(record_count):
-        record, pos = decode_record_from(body, pos)
+        record, pos = decode_record_from(body, pos, held)
         records.append(record)
     id_count = _take(body, pos, "!H")[0]
     pos += 2
@@ -136,7 +162,7 @@ def decode_update(body: bytes) -> RouteUpdate:
     pos += 32 * id_count
     if len(set(keys)) != len(keys):
         raise DecodeError("repeated id in a route update's id table")
-    peers = [PeerId(k) for k in keys]
+    peers = [peer_of(k) for k in keys]
     used = [False] * id_count
     route_count = _take(body, pos, "!H")[0]
     pos += 2
@@ -153,13 +179,23 @@ def decode_update(body: bytes) -> RouteUpdate:
     pos += 2
     withdrawals = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{withdrawal_count}H"))
     pos += 2 * withdrawal_count
+    elsewhere_count = _take(body, pos, "!H")[0]
+    pos += 2
+    elsewhere = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{elsewhere_count}H"))
+    pos += 2 * elsewhere_count
+    want_count = _take(body, pos, "!H")[0]
+    pos += 2
+    wants = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{want_count}H"))
+    pos += 2 * want_count
     if pos != len(body):
         raise DecodeError("trailing bytes after a route update")
     if not all(used):
         raise DecodeError("unused id in a route update's id table")
-    if msg_no == 0 and (records or routes or withdrawals):
+    if msg_no == 0 and (records or routes or withdrawals or elsewhere or wants):
         raise DecodeError("a pure ack (message number 0) carries routes or records")
-    return RouteUpdate(epoch, msg_no, ack_epoch, acks, tuple(records), tuple(routes), withdrawals)
+    return RouteUpdate(
+        epoch, msg_no, ack_epoch, acks, tuple(records), tuple(routes), withdrawals, elsewhere, wants
+    )
 
 
 def _take(body: bytes, pos: int, fmt: str) -> tuple[int, ...]:
@@ -183,11 +219,31 @@ class UpdateParts:
     records: list[OriginRecord] = field(default_factory=list)
     routes: list[RouteEntry] = field(default_factory=list)
     withdrawals: list[PeerId] = field(default_factory=list)
+    elsewhere: list[PeerId] = field(default_factory=list)
+    wants: list[PeerId] = field(default_factory=list)
     size: int = HEADER_LEN + COUNTS_LEN  # the encoded size without acks
     ids: set[PeerId] = field(default_factory=set)
 
+    def __bool__(self) -> bool:
+        return bool(self.records or self.routes or self.withdrawals or self.elsewhere or self.wants)
 
-Item = OriginRecord | RouteEntry | PeerId  # a PeerId alone is a withdrawal
+
+@dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """An item for :func:`pack_update`: the sender reaches ``destination`` at a lower metric than
+    the receiver does."""
+
+    destination: PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """An item for :func:`pack_update`: the sender asks for the receiver's record of ``origin``."""
+
+    origin: PeerId
+
+
+Item = OriginRecord | RouteEntry | Elsewhere | Want | PeerId  # a PeerId alone is a withdrawal
 
 
 def item_size(item: Item, ids: set[PeerId]) -> int:
@@ -195,6 +251,10 @@ def item_size(item: Item, ids: set[PeerId]) -> int:
         return item.size()
     if isinstance(item, RouteEntry):
         return 3 + 2 * len(item.hops) + 32 * len(set(item.hops) - ids)
+    if isinstance(item, Elsewhere):
+        return 2 + (0 if item.destination in ids else 32)
+    if isinstance(item, Want):
+        return 2 + (0 if item.origin in ids else 32)
     return 2 + (0 if item in ids else 32)
 
 
@@ -212,7 +272,7 @@ def pack_update(items: Sequence[Item], budget: int) -> list[UpdateParts]:
     for item in items:
         size = item_size(item, cur.ids)
         if cur.size + size > budget or (isinstance(item, OriginRecord) and len(cur.records) == MAX_RECORDS):
-            if cur.records or cur.routes or cur.withdrawals:
+            if cur:
                 out.append(cur)
             cur = UpdateParts()
             size = item_size(item, cur.ids)
@@ -224,9 +284,15 @@ def pack_update(items: Sequence[Item], budget: int) -> list[UpdateParts]:
         elif isinstance(item, RouteEntry):
             cur.routes.append(item)
             cur.ids.update(item.hops)
+        elif isinstance(item, Elsewhere):
+            cur.elsewhere.append(item.destination)
+            cur.ids.add(item.destination)
+        elif isinstance(item, Want):
+            cur.wants.append(item.origin)
+            cur.ids.add(item.origin)
         else:
             cur.withdrawals.append(item)
             cur.ids.add(item)
-    if cur.records or cur.routes or cur.withdrawals:
+    if cur:
         out.append(cur)
     return out

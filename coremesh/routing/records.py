@@ -95,8 +95,14 @@ class OriginRecord:
         return record
 
 
-def decode_record_from(data: bytes, pos: int) -> tuple[OriginRecord, int]:
-    """Decode one record starting at ``pos``; returns it and the position after it."""
+def decode_record_from(
+    data: bytes, pos: int, held: Callable[[bytes], OriginRecord | None] | None = None
+) -> tuple[OriginRecord, int]:
+    """Decode one record starting at ``pos``; returns it and the position after it.
+
+    ``held(origin key)`` gives the record the caller already holds for an origin: when the bytes
+    carry that very version (the same bytes) it is returned as is, without building the neighbour
+    list's ids again (most records a table receives are copies it holds)."""
     if len(data) < pos + _HEAD.size:
         raise DecodeError("truncated origin record")
     origin, seqno, count = _HEAD.unpack_from(data, pos)
@@ -106,6 +112,16 @@ def decode_record_from(data: bytes, pos: int) -> tuple[OriginRecord, int]:
     end = pos + 32 * count + SIGNATURE_LEN
     if len(data) < end:
         raise DecodeError("truncated origin record")
+    if held is not None:
+        known = held(origin)
+        if (
+            known is not None
+            and known.seqno == seqno
+            and len(known.neighbours) == count
+            and known.signature == data[end - SIGNATURE_LEN : end]
+            and b"".join([n.key for n in known.neighbours]) == data[pos : end - SIGNATURE_LEN]
+        ):
+            return known, end
     keys = [bytes(data[pos + 32 * i : pos + 32 * (i + 1)]) for i in range(count)]
     for a, b in itertools.pairwise(keys):
         if not a < b:

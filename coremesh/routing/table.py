@@ -21,11 +21,15 @@ the whole path ``[neighbour, ..., destination]`` instead, so
   and counted (``drop_*`` counters). A peer can still lie about a metric or drop traffic: that is
   what measured link costs, backups and ``set_router`` are for.
 
-Records are verified once per (origin, seqno), kept (latest per origin, at most ``max_records``)
-and ride along in update messages: with a path we send a neighbour goes the latest record of each
-node on it whose version the neighbour holds (one we sent it, or one it sent us) does not list
-that node's links on the path; our own record goes to a neighbour when its link comes up. Records
-are not flooded: a version a node holds keeps attesting the links still on it. To the neighbour
+Records are verified once per (origin, seqno) and kept (latest per origin, at most
+``max_records``). They are pulled, not pushed with the paths: a table that gets a path whose
+records it misses (or holds in a version that does not list a link of it) asks the neighbour that
+sent it ("wants" in the update message), which holds them (an honest table advertises only what
+its records attest), and looks at the path again when they come. One request per record is out at
+a time, to whichever neighbour named it first, so a record crosses into each table about once,
+not once per neighbour (pushing them with every path made records most of the routing traffic).
+Our own record goes to every neighbour when it changes and when a link comes up. Records are not
+flooded: a version a node holds keeps attesting the links still on it. To the neighbour
 that is our next hop for a destination we send only "you are my next hop" (what
 :meth:`RoutingTable.children` needs), not the path beyond it. An advert is checked when it
 arrives; one whose records are missing or older than needed waits and is checked again when a newer
@@ -42,9 +46,7 @@ for the paths that may follow them in the next messages, then are dropped. A rec
 while a link goes to its origin, a stored advert's path names it or an advert waits for it (counts
 kept where adverts and links come and go); when the store is full the oldest unreferenced record
 makes room, and one unreferenced for ``record_ttl`` goes (swept when updates arrive and on the
-timer, oldest first). A neighbour that sent us a record we dropped believes we still hold it: when
-a path it sends needs one, we start a new epoch with it (rarely: ``resyncs``), and it tells us
-everything again, with the records of every path.
+timer, oldest first). A record we dropped that a path needs again is asked for again.
 
 Metrics, hysteresis, selection
 ------------------------------
@@ -61,7 +63,15 @@ best route via each other neighbour (up to ``max_backups``).
 Propagation and repair
 ----------------------
 Updates are triggered (batched, at most one batch per neighbour per ``min_update_interval``), a
-full table goes to a neighbour whose link comes up, and there are no periodic dumps. Overlay
+full table goes to a neighbour whose link comes up, and there are no periodic dumps. A neighbour
+that told us a valid route to a destination at a lower metric than ours, not through us, gets no
+path from us for it, only "elsewhere": it would never choose our route over its own (ours costs
+more before even the link to us), so neither the path nor the records attesting it would be of use
+to it, and "elsewhere" still tells us that its choice is known and does not go through us (what
+:meth:`RoutingTable.children` and :meth:`RoutingTable.knows_route_of` need for broadcast trees).
+When its route gets worse than ours or goes, its update makes us look again and it gets our path
+(one round trip later than a backup it held would be used). This halves the paths a table sends:
+of two neighbours, at most one needs the other's path to a destination. Overlay
 packets are unreliable, so the table makes updates reliable itself: each message carries a
 per-neighbour message number within the sender's link epoch; the neighbour acks; unacked messages
 are retransmitted with a doubling RTO; if the queue of unacked messages overflows, or the neighbour
@@ -91,10 +101,12 @@ from .messages import (
     INFINITY,
     MAX_ACKS,
     OVERLAY_OVERHEAD,
+    Elsewhere,
     Item,
     RouteEntry,
     RouteUpdate,
     UpdateParts,
+    Want,
     decode_update,
     encode_update,
     max_item_size,
@@ -113,10 +125,9 @@ _PARKED = 32
 # A neighbour is asked for everything again (a new epoch) when a path it sends needs a record we
 # dropped (it believes we hold it and would never send it again otherwise): at most once per gap,
 # which doubles each time up to the maximum (a neighbour cannot make us send our table in a loop).
-_RESYNC_GAP = 10.0
-_MAX_RESYNC_GAP = 600.0
 _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
+_ELSEWHERE: Final = "elsewhere"  # in _Link.sent: told that we route elsewhere, with no path
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +222,7 @@ class _Advert:
     metric: int
     path: tuple[PeerId, ...] | None  # neighbour ... destination; None: withdrawn or refused
     valid: bool = False  # attested by the records we hold (checked on arrival and when they change)
+    elsewhere: bool = False  # no path: it reaches the destination better than we do, not via us
 
 
 @dataclass(slots=True)
@@ -241,13 +253,14 @@ class _Link:
         "pending_records",
         "raw_cost",
         "records_sent",
-        "resync_at",
-        "resync_gap",
         "retired",
+        "rtx_at",
         "sent",
+        "serve",
         "srtt",
         "unacked",
         "up_at",
+        "wants",
     )
 
     def __init__(self, epoch: int, config: RoutingConfig, now: float) -> None:
@@ -257,6 +270,9 @@ class _Link:
         self.peer_epoch: int | None = None
         self.retired: collections.deque[int] = collections.deque(maxlen=_RETIRED_EPOCHS)
         self.unacked: dict[int, _Sent] = {}
+        # No unacked message is due before this (acks only make it early: a wakeup at a stale
+        # value rescans and moves it), so timers and sends never scan the queue when nothing is due.
+        self.rtx_at = math.inf
         self.pending_acks: list[int] = []
         self.ack_at = math.inf
         self.pending: dict[PeerId, None] = {}  # destinations whose advert to it may have changed
@@ -267,10 +283,11 @@ class _Link:
         self.records_sent: dict[PeerId, OriginRecord] = {}
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
+        # Records it may pull from us: a neighbour asking again and again gets no more than this.
+        self.serve = TokenBucket(4 * config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
         self.parked: dict[PeerId, OriginRecord] = {}  # records not needed yet, oldest first
-        self.resync_at = -math.inf  # when it may be asked for everything again
-        self.resync_gap = _RESYNC_GAP
+        self.wants: dict[PeerId, None] = {}  # origins whose records we ask it for
         self.cost = config.default_link_cost
         self.raw_cost: int | None = None
         self.srtt: float | None = None
@@ -312,7 +329,8 @@ class RoutingTable:
     ``drop_records_full`` (the store is full of records still referenced:
     by a link, a stored advert's path or a waiting advert; otherwise the oldest unreferenced record
     is evicted, ``records_evicted``; one unreferenced for ``record_ttl`` goes, ``records_expired``;
-    ``resyncs``: a neighbour asked for everything again for a record we dropped),
+    ``records_asked`` / ``record_wants_received``: records pulled from / by neighbours,
+    ``drop_wants_rate_limited`` past ``4 * update_rate`` a second),
     ``drop_unattested``, ``drop_path_loop``, ``drop_path_too_long``, ``drop_too_many_adverts``.
     """
 
@@ -351,10 +369,8 @@ class RoutingTable:
         # The stored records nothing references, oldest first, with when they became so: the
         # first one is evicted when the store is full.
         self._unref: dict[PeerId, float] = {}
-        # Origins whose record we dropped (evicted, expired, or parked and dropped) although a
-        # neighbour may believe we hold it: a path naming one that then misses its record makes us
-        # ask that neighbour for everything again.
-        self._forgotten: dict[PeerId, None] = {}
+        # Origins whose records we asked a neighbour for -> when we may ask again (oldest first).
+        self._asked: dict[PeerId, float] = {}
         # destination -> the neighbours holding an advert for it, so that choosing a destination's
         # route looks at its advertisers only (a hub with many neighbours would otherwise pay
         # O(neighbours) per destination).
@@ -463,7 +479,8 @@ class RoutingTable:
         before = set(self._own.neighbours) if self._own is not None else set()
         self._own = OriginRecord.create(self.peer_id, seqno, listed, self._sign)
         self._own_listed = frozenset(map(self._intern, listed))
-        # Neighbours get it with the paths that need it (a new neighbour at link_up).
+        for link in self._links.values():  # every neighbour will need it
+            link.mark_record(self.peer_id, now)
         self._advertise_via(before.symmetric_difference(listed), now)
 
     # -- receiving -----------------------------------------------------------------------------
@@ -480,7 +497,7 @@ class RoutingTable:
             self.counters["drop_rate_limited"] += 1
             return
         try:
-            update = decode_update(body)
+            update = decode_update(body, self._intern_key, self._held_record)
         except DecodeError:
             self.counters["drop_malformed"] += 1
             return
@@ -501,12 +518,14 @@ class RoutingTable:
         if update.ack_epoch == link.epoch:
             for no in update.acks:
                 link.unacked.pop(no, None)
+            if not link.unacked:
+                link.rtx_at = math.inf
         if update.msg_no == 0:
             return
         link.pending_acks.append(update.msg_no)
         link.ack_at = min(link.ack_at, now + self.config.ack_delay)
         intern = self._intern
-        paths = [(neighbour, *map(intern, entry.hops)) for entry in update.routes]
+        paths = [(neighbour, *entry.hops) for entry in update.routes]  # hops interned by the decoder
         # The nodes the message's paths name: their records are useful, and referenced while the
         # message is applied (a full store must not evict one for the next before its path is in).
         held: tuple[PeerId, ...] = ()
@@ -528,8 +547,18 @@ class RoutingTable:
                 and latest.seqno == record.seqno
             ):
                 link.records_sent[latest.origin] = latest
+        for origin in update.wants:  # it misses records: send ours, whatever we sent before
+            self.counters["record_wants_received"] += 1
+            if not link.serve.consume(1, now):
+                self.counters["drop_wants_rate_limited"] += 1
+            elif origin == self.peer_id or origin in self._records:
+                link.records_sent.pop(origin, None)
+                link.mark_record(origin, now)
         for destination in update.withdrawals:
             advert = _Advert(update.msg_no, INFINITY, None)
+            self._receive_advert(neighbour, link, intern(destination), advert, now)
+        for destination in update.elsewhere:
+            advert = _Advert(update.msg_no, INFINITY, None, elsewhere=True)
             self._receive_advert(neighbour, link, intern(destination), advert, now)
         for entry, path in zip(update.routes, paths, strict=True):
             if link.parked:
@@ -562,7 +591,6 @@ class RoutingTable:
         if len(parked) >= _PARKED:
             dropped = next(iter(parked))
             del parked[dropped]
-            self._forget(dropped)
             self.counters["drop_unneeded_record"] += 1
         parked[record.origin] = record
         self.counters["records_parked"] += 1
@@ -575,6 +603,14 @@ class RoutingTable:
         if len(self._ids) < 4 * self.config.max_records:
             self._ids[peer.key] = peer
         return peer
+
+    def _held_record(self, key: bytes) -> OriginRecord | None:
+        peer = self._ids.get(key)
+        return None if peer is None else self._records.get(peer)
+
+    def _intern_key(self, key: bytes) -> PeerId:
+        known = self._ids.get(key)
+        return known if known is not None else self._intern(PeerId(key))
 
     def _accept_record(self, record: OriginRecord, now: float) -> None:
         origin = record.origin
@@ -607,9 +643,9 @@ class RoutingTable:
         origin = self._intern(origin)
         neighbours = tuple(map(self._intern, record.neighbours))
         self._records[origin] = OriginRecord(origin, record.seqno, neighbours, record.signature)
-        self._forgotten.pop(origin, None)
-        # Not flooded: a neighbour gets a record with the first path we send it through the origin
-        # (record_of in _items_for); a version it holds keeps attesting the links still on it.
+        self._asked.pop(origin, None)
+        # Not flooded: a neighbour that needs it asks; a version it holds keeps attesting the
+        # links still on it.
         if origin in self._links:
             # Routes via this neighbour may have become advertisable (its record now lists us).
             self._advertise_via({origin}, now)
@@ -663,15 +699,7 @@ class RoutingTable:
     def _evict(self, origin: PeerId, counter: str = "records_evicted") -> None:
         del self._unref[origin]
         del self._records[origin]
-        self._forget(origin)
         self.counters[counter] += 1
-
-    def _forget(self, origin: PeerId) -> None:
-        forgotten = self._forgotten
-        forgotten.pop(origin, None)
-        if len(forgotten) >= self.config.max_records:
-            del forgotten[next(iter(forgotten))]
-        forgotten[origin] = None
 
     def _expire(self, now: float) -> None:
         """Drop the records nothing referenced for ``record_ttl`` (oldest first: O(1) amortised)."""
@@ -682,18 +710,6 @@ class RoutingTable:
             if since > limit:
                 break
             self._evict(origin, "records_expired")
-
-    def _resync(self, neighbour: PeerId, link: _Link, now: float) -> None:
-        """Start a new epoch with ``neighbour``: it forgets what we told it and tells us all again,
-        with the records of every path (it believed we held records we dropped)."""
-        if now < link.resync_at:
-            return
-        link.resync_at = now + link.resync_gap
-        link.resync_gap = min(2 * link.resync_gap, _MAX_RESYNC_GAP)
-        link.epoch = self._rng.getrandbits(32) or 1
-        link.next_msg_no = 1
-        self._resend_all(link, now)
-        self.counters["resyncs"] += 1
 
     def _receive_advert(
         self, neighbour: PeerId, link: _Link, destination: PeerId, advert: _Advert, now: float
@@ -710,14 +726,11 @@ class RoutingTable:
             reason = self._path_fault(path)
             advert.valid = reason is None
             if reason in ("missing_record", "unattested"):
-                # Wait for the records (an honest neighbour sent them, maybe in a lost message).
-                self._wait_for_records(path, destination)
+                # Ask it for the records (an honest neighbour holds those that attest what it
+                # sends) and look again when they come.
+                self._wait_for_records(link, path, destination, now)
             if reason == "missing_record":
                 self.counters["adverts_waiting"] += 1
-                if self._forgotten and any(
-                    hop in self._forgotten and hop not in self._records for hop in path
-                ):
-                    self._resync(neighbour, link, now)
             elif reason in ("path_loop", "path_too_long", "unattested"):
                 self.counters[f"drop_{reason}"] += 1
                 if reason != "unattested":
@@ -728,6 +741,8 @@ class RoutingTable:
             self._unref_paths((old,), now)
         self._index(neighbour, destination, advert.valid and advert.path is not None)
         self._recompute(destination, now)
+        if destination in self._routes:
+            link.mark(destination, now)  # whether it needs our path depends on what it has
 
     def _path_fault(self, path: tuple[PeerId, ...]) -> str | None:
         """Why ``path`` (neighbour ... destination) is not a route now, or None if it is one."""
@@ -747,18 +762,42 @@ class RoutingTable:
                 return "unattested"
         return None
 
-    def _wait_for_records(self, path: tuple[PeerId, ...], destination: PeerId) -> None:
-        """Re-examine ``destination`` when a newer record of an end of a faulty link arrives."""
+    def _wait_for_records(
+        self, link: _Link, path: tuple[PeerId, ...], destination: PeerId, now: float
+    ) -> None:
+        """Re-examine ``destination`` when a newer record of an end of a faulty link arrives, and
+        ask the neighbour that sent the path for the records that would attest it."""
         records = self._records
         for x, y in itertools.pairwise(path):
             rx = records.get(x)
             ry = records.get(y)
-            if rx is not None and ry is not None and y in rx.neighbours and x in ry.neighbours:
+            x_ok = rx is not None and y in rx.neighbours
+            y_ok = ry is not None and x in ry.neighbours
+            if x_ok and y_ok:
                 continue
-            for origin in (x, y):
+            for origin, ok in ((x, x_ok), (y, y_ok)):
                 if len(self._waiting) < self.config.max_records or origin in self._waiting:
                     self._waiting.setdefault(origin, {})[destination] = None
                     self._unref.pop(origin, None)
+                if not ok:
+                    self._ask(link, origin, now)
+
+    def _ask(self, link: _Link, origin: PeerId, now: float) -> None:
+        """Ask ``link``'s neighbour for its record of ``origin``, unless a request for it is out
+        (to any neighbour) and not yet overdue: one copy of a record travels, not one per path."""
+        if origin == self.peer_id:
+            return
+        asked = self._asked
+        due = asked.get(origin)
+        if due is not None and due > now:
+            return
+        asked.pop(origin, None)
+        if len(asked) >= self.config.max_records:
+            del asked[next(iter(asked))]
+        asked[origin] = now + 2 * self._rto(link)
+        link.wants[origin] = None
+        link.pending_at = min(link.pending_at, now)
+        self.counters["records_asked"] += 1
 
     def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
         adverts, link.adverts = link.adverts, {}
@@ -794,6 +833,7 @@ class RoutingTable:
             for destination in sent.parts.withdrawals:  # it may still hold what these withdrew
                 link.sent[destination] = _UNKNOWN
         link.unacked.clear()
+        link.rtx_at = math.inf
         for destination in link.sent:
             link.sent[destination] = _UNKNOWN
             link.mark(destination, now)
@@ -876,14 +916,18 @@ class RoutingTable:
         self._refresh_own(now)
         out: list[tuple[PeerId, bytes]] = []
         for neighbour, link in self._links.items():
-            for msg_no, sent in link.unacked.items():
-                if sent.deadline <= now:
-                    sent.rto = min(sent.rto * 2, self.config.max_rto)
-                    sent.deadline = now + sent.rto
-                    self.counters["retransmissions"] += 1
-                    out.append((neighbour, self._emit(link, msg_no, sent.parts)))
+            if link.rtx_at <= now:
+                rtx_at = math.inf
+                for msg_no, sent in link.unacked.items():
+                    if sent.deadline <= now:
+                        sent.rto = min(sent.rto * 2, self.config.max_rto)
+                        sent.deadline = now + sent.rto
+                        self.counters["retransmissions"] += 1
+                        out.append((neighbour, self._emit(link, msg_no, sent.parts)))
+                    rtx_at = min(rtx_at, sent.deadline)
+                link.rtx_at = rtx_at
             allowed = now >= link.last_update + self.config.min_update_interval
-            if (link.pending or link.pending_records) and allowed:
+            if (link.pending or link.pending_records or link.wants) and allowed:
                 if len(link.unacked) >= self.config.max_unacked:
                     self._resend_all(link, now)
                 items = self._items_for(neighbour, link)
@@ -897,6 +941,7 @@ class RoutingTable:
                     link.next_msg_no = msg_no + 1
                     rto = self._rto(link)
                     link.unacked[msg_no] = _Sent(parts, now + rto, rto)
+                    link.rtx_at = min(link.rtx_at, now + rto)
                     out.append((neighbour, self._emit(link, msg_no, parts)))
                 if items:
                     link.last_update = now
@@ -926,6 +971,8 @@ class RoutingTable:
             records=tuple(parts.records) if parts else (),
             routes=tuple(parts.routes) if parts else (),
             withdrawals=tuple(parts.withdrawals) if parts else (),
+            elsewhere=tuple(parts.elsewhere) if parts else (),
+            wants=tuple(parts.wants) if parts else (),
         )
         self.counters["updates_sent"] += 1
         return overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(update))
@@ -933,21 +980,16 @@ class RoutingTable:
     def _items_for(self, neighbour: PeerId, link: _Link) -> list[Item]:
         items: list[Item] = []
 
-        def record_of(origin: PeerId, *needed: PeerId) -> None:
-            """Send ``origin``'s latest record unless the version sent already lists ``needed``."""
+        for origin in link.pending_records:  # ours, and those it asked for
             record = self._own if origin == self.peer_id else self._records.get(origin)
             if record is None or origin == neighbour:
-                return
-            sent = link.records_sent.get(origin)
-            if sent is not None and (
-                sent.seqno == record.seqno or (needed and all(n in sent.neighbours for n in needed))
-            ):
-                return
+                continue
+            held = link.records_sent.get(origin)
+            if held is not None and held.seqno == record.seqno:
+                continue
             link.records_sent[origin] = record
+            self.counters["records_sent"] += 1
             items.append(record)
-
-        for origin in link.pending_records:
-            record_of(origin)
         link.pending_records.clear()
         for destination in link.pending:
             routes = self._routes.get(destination)
@@ -958,6 +1000,17 @@ class RoutingTable:
                 want = _VIA_IT
             elif routes is not None and self._advertisable(routes[0]):
                 want = routes[0]
+                theirs = link.adverts.get(destination)
+                if (
+                    theirs is not None
+                    and theirs.valid
+                    and theirs.path is not None
+                    and theirs.metric < want.metric
+                ):
+                    # It has a better route than ours without us: it would never choose ours,
+                    # so it gets no path (nor the records for it); when its route gets worse
+                    # than ours or goes, it tells us and gets ours (see the module docstring).
+                    want = _ELSEWHERE
             sent = link.sent.get(destination)
             if sent is None and want is None:
                 continue
@@ -968,21 +1021,20 @@ class RoutingTable:
                 items.append(destination)
                 continue
             link.sent[destination] = want
+            if want is _ELSEWHERE:
+                self.counters["elsewhere_sent"] += 1
+                items.append(Elsewhere(destination))
+                continue
             if isinstance(want, str):
                 hops = (neighbour,) if destination == neighbour else (neighbour, destination)
                 items.append(RouteEntry(hops, 0))
                 continue
-            full = (self.peer_id, *want.path)
-            last = len(full) - 1
-            for i, hop in enumerate(full):  # the records that attest each link of the path
-                if i == 0:
-                    record_of(hop, full[1])
-                elif i == last:
-                    record_of(hop, full[i - 1])
-                else:
-                    record_of(hop, full[i - 1], full[i + 1])
+            self.counters["paths_sent"] += 1
             items.append(RouteEntry(want.path, want.metric))
         link.pending.clear()
+        for origin in link.wants:
+            items.append(Want(origin))
+        link.wants.clear()
         return items
 
     # -- timers --------------------------------------------------------------------------------
@@ -993,10 +1045,9 @@ class RoutingTable:
         interval = self.config.min_update_interval
         for link in self._links.values():
             t = min(t, link.ack_at)
-            if link.pending or link.pending_records:
+            if link.pending or link.pending_records or link.wants:
                 t = min(t, max(link.pending_at, link.last_update + interval))
-            for sent in link.unacked.values():
-                t = min(t, sent.deadline)
+            t = min(t, link.rtx_at)
             if link.moved_since is not None:
                 t = min(t, link.moved_since + self.config.cost_hold)
         return None if t == math.inf else t
@@ -1050,7 +1101,7 @@ class RoutingTable:
         if neighbour == origin:
             return True
         advert = link.adverts.get(origin)
-        return advert is not None and advert.path is not None
+        return advert is not None and (advert.path is not None or advert.elsewhere)
 
     def set_router(self, fn: Router | None) -> None:
         """``fn(destination, routes primary first)`` picks the next hop; None: the default choice."""

@@ -15,9 +15,11 @@ from coremesh.routing.messages import (
     COUNTS_LEN,
     HEADER_LEN,
     INFINITY,
+    Elsewhere,
     RouteEntry,
     RouteUpdate,
     UpdateParts,
+    Want,
     decode_update,
     encode_update,
     item_size,
@@ -51,6 +53,8 @@ def updates(draw: st.DrawFn) -> RouteUpdate:
         records=() if empty else tuple(draw(st.lists(st.sampled_from(RECORDS), max_size=3))),
         routes=() if empty else tuple(draw(st.lists(_entry, max_size=8))),
         withdrawals=() if empty else tuple(draw(st.lists(_peer, max_size=4))),
+        elsewhere=() if empty else tuple(draw(st.lists(_peer, max_size=4))),
+        wants=() if empty else tuple(draw(st.lists(_peer, max_size=4))),
     )
 
 
@@ -98,10 +102,11 @@ def test_malformed_messages_raise_decode_error() -> None:
     routes_one = b"\x00\x01" + a.key + b"\x00\x01"
 
     def body(ids: bytes, routes: bytes, withdrawals: bytes = b"\x00\x00") -> bytes:
-        return head + ids + routes + withdrawals
+        return head + ids + routes + withdrawals + b"\x00\x00" * 2  # no elsewhere entries, no wants
 
     cases = {
-        "version": b"\x02" + good[1:],
+        "version": b"\x01" + good[1:],
+        "want index out of range": good[:-2] + b"\x00\x01\x00\x07",
         "trailing": good + b"\x00",
         "truncated": good[:-1],
         "index out of range": body(routes_one, b"\x00\x01" + b"\x00\x05\x01\x00\x01"),
@@ -129,7 +134,13 @@ def test_a_pure_ack_carries_nothing_else() -> None:
 
 @given(
     st.lists(
-        st.one_of(st.sampled_from(RECORDS), _entry, _peer),
+        st.one_of(
+            st.sampled_from(RECORDS),
+            _entry,
+            _peer,
+            st.builds(Elsewhere, _peer),
+            st.builds(Want, _peer),
+        ),
         max_size=60,
     ),
     st.integers(300, 1200),
@@ -139,17 +150,26 @@ def test_pack_update_keeps_order_and_fits(items: list[object], budget: int) -> N
     parts = pack_update(items, budget)  # type: ignore[arg-type]
     flat: list[object] = []
     for p in parts:
-        assert p.records or p.routes or p.withdrawals
-        body = encode_update(
-            RouteUpdate(
-                1, 1, records=tuple(p.records), routes=tuple(p.routes), withdrawals=tuple(p.withdrawals)
-            )
+        assert p
+        update = RouteUpdate(
+            1,
+            1,
+            records=tuple(p.records),
+            routes=tuple(p.routes),
+            withdrawals=tuple(p.withdrawals),
+            elsewhere=tuple(p.elsewhere),
+            wants=tuple(p.wants),
         )
+        body = encode_update(update)
         assert len(body) == p.size <= budget
-        flat += [*p.records, *p.routes, *p.withdrawals]
+        assert decode_update(body) == update
+        flat += [*p.records, *p.routes, *p.withdrawals, *map(Elsewhere, p.elsewhere), *map(Want, p.wants)]
     assert sorted(map(repr, flat)) == sorted(map(repr, items))
     # Items go out in the order given: a record listed before a route is never sent after it.
-    remaining = [[*p.records, *p.routes, *p.withdrawals] for p in parts]
+    remaining = [
+        [*p.records, *p.routes, *p.withdrawals, *map(Elsewhere, p.elsewhere), *map(Want, p.wants)]
+        for p in parts
+    ]
     k = 0
     for item in items:
         while item not in remaining[k]:

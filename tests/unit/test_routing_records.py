@@ -107,3 +107,21 @@ def test_a_mutated_record_is_refused_or_fails_verification(data: st.DataObject) 
     except DecodeError:
         return
     assert not back.verify()
+
+
+def test_a_held_version_is_reused_only_for_the_very_same_bytes() -> None:
+    neighbours = [PeerId(bytes([i]) * 32) for i in (7, 8, 9)]
+    held = OriginRecord.create(ORIGIN.peer_id, 5, neighbours, ORIGIN.sign)
+    lookup = {ORIGIN.peer_id.key: held}.get
+    data = held.encode()
+    same, end = decode_record_from(data, 0, lookup)
+    assert same is held and end == len(data)
+    # Another list under the same seqno and signature is decoded, not taken for the held one.
+    other = OriginRecord(ORIGIN.peer_id, 5, (*neighbours[:2], PeerId(b"\x0a" * 32)), held.signature)
+    decoded, _ = decode_record_from(other.encode(), 0, lookup)
+    assert decoded is not held and decoded == other and not decoded.verify()
+    newer = OriginRecord.create(ORIGIN.peer_id, 6, neighbours, ORIGIN.sign)
+    assert decode_record_from(newer.encode(), 0, lookup)[0] == newer
+    # Malformed bytes still raise, held version or not.
+    with pytest.raises(DecodeError):
+        decode_record_from(data[:-1], 0, lookup)

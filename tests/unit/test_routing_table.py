@@ -462,6 +462,29 @@ def test_children_and_knows_route_of_report_the_neighbours_choices() -> None:
     assert net.tables["A"].routes(c) == []
 
 
+def test_a_neighbour_with_a_better_route_gets_no_path_until_it_needs_one() -> None:
+    # A-B 10, B-D 10, A-C 10, C-D 25: A reaches D at 20 via B; C at 25 directly. C's route via A
+    # could never be better for A than its own, so C tells A only "elsewhere": no path, no records.
+    net = VNet("ABCD")
+    for a, b, rtt in (("A", "B", 0.010), ("B", "D", 0.010), ("A", "C", 0.010), ("C", "D", 0.025)):
+        net.link(a, b, rtt)
+    net.settle()
+    a, c, d = net.tables["A"], net.pid("C"), net.pid("D")
+    assert [net.names[r.next_hop] for r in a.routes(d)] == ["B"]  # nothing via C
+    assert a.knows_route_of(c, d) and c not in a.children(d)  # C's choice is known: not via A
+    assert [net.names[r.next_hop] for r in net.tables["C"].routes(d)] == ["D", "A"]  # A's goes to C
+    # A loses its route: it withdraws, and C's answer is its path.
+    net.cut("A", "B")
+    net.settle()
+    assert net.walk("A", "D") == ["A", "C", "D"]
+    assert a.routes(d)[0].metric == 35
+    # B comes back: A's route is better than C's again, and C goes back to "elsewhere".
+    net.link("A", "B")
+    net.settle()
+    assert [net.names[r.next_hop] for r in a.routes(d)] == ["B"]
+    assert a.knows_route_of(c, d)
+
+
 def test_a_neighbour_that_restarts_its_view_gets_everything_again() -> None:
     net = line()
     # A drops and re-adds its link to B; B never notices (no link_down at B).
@@ -759,7 +782,7 @@ def test_records_unreferenced_for_record_ttl_are_dropped() -> None:
     assert t.next_hop(identity("Y").peer_id) == identity("M").peer_id
 
 
-def test_a_neighbour_resends_everything_when_a_path_needs_a_record_we_dropped() -> None:
+def test_a_path_that_needs_a_record_we_dropped_pulls_it_again() -> None:
     net = VNet("ABDC", config=dataclasses.replace(MS_COSTS, record_ttl=5.0))
     for a, b in ("AB", "BD", "DC"):
         net.link(a, b)
@@ -768,26 +791,47 @@ def test_a_neighbour_resends_everything_when_a_path_needs_a_record_we_dropped() 
     net.cut("B", "D")
     net.settle()
     assert net.next_hop("A", "C") is None
-    net.run(10.0)  # C's record, unchanged (its links are), expires at A: B believes A holds it
+    net.run(10.0)  # C's record, unchanged (its links are), expires at A; B still holds it
+    a = net.tables["A"]
+    asked = a.counters["records_asked"]
     net.link("B", "D")
     net.settle()
-    a = net.tables["A"]
-    assert a.counters["records_expired"] >= 1 and a.counters["resyncs"] == 1
+    assert a.counters["records_expired"] >= 1 and a.counters["records_asked"] > asked
     assert net.path("A", "C") == ["B", "D", "C"]
     for table in net.tables.values():
         _check_references(table)
 
 
-def test_a_neighbour_cannot_make_us_resend_our_table_in_a_loop() -> None:
+def test_records_are_pulled_once_not_pushed_with_every_path() -> None:
+    # A square: A hears D's path from B and from C; D's record crosses into A once.
+    net = VNet("ABCD")
+    for a, b in ("AB", "AC", "BD", "CD"):
+        net.link(a, b)
+    net.settle()
+    a = net.tables["A"]
+    assert {net.names[r.next_hop] for r in a.routes(net.pid("D"))} == {"B", "C"}
+    # Each corner misses only the opposite corner's record, and asks one neighbour for it.
+    assert [t.counters["records_asked"] for t in net.tables.values()] == [1, 1, 1, 1]
+    assert sum(t.counters["record_wants_received"] for t in net.tables.values()) == 4
+
+
+def test_a_neighbour_cannot_make_us_ask_or_serve_in_a_loop() -> None:
     solo = _Solo()
     t = solo.table
     solo.up("M")
-    solo.send("M", 0.0, [_rec(f"junk{i}", 1) for i in range(40)])  # eight fall out of the waiting room
-    epochs = []
-    for now in (1.0, 5.0, 11.0, 20.0, 31.0, 50.0, 71.0):
-        solo.send("M", now, [], [(["junk0"], 100)])  # "you hold junk0's record": we dropped it
-        epochs.append(t.counters["resyncs"])
-    assert epochs == [1, 1, 2, 2, 3, 3, 4]  # gaps of 10, 20, 40 s
+    asked = []
+    for now in (1.0, 1.5, 2.0, 2.9, 3.1, 4.0, 5.2):
+        solo.send("M", now, [], [(["junk0"], 100)])  # a path whose records (M's, junk0's) never come
+        t.messages_to_send(now)
+        asked.append(t.counters["records_asked"])
+    assert asked == [2, 2, 2, 2, 4, 4, 6]  # at most one request out per record (2 RTOs of 1 s)
+    # Wants beyond the serving budget are counted and dropped, whatever M asks.
+    for i in range(30):
+        no = solo.msg_no["M"] = solo.msg_no["M"] + 1
+        update = RouteUpdate(7, no, wants=(solo.me.peer_id,) * 100)
+        t.receive(identity("M").peer_id, encode_update(update), 6.0 + i * 0.001)
+    served = t.counters["record_wants_received"] - t.counters["drop_wants_rate_limited"]
+    assert t.counters["record_wants_received"] == 3000 and served <= 1000 + 4 * 100 * 0.03 + 1
 
 
 def test_adverts_that_waited_for_records_pin_nothing_once_gone() -> None:
