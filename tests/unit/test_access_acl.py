@@ -4,6 +4,7 @@ form (round trip, typed errors on bad input, restore against an edited configura
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -207,3 +208,36 @@ def test_saved_forms_round_trip(
     lists = AclLists(None if allow is None else frozenset(allow), frozenset(deny))
     base = AclLists(None if base_allow is None else frozenset(base_allow), frozenset(base_deny))
     assert decode_saved(encode_saved(lists, base)) == (lists, base)
+
+
+# -- the node's settings --------------------------------------------------------------------------------
+
+
+def test_node_flags_environment_and_config_file_give_the_lists(tmp_path: Path) -> None:
+    from coremesh_node.settings import resolve
+
+    flags = resolve(["--allow", A.to_text(), "--allow", B.to_text(), "--deny", C.to_text()])
+    assert flags.mesh.allowed_peer_ids == (A, B) and flags.mesh.denied_peer_ids == (C,)
+    env = resolve([], {"COREMESH_ALLOW": f"{A}, {B}", "COREMESH_DENY": str(C)})
+    assert env.mesh.allowed_peer_ids == (A, B) and env.mesh.denied_peer_ids == (C,)
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nallow_peers = ["{A}"]\ndeny_peers = ["{D}"]\n')
+    from_file = resolve(["--config", str(cfg), "--allow", B.to_text()])
+    assert from_file.mesh.allowed_peer_ids == (B,)  # a flag's list replaces the file's
+    assert from_file.mesh.denied_peer_ids == (D,)
+
+
+def test_a_bad_peer_id_names_the_flag_the_variable_or_the_file(tmp_path: Path) -> None:
+    from coremesh_node.settings import resolve
+
+    with pytest.raises(ConfigError, match="--allow: invalid peer id"):
+        resolve(["--allow", "nope"])
+    with pytest.raises(ConfigError, match="COREMESH_DENY"):
+        resolve([], {"COREMESH_DENY": "nope"})
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[node]\ndeny_peers = ["nope"]\n')
+    with pytest.raises(ConfigError, match="deny_peers"):
+        resolve(["--config", str(cfg)])
+    cfg.write_text('[node]\nallow_peers = "not a list"\n')
+    with pytest.raises(ConfigError, match="allow_peers: expected a list"):
+        resolve(["--config", str(cfg)])
