@@ -101,11 +101,12 @@ class PeerAccess:
         """Raise :class:`PeerNotAllowed` before dialing a peer the lists refuse (when the target
         names its id; an address alone is checked once the identity probe names it)."""
         peer_id = _peer_of(peer)
-        if peer_id is None:
-            return
+        if peer_id is None or self.acl.permits(peer_id):
+            return  # (the endpoint decides, and counts, when it dials)
         decision = self.acl.decide(peer_id)
-        if not decision.allowed:
-            raise PeerNotAllowed(peer_id, decision.reason)
+        if self._parts.endpoint is not None:
+            self._parts.endpoint.counters["acl_connects_refused"] += 1
+        raise PeerNotAllowed(peer_id, decision.reason)
 
     def _changed(self, changed: bool) -> int:
         if not changed:

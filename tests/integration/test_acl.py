@@ -57,6 +57,7 @@ def test_a_closed_mesh_refuses_then_admits_cuts_and_keeps_its_lists(nodes: Nodes
     assert cli_json(a.admin, "acl", "--json")["decisions"]["not_allowed"] >= 1
     # a itself does not dial a peer its lists refuse: a typed error, before any packet.
     assert_one_error_line(connect(a, c), "refused by the access list", "not on the allow-list")
+    assert metrics(a.admin)["coremesh_node_mesh_acl_connects_refused_total"] == 1
 
     allowed = cli(a.admin, "allow", c_id)
     assert allowed.returncode == 0 and allowed.stdout.startswith(f"allowed {c_id}"), allowed.stderr
