@@ -150,6 +150,10 @@ class MeshConfig:
     # Overlay neighbours quiet this long are pinged; a link silent 3.5 times as long is withdrawn
     # from routing (traffic moves to a backup route) until the neighbour is heard again.
     hello_interval: float = 1.0
+    # Access lists by PeerId (docs/access.md): a non-empty allow_peers closes the mesh to everyone
+    # else; deny_peers are refused whatever allow_peers says.
+    allow_peers: tuple[str, ...] = ()
+    deny_peers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -232,6 +236,9 @@ class MeshConfig:
         set_(self, "advertise_addresses", tuple(self.advertise_addresses))
         set_(self, "_advertise", tuple(advertised))
         set_(self, "_dht_config", self._build_dht_config())
+        for name in ("allow_peers", "deny_peers"):
+            set_(self, f"_{name}", _peer_ids(getattr(self, name), name))
+            set_(self, name, tuple(getattr(self, name)))
 
     def _build_dht_config(self) -> DhtConfig:
         from .dht.config import DhtConfig  # the DHT package imports this module
@@ -249,6 +256,14 @@ class MeshConfig:
     def dht_config(self) -> DhtConfig:
         """The DHT's settings: ``dht_k``, ``dht_alpha`` and ``dht_options`` (any DhtConfig field)."""
         return self._dht_config  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def allowed_peer_ids(self) -> tuple[PeerId, ...]:
+        return self._allow_peers  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def denied_peer_ids(self) -> tuple[PeerId, ...]:
+        return self._deny_peers  # type: ignore[attr-defined,no-any-return]
 
     @property
     def advertised(self) -> tuple[Address, ...]:
@@ -303,6 +318,18 @@ def _int(value: object, name: str, low: int, high: int) -> None:
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if not low <= value <= high:
         raise ConfigError(f"{name}: expected {low} to {high}, got {value}")
+
+
+def _peer_ids(value: object, name: str) -> tuple[PeerId, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{name}: expected a list of peer ids, got {value!r}")
+    out = []
+    for entry in value:
+        try:
+            out.append(PeerId.from_text(entry))
+        except InvalidPeerId as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return tuple(dict.fromkeys(out))
 
 
 MAX_STUN_SERVERS: Final = 16

@@ -16,6 +16,9 @@ Endpoints (documented with examples in docs/admin-api.md):
     POST /v1/join       {"group": "NAME"}; POST /v1/leave {"group": "NAME"}
     POST /v1/multicast  {"group": "NAME", "data": "text"}  to the group's members
     GET  /v1/groups     the groups this node is a member of
+    GET  /v1/acl        the allow-list and deny-list (docs/access.md); POST {"mode": "open"|"closed"}
+    POST /v1/allow      {"peer": "PEERID"} allow it (closes an open mesh); {"remove": true} takes it off
+    POST /v1/deny       {"peer": "PEERID"} refuse it, closing its connection; {"remove": true} takes it off
     GET  /metrics       Prometheus text: connections by path, packets, bytes, handshakes, drops, DHT
                         and traversal counters (node/metrics.py)
     GET  /healthz       the process answers
@@ -43,6 +46,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from coremesh.access.acl import AclFull, PeerNotAllowed
 from coremesh.addr import Address, format_address, parse_address
 from coremesh.config import parse_peer_address
 from coremesh.dht.records import record_json
@@ -222,6 +226,8 @@ def _group(value: Any) -> str:
 # The library's errors as API errors; the first matching class wins (subclasses first).
 _ERROR_MAP: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (InvalidPeerId, 400, "invalid_peer_id"),
+    (PeerNotAllowed, 403, "peer_not_allowed"),
+    (AclFull, 409, "acl_full"),
     (NetcheckError, 409, "netcheck_unavailable"),
     (InvalidAddress, 400, "invalid_address"),
     (PeerNotFound, 404, "peer_not_found"),
@@ -304,6 +310,10 @@ def create_admin_app(
     app.router.add_post("/v1/leave", _leave)
     app.router.add_post("/v1/multicast", _multicast)
     app.router.add_get("/v1/groups", _groups)
+    app.router.add_get("/v1/acl", _acl)
+    app.router.add_post("/v1/acl", _acl_mode)
+    app.router.add_post("/v1/allow", _allow)
+    app.router.add_post("/v1/deny", _deny)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -615,6 +625,68 @@ async def _multicast(request: web.Request) -> web.Response:
 async def _groups(request: web.Request) -> web.Response:
     """The multicast groups this node is a member of."""
     return web.json_response({"groups": request.app[STATE].node.groups()})
+
+
+# ------------------------------------------------------------------- access lists (docs/access.md)
+
+
+def _access(request: web.Request) -> Any:
+    access = getattr(request.app[STATE].node, "access", None)
+    if access is None:
+        raise ApiError(501, "not_supported", "this node has no access lists")
+    return access
+
+
+async def _acl(request: web.Request) -> web.Response:
+    """The allow-list and deny-list: mode (open or closed), allow, deny, where they are saved, and
+    the decisions taken so far by reason."""
+    return web.json_response(_access(request).view())
+
+
+async def _acl_mode(request: web.Request) -> web.Response:
+    """Open the mesh (drop the allow-list) or close it (only allowed peers); closes what it refuses."""
+    body = await _json_body(request)
+    mode = body.get("mode")
+    if mode not in ("open", "closed"):
+        raise ApiError(400, "bad_request", f'"mode": expected "open" or "closed", got {mode!r}')
+    access = _access(request)
+    closed = access.set_open(mode == "open")
+    return web.json_response({**access.view(), "connections_closed": closed})
+
+
+async def _list_change(request: web.Request, allow: bool) -> web.Response:
+    body = await _json_body(request)
+    peer = _peer_id(body.get("peer"))
+    remove = body.get("remove", False)
+    if not isinstance(remove, bool):
+        raise ApiError(400, "bad_request", f'"remove": expected true or false, got {remove!r}')
+    access = _access(request)
+    if remove:
+        closed = access.remove(peer, allowed=allow)
+    else:
+        closed = access.allow(peer) if allow else access.deny(peer)
+    log.info(
+        "acl.changed",
+        peer_id=peer.to_text(),
+        list="allow" if allow else "deny",
+        action="remove" if remove else "add",
+        connections_closed=closed,
+    )
+    return web.json_response(
+        {"peer_id": peer.to_text(), "removed": remove, **access.view(), "connections_closed": closed}
+    )
+
+
+async def _allow(request: web.Request) -> web.Response:
+    """Allow a peer: on the allow-list (an open mesh becomes closed: everyone else is refused and
+    their connections closed) and off the deny-list; ``"remove": true`` takes it off the allow-list."""
+    return await _list_change(request, allow=True)
+
+
+async def _deny(request: web.Request) -> web.Response:
+    """Deny a peer: on the deny-list, off the allow-list, its connection closed; ``"remove": true``
+    takes it off the deny-list."""
+    return await _list_change(request, allow=False)
 
 
 NETCHECK_TIMEOUT: Final = 90.0

@@ -58,6 +58,8 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "inbox_bytes": "COREMESH_INBOX_BYTES",
     "advertise_addresses": "COREMESH_ADVERTISE",
     "stun_servers": "COREMESH_STUN_SERVERS",
+    "allow_peers": "COREMESH_ALLOW",
+    "deny_peers": "COREMESH_DENY",
 }
 # Settings key -> its flag, where the flag is not --key-with-dashes.
 FLAG_NAMES: Final[Mapping[str, str]] = {
@@ -68,6 +70,8 @@ FLAG_NAMES: Final[Mapping[str, str]] = {
     "advertise_addresses": "--advertise",
     "stun_servers": "--stun-server",
     "mdns_interfaces": "--mdns-interface",
+    "allow_peers": "--allow",
+    "deny_peers": "--deny",
 }
 
 # Keys of the [node] table besides the MeshConfig fields.
@@ -103,7 +107,7 @@ examples:
 
 precedence: flags > environment > config file > defaults. Environment variables:
   {", ".join(ENV_VARS.values())}
-  (COREMESH_BOOTSTRAP and COREMESH_CONNECT are comma-separated lists).
+  (COREMESH_BOOTSTRAP, COREMESH_CONNECT, COREMESH_ALLOW and COREMESH_DENY are comma-separated lists).
 
 config file (TOML), all keys optional, in a [node] table:
   [node]
@@ -116,6 +120,8 @@ config file (TOML), all keys optional, in a [node] table:
   log_level = "info"
   heartbeat_interval = "5s"
   idle_timeout = "30s"
+  allow_peers = ["PEERID", "PEERID"]   # a closed mesh: only these peers (docs/access.md)
+  deny_peers = ["PEERID"]              # refused, whatever allow_peers says
   # ... and any other MeshConfig field (see docs/configuration.md)
 """
 
@@ -227,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         default=None,
         help="carry no routed packets for other peers (this node still uses routes through others)",
+    )
+    p.add_argument(
+        "--allow",
+        dest="allow_peers",
+        action="append",
+        metavar="PEERID",
+        help="allow this peer (repeatable): with an allow-list the mesh is closed, every other peer is "
+        "refused in the handshake, also through the overlay (docs/access.md); `coremesh allow` changes it "
+        "at run time, saved in the data dir",
+    )
+    p.add_argument(
+        "--deny",
+        dest="deny_peers",
+        action="append",
+        metavar="PEERID",
+        help="refuse this peer (repeatable), whatever the allow-list says; `coremesh deny` at run time",
     )
     p.add_argument(
         "--relay",

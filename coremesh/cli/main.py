@@ -15,6 +15,9 @@
     coremesh [--admin HOST:PORT] leave GROUP [--json]
     coremesh [--admin HOST:PORT] multicast GROUP TEXT [--base64] [--json]
     coremesh [--admin HOST:PORT] groups [--json]
+    coremesh [--admin HOST:PORT] allow PEERID [--remove] [--json]
+    coremesh [--admin HOST:PORT] deny PEERID [--remove] [--json]
+    coremesh [--admin HOST:PORT] acl [--open | --close] [--json]
 
 Only the standard library is used (``http.client``), so the command starts fast. Peer ids and addresses
 are checked locally before any request. Every failure is one line on stderr (``coremesh: error: ...``)
@@ -386,6 +389,33 @@ def _membership(verb: str) -> Callable[[JsonObject], str]:
     return human
 
 
+def format_acl(data: JsonObject) -> str:
+    """``mesh closed: 2 allowed, 1 denied``, then one ``allow ID`` / ``deny ID`` line per entry."""
+    allow = [str(p) for p in data.get("allow") or []]
+    deny = [str(p) for p in data.get("deny") or []]
+    if data.get("mode") == "closed":
+        head = f"mesh closed: only allowed peers may connect ({len(allow)} allowed, {len(deny)} denied)"
+    else:
+        head = f"mesh open: every peer may connect but the denied ({len(deny)} denied)"
+    lines = [head, *(f"allow  {p}" for p in allow), *(f"deny   {p}" for p in deny)]
+    closed = data.get("connections_closed")
+    if isinstance(closed, int) and closed:
+        lines.append(f"closed {closed} connection{'s' if closed != 1 else ''} of peers now refused")
+    if data.get("save_error"):
+        lines.append(f"warning: not saved: {data['save_error']}")
+    return "\n".join(lines)
+
+
+def _acl_change(verb: str) -> Callable[[JsonObject], str]:
+    def human(data: JsonObject) -> str:
+        done = f"{'removed' if data.get('removed') else verb} {data.get('peer_id')}"
+        if data.get("removed"):
+            done += f" from the {'allow' if verb == 'allowed' else 'deny'}-list"
+        return f"{done}\n{format_acl(data)}"
+
+    return human
+
+
 def format_lookup(data: JsonObject) -> str:
     lines = [
         f"peer_id      {data.get('peer_id')}",
@@ -581,6 +611,26 @@ def cmd_multicast(args: argparse.Namespace, client: AdminClient, out: Output) ->
 
 def cmd_groups(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     out.emit(client.request("GET", "/v1/groups"), format_groups)
+    return EXIT_OK
+
+
+def cmd_acl(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    if args.mode is None:
+        out.emit(client.request("GET", "/v1/acl"), format_acl)
+    else:
+        out.emit(client.request("POST", "/v1/acl", {"mode": args.mode}), format_acl)
+    return EXIT_OK
+
+
+def cmd_allow(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    body = {"peer": check_peer_id(args.peer).to_text(), "remove": args.remove}
+    out.emit(client.request("POST", "/v1/allow", body), _acl_change("allowed"))
+    return EXIT_OK
+
+
+def cmd_deny(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
+    body = {"peer": check_peer_id(args.peer).to_text(), "remove": args.remove}
+    out.emit(client.request("POST", "/v1/deny", body), _acl_change("denied"))
     return EXIT_OK
 
 
@@ -969,6 +1019,57 @@ def build_parser() -> argparse.ArgumentParser:
         "  coremesh groups\n  coremesh groups --json",
     )
     p.set_defaults(func=cmd_groups)
+
+    p = command(
+        "allow",
+        "allow a peer (an allow-list closes the mesh)",
+        "Put PEERID on the node's allow-list and off its deny-list (docs/access.md). With an allow-list "
+        "the mesh is closed: every peer not on it is refused in the handshake (also through the overlay) "
+        "and its connection, if any, is closed; allowing a peer on an open mesh closes it. Saved in the "
+        "node's data dir: a restart keeps it.\n--json prints the peer, the lists and connections_closed.",
+        "  coremesh allow PEERID\n  coremesh allow PEERID --remove",
+    )
+    p.add_argument("peer", metavar="PEERID", help="the peer's id")
+    p.add_argument("--remove", action="store_true", help="take PEERID off the allow-list instead")
+    p.set_defaults(func=cmd_allow)
+
+    p = command(
+        "deny",
+        "refuse a peer and close its connection",
+        "Put PEERID on the node's deny-list and off its allow-list: it is refused whatever the allow-list "
+        "says (deny wins), its open connection is closed now, and its handshakes are refused from then on. "
+        "Saved in the node's data dir.\n--json prints the peer, the lists and connections_closed.",
+        "  coremesh deny PEERID\n  coremesh deny PEERID --remove",
+    )
+    p.add_argument("peer", metavar="PEERID", help="the peer's id")
+    p.add_argument("--remove", action="store_true", help="take PEERID off the deny-list instead")
+    p.set_defaults(func=cmd_deny)
+
+    p = command(
+        "acl",
+        "show the allow-list and deny-list",
+        "Show whether the mesh is open or closed, and the allowed and denied peers.\n--json prints mode, "
+        "allow, deny, saved_to (the file in the data dir) and decisions (by reason: open, allow_listed, "
+        "denied, not_allowed).",
+        "  coremesh acl\n  coremesh acl --json | jq -r '.deny[]'\n  coremesh acl --open",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--open",
+        dest="mode",
+        action="store_const",
+        const="open",
+        default=None,
+        help="drop the allow-list: every peer but the denied may connect",
+    )
+    mode.add_argument(
+        "--close",
+        dest="mode",
+        action="store_const",
+        const="closed",
+        help="close the mesh: only allowed peers (none, with an empty allow-list) may connect",
+    )
+    p.set_defaults(func=cmd_acl)
     return parser
 
 
@@ -990,6 +1091,9 @@ _LACKS: Final = {
     "leave": "it has no multicast groups",
     "multicast": "it has no multicast groups",
     "groups": "it has no multicast groups",
+    "allow": "it has no access lists",
+    "deny": "it has no access lists",
+    "acl": "it has no access lists",
 }
 
 

@@ -33,6 +33,7 @@ import random
 from collections import Counter, OrderedDict, deque
 from typing import Final, cast
 
+from ..access.acl import AclLists, PeerAcl, PeerNotAllowed
 from ..addr import Address
 from ..config import MeshConfig
 from ..errors import (
@@ -77,8 +78,12 @@ class Endpoint:
         rng: random.Random,
         wall_offset: float = 0.0,
         traversal: TraversalConfig | None = None,
+        acl: PeerAcl | None = None,
     ) -> None:
         self.identity = identity
+        # Who may connect (docs/access.md); the node passes its own, which outlives a restart.
+        lists = AclLists.of(config.allowed_peer_ids, config.denied_peer_ids)
+        self.acl = acl if acl is not None else PeerAcl(lists)
         self.peer_id = identity.peer_id
         self.config = config
         self.rng = rng
@@ -410,6 +415,10 @@ class Endpoint:
         ``pinned`` connection stays on the path it is established on (no NAT traversal)."""
         if peer_id == self.peer_id:
             raise LocalProtocolError("a node cannot connect to itself")
+        decision = self.acl.decide(peer_id)
+        if not decision.allowed:
+            self.counters["acl_connects_refused"] += 1
+            raise PeerNotAllowed(peer_id, decision.reason)
         conn = self._peers.get(peer_id)
         if conn is not None and conn.state.public in (PeerState.CONNECTED, PeerState.CONNECTING):
             return conn.state.public
@@ -486,6 +495,21 @@ class Endpoint:
     def close_all(self, now: float, reason: str = "node stopping") -> None:
         for conn in list(self._peers.values()):
             self._touch(conn).close(now, reason)
+
+    def apply_acl(self, now: float) -> int:
+        """The access list changed: close every connection (pending ones too) of a peer it now
+        refuses. Returns how many were closed."""
+        refused = [
+            conn
+            for table in (self._peers, self._replacements)
+            for conn in table.values()
+            if not self.acl.permits(conn.peer_id)
+        ]
+        for conn in refused:
+            self._touch(conn).close(now, "refused by the access list")
+        self.counters["acl_connections_closed"] += len(refused)
+        self._links_changed = True
+        return len(refused)
 
     def set_local_candidates(self, candidates: list[Candidate], nat_type: str, now: float) -> None:
         """Our candidates (host, server-reflexive, relayed) and NAT type, as the shell learns them."""
@@ -582,6 +606,10 @@ class Endpoint:
         if isinstance(addr, RoutedAddress) and addr.peer != peer:
             # A routed initiation names its source: a peer cannot open a session as another's.
             self.counters["drop_routed_source_mismatch"] += 1
+            return
+        decision = self.acl.decide(peer)
+        if not decision.allowed:  # refused before any per-peer state, and before any response
+            self.counters[f"drop_acl_{decision.reason}"] += 1
             return
         last = self._timestamps.get(peer)
         if peer == self.peer_id or (last is not None and result.timestamp <= last):

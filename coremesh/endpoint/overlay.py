@@ -24,6 +24,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from ..access.acl import PeerAcl
 from ..errors import DecodeError
 from ..identity import PeerId, verify_signature
 from ..routing import overlay as ov
@@ -107,6 +108,7 @@ class Overlay:
             if conn.state is ConnState.CONNECTED
             and not isinstance(conn.address, RoutedAddress)
             and now - conn.last_received <= self.link_dead_after
+            and self.endpoint.acl.permits(peer)
         }
         if current == self.neighbours:
             return
@@ -276,6 +278,10 @@ class Overlay:
                 self._on_routed(neighbour, ov.decode_routed(plaintext), len(plaintext), now)
             elif kind == ov.OverlayType.ROUTE_UPDATE:
                 self.table.receive(neighbour, plaintext[9:], now)
+            elif kind in (ov.OverlayType.BROADCAST, ov.OverlayType.MULTICAST) and not acl_permits_origin(
+                ep.acl, plaintext
+            ):
+                ep.counters["drop_acl_flood"] += 1  # neither delivered nor passed on
             elif kind in (ov.OverlayType.BROADCAST, ov.OverlayType.MULTICAST, ov.OverlayType.MEMBERSHIP):
                 self.flood.receive(neighbour, kind, plaintext[9:], now)
             else:
@@ -285,6 +291,12 @@ class Overlay:
 
     def _on_routed(self, neighbour: PeerId, packet: ov.Routed, size: int, now: float) -> None:
         ep = self.endpoint
+        acl = ep.acl
+        if acl.restricts and not acl.permits(packet.source):
+            # A closed mesh is closed through the overlay too: nothing from a refused source is
+            # delivered or forwarded, nothing is forwarded to a refused destination.
+            ep.counters["drop_acl_routed" if packet.destination == ep.peer_id else "drop_acl_forward"] += 1
+            return
         if packet.destination == ep.peer_id and not packet.source_route:
             if packet.source == ep.peer_id:
                 ep.counters["drop_routed_from_self"] += 1
@@ -302,6 +314,9 @@ class Overlay:
             return
         if not self.forwarding:
             ep.counters["drop_not_forwarding"] += 1
+            return
+        if acl.restricts and not acl.permits(packet.destination):
+            ep.counters["drop_acl_forward"] += 1
             return
         route = packet.source_route
         if route and route[0] == ep.peer_id:
@@ -393,6 +408,13 @@ class Overlay:
     def set_router(self, fn: Callable[[PeerId, list[Route]], PeerId | None] | None) -> None:
         self.table.set_router(fn)
         self.touch()
+
+
+def acl_permits_origin(acl: PeerAcl, plaintext: bytes) -> bool:
+    """Whether a broadcast's or multicast's origin (its signed body starts version | origin:32)
+    may reach us through the overlay; a body too short for one is the flood core's to refuse."""
+    start = len(ov.OVERLAY_PREFIX) + 2
+    return not acl.restricts or len(plaintext) < start + 32 or acl.permits_key(plaintext[start : start + 32])
 
 
 def is_overlay(plaintext: bytes) -> bool:

@@ -169,11 +169,16 @@ class Dialer:
         # With a relay to fall back on (path="auto"), another identity at the address only means the
         # address is stale: the relays may still reach the peer, so the connect goes on.
         mismatch: list[PeerIdentityMismatch] = []
+        present: list[PeerId] = []  # the identity probe found the peer at the address
         check = (
             None
             if probed or path == "relay"
             else self._check_identity(
-                target.address, peer_id, fut, mismatch if path == "auto" and has_relay else None
+                target.address,
+                peer_id,
+                fut,
+                mismatch if path == "auto" and has_relay else None,
+                present=present,
             )
         )
         runtime.pump()
@@ -229,7 +234,14 @@ class Dialer:
                 fell_back = True  # relays are configured, but none could even be tried
                 notes.extend(why for why in (relays.turn_unusable(), relays.keyed_unusable()) if why)
             raise _timeout_error(
-                peer_id, target.address, timeout, path, relayed=relayed, fell_back=fell_back, notes=notes
+                peer_id,
+                target.address,
+                timeout,
+                path,
+                relayed=relayed,
+                fell_back=fell_back,
+                notes=notes,
+                present=bool(present),
             )
         finally:
             if check is not None:
@@ -247,6 +259,8 @@ class Dialer:
         peer_id: PeerId,
         fut: asyncio.Future[Connection],
         mismatch: list[PeerIdentityMismatch] | None = None,
+        *,
+        present: list[PeerId] | None = None,
     ) -> asyncio.Future[PeerId | None] | None:
         """Ask ``address`` who it is while the handshake runs; if the node there names another
         peer id, fail ``fut`` with :class:`PeerIdentityMismatch` at once, or, given a ``mismatch``
@@ -262,6 +276,8 @@ class Dialer:
         def answered(done: asyncio.Future[PeerId | None]) -> None:
             self._registry.stop_waiting_identity(nonce)
             found = None if done.cancelled() else done.result()
+            if found == peer_id and present is not None:
+                present.append(found)
             if found is not None and found != peer_id and not fut.done():
                 endpoint.counters["connect_identity_mismatch"] += 1
                 error = PeerIdentityMismatch(
@@ -499,6 +515,7 @@ def _timeout_error(
     relayed: bool,
     fell_back: bool,
     notes: list[str],
+    present: bool = False,
 ) -> ConnectionFailed:
     """The error for a connect nothing answered in time: what was tried, and why it failed."""
     where = f"cannot connect to {peer_id}"
@@ -513,6 +530,11 @@ def _timeout_error(
         return NatTraversalFailed(f"{where}: {direct}, and no relay could carry traffic: {'; '.join(notes)}")
     if relayed:
         return ConnectionFailed(f"{where}: {direct}, nor through the relay{why}")
+    if present:  # the node is there (its identity probe answered), but not its handshake
+        return ConnectionFailed(
+            f"{where}: {direct}, though {peer_id} answers there: it refuses this node (its access "
+            f"lists) or is at its connection limit{why}"
+        )
     return ConnectionFailed(f"{where}: {direct} (no mesh node answering there, or blocked on the way){why}")
 
 

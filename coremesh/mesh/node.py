@@ -26,6 +26,7 @@ from ..endpoint.states import PeerState
 from ..errors import LocalProtocolError
 from ..identity import Identity, PeerId, load_or_create_identity
 from ..traversal import TraversalConfig
+from .access import PeerAccess
 from .candidates import LocalCandidates
 from .connection import Connection, ConnectionEvent, PeerInfo, PingResult
 from .dialer import Dialer
@@ -75,6 +76,12 @@ class MeshNode:
         # Production randomness comes from the OS; tests may inject a seeded generator.
         self._rng = rng if rng is not None else random.SystemRandom()
         self._parts = NodeParts()
+        try:
+            # The access lists (docs/access.md): configured, or as last changed at run time.
+            self._access = PeerAccess(self._parts, self.config)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
         self._registry = ConnectionRegistry(self._parts)
         self._candidates = LocalCandidates(self._parts, self.config, self._rng)
         self._finder = PeerFinder(self._parts, self.config, identity.peer_id)
@@ -139,7 +146,12 @@ class MeshNode:
             retry_max=cfg.traversal_retry_max,
         )
         endpoint = Endpoint(
-            self._identity, cfg, rng=self._rng, wall_offset=time.time() - loop.time(), traversal=traversal
+            self._identity,
+            cfg,
+            rng=self._rng,
+            wall_offset=time.time() - loop.time(),
+            traversal=traversal,
+            acl=self._access.acl,
         )
         parts.endpoint = endpoint
         parts.runtime = runtime = UdpRuntime(endpoint, sock, self._registry.on_event)
@@ -255,8 +267,14 @@ class MeshNode:
         :class:`NatTraversalFailed` when the peer did not answer directly and no relay could carry
         the connection (the message says why, relay by relay), else :class:`ConnectionFailed`.
         """
+        self._access.check_connect(peer)  # PeerNotAllowed: the access lists refuse it
         hops = tuple(PeerId.from_text(h) if isinstance(h, str) else h for h in route)
         return await self._dialer.connect(peer, addr, timeout=timeout, path=path, route=hops)
+
+    @property
+    def access(self) -> PeerAccess:
+        """The allow-list and deny-list (docs/access.md): view and change them at run time."""
+        return self._access
 
     def get_connection(self, peer: PeerId) -> Connection | None:
         return self._registry.get(peer)
