@@ -150,6 +150,10 @@ class MeshConfig:
     # Overlay neighbours quiet this long are pinged; a link silent 3.5 times as long is withdrawn
     # from routing (traffic moves to a backup route) until the neighbour is heard again.
     hello_interval: float = 1.0
+    # Handshake floods (docs/access.md): initiations admitted per second before the node is under
+    # load and asks for cookies (0: always), and, under load, initiations per second per source host.
+    handshake_load_threshold: int = 256
+    handshake_rate_per_source: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,6 +185,12 @@ class MeshConfig:
             set_(self, name, tuple(entries))
             set_(self, f"_{name}", tuple(parsed))
         _int(self.max_connections, "max_connections", 1, 1_000_000)
+        _int(self.handshake_load_threshold, "handshake_load_threshold", 0, 1_000_000)
+        rate = self.handshake_rate_per_source
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1_000_000:
+            raise ConfigError(
+                f"handshake_rate_per_source: expected a number above 0, up to 1000000, got {rate!r}"
+            )
         for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery", "dht", "forwarding"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")

@@ -33,6 +33,7 @@ import random
 from collections import Counter, OrderedDict, deque
 from typing import Final, cast
 
+from ..access.handshake_guard import GuardConfig, HandshakeGuard
 from ..addr import Address
 from ..config import MeshConfig
 from ..errors import (
@@ -99,6 +100,16 @@ class Endpoint:
             max_datagram_size=self.stream_config.max_datagram_size - ROUTED_OVERHEAD,
         )
         self._responder = Responder(identity)
+        # Before any Diffie-Hellman: replays, cookies under load, per-source limits (docs/access.md).
+        self.guard = HandshakeGuard(
+            identity.x25519_public,
+            rng,
+            GuardConfig(
+                load_threshold=config.handshake_load_threshold,
+                rate_per_source=config.handshake_rate_per_source,
+                burst_per_source=config.handshake_rate_per_source,
+            ),
+        )
         self._peers: dict[PeerId, PeerConnection] = {}
         self._replacements: dict[PeerId, PeerConnection] = {}  # new connections awaiting confirmation
         # Unconfirmed responder state is capped apart (flood defence until handshake cookies land):
@@ -259,6 +270,8 @@ class Endpoint:
                 self._on_initiation(data, addr, now)
             elif kind == wire.PacketType.HANDSHAKE_RESP:
                 self._on_response(data, addr, now)
+            elif kind == wire.PacketType.COOKIE_REPLY:
+                self._on_cookie_reply(data, now)
             elif kind == wire.PacketType.IDENTITY_PROBE:
                 self._on_identity_probe(data, addr)
             elif kind == wire.PacketType.IDENTITY_REPLY:
@@ -572,6 +585,13 @@ class Endpoint:
         if not self._responder.check_mac1(init):
             self.counters["drop_bad_mac1"] += 1
             return
+        refusal = self.guard.admit(init, addr, udp_address(addr), now)
+        if refusal is not None:  # no Diffie-Hellman: a replay, a rate-limited source, or under load
+            self.counters[refusal.reason] += 1
+            if refusal.reply is not None:
+                self.counters["cookie_replies_sent"] += 1
+                self.transmit(refusal.reply, addr)
+            return
         index = self.free_index()
         try:
             result = self._responder.respond(init, local_index=index, random_bytes=self.random_bytes, now=now)
@@ -675,6 +695,15 @@ class Endpoint:
             self.counters["drop_routed_source_mismatch"] += 1
             return
         self._touch(conn).on_response(resp, addr, now)
+
+    def _on_cookie_reply(self, data: bytes, now: float) -> None:
+        reply = wire.decode_cookie_reply(data)
+        conn = self._indexes.get(reply.receiver_index)
+        hs = conn.handshake if conn is not None else None
+        if conn is None or hs is None or hs.local_index != reply.receiver_index:
+            self.counters["drop_unexpected_cookie_reply"] += 1
+            return
+        conn.on_cookie_reply(hs, reply, now)
 
     def _on_identity_probe(self, data: bytes, addr: PathAddress) -> None:
         nonce = wire.decode_identity_probe(data)

@@ -28,6 +28,7 @@ CORES = (
     "keyedrelay",
     "dht",
     "netcheck",
+    "access",
 )
 CORE_FILES = ("identity.py", "addr.py", "errors.py", "config.py", "ratelimit.py")
 SHELL_ONLY = ("coremesh.aio", "coremesh.mesh", "coremesh.service", "coremesh.cli")
