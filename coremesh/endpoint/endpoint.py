@@ -592,6 +592,7 @@ class Endpoint:
                 self.counters["cookie_replies_sent"] += 1
                 self.transmit(refusal.reply, addr)
             return
+        self.counters["handshakes_admitted"] += 1
         index = self.free_index()
         try:
             result = self._responder.respond(init, local_index=index, random_bytes=self.random_bytes, now=now)
