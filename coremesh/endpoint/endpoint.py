@@ -704,7 +704,7 @@ class Endpoint:
         if conn is None or hs is None or hs.local_index != reply.receiver_index:
             self.counters["drop_unexpected_cookie_reply"] += 1
             return
-        conn.on_cookie_reply(hs, reply, now)
+        self._touch(conn).on_cookie_reply(hs, reply, now)
 
     def _on_identity_probe(self, data: bytes, addr: PathAddress) -> None:
         nonce = wire.decode_identity_probe(data)

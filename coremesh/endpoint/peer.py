@@ -245,14 +245,18 @@ class PeerConnection:
         ep.counters["handshake_initiations_sent"] += 1
 
     def on_cookie_reply(self, hs: InitiatorHandshake, reply: wire.CookieReply, now: float) -> None:
-        """The peer is under load and answered ``hs`` with a cookie: the next initiations (the
-        retry timer's, as scheduled) carry mac2 for COOKIE_LIFETIME seconds."""
+        """The peer is under load and answered ``hs`` with a cookie: the next initiations carry
+        mac2 for COOKIE_LIFETIME seconds. The first cookie in that time sends the next one at once
+        (not at the retry timer's), so a forger on the path cannot make us initiate more often."""
+        had_cookie = self.cookie is not None and now < self.cookie[1]
         try:
             self.cookie = (hs.open_cookie_reply(reply), now + COOKIE_LIFETIME)
         except AuthenticationFailed:
             self.endpoint.counters["drop_bad_cookie_reply"] += 1
             return
         self.endpoint.counters["cookie_replies_received"] += 1
+        if not had_cookie and self.handshake_retry_at is not None:
+            self.handshake_retry_at = now
 
     def cancel_handshake(self) -> None:
         if self.handshake is not None:

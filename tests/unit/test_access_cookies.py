@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coremesh.access.cookies import SECRET_PERIOD, CookieIssuer, source_bytes
@@ -259,6 +259,9 @@ def test_mesh_config_refuses_bad_handshake_limits_by_name(config: dict[str, obje
 def test_an_initiator_answers_a_cookie_reply_transparently() -> None:
     net, a, b = pair(handshake_load_threshold=0)  # b is always under load
     connect(net, a, b)
+    # Two round trips of 20 ms (the cookie's, the handshake's) and the confirming packet's 10 ms:
+    # the initiation with mac2 leaves as the cookie arrives, not at the 0.25 s retry.
+    assert net.clock.now == pytest.approx(0.05, abs=1e-6)
     assert b.endpoint.counters["cookie_replies_sent"] == 1
     assert b.endpoint.counters["drop_handshake_under_load"] == 1
     assert a.endpoint.counters["cookie_replies_received"] == 1
@@ -272,6 +275,26 @@ def test_an_initiator_answers_a_cookie_reply_transparently() -> None:
     net.flush()
     assert net.run_until(lambda: a.endpoint.counters["handshakes_completed"] == 2, timeout=5)
     assert b.endpoint.counters["cookie_replies_sent"] == 1
+
+
+def test_only_the_first_cookie_in_its_lifetime_brings_the_retry_forward() -> None:
+    a = make(3, 1)
+    a.endpoint.connect(BOB.peer_id, B_ADDR, 0.0)
+    issuer = CookieIssuer(BOB.x25519_public, random.Random(4))  # what B, or a forger on the path, says
+
+    def answer_last_initiation(now: float) -> None:
+        sent = [d for d, _ in a.datagrams_to_send(now) if d[0] == wire.PacketType.HANDSHAKE_INIT]
+        reply = issuer.reply(wire.decode_handshake_init(sent[-1]), source_bytes(A_ADDR), now)
+        a.receive_datagram(reply, B_ADDR, now)
+
+    answer_last_initiation(0.01)
+    assert a.endpoint.get_timer() == 0.01  # the first cookie: the initiation with mac2 goes now
+    a.handle_timer(0.01)
+    answer_last_initiation(0.02)
+    assert a.endpoint.counters["cookie_replies_received"] == 2
+    timer = a.endpoint.get_timer()
+    assert timer is not None and timer > 0.2  # the next waits for the retry timer, as scheduled
+    assert a.endpoint.counters["handshake_initiations_sent"] == 2
 
 
 def test_a_modified_replay_costs_no_diffie_hellman() -> None:
@@ -346,3 +369,14 @@ def test_a_flood_of_fresh_initiations_leaves_room_for_a_legitimate_peer() -> Non
     assert legit.endpoint.counters["cookie_replies_received"] >= 1
     # About the threshold per window: 20 a second, plus one window's worth at the start.
     assert diffie_hellmans <= 20 * (net.clock.now + 2)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([0xE1, 0xE3]), st.binary(max_size=250), st.booleans())
+def test_any_handshake_or_cookie_bytes_are_a_counted_drop_never_an_exception(
+    kind: int, rest: bytes, load: bool
+) -> None:
+    node = make(1, 1, handshake_load_threshold=0 if load else 256)
+    before = sum(node.endpoint.counters.values())
+    node.receive_datagram(bytes([kind]) + rest, SRC, 0.0)
+    assert sum(node.endpoint.counters.values()) > before
