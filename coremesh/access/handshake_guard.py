@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..addr import Address
+from ..config import MeshConfig
 from ..errors import ConfigError
 from ..ratelimit import TokenBucket
 from ..secure import wire
@@ -132,6 +133,21 @@ class HandshakeGuard:
         self._seen: dict[bytes, None] = {}
         self._recent: deque[float] = deque(maxlen=config.load_threshold)
         self._load_until = float("-inf")
+
+    @classmethod
+    def for_config(cls, static_public: bytes, rng: random.Random, config: MeshConfig) -> HandshakeGuard:
+        """The gate with a node's settings: ``handshake_load_threshold`` and
+        ``handshake_rate_per_source`` (also the burst, at least one)."""
+        rate = float(config.handshake_rate_per_source)
+        return cls(
+            static_public,
+            rng,
+            GuardConfig(
+                load_threshold=config.handshake_load_threshold,
+                rate_per_source=rate,
+                burst_per_source=max(1.0, rate),
+            ),
+        )
 
     def under_load(self, now: float) -> bool:
         return self.config.load_threshold == 0 or now < self._load_until

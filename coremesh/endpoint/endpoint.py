@@ -33,7 +33,7 @@ import random
 from collections import Counter, OrderedDict, deque
 from typing import Final, cast
 
-from ..access.handshake_guard import GuardConfig, HandshakeGuard
+from ..access.handshake_guard import HandshakeGuard
 from ..addr import Address
 from ..config import MeshConfig
 from ..errors import (
@@ -101,18 +101,10 @@ class Endpoint:
         )
         self._responder = Responder(identity)
         # Before any Diffie-Hellman: replays, cookies under load, per-source limits (docs/access.md).
-        self.guard = HandshakeGuard(
-            identity.x25519_public,
-            rng,
-            GuardConfig(
-                load_threshold=config.handshake_load_threshold,
-                rate_per_source=config.handshake_rate_per_source,
-                burst_per_source=config.handshake_rate_per_source,
-            ),
-        )
+        self.guard = HandshakeGuard.for_config(identity.x25519_public, rng, config)
         self._peers: dict[PeerId, PeerConnection] = {}
         self._replacements: dict[PeerId, PeerConnection] = {}  # new connections awaiting confirmation
-        # Unconfirmed responder state is capped apart (flood defence until handshake cookies land):
+        # Unconfirmed responder state is capped apart (the handshake gate bounds the rate, this the state):
         # throwaway identities can hold at most this many of the max_connections slots.
         self.max_unconfirmed = max(2, config.max_connections // 2)
         self._indexes: dict[int, PeerConnection] = {}

@@ -380,3 +380,17 @@ def test_any_handshake_or_cookie_bytes_are_a_counted_drop_never_an_exception(
     before = sum(node.endpoint.counters.values())
     node.receive_datagram(bytes([kind]) + rest, SRC, 0.0)
     assert sum(node.endpoint.counters.values()) > before
+
+
+def test_the_gate_takes_the_node_settings_and_a_slow_rate_still_admits_one() -> None:
+    g = HandshakeGuard.for_config(
+        BOB.x25519_public,
+        random.Random(1),
+        MeshConfig(handshake_load_threshold=0, handshake_rate_per_source=0.5),
+    )
+    assert g.config.load_threshold == 0 and g.config.burst_per_source == 1.0
+    rng = random.Random(8)
+    first = g.admit(wire.decode_handshake_init(forged(rng)), SRC, SRC, 0.0)
+    assert first is not None and first.reason == "drop_handshake_under_load"
+    assert g.admit(wire.decode_handshake_init(forged(rng)), SRC, SRC, 1.0) is RATE_LIMITED
+    assert g.admit(wire.decode_handshake_init(forged(rng)), SRC, SRC, 2.0) is not RATE_LIMITED
