@@ -149,6 +149,11 @@ class HandshakeGuard:
             ),
         )
 
+    @property
+    def recent_admissions(self) -> int:
+        """Initiations admitted within one load window before the latest one (at most the threshold)."""
+        return len(self._recent)
+
     def under_load(self, now: float) -> bool:
         return self.config.load_threshold == 0 or now < self._load_until
 
@@ -173,7 +178,10 @@ class HandshakeGuard:
             del seen[next(iter(seen))]
         recent = self._recent
         if recent.maxlen:
+            window = self.config.load_window
+            while recent and now - recent[0] >= window:  # only the window's admissions are kept
+                recent.popleft()
             recent.append(now)
-            if len(recent) == recent.maxlen and now - recent[0] < self.config.load_window:
-                self._load_until = now + self.config.load_window
+            if len(recent) == recent.maxlen:
+                self._load_until = now + window
         return None

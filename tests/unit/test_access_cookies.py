@@ -185,6 +185,14 @@ def test_load_starts_at_the_threshold_within_the_window_and_ends_a_window_later(
     assert guard(load_threshold=0).under_load(0.0)  # 0: a cookie always
 
 
+def test_the_load_window_keeps_only_its_own_admissions() -> None:
+    g = guard(load_threshold=1_000_000, load_window=1.0)
+    rng = random.Random(5)
+    for i in range(300):
+        assert g.admit(wire.decode_handshake_init(forged(rng)), SRC, SRC, i * 0.125) is None
+    assert g.recent_admissions == 8  # a second's worth, not all 300 (nor room for a million)
+
+
 def test_under_load_only_a_valid_mac2_from_the_cookies_address_gets_through() -> None:
     g = guard(load_threshold=0)
     first = initiation(1)
