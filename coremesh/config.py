@@ -154,6 +154,10 @@ class MeshConfig:
     # else; deny_peers are refused whatever allow_peers says.
     allow_peers: tuple[str, ...] = ()
     deny_peers: tuple[str, ...] = ()
+    # Handshake floods (docs/access.md): initiations admitted per second before the node is under
+    # load and asks for cookies (0: always), and, under load, initiations per second per source host.
+    handshake_load_threshold: int = 256
+    handshake_rate_per_source: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -185,6 +189,12 @@ class MeshConfig:
             set_(self, name, tuple(entries))
             set_(self, f"_{name}", tuple(parsed))
         _int(self.max_connections, "max_connections", 1, 1_000_000)
+        _int(self.handshake_load_threshold, "handshake_load_threshold", 0, 1_000_000)
+        rate = self.handshake_rate_per_source
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1_000_000:
+            raise ConfigError(
+                f"handshake_rate_per_source: expected a number above 0, up to 1000000, got {rate!r}"
+            )
         for name in ("enable_nat_traversal", "enable_relay", "pmtu_discovery", "dht", "forwarding"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")

@@ -1,4 +1,7 @@
-"""Access control, sans-IO: who may talk to this node and how much (docs/access.md).
+"""Access control and abuse resistance, sans-IO: who may talk to this node and how much, consulted
+by :mod:`coremesh.endpoint` before any per-peer state is created (docs/access.md).
 
-Consulted by :mod:`coremesh.endpoint` before any per-peer state is created.
+``acl``: allow and deny lists by PeerId. ``cookies`` and ``handshake_guard``: handshake floods
+(cookie replies and mac2 under load, per-source rate limits, exact replays dropped before any
+Diffie-Hellman).
 """

@@ -34,6 +34,7 @@ from collections import Counter, OrderedDict, deque
 from typing import Final, cast
 
 from ..access.acl import AclLists, PeerAcl, PeerNotAllowed
+from ..access.handshake_guard import HandshakeGuard
 from ..addr import Address
 from ..config import MeshConfig
 from ..errors import (
@@ -104,9 +105,11 @@ class Endpoint:
             max_datagram_size=self.stream_config.max_datagram_size - ROUTED_OVERHEAD,
         )
         self._responder = Responder(identity)
+        # Before any Diffie-Hellman: replays, cookies under load, per-source limits (docs/access.md).
+        self.guard = HandshakeGuard.for_config(identity.x25519_public, rng, config)
         self._peers: dict[PeerId, PeerConnection] = {}
         self._replacements: dict[PeerId, PeerConnection] = {}  # new connections awaiting confirmation
-        # Unconfirmed responder state is capped apart (flood defence until handshake cookies land):
+        # Unconfirmed responder state is capped apart (the handshake gate bounds the rate, this the state):
         # throwaway identities can hold at most this many of the max_connections slots.
         self.max_unconfirmed = max(2, config.max_connections // 2)
         self._indexes: dict[int, PeerConnection] = {}
@@ -264,6 +267,8 @@ class Endpoint:
                 self._on_initiation(data, addr, now)
             elif kind == wire.PacketType.HANDSHAKE_RESP:
                 self._on_response(data, addr, now)
+            elif kind == wire.PacketType.COOKIE_REPLY:
+                self._on_cookie_reply(data, now)
             elif kind == wire.PacketType.IDENTITY_PROBE:
                 self._on_identity_probe(data, addr)
             elif kind == wire.PacketType.IDENTITY_REPLY:
@@ -596,6 +601,14 @@ class Endpoint:
         if not self._responder.check_mac1(init):
             self.counters["drop_bad_mac1"] += 1
             return
+        refusal = self.guard.admit(init, addr, udp_address(addr), now)
+        if refusal is not None:  # no Diffie-Hellman: a replay, a rate-limited source, or under load
+            self.counters[refusal.reason] += 1
+            if refusal.reply is not None:
+                self.counters["cookie_replies_sent"] += 1
+                self.transmit(refusal.reply, addr)
+            return
+        self.counters["handshakes_admitted"] += 1
         index = self.free_index()
         try:
             result = self._responder.respond(init, local_index=index, random_bytes=self.random_bytes, now=now)
@@ -703,6 +716,15 @@ class Endpoint:
             self.counters["drop_routed_source_mismatch"] += 1
             return
         self._touch(conn).on_response(resp, addr, now)
+
+    def _on_cookie_reply(self, data: bytes, now: float) -> None:
+        reply = wire.decode_cookie_reply(data)
+        conn = self._indexes.get(reply.receiver_index)
+        hs = conn.handshake if conn is not None else None
+        if conn is None or hs is None or hs.local_index != reply.receiver_index:
+            self.counters["drop_unexpected_cookie_reply"] += 1
+            return
+        self._touch(conn).on_cookie_reply(hs, reply, now)
 
     def _on_identity_probe(self, data: bytes, addr: PathAddress) -> None:
         nonce = wire.decode_identity_probe(data)

@@ -31,7 +31,7 @@ from ..reliability import ReliableStream
 from ..reliability import events as rev
 from ..routing.overlay import OVERLAY_PREFIX
 from ..secure import wire
-from ..secure.session import InitiatorHandshake, SecureSession
+from ..secure.session import COOKIE_LIFETIME, InitiatorHandshake, SecureSession
 from ..traversal import encode_path_frames
 from ..traversal.frames import PATH_PREFIX, PathFrame
 from . import events as ev
@@ -120,6 +120,7 @@ class PeerConnection:
         self.handshake_attempt = 0
         self.handshake_retry_at: float | None = None
         self.extra_paths: list[PathAddress] = []  # a pending connect also tried there (raced)
+        self.cookie: tuple[bytes, float] | None = None  # the peer's cookie under load, and until when
         # An initiator gives up after connect_timeout; a responder forgets a session the initiator
         # never confirmed after the same time, so no half-open state outlives a lost handshake.
         self.connect_deadline: float | None = now + (
@@ -230,6 +231,7 @@ class PeerConnection:
             wall_time=now + ep.wall_offset,
             random_bytes=ep.random_bytes,
             started_at=now,
+            cookie=self.cookie[0] if self.cookie is not None and now < self.cookie[1] else None,
         )
         delay = min(HANDSHAKE_RETRY_INITIAL * (2**self.handshake_attempt), HANDSHAKE_RETRY_MAX)
         if self.announced:
@@ -241,6 +243,20 @@ class PeerConnection:
         for extra in self.extra_paths:
             ep.transmit(self.handshake.packet, extra)
         ep.counters["handshake_initiations_sent"] += 1
+
+    def on_cookie_reply(self, hs: InitiatorHandshake, reply: wire.CookieReply, now: float) -> None:
+        """The peer is under load and answered ``hs`` with a cookie: the next initiations carry
+        mac2 for COOKIE_LIFETIME seconds. The first cookie in that time sends the next one at once
+        (not at the retry timer's), so a forger on the path cannot make us initiate more often."""
+        had_cookie = self.cookie is not None and now < self.cookie[1]
+        try:
+            self.cookie = (hs.open_cookie_reply(reply), now + COOKIE_LIFETIME)
+        except AuthenticationFailed:
+            self.endpoint.counters["drop_bad_cookie_reply"] += 1
+            return
+        self.endpoint.counters["cookie_replies_received"] += 1
+        if not had_cookie and self.handshake_retry_at is not None:
+            self.handshake_retry_at = now
 
     def cancel_handshake(self) -> None:
         if self.handshake is not None:

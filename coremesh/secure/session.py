@@ -8,9 +8,11 @@ handshake authenticated. The long-term identity is thereby bound into the handsh
 
 Cheap checks come before expensive ones: a handshake packet carries ``mac1`` (keyed BLAKE2s under the
 responder's public key, as WireGuard does) so that a node drops packets not meant for it without any
-Diffie-Hellman; ``mac2`` is reserved for cookies under load. The initiation carries a timestamp: a
-responder refuses one that is not newer than the last it accepted from that peer, so a replayed
-initiation creates no state.
+Diffie-Hellman. A responder under load answers an initiation with a COOKIE_REPLY instead
+(:mod:`coremesh.access.cookies`): the initiator opens it (:meth:`InitiatorHandshake.open_cookie_reply`)
+and its next initiations carry ``mac2``, keyed by the cookie, for :data:`COOKIE_LIFETIME` seconds. The
+initiation carries a timestamp: a responder refuses one that is not newer than the last it accepted
+from that peer, so a replayed initiation creates no state.
 
 Transport packets use explicit 64-bit counters as AEAD nonces (packets arrive out of order over UDP)
 and a sliding replay window. A session seals and opens them with the keyed AEAD of the Noise split
@@ -30,6 +32,7 @@ from typing import Final
 
 import nacl.bindings as sodium
 from cryptography.exceptions import InvalidTag
+from nacl.exceptions import CryptoError
 
 from ..errors import AuthenticationFailed, DecodeError, NonceExhausted
 from ..identity import Identity, PeerId
@@ -38,6 +41,7 @@ from .noise import NONCE, CipherState, HandshakeState, KeyPair
 from .replay import COUNTER_LIMIT, ReplayWindow
 
 PROTOCOL_NAME: Final = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
+COOKIE_LIFETIME: Final = 120.0  # an initiator uses a cookie this long (the responder's secret's period)
 PROLOGUE: Final = b"coremesh/1"
 _TAI64_BASE: Final = 1 << 62
 _TIMESTAMP = struct.Struct("!QI")
@@ -49,6 +53,13 @@ _pack_nonce = NONCE.pack
 
 def mac1_key(static_public: bytes) -> bytes:
     return hashlib.blake2s(b"mac1----" + static_public).digest()
+
+
+def cookie_key(static_public: bytes) -> bytes:
+    """The key a responder seals its cookie replies under: anyone who knows its public key (the
+    initiator that dialled it) can open them; the initiation's mac1 as associated data binds a reply
+    to the one initiation it answers."""
+    return hashlib.blake2s(b"cookie--" + static_public).digest()
 
 
 def compute_mac(key: bytes, data: bytes) -> bytes:
@@ -164,7 +175,10 @@ class InitiatorHandshake:
         wall_time: float,
         random_bytes: Callable[[int], bytes],
         started_at: float,
+        cookie: bytes | None = None,
     ) -> None:
+        """``cookie``: the responder's latest cookie, if it gave one less than
+        :data:`COOKIE_LIFETIME` ago: the initiation then carries mac2."""
         self.remote = remote
         self.local_index = local_index
         self.started_at = started_at
@@ -180,7 +194,21 @@ class InitiatorHandshake:
         )
         payload = identity.peer_id.key + encode_timestamp(wall_time) + conn_id
         packet = wire.encode_handshake_init(local_index, self._hs.write_message(payload))
-        self.packet = packet + compute_mac(mac1_key(remote_static), packet) + bytes(wire.MAC_LEN)
+        self.mac1 = compute_mac(mac1_key(remote_static), packet)
+        self._cookie_key = cookie_key(remote_static)
+        mac2 = bytes(wire.MAC_LEN) if cookie is None else compute_mac(cookie, packet + self.mac1)
+        self.packet = packet + self.mac1 + mac2
+
+    def open_cookie_reply(self, reply: wire.CookieReply) -> bytes:
+        """The cookie in a reply to this very initiation; AuthenticationFailed if it is not one."""
+        try:
+            return bytes(
+                sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    reply.sealed_cookie, self.mac1, reply.nonce, self._cookie_key
+                )
+            )
+        except CryptoError:
+            raise AuthenticationFailed("cookie reply does not answer this initiation") from None
 
     def check_mac1(self, resp: wire.HandshakeResp) -> bool:
         return hmac.compare_digest(compute_mac(self._local_mac1_key, resp.covered), resp.mac1)

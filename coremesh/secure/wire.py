@@ -4,8 +4,8 @@ Every mesh packet starts with a type byte in 0xE0..0xEF. That range is unused by
 share the node's socket (RFC 7983 / RFC 9443 first-byte rules: STUN 0-3, TURN ChannelData 64-79), so
 one socket can carry STUN, TURN and mesh traffic, demultiplexed by :func:`classify`.
 
-Only the handshake and transport packets are defined by this issue; the other types are reserved so
-that later features (cookies under load, forwarding through peers) slot in without a format change.
+The handshake, cookie reply, transport, probe and DHT packets are defined here; ROUTED is reserved
+(its layout is in :mod:`coremesh.routing.overlay`).
 Transport packets carry the *receiver's* session index, not an address, so a packet can be matched
 to its session after a NAT rebinding, and a forwarding peer can route a packet it cannot read.
 
@@ -13,6 +13,7 @@ Layouts (big-endian)::
 
     HANDSHAKE_INIT  type | version | sender_index:4 | noise_msg1 | mac1:16 | mac2:16
     HANDSHAKE_RESP  type | version | sender_index:4 | receiver_index:4 | noise_msg2 | mac1:16 | mac2:16
+    COOKIE_REPLY    type | version | receiver_index:4 | nonce:24 | XChaCha20-Poly1305(cookie:16):32
     TRANSPORT       type | receiver_index:4 | counter:8 | AEAD(plaintext, ad=the 13 header bytes)
     IDENTITY_PROBE  type | version | nonce:8 | padding          (ask an address which peer it is)
     IDENTITY_REPLY  type | version | nonce:8 | peer_id:32 | signature:64
@@ -38,7 +39,7 @@ TRANSPORT_OVERHEAD: Final = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
 class PacketType(enum.IntEnum):
     HANDSHAKE_INIT = 0xE1
     HANDSHAKE_RESP = 0xE2
-    COOKIE_REPLY = 0xE3  # reserved: handshake cookies under load (access-control issue)
+    COOKIE_REPLY = 0xE3  # a responder under load asks for mac2 (coremesh/access/cookies.py)
     TRANSPORT = 0xE4
     IDENTITY_PROBE = 0xE5
     IDENTITY_REPLY = 0xE6
@@ -74,6 +75,7 @@ TRANSPORT_HEADER: Final = struct.Struct("!BIQ")
 """type, receiver_index, counter: the per-packet path packs and unpacks it directly (the checked
 forms are :func:`encode_transport_header` and :func:`decode_transport_header`)."""
 _PROBE = struct.Struct("!BBQ")
+_COOKIE_HEAD = struct.Struct("!BBI")
 
 # Noise IK message sizes (X25519, ChaChaPoly): msg1 = e(32) + enc s(32+16) + enc payload(+16),
 # msg2 = e(32) + enc payload(+16).
@@ -83,6 +85,11 @@ NOISE_MSG1_LEN: Final = 32 + 48 + INIT_PAYLOAD_LEN + 16
 NOISE_MSG2_LEN: Final = 32 + RESP_PAYLOAD_LEN + 16
 HANDSHAKE_INIT_LEN: Final = _INIT_HEAD.size + NOISE_MSG1_LEN + 2 * MAC_LEN
 HANDSHAKE_RESP_LEN: Final = _RESP_HEAD.size + NOISE_MSG2_LEN + 2 * MAC_LEN
+# A cookie reply: the initiator's index, a random XChaCha20 nonce and the sealed 16-byte cookie. At
+# 62 bytes it is a third of the 186-byte initiation that causes it: it never amplifies.
+COOKIE_LEN: Final = MAC_LEN
+COOKIE_NONCE_LEN: Final = 24
+COOKIE_REPLY_LEN: Final = _COOKIE_HEAD.size + COOKIE_NONCE_LEN + COOKIE_LEN + AEAD_TAG_LEN
 IDENTITY_REPLY_LEN: Final = _PROBE.size + 32 + 64
 # A probe is padded to the size of its reply so the reply never amplifies traffic.
 IDENTITY_PROBE_LEN: Final = IDENTITY_REPLY_LEN
@@ -95,6 +102,11 @@ class HandshakeInit:
     mac1: bytes
     mac2: bytes
     covered: bytes  # the received bytes mac1 covers, exactly as they arrived
+
+    @property
+    def mac2_covered(self) -> bytes:
+        """The bytes mac2 covers: the packet up to mac2 (mac1 included)."""
+        return self.covered + self.mac1
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +167,32 @@ def decode_handshake_resp(data: bytes) -> HandshakeResp:
         data[end + MAC_LEN :],
         data[:end],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CookieReply:
+    receiver_index: int  # the initiator's sender index, from the initiation this answers
+    nonce: bytes
+    sealed_cookie: bytes
+
+
+def encode_cookie_reply(receiver_index: int, nonce: bytes, sealed_cookie: bytes) -> bytes:
+    if len(nonce) != COOKIE_NONCE_LEN or len(sealed_cookie) != COOKIE_LEN + AEAD_TAG_LEN:
+        raise ValueError(
+            f"a cookie reply carries a {COOKIE_NONCE_LEN}-byte nonce and a sealed 16-byte cookie"
+        )
+    return (
+        _COOKIE_HEAD.pack(PacketType.COOKIE_REPLY, PROTOCOL_VERSION, receiver_index) + nonce + sealed_cookie
+    )
+
+
+def decode_cookie_reply(data: bytes) -> CookieReply:
+    _check_version(data, PacketType.COOKIE_REPLY)
+    if len(data) != COOKIE_REPLY_LEN:
+        raise DecodeError(f"cookie reply must be {COOKIE_REPLY_LEN} bytes, got {len(data)}")
+    receiver = _COOKIE_HEAD.unpack_from(data)[2]
+    nonce_end = _COOKIE_HEAD.size + COOKIE_NONCE_LEN
+    return CookieReply(receiver, data[_COOKIE_HEAD.size : nonce_end], data[nonce_end:])
 
 
 def encode_transport_header(receiver_index: int, counter: int) -> bytes:
