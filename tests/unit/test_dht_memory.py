@@ -12,7 +12,7 @@ from coremesh.dht import messages as m
 from coremesh.dht.node import MAX_EVENTS
 from coremesh.identity import Identity
 
-from .dht_helpers import WALL, address, build_network, drain, node
+from .dht_helpers import WALL, address, build_network, drain, node, sealed
 
 NODES = 20
 HOURS = 3
@@ -81,13 +81,13 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     a = node(1, cfg)
     signers = [Identity(bytes([i % 256, i // 256]) + bytes(30)) for i in range(200)]
     for i, signer in enumerate(signers):
-        ping = m.encode_message(signer.sign, signer.peer_id, i, m.Ping())
+        ping, _ = sealed(signer, a.peer_id, m.Ping(), txid=i, now=1.0)
         a.receive_datagram(ping, Address(f"10.9.{i // 250}.{i % 250 + 1}", 4000), 1.0)
     a.table.demote(signers[0].peer_id, 1.0)
     a.datagrams_to_send(1.0)
     sizes = a.memory_stats()
     assert sizes["rate_sources"] == 200 and sizes["verified"] == cfg.max_verifications
-    assert sizes["demoted"] == 1
+    assert sizes["demoted"] == 1 and sizes["replay"] == 200
 
     def maintain(now: float) -> dict[str, int]:
         timer = a.get_timer()
@@ -103,7 +103,7 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     next_round = a.get_timer()
     assert next_round is not None and sizes["pending"] == 0
     keep = Identity(bytes(range(40, 72)))
-    ping = m.encode_message(keep.sign, keep.peer_id, 9, m.Ping())
+    ping, _ = sealed(keep, a.peer_id, m.Ping(), txid=9, now=next_round - 0.5)
     a.receive_datagram(ping, Address("10.8.0.1", 4000), next_round - 0.5)
     a.handle_timer(next_round)
     sizes = a.memory_stats()
@@ -111,5 +111,6 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     # Past the verification backoff, then the demotion period.
     sizes = maintain(next_round + cfg.verify_backoff + 2 * cfg.maintenance_interval)
     assert sizes["rate_sources"] == 0 and sizes["verified"] == 0 and sizes["demoted"] == 1, sizes
+    assert sizes["replay"] == 0, sizes  # every request has left the replay window
     sizes = maintain(1.0 + cfg.demotion_period + 2 * cfg.maintenance_interval)
     assert sizes["demoted"] == 0, sizes

@@ -1,0 +1,355 @@
+"""The DHT's outer packets: every peer list travels encrypted, first contact included.
+
+A DHT message (:mod:`coremesh.dht.messages`: signed by its sender, end to end) never crosses the
+wire in clear. A request is sealed to the responder's static key with the one-way Noise pattern
+``N`` (``Noise_N_25519_ChaChaPoly_BLAKE2s``, prologue ``coremesh-dht/2``: an ephemeral key and one
+DH with the X25519 form of the responder's PeerId, ``-> e, es``); the reply is sealed under the
+second key of that handshake's split, which only the requester and the holder of the static key
+can compute. The requester's identity, the target, the contacts and the records are all inside.
+
+A node that knows a seed only as ``HOST:PORT`` first sends a HELLO, which is answered in clear by
+the responder's PeerId, the requester's address as seen (both signed) and nothing else: never a peer
+list. Layouts (big-endian)::
+
+    HELLO         0xE7 | 2 | 0x10 | nonce:8 | zero padding to HELLO_SIZE (64) bytes
+    HELLO_REPLY   0xE7 | 2 | 0x11 | nonce:8 | peer_id:32 | observed addr | ed25519 signature:64
+    SEALED        0xE7 | 2 | 0x12 | e:32 | ChaCha20-Poly1305(k, n=0, ad=h, sent_at_ms:8 | message)
+    SEALED_REPLY  0xE7 | 2 | 0x13 | txid:8 | ChaCha20-Poly1305(k2, n=0, ad=the 11 header bytes, message)
+
+``addr`` is :func:`coremesh.dht.messages.encode_address`'s form; the HELLO_REPLY signature covers
+:data:`HELLO_DOMAIN` and every byte before it. ``sent_at_ms`` (unix milliseconds) bounds a sealed
+request's life: a responder refuses one outside ``replay_window`` of its clock, and one whose
+ephemeral key it has seen (:class:`ReplayCache`). A SEALED_REPLY names the txid of the request, the
+only clear field it has (a random number the requester chose); the requester takes the key from
+its pending request for that txid and that address, and the message inside must carry the same txid.
+
+Anti-amplification: a reply to an address that has not proved it receives is at most
+:data:`~coremesh.dht.messages.AMPLIFICATION` times the request (HELLO is padded so that its reply
+fits; :func:`reply_room` gives a sealed reply's room for the message inside). Decoding is total:
+malformed input raises :class:`~coremesh.errors.DecodeError` (:class:`UnsupportedVersion` for
+another DHT version), a seal that does not open :class:`~coremesh.errors.AuthenticationFailed`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import heapq
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import nacl.bindings as sodium
+import nacl.exceptions
+
+from ..addr import Address
+from ..errors import AuthenticationFailed, DecodeError, InvalidPeerId
+from ..identity import PeerId
+from ..secure.wire import PacketType
+from . import messages as m
+
+DHT_VERSION: Final = m.DHT_VERSION
+PROTOCOL_NAME: Final = b"Noise_N_25519_ChaChaPoly_BLAKE2s"
+PROLOGUE: Final = b"coremesh-dht/2"
+HELLO_DOMAIN: Final = b"coremesh-dht-hello-v2\x00"
+KEY_LEN: Final = 32
+TAG_LEN: Final = 16
+HELLO_SIZE: Final = 64
+_NONCE0: Final = bytes(12)
+_HEAD = struct.Struct("!BBB")
+_HELLO = struct.Struct("!BBBQ")
+_STAMP = struct.Struct("!Q")
+HELLO_REPLY_MAX: Final = _HELLO.size + 32 + 19 + m.SIGNATURE_LEN  # 126 (IPv6 observed address)
+SEALED_OVERHEAD: Final = _HEAD.size + 32 + TAG_LEN + _STAMP.size  # 59: around the message
+SEALED_REPLY_OVERHEAD: Final = _HELLO.size + TAG_LEN  # 27: around the message
+SEALED_REPLY_HEADER: Final = _HELLO.size  # 11
+
+
+class OuterKind(enum.IntEnum):
+    HELLO = 0x10
+    HELLO_REPLY = 0x11
+    SEALED = 0x12
+    SEALED_REPLY = 0x13
+
+
+class UnsupportedVersion(DecodeError):
+    """A DHT datagram of another wire version (a node not upgraded): a counted drop."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    nonce: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    nonce: int
+    peer_id: PeerId
+    observed: Address
+    signed: bytes
+    signature: bytes
+
+    def verify(self) -> bool:
+        try:
+            sodium.crypto_sign_open(self.signature + self.signed, self.peer_id.key)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError, TypeError):
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    ephemeral: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SealedReply:
+    txid: int
+    header: bytes
+    ciphertext: bytes
+
+
+Packet = Hello | HelloReply | Sealed | SealedReply
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A sealed request, opened: when it was sent, the message inside and the key for the reply."""
+
+    ephemeral: bytes
+    sent_at: float
+    message: bytes
+    reply_key: bytes
+
+
+# ---- codec ----------------------------------------------------------------------------------------
+
+
+def parse_packet(data: bytes) -> Packet:
+    """Parse one DHT datagram's outer layer. Raises :class:`DecodeError` (or its subclass
+    :class:`UnsupportedVersion`); never opens anything."""
+    if len(data) > m.MAX_DATAGRAM:
+        raise DecodeError(f"datagram too large ({len(data)} bytes, max {m.MAX_DATAGRAM})")
+    if len(data) < _HEAD.size:
+        raise DecodeError("truncated DHT datagram")
+    ptype, version, kind = _HEAD.unpack_from(data)
+    if ptype != PacketType.DHT:
+        raise DecodeError(f"not a DHT datagram (type {ptype:#x})")
+    if version != DHT_VERSION:
+        raise UnsupportedVersion(f"unsupported DHT version {version} (this node speaks {DHT_VERSION})")
+    if kind == OuterKind.HELLO:
+        if len(data) < HELLO_SIZE:
+            raise DecodeError(f"HELLO of {len(data)} bytes (at least {HELLO_SIZE})")
+        if data.count(0, _HELLO.size) != len(data) - _HELLO.size:
+            raise DecodeError("HELLO padding is not zero")
+        return Hello(_HELLO.unpack_from(data)[3], len(data))
+    if kind == OuterKind.HELLO_REPLY:
+        pos = _HELLO.size + 32
+        if len(data) < pos + m.SIGNATURE_LEN:
+            raise DecodeError("truncated HELLO_REPLY")
+        observed, pos = m.decode_address_at(data, pos)
+        if pos + m.SIGNATURE_LEN != len(data):
+            raise DecodeError("HELLO_REPLY has the wrong length")
+        return HelloReply(
+            _HELLO.unpack_from(data)[3],
+            PeerId(bytes(data[_HELLO.size : _HELLO.size + 32])),
+            observed,
+            HELLO_DOMAIN + bytes(data[:pos]),
+            bytes(data[pos:]),
+        )
+    if kind == OuterKind.SEALED:
+        if len(data) < SEALED_OVERHEAD:
+            raise DecodeError("truncated SEALED")
+        return Sealed(bytes(data[_HEAD.size : _HEAD.size + 32]), bytes(data[_HEAD.size + 32 :]))
+    if kind == OuterKind.SEALED_REPLY:
+        if len(data) < SEALED_REPLY_OVERHEAD:
+            raise DecodeError("truncated SEALED_REPLY")
+        return SealedReply(
+            _HELLO.unpack_from(data)[3], bytes(data[: _HELLO.size]), bytes(data[_HELLO.size :])
+        )
+    raise DecodeError(f"unknown DHT packet kind {kind:#x}")
+
+
+def encode_hello(nonce: int, size: int = HELLO_SIZE) -> bytes:
+    """A HELLO, zero-padded to ``size`` bytes (at least :data:`HELLO_SIZE`)."""
+    head = _HELLO.pack(PacketType.DHT, DHT_VERSION, OuterKind.HELLO, nonce)
+    return head + bytes(max(size, HELLO_SIZE) - len(head))
+
+
+def encode_hello_reply(sign: m.Signer, peer_id: PeerId, nonce: int, observed: Address) -> bytes:
+    """The answer to a HELLO: our PeerId and the requester's address as we see it, signed."""
+    signed = (
+        _HELLO.pack(PacketType.DHT, DHT_VERSION, OuterKind.HELLO_REPLY, nonce)
+        + peer_id.key
+        + m.encode_address(observed)
+    )
+    return signed + sign(HELLO_DOMAIN + signed)
+
+
+# ---- Noise N, one message ---------------------------------------------------------------------------
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2s(data).digest()
+
+
+def _hkdf2(ck: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    temp = hmac.new(ck, ikm, "blake2s").digest()
+    out1 = hmac.new(temp, b"\x01", "blake2s").digest()
+    return out1, hmac.new(temp, out1 + b"\x02", "blake2s").digest()
+
+
+def _dh(private: bytes, public: bytes) -> bytes:
+    try:
+        out = sodium.crypto_scalarmult(private, public)
+    except (nacl.exceptions.CryptoError, RuntimeError, ValueError, TypeError):
+        raise AuthenticationFailed("DH with a low-order public key") from None
+    if out == bytes(32):
+        raise AuthenticationFailed("DH with a low-order public key")
+    return bytes(out)
+
+
+def _handshake(
+    e_public: bytes, rs: bytes, shared: bytes, protocol: bytes = PROTOCOL_NAME
+) -> tuple[bytes, bytes, bytes]:
+    """The key, the hash (the AD) for the message's payload, and the chaining key after ``e, es``."""
+    h = protocol.ljust(32, b"\x00") if len(protocol) <= 32 else _hash(protocol)
+    ck = h
+    h = _hash(h + PROLOGUE)
+    h = _hash(h + rs)  # the pre-message: <- s
+    h = _hash(h + e_public)
+    ck, k = _hkdf2(ck, shared)
+    return k, h, ck
+
+
+def _reply_key(ck: bytes) -> bytes:
+    # Split() gives (initiator->responder, responder->initiator): the second one seals the reply.
+    _, k2 = _hkdf2(ck, b"")
+    return k2
+
+
+def _encrypt(key: bytes, ad: bytes, plaintext: bytes) -> bytes:
+    return bytes(sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, _NONCE0, key))
+
+
+def _decrypt(key: bytes, ad: bytes, ciphertext: bytes) -> bytes:
+    try:
+        return bytes(sodium.crypto_aead_chacha20poly1305_ietf_decrypt(ciphertext, ad, _NONCE0, key))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise AuthenticationFailed("DHT seal does not open") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def static_key_of(peer: PeerId) -> bytes:
+    """The X25519 key a request to ``peer`` is sealed to. Raises :class:`InvalidPeerId`."""
+    return peer.x25519_public()
+
+
+def seal(responder: PeerId, message: bytes, sent_at: float, ephemeral_private: bytes) -> tuple[bytes, bytes]:
+    """Seal ``message`` to ``responder``: the SEALED datagram and the key its reply comes under.
+
+    ``ephemeral_private`` is 32 fresh random bytes (the caller's injected source). Raises
+    :class:`InvalidPeerId` if the responder's id is no Ed25519 point, :class:`AuthenticationFailed`
+    if the DH degenerates.
+    """
+    rs = static_key_of(responder)
+    e_public = bytes(sodium.crypto_scalarmult_base(ephemeral_private))
+    k, h, ck = _handshake(e_public, rs, _dh(ephemeral_private, rs))
+    stamp = _STAMP.pack(max(0, min(int(sent_at * 1000), (1 << 64) - 1)))
+    ciphertext = _encrypt(k, h, stamp + message)
+    head = _HEAD.pack(PacketType.DHT, DHT_VERSION, OuterKind.SEALED)
+    return head + e_public + ciphertext, _reply_key(ck)
+
+
+def open_sealed(static_private: bytes, static_public: bytes, packet: Sealed) -> Opened:
+    """Open a SEALED request with our static X25519 key pair. Raises :class:`AuthenticationFailed`."""
+    k, h, ck = _handshake(packet.ephemeral, static_public, _dh(static_private, packet.ephemeral))
+    plaintext = _decrypt(k, h, packet.ciphertext)
+    if len(plaintext) < _STAMP.size:  # cannot happen for a valid seal of ours; a peer's may
+        raise DecodeError("SEALED payload has no timestamp")
+    (stamp,) = _STAMP.unpack_from(plaintext)
+    return Opened(packet.ephemeral, stamp / 1000, plaintext[_STAMP.size :], _reply_key(ck))
+
+
+def seal_reply(reply_key: bytes, txid: int, message: bytes) -> bytes:
+    """The SEALED_REPLY carrying ``message`` (a signed response of ``txid``)."""
+    head = _HELLO.pack(PacketType.DHT, DHT_VERSION, OuterKind.SEALED_REPLY, txid)
+    return head + _encrypt(reply_key, head, message)
+
+
+def open_reply(reply_key: bytes, packet: SealedReply) -> bytes:
+    """The signed message inside a SEALED_REPLY. Raises :class:`AuthenticationFailed`."""
+    return _decrypt(reply_key, packet.header, packet.ciphertext)
+
+
+def reply_room(request_size: int) -> int:
+    """The largest signed message a SEALED_REPLY to a ``request_size``-byte request may carry: the
+    reply stays within :data:`~coremesh.dht.messages.AMPLIFICATION` times the request and within
+    :data:`~coremesh.dht.messages.MAX_DATAGRAM`."""
+    return min(m.MAX_DATAGRAM, m.AMPLIFICATION * request_size) - SEALED_REPLY_OVERHEAD
+
+
+def can_seal_to(peer: PeerId) -> bool:
+    try:
+        static_key_of(peer)
+    except InvalidPeerId:
+        return False
+    return True
+
+
+# ---- replay ---------------------------------------------------------------------------------------
+
+
+class ReplayCache:
+    """The ephemeral keys of the sealed requests answered within the replay window, bounded.
+
+    A request is refused when it was sent more than ``window`` seconds from our clock (either way),
+    or when its ephemeral key was seen. Keys are forgotten once their request left the window; when
+    ``capacity`` keys are held, the oldest is forgotten and the *floor* rises to its time: from then
+    on a request sent at or before the floor is refused too, so a forgotten key can never be
+    replayed (the cost of a full cache is that a peer whose clock lags by more than the cache's span
+    must wait; every refusal is counted).
+    """
+
+    __slots__ = ("_heap", "_seen", "capacity", "floor", "window")
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self.window = window
+        self.capacity = capacity
+        self.floor = float("-inf")
+        self._seen: set[bytes] = set()
+        self._heap: list[tuple[float, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, ephemeral: bytes) -> bool:
+        """Cheap, before any DH: an exact copy of a request answered lately."""
+        return ephemeral[:16] in self._seen
+
+    def check(self, sent_at: float, wall: float) -> str | None:
+        """None if a request sent at ``sent_at`` may be answered now, else the drop reason."""
+        if not wall - self.window <= sent_at <= wall + self.window:
+            return "stale_request"
+        if sent_at <= self.floor:
+            return "replay_floor"
+        return None
+
+    def add(self, ephemeral: bytes, sent_at: float, wall: float) -> None:
+        self.purge(wall)
+        while len(self._heap) >= self.capacity:
+            at, key = heapq.heappop(self._heap)
+            self._seen.discard(key)
+            self.floor = max(self.floor, at)
+        key = ephemeral[:16]
+        self._seen.add(key)
+        heapq.heappush(self._heap, (sent_at, key))
+
+    def purge(self, wall: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] < wall - self.window:
+            self._seen.discard(heapq.heappop(heap)[1])
