@@ -52,6 +52,7 @@ MAX_EVENTS: Final = 4096
 _SNAPSHOT_MAGIC: Final = b"coremesh-dht-snapshot-v1\n"
 MAX_SNAPSHOT_CONTACTS: Final = 4096
 MAX_SNAPSHOT_RECORDS: Final = 65535
+VERIFY_PING_SIZE: Final = sec.SEALED_OVERHEAD + m.OVERHEAD  # a sealed PING: 166 bytes
 
 
 class _Purpose(enum.Enum):
@@ -551,8 +552,16 @@ class DhtNode:
             self.counters["malformed"] += 1
             return
         sender = env.sender
-        budget = sec.reply_room(size) - m.OVERHEAD
         wall = now + self.wall_offset
+        if isinstance(body, m.Pex):
+            self.counters["pex_received"] += 1
+            for r in body.records[: self.config.pex_max_records]:
+                self._accept_record(r, wall)
+            return  # gossip comes from connected peers: the connection, not the DHT, vouches for them
+        # Everything sent to an unverified address in answer (the reply, and our PING to verify it)
+        # stays within 3x the request.
+        verify = self._consider(sender, addr, now)
+        budget = sec.reply_room(size) - m.OVERHEAD - (VERIFY_PING_SIZE if verify else 0)
         if isinstance(body, m.Ping):
             self._reply(env.txid, m.Pong(addr), addr, key)
         elif isinstance(body, m.FindNode):
@@ -575,14 +584,10 @@ class DhtNode:
             self._reply(env.txid, value, addr, key)
         elif isinstance(body, m.Store):
             self._reply(env.txid, m.Stored(self._store_request(body.record, sender, wall)), addr, key)
-        elif isinstance(body, m.Pex):
-            self.counters["pex_received"] += 1
-            for r in body.records[: self.config.pex_max_records]:
-                self._accept_record(r, wall)
-            return  # gossip comes from connected peers: the connection, not the DHT, vouches for them
         else:  # a response kind cannot reach here
             return
-        self._consider(sender, addr, now)
+        if verify:
+            self._probe(sender, addr, _Purpose.VERIFY, now)
 
     def _contacts_for(self, target: PeerId, requester: PeerId, room: int) -> tuple[m.Contact, ...]:
         out: list[m.Contact] = []
@@ -620,25 +625,26 @@ class DhtNode:
             return False
         return True
 
-    def _consider(self, peer: PeerId, addr: Address, now: float) -> None:
-        """A signed request came from ``peer`` at ``addr``: verify the address before trusting it."""
+    def _consider(self, peer: PeerId, addr: Address, now: float) -> bool:
+        """A signed request came from ``peer`` at ``addr``: whether to verify the address (with a
+        PING, sent after the answer) before trusting it."""
         if self.table.touch(peer, addr, now):
-            return
+            return False
         known = self.table.get(peer)
         if known is None and not self.table.admits(peer, addr, now):
-            return  # full bucket, prefix limit or demoted: a PING would be wasted
+            return False  # full bucket, prefix limit or demoted: a PING would be wasted
         if known is not None and self.table.is_demoted(peer, now):
-            return
-        if len(self._probing) >= self.config.max_verifications:
-            return
+            return False
+        if len(self._probing) >= self.config.max_verifications or peer in self._probing:
+            return False
         last = self._verified_at.get(peer)
         if last is not None and now - last < self.config.verify_backoff:
-            return
+            return False
         self._verified_at[peer] = now
         self._verified_at.move_to_end(peer)
         while len(self._verified_at) > 4096:
             self._verified_at.popitem(last=False)
-        self._probe(peer, addr, _Purpose.VERIFY, now)
+        return True
 
     # ---- responses ------------------------------------------------------------------------------
 
