@@ -53,6 +53,7 @@ _EVENT_COUNTERS: Final = frozenset(
         "demoted",
         "request_timeout",
         "lookup_timeout",
+        "hello_answered",
     }
 )
 SAVE_INTERVAL: Final = 60.0

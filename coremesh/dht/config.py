@@ -71,8 +71,8 @@ class DhtConfig:
     max_pending_requests: int = 1024
     max_verifications: int = 32
     verify_backoff: float = 300.0
-    replay_window: float = 300.0
-    replay_cache_size: int = 16384
+    replay_window: float = 900.0
+    replay_cache_size: int = 65536
 
     def __post_init__(self) -> None:
         _int(self.k, "k", 1, 64)

@@ -308,11 +308,13 @@ class ReplayCache:
     """The ephemeral keys of the sealed requests answered within the replay window, bounded.
 
     A request is refused when it was sent more than ``window`` seconds from our clock (either way),
-    or when its ephemeral key was seen. Keys are forgotten once their request left the window; when
-    ``capacity`` keys are held, the oldest is forgotten and the *floor* rises to its time: from then
-    on a request sent at or before the floor is refused too, so a forgotten key can never be
-    replayed (the cost of a full cache is that a peer whose clock lags by more than the cache's span
-    must wait; every refusal is counted).
+    or when its ephemeral key was seen (the first 8 bytes are kept: a chance collision among 2^16
+    keys is about 2^-33). Keys are forgotten once their request left the window; when ``capacity``
+    keys are held, the one sent first is forgotten and the *floor* rises to its time: from then on
+    a request sent at or before the floor is refused too, so a forgotten key can never be replayed.
+    The cost of a full cache: a peer whose clock lags the others' by more than the span the cache
+    holds is refused until the load drops, and a flood of requests stamped up to ``window`` ahead
+    can lift the floor that far ahead (every refusal is counted).
     """
 
     __slots__ = ("_heap", "_seen", "capacity", "floor", "window")
@@ -321,15 +323,15 @@ class ReplayCache:
         self.window = window
         self.capacity = capacity
         self.floor = float("-inf")
-        self._seen: set[bytes] = set()
-        self._heap: list[tuple[float, bytes]] = []
+        self._seen: set[int] = set()
+        self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def seen(self, ephemeral: bytes) -> bool:
         """Cheap, before any DH: an exact copy of a request answered lately."""
-        return ephemeral[:16] in self._seen
+        return int.from_bytes(ephemeral[:8], "big") in self._seen
 
     def check(self, sent_at: float, wall: float) -> str | None:
         """None if a request sent at ``sent_at`` may be answered now, else the drop reason."""
@@ -345,7 +347,7 @@ class ReplayCache:
             at, key = heapq.heappop(self._heap)
             self._seen.discard(key)
             self.floor = max(self.floor, at)
-        key = ephemeral[:16]
+        key = int.from_bytes(ephemeral[:8], "big")
         self._seen.add(key)
         heapq.heappush(self._heap, (sent_at, key))
 

@@ -171,7 +171,9 @@ class _Peer:
     def __init__(self, seed: int) -> None:
         rng = random.Random(seed)
         self.loop = asyncio.get_running_loop()
-        self.node = DhtNode(Identity(rng.randbytes(32)), DhtConfig(), rng=rng, wall_offset=time.time())
+        self.node = DhtNode(
+            Identity(rng.randbytes(32)), DhtConfig(), rng=rng, wall_offset=time.time() - self.loop.time()
+        )
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)

@@ -111,6 +111,8 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     # Past the verification backoff, then the demotion period.
     sizes = maintain(next_round + cfg.verify_backoff + 2 * cfg.maintenance_interval)
     assert sizes["rate_sources"] == 0 and sizes["verified"] == 0 and sizes["demoted"] == 1, sizes
-    assert sizes["replay"] == 0, sizes  # every request has left the replay window
     sizes = maintain(1.0 + cfg.demotion_period + 2 * cfg.maintenance_interval)
     assert sizes["demoted"] == 0, sizes
+    assert sizes["replay"] > 0, sizes
+    sizes = maintain(next_round + cfg.replay_window + 2 * cfg.maintenance_interval)
+    assert sizes["replay"] == 0, sizes  # every request has left the replay window
