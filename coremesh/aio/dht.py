@@ -5,7 +5,8 @@ address the DHT sees for a node is the one its mesh traffic comes from, NAT mapp
 shell passes datagrams and the loop's time in, sends what comes out, re-arms one timer, turns lookup
 events into awaited results, and does the periodic work that needs the outside world: publishing the
 node's own record when its addresses change, gossiping records to connected peers, and saving the
-routing table to the data dir (atomically) so that a restart is warm.
+routing table to the data dir (atomically) so that a restart is warm. The core seals what it sends
+(wire version 2, docs/dht.md): no peer list leaves the node in clear, gossip included.
 
 The own record's sequence number must grow across restarts, or the peers that hold the previous
 record answer STALE until it expires: it is at least the wall clock in milliseconds, and always

@@ -232,6 +232,21 @@ def test_hostile_dht_datagrams_are_counted_drops(procs: Nodes) -> None:
         old = bytearray(m.encode_message(liar.sign, liar.peer_id, 8, m.Ping(), pad_to=200))
         old[1] = 1  # a version 1 datagram: signed, in clear
         sock.sendto(bytes(old), (host, int(port)))
+        # A genuine sealed PING, answered (the reply opens under its key), then replayed twice.
+        ping, key = sec.seal(
+            to, m.encode_message(liar.sign, liar.peer_id, 9, m.Ping()), time.time(), os.urandom(32)
+        )
+        sock.settimeout(10)
+        sock.sendto(ping, (host, int(port)))
+        while True:
+            data, _ = sock.recvfrom(2048)
+            reply = sec.parse_packet(data)
+            if isinstance(reply, sec.SealedReply):
+                break
+        pong = m.decode_message(sec.open_reply(key, reply))
+        assert pong.sender == to and pong.txid == 9 and isinstance(pong.body, m.Pong)
+        for _ in range(2):
+            sock.sendto(ping, (host, int(port)))
 
     def drops() -> dict[str, int]:
         stats = cli_json(node.admin, "status", "--json")["dht"]["stats"]
@@ -241,6 +256,7 @@ def test_hostile_dht_datagrams_are_counted_drops(procs: Nodes) -> None:
     counted = drops()
     assert counted.get("drop_malformed", 0) > 0 and counted.get("drop_bad_signature", 0) > 0, counted
     assert counted.get("drop_bad_version", 0) > 0, counted
+    wait_for(lambda: drops().get("drop_replayed_request", 0) == 2, 10, "the replays to be counted")
     assert node.proc.poll() is None
     assert lookup(node, boot)[0] == 200  # still serving
     assert "Traceback" not in node.log()
