@@ -108,8 +108,8 @@ class DhtService:
         self._addresses = addresses
         self._connected_peers = connected_peers
         self._loop = asyncio.get_running_loop()
-        self._wall_offset = time.time() - self._loop.time()
-        self.core = DhtNode(identity, config.dht_config, rng=rng, wall_offset=self._wall_offset)
+        wall_offset = time.time() - self._loop.time()  # followed by _maintain as the clock moves
+        self.core = DhtNode(identity, config.dht_config, rng=rng, wall_offset=wall_offset)
         self._timer = CoreTimer(self._loop, self._on_timer)
         self._lookups: dict[int, asyncio.Future[LookupFinished]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -323,6 +323,9 @@ class DhtService:
         while True:
             await asyncio.sleep(ADDRESS_CHECK_INTERVAL)
             try:
+                # The wall clock may have been stepped (NTP) since the start: sealed requests carry
+                # it, and a peer refuses one stamped outside its replay window.
+                self.core.wall_offset = time.time() - self._loop.time()
                 self.publish()
                 peers = self._connected_peers()
                 if peers and self._loop.time() - last_gossip >= self._config.gossip_interval:
