@@ -3,8 +3,10 @@ and no peer list in clear (coremesh/dht/secure.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -331,3 +333,41 @@ def test_stamp_is_milliseconds() -> None:
     assert isinstance(packet, sec.Sealed)
     opened = sec.open_sealed(RESPONDER.x25519_private, RESPONDER.x25519_public, packet)
     assert opened.sent_at == 1.5
+
+
+# ---- behind the seal: what a peer's key can make us read --------------------------------------------
+
+_ANSWERER = Identity(bytes(range(70, 102)))
+_ANSWERER_AT = Address("10.6.0.1", 4000)
+
+
+@given(inner=st.binary(max_size=1100), resign=st.booleans(), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_reply_that_opens_but_holds_garbage_is_a_counted_drop(
+    inner: bytes, resign: bool, data: st.DataObject
+) -> None:
+    """Whatever bytes the peer we asked seals under our request's key (random, or a message of any
+    kind with a random body, validly signed), the requester counts it and demotes the peer; nothing
+    else happens (no exception, no table entry)."""
+    asker = node(61)
+    asker.add_contact(_ANSWERER.peer_id, _ANSWERER_AT, 1.0)
+    sent = asker.datagrams_to_send(1.0)
+    request = sec.parse_packet(sent[0][0])
+    assert isinstance(request, sec.Sealed)
+    opened = sec.open_sealed(_ANSWERER.x25519_private, _ANSWERER.x25519_public, request)
+    asked = m.parse_envelope(opened.message)
+    if resign:
+        kind = data.draw(st.sampled_from(list(m.Kind)))
+        head = struct.pack("!BBBQ32s", 0xE7, m.DHT_VERSION, kind, asked.txid, _ANSWERER.peer_id.key)
+        inner = head + inner[:900]
+        inner += _ANSWERER.sign(m._DOMAIN + inner)
+    asker.receive_datagram(sec.seal_reply(opened.reply_key, asked.txid, inner), _ANSWERER_AT, 1.0)
+    decoded = None
+    with contextlib.suppress(DecodeError, AuthenticationFailed):
+        decoded = m.decode_message(inner)
+    if decoded is not None and decoded.kind is m.Kind.PONG and decoded.txid == asked.txid:
+        assert asker.counters["garbage_response"] == 0  # a genuine answer after all
+    else:
+        assert asker.counters["garbage_response"] == 1 and _ANSWERER.peer_id not in asker.table
+    asker.handle_timer(30.0)
+    asker.datagrams_to_send(30.0)
