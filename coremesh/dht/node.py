@@ -16,8 +16,9 @@ Trust rules:
   kept for a sender that never answers.
 - A response whose signature is valid but whose content is garbage (malformed body, a record that
   does not match the target or fails its signature) demotes its signer.
-- Requests are answered at most ``max_replies_per_second`` per source IP, and a response is never
-  larger than three times its request (QUIC-style anti-amplification).
+- Requests are answered at most ``max_replies_per_second`` per source IP, and what is sent to an
+  address in answer is never more than three times the request, unless the request carried an
+  address token this node gave that address (QUIC-style anti-amplification and address validation).
 
 Every drop is counted by reason in :attr:`DhtNode.counters`.
 """
@@ -141,6 +142,8 @@ class DhtNode:
         self._static_private = identity.x25519_private
         self._static_public = identity.x25519_public
         self._replay = sec.ReplayCache(self.config.replay_window, self.config.replay_cache_size)
+        self._token_maker = sec.AddressTokens(rng.randbytes(32), self.config.token_lifetime)
+        self._tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()  # theirs, for us
         self.table = RoutingTable(self.peer_id, self.config)
         self.store = RecordStore(self.peer_id, self.config.max_records, self.config.max_record_ttl)
         self.counters: Counter[str] = Counter()
@@ -356,6 +359,7 @@ class DhtNode:
             "events": len(self._events),
             "refreshed": len(self._refreshed),
             "replay": len(self._replay),
+            "tokens": len(self._tokens),
             "outgoing": len(self._out),
             "counters": len(self.counters),
         }
@@ -414,9 +418,11 @@ class DhtNode:
         sealed = self._seal_request(peer, message, now)
         return None if sealed is None else sealed[0]
 
-    def _seal_request(self, peer: PeerId, message: bytes, now: float) -> tuple[bytes, bytes] | None:
+    def _seal_request(
+        self, peer: PeerId, message: bytes, now: float, token: bytes = sec.NO_TOKEN
+    ) -> tuple[bytes, bytes] | None:
         try:
-            return sec.seal(peer, message, now + self.wall_offset, self.rng.randbytes(32))
+            return sec.seal(peer, message, now + self.wall_offset, self.rng.randbytes(32), token)
         except (InvalidPeerId, AuthenticationFailed):
             self.counters["unsealable_peer"] += 1
             return None
@@ -456,9 +462,12 @@ class DhtNode:
         txid = self._new_txid()
         if txid is None:
             return None
-        # A request that wants a full list of contacts is padded so that the answer fits in 3x.
-        pad = m.REQUEST_PAD - sec.SEALED_OVERHEAD if isinstance(body, m.FindNode | m.FindValue) else 0
-        sealed = self._seal_request(peer, self._encode(txid, body, pad), now)
+        # A request that wants a full list of contacts is padded so that the answer fits in 3x,
+        # unless it carries the token that proves our address to the responder.
+        token = self._token_for(address, now)
+        wants_room = isinstance(body, m.FindNode | m.FindValue) and token == sec.NO_TOKEN
+        pad = m.REQUEST_PAD - sec.SEALED_OVERHEAD if wants_room else 0
+        sealed = self._seal_request(peer, self._encode(txid, body, pad), now, token)
         if sealed is None:
             return None
         data, key = sealed
@@ -477,8 +486,24 @@ class DhtNode:
         self._probing[peer] = txid
         return True
 
-    def _reply(self, txid: int, body: m.Body, address: Address, key: bytes) -> None:
-        self._out.append((sec.seal_reply(key, txid, self._encode(txid, body)), address))
+    def _reply(self, txid: int, body: m.Body, address: Address, key: bytes, now: float) -> None:
+        token = self._token_maker.issue(address, now)
+        self._out.append((sec.seal_reply(key, txid, self._encode(txid, body), token), address))
+
+    def _token_for(self, address: Address, now: float) -> bytes:
+        held = self._tokens.get(address)
+        if held is None or now - held[1] >= self.config.token_lifetime:
+            return sec.NO_TOKEN
+        return held[0]
+
+    def _keep_token(self, address: Address, token: bytes, now: float) -> None:
+        if token == sec.NO_TOKEN or not self.config.max_tokens:
+            return
+        tokens = self._tokens
+        tokens[address] = (token, now)
+        tokens.move_to_end(address)
+        while len(tokens) > self.config.max_tokens:
+            tokens.popitem(last=False)  # the least recently refreshed
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -540,9 +565,12 @@ class DhtNode:
         if env.kind not in m.REQUESTS and env.kind is not m.Kind.PEX:
             self.counters["unexpected_kind"] += 1
             return
-        self._receive_request(env, addr, size, now, opened.reply_key)
+        validated = self._token_maker.valid(opened.token, addr, now)
+        self._receive_request(env, addr, size, now, opened.reply_key, validated)
 
-    def _receive_request(self, env: m.Envelope, addr: Address, size: int, now: float, key: bytes) -> None:
+    def _receive_request(
+        self, env: m.Envelope, addr: Address, size: int, now: float, key: bytes, validated: bool
+    ) -> None:
         if not env.verify():
             self.counters["bad_signature"] += 1
             return
@@ -558,16 +586,17 @@ class DhtNode:
             for r in body.records[: self.config.pex_max_records]:
                 self._accept_record(r, wall)
             return  # gossip comes from connected peers: the connection, not the DHT, vouches for them
-        # Everything sent to an unverified address in answer (the reply, and our PING to verify it)
-        # stays within 3x the request.
+        # Everything sent to an address not validated in answer (the reply, and our PING to verify
+        # the sender) stays within 3x the request.
         verify = self._consider(sender, addr, now)
-        budget = sec.reply_room(size) - m.OVERHEAD - (VERIFY_PING_SIZE if verify else 0)
+        ping = VERIFY_PING_SIZE if verify and not validated else 0
+        budget = sec.reply_room(size, validated) - m.OVERHEAD - ping
         if isinstance(body, m.Ping):
-            self._reply(env.txid, m.Pong(addr), addr, key)
+            self._reply(env.txid, m.Pong(addr), addr, key, now)
         elif isinstance(body, m.FindNode):
             self.lookups_served += 1
             contacts = self._contacts_for(body.target, sender, budget - 1)
-            self._reply(env.txid, m.Nodes(contacts), addr, key)
+            self._reply(env.txid, m.Nodes(contacts), addr, key, now)
         elif isinstance(body, m.FindValue):
             self.lookups_served += 1
             record = self.get_record(body.target, now)
@@ -581,9 +610,9 @@ class DhtNode:
                 else:
                     record = None
             value = m.Value(record, self._contacts_for(body.target, sender, room))
-            self._reply(env.txid, value, addr, key)
+            self._reply(env.txid, value, addr, key, now)
         elif isinstance(body, m.Store):
-            self._reply(env.txid, m.Stored(self._store_request(body.record, sender, wall)), addr, key)
+            self._reply(env.txid, m.Stored(self._store_request(body.record, sender, wall)), addr, key, now)
         else:  # a response kind cannot reach here
             return
         if verify:
@@ -678,10 +707,12 @@ class DhtNode:
             self.counters["unsolicited_response"] += 1
             return
         try:
-            inner = sec.open_reply(p.key, packet)
+            token, inner = sec.open_reply(p.key, packet)
         except AuthenticationFailed:
             self.counters["undecryptable"] += 1
             return  # keep waiting: the genuine answer may still come
+        except DecodeError:
+            token, inner = sec.NO_TOKEN, b""  # sealed by the peer, too short: garbage (below)
         # Only the holder of the peer's static key could seal this: whatever is inside is its own.
         del self._pending[txid]
         sender = p.peer
@@ -698,6 +729,7 @@ class DhtNode:
         except DecodeError:
             self._garbage(txid, p, sender, now)
             return
+        self._keep_token(addr, token, now)
         self._learn(sender, addr, now)
         if p.purpose is _Purpose.BOOTSTRAP:
             self._bootstrap_pings = max(0, self._bootstrap_pings - 1)
@@ -1016,6 +1048,12 @@ class DhtNode:
             del verified[peer]
         self.table.purge_demotions(now)
         self._replay.purge(now + self.wall_offset)
+        tokens = self._tokens
+        while tokens:
+            address, (_, at) = next(iter(tokens.items()))  # least recently refreshed first
+            if now - at < cfg.token_lifetime:
+                break
+            del tokens[address]
 
     def _random_id_in_bucket(self, index: int) -> PeerId:
         distance = (1 << index) | self.rng.getrandbits(index) if index > 0 else 1

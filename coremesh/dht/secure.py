@@ -13,8 +13,8 @@ list. Layouts (big-endian)::
 
     HELLO         0xE7 | 2 | 0x10 | nonce:8 | zero padding to HELLO_SIZE (64) bytes
     HELLO_REPLY   0xE7 | 2 | 0x11 | nonce:8 | peer_id:32 | observed addr | ed25519 signature:64
-    SEALED        0xE7 | 2 | 0x12 | e:32 | ChaCha20-Poly1305(k, n=0, ad=h, sent_at_ms:8 | message)
-    SEALED_REPLY  0xE7 | 2 | 0x13 | txid:8 | ChaCha20-Poly1305(k2, n=0, ad=the 11 header bytes, message)
+    SEALED        0xE7 | 2 | 0x12 | e:32 | ChaCha20-Poly1305(k, n=0, ad=h, sent_at_ms:8 | token:16 | message)
+    SEALED_REPLY  0xE7 | 2 | 0x13 | txid:8 | ChaCha20-Poly1305(k2, n=0, ad=header:11, token:16 | message)
 
 ``addr`` is :func:`coremesh.dht.messages.encode_address`'s form; the HELLO_REPLY signature covers
 :data:`HELLO_DOMAIN` and every byte before it. ``sent_at_ms`` (unix milliseconds) bounds a sealed
@@ -23,9 +23,14 @@ ephemeral key it has seen (:class:`ReplayCache`). A SEALED_REPLY names the txid 
 only clear field it has (a random number the requester chose); the requester takes the key from
 its pending request for that txid and that address, and the message inside must carry the same txid.
 
-Anti-amplification: a reply to an address that has not proved it receives is at most
-:data:`~coremesh.dht.messages.AMPLIFICATION` times the request (HELLO is padded so that its reply
-fits; :func:`reply_room` gives a sealed reply's room for the message inside). Decoding is total:
+Address validation, as QUIC's and discv5's: every sealed reply carries a *token* for the address it
+goes to (:class:`AddressTokens`: a keyed hash of the address and the time, which only the responder
+can make and check); a request that carries a valid token for its source address proves that
+address receives. Anti-amplification: a reply to an address that has not proved it receives is at
+most :data:`~coremesh.dht.messages.AMPLIFICATION` times the request (HELLO is padded so that its
+reply fits; :func:`reply_room` gives a sealed reply's room for the message inside); to a validated
+address, one full datagram whatever the request's size, so a request with a token needs no padding.
+All zeros is no token. Decoding is total:
 malformed input raises :class:`~coremesh.errors.DecodeError` (:class:`UnsupportedVersion` for
 another DHT version), a seal that does not open :class:`~coremesh.errors.AuthenticationFailed`.
 """
@@ -62,8 +67,10 @@ _HEAD = struct.Struct("!BBB")
 _HELLO = struct.Struct("!BBBQ")
 _STAMP = struct.Struct("!Q")
 HELLO_REPLY_MAX: Final = _HELLO.size + 32 + 19 + m.SIGNATURE_LEN  # 126 (IPv6 observed address)
-SEALED_OVERHEAD: Final = _HEAD.size + 32 + TAG_LEN + _STAMP.size  # 59: around the message
-SEALED_REPLY_OVERHEAD: Final = _HELLO.size + TAG_LEN  # 27: around the message
+TOKEN_LEN: Final = 16
+NO_TOKEN: Final = bytes(TOKEN_LEN)
+SEALED_OVERHEAD: Final = _HEAD.size + 32 + TAG_LEN + _STAMP.size + TOKEN_LEN  # 75: around the message
+SEALED_REPLY_OVERHEAD: Final = _HELLO.size + TAG_LEN + TOKEN_LEN  # 43: around the message
 SEALED_REPLY_HEADER: Final = _HELLO.size  # 11
 
 
@@ -118,10 +125,12 @@ Packet = Hello | HelloReply | Sealed | SealedReply
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A sealed request, opened: when it was sent, the message inside and the key for the reply."""
+    """A sealed request, opened: when it was sent, the address token it carries (:data:`NO_TOKEN`
+    if none), the message inside and the key for the reply."""
 
     ephemeral: bytes
     sent_at: float
+    token: bytes
     message: bytes
     reply_key: bytes
 
@@ -249,10 +258,13 @@ def static_key_of(peer: PeerId) -> bytes:
     return peer.x25519_public()
 
 
-def seal(responder: PeerId, message: bytes, sent_at: float, ephemeral_private: bytes) -> tuple[bytes, bytes]:
+def seal(
+    responder: PeerId, message: bytes, sent_at: float, ephemeral_private: bytes, token: bytes = NO_TOKEN
+) -> tuple[bytes, bytes]:
     """Seal ``message`` to ``responder``: the SEALED datagram and the key its reply comes under.
 
-    ``ephemeral_private`` is 32 fresh random bytes (the caller's injected source). Raises
+    ``ephemeral_private`` is 32 fresh random bytes (the caller's injected source); ``token`` the
+    responder's last token for the address we send from, if we hold one. Raises
     :class:`InvalidPeerId` if the responder's id is no Ed25519 point, :class:`AuthenticationFailed`
     if the DH degenerates.
     """
@@ -260,7 +272,9 @@ def seal(responder: PeerId, message: bytes, sent_at: float, ephemeral_private: b
     e_public = bytes(sodium.crypto_scalarmult_base(ephemeral_private))
     k, h, ck = _handshake(e_public, rs, _dh(ephemeral_private, rs))
     stamp = _STAMP.pack(max(0, min(int(sent_at * 1000), (1 << 64) - 1)))
-    ciphertext = _encrypt(k, h, stamp + message)
+    if len(token) != TOKEN_LEN:
+        raise ValueError(f"an address token is {TOKEN_LEN} bytes")
+    ciphertext = _encrypt(k, h, stamp + token + message)
     head = _HEAD.pack(PacketType.DHT, DHT_VERSION, OuterKind.SEALED)
     return head + e_public + ciphertext, _reply_key(ck)
 
@@ -269,28 +283,71 @@ def open_sealed(static_private: bytes, static_public: bytes, packet: Sealed) -> 
     """Open a SEALED request with our static X25519 key pair. Raises :class:`AuthenticationFailed`."""
     k, h, ck = _handshake(packet.ephemeral, static_public, _dh(static_private, packet.ephemeral))
     plaintext = _decrypt(k, h, packet.ciphertext)
-    if len(plaintext) < _STAMP.size:  # cannot happen for a valid seal of ours; a peer's may
-        raise DecodeError("SEALED payload has no timestamp")
+    head = _STAMP.size + TOKEN_LEN
+    if len(plaintext) < head:  # cannot happen for a valid seal of ours; a peer's may
+        raise DecodeError("SEALED payload has no timestamp and token")
     (stamp,) = _STAMP.unpack_from(plaintext)
-    return Opened(packet.ephemeral, stamp / 1000, plaintext[_STAMP.size :], _reply_key(ck))
+    token = plaintext[_STAMP.size : head]
+    return Opened(packet.ephemeral, stamp / 1000, token, plaintext[head:], _reply_key(ck))
 
 
-def seal_reply(reply_key: bytes, txid: int, message: bytes) -> bytes:
-    """The SEALED_REPLY carrying ``message`` (a signed response of ``txid``)."""
+def seal_reply(reply_key: bytes, txid: int, message: bytes, token: bytes = NO_TOKEN) -> bytes:
+    """The SEALED_REPLY carrying ``message`` (a signed response of ``txid``) and ``token``, the
+    address token of the address it goes to."""
+    if len(token) != TOKEN_LEN:
+        raise ValueError(f"an address token is {TOKEN_LEN} bytes")
     head = _HELLO.pack(PacketType.DHT, DHT_VERSION, OuterKind.SEALED_REPLY, txid)
-    return head + _encrypt(reply_key, head, message)
+    return head + _encrypt(reply_key, head, token + message)
 
 
-def open_reply(reply_key: bytes, packet: SealedReply) -> bytes:
-    """The signed message inside a SEALED_REPLY. Raises :class:`AuthenticationFailed`."""
-    return _decrypt(reply_key, packet.header, packet.ciphertext)
+def open_reply(reply_key: bytes, packet: SealedReply) -> tuple[bytes, bytes]:
+    """The address token and the signed message inside a SEALED_REPLY. Raises
+    :class:`AuthenticationFailed` (or :class:`DecodeError` for a seal too short for a token)."""
+    plaintext = _decrypt(reply_key, packet.header, packet.ciphertext)
+    if len(plaintext) < TOKEN_LEN:
+        raise DecodeError("SEALED_REPLY payload has no token")
+    return plaintext[:TOKEN_LEN], plaintext[TOKEN_LEN:]
 
 
-def reply_room(request_size: int) -> int:
+def reply_room(request_size: int, validated: bool = False) -> int:
     """The largest signed message a SEALED_REPLY to a ``request_size``-byte request may carry: the
-    reply stays within :data:`~coremesh.dht.messages.AMPLIFICATION` times the request and within
-    :data:`~coremesh.dht.messages.MAX_DATAGRAM`."""
-    return min(m.MAX_DATAGRAM, m.AMPLIFICATION * request_size) - SEALED_REPLY_OVERHEAD
+    reply stays within :data:`~coremesh.dht.messages.MAX_DATAGRAM`, and, unless the request's
+    address is ``validated`` (it carried a valid token), within
+    :data:`~coremesh.dht.messages.AMPLIFICATION` times the request."""
+    limit = m.MAX_DATAGRAM if validated else min(m.MAX_DATAGRAM, m.AMPLIFICATION * request_size)
+    return limit - SEALED_REPLY_OVERHEAD
+
+
+class AddressTokens:
+    """Stateless address tokens: ``BLAKE2s-128(key=secret, epoch | address)``, the epoch being
+    ``now // lifetime``; a token is valid in its epoch and the next, so for ``lifetime`` to twice
+    that. The secret is this node's own (32 random bytes, never sent): a restart invalidates every
+    token, which costs a requester one padded request."""
+
+    __slots__ = ("_secret", "lifetime")
+
+    def __init__(self, secret: bytes, lifetime: float) -> None:
+        if len(secret) != 32:
+            raise ValueError("the token secret is 32 bytes")
+        self._secret = secret
+        self.lifetime = lifetime
+
+    def _mac(self, address: Address, epoch: int) -> bytes:
+        try:
+            packed = m.encode_address(address)
+        except ValueError:
+            return NO_TOKEN  # not an IP address: never validated
+        data = epoch.to_bytes(8, "big", signed=True) + packed
+        return hashlib.blake2s(data, key=self._secret, digest_size=TOKEN_LEN).digest()
+
+    def issue(self, address: Address, now: float) -> bytes:
+        return self._mac(address, int(now // self.lifetime))
+
+    def valid(self, token: bytes, address: Address, now: float) -> bool:
+        if token == NO_TOKEN:
+            return False
+        epoch = int(now // self.lifetime)
+        return any(hmac.compare_digest(token, self._mac(address, e)) for e in (epoch, epoch - 1))
 
 
 def can_seal_to(peer: PeerId) -> bool:

@@ -61,6 +61,7 @@ def test_every_table_of_a_long_running_node_stays_bounded() -> None:
                 worst[key] = max(worst.get(key, 0), value)
             assert sizes["rate_sources"] <= len(live) + left_within(slack + 2.0), sizes
             assert sizes["verified"] <= len(live) + left_within(cfg.verify_backoff + slack), sizes
+            assert sizes["tokens"] <= len(live) + left_within(cfg.token_lifetime + slack), sizes
             assert sizes["records"] <= len(live) + left_within(cfg.record_ttl + slack), sizes
             assert sizes["contacts"] <= cfg.k * sizes["buckets"], sizes
             assert sizes["replacements"] <= cfg.replacement_cache_size * sizes["buckets"], sizes
@@ -70,6 +71,7 @@ def test_every_table_of_a_long_running_node_stays_bounded() -> None:
     # The run did use the tables that age (bounds on empty tables would prove nothing).
     assert serial == NODES + HOURS * 60
     assert worst["rate_sources"] > 0 and worst["verified"] > 0 and worst["records"] > 0, worst
+    assert worst["tokens"] > 0 and worst["replay"] > 0, worst
 
 
 def test_rate_limit_verification_and_demotion_entries_age_out() -> None:

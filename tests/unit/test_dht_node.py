@@ -63,7 +63,7 @@ class Probe:
         """A reply to one of our requests, or a request sealed to us, opened and decoded."""
         packet = sec.parse_packet(data)
         if isinstance(packet, sec.SealedReply):
-            return m.decode_message(sec.open_reply(self.keys[packet.txid], packet))
+            return m.decode_message(sec.open_reply(self.keys[packet.txid], packet)[1])
         assert isinstance(packet, sec.Sealed)
         opened = sec.open_sealed(self.ident.x25519_private, self.ident.x25519_public, packet)
         return m.decode_message(opened.message)

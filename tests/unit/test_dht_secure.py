@@ -71,20 +71,23 @@ def test_the_seal_is_noise_message_one_under_the_same_key_schedule() -> None:
     sent_at=st.floats(0, 4e9),
     txid=st.integers(0, 2**64 - 1),
     e=st.binary(min_size=32, max_size=32),
+    tokens=st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16)),
 )
 @settings(max_examples=100, deadline=None)
-def test_seal_open_reply_round_trip(message: bytes, sent_at: float, txid: int, e: bytes) -> None:
-    data, key = sec.seal(RESPONDER.peer_id, message, sent_at, e)
+def test_seal_open_reply_round_trip(
+    message: bytes, sent_at: float, txid: int, e: bytes, tokens: tuple[bytes, bytes]
+) -> None:
+    data, key = sec.seal(RESPONDER.peer_id, message, sent_at, e, tokens[0])
     assert len(data) == len(message) + sec.SEALED_OVERHEAD
     packet = sec.parse_packet(data)
     assert isinstance(packet, sec.Sealed)
     opened = sec.open_sealed(RESPONDER.x25519_private, RESPONDER.x25519_public, packet)
-    assert opened.message == message and opened.reply_key == key
+    assert opened.message == message and opened.reply_key == key and opened.token == tokens[0]
     assert abs(opened.sent_at - sent_at) <= 0.001
-    reply = sec.seal_reply(opened.reply_key, txid, message[:900])
+    reply = sec.seal_reply(opened.reply_key, txid, message[:900], tokens[1])
     parsed = sec.parse_packet(reply)
     assert isinstance(parsed, sec.SealedReply) and parsed.txid == txid
-    assert sec.open_reply(key, parsed) == message[:900]
+    assert sec.open_reply(key, parsed) == (tokens[1], message[:900])
     with pytest.raises(AuthenticationFailed):  # only the responder's key opens the request
         sec.open_sealed(REQUESTER.x25519_private, REQUESTER.x25519_public, packet)
     with pytest.raises(AuthenticationFailed):  # and only this request's key the reply
@@ -133,7 +136,7 @@ def test_open_sealed_raises_only_typed_errors(e: bytes, ciphertext: bytes) -> No
 @given(key=st.binary(min_size=32, max_size=32), data=st.binary(max_size=1200))
 @settings(max_examples=300, deadline=None)
 def test_open_reply_raises_only_authentication_failed(key: bytes, data: bytes) -> None:
-    packet = sec.parse_packet(b"\xe7\x02\x13" + bytes(8) + bytes(16) + data)
+    packet = sec.parse_packet(b"\xe7\x02\x13" + bytes(8) + bytes(32) + data)
     assert isinstance(packet, sec.SealedReply)
     with pytest.raises(AuthenticationFailed):
         sec.open_reply(key, packet)
@@ -245,7 +248,7 @@ def test_every_reply_stays_within_three_times_its_request() -> None:
             for d in sent:
                 packet = sec.parse_packet(d)
                 if isinstance(packet, sec.SealedReply):
-                    seen.add(m.decode_message(sec.open_reply(key, packet)).kind)
+                    seen.add(m.decode_message(sec.open_reply(key, packet)[1]).kind)
     for size in (sec.HELLO_SIZE, 200):
         n += 1
         src = Address(f"10.7.{n}.1", 4000)
@@ -371,3 +374,70 @@ def test_a_reply_that_opens_but_holds_garbage_is_a_counted_drop(
         assert asker.counters["garbage_response"] == 1 and _ANSWERER.peer_id not in asker.table
     asker.handle_timer(30.0)
     asker.datagrams_to_send(30.0)
+
+
+# ---- address validation -----------------------------------------------------------------------------
+
+
+def test_address_tokens_are_valid_for_one_address_within_their_lifetime() -> None:
+    tokens = sec.AddressTokens(bytes(range(32)), lifetime=100.0)
+    here, there = Address("192.0.2.1", 4000), Address("192.0.2.1", 4001)
+    token = tokens.issue(here, 250.0)
+    assert len(token) == sec.TOKEN_LEN and token != sec.NO_TOKEN
+    assert tokens.valid(token, here, 250.0) and tokens.valid(token, here, 399.0)  # its epoch, the next
+    assert not tokens.valid(token, here, 400.0)  # two epochs on
+    assert not tokens.valid(token, there, 250.0)  # another port is another address
+    assert not tokens.valid(sec.NO_TOKEN, here, 250.0)
+    assert not sec.AddressTokens(bytes(32), 100.0).valid(token, here, 250.0)  # another node's secret
+    assert tokens.issue(Address("node.invalid", 1), 250.0) == sec.NO_TOKEN  # not an IP: never valid
+
+
+def test_a_validated_address_gets_a_full_answer_to_an_unpadded_request() -> None:
+    """The token a reply carries proves the address: with it, a small FIND is answered with a full
+    datagram (beyond 3x: the address receives); without it, or from another address, within 3x."""
+    a, target = _loaded_node()
+    me = Identity(bytes(range(80, 112)))
+    here, elsewhere = Address("10.8.1.1", 4000), Address("10.8.2.1", 4000)
+    ping, key = sealed(me, a.peer_id, m.Ping(), txid=1, now=1.0)
+    a.receive_datagram(ping, here, 1.0)
+    (reply,) = [d for d, to in a.datagrams_to_send(1.0) if isinstance(sec.parse_packet(d), sec.SealedReply)]
+    packet = sec.parse_packet(reply)
+    assert isinstance(packet, sec.SealedReply)
+    token, _ = sec.open_reply(key, packet)
+    assert token != sec.NO_TOKEN
+
+    def ask(src: Address, with_token: bytes, txid: int) -> tuple[int, int, int]:
+        message = m.encode_message(me.sign, me.peer_id, txid, m.FindNode(target))
+        data, k = sec.seal(a.peer_id, message, WALL + 2.0, bytes([txid]) * 32, with_token)
+        a.receive_datagram(data, src, 2.0)
+        sent = [d for d, to in a.datagrams_to_send(2.0) if to == src]
+        answer = next(p for p in map(sec.parse_packet, sent) if isinstance(p, sec.SealedReply))
+        nodes = m.decode_message(sec.open_reply(k, answer)[1]).body
+        assert isinstance(nodes, m.Nodes)
+        return len(data), sum(len(d) for d in sent), len(nodes.contacts)
+
+    size, answered, contacts = ask(here, token, 2)
+    assert size < m.REQUEST_PAD and m.AMPLIFICATION * size < answered <= m.MAX_DATAGRAM and contacts == 20
+    for src, with_token, txid in (
+        (elsewhere, token, 3),
+        (here, sec.NO_TOKEN, 4),
+        (here, bytes(range(16)), 5),
+    ):
+        size, answered, contacts = ask(src, with_token, txid)
+        assert answered <= m.AMPLIFICATION * size and contacts < 20
+
+
+def test_a_requester_holding_a_token_stops_padding() -> None:
+    net = SimNetwork(seed=3, default=LinkProfile(latency=0.01))
+    a, b = node(1), node(2)
+    a_at, b_at = Address("10.0.0.1", 4000), Address("10.0.1.1", 4000)
+    net.attach(a_at, a)
+    net.attach(b_at, b)
+    b.bootstrap([a_at], net.clock.now)
+    net.run_for(5)  # the join's FIND_NODE to A went padded; A's answer carried a token
+    assert b.memory_stats()["tokens"] == 1
+    b.start_lookup(identity(random.Random(5)).peer_id, net.clock.now)
+    sizes = [len(d) for d, to in b.datagrams_to_send(net.clock.now) if to == a_at]
+    assert sizes and all(size < m.REQUEST_PAD for size in sizes)
+    b.handle_timer(net.clock.now + b.config.token_lifetime + 2 * b.config.maintenance_interval)
+    assert b.memory_stats()["tokens"] == 0  # held no longer than their lifetime
