@@ -5,7 +5,8 @@ address the DHT sees for a node is the one its mesh traffic comes from, NAT mapp
 shell passes datagrams and the loop's time in, sends what comes out, re-arms one timer, turns lookup
 events into awaited results, and does the periodic work that needs the outside world: publishing the
 node's own record when its addresses change, gossiping records to connected peers, and saving the
-routing table to the data dir (atomically) so that a restart is warm.
+routing table to the data dir (atomically) so that a restart is warm. The core seals what it sends
+(wire version 2, docs/dht.md): no peer list leaves the node in clear, gossip included.
 
 The own record's sequence number must grow across restarts, or the peers that hold the previous
 record answer STALE until it expires: it is at least the wall clock in milliseconds, and always
@@ -53,6 +54,7 @@ _EVENT_COUNTERS: Final = frozenset(
         "demoted",
         "request_timeout",
         "lookup_timeout",
+        "hello_answered",
     }
 )
 SAVE_INTERVAL: Final = 60.0
@@ -106,8 +108,8 @@ class DhtService:
         self._addresses = addresses
         self._connected_peers = connected_peers
         self._loop = asyncio.get_running_loop()
-        self._wall_offset = time.time() - self._loop.time()
-        self.core = DhtNode(identity, config.dht_config, rng=rng, wall_offset=self._wall_offset)
+        wall_offset = time.time() - self._loop.time()  # followed by _maintain as the clock moves
+        self.core = DhtNode(identity, config.dht_config, rng=rng, wall_offset=wall_offset)
         self._timer = CoreTimer(self._loop, self._on_timer)
         self._lookups: dict[int, asyncio.Future[LookupFinished]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -321,6 +323,9 @@ class DhtService:
         while True:
             await asyncio.sleep(ADDRESS_CHECK_INTERVAL)
             try:
+                # The wall clock may have been stepped (NTP) since the start: sealed requests carry
+                # it, and a peer refuses one stamped outside its replay window.
+                self.core.wall_offset = time.time() - self._loop.time()
                 self.publish()
                 peers = self._connected_peers()
                 if peers and self._loop.time() - last_gossip >= self._config.gossip_interval:

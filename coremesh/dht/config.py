@@ -40,6 +40,13 @@ class DhtConfig:
       maintenance round); ``max_pending_requests`` requests in flight; at most
       ``max_verifications`` pings in flight to check the address of unknown requesters, each peer at
       most once per ``verify_backoff``.
+    Sealed requests (:mod:`coremesh.dht.secure`):
+      a request sent more than ``replay_window`` seconds from our clock (either way) is refused, as
+      is one whose ephemeral key was seen; at most ``replay_cache_size`` keys are kept (when full,
+      the oldest is forgotten and requests sent before it are refused too).
+    Address validation: a reply's address token is valid for ``token_lifetime`` to twice that at the
+    node that made it; a requester uses one it holds for ``token_lifetime``, keeping at most
+    ``max_tokens`` (one per address it asks).
     """
 
     k: int = 20
@@ -67,6 +74,10 @@ class DhtConfig:
     max_pending_requests: int = 1024
     max_verifications: int = 32
     verify_backoff: float = 300.0
+    replay_window: float = 900.0
+    replay_cache_size: int = 65536
+    token_lifetime: float = 600.0
+    max_tokens: int = 4096
 
     def __post_init__(self) -> None:
         _int(self.k, "k", 1, 64)
@@ -83,6 +94,8 @@ class DhtConfig:
         _int(self.max_rate_sources, "max_rate_sources", 1, 10_000_000)
         _int(self.max_pending_requests, "max_pending_requests", 1, 1_000_000)
         _int(self.max_verifications, "max_verifications", 0, 1_000_000)
+        _int(self.replay_cache_size, "replay_cache_size", 16, 10_000_000)
+        _int(self.max_tokens, "max_tokens", 0, 10_000_000)
         for name in (
             "demotion_period",
             "request_timeout",
@@ -94,6 +107,8 @@ class DhtConfig:
             "record_ttl",
             "max_record_ttl",
             "verify_backoff",
+            "replay_window",
+            "token_lifetime",
         ):
             _seconds(getattr(self, name), name)
         _positive(self.max_replies_per_second, "max_replies_per_second")

@@ -1,8 +1,9 @@
-"""DHT datagrams: every one signed by its sender, requests padded against amplification.
+"""DHT messages: every one signed by its sender, requests padded against amplification.
 
-Layout (big-endian)::
+A message never travels in clear: it is sealed to its responder (:mod:`coremesh.dht.secure`, the
+outer packet), so the layout below is what the seal carries. Layout (big-endian)::
 
-    0xE7 | version:1 | kind:1 | txid:8 | sender peer_id:32 | body | ed25519 signature:64
+    0xE7 | version:1 (2) | kind:1 | txid:8 | sender peer_id:32 | body | ed25519 signature:64
 
 The signature covers a domain separation string and every byte before it. Responses echo the
 request's txid; a node accepts a response only for a txid it sent to that address (and peer).
@@ -18,8 +19,8 @@ Bodies (``addr`` = family:1 (4 or 6) | ip:4 or 16 | port:2; ``contact`` = peer_i
 
 Anti-amplification (as in QUIC): a response is never more than :data:`AMPLIFICATION` times the
 request that caused it, and never more than :data:`MAX_DATAGRAM` bytes; requests that want a full
-list of contacts are padded to :data:`REQUEST_PAD`. Decoding is total: any malformed input raises
-:class:`~coremesh.errors.DecodeError`, never anything else.
+list of contacts are padded so that the sealed datagram is :data:`REQUEST_PAD` bytes. Decoding is
+total: any malformed input raises :class:`~coremesh.errors.DecodeError`, never anything else.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ import nacl.exceptions
 from ..addr import Address
 from ..errors import DecodeError
 from ..identity import PeerId
-from ..secure.wire import PROTOCOL_VERSION, PacketType
+from ..secure.wire import PacketType
 from .records import PeerRecord
 
+DHT_VERSION: Final = 2  # 1: signed datagrams in clear; 2: sealed (coremesh/dht/secure.py)
 MAX_DATAGRAM: Final = 1200
 AMPLIFICATION: Final = 3
 REQUEST_PAD: Final = MAX_DATAGRAM // AMPLIFICATION  # a padded request may be answered with a full datagram
 SIGNATURE_LEN: Final = 64
-_DOMAIN: Final = b"coremesh-dht-msg-v1\x00"
+_DOMAIN: Final = b"coremesh-dht-msg-v2\x00"
 _HEAD = struct.Struct("!BBBQ32s")
 HEADER_LEN: Final = _HEAD.size  # 43
 OVERHEAD: Final = HEADER_LEN + SIGNATURE_LEN
@@ -202,7 +204,7 @@ def address_size(address: Address) -> int:
     return 7 if ":" not in address.host else 19
 
 
-def _decode_address(data: bytes, pos: int) -> tuple[Address, int]:
+def decode_address_at(data: bytes, pos: int) -> tuple[Address, int]:
     if pos >= len(data):
         raise DecodeError("truncated address")
     family = data[pos]
@@ -249,7 +251,7 @@ def _decode_contacts_n(data: bytes, pos: int, count: int) -> tuple[tuple[Contact
         if pos + 32 > len(data):
             raise DecodeError("truncated contact")
         peer = PeerId(bytes(data[pos : pos + 32]))
-        address, pos = _decode_address(data, pos + 32)
+        address, pos = decode_address_at(data, pos + 32)
         out.append((peer, address))
     return tuple(out), pos
 
@@ -307,7 +309,7 @@ def decode_body(kind: Kind, data: bytes) -> Body:
     if kind is Kind.PING:
         body, pos = Ping(), 0
     elif kind is Kind.PONG:
-        observed, pos = _decode_address(data, 0)
+        observed, pos = decode_address_at(data, 0)
         body = Pong(observed)
     elif kind in (Kind.FIND_NODE, Kind.FIND_VALUE):
         if len(data) < 32:
@@ -366,7 +368,7 @@ def encode_message(sign: Signer, sender: PeerId, txid: int, body: Body, *, pad_t
     size = HEADER_LEN + len(payload) + SIGNATURE_LEN
     if pad_to > size and kind in REQUESTS:
         payload += bytes(pad_to - size)
-    signed = _HEAD.pack(PacketType.DHT, PROTOCOL_VERSION, kind, txid, sender.key) + payload
+    signed = _HEAD.pack(PacketType.DHT, DHT_VERSION, kind, txid, sender.key) + payload
     return signed + sign(_DOMAIN + signed)
 
 
@@ -379,7 +381,7 @@ def parse_envelope(data: bytes) -> Envelope:
     ptype, version, kind, txid, sender = _HEAD.unpack_from(data)
     if ptype != PacketType.DHT:
         raise DecodeError(f"not a DHT datagram (type {ptype:#x})")
-    if version != PROTOCOL_VERSION:
+    if version != DHT_VERSION:
         raise DecodeError(f"unsupported DHT version {version}")
     try:
         k = Kind(kind)

@@ -5,15 +5,20 @@ Fed with ``receive_datagram(data, addr, now)`` and ``handle_timer(now)``; draine
 (``now`` is monotonic seconds; ``now + wall_offset`` is unix time, used for record expiry).
 
 Trust rules:
-- Every datagram is signed by its sender. A response is only accepted for a txid this node sent to
-  that very address (and, if known, that peer); anything else is an ``unsolicited_response`` drop.
+- No peer list travels in clear: every message is signed by its sender and sealed to the peer it is
+  for (Noise N to its static key, the reply under the derived key: :mod:`coremesh.dht.secure`). A
+  seed known only by address is first asked a HELLO, answered by its signed PeerId alone.
+- A response is only accepted for a txid this node sent to that very address, under the key of that
+  request (so from that peer); anything else is an ``unsolicited_response`` or ``undecryptable``
+  drop. A sealed request outside the replay window, or seen before, is refused.
 - Only a peer whose address answered a signed response to our request enters the routing table. An
   unknown peer that sends us a request gets a verification PING (bounded, backed off); no state is
   kept for a sender that never answers.
 - A response whose signature is valid but whose content is garbage (malformed body, a record that
   does not match the target or fails its signature) demotes its signer.
-- Requests are answered at most ``max_replies_per_second`` per source IP, and a response is never
-  larger than three times its request (QUIC-style anti-amplification).
+- Requests are answered at most ``max_replies_per_second`` per source IP, and what is sent to an
+  address in answer is never more than three times the request, unless the request carried an
+  address token this node gave that address (QUIC-style anti-amplification and address validation).
 
 Every drop is counted by reason in :attr:`DhtNode.counters`.
 """
@@ -31,12 +36,13 @@ from typing import Final
 import nacl.bindings as sodium
 
 from ..addr import Address
-from ..errors import DecodeError, LocalProtocolError
+from ..errors import AuthenticationFailed, DecodeError, InvalidPeerId, LocalProtocolError
 from ..identity import Identity, PeerId
 from ..ratelimit import TokenBucket
 from ..secure.wire import PacketType
 from . import events as ev
 from . import messages as m
+from . import secure as sec
 from .config import DhtConfig
 from .lookup import FINISHED, WAITING_AT_CAPACITY, ClosestPeersIter, Waiting
 from .records import InvalidRecord, PeerRecord, RecordRejected
@@ -47,6 +53,7 @@ MAX_EVENTS: Final = 4096
 _SNAPSHOT_MAGIC: Final = b"coremesh-dht-snapshot-v1\n"
 MAX_SNAPSHOT_CONTACTS: Final = 4096
 MAX_SNAPSHOT_RECORDS: Final = 65535
+VERIFY_PING_SIZE: Final = sec.SEALED_OVERHEAD + m.OVERHEAD  # a sealed PING: 166 bytes
 
 
 class _Purpose(enum.Enum):
@@ -81,16 +88,20 @@ class _Query:
 
 
 class _Pending:
-    __slots__ = ("address", "deadline", "expect", "peer", "purpose", "query")
+    """A request in flight: a HELLO (``peer`` and ``key`` None, ``expect`` None) or a sealed request
+    to ``peer``, whose reply opens with ``key``."""
+
+    __slots__ = ("address", "deadline", "expect", "key", "peer", "purpose", "query")
 
     def __init__(
         self,
-        expect: m.Kind,
+        expect: m.Kind | None,
         peer: PeerId | None,
         address: Address,
         deadline: float,
         purpose: _Purpose,
         query: _Query | None,
+        key: bytes | None,
     ) -> None:
         self.expect = expect
         self.peer = peer
@@ -98,6 +109,7 @@ class _Pending:
         self.deadline = deadline
         self.purpose = purpose
         self.query = query
+        self.key = key
 
 
 class _Publish:
@@ -127,6 +139,11 @@ class DhtNode:
         self.rng = rng
         self.wall_offset = wall_offset
         self._secret = identity.seed + identity.peer_id.key
+        self._static_private = identity.x25519_private
+        self._static_public = identity.x25519_public
+        self._replay = sec.ReplayCache(self.config.replay_window, self.config.replay_cache_size)
+        self._token_maker = sec.AddressTokens(rng.randbytes(32), self.config.token_lifetime)
+        self._tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()  # theirs, for us
         self.table = RoutingTable(self.peer_id, self.config)
         self.store = RecordStore(self.peer_id, self.config.max_records, self.config.max_record_ttl)
         self.counters: Counter[str] = Counter()
@@ -208,26 +225,30 @@ class DhtNode:
             self.counters["not_dht"] += 1
             return
         try:
-            env = m.parse_envelope(data)
+            packet = sec.parse_packet(data)
+        except sec.UnsupportedVersion:
+            self.counters["bad_version"] += 1
+            return
         except DecodeError:
             self.counters["malformed"] += 1
             return
-        if env.sender == self.peer_id:
-            self.counters["self_message"] += 1
-            return
-        if env.kind in m.REQUESTS or env.kind is m.Kind.PEX:
-            self._receive_request(env, addr, len(data), now)
+        if isinstance(packet, sec.Sealed):
+            self._receive_sealed(packet, addr, len(data), now)
+        elif isinstance(packet, sec.SealedReply):
+            self._receive_sealed_reply(packet, addr, now)
+        elif isinstance(packet, sec.Hello):
+            self._receive_hello(packet, addr, now)
         else:
-            self._receive_response(env, addr, now)
+            self._receive_hello_reply(packet, addr, now)
 
     # ---- public commands ------------------------------------------------------------------------
 
     def bootstrap(self, addresses: list[Address], now: float) -> None:
-        """Join through seeds known only by address: PING them to learn (and verify) their ids."""
+        """Join through seeds known only by address: a HELLO to each learns (and verifies) its id."""
         self._start(now)
         self._joining = True
         for address in addresses:
-            if self._request(None, address, m.Ping(), _Purpose.BOOTSTRAP, None, now) is not None:
+            if self._hello(address, now) is not None:
                 self._bootstrap_pings += 1
         if not self._bootstrap_pings and len(self.table):
             self._join(now)
@@ -284,7 +305,9 @@ class DhtNode:
                 chosen.append(r)
             chosen = chosen[: self.config.pex_max_records]
             while chosen:
-                data = self._encode(self.rng.getrandbits(64), m.Pex(tuple(chosen)))
+                data = self._seal(peer, self._encode(self.rng.getrandbits(64), m.Pex(tuple(chosen))), now)
+                if data is None:
+                    break
                 if len(data) <= m.MAX_DATAGRAM:
                     self._out.append((data, address))
                     self.counters["pex_sent"] += 1
@@ -335,6 +358,8 @@ class DhtNode:
             "queued": len(self._queued),
             "events": len(self._events),
             "refreshed": len(self._refreshed),
+            "replay": len(self._replay),
+            "tokens": len(self._tokens),
             "outgoing": len(self._out),
             "counters": len(self.counters),
         }
@@ -388,28 +413,68 @@ class DhtNode:
     def _encode(self, txid: int, body: m.Body, pad_to: int = 0) -> bytes:
         return m.encode_message(self._sign, self.peer_id, txid, body, pad_to=pad_to)
 
-    def _request(
-        self,
-        peer: PeerId | None,
-        address: Address,
-        body: m.Body,
-        purpose: _Purpose,
-        query: _Query | None,
-        now: float,
-    ) -> int | None:
+    def _seal(self, peer: PeerId, message: bytes, now: float) -> bytes | None:
+        """``message`` sealed to ``peer`` (None if its id is no key one can seal to)."""
+        sealed = self._seal_request(peer, message, now)
+        return None if sealed is None else sealed[0]
+
+    def _seal_request(
+        self, peer: PeerId, message: bytes, now: float, token: bytes = sec.NO_TOKEN
+    ) -> tuple[bytes, bytes] | None:
+        try:
+            return sec.seal(peer, message, now + self.wall_offset, self.rng.randbytes(32), token)
+        except (InvalidPeerId, AuthenticationFailed):
+            self.counters["unsealable_peer"] += 1
+            return None
+
+    def _new_txid(self) -> int | None:
         if len(self._pending) >= self.config.max_pending_requests:
             self.counters["pending_full"] += 1
             return None
         txid = self.rng.getrandbits(64)
         while txid in self._pending:
             txid = self.rng.getrandbits(64)
-        pad = m.REQUEST_PAD if isinstance(body, m.FindNode | m.FindValue) else 0
-        self._out.append((self._encode(txid, body, pad), address))
+        return txid
+
+    def _track(self, txid: int, pending: _Pending) -> None:
+        self._pending[txid] = pending
+        heapq.heappush(self._deadlines, (pending.deadline, txid))
+
+    def _hello(self, address: Address, now: float) -> int | None:
+        """Ask a seed known by address only for its PeerId (in clear: nothing else is answered)."""
+        txid = self._new_txid()
+        if txid is None:
+            return None
+        self._out.append((sec.encode_hello(txid), address))
         deadline = now + self.config.request_timeout
-        self._pending[txid] = _Pending(
-            m.RESPONSE_TO[m.kind_of(body)], peer, address, deadline, purpose, query
-        )
-        heapq.heappush(self._deadlines, (deadline, txid))
+        self._track(txid, _Pending(None, None, address, deadline, _Purpose.BOOTSTRAP, None, None))
+        return txid
+
+    def _request(
+        self,
+        peer: PeerId,
+        address: Address,
+        body: m.Body,
+        purpose: _Purpose,
+        query: _Query | None,
+        now: float,
+    ) -> int | None:
+        txid = self._new_txid()
+        if txid is None:
+            return None
+        # A request that wants a full list of contacts is padded so that the answer fits in 3x,
+        # unless it carries the token that proves our address to the responder.
+        token = self._token_for(address, now)
+        wants_room = isinstance(body, m.FindNode | m.FindValue) and token == sec.NO_TOKEN
+        pad = m.REQUEST_PAD - sec.SEALED_OVERHEAD if wants_room else 0
+        sealed = self._seal_request(peer, self._encode(txid, body, pad), now, token)
+        if sealed is None:
+            return None
+        data, key = sealed
+        self._out.append((data, address))
+        expect = m.RESPONSE_TO[m.kind_of(body)]
+        deadline = now + self.config.request_timeout
+        self._track(txid, _Pending(expect, peer, address, deadline, purpose, query, key))
         return txid
 
     def _probe(self, peer: PeerId, address: Address, purpose: _Purpose, now: float) -> bool:
@@ -421,8 +486,24 @@ class DhtNode:
         self._probing[peer] = txid
         return True
 
-    def _reply(self, txid: int, body: m.Body, address: Address) -> None:
-        self._out.append((self._encode(txid, body), address))
+    def _reply(self, txid: int, body: m.Body, address: Address, key: bytes, now: float) -> None:
+        token = self._token_maker.issue(address, now)
+        self._out.append((sec.seal_reply(key, txid, self._encode(txid, body), token), address))
+
+    def _token_for(self, address: Address, now: float) -> bytes:
+        held = self._tokens.get(address)
+        if held is None or now - held[1] >= self.config.token_lifetime:
+            return sec.NO_TOKEN
+        return held[0]
+
+    def _keep_token(self, address: Address, token: bytes, now: float) -> None:
+        if token == sec.NO_TOKEN or not self.config.max_tokens:
+            return
+        tokens = self._tokens
+        tokens[address] = (token, now)
+        tokens.move_to_end(address)
+        while len(tokens) > self.config.max_tokens:
+            tokens.popitem(last=False)  # the least recently refreshed
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -440,10 +521,56 @@ class DhtNode:
             rates.move_to_end(key)
         return bucket.consume(1.0, now)
 
-    def _receive_request(self, env: m.Envelope, addr: Address, size: int, now: float) -> None:
+    def _receive_hello(self, hello: sec.Hello, addr: Address, now: float) -> None:
         if not self._rate_ok(addr, now):
             self.counters["rate_limited"] += 1
             return
+        reply = sec.encode_hello_reply(self._sign, self.peer_id, hello.nonce, addr)
+        if len(reply) > m.AMPLIFICATION * hello.size:  # a HELLO is padded so that this never happens
+            self.counters["amplification"] += 1
+            return
+        self.counters["hello_answered"] += 1
+        self._out.append((reply, addr))
+
+    def _receive_sealed(self, packet: sec.Sealed, addr: Address, size: int, now: float) -> None:
+        # Cheap before expensive: the rate limit and an exact replay cost no DH.
+        if not self._rate_ok(addr, now):
+            self.counters["rate_limited"] += 1
+            return
+        if self._replay.seen(packet.ephemeral):
+            self.counters["replayed_request"] += 1
+            return
+        try:
+            opened = sec.open_sealed(self._static_private, self._static_public, packet)
+        except AuthenticationFailed:
+            self.counters["undecryptable"] += 1
+            return
+        except DecodeError:
+            self.counters["malformed"] += 1
+            return
+        wall = now + self.wall_offset
+        reason = self._replay.check(opened.sent_at, wall)
+        if reason is not None:
+            self.counters[reason] += 1
+            return
+        self._replay.add(opened.ephemeral, opened.sent_at, wall)
+        try:
+            env = m.parse_envelope(opened.message)
+        except DecodeError:
+            self.counters["malformed"] += 1
+            return
+        if env.sender == self.peer_id:
+            self.counters["self_message"] += 1
+            return
+        if env.kind not in m.REQUESTS and env.kind is not m.Kind.PEX:
+            self.counters["unexpected_kind"] += 1
+            return
+        validated = self._token_maker.valid(opened.token, addr, now)
+        self._receive_request(env, addr, size, now, opened.reply_key, validated)
+
+    def _receive_request(
+        self, env: m.Envelope, addr: Address, size: int, now: float, key: bytes, validated: bool
+    ) -> None:
         if not env.verify():
             self.counters["bad_signature"] += 1
             return
@@ -453,14 +580,23 @@ class DhtNode:
             self.counters["malformed"] += 1
             return
         sender = env.sender
-        budget = min(m.MAX_DATAGRAM, m.AMPLIFICATION * size) - m.OVERHEAD
         wall = now + self.wall_offset
+        if isinstance(body, m.Pex):
+            self.counters["pex_received"] += 1
+            for r in body.records[: self.config.pex_max_records]:
+                self._accept_record(r, wall)
+            return  # gossip comes from connected peers: the connection, not the DHT, vouches for them
+        # Everything sent to an address not validated in answer (the reply, and our PING to verify
+        # the sender) stays within 3x the request.
+        verify = self._consider(sender, addr, now)
+        ping = VERIFY_PING_SIZE if verify and not validated else 0
+        budget = sec.reply_room(size, validated) - m.OVERHEAD - ping
         if isinstance(body, m.Ping):
-            self._reply(env.txid, m.Pong(addr), addr)
+            self._reply(env.txid, m.Pong(addr), addr, key, now)
         elif isinstance(body, m.FindNode):
             self.lookups_served += 1
             contacts = self._contacts_for(body.target, sender, budget - 1)
-            self._reply(env.txid, m.Nodes(contacts), addr)
+            self._reply(env.txid, m.Nodes(contacts), addr, key, now)
         elif isinstance(body, m.FindValue):
             self.lookups_served += 1
             record = self.get_record(body.target, now)
@@ -473,17 +609,14 @@ class DhtNode:
                     room -= size_rec
                 else:
                     record = None
-            self._reply(env.txid, m.Value(record, self._contacts_for(body.target, sender, room)), addr)
+            value = m.Value(record, self._contacts_for(body.target, sender, room))
+            self._reply(env.txid, value, addr, key, now)
         elif isinstance(body, m.Store):
-            self._reply(env.txid, m.Stored(self._store_request(body.record, sender, wall)), addr)
-        elif isinstance(body, m.Pex):
-            self.counters["pex_received"] += 1
-            for r in body.records[: self.config.pex_max_records]:
-                self._accept_record(r, wall)
-            return  # gossip comes from connected peers: the connection, not the DHT, vouches for them
+            self._reply(env.txid, m.Stored(self._store_request(body.record, sender, wall)), addr, key, now)
         else:  # a response kind cannot reach here
             return
-        self._consider(sender, addr, now)
+        if verify:
+            self._probe(sender, addr, _Purpose.VERIFY, now)
 
     def _contacts_for(self, target: PeerId, requester: PeerId, room: int) -> tuple[m.Contact, ...]:
         out: list[m.Contact] = []
@@ -521,45 +654,82 @@ class DhtNode:
             return False
         return True
 
-    def _consider(self, peer: PeerId, addr: Address, now: float) -> None:
-        """A signed request came from ``peer`` at ``addr``: verify the address before trusting it."""
+    def _consider(self, peer: PeerId, addr: Address, now: float) -> bool:
+        """A signed request came from ``peer`` at ``addr``: whether to verify the address (with a
+        PING, sent after the answer) before trusting it."""
         if self.table.touch(peer, addr, now):
-            return
+            return False
         known = self.table.get(peer)
         if known is None and not self.table.admits(peer, addr, now):
-            return  # full bucket, prefix limit or demoted: a PING would be wasted
+            return False  # full bucket, prefix limit or demoted: a PING would be wasted
         if known is not None and self.table.is_demoted(peer, now):
-            return
-        if len(self._probing) >= self.config.max_verifications:
-            return
+            return False
+        if len(self._probing) >= self.config.max_verifications or peer in self._probing:
+            return False
         last = self._verified_at.get(peer)
         if last is not None and now - last < self.config.verify_backoff:
-            return
+            return False
         self._verified_at[peer] = now
         self._verified_at.move_to_end(peer)
         while len(self._verified_at) > 4096:
             self._verified_at.popitem(last=False)
-        self._probe(peer, addr, _Purpose.VERIFY, now)
+        return True
 
     # ---- responses ------------------------------------------------------------------------------
 
-    def _receive_response(self, env: m.Envelope, addr: Address, now: float) -> None:
-        p = self._pending.get(env.txid)
-        if p is None or p.address != addr or p.expect is not env.kind or p.peer not in (None, env.sender):
+    def _receive_hello_reply(self, reply: sec.HelloReply, addr: Address, now: float) -> None:
+        txid = reply.nonce
+        p = self._pending.get(txid)
+        if p is None or p.address != addr or p.expect is not None:
             self.counters["unsolicited_response"] += 1
             return
-        if not env.verify():
+        if not reply.verify():
             self.counters["bad_signature"] += 1
             return  # keep waiting: the genuine answer may still come
-        del self._pending[env.txid]
-        sender = env.sender
-        if self._probing.get(sender) == env.txid:
+        del self._pending[txid]
+        self._bootstrap_pings = max(0, self._bootstrap_pings - 1)
+        sender = reply.peer_id
+        if sender == self.peer_id:
+            self.counters["self_message"] += 1  # we are among our own seeds
+            self._maybe_join_failed(now)
+            return
+        self.observed_address = reply.observed
+        self._learn(sender, addr, now)
+        if self._joining and sender in self.table:
+            self._join(now, (sender, addr))
+        else:
+            self._maybe_join_failed(now)
+
+    def _receive_sealed_reply(self, packet: sec.SealedReply, addr: Address, now: float) -> None:
+        txid = packet.txid
+        p = self._pending.get(txid)
+        if p is None or p.address != addr or p.key is None or p.peer is None:
+            self.counters["unsolicited_response"] += 1
+            return
+        try:
+            token, inner = sec.open_reply(p.key, packet)
+        except AuthenticationFailed:
+            self.counters["undecryptable"] += 1
+            return  # keep waiting: the genuine answer may still come
+        except DecodeError:
+            token, inner = sec.NO_TOKEN, b""  # sealed by the peer, too short: garbage (below)
+        # Only the holder of the peer's static key could seal this: whatever is inside is its own.
+        del self._pending[txid]
+        sender = p.peer
+        if self._probing.get(sender) == txid:
             del self._probing[sender]
         try:
+            env = m.parse_envelope(inner)
+            if env.txid != txid or env.kind is not p.expect or env.sender != sender:
+                raise DecodeError("the sealed reply is not the answer to its request")
+            if not env.verify():
+                self.counters["bad_signature"] += 1
+                raise DecodeError("bad signature inside a sealed reply")
             body = m.decode_body(env.kind, env.body)
         except DecodeError:
-            self._garbage(env.txid, p, sender, now)
+            self._garbage(txid, p, sender, now)
             return
+        self._keep_token(addr, token, now)
         self._learn(sender, addr, now)
         if p.purpose is _Purpose.BOOTSTRAP:
             self._bootstrap_pings = max(0, self._bootstrap_pings - 1)
@@ -570,7 +740,7 @@ class DhtNode:
         elif isinstance(body, m.Pong):
             self.observed_address = body.observed
         elif p.purpose is _Purpose.STORE and isinstance(body, m.Stored):
-            self._store_done(env.txid, body.status is m.StoreStatus.STORED)
+            self._store_done(txid, body.status is m.StoreStatus.STORED)
         elif p.query is not None and isinstance(body, m.Nodes | m.Value):
             self._lookup_response(p.query, sender, body, now)
 
@@ -877,6 +1047,13 @@ class DhtNode:
                 break
             del verified[peer]
         self.table.purge_demotions(now)
+        self._replay.purge(now + self.wall_offset)
+        tokens = self._tokens
+        while tokens:
+            address, (_, at) = next(iter(tokens.items()))  # least recently refreshed first
+            if now - at < cfg.token_lifetime:
+                break
+            del tokens[address]
 
     def _random_id_in_bucket(self, index: int) -> PeerId:
         distance = (1 << index) | self.rng.getrandbits(index) if index > 0 else 1

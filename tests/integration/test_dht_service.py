@@ -171,7 +171,9 @@ class _Peer:
     def __init__(self, seed: int) -> None:
         rng = random.Random(seed)
         self.loop = asyncio.get_running_loop()
-        self.node = DhtNode(Identity(rng.randbytes(32)), DhtConfig(), rng=rng, wall_offset=time.time())
+        self.node = DhtNode(
+            Identity(rng.randbytes(32)), DhtConfig(), rng=rng, wall_offset=time.time() - self.loop.time()
+        )
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
@@ -210,6 +212,32 @@ def test_without_a_data_dir_a_restarted_node_never_signs_a_lower_sequence_number
         try:
             assert node._parts.dht is not None and node._parts.dht.core.own_record is not None
             assert node._parts.dht.core.own_record.seq > first
+        finally:
+            await node.stop()
+
+    run(body)
+
+
+def test_the_core_follows_a_wall_clock_stepped_after_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sealed requests carry the wall clock and a peer refuses one outside its replay window: a
+    clock stepped after the start (NTP at boot) is followed within a maintenance tick, not at the
+    next restart."""
+
+    async def body() -> None:
+        node = MeshNode(MeshConfig(listen_addr="127.0.0.1:0"))
+        await node.start()
+        try:
+            assert node._parts.dht is not None
+            core = node._parts.dht.core
+            loop = asyncio.get_running_loop()
+            assert abs(core.wall_offset + loop.time() - time.time()) < 1.0
+            ahead = types.SimpleNamespace(time=lambda: time.time() + 7200.0)
+            monkeypatch.setattr(dht_service, "time", ahead)
+            await eventually(
+                lambda: abs(core.wall_offset + loop.time() - (time.time() + 7200.0)) < 1.0,
+                3 * dht_service.ADDRESS_CHECK_INTERVAL,
+                "the core's wall clock to follow the step",
+            )
         finally:
             await node.stop()
 

@@ -205,9 +205,13 @@ def test_bootstrap_service_operations(procs: Nodes, tmp_path: Path) -> None:
 
 
 def test_hostile_dht_datagrams_are_counted_drops(procs: Nodes) -> None:
-    """Garbage, truncated and forged DHT datagrams at a live node's socket: counted, never a crash."""
+    """Garbage, truncated, forged and old-version DHT datagrams at a live node's socket: counted,
+    never a crash."""
+    import os
+
     from coremesh.dht import messages as m
-    from coremesh.identity import Identity
+    from coremesh.dht import secure as sec
+    from coremesh.identity import Identity, PeerId
 
     boot = procs.start("boot", module="coremesh_bootstrap")
     node = procs.start("n", "--bootstrap", boot.listen)
@@ -215,14 +219,36 @@ def test_hostile_dht_datagrams_are_counted_drops(procs: Nodes) -> None:
     liar = Identity.generate()
     forged = bytearray(m.encode_message(liar.sign, liar.peer_id, 7, m.Ping(), pad_to=200))
     forged[-1] ^= 0xFF  # the signature no longer matches
+    to = PeerId.from_text(node.peer_id)
     rng = random.Random(6)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _ in range(200):
-            garbage = bytes([0xE7]) + rng.randbytes(rng.randrange(0, 1300))
-            sock.sendto(garbage, (host, int(port)))
-        for _ in range(20):
-            sock.sendto(bytes(forged), (host, int(port)))
-        sock.sendto(bytes([0xE7, 1]), (host, int(port)))
+        for i in range(200):
+            # Half of another wire version (or none), half of this one: malformed outer packets.
+            head = bytes([0xE7]) if i % 2 else bytes([0xE7, m.DHT_VERSION])
+            sock.sendto(head + rng.randbytes(rng.randrange(0, 1300)), (host, int(port)))
+        for _ in range(10):  # sealed to the node, with a signature inside that does not hold
+            sealed, _ = sec.seal(to, bytes(forged), time.time(), os.urandom(32))
+            sock.sendto(sealed, (host, int(port)))
+        old = bytearray(m.encode_message(liar.sign, liar.peer_id, 8, m.Ping(), pad_to=200))
+        old[1] = 1  # a version 1 datagram: signed, in clear
+        sock.sendto(bytes(old), (host, int(port)))
+        # A genuine sealed PING, answered (the reply opens under its key), then replayed twice.
+        ping, key = sec.seal(
+            to, m.encode_message(liar.sign, liar.peer_id, 9, m.Ping()), time.time(), os.urandom(32)
+        )
+        sock.settimeout(10)
+        sock.sendto(ping, (host, int(port)))
+        while True:
+            data, _ = sock.recvfrom(2048)
+            reply = sec.parse_packet(data)
+            if isinstance(reply, sec.SealedReply):
+                break
+        token, inner = sec.open_reply(key, reply)
+        pong = m.decode_message(inner)
+        assert token != sec.NO_TOKEN  # a token for our address, for the next request
+        assert pong.sender == to and pong.txid == 9 and isinstance(pong.body, m.Pong)
+        for _ in range(2):
+            sock.sendto(ping, (host, int(port)))
 
     def drops() -> dict[str, int]:
         stats = cli_json(node.admin, "status", "--json")["dht"]["stats"]
@@ -231,6 +257,8 @@ def test_hostile_dht_datagrams_are_counted_drops(procs: Nodes) -> None:
     wait_for(lambda: sum(drops().values()) >= 200, 10, "the hostile datagrams to be counted")
     counted = drops()
     assert counted.get("drop_malformed", 0) > 0 and counted.get("drop_bad_signature", 0) > 0, counted
+    assert counted.get("drop_bad_version", 0) > 0, counted
+    wait_for(lambda: drops().get("drop_replayed_request", 0) == 2, 10, "the replays to be counted")
     assert node.proc.poll() is None
     assert lookup(node, boot)[0] == 200  # still serving
     assert "Traceback" not in node.log()

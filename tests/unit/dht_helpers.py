@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import random
 
 from coremesh.addr import Address
 from coremesh.dht import DhtConfig, DhtNode, PeerRecord
-from coremesh.identity import Identity
+from coremesh.dht import messages as m
+from coremesh.dht import secure as sec
+from coremesh.identity import Identity, PeerId
 from coremesh.sim.network import LinkProfile, SimNetwork
 
 WALL = 1_700_000_000.0
@@ -18,6 +22,23 @@ def identity(rng: random.Random) -> Identity:
 
 def record(ident: Identity, seq: int = 1, ttl: float = 3600.0, addr: str = "192.0.2.1:4000") -> PeerRecord:
     return PeerRecord.create(ident, seq, WALL + ttl, [("host", addr)])
+
+
+_EPHEMERAL = itertools.count(1)
+
+
+def sealed(
+    signer: Identity, to: PeerId, body: m.Body, *, txid: int = 1, now: float = 0.0, pad_to: int = 0
+) -> tuple[bytes, bytes]:
+    """A request signed by ``signer`` and sealed to ``to`` as a node at ``now`` sends it (a fresh
+    ephemeral key each call): the datagram and the key its reply opens with."""
+    return seal_message(m.encode_message(signer.sign, signer.peer_id, txid, body, pad_to=pad_to), to, now)
+
+
+def seal_message(message: bytes, to: PeerId, now: float = 0.0) -> tuple[bytes, bytes]:
+    """Any bytes sealed to ``to`` (a fresh ephemeral key each call), sent at ``now``."""
+    ephemeral = hashlib.blake2s(next(_EPHEMERAL).to_bytes(8, "big")).digest()
+    return sec.seal(to, message, WALL + now, ephemeral)
 
 
 def node(seed: int, config: DhtConfig | None = None) -> DhtNode:

@@ -12,7 +12,7 @@ from coremesh.dht import messages as m
 from coremesh.dht.node import MAX_EVENTS
 from coremesh.identity import Identity
 
-from .dht_helpers import WALL, address, build_network, drain, node
+from .dht_helpers import WALL, address, build_network, drain, node, sealed
 
 NODES = 20
 HOURS = 3
@@ -61,6 +61,7 @@ def test_every_table_of_a_long_running_node_stays_bounded() -> None:
                 worst[key] = max(worst.get(key, 0), value)
             assert sizes["rate_sources"] <= len(live) + left_within(slack + 2.0), sizes
             assert sizes["verified"] <= len(live) + left_within(cfg.verify_backoff + slack), sizes
+            assert sizes["tokens"] <= len(live) + left_within(cfg.token_lifetime + slack), sizes
             assert sizes["records"] <= len(live) + left_within(cfg.record_ttl + slack), sizes
             assert sizes["contacts"] <= cfg.k * sizes["buckets"], sizes
             assert sizes["replacements"] <= cfg.replacement_cache_size * sizes["buckets"], sizes
@@ -70,6 +71,7 @@ def test_every_table_of_a_long_running_node_stays_bounded() -> None:
     # The run did use the tables that age (bounds on empty tables would prove nothing).
     assert serial == NODES + HOURS * 60
     assert worst["rate_sources"] > 0 and worst["verified"] > 0 and worst["records"] > 0, worst
+    assert worst["tokens"] > 0 and worst["replay"] > 0, worst
 
 
 def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
@@ -81,13 +83,13 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     a = node(1, cfg)
     signers = [Identity(bytes([i % 256, i // 256]) + bytes(30)) for i in range(200)]
     for i, signer in enumerate(signers):
-        ping = m.encode_message(signer.sign, signer.peer_id, i, m.Ping())
+        ping, _ = sealed(signer, a.peer_id, m.Ping(), txid=i, now=1.0)
         a.receive_datagram(ping, Address(f"10.9.{i // 250}.{i % 250 + 1}", 4000), 1.0)
     a.table.demote(signers[0].peer_id, 1.0)
     a.datagrams_to_send(1.0)
     sizes = a.memory_stats()
     assert sizes["rate_sources"] == 200 and sizes["verified"] == cfg.max_verifications
-    assert sizes["demoted"] == 1
+    assert sizes["demoted"] == 1 and sizes["replay"] == 200
 
     def maintain(now: float) -> dict[str, int]:
         timer = a.get_timer()
@@ -103,7 +105,7 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     next_round = a.get_timer()
     assert next_round is not None and sizes["pending"] == 0
     keep = Identity(bytes(range(40, 72)))
-    ping = m.encode_message(keep.sign, keep.peer_id, 9, m.Ping())
+    ping, _ = sealed(keep, a.peer_id, m.Ping(), txid=9, now=next_round - 0.5)
     a.receive_datagram(ping, Address("10.8.0.1", 4000), next_round - 0.5)
     a.handle_timer(next_round)
     sizes = a.memory_stats()
@@ -113,3 +115,6 @@ def test_rate_limit_verification_and_demotion_entries_age_out() -> None:
     assert sizes["rate_sources"] == 0 and sizes["verified"] == 0 and sizes["demoted"] == 1, sizes
     sizes = maintain(1.0 + cfg.demotion_period + 2 * cfg.maintenance_interval)
     assert sizes["demoted"] == 0, sizes
+    assert sizes["replay"] > 0, sizes
+    sizes = maintain(next_round + cfg.replay_window + 2 * cfg.maintenance_interval)
+    assert sizes["replay"] == 0, sizes  # every request has left the replay window

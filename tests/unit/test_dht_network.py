@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import struct
 
-from coremesh.addr import Address
 from coremesh.dht import DhtConfig, DhtNode, LookupFinished
 from coremesh.dht import messages as m
 from coremesh.sim.network import LinkProfile
@@ -65,51 +64,37 @@ def test_every_record_is_found_and_survives_a_third_of_nodes_leaving() -> None:
     assert all(len(n.table) >= 20 for n in live)
 
 
-class Hostile:
-    """A network member that answers PINGs honestly (so it gets into tables) but answers every
-    lookup with validly signed garbage: a malformed body, or a record of the wrong peer."""
+def make_hostile(inner: DhtNode, victim_record: object) -> None:
+    """Turn ``inner`` into a member that answers PINGs honestly (so it gets into tables) but answers
+    every lookup with validly signed (and sealed) garbage: a malformed body, or a record of the
+    wrong peer. It replaces the node's message encoder, so the garbage is sealed as usual."""
+    honest = inner._encode
+    toggle = [False]
 
-    def __init__(self, inner: DhtNode, victim_record: object) -> None:
-        self.inner = inner
-        self.victim_record = victim_record
-        self.toggle = False
+    def encode(txid: int, body: m.Body, pad_to: int = 0) -> bytes:
+        data = honest(txid, body, pad_to)
+        if isinstance(body, m.Nodes | m.Value):
+            toggle[0] = not toggle[0]
+            if toggle[0] or isinstance(body, m.Nodes):
+                garbage = b"\x05" + bytes(12)  # five contacts promised, none there
+            else:
+                raw = victim_record.encode()  # type: ignore[attr-defined]
+                garbage = b"\x01" + struct.pack("!H", len(raw)) + raw + b"\x00"  # wrong peer's record
+            head = data[: m.HEADER_LEN]
+            data = head + garbage + inner._sign(m._DOMAIN + head + garbage)
+        return data
 
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        self.inner.receive_datagram(data, addr, now)
-
-    def get_timer(self) -> float | None:
-        return self.inner.get_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.inner.handle_timer(now)
-
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        out = []
-        for data, dst in self.inner.datagrams_to_send(now):
-            env = m.parse_envelope(data)
-            if env.kind in (m.Kind.NODES, m.Kind.VALUE):
-                self.toggle = not self.toggle
-                if self.toggle or env.kind is m.Kind.NODES:
-                    body = b"\x05" + bytes(12)  # five contacts promised, none there
-                else:
-                    body = b"\x01" + struct.pack("!H", 0) + b"\x00"
-                    raw = self.victim_record.encode()  # type: ignore[attr-defined]
-                    body = b"\x01" + struct.pack("!H", len(raw)) + raw + b"\x00"  # wrong peer's record
-                head = data[: m.HEADER_LEN]
-                data = head + body + self.inner._sign(m._DOMAIN + head + body)
-            out.append((data, dst))
-        return out
+    inner._encode = encode  # type: ignore[method-assign]
 
 
 def test_hostile_node_answering_garbage_is_demoted() -> None:
     net, nodes = build_network(60, seed=5)
     peers = [n for n, _ in nodes]
     bad_index = 17
-    bad, bad_addr = nodes[bad_index]
+    bad, _ = nodes[bad_index]
     other = next(n for n in peers if n is not bad)
-    net.detach(bad_addr)
     assert other.own_record is not None
-    net.attach(bad_addr, Hostile(bad, other.own_record))
+    make_hostile(bad, other.own_record)
     holders = [n for n in peers if bad.peer_id in n.table]
     assert len(holders) >= 5
     # Everyone looks up the peers closest to the hostile one, so lookups run into it.

@@ -19,11 +19,12 @@ from coremesh.dht import (
     PublishFinished,
 )
 from coremesh.dht import messages as m
+from coremesh.dht import secure as sec
 from coremesh.errors import ConfigError, DecodeError, LocalProtocolError
-from coremesh.identity import Identity
+from coremesh.identity import Identity, PeerId
 from coremesh.sim.network import LinkProfile, SimNetwork
 
-from .dht_helpers import WALL, drain, identity, node, record
+from .dht_helpers import WALL, drain, identity, node, record, seal_message, sealed
 
 A_ADDR = Address("10.0.0.1", 4000)
 B_ADDR = Address("10.0.1.1", 4000)
@@ -31,15 +32,19 @@ X_ADDR = Address("10.0.2.1", 4000)
 
 
 class Probe:
-    """A raw endpoint that sends hand-made datagrams and keeps what it receives."""
+    """A raw endpoint that sends hand-made (sealed) datagrams and keeps what it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, to: PeerId) -> None:
         self.ident = Identity(bytes(range(7, 39)))
+        self.to = to
+        self.keys: dict[int, bytes] = {}
         self.out: list[tuple[bytes, Address]] = []
         self.got: list[tuple[bytes, Address]] = []
 
-    def send(self, body: m.Body, to: Address, txid: int = 1, pad: int = 0) -> None:
-        self.out.append((m.encode_message(self.ident.sign, self.ident.peer_id, txid, body, pad_to=pad), to))
+    def send(self, body: m.Body, to: Address, txid: int = 1, pad: int = 0, now: float = 0.0) -> bytes:
+        data, self.keys[txid] = sealed(self.ident, self.to, body, txid=txid, pad_to=pad, now=now)
+        self.out.append((data, to))
+        return data
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self.got.append((data, addr))
@@ -54,8 +59,17 @@ class Probe:
     def handle_timer(self, now: float) -> None:
         pass
 
+    def open(self, data: bytes) -> m.Message:
+        """A reply to one of our requests, or a request sealed to us, opened and decoded."""
+        packet = sec.parse_packet(data)
+        if isinstance(packet, sec.SealedReply):
+            return m.decode_message(sec.open_reply(self.keys[packet.txid], packet)[1])
+        assert isinstance(packet, sec.Sealed)
+        opened = sec.open_sealed(self.ident.x25519_private, self.ident.x25519_public, packet)
+        return m.decode_message(opened.message)
+
     def replies(self) -> list[m.Message]:
-        return [m.decode_message(d) for d, _ in self.got]
+        return [self.open(d) for d, _ in self.got]
 
 
 def pair() -> tuple[SimNetwork, DhtNode, DhtNode]:
@@ -69,6 +83,12 @@ def pair() -> tuple[SimNetwork, DhtNode, DhtNode]:
 def test_bootstrap_by_address_verifies_ids_both_ways() -> None:
     net, a, b = pair()
     b.bootstrap([A_ADDR], net.clock.now)
+    ((hello, _),) = b.datagrams_to_send(net.clock.now)
+    assert isinstance(sec.parse_packet(hello), sec.Hello) and len(hello) == sec.HELLO_SIZE
+    a.receive_datagram(hello, B_ADDR, net.clock.now)
+    ((reply, _),) = a.datagrams_to_send(net.clock.now)
+    assert isinstance(sec.parse_packet(reply), sec.HelloReply)  # the PeerId, and no peer list
+    b.receive_datagram(reply, A_ADDR, net.clock.now)
     net.run_for(5)
     assert b.routing_table() == [(a.peer_id, A_ADDR)]
     assert a.routing_table() == [(b.peer_id, B_ADDR)]  # A verified B with a PING of its own
@@ -86,9 +106,9 @@ def test_bootstrap_to_nobody_reports_zero_contacts() -> None:
 
 def test_unauthenticated_sender_gets_no_table_entry() -> None:
     net, a, _ = pair()
-    probe = Probe()
+    probe = Probe(a.peer_id)
     net.attach(X_ADDR, probe)
-    probe.send(m.FindNode(a.peer_id), A_ADDR, pad=m.REQUEST_PAD)
+    probe.send(m.FindNode(a.peer_id), A_ADDR, pad=m.REQUEST_PAD - sec.SEALED_OVERHEAD)
     net.run_for(5)
     # A answered, then tried to verify the probe's address with a PING it never answers.
     kinds = [msg.kind for msg in probe.replies()]
@@ -97,32 +117,64 @@ def test_unauthenticated_sender_gets_no_table_entry() -> None:
     assert a.counters["request_timeout"] == 1
 
 
-def test_unsolicited_and_misdirected_responses_are_dropped() -> None:
-    net, a, _b = pair()
-    probe = Probe()
+def test_unsolicited_misdirected_forged_and_replayed_responses_are_dropped() -> None:
+    net, a, b = pair()
+    now = net.clock.now
+    a.receive_datagram(sec.seal_reply(bytes(32), 42, b"nothing asked"), X_ADDR, now)
+    probe = Probe(a.peer_id)
+    probe.send(m.Pong(A_ADDR), A_ADDR, txid=43)  # a response kind, sealed as a request
     net.attach(X_ADDR, probe)
-    probe.send(m.Pong(A_ADDR), A_ADDR, txid=42)
     net.run_for(1)
-    assert a.counters["unsolicited_response"] == 1
-    # A real request from A to B; the answer forged from another address does not count.
-    a.bootstrap([B_ADDR], net.clock.now)
-    ((data, _),) = a.datagrams_to_send(net.clock.now)
-    txid = m.parse_envelope(data).txid
-    probe.send(m.Pong(A_ADDR), A_ADDR, txid=txid)
-    net.run_for(1)
+    assert a.counters["unsolicited_response"] == 1 and a.counters["unexpected_kind"] == 1
+    # A HELLO from A to B; the answer forged (validly signed) from another address does not count.
+    now = net.clock.now
+    a.bootstrap([B_ADDR], now)
+    ((hello, _),) = a.datagrams_to_send(now)
+    nonce = sec.parse_packet(hello).nonce  # type: ignore[union-attr]
+    a.receive_datagram(
+        sec.encode_hello_reply(probe.ident.sign, probe.ident.peer_id, nonce, A_ADDR), X_ADDR, now
+    )
     assert a.counters["unsolicited_response"] == 2
-    assert a.routing_table() == []
+    # A sealed PING from A to B, and B's genuine answer: from another address, tampered, accepted
+    # once, then replayed.
+    a.add_contact(b.peer_id, B_ADDR, now)
+    ping = next(d for d, to in a.datagrams_to_send(now) if to == B_ADDR)  # then the join's FIND_NODE
+    b.receive_datagram(ping, A_ADDR, now)
+    (pong,) = [d for d, _ in b.datagrams_to_send(now) if isinstance(sec.parse_packet(d), sec.SealedReply)]
+    a.receive_datagram(pong, X_ADDR, now)
+    assert a.counters["unsolicited_response"] == 3
+    tampered = bytearray(pong)
+    tampered[-1] ^= 1
+    a.receive_datagram(bytes(tampered), B_ADDR, now)
+    assert a.counters["undecryptable"] == 1
+    a.receive_datagram(pong, B_ADDR, now)
+    assert a.observed_address == A_ADDR and b.peer_id in a.table
+    a.receive_datagram(pong, B_ADDR, now)
+    assert a.counters["unsolicited_response"] == 4
+    assert a.counters["garbage_response"] == 0
 
 
 def test_bad_signature_and_garbage_bytes_are_counted() -> None:
     net, a, _ = pair()
-    probe = Probe()
+    probe = Probe(a.peer_id)
     net.attach(X_ADDR, probe)
     data = bytearray(m.encode_message(probe.ident.sign, probe.ident.peer_id, 1, m.Ping()))
     data[-3] ^= 0xFF
-    probe.out += [(bytes(data), A_ADDR), (b"\xe7garbage", A_ADDR), (b"\x00\x01", A_ADDR)]
+    bad_signature, _ = seal_message(bytes(data), a.peer_id)
+    elsewhere, _ = sealed(probe.ident, probe.ident.peer_id, m.Ping())  # sealed to another key
+    old = bytearray(data)
+    old[1] = 1  # a version 1 datagram (signed, in clear), from a node not upgraded
+    probe.out += [
+        (bad_signature, A_ADDR),
+        (elsewhere, A_ADDR),
+        (bytes(old), A_ADDR),
+        (b"\xe7\x02garbage", A_ADDR),
+        (b"\x00\x01", A_ADDR),
+    ]
     net.run_for(1)
     assert a.counters["bad_signature"] == 1
+    assert a.counters["undecryptable"] == 1
+    assert a.counters["bad_version"] == 1
     assert a.counters["malformed"] == 1
     assert a.counters["not_dht"] == 1
     assert probe.got == []
@@ -133,23 +185,23 @@ def test_responses_never_amplify() -> None:
     rng = random.Random(9)
     for i in range(40):  # give A a full answer to offer
         a.table.update(identity(rng).peer_id, Address(f"2001:db8:{i}::1", 1), 0.0)
-    probe = Probe()
+    probe = Probe(a.peer_id)
     net.attach(X_ADDR, probe)
-    unpadded = m.encode_message(probe.ident.sign, probe.ident.peer_id, 1, m.FindNode(a.peer_id))
-    probe.out.append((unpadded, A_ADDR))
-    probe.send(m.FindNode(a.peer_id), A_ADDR, txid=2, pad=m.REQUEST_PAD)
+    unpadded = probe.send(m.FindNode(a.peer_id), A_ADDR, txid=1)
+    padded = probe.send(m.FindNode(a.peer_id), A_ADDR, txid=2, pad=m.REQUEST_PAD - sec.SEALED_OVERHEAD)
+    assert len(padded) == m.REQUEST_PAD
     net.run_for(1)
     small, full = (d for d, _ in probe.got[:2])
     assert len(small) <= 3 * len(unpadded)
     assert len(full) <= m.MAX_DATAGRAM
-    small_msg, full_msg = m.decode_message(small), m.decode_message(full)
+    small_msg, full_msg = probe.open(small), probe.open(full)
     assert isinstance(small_msg.body, m.Nodes) and isinstance(full_msg.body, m.Nodes)
     assert len(small_msg.body.contacts) < len(full_msg.body.contacts) == 20
 
 
 def test_replies_are_rate_limited_per_source() -> None:
     net, a, _ = pair()
-    probe = Probe()
+    probe = Probe(a.peer_id)
     net.attach(X_ADDR, probe)
     for i in range(200):
         probe.send(m.Ping(), A_ADDR, txid=i)
@@ -162,7 +214,7 @@ def test_replies_are_rate_limited_per_source() -> None:
 
 def test_store_refuses_bad_records_with_reasons() -> None:
     net, a, _ = pair()
-    probe = Probe()
+    probe = Probe(a.peer_id)
     net.attach(X_ADDR, probe)
     owner = Identity(bytes(range(3, 35)))
     forged = PeerRecord(owner.peer_id, 6, WALL + 600, (), record(probe.ident).signature)
@@ -295,9 +347,18 @@ _VALID = [
 @settings(max_examples=300, deadline=None)
 def test_node_survives_random_datagrams(data: bytes) -> None:
     fuzzed = node(99)
-    fuzzed.receive_datagram(data, X_ADDR, 1.0)
-    fuzzed.receive_datagram(b"\xe7\x01" + data, X_ADDR, 1.0)
+    for head in (
+        b"",
+        b"\xe7\x01",
+        b"\xe7\x02",
+        b"\xe7\x02\x10",
+        b"\xe7\x02\x11",
+        b"\xe7\x02\x12",
+        b"\xe7\x02\x13",
+    ):
+        fuzzed.receive_datagram(head + data, X_ADDR, 1.0)
     fuzzed.datagrams_to_send(1.0)
+    assert sum(fuzzed.counters.values()) >= 7  # every one counted: dropped, or a HELLO answered
 
 
 @given(st.sampled_from(_VALID), st.data())
@@ -310,8 +371,8 @@ def test_node_survives_mutated_and_resigned_datagrams(valid: bytes, data: st.Dat
     resigned = bytes(raw) + _FUZZ_SIGNER.sign(m._DOMAIN + bytes(raw))  # valid signature, bad body
     source = Address(f"10.1.{data.draw(st.integers(0, 255))}.{data.draw(st.integers(1, 254))}", 9)
     fuzzed = node(99)
-    fuzzed.receive_datagram(resigned, source, 2.0)
-    fuzzed.receive_datagram(bytes(raw) + bytes(64), source, 2.0)
+    fuzzed.receive_datagram(seal_message(resigned, _FUZZ_TARGET, 2.0)[0], source, 2.0)
+    fuzzed.receive_datagram(seal_message(bytes(raw) + bytes(64), _FUZZ_TARGET, 2.0)[0], source, 2.0)
     assert fuzzed.counters["rate_limited"] == 0  # two datagrams are well within one source's burst
     fuzzed.handle_timer(10.0)
     fuzzed.datagrams_to_send(10.0)
