@@ -17,7 +17,8 @@ Layouts (big-endian)::
     TRANSPORT       type | receiver_index:4 | counter:8 | AEAD(plaintext, ad=the 13 header bytes)
     IDENTITY_PROBE  type | version | nonce:8 | padding          (ask an address which peer it is)
     IDENTITY_REPLY  type | version | nonce:8 | peer_id:32 | signature:64
-    DHT             type | version | kind | txid:8 | sender:32 | body | signature:64  (coremesh/dht)
+    DHT             type | version 2 | a HELLO in clear (answered only by the signed PeerId), or a
+                    signed message sealed to the responder's static key (Noise N; coremesh/dht/secure.py)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class PacketType(enum.IntEnum):
     TRANSPORT = 0xE4
     IDENTITY_PROBE = 0xE5
     IDENTITY_REPLY = 0xE6
-    DHT = 0xE7  # Kademlia DHT datagram, signed by its sender (layout: coremesh/dht/messages.py)
+    DHT = 0xE7  # Kademlia DHT datagram: signed, and sealed to the responder (coremesh/dht/secure.py)
     ROUTED = 0xE8  # reserved: end-to-end encrypted packet forwarded by PeerId (overlay routing issue)
 
 
