@@ -37,7 +37,7 @@ def _checksum(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=_CHECKSUM_LEN, person=b"coremesh-peerid").digest()
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class PeerId:
     """A peer's identity: its 32-byte Ed25519 public key.
 
@@ -50,16 +50,6 @@ class PeerId:
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes) or len(self.key) != 32:
             raise InvalidPeerId("a peer id is a 32-byte Ed25519 public key")
-
-    # Hand-written rather than generated: ids are the keys of every routing table and set, and the
-    # generated pair builds a tuple per call (the routing simulator spent a tenth of its time there).
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is PeerId:
-            return self.key == other.key
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
     @classmethod
     def from_public_key(cls, key: bytes) -> PeerId:

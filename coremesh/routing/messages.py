@@ -4,7 +4,7 @@ One message (the body after the overlay prefix and the type byte)::
 
     version:1 | epoch:4 | msg_no:4 | ack_epoch:4 | ack_count:1 | ack:4 * ack_count
     | record_count:1 | origin record * record_count          (coremesh/routing/records.py)
-    | id_count:2 | id:32 * id_count                          (the ids the entries below name)
+    | first_index:2 | id_count:2 | id:32 * id_count         (ids defined here, indices first_index...)
     | route_count:2 | (metric:2 | hops:1 | id_index:2 * hops) * route_count
     | withdrawal_count:2 | id_index:2 * withdrawal_count
     | elsewhere_count:2 | id_index:2 * elsewhere_count
@@ -17,8 +17,14 @@ that arrived. A route entry's hops are the sender's path without the sender: nex
 destination last (``metric`` < :data:`INFINITY`); a withdrawal names a destination the sender no
 longer reaches; an "elsewhere" names a destination the sender reaches at a lower metric than the
 receiver's, so that it needs no path from the receiver (see :mod:`~coremesh.routing.table`): it
-says only that the sender's choice is known and does not go through the receiver. The id table
-makes a path cost 2 bytes per hop once its ids are in the message. A "want" asks for the
+says only that the sender's choice is known and does not go through the receiver.
+
+Entries name ids by 2-byte index. The id table defines ids for the sender's current epoch: an id
+defined in a message the receiver acknowledged is named by its index alone from then on (the
+receiver keeps the definitions of the sender's epoch), so a path costs 2 bytes per hop once its
+ids have crossed the link once. An id not yet confirmed is defined again in every message that
+names it, each time at fresh indices (a block from ``first_index``), so loss and reordering never
+leave a name undefined; a sender whose indices run out starts a new epoch. A "want" asks for the
 receiver's latest record of an origin: records are pulled by the tables that miss them, not pushed
 along with every path (see :mod:`~coremesh.routing.table`).
 
@@ -29,7 +35,7 @@ budget. Every malformation raises :class:`~coremesh.errors.DecodeError`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -43,9 +49,10 @@ INFINITY: Final = 0xFFFF
 MAX_ACKS: Final = 255
 MAX_RECORDS: Final = 255
 MAX_HOPS: Final = 255
+MAX_ID_INDEX: Final = 0xFFFF  # id indices of one sender epoch: a sender past it starts a new epoch
 _HEAD = struct.Struct("!BIIIB")
 HEADER_LEN: Final = _HEAD.size  # without the acks
-COUNTS_LEN: Final = 1 + 2 + 2 + 2 + 2 + 2  # record, id, route, withdrawal, elsewhere, want counts
+COUNTS_LEN: Final = 1 + 4 + 2 + 2 + 2 + 2  # record count, id table head, route ... want counts
 OVERLAY_OVERHEAD: Final = len(OVERLAY_PREFIX) + 1  # prefix and type byte before a body
 
 
@@ -78,6 +85,10 @@ class RouteUpdate:
     withdrawals: tuple[PeerId, ...] = ()
     elsewhere: tuple[PeerId, ...] = ()
     wants: tuple[PeerId, ...] = ()
+    # What a decoded message's id table defined (from first_index on): the receiver keeps them
+    # for the sender's later messages. Not part of the update's meaning.
+    first_index: int = field(default=0, compare=False)
+    defined: tuple[PeerId, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         for n in (self.epoch, self.msg_no, self.ack_epoch, *self.acks):
@@ -91,13 +102,39 @@ class RouteUpdate:
             raise ValueError("a pure ack (msg_no 0) carries nothing else")
 
 
-def encode_update(update: RouteUpdate) -> bytes:
+def encode_update(
+    update: RouteUpdate,
+    confirmed: Mapping[PeerId, int] | None = None,
+    first_index: int = 0,
+) -> bytes:
+    """The body of ``update``. Ids in ``confirmed`` (the link's ids the receiver acknowledged, with
+    their indices) are named by index alone; every other id is defined in this message's id
+    table, at ``first_index`` on in order of appearance (:func:`defined_ids` lists them)."""
+    return encode_head(update) + encode_tail(update, confirmed, first_index)
+
+
+def encode_head(update: RouteUpdate) -> bytes:
+    """The header and acks of ``update``'s body (what changes when a message is sent again)."""
+    return _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, len(update.acks)) + struct.pack(
+        f"!{len(update.acks)}I", *update.acks
+    )
+
+
+def encode_tail(
+    update: RouteUpdate,
+    confirmed: Mapping[PeerId, int] | None = None,
+    first_index: int = 0,
+) -> bytes:
+    """What follows the acks in ``update``'s body (see :func:`encode_update`)."""
+    known = confirmed if confirmed is not None else {}
     ids: dict[PeerId, int] = {}
 
     def index(peer: PeerId) -> int:
-        i = ids.get(peer)
+        i = known.get(peer)
         if i is None:
-            i = ids[peer] = len(ids)
+            i = ids.get(peer)
+            if i is None:
+                i = ids[peer] = first_index + len(ids)
         return i
 
     routes = b"".join(
@@ -107,16 +144,14 @@ def encode_update(update: RouteUpdate) -> bytes:
     withdrawals = b"".join(struct.pack("!H", index(d)) for d in update.withdrawals)
     elsewhere = b"".join(struct.pack("!H", index(d)) for d in update.elsewhere)
     wants = b"".join(struct.pack("!H", index(d)) for d in update.wants)
-    counts = (len(ids), len(update.routes), len(update.withdrawals), len(update.elsewhere), len(wants))
-    if max(counts) > 0xFFFF:
-        raise ValueError("too many ids, routes, withdrawals or elsewhere entries in one message")
+    counts = (len(update.routes), len(update.withdrawals), len(update.elsewhere), len(update.wants))
+    if max(counts) > 0xFFFF or first_index + len(ids) > MAX_ID_INDEX + 1:
+        raise ValueError("too many ids, routes, withdrawals, elsewhere entries or wants in one message")
     return b"".join(
         (
-            _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, len(update.acks)),
-            struct.pack(f"!{len(update.acks)}I", *update.acks),
             bytes((len(update.records),)),
             *(r.encode() for r in update.records),
-            struct.pack("!H", len(ids)),
+            struct.pack("!HH", first_index if ids else 0, len(ids)),
             *(p.key for p in ids),
             struct.pack("!H", len(update.routes)),
             routes,
@@ -130,16 +165,33 @@ def encode_update(update: RouteUpdate) -> bytes:
     )
 
 
+def defined_ids(update: RouteUpdate, confirmed: Mapping[PeerId, int]) -> list[PeerId]:
+    """The ids :func:`encode_update` defines in ``update``'s id table, in index order."""
+    seen: dict[PeerId, None] = {}
+    for entry in update.routes:
+        for hop in entry.hops:
+            if hop not in confirmed:
+                seen[hop] = None
+    for peer in (*update.withdrawals, *update.elsewhere, *update.wants):
+        if peer not in confirmed:
+            seen[peer] = None
+    return list(seen)
+
+
 def decode_update(
     body: bytes,
     peer_of: Callable[[bytes], PeerId] = PeerId,
     held: Callable[[bytes], OriginRecord | None] | None = None,
+    known: Mapping[int, PeerId] | None = None,
 ) -> RouteUpdate:
     """Decode a ROUTE_UPDATE body (after the type byte); DecodeError on anything malformed.
 
     ``peer_of`` makes the PeerId of each 32-byte id (a table passes its interning function, so
     that paths share one object per id); ``held`` the records it holds (see
-    :func:`~coremesh.routing.records.decode_record_from`)."""
+    :func:`~coremesh.routing.records.decode_record_from`); ``known`` the ids the sender defined
+    in earlier messages of its epoch (an index defined neither there nor here is malformed, and
+    so is a definition that contradicts one of them). The update's ``defined`` lists this
+    message's definitions from ``first_index`` on, for the caller to keep."""
     if len(body) < HEADER_LEN:
         raise DecodeError("truncated route update")
     version, epoch, msg_no, ack_epoch, ack_count = _HEAD.unpack_from(body, 0)
@@ -154,16 +206,23 @@ def decode_update(
     for _ in range(record_count):
         record, pos = decode_record_from(body, pos, held)
         records.append(record)
-    id_count = _take(body, pos, "!H")[0]
-    pos += 2
+    first, id_count = _take(body, pos, "!HH")
+    pos += 4
     if len(body) < pos + 32 * id_count:
         raise DecodeError("truncated route update id table")
+    if first + id_count > MAX_ID_INDEX + 1:
+        raise DecodeError("route update id indices past the last")
     keys = [bytes(body[pos + 32 * i : pos + 32 * (i + 1)]) for i in range(id_count)]
     pos += 32 * id_count
     if len(set(keys)) != len(keys):
         raise DecodeError("repeated id in a route update's id table")
     peers = [peer_of(k) for k in keys]
-    used = [False] * id_count
+    earlier = known if known is not None else {}
+    for i, peer in enumerate(peers, first):
+        bound = earlier.get(i)
+        if bound is not None and bound != peer:
+            raise DecodeError(f"route update redefines id index {i}")
+    table = _Ids(peers, first, earlier)
     route_count = _take(body, pos, "!H")[0]
     pos += 2
     routes = []
@@ -174,28 +233,60 @@ def decode_update(
             raise DecodeError("bad route entry (metric INFINITY or no hops)")
         indices = _take(body, pos, f"!{hops}H")
         pos += 2 * hops
-        routes.append(RouteEntry(tuple(_peer(peers, used, i) for i in indices), metric))
+        routes.append(RouteEntry(tuple(map(table.peer, indices)), metric))
     withdrawal_count = _take(body, pos, "!H")[0]
     pos += 2
-    withdrawals = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{withdrawal_count}H"))
+    withdrawals = tuple(map(table.peer, _take(body, pos, f"!{withdrawal_count}H")))
     pos += 2 * withdrawal_count
     elsewhere_count = _take(body, pos, "!H")[0]
     pos += 2
-    elsewhere = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{elsewhere_count}H"))
+    elsewhere = tuple(map(table.peer, _take(body, pos, f"!{elsewhere_count}H")))
     pos += 2 * elsewhere_count
     want_count = _take(body, pos, "!H")[0]
     pos += 2
-    wants = tuple(_peer(peers, used, i) for i in _take(body, pos, f"!{want_count}H"))
+    wants = tuple(map(table.peer, _take(body, pos, f"!{want_count}H")))
     pos += 2 * want_count
     if pos != len(body):
         raise DecodeError("trailing bytes after a route update")
-    if not all(used):
+    if not all(table.used):
         raise DecodeError("unused id in a route update's id table")
     if msg_no == 0 and (records or routes or withdrawals or elsewhere or wants):
         raise DecodeError("a pure ack (message number 0) carries routes or records")
     return RouteUpdate(
-        epoch, msg_no, ack_epoch, acks, tuple(records), tuple(routes), withdrawals, elsewhere, wants
+        epoch,
+        msg_no,
+        ack_epoch,
+        acks,
+        tuple(records),
+        tuple(routes),
+        withdrawals,
+        elsewhere,
+        wants,
+        first_index=first,
+        defined=tuple(peers),
     )
+
+
+class _Ids:
+    """A message's id indices: its own table (from ``first``), then the sender's earlier ones."""
+
+    __slots__ = ("earlier", "first", "peers", "used")
+
+    def __init__(self, peers: list[PeerId], first: int, earlier: Mapping[int, PeerId]) -> None:
+        self.peers = peers
+        self.first = first
+        self.earlier = earlier
+        self.used = [False] * len(peers)
+
+    def peer(self, i: int) -> PeerId:
+        k = i - self.first
+        if 0 <= k < len(self.peers):
+            self.used[k] = True
+            return self.peers[k]
+        peer = self.earlier.get(i)
+        if peer is None:
+            raise DecodeError(f"route update id index {i} is not defined")
+        return peer
 
 
 def _take(body: bytes, pos: int, fmt: str) -> tuple[int, ...]:
@@ -203,13 +294,6 @@ def _take(body: bytes, pos: int, fmt: str) -> tuple[int, ...]:
     if len(body) < pos + size:
         raise DecodeError("truncated route update")
     return struct.unpack_from(fmt, body, pos)
-
-
-def _peer(peers: list[PeerId], used: list[bool], i: int) -> PeerId:
-    if i >= len(peers):
-        raise DecodeError(f"route update id index {i} out of range")
-    used[i] = True
-    return peers[i]
 
 
 @dataclass(slots=True)
@@ -246,16 +330,20 @@ class Want:
 Item = OriginRecord | RouteEntry | Elsewhere | Want | PeerId  # a PeerId alone is a withdrawal
 
 
-def item_size(item: Item, ids: set[PeerId]) -> int:
+_NOTHING: Mapping[PeerId, int] = {}
+
+
+def item_size(item: Item, ids: set[PeerId], known: Mapping[PeerId, int] = _NOTHING) -> int:
+    """Bytes ``item`` adds to a message already naming ``ids``, the receiver knowing ``known``."""
     if isinstance(item, OriginRecord):
         return item.size()
     if isinstance(item, RouteEntry):
-        return 3 + 2 * len(item.hops) + 32 * len(set(item.hops) - ids)
-    if isinstance(item, Elsewhere):
-        return 2 + (0 if item.destination in ids else 32)
-    if isinstance(item, Want):
-        return 2 + (0 if item.origin in ids else 32)
-    return 2 + (0 if item in ids else 32)
+        new = set(item.hops) - ids
+        return 3 + 2 * len(item.hops) + 32 * (len(new) - len(new.intersection(known)) if known else len(new))
+    peer = (
+        item.destination if isinstance(item, Elsewhere) else item.origin if isinstance(item, Want) else item
+    )
+    return 2 + (0 if peer in ids or peer in known else 32)
 
 
 def max_item_size(max_hops: int, max_record_neighbours: int) -> int:
@@ -263,19 +351,22 @@ def max_item_size(max_hops: int, max_record_neighbours: int) -> int:
     return max(3 + 34 * max_hops, record_size(max_record_neighbours))
 
 
-def pack_update(items: Sequence[Item], budget: int) -> list[UpdateParts]:
+def pack_update(
+    items: Sequence[Item], budget: int, known: Mapping[PeerId, int] = _NOTHING
+) -> list[UpdateParts]:
     """Split ``items`` (records, routes, withdrawals in the order given) into messages whose body
     without acks is at most ``budget`` bytes; the order is kept (a record goes before, or in the
-    same message as, the routes listed after it). ValueError if one item cannot fit alone."""
+    same message as, the routes listed after it). ``known``: the ids the receiver holds (named by
+    index alone, see :func:`encode_update`). ValueError if one item cannot fit alone."""
     out: list[UpdateParts] = []
     cur = UpdateParts()
     for item in items:
-        size = item_size(item, cur.ids)
+        size = item_size(item, cur.ids, known)
         if cur.size + size > budget or (isinstance(item, OriginRecord) and len(cur.records) == MAX_RECORDS):
             if cur:
                 out.append(cur)
             cur = UpdateParts()
-            size = item_size(item, cur.ids)
+            size = item_size(item, cur.ids, known)
             if cur.size + size > budget:
                 raise ValueError(f"a route update item of {size} bytes cannot fit in {budget}")
         cur.size += size

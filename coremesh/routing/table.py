@@ -100,6 +100,7 @@ from .messages import (
     HEADER_LEN,
     INFINITY,
     MAX_ACKS,
+    MAX_ID_INDEX,
     OVERLAY_OVERHEAD,
     Elsewhere,
     Item,
@@ -108,7 +109,9 @@ from .messages import (
     UpdateParts,
     Want,
     decode_update,
-    encode_update,
+    defined_ids,
+    encode_head,
+    encode_tail,
     max_item_size,
     pack_update,
 )
@@ -128,6 +131,7 @@ _PARKED = 32
 _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 _ELSEWHERE: Final = "elsewhere"  # in _Link.sent: told that we route elsewhere, with no path
+_EMPTY_TAIL: Final = encode_tail(RouteUpdate(1, 0))  # a pure ack's body after its acks
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,7 @@ class RoutingConfig:
     max_records: int = 10000  # origin records kept (one per origin); also bounds adverts per neighbour
     record_ttl: float = 600.0  # a record nothing references (no link, path, waiting advert) this long goes
     max_path: int = 30  # hops of a route (next hop ... destination)
-    max_record_neighbours: int = 30  # neighbours listed in our record (the oldest links)
+    max_record_neighbours: int = 29  # neighbours listed in our record (the oldest links)
     default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
     hop_cost: int = 96  # what any link costs (Babel's wired link cost), times its ETX factor
     rtt_min: float = 0.010  # RFC 9616: RTTs below this add nothing (LAN jitter flaps no route) ...
@@ -230,6 +234,8 @@ class _Sent:
     parts: UpdateParts
     deadline: float
     rto: float
+    tail: bytes  # the body after the acks, sent again as is (its id definitions must not move)
+    defines: tuple[tuple[PeerId, int], ...]  # the ids its table defines: known once it is acked
 
 
 class _Link:
@@ -241,10 +247,13 @@ class _Link:
         "bucket",
         "cost",
         "epoch",
+        "in_ids",
         "last_update",
         "loss",
         "moved_since",
+        "next_index",
         "next_msg_no",
+        "out_ids",
         "parked",
         "peer_epoch",
         "pending",
@@ -267,6 +276,9 @@ class _Link:
         self.up_at = now
         self.epoch = epoch
         self.next_msg_no = 1
+        self.out_ids: dict[PeerId, int] = {}  # ids it acknowledged a definition of, our epoch
+        self.next_index = 0  # the next id index of our epoch
+        self.in_ids: dict[int, PeerId] = {}  # the ids it defined in its epoch
         self.peer_epoch: int | None = None
         self.retired: collections.deque[int] = collections.deque(maxlen=_RETIRED_EPOCHS)
         self.unacked: dict[int, _Sent] = {}
@@ -496,15 +508,23 @@ class RoutingTable:
         if not link.bucket.consume(1, now):
             self.counters["drop_rate_limited"] += 1
             return
+        # Its ids defined in earlier messages hold within its current epoch only.
+        epoch = int.from_bytes(body[1:5], "big") if len(body) >= 5 else None
+        if epoch is not None and epoch != link.peer_epoch and epoch in link.retired:
+            self.counters["drop_stale_epoch"] += 1
+            return
         try:
-            update = decode_update(body, self._intern_key, self._held_record)
+            update = decode_update(
+                body, self._intern_key, self._held_record, link.in_ids if epoch == link.peer_epoch else {}
+            )
         except DecodeError:
             self.counters["drop_malformed"] += 1
             return
         if update.epoch != link.peer_epoch:
-            if update.epoch in link.retired:
-                self.counters["drop_stale_epoch"] += 1
-                return
+            # Its ids start again, and it may have lost ours (its view of the link restarted):
+            # our later messages define every id again (at fresh indices of our epoch).
+            link.in_ids = {}
+            link.out_ids = {}
             if link.peer_epoch is not None:
                 # The neighbour restarted its view of us: forget what it told us, tell it all again.
                 link.retired.append(link.peer_epoch)
@@ -516,12 +536,20 @@ class RoutingTable:
         self.counters["updates_received"] += 1
         self._expire(now)
         if update.ack_epoch == link.epoch:
+            out_ids = link.out_ids
             for no in update.acks:
-                link.unacked.pop(no, None)
+                sent = link.unacked.pop(no, None)
+                if sent is not None:
+                    for peer, index in sent.defines:
+                        out_ids.setdefault(peer, index)
             if not link.unacked:
                 link.rtx_at = math.inf
         if update.msg_no == 0:
             return
+        if update.defined:
+            in_ids = link.in_ids
+            for index, peer in enumerate(update.defined, update.first_index):
+                in_ids[index] = peer
         link.pending_acks.append(update.msg_no)
         link.ack_at = min(link.ack_at, now + self.config.ack_delay)
         intern = self._intern
@@ -923,7 +951,7 @@ class RoutingTable:
                         sent.rto = min(sent.rto * 2, self.config.max_rto)
                         sent.deadline = now + sent.rto
                         self.counters["retransmissions"] += 1
-                        out.append((neighbour, self._emit(link, msg_no, sent.parts)))
+                        out.append((neighbour, self._emit(link, msg_no, sent)))
                     rtx_at = min(rtx_at, sent.deadline)
                 link.rtx_at = rtx_at
             allowed = now >= link.last_update + self.config.min_update_interval
@@ -931,18 +959,34 @@ class RoutingTable:
                 if len(link.unacked) >= self.config.max_unacked:
                     self._resend_all(link, now)
                 items = self._items_for(neighbour, link)
-                if link.next_msg_no + len(items) >= 2**32:  # numbers run out: start a new epoch
-                    link.epoch = self._rng.getrandbits(32) or 1
-                    link.next_msg_no = 1
-                    self._resend_all(link, now)
+                if link.next_msg_no + len(items) >= 2**32 or link.next_index > MAX_ID_INDEX // 2:
+                    # Message numbers or id indices run out: a new epoch starts both again.
+                    self._new_epoch(link, now)
                     items = self._items_for(neighbour, link)
-                for parts in pack_update(items, self._budget):
+                for parts in pack_update(items, self._budget, link.out_ids):
                     msg_no = link.next_msg_no
+                    content = RouteUpdate(
+                        epoch=link.epoch,
+                        msg_no=msg_no,
+                        records=tuple(parts.records),
+                        routes=tuple(parts.routes),
+                        withdrawals=tuple(parts.withdrawals),
+                        elsewhere=tuple(parts.elsewhere),
+                        wants=tuple(parts.wants),
+                    )
+                    defines = defined_ids(content, link.out_ids)
+                    first = link.next_index
+                    if first + len(defines) > MAX_ID_INDEX + 1:  # cannot happen below half: be safe
+                        self._new_epoch(link, now)
+                        break
+                    link.next_index = first + len(defines)
                     link.next_msg_no = msg_no + 1
                     rto = self._rto(link)
-                    link.unacked[msg_no] = _Sent(parts, now + rto, rto)
+                    tail = encode_tail(content, link.out_ids, first)
+                    sent = _Sent(parts, now + rto, rto, tail, tuple(zip(defines, itertools.count(first))))
+                    link.unacked[msg_no] = sent
                     link.rtx_at = min(link.rtx_at, now + rto)
-                    out.append((neighbour, self._emit(link, msg_no, parts)))
+                    out.append((neighbour, self._emit(link, msg_no, sent)))
                 if items:
                     link.last_update = now
                 link.pending_at = math.inf
@@ -956,26 +1000,28 @@ class RoutingTable:
             return self.config.initial_rto
         return min(max(3 * link.srtt + self.config.ack_delay, self.config.min_rto), self.config.max_rto)
 
-    def _emit(self, link: _Link, msg_no: int, parts: UpdateParts | None, max_acks: int = 0) -> bytes:
-        if parts is not None:
-            max_acks = min(MAX_ACKS, (self._budget - parts.size) // 4)
+    def _emit(self, link: _Link, msg_no: int, sent: _Sent | None, max_acks: int = 0) -> bytes:
+        """Message ``msg_no`` (``sent``: its content; None: a pure ack) with the acks that fit."""
+        if sent is not None:
+            max_acks = min(MAX_ACKS, (self._budget - HEADER_LEN - len(sent.tail)) // 4)
         acks = tuple(link.pending_acks[:max_acks])
         del link.pending_acks[: len(acks)]
         if not link.pending_acks:
             link.ack_at = math.inf
-        update = RouteUpdate(
-            epoch=link.epoch,
-            msg_no=msg_no,
-            ack_epoch=link.peer_epoch or 0,
-            acks=acks,
-            records=tuple(parts.records) if parts else (),
-            routes=tuple(parts.routes) if parts else (),
-            withdrawals=tuple(parts.withdrawals) if parts else (),
-            elsewhere=tuple(parts.elsewhere) if parts else (),
-            wants=tuple(parts.wants) if parts else (),
-        )
+        head = encode_head(RouteUpdate(link.epoch, msg_no, link.peer_epoch or 0, acks))
         self.counters["updates_sent"] += 1
-        return overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(update))
+        return overlay_packet(
+            OverlayType.ROUTE_UPDATE, head + (sent.tail if sent is not None else _EMPTY_TAIL)
+        )
+
+    def _new_epoch(self, link: _Link, now: float) -> None:
+        """Start our view of the link again: message numbers and id indices from the start, and
+        the whole table sent again (the neighbour forgets what our old epoch told it)."""
+        link.epoch = self._rng.getrandbits(32) or 1
+        link.next_msg_no = 1
+        link.out_ids = {}
+        link.next_index = 0
+        self._resend_all(link, now)
 
     def _items_for(self, neighbour: PeerId, link: _Link) -> list[Item]:
         items: list[Item] = []

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coremesh.identity import PeerId
-from coremesh.routing.messages import RouteEntry, RouteUpdate, decode_update, encode_update
+from coremesh.routing.messages import RouteEntry, RouteUpdate, decode_update, defined_ids, encode_update
 from coremesh.routing.overlay import OVERLAY_PREFIX, OverlayType, overlay_packet
 from coremesh.routing.records import OriginRecord
 from coremesh.routing.table import Route, RoutingConfig, RoutingTable
@@ -222,7 +222,8 @@ def _forger_setup(xy_once: list[OriginRecord] | None = None) -> tuple[VNet, Rout
 def _forge(net: VNet, records: list[OriginRecord], hops: list[str], msg_no: int = 1000) -> bytes:
     entry = RouteEntry(tuple(net.pid(h) for h in hops), 5)
     update = RouteUpdate(epoch=0xF00, msg_no=msg_no, records=tuple(records), routes=(entry,))
-    return overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(update))
+    # Fresh id indices for each message number: a sender never binds an index twice in an epoch.
+    return overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(update, first_index=16 * (msg_no - 1000)))
 
 
 def _own_record(net: VNet, name: str) -> OriginRecord:
@@ -660,6 +661,7 @@ class _Solo:
             self.me.peer_id, self.me.sign, RoutingConfig(**kw), rng=random.Random(1), now=0.0
         )
         self.msg_no: dict[str, int] = {}
+        self.index: dict[str, int] = {}  # the next id index of each neighbour's epoch
 
     def up(self, name: str, now: float = 0.0) -> PeerId:
         peer = identity(name).peer_id
@@ -682,7 +684,13 @@ class _Solo:
             routes=tuple(RouteEntry(tuple(identity(h).peer_id for h in hops), m) for hops, m in routes),
             withdrawals=tuple(identity(w).peer_id for w in withdrawals),
         )
-        self.table.receive(identity(name).peer_id, encode_update(update), now)
+        self.receive(name, update, now)
+
+    def receive(self, name: str, update: RouteUpdate, now: float) -> None:
+        """``update`` from ``name``, its ids defined at fresh indices (as a sender does)."""
+        first = self.index.get(name, 0)
+        self.index[name] = first + len(defined_ids(update, {}))
+        self.table.receive(identity(name).peer_id, encode_update(update, first_index=first), now)
 
 
 def _rec(name: str, seqno: int, *neighbours: str) -> OriginRecord:
@@ -828,8 +836,7 @@ def test_a_neighbour_cannot_make_us_ask_or_serve_in_a_loop() -> None:
     # Wants beyond the serving budget are counted and dropped, whatever M asks.
     for i in range(30):
         no = solo.msg_no["M"] = solo.msg_no["M"] + 1
-        update = RouteUpdate(7, no, wants=(solo.me.peer_id,) * 100)
-        t.receive(identity("M").peer_id, encode_update(update), 6.0 + i * 0.001)
+        solo.receive("M", RouteUpdate(7, no, wants=(solo.me.peer_id,) * 100), 6.0 + i * 0.001)
     served = t.counters["record_wants_received"] - t.counters["drop_wants_rate_limited"]
     assert t.counters["record_wants_received"] == 3000 and served <= 1000 + 4 * 100 * 0.03 + 1
 
@@ -854,3 +861,33 @@ def test_adverts_that_waited_for_records_pin_nothing_once_gone() -> None:
     solo.send("H", 2.0, [_rec("H", 1, "solo", "N"), _rec("N", 1, "H")], [(["N"], 100)])
     assert t.next_hop(identity("N").peer_id) == identity("H").peer_id
     _check_references(t)
+
+
+def test_ids_cross_a_link_once_and_survive_a_one_sided_restart() -> None:
+    net = VNet("ABCDE")
+    for a, b in ("AB", "BC", "CD", "DE"):
+        net.link(a, b)
+    net.settle()
+    a, b = net.tables["A"], net.tables["B"]
+    ids_before = len(a._links[net.pid("B")].out_ids)
+    assert ids_before >= 1 and len(b._links[net.pid("A")].out_ids) >= 4  # B named C, D, E to A
+    # A later change names the known ids by index alone: its message is far smaller than 32 bytes
+    # per hop.
+    sent = net.bytes["B"]
+    net.sample("D", "E", 0.5)
+    net.settle()
+    per_path = (net.bytes["B"] - sent) / max(1, b.counters["paths_sent"])
+    assert per_path < 60
+    # B's view of A restarts on B's side only (A never saw the link go): B's new epoch makes A
+    # define its ids again, and the tables converge.
+    b.link_down(net.pid("A"), net.now)
+    b.link_up(net.pid("A"), net.now)
+    b.link_sample(net.pid("A"), 0.01, 0.0, net.now)
+    net.flush()
+    net.settle()
+    assert net.walk("A", "E") == ["A", "B", "C", "D", "E"]
+    assert net.walk("E", "A") == ["E", "D", "C", "B", "A"]
+    malformed = b.counters["drop_malformed"]
+    net.sample("D", "E", 0.01)
+    net.settle()
+    assert b.counters["drop_malformed"] == malformed  # nothing undecodable once it settled
