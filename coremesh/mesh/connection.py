@@ -118,6 +118,11 @@ class Connection:
         return self._address
 
     @property
+    def queued(self) -> int:
+        """Messages received and not read yet."""
+        return len(self._inbox)
+
+    @property
     def is_closed(self) -> bool:
         return self._closed_reason is not None
 

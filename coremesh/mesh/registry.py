@@ -266,7 +266,7 @@ class ConnectionRegistry:
         if isinstance(event, ev.MessageReceived):
             conn = self._connections.get(event.peer_id)
             if conn is not None:
-                conn._deliver(event.data)
+                self._deliver(conn, event.data)
         elif isinstance(event, ev.SendReady):
             conn = self._connections.get(event.peer_id)
             if conn is not None:
@@ -317,6 +317,20 @@ class ConnectionRegistry:
             probe = self._probe_waiters.pop(event.nonce, None)
             if probe is not None and not probe.done():
                 probe.set_result(event.peer_id)
+
+    def _deliver(self, conn: Connection, data: bytes) -> None:
+        """Queue a message for the application, within its scope (``max_queued_messages``): a
+        peer whose messages the application does not read past it is closed, never queued without
+        bound (the receive window bounds their bytes, this their number)."""
+        runtime, endpoint = self._parts.runtime, self._parts.endpoint
+        if endpoint is None or endpoint.scopes.inbox_allowed(conn.queued):
+            conn._deliver(data)
+            return
+        endpoint.counters["drop_inbox_full"] += 1
+        if runtime is not None and endpoint.state_of(conn.peer_id) is PeerState.CONNECTED:
+            endpoint.counters["connections_closed_inbox_full"] += 1
+            endpoint.close(conn.peer_id, runtime.now(), "too many unread messages")
+            runtime.schedule_flush()
 
     def _on_connected(self, event: ev.PeerConnected) -> None:
         old = self._connections.get(event.peer_id)
