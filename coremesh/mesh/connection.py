@@ -142,6 +142,13 @@ class Connection:
             self._writable.clear()
             await self._writable.wait()
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue one message if the send buffer has room; False under back-pressure (the peer
+        reads slower than we send, or not at all). Raises ConnectionClosed."""
+        if self._closed_reason is not None:
+            raise ConnectionClosed(f"connection to {self.peer_id} is closed", self._closed_reason)
+        return self._owner.try_send(self.peer_id, bytes(data))
+
     async def receive(self) -> bytes:
         """The next message. Raises ConnectionClosed when closed and drained."""
         while not self._inbox:

@@ -271,3 +271,27 @@ def test_unconfirmed_sessions_of_replacements_count_too() -> None:
     net.run_for(1.0)
     usage = b.endpoint.resource_usage()
     assert usage["inbound"] == 1 and usage["unconfirmed"] == 0
+
+
+def test_a_forwarding_node_carries_at_most_its_rate_and_the_stream_still_gets_through() -> None:
+    from coremesh.endpoint.paths import RoutedAddress
+
+    from .test_endpoint_overlay import mesh, routed_connect
+
+    rate = 20_000
+    net, (a, b, c) = mesh(3, [(0, 1), (1, 2)])
+    b.endpoint.scopes = ResourceScopes(ResourceLimits.from_config(MeshConfig(forward_rate_per_peer=rate)))
+    routed_connect(net, a, c)
+    assert isinstance(a.endpoint.snapshot(c.endpoint.peer_id).address, RoutedAddress)  # type: ignore[union-attr]
+    c_id = c.endpoint.peer_id
+    start, forwarded = net.clock.now, b.endpoint.counters["forwarded_bytes"]
+    payloads = [bytes([i]) * 3000 for i in range(40)]  # 120 kB: six times the burst
+    for p in payloads:
+        a.endpoint.send(c_id, p, net.clock.now)
+    net.flush()
+    assert net.run_until(lambda: len(c.messages()) >= 40, timeout=60)
+    assert c.messages() == payloads  # dropped packets were sent again: nothing lost, nothing reordered
+    assert b.endpoint.counters["drop_forward_rate_limited"] > 0
+    carried = b.endpoint.counters["forwarded_bytes"] - forwarded
+    # Data from a, ACKs from c: two neighbours and two sources, each with its own bucket.
+    assert carried <= 2 * (rate * (net.clock.now - start) + rate)
