@@ -95,7 +95,13 @@ class Connection:
     """
 
     def __init__(
-        self, owner: ConnectionOwner, peer_id: PeerId, address: PathAddress, *, initiator: bool
+        self,
+        owner: ConnectionOwner,
+        peer_id: PeerId,
+        address: PathAddress,
+        *,
+        initiator: bool,
+        max_queued: int = 1 << 62,
     ) -> None:
         self._owner = owner
         self.peer_id = peer_id
@@ -103,6 +109,7 @@ class Connection:
         self.initiator = initiator
         self.path = "direct"
         self._inbox: deque[bytes] = deque()
+        self._max_queued = max_queued  # unread messages at most (the node's max_queued_messages)
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -196,9 +203,14 @@ class Connection:
 
     # -- called by the owner --------------------------------------------------------------------
 
-    def _deliver(self, data: bytes) -> None:
-        self._inbox.append(data)
+    def _deliver(self, data: bytes) -> bool:
+        """Queue a received message; False (not queued) if ``max_queued`` wait unread already."""
+        inbox = self._inbox
+        if len(inbox) >= self._max_queued:
+            return False
+        inbox.append(data)
         self._readable.set()
+        return True
 
     def _set_writable(self) -> None:
         self._writable.set()
