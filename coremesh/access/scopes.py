@@ -180,10 +180,6 @@ class ResourceScopes:
         buffer then exceeds the cap by at most that message)."""
         return buffered < self.limits.send_buffer_size
 
-    def inbox_allowed(self, queued: int) -> bool:
-        """Whether one more message may wait for the application behind ``queued`` unread ones."""
-        return queued < self.limits.max_queued_messages
-
     # -- forwarding -----------------------------------------------------------------------------
 
     def admit_forward(self, neighbour: Hashable, source: Hashable, nbytes: int, now: float) -> str | None:

@@ -49,7 +49,8 @@ def test_the_limits_of_a_node_come_from_its_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", ["max_connections_per_host", "max_unconfirmed_per_host", "max_queued_messages"]
+    "field",
+    ["max_connections_per_host", "max_unconfirmed_per_host", "max_queued_messages", "forward_rate_per_peer"],
 )
 def test_config_refuses_a_limit_below_one(field: str) -> None:
     with pytest.raises(ConfigError, match=field):
@@ -121,10 +122,9 @@ def test_forwarding_is_rate_limited_per_neighbour_and_per_source() -> None:
     assert scopes.admit_forward("n1", "s1", 6_000, 0.2) is None  # refilled at 10,000 bytes a second
 
 
-def test_send_and_inbox_allowances() -> None:
-    scopes = ResourceScopes(ResourceLimits(send_buffer_size=100, max_queued_messages=3))
+def test_the_send_allowance() -> None:
+    scopes = ResourceScopes(ResourceLimits(send_buffer_size=100))
     assert scopes.send_allowed(99) and not scopes.send_allowed(100)
-    assert scopes.inbox_allowed(2) and not scopes.inbox_allowed(3)
 
 
 # -- the endpoint, in virtual time ------------------------------------------------------------------
