@@ -158,6 +158,13 @@ class MeshConfig:
     # load and asks for cookies (0: always), and, under load, initiations per second per source host.
     handshake_load_threshold: int = 256
     handshake_rate_per_source: float = 20.0
+    # Resource limits (docs/access.md): per source host, inbound connections and unconfirmed
+    # handshakes; per connection, messages waiting for the application; per neighbour and per
+    # source, bytes forwarded a second.
+    max_connections_per_host: int = 64
+    max_unconfirmed_per_host: int = 8
+    max_queued_messages: int = 65536
+    forward_rate_per_peer: int = 16 * 1024 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,6 +197,10 @@ class MeshConfig:
             set_(self, f"_{name}", tuple(parsed))
         _int(self.max_connections, "max_connections", 1, 1_000_000)
         _int(self.handshake_load_threshold, "handshake_load_threshold", 0, 1_000_000)
+        _int(self.max_connections_per_host, "max_connections_per_host", 1, 1_000_000)
+        _int(self.max_unconfirmed_per_host, "max_unconfirmed_per_host", 1, 1_000_000)
+        _int(self.max_queued_messages, "max_queued_messages", 1, 1 << 30)
+        _int(self.forward_rate_per_peer, "forward_rate_per_peer", 1024, 1 << 40)
         rate = self.handshake_rate_per_source
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1_000_000:
             raise ConfigError(

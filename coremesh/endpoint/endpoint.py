@@ -31,10 +31,12 @@ import dataclasses
 import itertools
 import random
 from collections import Counter, OrderedDict, deque
+from collections.abc import Hashable
 from typing import Final, cast
 
 from ..access.acl import AclLists, PeerAcl, PeerNotAllowed
-from ..access.handshake_guard import HandshakeGuard
+from ..access.handshake_guard import HandshakeGuard, host_key
+from ..access.scopes import ResourceLimits, ResourceScopes, SendBufferFull
 from ..addr import Address
 from ..config import MeshConfig
 from ..errors import (
@@ -109,9 +111,10 @@ class Endpoint:
         self.guard = HandshakeGuard.for_config(identity.x25519_public, rng, config)
         self._peers: dict[PeerId, PeerConnection] = {}
         self._replacements: dict[PeerId, PeerConnection] = {}  # new connections awaiting confirmation
-        # Unconfirmed responder state is capped apart (the handshake gate bounds the rate, this the state):
-        # throwaway identities can hold at most this many of the max_connections slots.
-        self.max_unconfirmed = max(2, config.max_connections // 2)
+        # How much for whom (docs/access.md, "Resource limits"): connections and unconfirmed
+        # responder state in total and per source host (the handshake gate bounds the rate, the
+        # scopes the state), send buffers, unread messages, forwarded bytes.
+        self.scopes = ResourceScopes(ResourceLimits.from_config(config))
         self._indexes: dict[int, PeerConnection] = {}
         self._timestamps: OrderedDict[PeerId, bytes] = OrderedDict()
         self._probes: dict[int, tuple[PathAddress, int, float]] = {}
@@ -231,8 +234,14 @@ class Endpoint:
         self._rank[conn] = next(self._ranks)
         self._touched[conn] = None
 
+    @property
+    def max_unconfirmed(self) -> int:
+        """Unconfirmed responder sessions at most: throwaway identities hold at most this many slots."""
+        return self.scopes.limits.max_unconfirmed
+
     def forget(self, conn: PeerConnection) -> None:
         """``conn`` ended (:meth:`PeerConnection.end`): drop it from every table."""
+        self.scopes.release(conn)
         if self._peers.get(conn.peer_id) is conn:
             del self._peers[conn.peer_id]
         if self._replacements.get(conn.peer_id) is conn:
@@ -245,6 +254,7 @@ class Endpoint:
 
     def promote(self, conn: PeerConnection) -> None:
         """A confirmed replacement becomes the peer's connection; the old one ends."""
+        self.scopes.confirm(conn)  # (every connection that comes up passes here)
         if self._replacements.get(conn.peer_id) is not conn:
             return
         del self._replacements[conn.peer_id]
@@ -429,8 +439,10 @@ class Endpoint:
             return conn.state.public
         if conn is not None:
             conn.end("replaced by a new connection", clean=True)
-        if len(self._peers) >= self.config.max_connections:
-            raise LocalProtocolError(f"max_connections ({self.config.max_connections}) reached")
+        limit = self.scopes.limits.max_connections
+        if len(self._peers) >= limit:
+            self.counters["connects_refused_max_connections"] += 1
+            raise LocalProtocolError(f"max_connections ({limit}) reached")
         conn = PeerConnection(
             self,
             peer_id,
@@ -468,7 +480,17 @@ class Endpoint:
         return conn is not None and self._touch(conn).also_try(address)
 
     def send(self, peer_id: PeerId, data: bytes, now: float) -> None:
-        self._connected(peer_id).send(data, now)
+        """Queue one message. Raises :class:`~coremesh.access.scopes.SendBufferFull` when the
+        peer's send buffer is at its cap (use :meth:`try_send` to wait for room), else like
+        :meth:`try_send`."""
+        conn = self._connected(peer_id)
+        if not self.scopes.send_allowed(conn.stream.send_buffered):
+            self.counters["send_buffer_full"] += 1
+            raise SendBufferFull(
+                f"send buffer to {peer_id} is full ({self.scopes.limits.send_buffer_size} bytes): "
+                "the peer does not read as fast as we send"
+            )
+        conn.send(data, now)
 
     def consume(self, peer_id: PeerId, nbytes: int) -> bool:
         """The application read ``nbytes`` of messages: return that much receive window to the peer.
@@ -485,8 +507,12 @@ class Endpoint:
 
     def try_send(self, peer_id: PeerId, data: bytes, now: float) -> bool:
         """Queue one message if the send buffer has room, with one liveness check; False under
-        back-pressure (wait for :class:`~.events.SendReady`). Raises like :meth:`send`."""
-        return self._connected(peer_id).try_send(data, now)
+        back-pressure (wait for :class:`~.events.SendReady`). Raises
+        :class:`~coremesh.errors.PeerNotFound` or :class:`~coremesh.errors.ConnectionClosed`."""
+        if self._connected(peer_id).try_send(data, now):
+            return True
+        self.counters["send_buffer_full"] += 1
+        return False
 
     def ping(self, peer_id: PeerId, now: float) -> int:
         """Queue a PING; the matching :class:`~coremesh.endpoint.events.PongReceived` carries the token."""
@@ -654,12 +680,14 @@ class Endpoint:
         if conn is None:
             # Refused rather than evicted: an initiator that gets no response fails cleanly, while
             # one whose response was sent and whose state we then dropped would be left half-open.
-            if len(self._peers) >= self.config.max_connections:
+            if len(self._peers) >= self.scopes.limits.max_connections:
                 self.counters["drop_max_connections"] += 1
                 return
-            if not self._make_room_for_unconfirmed():
+            host = self._make_room_for_unconfirmed(addr)
+            if host is None:
                 return
             conn = PeerConnection(self, peer, addr, result.conn_id, initiator=False, now=now)
+            self.scopes.reserve_unconfirmed(conn, host)
             self._add(self._peers, conn)
         elif conn.state.public in (PeerState.CLOSING, PeerState.DRAINING):
             self.counters["drop_handshake_closing"] += 1
@@ -685,25 +713,41 @@ class Endpoint:
             return pending
         if pending is not None:
             pending.end("superseded", clean=False)
-        if not self._make_room_for_unconfirmed():
+        host = self._make_room_for_unconfirmed(addr)
+        if host is None:
             return None
         pending = PeerConnection(self, peer, addr, conn_id, initiator=False, now=now)
+        self.scopes.reserve_unconfirmed(pending, host)
         self._add(self._replacements, pending)
         return pending
 
-    def _unconfirmed(self) -> int:
-        waiting = sum(1 for c in self._peers.values() if c.state is ConnState.CONFIRMING)
-        return waiting + len(self._replacements)
+    def _make_room_for_unconfirmed(self, addr: PathAddress) -> Hashable | None:
+        """Unconfirmed responder state has its own quotas, in total and per source host, and a
+        host its quota of connections (:mod:`coremesh.access.scopes`), so that initiations from
+        throwaway identities cannot take every slot, nor one host many. When a quota is full a new
+        initiation is refused, not an older one evicted: a refused initiator just retries, while
+        one whose response went out and whose state we dropped would be left half-open.
+        Returns the source host to reserve for, or None (refused, counted)."""
+        host = host_key(udp_address(addr), addr)
+        refusal = self.scopes.refusal_for_unconfirmed(host)
+        if refusal is None:
+            return host
+        self.counters[refusal] += 1
+        return None
 
-    def _make_room_for_unconfirmed(self) -> bool:
-        """Unconfirmed responder state has its own quota, so that initiations from throwaway
-        identities cannot take every slot. When it is full a new initiation is refused, not an
-        older one evicted: a refused initiator just retries, while one whose response went out and
-        whose state we dropped would be left half-open."""
-        if self._unconfirmed() < self.max_unconfirmed:
-            return True
-        self.counters["drop_unconfirmed_full"] += 1
-        return False
+    def resource_usage(self) -> dict[str, int]:
+        """What the node's resource scopes hold now (gauges): connections, unconfirmed
+        handshakes, inbound connections counted per host, hosts, bytes queued to send."""
+        usage = self.scopes.usage()
+        return {
+            "connections": len(self._peers) + len(self._replacements),
+            "unconfirmed": usage.unconfirmed,
+            "inbound": usage.inbound,
+            "hosts": usage.hosts,
+            "send_buffered_bytes": sum(
+                c.stream.send_buffered for t in (self._peers, self._replacements) for c in t.values()
+            ),
+        }
 
     def _on_response(self, data: bytes, addr: PathAddress, now: float) -> None:
         resp = wire.decode_handshake_resp(data)

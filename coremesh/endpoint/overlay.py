@@ -324,6 +324,10 @@ class Overlay:
         if route and (len(set(route)) != len(route) or ep.peer_id in route):
             ep.counters["drop_bad_source_route"] += 1  # a route that revisits a node: a loop
             return
+        refusal = ep.scopes.admit_forward(neighbour, packet.source, size, now)
+        if refusal is not None:  # the neighbour or the source sends more than its share
+            ep.counters[refusal] += 1
+            return
         hop = self.next_hop(packet.destination, route)
         if hop is None:
             ep.counters["drop_no_route"] += 1

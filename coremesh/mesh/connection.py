@@ -95,7 +95,13 @@ class Connection:
     """
 
     def __init__(
-        self, owner: ConnectionOwner, peer_id: PeerId, address: PathAddress, *, initiator: bool
+        self,
+        owner: ConnectionOwner,
+        peer_id: PeerId,
+        address: PathAddress,
+        *,
+        initiator: bool,
+        max_queued: int = 1 << 62,
     ) -> None:
         self._owner = owner
         self.peer_id = peer_id
@@ -103,6 +109,7 @@ class Connection:
         self.initiator = initiator
         self.path = "direct"
         self._inbox: deque[bytes] = deque()
+        self._max_queued = max_queued  # unread messages at most (the node's max_queued_messages)
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -116,6 +123,11 @@ class Connection:
     @property
     def remote_address(self) -> PathAddress:
         return self._address
+
+    @property
+    def queued(self) -> int:
+        """Messages received and not read yet."""
+        return len(self._inbox)
 
     @property
     def is_closed(self) -> bool:
@@ -136,6 +148,13 @@ class Connection:
                 return
             self._writable.clear()
             await self._writable.wait()
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue one message if the send buffer has room; False under back-pressure (the peer
+        reads slower than we send, or not at all). Raises ConnectionClosed."""
+        if self._closed_reason is not None:
+            raise ConnectionClosed(f"connection to {self.peer_id} is closed", self._closed_reason)
+        return self._owner.try_send(self.peer_id, bytes(data))
 
     async def receive(self) -> bytes:
         """The next message. Raises ConnectionClosed when closed and drained."""
@@ -184,9 +203,14 @@ class Connection:
 
     # -- called by the owner --------------------------------------------------------------------
 
-    def _deliver(self, data: bytes) -> None:
-        self._inbox.append(data)
+    def _deliver(self, data: bytes) -> bool:
+        """Queue a received message; False (not queued) if ``max_queued`` wait unread already."""
+        inbox = self._inbox
+        if len(inbox) >= self._max_queued:
+            return False
+        inbox.append(data)
         self._readable.set()
+        return True
 
     def _set_writable(self) -> None:
         self._writable.set()

@@ -354,6 +354,13 @@ class MeshNode:
         counters.update(self._overlay.stats())
         return counters
 
+    def resource_usage(self) -> dict[str, int]:
+        """What the node's resource scopes hold now (docs/access.md, "Resource limits"): open and
+        pending connections, unconfirmed handshakes, inbound connections counted against their
+        source hosts, those hosts, and the bytes queued to send to every peer."""
+        endpoint = self._parts.endpoint
+        return {} if endpoint is None else endpoint.resource_usage()
+
     # -- the DHT ------------------------------------------------------------------------------
 
     async def lookup(self, peer: PeerId | str, *, timeout: float | None = None) -> PeerRecord:

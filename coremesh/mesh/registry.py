@@ -265,8 +265,8 @@ class ConnectionRegistry:
     def on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.MessageReceived):
             conn = self._connections.get(event.peer_id)
-            if conn is not None:
-                conn._deliver(event.data)
+            if conn is not None and not conn._deliver(event.data):
+                self._inbox_full(conn)
         elif isinstance(event, ev.SendReady):
             conn = self._connections.get(event.peer_id)
             if conn is not None:
@@ -318,13 +318,31 @@ class ConnectionRegistry:
             if probe is not None and not probe.done():
                 probe.set_result(event.peer_id)
 
+    def _inbox_full(self, conn: Connection) -> None:
+        """A message found ``max_queued_messages`` unread before it: the peer is closed, never
+        queued for without bound (the receive window bounds the bytes, this their number)."""
+        runtime, endpoint = self._parts.runtime, self._parts.endpoint
+        if endpoint is None:
+            return
+        endpoint.counters["drop_inbox_full"] += 1
+        if runtime is not None and endpoint.state_of(conn.peer_id) is PeerState.CONNECTED:
+            endpoint.counters["connections_closed_inbox_full"] += 1
+            endpoint.close(conn.peer_id, runtime.now(), "too many unread messages")
+            runtime.schedule_flush()
+
     def _on_connected(self, event: ev.PeerConnected) -> None:
         old = self._connections.get(event.peer_id)
         if old is not None:
             old._mark_closed("replaced by a new connection")
-        conn = Connection(self, event.peer_id, event.address, initiator=event.initiator)
-        conn.path = self._path_of(event.address, event.peer_id)
         relays, endpoint = self._parts.relays, self._parts.endpoint
+        conn = Connection(
+            self,
+            event.peer_id,
+            event.address,
+            initiator=event.initiator,
+            max_queued=endpoint.scopes.limits.max_queued_messages if endpoint is not None else 1 << 62,
+        )
+        conn.path = self._path_of(event.address, event.peer_id)
         keyed = relays.keyed_relay() if relays is not None else None
         if keyed is not None and endpoint is not None and conn.path == "direct":
             # A direct connection can still fall back: to the keyed relay, if its path dies.

@@ -177,6 +177,11 @@ class ReliableStream:
         if sendbuf.buffered >= self._send_buffer_size:
             self._tx_full = True
 
+    @property
+    def send_buffered(self) -> int:
+        """Bytes queued to send and not yet acknowledged (what the send buffer holds)."""
+        return self._sendbuf.buffered
+
     def can_send(self) -> bool:
         """Whether ``send_message`` is welcome now: open and the send buffer not full. When False,
         wait for ``SendReady`` (or the connection closing)."""
