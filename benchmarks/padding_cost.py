@@ -13,7 +13,8 @@ simulator's bookkeeping (the same in every column). Three workloads, each on a f
 over the application bytes. ``CPU s/MB`` is process CPU time per MB of payload; the idle columns
 are per connection-hour (both ends together).
 
-    .venv/bin/python benchmarks/padding_cost.py [--bulk-mb 8] [--chat-seconds 60] [--idle-seconds 600] [--json]
+    .venv/bin/python benchmarks/padding_cost.py [--bulk-mb 8] [--chat-seconds 60]
+        [--idle-seconds 600] [--json]
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -319,3 +320,21 @@ def test_cover_idles_after_cover_idle_and_resumes_with_a_message() -> None:
     net.run_for(1.0)
     assert b.messages() == [b"wake up"]
     assert len(a.transport(resumed)) >= 18
+
+
+def test_the_node_reads_padding_from_its_config_file(tmp_path: Path) -> None:
+    from coremesh_node.settings import resolve
+
+    good = tmp_path / "node.toml"
+    good.write_text('[node]\npadding_buckets = [128, 512]\ncover_rate = 10\ncover_idle = "1m"\n')
+    mesh = resolve(["--config", str(good)], env={}).mesh
+    assert (mesh.padding_buckets, mesh.cover_rate, mesh.cover_idle) == ((128, 512), 10.0, 60.0)
+    for text, expected in (
+        ('padding_buckets = ["128"]', "expected a list of integers"),
+        ("padding_buckets = [512, 128]", "increasing"),
+        ("cover_rate = 10", "needs padding_buckets"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f"[node]\n{text}\n")
+        with pytest.raises(ConfigError, match=expected):
+            resolve(["--config", str(bad)], env={})
