@@ -16,7 +16,9 @@ Wire format and algorithms (QUIC-inspired):
 * connection flow control per RFC 9000 §4.1: MAX_DATA carries the absolute offset the peer may send
   up to, ``receive_window`` beyond what the application consumed; it is re-advertised when half the
   window was consumed. Before the first MAX_DATA each side may send ``INITIAL_MAX_DATA`` bytes;
-* path MTU discovery per RFC 8899 (``pmtu.py``).
+* path MTU discovery per RFC 8899 (``pmtu.py``);
+* optional padding of every packet to a size bucket with PADDING frames (``padding.py``; path MTU
+  discovery is then off).
 
 Flow-control accounting: the application reports what it has read with ``consume(nbytes)`` (message
 bytes, as it takes them from its inbox); the length prefixes of delivered messages count as consumed
