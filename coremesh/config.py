@@ -165,6 +165,13 @@ class MeshConfig:
     max_unconfirmed_per_host: int = 8
     max_queued_messages: int = 65536
     forward_rate_per_peer: int = 16 * 1024 * 1024
+    # Padding and cover traffic (docs/access.md, coremesh/reliability/padding.py): datagram sizes
+    # every transport packet is padded up to (datagram_size is always the top one; empty: off),
+    # cover packets per second per connection (0: off; needs buckets), and the seconds without an
+    # application message after which cover stops until the next one (0: never).
+    padding_buckets: tuple[int, ...] = ()
+    cover_rate: float = 0.0
+    cover_idle: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -260,6 +267,7 @@ class MeshConfig:
         for name in ("allow_peers", "deny_peers"):
             set_(self, f"_{name}", _peer_ids(getattr(self, name), name))
             set_(self, name, tuple(getattr(self, name)))
+        _padding_fields(self)
 
     def _build_dht_config(self) -> DhtConfig:
         from .dht.config import DhtConfig  # the DHT package imports this module
@@ -387,3 +395,31 @@ def _discovery_fields(config: MeshConfig) -> None:
             raise ConfigError(
                 f"mdns_interfaces: expected IP addresses of this host's interfaces, got {entry!r}"
             ) from None
+
+
+def _padding_fields(config: MeshConfig) -> None:
+    """``padding_buckets`` (increasing sizes, 64 to ``datagram_size``), ``cover_rate`` (0, or up
+    to 1000 packets/s with buckets set) and ``cover_idle`` (0, or a duration)."""
+    from .reliability.padding import MAX_COVER_RATE, MIN_BUCKET
+
+    set_ = object.__setattr__
+    buckets = config.padding_buckets
+    if isinstance(buckets, str) or not isinstance(buckets, list | tuple):
+        raise ConfigError(f"padding_buckets: expected a list of datagram sizes, got {buckets!r}")
+    for size in buckets:
+        _int(size, "padding_buckets", MIN_BUCKET, config.datagram_size)
+    if list(buckets) != sorted(set(buckets)):
+        raise ConfigError(f"padding_buckets: expected increasing sizes, got {list(buckets)}")
+    set_(config, "padding_buckets", tuple(buckets))
+    rate = config.cover_rate
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= MAX_COVER_RATE:
+        raise ConfigError(f"cover_rate: expected 0 (off) to {MAX_COVER_RATE:g} packets/s, got {rate!r}")
+    if rate and not buckets:
+        raise ConfigError(
+            "cover_rate: cover traffic needs padding_buckets (cover packets would stand out by size)"
+        )
+    set_(config, "cover_rate", float(rate))
+    idle = parse_duration(config.cover_idle, "cover_idle")
+    if idle != 0 and not 0.01 <= idle <= 86400:
+        raise ConfigError(f"cover_idle: expected 0 (never) or 0.01 to 86400 seconds, got {idle}")
+    set_(config, "cover_idle", idle)

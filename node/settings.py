@@ -84,6 +84,7 @@ KEYS: Final = MESH_KEYS | NODE_KEYS
 _LIST_KEYS: Final = frozenset(f.name for f in fields(MeshConfig) if str(f.type).startswith("tuple[")) | {
     "connect"
 }
+_INT_LIST_KEYS: Final = frozenset({"padding_buckets"})  # lists of sizes, not of strings
 _STR_KEYS: Final = ("admin", "log_format", "log_level", "listen_addr", "data_dir")
 # Flags whose text becomes a whole number here (MeshConfig checks the range).
 _INT_FLAGS: Final = ("max_connections", "datagram_size")
@@ -367,10 +368,11 @@ def load_config_file(path: Path, table: str = TABLE, known: Iterable[str] = KEYS
             f"known: {', '.join(sorted(known_keys))}"
         )
     for key in _LIST_KEYS:
+        kind, what = (int, "integers") if key in _INT_LIST_KEYS else (str, "strings")
         if key in table_values and not (
-            isinstance(table_values[key], list) and all(isinstance(x, str) for x in table_values[key])
+            isinstance(table_values[key], list) and all(isinstance(x, kind) for x in table_values[key])
         ):
-            raise ConfigError(f"config file {path}: {key}: expected a list of strings")
+            raise ConfigError(f"config file {path}: {key}: expected a list of {what}")
     for key in _STR_KEYS:
         if key in table_values and not isinstance(table_values[key], str):
             raise ConfigError(f"config file {path}: {key}: expected a string, got {table_values[key]!r}")

@@ -99,6 +99,7 @@ class Endpoint:
             send_buffer_size=config.send_buffer_size,
             receive_window=config.receive_window,
             max_message_size=config.max_message_size,
+            padding_buckets=config.padding_buckets,
         )
         # End-to-end connections through the overlay: their packets travel inside a hop's packet.
         self.routed_stream_config = dataclasses.replace(

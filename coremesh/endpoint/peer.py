@@ -29,6 +29,7 @@ from ..errors import (
 from ..identity import PeerId
 from ..reliability import ReliableStream
 from ..reliability import events as rev
+from ..reliability.padding import ENVELOPE_PREFIX, CoverSchedule, open_envelope
 from ..routing.overlay import OVERLAY_PREFIX
 from ..secure import wire
 from ..secure.session import COOKIE_LIFETIME, InitiatorHandshake, SecureSession
@@ -133,6 +134,8 @@ class PeerConnection:
         self.linger_deadline: float | None = None
         self.close_started = 0.0
         self.ping_tokens = 0
+        cfg = endpoint.config  # cover traffic (reliability/padding.py): off unless configured
+        self.cover = CoverSchedule(cfg.cover_rate, cfg.cover_idle, now) if cfg.cover_rate > 0 else None
         log.debug("peer %s: created %s", peer_id.short(), self.state.name)
 
     @property
@@ -429,6 +432,8 @@ class PeerConnection:
             t = self.paths.next_timer()
             if t is not None:
                 candidates.append(t)
+            if self.cover is not None and (t := self.cover.deadline()) is not None:
+                candidates.append(t)
         return min(candidates) if candidates else None
 
     def on_timer(self, now: float) -> None:
@@ -493,6 +498,8 @@ class PeerConnection:
                 if due is not None and now >= due:
                     self.start_rekey(now)
             self.paths.on_timer(now)
+            if self.cover is not None:
+                self.send_cover(now)
         ep.mark_dirty(self)
 
     # -- sending ------------------------------------------------------------------------------
@@ -533,7 +540,11 @@ class PeerConnection:
 
     def seal(self, session: SecureSession, payload: bytes) -> bytes | None:
         """Encrypt a payload under ``session``; None if its nonces are used up, which ends the
-        connection (only if rekeying kept failing for 2^64 packets)."""
+        connection (only if rekeying kept failing for 2^64 packets). A padded connection pads it
+        to its bucket first (path and overlay packets in an envelope)."""
+        padder = self.stream.padder
+        if padder is not None:
+            payload = padder.pad(payload)
         try:
             return session.seal(payload)
         except NonceExhausted:
@@ -546,6 +557,8 @@ class PeerConnection:
         if session is None or self.state is ConnState.CLOSED:
             return
         ep = self.endpoint
+        if self.cover is not None:
+            self.cover.wake(now, self.stream.messages_sent + self.stream.messages_received)
         payloads = self.stream.payloads_to_send(now)
         if not payloads:
             return
@@ -564,6 +577,19 @@ class PeerConnection:
             allowed = self.rekey_allowed_from()
             if allowed is not None and now >= allowed:
                 self.start_rekey(now)
+
+    def send_cover(self, now: float) -> None:
+        """At the end of a cover slot in which nothing was sent, one cover packet
+        (reliability/padding.py): outside the stream, never acknowledged."""
+        session, padder, cover = self.current, self.stream.padder, self.cover
+        if session is None or padder is None or cover is None:
+            return
+        messages = self.stream.messages_sent + self.stream.messages_received
+        if cover.on_slot(now, padder.sent, messages):
+            packet = self.seal(session, padder.cover())
+            if packet is not None:
+                self.endpoint.out.append((packet, self.paths.address))
+                self.endpoint.counters["cover_packets_sent"] += 1
 
     def on_datagram_too_big(self, size: int, now: float) -> None:
         if self.current is not None:
@@ -589,6 +615,17 @@ class PeerConnection:
             if self.state is ConnState.CONNECTED:
                 self.paths.on_path_packet(plaintext, addr, now)
             ep.mark_dirty(self)
+            return
+        if plaintext.startswith(ENVELOPE_PREFIX):  # padded (reliability/padding.py)
+            try:
+                inner = open_envelope(plaintext)
+            except DecodeError:
+                ep.counters["drop_malformed_envelope"] += 1
+                return
+            if not inner:
+                ep.counters["cover_packets_received"] += 1
+                return
+            self.on_transport(session, inner, addr, newest, now)
             return
         if newest:
             address = self.paths.address

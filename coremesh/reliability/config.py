@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coremesh.errors import ConfigError
+from coremesh.reliability.padding import MIN_BUCKET
 from coremesh.reliability.varint import MAX_VARINT
 
 __all__ = ["INITIAL_MAX_DATA", "MAX_UDP_PAYLOAD", "MIN_DATAGRAM_SIZE", "ReliabilityConfig"]
@@ -52,6 +53,9 @@ class ReliabilityConfig:
     """Longest time an ACK is delayed, in seconds."""
     ack_eliciting_threshold: int = 2
     """Acknowledge after this many ack-eliciting packets."""
+    padding_buckets: tuple[int, ...] = ()
+    """Datagram sizes every packet is padded up to, below ``base_datagram_size`` (always the top
+    bucket); empty: no padding. Padding turns path MTU discovery off (``padding.py``)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, what: str) -> None:
@@ -102,3 +106,11 @@ class ReliabilityConfig:
         need(0 < self.initial_rtt <= 60, "initial_rtt", "in (0, 60] seconds")
         need(0 <= self.max_ack_delay <= 1, "max_ack_delay", "in [0, 1] seconds")
         need(1 <= self.ack_eliciting_threshold <= 1000, "ack_eliciting_threshold", "in 1..1000")
+        buckets = self.padding_buckets
+        need(
+            isinstance(buckets, tuple)
+            and all(type(b) is int and MIN_BUCKET <= b <= MAX_UDP_PAYLOAD for b in buckets)
+            and list(buckets) == sorted(set(buckets)),
+            "padding_buckets",
+            f"a tuple of increasing sizes in {MIN_BUCKET}..{MAX_UDP_PAYLOAD}",
+        )

@@ -16,7 +16,9 @@ Wire format and algorithms (QUIC-inspired):
 * connection flow control per RFC 9000 §4.1: MAX_DATA carries the absolute offset the peer may send
   up to, ``receive_window`` beyond what the application consumed; it is re-advertised when half the
   window was consumed. Before the first MAX_DATA each side may send ``INITIAL_MAX_DATA`` bytes;
-* path MTU discovery per RFC 8899 (``pmtu.py``).
+* path MTU discovery per RFC 8899 (``pmtu.py``);
+* optional padding of every packet to a size bucket with PADDING frames (``padding.py``; path MTU
+  discovery is then off).
 
 Flow-control accounting: the application reports what it has read with ``consume(nbytes)`` (message
 bytes, as it takes them from its inbox); the length prefixes of delivered messages count as consumed
@@ -61,6 +63,7 @@ from coremesh.reliability.frames import (
     decode_payload,
     encode_frame,
 )
+from coremesh.reliability.padding import Padder
 from coremesh.reliability.pmtu import PmtuSearch, PmtuState
 from coremesh.reliability.recovery import F_CLOSE, F_MAX_DATA, F_PING, F_PROBE, Recovery, SentRecord
 from coremesh.reliability.recvbuf import ReceiveBuffer
@@ -114,7 +117,13 @@ class ReliableStream:
         self._send_buffer_size = config.send_buffer_size
         self._window = config.receive_window
         self._max_ooo_chunks = max(MIN_OOO_CHUNKS, config.receive_window // 512)
-        self._pmtu = PmtuSearch(config.base_datagram_size, config.max_datagram_size, config.pmtu_discovery)
+        # Padding (padding.py): every packet padded to a bucket; the datagram size stays the top one.
+        self.padder = (
+            Padder(config.padding_buckets, config.base_datagram_size, config.overhead)
+            if config.padding_buckets
+            else None
+        )
+        self._pmtu = self._new_pmtu()
         self._mds = config.base_datagram_size
         self._base_size = config.base_datagram_size
         self._big_losses = 0  # packets above the base size lost since one was acknowledged
@@ -486,6 +495,8 @@ class ReliableStream:
     ) -> bytes:
         """Join a packet; track it unless ``flags`` is -1 (not ack-eliciting)."""
         payload = b"".join(parts)
+        if self.padder is not None:
+            payload = self.padder.pad_stream(payload)
         size = len(payload) + self._overhead
         if flags >= 0:
             self._recovery.on_packet_sent(self._next_pn - 1, (now, size, flags, ranges))
@@ -611,7 +622,7 @@ class ReliableStream:
         again on the new path (as lost, without a congestion signal); offsets and order of the stream
         are unaffected, so the receiver delivers every message exactly once, in order."""
         cfg = self._config
-        self._pmtu = PmtuSearch(cfg.base_datagram_size, cfg.max_datagram_size, cfg.pmtu_discovery)
+        self._pmtu = self._new_pmtu()
         self._set_datagram_size(cfg.base_datagram_size)
         self._big_losses = 0
         recovery = self._recovery
@@ -619,6 +630,11 @@ class ReliableStream:
         if lost:
             self._on_lost(lost, False, now)
         recovery.on_path_changed(RttEstimator(cfg.initial_rtt, cfg.max_ack_delay), NewReno(self._mds))
+
+    def _new_pmtu(self) -> PmtuSearch:
+        cfg = self._config
+        probing = cfg.pmtu_discovery and self.padder is None  # probes would have telltale sizes
+        return PmtuSearch(cfg.base_datagram_size, cfg.max_datagram_size, probing)
 
     def oldest_unacked_sent_at(self) -> float | None:
         """When the oldest ack-eliciting packet still unacknowledged was sent (None: nothing is)."""

@@ -96,6 +96,7 @@ def test_the_tuple_fields_come_from_the_field_types() -> None:
         "mdns_interfaces",
         "allow_peers",
         "deny_peers",
+        "padding_buckets",
     }
     config = MeshConfig.from_dict(
         {key: ["127.0.0.1:9"] for key in ("bootstrap_peers", "advertise_addresses", "stun_servers")}
