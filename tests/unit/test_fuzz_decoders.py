@@ -33,6 +33,7 @@ from coremesh.config import MeshConfig
 from coremesh.dht import messages as dht_messages
 from coremesh.dht.records import PeerRecord
 from coremesh.endpoint.endpoint import Endpoint
+from coremesh.endpoint.states import PeerState
 from coremesh.errors import AuthenticationFailed, DecodeError, InvalidPeerId
 from coremesh.identity import Identity, PeerId
 from coremesh.keyedrelay import frames as kr
@@ -41,7 +42,7 @@ from coremesh.reliability import frames as rf
 from coremesh.reliability.varint import decode_varint, encode_varint
 from coremesh.routing import flood_messages as fm
 from coremesh.routing.messages import RouteEntry, RouteUpdate, decode_update, encode_update
-from coremesh.routing.overlay import Routed, decode_routed, encode_routed
+from coremesh.routing.overlay import OverlayType, Routed, decode_routed, encode_routed, overlay_packet
 from coremesh.routing.records import OriginRecord
 from coremesh.secure import wire
 from coremesh.secure.noise import HandshakeState, KeyPair
@@ -54,6 +55,7 @@ from coremesh.secure.session import (
     encode_timestamp,
     mac1_key,
 )
+from coremesh.sim import SimNetwork
 from coremesh.stun import attributes as sa
 from coremesh.stun.binding import BindingServer
 from coremesh.stun.channeldata import decode_channel_data, encode_channel_data
@@ -67,6 +69,8 @@ from coremesh.traversal.frames import (
     encode_path_frames,
 )
 from coremesh.turn import TurnServer, TurnServerConfig
+
+from .test_endpoint import A_ADDR, Node, connect, pair
 
 ALICE = Identity(bytes(range(32)))
 BOB = Identity(bytes(range(1, 33)))
@@ -168,6 +172,48 @@ def _endpoint_receive(data: bytes) -> object:
     ep = _endpoint()
     ep.receive_datagram(data, CLIENT, 1.0)
     return ep.datagrams_to_send(1.0)
+
+
+@functools.cache
+def _pair() -> list[tuple[SimNetwork, Node, Node]]:
+    return []
+
+
+def _connected() -> tuple[SimNetwork, Node, Node]:
+    """A connected pair of endpoints; a new one once the last was closed by what it received."""
+    pairs = _pair()
+    if pairs:
+        net, a, b = pairs[0]
+        if b.endpoint.state_of(a.endpoint.peer_id) is PeerState.CONNECTED:
+            return pairs[0]
+    net, a, b = pair()
+    connect(net, a, b)
+    pairs[:] = [(net, a, b)]
+    return net, a, b
+
+
+def _peer_plaintext(data: bytes) -> object:
+    """Any plaintext, sealed by a connected (authenticated, hostile) peer: the decrypted dispatch to
+    the overlay (route updates, ROUTED, flood), path frames and the reliable stream's frames."""
+    net, a, b = _connected()
+    session = a.endpoint.connections()[b.endpoint.peer_id].current
+    assert session is not None
+    b.receive_datagram(session.seal(data), A_ADDR, net.clock.now)
+    return b.datagrams_to_send(net.clock.now)
+
+
+def _plaintext_seeds() -> list[bytes]:
+    update = overlay_packet(OverlayType.ROUTE_UPDATE, encode_update(_route_update()))
+    bcast, mcast, members = _flood_seeds()
+    return [
+        *_payload_seeds(),
+        *_path_seeds(),
+        encode_routed(Routed(BOB.peer_id, ALICE.peer_id, 8, b"inner")),
+        update,
+        overlay_packet(OverlayType.BROADCAST, bcast[0]),
+        overlay_packet(OverlayType.MULTICAST, mcast[0]),
+        overlay_packet(OverlayType.MEMBERSHIP, members[0]),
+    ]
 
 
 # ------------------------------------------------------------------------------------ STUN / TURN
@@ -283,6 +329,11 @@ def _dht_seeds() -> list[bytes]:
     return [dht_messages.encode_message(ALICE.sign, ALICE.peer_id, 1, body) for body in bodies]
 
 
+def _dht_unverified(data: bytes) -> object:
+    """Past the signature check (a fuzzer cannot forge one): the envelope and every body decoder."""
+    return dht_messages.decode_message(data, verify=False)
+
+
 # ----------------------------------------------------------------------------------------- routing
 
 
@@ -372,6 +423,7 @@ TARGETS: list[Target] = [
     ),
     Target("identity.peer_id", _peer_id, (InvalidPeerId,), lambda: [ALICE.peer_id.key], lambda p: p.key),
     Target("endpoint.datagram", _endpoint_receive, (), _wire_seeds),
+    Target("endpoint.peer_plaintext", _peer_plaintext, (), _plaintext_seeds),
     # handshake
     Target("handshake.initiation", _respond, (DecodeError, AuthenticationFailed), lambda: [_init_packet()]),
     Target("handshake.response", _complete, (DecodeError, AuthenticationFailed), lambda: [_resp_packet()]),
@@ -410,6 +462,7 @@ TARGETS: list[Target] = [
     ),
     # DHT (coremesh/dht/: its messages are being reworked; these rows follow its decoders)
     Target("dht.message", dht_messages.decode_message, (DecodeError, AuthenticationFailed), _dht_seeds),
+    Target("dht.message_unsigned", _dht_unverified, (DecodeError,), _dht_seeds),
     Target(
         "dht.record",
         PeerRecord.decode,
