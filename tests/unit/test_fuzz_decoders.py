@@ -37,7 +37,9 @@ from coremesh.endpoint.states import PeerState
 from coremesh.errors import AuthenticationFailed, DecodeError, InvalidPeerId
 from coremesh.identity import Identity, PeerId
 from coremesh.keyedrelay import frames as kr
+from coremesh.keyedrelay.client import ClientSession
 from coremesh.keyedrelay.framing import FrameReader, tcp_frame
+from coremesh.keyedrelay.server import RelayCore
 from coremesh.reliability import frames as rf
 from coremesh.reliability.varint import decode_varint, encode_varint
 from coremesh.routing import flood_messages as fm
@@ -68,7 +70,8 @@ from coremesh.traversal.frames import (
     decode_path_frames,
     encode_path_frames,
 )
-from coremesh.turn import TurnServer, TurnServerConfig
+from coremesh.turn import TurnClient, TurnServer, TurnServerConfig
+from coremesh.turn.server import SendToClient
 
 from .test_endpoint import A_ADDR, Node, connect, pair
 
@@ -289,6 +292,30 @@ def _turn_server_receive(data: bytes) -> object:
     return _turn_server().handle_client(data, CLIENT, SERVER, "udp", 1.0, wall=WALL)
 
 
+def _turn_client() -> TurnClient:
+    client = TurnClient(SERVER, "u", "p", random_bytes=random.Random(4).randbytes)
+    client.allocate(0.0)
+    client.bind_channel(Address("203.0.113.1", 1), 0.0)
+    return client
+
+
+def _turn_client_receive(data: bytes) -> object:
+    """A client allocating (its transaction ids are the seeds' ids): ``data`` from its server."""
+    return _turn_client().on_datagram(data, 0.5)
+
+
+def _turn_client_seeds() -> list[bytes]:
+    """The server's real answers to the client's first request: the 401, then the allocation."""
+    client = _turn_client()
+    server = TurnServer(
+        TurnServerConfig(realm="r", users={"u": "p"}, relay_ipv4="198.51.100.1"), rng=random.Random(1)
+    )
+    (request,) = client.datagrams_to_send()
+    (challenge,) = server.handle_client(request, CLIENT, SERVER, "udp", 0.0, wall=WALL)
+    assert isinstance(challenge, SendToClient)
+    return [challenge.data, encode_channel_data(0x4000, b"relayed")]
+
+
 # ----------------------------------------------------------------------------------- keyed relay
 
 
@@ -310,6 +337,56 @@ def _keyed_frames() -> list[kr.Frame]:
 
 def _frame_reader(data: bytes) -> object:
     return FrameReader().feed(data)
+
+
+def _relay_server(data: bytes) -> object:
+    """The relay's core, one new connection: ``data`` is its TCP byte stream."""
+    core = RelayCore(random_bytes=random.Random(2).randbytes)
+    conn = core.open_session(0.0)
+    try:
+        frames = FrameReader().feed(data)
+    except DecodeError as exc:  # the TCP framing itself is broken: the shell reports it so
+        core.malformed(conn, str(exc))
+        return core.drain()
+    for frame in frames:
+        core.receive_frame(conn, frame, 1.0)
+    return core.drain()
+
+
+def _relay_server_seeds() -> list[bytes]:
+    nonce = random.Random(2).randbytes(kr.NONCE_LEN)
+    frames = [
+        kr.make_register(ALICE, nonce),
+        kr.Ping(data=b"12345678"),
+        kr.Send(dst=BOB.peer_id, packet=b"payload"),
+        kr.Send(dst=ALICE.peer_id, packet=b"to myself"),
+        kr.Close(code=1000, reason="bye"),
+    ]
+    return [b"".join(tcp_frame(kr.encode_frame(f)) for f in frames)]
+
+
+def _relay_client(data: bytes) -> object:
+    """A client session from its first byte: ``data`` is what the relay sends it over TCP."""
+    session = ClientSession(ALICE, 0.0, random_bytes=random.Random(2).randbytes)
+    try:
+        frames = FrameReader().feed(data)
+    except DecodeError:  # broken TCP framing: the shell drops the connection
+        return None
+    for frame in frames:
+        session.receive_frame(frame, 1.0)
+    return session.frames_to_send()
+
+
+def _relay_client_seeds() -> list[bytes]:
+    frames = [
+        kr.Challenge(nonce=bytes(range(32)), relay_id=BOB.peer_id),
+        kr.Registered(max_packet=1400),
+        kr.Recv(src=BOB.peer_id, packet=b"x" * 40),
+        kr.PeerUnknown(dst=BOB.peer_id),
+        kr.Ping(data=b"12345678"),
+        kr.Error(code=1, reason="no"),
+    ]
+    return [b"".join(tcp_frame(kr.encode_frame(f)) for f in frames)]
 
 
 # --------------------------------------------------------------------------------------------- DHT
@@ -446,6 +523,7 @@ TARGETS: list[Target] = [
     Target(
         "turn.server", _turn_server_receive, (), lambda: [*_stun_seeds(), encode_channel_data(0x4001, b"x")]
     ),
+    Target("turn.client", _turn_client_receive, (), _turn_client_seeds),
     # keyed relay
     Target(
         "keyedrelay.frame",
@@ -460,6 +538,8 @@ TARGETS: list[Target] = [
         (DecodeError,),
         lambda: [b"".join(tcp_frame(kr.encode_frame(f)) for f in _keyed_frames())],
     ),
+    Target("keyedrelay.server", _relay_server, (), _relay_server_seeds),
+    Target("keyedrelay.client", _relay_client, (), _relay_client_seeds),
     # DHT (coremesh/dht/: its messages are being reworked; these rows follow its decoders)
     Target("dht.message", dht_messages.decode_message, (DecodeError, AuthenticationFailed), _dht_seeds),
     Target("dht.message_unsigned", _dht_unverified, (DecodeError,), _dht_seeds),
