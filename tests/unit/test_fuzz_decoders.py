@@ -94,7 +94,7 @@ class Target:
     encode: Callable[[Any], bytes] | None = None
 
 
-def _counter() -> Callable[[int], bytes]:
+def _seeded_bytes() -> Callable[[int], bytes]:
     rng = random.Random(7)
     return rng.randbytes
 
@@ -104,7 +104,7 @@ def _counter() -> Callable[[int], bytes]:
 
 def _init_packet() -> bytes:
     hs = InitiatorHandshake(
-        ALICE, BOB.peer_id, local_index=7, conn_id=bytes(8), wall_time=WALL, random_bytes=_counter(),
+        ALICE, BOB.peer_id, local_index=7, conn_id=bytes(8), wall_time=WALL, random_bytes=_seeded_bytes(),
         started_at=0.0,
     )  # fmt: skip
     return hs.packet
@@ -112,7 +112,7 @@ def _init_packet() -> bytes:
 
 def _resp_packet() -> bytes:
     init = wire.decode_handshake_init(_init_packet())
-    return Responder(BOB).respond(init, local_index=9, random_bytes=_counter(), now=0.0).response
+    return Responder(BOB).respond(init, local_index=9, random_bytes=_seeded_bytes(), now=0.0).response
 
 
 def _wire_seeds() -> list[bytes]:
@@ -131,14 +131,14 @@ def _respond(data: bytes) -> object:
     responder = Responder(BOB)
     if not responder.check_mac1(init):
         raise AuthenticationFailed("bad mac1")
-    return responder.respond(init, local_index=1, random_bytes=_counter(), now=0.0)
+    return responder.respond(init, local_index=1, random_bytes=_seeded_bytes(), now=0.0)
 
 
 def _complete(data: bytes) -> object:
     """The initiator's path for a response to its initiation (``_init_packet``'s handshake)."""
     resp = wire.decode_handshake_resp(data)
     hs = InitiatorHandshake(
-        ALICE, BOB.peer_id, local_index=7, conn_id=bytes(8), wall_time=WALL, random_bytes=_counter(),
+        ALICE, BOB.peer_id, local_index=7, conn_id=bytes(8), wall_time=WALL, random_bytes=_seeded_bytes(),
         started_at=0.0,
     )  # fmt: skip
     if not hs.check_mac1(resp):
@@ -153,7 +153,7 @@ def _initiation_with_payload(payload: bytes) -> object:
     hs = HandshakeState(
         PROTOCOL_NAME, initiator=True, prologue=PROLOGUE,
         s=KeyPair(ALICE.x25519_private, ALICE.x25519_public), rs=BOB.peer_id.x25519_public(),
-        random_bytes=_counter(),
+        random_bytes=_seeded_bytes(),
     )  # fmt: skip
     packet = wire.encode_handshake_init(3, hs.write_message(payload))
     packet += compute_mac(mac1_key(BOB.x25519_public), packet) + bytes(wire.MAC_LEN)
