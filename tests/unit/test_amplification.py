@@ -23,8 +23,9 @@ than its challenge, replies of the size of what it sent, and one CLOSE.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -98,7 +99,7 @@ def handshake_response() -> list[Exchange]:
 # ------------------------------------------------------------------------------------ STUN Binding
 
 
-def _stun(method: int, attrs: list[tuple[int, bytes]] = (), *, fingerprint: bool = False) -> bytes:  # type: ignore[assignment]
+def _stun(method: int, attrs: Sequence[tuple[int, bytes]] = (), *, fingerprint: bool = False) -> bytes:
     return encode(StunMessage(method, StunClass.REQUEST, bytes(range(12)), attrs), fingerprint=fingerprint)
 
 
@@ -139,13 +140,13 @@ def binding_cases() -> list[Case]:
             cases.append(
                 Case(
                     f"stun.binding.{family}.{mode}",
-                    lambda a=addresses, r=rfc5780: _binding(r, a, requests),  # type: ignore[misc]
+                    functools.partial(_binding, rfc5780, addresses, requests),
                 )
             )
             cases.append(
                 Case(
                     f"stun.error.{family}.{mode}",
-                    lambda a=addresses, r=rfc5780: _binding(r, a, errors),  # type: ignore[misc]
+                    functools.partial(_binding, rfc5780, addresses, errors),
                 )
             )
     return cases
