@@ -330,7 +330,7 @@ class StunTurnService:
         if turn is None or binding is None:
             return
         if stun_method(data) == Method.BINDING:
-            for reply in binding.handle(data, src, local, self._now()):
+            for reply in binding.handle(data, src, local, self._now(), validated=transport != "udp"):
                 if transport == "udp":
                     self._send_udp(reply.via, reply.data, reply.dst)
                 else:

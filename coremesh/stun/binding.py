@@ -28,9 +28,16 @@ Behaviour:
   an unknown attribute to keep UNKNOWN-ATTRIBUTES a multiple of four bytes, as RFC 3489 asks.
 - Requests of another method: 400 (Bad Request). Binding indications (keepalives): no reply.
   Responses and indications of other methods, and anything malformed: dropped.
+- Anti-amplification (:mod:`.budget`): a reply over UDP is at most 3x its request. A reply that
+  would be larger sheds, in this order, SOFTWARE, FINGERPRINT (unless the request carried one),
+  RESPONSE-ORIGIN, SOURCE-ADDRESS, CHANGED-ADDRESS and OTHER-ADDRESS: the mapped address always
+  fits, and a client that wants the RFC 5780 attributes of an IPv6 server sends a request of 28
+  bytes or more (ours carry FINGERPRINT). A reply that still does not fit is dropped
+  (``drop_amplification``). Replies over TCP (``validated``) are never cut.
 
 Nothing raises: every refused datagram is counted in :attr:`BindingServer.counters` under
-``drop_malformed``, ``drop_not_request`` or ``drop_oversize`` (longer than ``max_message_size``);
+``drop_malformed``, ``drop_not_request``, ``drop_oversize`` (longer than ``max_message_size``) or
+``drop_amplification``;
 answered ones under ``binding_success``, ``error_400``,
 ``error_420``, and ``rfc3489`` for the classic ones; ``binding_indication`` for keepalives.
 """
@@ -43,7 +50,20 @@ from typing import Final, NamedTuple
 from ..addr import Address
 from ..errors import ConfigError, DecodeError
 from .attributes import NAT_DISCOVERY_REQUIRED, STUN_REQUIRED, Attr
-from .message import Method, StunClass, StunMessage, decode, encode
+from .budget import encode_within
+from .message import Method, StunClass, StunMessage, decode
+
+# What a reply sheds to stay within its amplification budget, least useful first (FINGERPRINT only
+# when the request carried none: a client that multiplexes STUN sends one, and so gets one).
+_SHED: Final = (
+    Attr.SOFTWARE,
+    Attr.FINGERPRINT,
+    Attr.RESPONSE_ORIGIN,
+    Attr.SOURCE_ADDRESS,
+    Attr.CHANGED_ADDRESS,
+    Attr.OTHER_ADDRESS,
+)
+_SHED_KEEP_FINGERPRINT: Final = tuple(a for a in _SHED if a != Attr.FINGERPRINT)
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 9216
 """Room for RFC 5780 PADDING up to a jumbo-frame MTU; anything larger is not a Binding request."""
@@ -55,6 +75,15 @@ class Reply(NamedTuple):
     data: bytes
     via: Address
     dst: Address
+
+
+class _Answer(NamedTuple):
+    """A reply before encoding (the amplification budget may still shed attributes)."""
+
+    message: StunMessage
+    via: Address
+    dst: Address
+    rfc3489: bool = False  # classic replies carry no FINGERPRINT
 
 
 class BindingServer:
@@ -103,8 +132,11 @@ class BindingServer:
             other,
         ]
 
-    def handle(self, data: bytes, src: Address, local: Address, now: float) -> list[Reply]:
-        """The replies to one datagram from ``src`` that arrived on our socket ``local``."""
+    def handle(
+        self, data: bytes, src: Address, local: Address, now: float, *, validated: bool = False
+    ) -> list[Reply]:
+        """The replies to one datagram from ``src`` that arrived on our socket ``local``.
+        ``validated``: it came over TCP or TLS, so the reply is not limited to 3x its size."""
         if len(data) > self.max_message_size:
             self.counters["drop_oversize"] += 1
             return []
@@ -120,10 +152,17 @@ class BindingServer:
                 self.counters["drop_not_request"] += 1
             return []
         try:
-            return self._request(msg, src, local)
+            reply = self._request(msg, src, local)
         except DecodeError:  # a malformed CHANGE-REQUEST or RESPONSE-PORT
             self.counters["error_400"] += 1
-            return [self._error(msg, 400, None, src, local)]
+            reply = self._error(msg, 400, None, src, local)
+        fingerprint = not reply.rfc3489
+        shed = _SHED_KEEP_FINGERPRINT if msg.has(Attr.FINGERPRINT) else _SHED
+        out = encode_within(reply.message, len(data), shed, fingerprint=fingerprint, validated=validated)
+        if out is None:
+            self.counters["drop_amplification"] += 1
+            return []
+        return [Reply(out, reply.via, reply.dst)]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -143,18 +182,18 @@ class BindingServer:
             (self.other_address if alt_port else self.primary_address).port,
         )
 
-    def _request(self, msg: StunMessage, src: Address, local: Address) -> list[Reply]:
+    def _request(self, msg: StunMessage, src: Address, local: Address) -> _Answer:
         if msg.is_rfc3489:
             self.counters["rfc3489"] += 1
         if msg.method != Method.BINDING:
             self.counters["error_400"] += 1
-            return [self._error(msg, 400, "Unsupported method", src, local)]
+            return self._error(msg, 400, "Unsupported method", src, local)
         role = self._role(local)
         known = STUN_REQUIRED if role is None else STUN_REQUIRED | NAT_DISCOVERY_REQUIRED
         unknown = msg.comprehension_required_unknown(known)
         if unknown:
             self.counters["error_420"] += 1
-            return [self._error(msg, 420, None, src, local, unknown)]
+            return self._error(msg, 420, None, src, local, unknown)
 
         via, dst = local, src
         other: Address | None = None
@@ -175,7 +214,7 @@ class BindingServer:
                 resp.add_address(Attr.SOURCE_ADDRESS, via)
                 resp.add_address(Attr.CHANGED_ADDRESS, other)
             self.counters["binding_success"] += 1
-            return [Reply(encode(resp, fingerprint=False), via, dst)]
+            return _Answer(resp, via, dst, rfc3489=True)
         resp.add_address(Attr.XOR_MAPPED_ADDRESS, src)
         if other is not None:
             resp.add_address(Attr.OTHER_ADDRESS, other)
@@ -185,7 +224,7 @@ class BindingServer:
                 resp.add(Attr.PADDING, bytes(len(padding)))
         resp.attributes.append(self._software_attr)
         self.counters["binding_success"] += 1
-        return [Reply(encode(resp), via, dst)]
+        return _Answer(resp, via, dst)
 
     def _error(
         self,
@@ -195,16 +234,16 @@ class BindingServer:
         src: Address,
         local: Address,
         unknown: list[int] | None = None,
-    ) -> Reply:
+    ) -> _Answer:
         resp = msg.response(StunClass.ERROR)
         if msg.is_rfc3489:
             text = reason or {400: "Bad Request", 420: "Unknown Attribute"}[code]
             resp.add_error(code, text + " " * (-len(text) & 3))
             if unknown:
                 resp.add_unknown_attributes(unknown + unknown[-1:] if len(unknown) % 2 else unknown)
-            return Reply(encode(resp, fingerprint=False), local, src)
+            return _Answer(resp, local, src, rfc3489=True)
         resp.add_error(code, reason)
         if unknown:
             resp.add_unknown_attributes(unknown)
         resp.attributes.append(self._software_attr)
-        return Reply(encode(resp), local, src)
+        return _Answer(resp, local, src)

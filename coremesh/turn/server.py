@@ -17,6 +17,14 @@ on another port after a failure, or 508 after :data:`MAX_BIND_ATTEMPTS` failures
 synchronously just loops over the effects, feeding confirmations back in.
 
 Nothing raised by decoding bytes from the network escapes: malformed input is a counted drop.
+
+Anti-amplification: a reply to a request that did not authenticate (the 401 and 438 challenges, the
+400 and 420 errors before authentication) is, over UDP, at most 3x the request's size
+(:mod:`coremesh.stun.budget`): it sheds SOFTWARE, then the error's reason phrase, if need be, and
+is dropped otherwise (``drop_amplification``). A 401 with its REALM and NONCE fits the smallest
+Allocate RFC 8656 allows (REQUESTED-TRANSPORT only, 28 bytes) while the realm is at most 8 bytes;
+a longer realm needs a request longer by as much (ours carries LIFETIME and FINGERPRINT: 44 bytes;
+coturn's 52).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Final
 from ..addr import Address
 from ..errors import DecodeError
 from ..stun.attributes import FAMILY_IPV4, FAMILY_IPV6, STUN_REQUIRED, Attr, StunEncodeError
+from ..stun.budget import encode_within
 from ..stun.channeldata import CHANNEL_MAX_ACCEPTED, decode_channel_data, encode_channel_data
 from ..stun.credentials import NonceStatus, check_nonce, check_rest_api_username, long_term_key, make_nonce
 from ..stun.message import Method, StunClass, StunMessage, decode, encode, verify_integrity
@@ -420,7 +429,7 @@ class TurnServer:
             self.counters["error_420"] += 1
             err = self._error_message(msg, 420, "Unknown Attribute")
             err.add_unknown_attributes(unknown)
-            return [self._reply(err, key, None, msg)]
+            return self._unauthenticated(err, key, msg)
         auth = self._authenticate(msg, raw, key, wall)
         if isinstance(auth, list):
             return auth
@@ -440,7 +449,7 @@ class TurnServer:
         POSIX seconds: nonces carry their issue time and REST API usernames their expiry in it."""
         if not msg.has(Attr.MESSAGE_INTEGRITY) and not msg.has(Attr.MESSAGE_INTEGRITY_SHA256):
             self.counters["auth_challenges"] += 1
-            return [self._challenge(msg, key, 401, "Unauthorized", wall)]
+            return self._challenge(msg, key, 401, "Unauthorized", wall)
         username = msg.get_text(Attr.USERNAME)
         realm = msg.get_text(Attr.REALM)
         nonce = msg.get_text(Attr.NONCE)
@@ -452,11 +461,11 @@ class TurnServer:
         )
         if status is not NonceStatus.VALID:
             self.counters["stale_nonces" if status is NonceStatus.STALE else "invalid_nonces"] += 1
-            return [self._challenge(msg, key, 438, "Stale Nonce", wall)]
+            return self._challenge(msg, key, 438, "Stale Nonce", wall)
         hmac_key = self._key_for(username, realm, wall)
         if hmac_key is None or not verify_integrity(raw, hmac_key):
             self.counters["auth_failures"] += 1
-            return [self._challenge(msg, key, 401, "Unauthorized", wall)]
+            return self._challenge(msg, key, 401, "Unauthorized", wall)
         return username, hmac_key
 
     def _key_for(self, username: str, realm: str, wall: float) -> bytes | None:
@@ -472,14 +481,14 @@ class TurnServer:
 
     def _challenge(
         self, msg: StunMessage, key: FiveTuple, code: int, reason: str, wall: float
-    ) -> SendToClient:
+    ) -> list[Effect]:
         err = self._error_message(msg, code, reason)
         err.add_text(Attr.REALM, self.config.realm)
         err.add_text(
             Attr.NONCE,
             make_nonce(self._nonce_secret, wall, bound_to=key.client.host, random_bytes=self._rng.randbytes),
         )
-        return self._reply(err, key, None, msg)
+        return self._unauthenticated(err, key, msg)
 
     # -- replies ----------------------------------------------------------------------------------
 
@@ -492,13 +501,28 @@ class TurnServer:
 
     def _error(self, request: StunMessage, key: FiveTuple, code: int, reason: str) -> list[Effect]:
         self.counters[f"error_{code}"] += 1
-        return [self._reply(self._error_message(request, code, reason), key, None, request)]
+        return self._unauthenticated(self._error_message(request, code, reason), key, request)
 
     def _reply(
         self, msg: StunMessage, key: FiveTuple, hmac_key: bytes | None, request: StunMessage
     ) -> SendToClient:
         data = encode(msg, integrity_key=hmac_key, fingerprint=request.has(Attr.FINGERPRINT))
         return SendToClient(data, key.client, key.local, key.transport)
+
+    def _unauthenticated(self, msg: StunMessage, key: FiveTuple, request: StunMessage) -> list[Effect]:
+        """A reply to a request that did not authenticate: over UDP at most 3x the request's size
+        (:mod:`coremesh.stun.budget`), shedding SOFTWARE and the reason phrase if need be, else
+        dropped and counted. The
+        request's size is its encoding (decoded attributes keep their raw bytes, FINGERPRINT too)."""
+        fingerprint = request.has(Attr.FINGERPRINT)
+        received = len(encode(request, fingerprint=False))
+        validated = key.transport != "udp"
+        shed = (Attr.SOFTWARE, Attr.ERROR_CODE)
+        data = encode_within(msg, received, shed, fingerprint=fingerprint, validated=validated)
+        if data is None:
+            self.counters["drop_amplification"] += 1
+            return []
+        return [SendToClient(data, key.client, key.local, key.transport)]
 
     def _success(self, request: StunMessage) -> StunMessage:
         ok = request.response()

@@ -260,6 +260,7 @@ def _authenticated(pair: Pair, msg: StunMessage, addr: Address, user: str = "ali
     from coremesh.stun.credentials import long_term_key
 
     probe = StunMessage(msg.method, StunClass.REQUEST, b"p" * 12)
+    probe.add_text(Attr.SOFTWARE, "as long as a real client's")  # a 401 is at most 3x its request
     (ch,) = pair.server.handle_client(encode(probe), addr, SERVER, "udp", pair.net.now, wall=pair.net.wall)
     assert isinstance(ch, SendToClient)
     chal = decode(ch.data)
@@ -772,6 +773,7 @@ class Signed:
         self.pair, self.addr, self.user = pair, addr, user
         self.key = long_term_key(user, "example.org", {"alice": "secret", "bob": "hunter2"}[user])
         probe = StunMessage(Method.REFRESH, StunClass.REQUEST, b"p" * 12)
+        probe.add_text(Attr.SOFTWARE, "as long as a real client's")  # a 401 is at most 3x its request
         (ch,) = pair.server.handle_client(
             encode(probe), addr, SERVER, "udp", pair.net.now, wall=pair.net.wall
         )
