@@ -8,13 +8,10 @@ that triggers it among them (an attacker sends the smallest request that gets th
 everything would pass the ratio). Then hypothesis sends each server arbitrary requests from unknown
 addresses and checks the ratio on every reply.
 
-Where the other replies go (a row each in :data:`CASES`, once their cores land):
-
-- DHT replies (``coremesh/dht/node.py``: PONG, NODES, VALUE, STORED to an address that sent one
-  request): their messages are being reworked and encrypted (issue 14, encrypted peer lists); the
-  row drives ``DhtNode.receive_datagram`` with the smallest request of each kind.
-- The handshake's COOKIE_REPLY (``coremesh/secure/session.py``, type 0xE3, under load): the row
-  drives an ``Endpoint`` past its handshake threshold with one initiation and measures the reply.
+The DHT's replies (HELLO_REPLY, PONG, NODES, VALUE, STORED, and the verification PING a node sends
+a new address) and the handshake's COOKIE_REPLY have their rows too; tests/unit/test_dht_secure.py
+also checks each DHT reply at its padded size and that an address token lifts the limit only for
+its own address.
 
 The keyed relay (TCP or WebSocket) is not in :data:`CASES`: its peers' addresses are validated by
 the TCP handshake before any frame. Its property here is that an unregistered session gets no more
@@ -35,7 +32,7 @@ from hypothesis import strategies as st
 from coremesh.addr import Address
 from coremesh.config import MeshConfig
 from coremesh.endpoint.endpoint import Endpoint
-from coremesh.identity import Identity
+from coremesh.identity import Identity, PeerId
 from coremesh.keyedrelay.frames import MAX_REASON, Close, encode_frame
 from coremesh.keyedrelay.server import RelayCore, Transmit
 from coremesh.secure import wire
@@ -94,6 +91,66 @@ def handshake_response() -> list[Exchange]:
         started_at=0.0,
     )
     return [_to_endpoint(_endpoint(), hs.packet, V4[2])]
+
+
+def cookie_reply() -> list[Exchange]:
+    """Under load (threshold 0: always) an initiation without mac2 gets a COOKIE_REPLY, no DH."""
+    ep = Endpoint(BOB, MeshConfig(handshake_load_threshold=0), rng=random.Random(5))
+    hs = InitiatorHandshake(
+        ALICE,
+        BOB.peer_id,
+        local_index=4,
+        conn_id=bytes(8),
+        wall_time=WALL,
+        random_bytes=random.Random(2).randbytes,
+        started_at=0.0,
+    )
+    exchange = _to_endpoint(ep, hs.packet, V4[2])
+    assert ep.counters["cookie_replies_sent"] == 1
+    assert [wire.PacketType(r[0]) for r in exchange[1]] == [wire.PacketType.COOKIE_REPLY]
+    return [exchange]
+
+
+# --------------------------------------------------------------------------------------------- DHT
+
+
+def dht_replies(*, pex: bool = False) -> list[Exchange]:
+    """Every DHT request kind, sealed and padded, from a fresh identity at a fresh address
+    (the node also sends its verification PING there: it counts), to a node with the largest
+    answers to give; and the clear HELLO. ``pex``: peer exchange instead, which gets no reply.
+    tests/unit/test_dht_secure.py checks the reply kinds."""
+    from coremesh.dht import messages as m
+    from coremesh.dht import secure as sec
+
+    from .dht_helpers import identity, record, sealed
+    from .test_dht_secure import _loaded_node
+
+    a, target = _loaded_node()
+    rng = random.Random(4)
+    bodies: list[m.Body] = [
+        m.Ping(),
+        m.FindNode(target),
+        m.FindValue(target),
+        m.FindValue(PeerId(bytes(32))),
+        m.Store(record(Identity(bytes(range(50, 82))))),
+    ]
+    if pex:
+        bodies = [m.Pex((record(Identity(bytes(range(60, 92)))),))]
+    out: list[Exchange] = []
+    for n, body in enumerate(bodies, 1):
+        src = Address(f"10.7.{n}.1", 4000)
+        # Padded as a requester without an address token pads them (m.REQUEST_PAD).
+        pad = m.REQUEST_PAD - sec.SEALED_OVERHEAD
+        data, _ = sealed(identity(rng), a.peer_id, body, txid=n, pad_to=pad, now=1.0)
+        a.receive_datagram(data, src, 1.0)
+        out.append((data, [d for d, to in a.datagrams_to_send(1.0) if to == src]))
+    if pex:
+        return out
+    src = Address("10.7.99.1", 4000)
+    hello = sec.encode_hello(99)
+    a.receive_datagram(hello, src, 1.0)
+    out.append((hello, [d for d, to in a.datagrams_to_send(1.0) if to == src]))
+    return out
 
 
 # ------------------------------------------------------------------------------------ STUN Binding
@@ -213,8 +270,9 @@ CASES: list[Case] = [
     Case("turn.401_to_a_bare_request", turn_unanswered_challenge, answered=False),
     Case("turn.438", turn_stale_nonce),
     Case("turn.400_420", turn_errors),
-    # Case("dht.<reply>", ...): DHT replies go here (see the module docstring).
-    # Case("endpoint.cookie_reply", ...): the handshake's COOKIE_REPLY goes here.
+    Case("endpoint.cookie_reply", cookie_reply),
+    Case("dht.every_request_kind_and_hello", dht_replies),
+    Case("dht.pex", functools.partial(dht_replies, pex=True), answered=False),
 ]
 
 
