@@ -48,18 +48,20 @@ Measured (a table is printed; ``--json`` prints the figures as JSON instead):
 Not part of CI (tests/unit/test_routing_sim.py runs a 30-node network). ``--cpu-budget`` cuts the
 phases short when the process has used that much CPU, and the table says so (NOTE lines).
 
-Scale (measured on the shared 2-core box, December 2026, default options): 100 nodes run in ~50 s of
-CPU (bootstrap 8 s, 300 virtual s of churn 37 s); 200 nodes in ~3 min (bootstrap 46 s, 120 s of
-churn 125 s). 1,000 nodes do NOT run in 10 minutes of CPU: the bootstrap alone does not finish
-(after 540 s of CPU the network is 0.6 virtual seconds in, 1.7 GB of updates sent, 45% of the
-routes known). What limits it is the volume of path vectors, not the harness: every node must hear
-every destination from every neighbour at least once, with its whole path (32 bytes a hop; paths
-average ~16 hops at 1,000 nodes), so a bootstrap carries at least N * degree * N route entries
-(8 million of ~550 bytes, ~4 GB at 1,000 nodes, more with path exploration while everything comes
-up at once), and CPython decodes, checks and re-encodes them at a few MB a second (the profile:
-``RoutingTable.receive``/``messages_to_send``/``get_timer`` and the dataclass ``PeerId.__hash__``).
-Joining nodes one by one (``--join-rate``) does not help: every join is a new destination for all.
-The largest size that runs with default options in well under 10 minutes is 200 nodes.
+Scale (measured on the shared 2-core box, December 2026, default options): 100 nodes run in ~65 s of
+CPU (bootstrap 8 s, 300 virtual s of churn 55 s); 200 nodes in ~2 min (bootstrap 36 s, 120 s of
+churn 74 s); 1,000 nodes in ~50 min (bootstrap 2,000 s of CPU, 5.2 GB resident; churn ~26 s of CPU
+per virtual second):
+
+    .venv/bin/python benchmarks/routing_sim.py --nodes 1000 --duration 60 --cpu-budget 3000 --progress
+
+What limits it is the volume of path vectors: every node must hear every destination from at
+least the neighbours that may use it (N * degree * N / 2 entries at start-up: "elsewhere" spares
+the others their path), with its whole path (paths average ~14 hops at 1,000 nodes, 2 bytes a hop
+once the ids crossed the link), and CPython decodes, checks and re-encodes them at a few MB a second.
+A route is at most 30 hops (``RoutingConfig.max_path``): the 1,000-node graph of mean degree 8 has a
+hop diameter of 39, so about 1 % of its pairs have no route and the bootstrap never reaches full
+coverage (it ends at ``--bootstrap-timeout``).
 """
 
 from __future__ import annotations
