@@ -24,7 +24,9 @@ defined in a message the receiver acknowledged is named by its index alone from 
 receiver keeps the definitions of the sender's epoch), so a path costs 2 bytes per hop once its
 ids have crossed the link once. An id not yet confirmed is defined again in every message that
 names it, each time at fresh indices (a block from ``first_index``), so loss and reordering never
-leave a name undefined; a sender whose indices run out starts a new epoch. A "want" asks for the
+leave a name undefined; a sender whose indices run out starts a new epoch. A message may define ids
+no entry names: a path too long to carry all its new ids (32 bytes each) waits until messages of
+definitions alone are acknowledged, then costs 2 bytes a hop. A "want" asks for the
 receiver's latest record of an origin: records are pulled by the tables that miss them, not pushed
 along with every path (see :mod:`~coremesh.routing.table`).
 
@@ -89,6 +91,8 @@ class RouteUpdate:
     # for the sender's later messages. Not part of the update's meaning.
     first_index: int = field(default=0, compare=False)
     defined: tuple[PeerId, ...] = field(default=(), compare=False)
+    # Ids to define even if no entry names them (ahead of a path too long to carry them all).
+    defines: tuple[PeerId, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         for n in (self.epoch, self.msg_no, self.ack_epoch, *self.acks):
@@ -137,6 +141,8 @@ def encode_tail(
                 i = ids[peer] = first_index + len(ids)
         return i
 
+    for peer in update.defines:
+        index(peer)
     routes = b"".join(
         struct.pack(f"!HB{len(e.hops)}H", e.metric, len(e.hops), *(index(h) for h in e.hops))
         for e in update.routes
@@ -167,7 +173,7 @@ def encode_tail(
 
 def defined_ids(update: RouteUpdate, confirmed: Mapping[PeerId, int]) -> list[PeerId]:
     """The ids :func:`encode_update` defines in ``update``'s id table, in index order."""
-    seen: dict[PeerId, None] = {}
+    seen: dict[PeerId, None] = {p: None for p in update.defines if p not in confirmed}
     for entry in update.routes:
         for hop in entry.hops:
             if hop not in confirmed:
@@ -248,9 +254,7 @@ def decode_update(
     pos += 2 * want_count
     if pos != len(body):
         raise DecodeError("trailing bytes after a route update")
-    if not all(table.used):
-        raise DecodeError("unused id in a route update's id table")
-    if msg_no == 0 and (records or routes or withdrawals or elsewhere or wants):
+    if msg_no == 0 and (records or routes or withdrawals or elsewhere or wants or peers):
         raise DecodeError("a pure ack (message number 0) carries routes or records")
     return RouteUpdate(
         epoch,
@@ -270,18 +274,16 @@ def decode_update(
 class _Ids:
     """A message's id indices: its own table (from ``first``), then the sender's earlier ones."""
 
-    __slots__ = ("earlier", "first", "peers", "used")
+    __slots__ = ("earlier", "first", "peers")
 
     def __init__(self, peers: list[PeerId], first: int, earlier: Mapping[int, PeerId]) -> None:
         self.peers = peers
         self.first = first
         self.earlier = earlier
-        self.used = [False] * len(peers)
 
     def peer(self, i: int) -> PeerId:
         k = i - self.first
         if 0 <= k < len(self.peers):
-            self.used[k] = True
             return self.peers[k]
         peer = self.earlier.get(i)
         if peer is None:
@@ -305,11 +307,14 @@ class UpdateParts:
     withdrawals: list[PeerId] = field(default_factory=list)
     elsewhere: list[PeerId] = field(default_factory=list)
     wants: list[PeerId] = field(default_factory=list)
+    defines: list[PeerId] = field(default_factory=list)
     size: int = HEADER_LEN + COUNTS_LEN  # the encoded size without acks
     ids: set[PeerId] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.routes or self.withdrawals or self.elsewhere or self.wants)
+        return bool(
+            self.records or self.routes or self.withdrawals or self.elsewhere or self.wants or self.defines
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +332,14 @@ class Want:
     origin: PeerId
 
 
-Item = OriginRecord | RouteEntry | Elsewhere | Want | PeerId  # a PeerId alone is a withdrawal
+@dataclass(frozen=True, slots=True)
+class Define:
+    """An item for :func:`pack_update`: ids to define before a path that names them all would fit."""
+
+    ids: tuple[PeerId, ...]
+
+
+Item = OriginRecord | RouteEntry | Elsewhere | Want | Define | PeerId  # a PeerId alone: a withdrawal
 
 
 _NOTHING: Mapping[PeerId, int] = {}
@@ -337,6 +349,8 @@ def item_size(item: Item, ids: set[PeerId], known: Mapping[PeerId, int] = _NOTHI
     """Bytes ``item`` adds to a message already naming ``ids``, the receiver knowing ``known``."""
     if isinstance(item, OriginRecord):
         return item.size()
+    if isinstance(item, Define):
+        return 32 * sum(1 for p in set(item.ids) if p not in ids and p not in known)
     if isinstance(item, RouteEntry):
         new = set(item.hops) - ids
         return 3 + 2 * len(item.hops) + 32 * (len(new) - len(new.intersection(known)) if known else len(new))
@@ -348,7 +362,7 @@ def item_size(item: Item, ids: set[PeerId], known: Mapping[PeerId, int] = _NOTHI
 
 def max_item_size(max_hops: int, max_record_neighbours: int) -> int:
     """The largest single item :func:`pack_update` may be given, for these limits."""
-    return max(3 + 34 * max_hops, record_size(max_record_neighbours))
+    return max(3 + 2 * max_hops, record_size(max_record_neighbours))
 
 
 def pack_update(
@@ -381,6 +395,9 @@ def pack_update(
         elif isinstance(item, Want):
             cur.wants.append(item.origin)
             cur.ids.add(item.origin)
+        elif isinstance(item, Define):
+            cur.defines.extend(item.ids)
+            cur.ids.update(item.ids)
         else:
             cur.withdrawals.append(item)
             cur.ids.add(item)

@@ -30,7 +30,7 @@ from ..identity import PeerId
 from ..secure.wire import PROTOCOL_VERSION, PacketType
 
 OVERLAY_PREFIX: Final = b"\xff" * 7 + b"\xfe"
-DEFAULT_HOP_LIMIT: Final = 32  # a route has at most 30 hops (RoutingConfig.max_path)
+DEFAULT_HOP_LIMIT: Final = 64  # a route has at most 62 hops (RoutingConfig.max_path)
 MAX_SOURCE_ROUTE: Final = 16
 FLAG_SOURCE_ROUTED: Final = 1
 FLAG_PROBE: Final = 2  # the inner packet is a route probe (see :mod:`coremesh.routing.probe`)

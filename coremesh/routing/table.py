@@ -102,6 +102,7 @@ from .messages import (
     MAX_ACKS,
     MAX_ID_INDEX,
     OVERLAY_OVERHEAD,
+    Define,
     Elsewhere,
     Item,
     RouteEntry,
@@ -112,6 +113,7 @@ from .messages import (
     defined_ids,
     encode_head,
     encode_tail,
+    item_size,
     max_item_size,
     pack_update,
 )
@@ -153,7 +155,7 @@ class RoutingConfig:
     max_backups: int = 3
     max_records: int = 10000  # origin records kept (one per origin); also bounds adverts per neighbour
     record_ttl: float = 600.0  # a record nothing references (no link, path, waiting advert) this long goes
-    max_path: int = 30  # hops of a route (next hop ... destination)
+    max_path: int = 62  # hops of a route (next hop ... destination); ROUTED's hop limit is 64
     max_record_neighbours: int = 29  # neighbours listed in our record (the oldest links)
     default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
     hop_cost: int = 96  # what any link costs (Babel's wired link cost), times its ETX factor
@@ -246,6 +248,8 @@ class _Link:
         "adverts",
         "bucket",
         "cost",
+        "deferred",
+        "defining",
         "epoch",
         "in_ids",
         "last_update",
@@ -279,6 +283,10 @@ class _Link:
         self.out_ids: dict[PeerId, int] = {}  # ids it acknowledged a definition of, our epoch
         self.next_index = 0  # the next id index of our epoch
         self.in_ids: dict[int, PeerId] = {}  # the ids it defined in its epoch
+        # Paths too long to carry their new ids wait (deferred) for definitions sent ahead
+        # (defining: unacknowledged); an ack of definitions brings the waiting destinations back.
+        self.defining: set[PeerId] = set()
+        self.deferred: set[PeerId] = set()
         self.peer_epoch: int | None = None
         self.retired: collections.deque[int] = collections.deque(maxlen=_RETIRED_EPOCHS)
         self.unacked: dict[int, _Sent] = {}
@@ -525,6 +533,7 @@ class RoutingTable:
             # our later messages define every id again (at fresh indices of our epoch).
             link.in_ids = {}
             link.out_ids = {}
+            link.defining.clear()
             if link.peer_epoch is not None:
                 # The neighbour restarted its view of us: forget what it told us, tell it all again.
                 link.retired.append(link.peer_epoch)
@@ -542,6 +551,11 @@ class RoutingTable:
                 if sent is not None:
                     for peer, index in sent.defines:
                         out_ids.setdefault(peer, index)
+                        link.defining.discard(peer)
+            if link.deferred and not link.defining:
+                for destination in link.deferred:
+                    link.mark(destination, now)
+                link.deferred.clear()
             if not link.unacked:
                 link.rtx_at = math.inf
         if update.msg_no == 0:
@@ -862,6 +876,8 @@ class RoutingTable:
                 link.sent[destination] = _UNKNOWN
         link.unacked.clear()
         link.rtx_at = math.inf
+        link.defining.clear()  # their definitions will never be acknowledged
+        link.deferred.clear()  # marked again below with everything else
         for destination in link.sent:
             link.sent[destination] = _UNKNOWN
             link.mark(destination, now)
@@ -973,6 +989,7 @@ class RoutingTable:
                         withdrawals=tuple(parts.withdrawals),
                         elsewhere=tuple(parts.elsewhere),
                         wants=tuple(parts.wants),
+                        defines=tuple(parts.defines),
                     )
                     defines = defined_ids(content, link.out_ids)
                     first = link.next_index
@@ -1014,12 +1031,29 @@ class RoutingTable:
             OverlayType.ROUTE_UPDATE, head + (sent.tail if sent is not None else _EMPTY_TAIL)
         )
 
+    def _too_long(self, link: _Link, route: Route, items: list[Item]) -> bool:
+        """Whether ``route``'s path cannot carry the ids ``link``'s neighbour does not know yet in
+        one message; then their definitions go ahead (in ``items``) unless already on their way."""
+        entry = RouteEntry(route.path, route.metric)
+        if HEADER_LEN + COUNTS_LEN + item_size(entry, set(), link.out_ids) <= self._budget:
+            return False
+        new = [
+            hop for hop in dict.fromkeys(route.path) if hop not in link.out_ids and hop not in link.defining
+        ]
+        chunk = (self._budget - HEADER_LEN - COUNTS_LEN) // 32
+        for i in range(0, len(new), chunk):
+            items.append(Define(tuple(new[i : i + chunk])))
+        link.defining.update(new)
+        self.counters["paths_deferred"] += 1
+        return True
+
     def _new_epoch(self, link: _Link, now: float) -> None:
         """Start our view of the link again: message numbers and id indices from the start, and
         the whole table sent again (the neighbour forgets what our old epoch told it)."""
         link.epoch = self._rng.getrandbits(32) or 1
         link.next_msg_no = 1
         link.out_ids = {}
+        link.defining.clear()
         link.next_index = 0
         self._resend_all(link, now)
 
@@ -1065,6 +1099,9 @@ class RoutingTable:
             if want is None:
                 del link.sent[destination]
                 items.append(destination)
+                continue
+            if not isinstance(want, str) and self._too_long(link, want, items):
+                link.deferred.add(destination)  # back when its ids are acknowledged
                 continue
             link.sent[destination] = want
             if want is _ELSEWHERE:

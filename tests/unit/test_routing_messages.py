@@ -112,7 +112,6 @@ def test_malformed_messages_raise_decode_error() -> None:
         "index out of range": body(routes_one, b"\x00\x01" + b"\x00\x05\x01\x00\x01"),
         "metric infinity": body(routes_one, b"\x00\x01" + b"\xff\xff\x01\x00\x00"),
         "no hops": body(routes_one, b"\x00\x01" + b"\x00\x05\x00"),
-        "unused id": body(b"\x00\x02" + a.key + b.key, b"\x00\x01" + b"\x00\x05\x01\x00\x00"),
         "repeated id": body(b"\x00\x02" + a.key + a.key, b"\x00\x01" + b"\x00\x05\x02\x00\x00\x00\x01"),
         "pure ack with routes": encode_update(RouteUpdate(1, 2, routes=(RouteEntry((a,), 1),)))[:5]
         + b"\x00\x00\x00\x00"

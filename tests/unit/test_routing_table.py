@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 
 import pytest
@@ -891,3 +892,19 @@ def test_ids_cross_a_link_once_and_survive_a_one_sided_restart() -> None:
     net.sample("D", "E", 0.01)
     net.settle()
     assert b.counters["drop_malformed"] == malformed  # nothing undecodable once it settled
+
+
+def test_a_route_longer_than_one_packet_of_new_ids_still_crosses_a_link() -> None:
+    # A line of 45 (paths up to 44 hops), n0 joining last: n1 then has 43-hop paths to tell it, all
+    # of whose ids are new to it (32 bytes each: they do not fit one packet).
+    names = [f"n{i}" for i in range(45)]
+    net = VNet(names)
+    for a, b in itertools.pairwise(names[1:]):
+        net.link(a, b)
+    net.settle()
+    net.link("n0", "n1")
+    net.settle()  # VNet asserts every packet fits max_packet
+    assert net.walk("n0", "n44") == names
+    assert net.walk("n44", "n0") == names[::-1]
+    assert len(net.path("n0", "n44")) == 44
+    assert sum(t.counters["paths_deferred"] for t in net.tables.values()) > 0
