@@ -5,7 +5,7 @@ One message (the body after the overlay prefix and the type byte)::
     version:1 | epoch:4 | msg_no:4 | ack_epoch:4 | ack_count:1 | ack:4 * ack_count
     | record_count:1 | origin record * record_count          (coremesh/routing/records.py)
     | first_index:2 | id_count:2 | id:32 * id_count         (ids defined here, indices first_index...)
-    | route_count:2 | (metric:2 | hops:1 | id_index:2 * hops) * route_count
+    | route_count:2 | (metric:2 | based:1 bit | hops:7 bits | id_index:2 * hops) * route_count
     | withdrawal_count:2 | id_index:2 * withdrawal_count
     | elsewhere_count:2 | id_index:2 * elsewhere_count
     | want_count:2 | id_index:2 * want_count
@@ -14,7 +14,13 @@ One message (the body after the overlay prefix and the type byte)::
 ``msg_no`` numbers the sender's messages within an epoch from 1 (0: a pure ack, which carries
 nothing else and is not acknowledged); ``ack_epoch`` and the acks name the receiver's messages
 that arrived. A route entry's hops are the sender's path without the sender: next hop first,
-destination last (``metric`` < :data:`INFINITY`); a withdrawal names a destination the sender no
+destination last (``metric`` < :data:`INFINITY`). A *based* entry (the top bit of its hops
+byte) extends a path the sender told before: its first id is a destination the sender advertised
+to this receiver (the base), the rest are the hops after it, and ``metric`` is what the path adds
+to the base's metric. The receiver derives the path (the base's path, then the rest) and the
+metric, and derives them again whenever the base's advert changes: when a path changes somewhere
+upstream, one entry for the destination where it changed moves every path the sender built on it
+(see :mod:`~coremesh.routing.table`). A withdrawal names a destination the sender no
 longer reaches; an "elsewhere" names a destination the sender reaches at a lower metric than the
 receiver's, so that it needs no path from the receiver (see :mod:`~coremesh.routing.table`): it
 says only that the sender's choice is known and does not go through the receiver.
@@ -46,11 +52,11 @@ from ..identity import PeerId
 from .overlay import OVERLAY_PREFIX
 from .records import OriginRecord, decode_record_from, record_size
 
-VERSION: Final = 2
+VERSION: Final = 3
 INFINITY: Final = 0xFFFF
 MAX_ACKS: Final = 255
 MAX_RECORDS: Final = 255
-MAX_HOPS: Final = 255
+MAX_HOPS: Final = 127  # the hops byte's top bit marks a based entry
 MAX_ID_INDEX: Final = 0xFFFF  # id indices of one sender epoch: a sender past it starts a new epoch
 _HEAD = struct.Struct("!BIIIB")
 HEADER_LEN: Final = _HEAD.size  # without the acks
@@ -60,14 +66,17 @@ OVERLAY_OVERHEAD: Final = len(OVERLAY_PREFIX) + 1  # prefix and type byte before
 
 @dataclass(frozen=True, slots=True)
 class RouteEntry:
-    """The sender reaches ``hops[-1]`` through ``hops`` (next hop first) at ``metric``."""
+    """The sender reaches ``hops[-1]`` through ``hops`` (next hop first) at ``metric``; or, when
+    ``based``, through its path to ``hops[0]`` (a destination it advertised), then ``hops[1:]``,
+    at ``metric`` more than that path."""
 
     hops: tuple[PeerId, ...]
     metric: int
+    based: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.hops) <= MAX_HOPS:
-            raise ValueError(f"a route entry has 1..{MAX_HOPS} hops")
+        if not 1 + self.based <= len(self.hops) <= MAX_HOPS:
+            raise ValueError(f"a route entry has 1..{MAX_HOPS} hops (a based one at least 2)")
         if not 0 <= self.metric < INFINITY:
             raise ValueError("a route metric is 0..INFINITY-1")
 
@@ -144,7 +153,7 @@ def encode_tail(
     for peer in update.defines:
         index(peer)
     routes = b"".join(
-        struct.pack(f"!HB{len(e.hops)}H", e.metric, len(e.hops), *(index(h) for h in e.hops))
+        struct.pack(f"!HB{len(e.hops)}H", e.metric, len(e.hops) | 0x80 * e.based, *map(index, e.hops))
         for e in update.routes
     )
     withdrawals = b"".join(struct.pack("!H", index(d)) for d in update.withdrawals)
@@ -235,11 +244,13 @@ def decode_update(
     for _ in range(route_count):
         metric, hops = _take(body, pos, "!HB")
         pos += 3
-        if metric >= INFINITY or hops == 0:
-            raise DecodeError("bad route entry (metric INFINITY or no hops)")
+        based = hops >= 0x80
+        hops &= 0x7F
+        if metric >= INFINITY or hops <= based:
+            raise DecodeError("bad route entry (metric INFINITY, no hops or a base alone)")
         indices = _take(body, pos, f"!{hops}H")
         pos += 2 * hops
-        routes.append(RouteEntry(tuple(map(table.peer, indices)), metric))
+        routes.append(RouteEntry(tuple(map(table.peer, indices)), metric, based))
     withdrawal_count = _take(body, pos, "!H")[0]
     pos += 2
     withdrawals = tuple(map(table.peer, _take(body, pos, f"!{withdrawal_count}H")))

@@ -71,7 +71,20 @@ to it, and "elsewhere" still tells us that its choice is known and does not go t
 :meth:`RoutingTable.children` and :meth:`RoutingTable.knows_route_of` need for broadcast trees).
 When its route gets worse than ours or goes, its update makes us look again and it gets our path
 (one round trip later than a backup it held would be used). This halves the paths a table sends:
-of two neighbours, at most one needs the other's path to a destination. Overlay
+of two neighbours, at most one needs the other's path to a destination.
+
+A path goes out *based* on another when it can (:class:`~coremesh.routing.messages.RouteEntry`):
+"our path to B (which you hold), then these hops". Routes mostly form a tree, so the base is
+usually the hop before the destination and the entry names one new hop. The neighbour derives the
+path and metric from its advert for the base, and again whenever that advert changes; we keep, per
+neighbour, what it holds and so what it derives (``sent``, ``sent_base``, ``sent_deps``): when a
+base's advert changes, the destinations built on it get the derived path, and only those whose
+route is then not what the neighbour derives are sent. A path vector otherwise re-advertises a
+change near the root of a subtree for every destination in it; here it costs the entries where the
+tree itself changed. A chain of bases that would come back to its destination is refused
+(``drop_path_loop``), and a derivation is checked like any path (``adverts_derived`` counts them).
+
+Overlay
 packets are unreliable, so the table makes updates reliable itself: each message carries a
 per-neighbour message number within the sender's link epoch; the neighbour acks; unacked messages
 are retransmitted with a doubling RTO; if the queue of unacked messages overflows, or the neighbour
@@ -100,6 +113,7 @@ from .messages import (
     HEADER_LEN,
     INFINITY,
     MAX_ACKS,
+    MAX_HOPS,
     MAX_ID_INDEX,
     OVERLAY_OVERHEAD,
     Define,
@@ -209,8 +223,8 @@ class RoutingConfig:
             raise ValueError("min_rto must be <= max_rto and default_link_cost <= 10000")
         if self.ack_delay >= min(self.min_rto, self.initial_rto):
             raise ValueError("ack_delay must be below min_rto and initial_rto")
-        if self.max_record_neighbours > MAX_RECORD_NEIGHBOURS or self.max_path > 255:
-            raise ValueError("max_record_neighbours must be <= 255 and max_path <= 255")
+        if self.max_record_neighbours > MAX_RECORD_NEIGHBOURS or self.max_path > MAX_HOPS:
+            raise ValueError(f"max_record_neighbours must be <= 255 and max_path <= {MAX_HOPS}")
         need = OVERLAY_OVERHEAD + HEADER_LEN + COUNTS_LEN
         need += max_item_size(self.max_path, self.max_record_neighbours)
         if self.max_packet < need:
@@ -229,6 +243,11 @@ class _Advert:
     path: tuple[PeerId, ...] | None  # neighbour ... destination; None: withdrawn or refused
     valid: bool = False  # attested by the records we hold (checked on arrival and when they change)
     elsewhere: bool = False  # no path: it reaches the destination better than we do, not via us
+    # A based advert: path and metric are derived from its advert for ``base`` (then ``suffix``,
+    # ``delta`` more), again whenever that advert changes.
+    base: PeerId | None = None
+    suffix: tuple[PeerId, ...] = ()
+    delta: int = 0
 
 
 @dataclass(slots=True)
@@ -250,6 +269,7 @@ class _Link:
         "cost",
         "deferred",
         "defining",
+        "dependents",
         "epoch",
         "in_ids",
         "last_update",
@@ -269,6 +289,8 @@ class _Link:
         "retired",
         "rtx_at",
         "sent",
+        "sent_base",
+        "sent_deps",
         "serve",
         "srtt",
         "unacked",
@@ -299,6 +321,10 @@ class _Link:
         self.pending_records: dict[PeerId, None] = {}  # origins whose latest record it should get
         self.pending_at = math.inf
         self.sent: dict[PeerId, Route | str] = {}  # what it holds from us: a route, _VIA_IT, _UNKNOWN
+        # Destinations we sent as based entries -> their base, and base -> those built on it: a
+        # change of what it holds for a base changes what it derives for them (see _set_sent).
+        self.sent_base: dict[PeerId, PeerId] = {}
+        self.sent_deps: dict[PeerId, list[PeerId]] = {}
         # The version of each record it was last sent: seqno and neighbours.
         self.records_sent: dict[PeerId, OriginRecord] = {}
         self.last_update = -math.inf
@@ -306,6 +332,7 @@ class _Link:
         # Records it may pull from us: a neighbour asking again and again gets no more than this.
         self.serve = TokenBucket(4 * config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
+        self.dependents: dict[PeerId, list[PeerId]] = {}  # base -> its based adverts' destinations
         self.parked: dict[PeerId, OriginRecord] = {}  # records not needed yet, oldest first
         self.wants: dict[PeerId, None] = {}  # origins whose records we ask it for
         self.cost = config.default_link_cost
@@ -609,7 +636,12 @@ class RoutingTable:
                     if parked is not None:
                         self.counters["records_unparked"] += 1
                         self._accept_record(parked, now)
-            self._receive_advert(neighbour, link, path[-1], _Advert(update.msg_no, entry.metric, path), now)
+            if entry.based:
+                base, suffix = entry.hops[0], entry.hops[1:]
+                advert = _Advert(update.msg_no, INFINITY, None, base=base, suffix=suffix, delta=entry.metric)
+            else:
+                advert = _Advert(update.msg_no, entry.metric, path)
+            self._receive_advert(neighbour, link, path[-1], advert, now)
         if held:
             self._unref_paths((_Advert(0, 0, held),), now)
 
@@ -763,28 +795,98 @@ class RoutingTable:
         if old is None and len(link.adverts) >= self.config.max_records:
             self.counters["drop_too_many_adverts"] += 1
             return
-        path = advert.path
-        if path is not None:
-            reason = self._path_fault(path)
-            advert.valid = reason is None
-            if reason in ("missing_record", "unattested"):
-                # Ask it for the records (an honest neighbour holds those that attest what it
-                # sends) and look again when they come.
-                self._wait_for_records(link, path, destination, now)
-            if reason == "missing_record":
-                self.counters["adverts_waiting"] += 1
-            elif reason in ("path_loop", "path_too_long", "unattested"):
-                self.counters[f"drop_{reason}"] += 1
-                if reason != "unattested":
-                    advert.path = None
+        if advert.base is not None:
+            if self._base_loops(link, advert.base, destination):
+                self.counters["drop_path_loop"] += 1
+                advert.base = None  # kept as refused: no path
+            else:
+                self._derive(link, advert)
+        self._check_path(link, destination, advert, now)
         link.adverts[destination] = advert
         self._ref_path(advert.path)
         if old is not None:
             self._unref_paths((old,), now)
+            if old.base is not None:
+                self._undepend(link.dependents, old.base, destination)
+        if advert.base is not None:
+            link.dependents.setdefault(advert.base, []).append(destination)
         self._index(neighbour, destination, advert.valid and advert.path is not None)
         self._recompute(destination, now)
         if destination in self._routes:
             link.mark(destination, now)  # whether it needs our path depends on what it has
+        if destination in link.dependents:
+            self._rederive(neighbour, link, destination, now)
+
+    def _check_path(self, link: _Link, destination: PeerId, advert: _Advert, now: float) -> None:
+        """Whether ``advert``'s path is a route (``valid``); ask for the records it lacks."""
+        path = advert.path
+        if path is None:
+            advert.valid = False
+            return
+        reason = self._path_fault(path)
+        advert.valid = reason is None
+        if reason in ("missing_record", "unattested"):
+            # Ask it for the records (an honest neighbour holds those that attest what it
+            # sends) and look again when they come.
+            self._wait_for_records(link, path, destination, now)
+        if reason == "missing_record":
+            self.counters["adverts_waiting"] += 1
+        elif reason in ("path_loop", "path_too_long", "unattested"):
+            self.counters[f"drop_{reason}"] += 1
+            if reason != "unattested":
+                advert.path = None
+
+    @staticmethod
+    def _undepend(index: dict[PeerId, list[PeerId]], base: PeerId, destination: PeerId) -> None:
+        deps = index.get(base)
+        if deps is not None:
+            deps.remove(destination)
+            if not deps:
+                del index[base]
+
+    def _base_loops(self, link: _Link, base: PeerId, destination: PeerId) -> bool:
+        """Whether ``destination``'s advert would be built, through bases, on itself."""
+        x: PeerId | None = base
+        for _ in range(self.config.max_path + 1):
+            if x is None:
+                return False
+            if x == destination:
+                return True
+            advert = link.adverts.get(x)
+            x = advert.base if advert is not None else None
+        return True
+
+    @staticmethod
+    def _derive(link: _Link, advert: _Advert) -> None:
+        """A based advert's path and metric from its neighbour's advert for the base."""
+        base = link.adverts.get(advert.base) if advert.base is not None else None
+        metric = INFINITY if base is None or base.path is None else base.metric + advert.delta
+        if base is None or base.path is None or metric >= INFINITY:
+            advert.path, advert.metric = None, INFINITY
+        else:
+            advert.path, advert.metric = base.path + advert.suffix, metric
+
+    def _rederive(self, neighbour: PeerId, link: _Link, base: PeerId, now: float) -> None:
+        """``base``'s advert changed: derive again the adverts built on it (their own bases'
+        dependents in turn), each then checked and chosen from like a new one."""
+        stack = [base]
+        while stack:
+            for destination in list(link.dependents.get(stack.pop(), ())):
+                advert = link.adverts[destination]
+                old_path, old_metric = advert.path, advert.metric
+                self._derive(link, advert)
+                if advert.path == old_path and advert.metric == old_metric:
+                    continue
+                self.counters["adverts_derived"] += 1
+                self._check_path(link, destination, advert, now)
+                self._ref_path(advert.path)
+                self._unref_paths((_Advert(0, 0, old_path),), now)
+                self._index(neighbour, destination, advert.valid and advert.path is not None)
+                self._recompute(destination, now)
+                if destination in self._routes:
+                    link.mark(destination, now)
+                if destination in link.dependents:
+                    stack.append(destination)
 
     def _path_fault(self, path: tuple[PeerId, ...]) -> str | None:
         """Why ``path`` (neighbour ... destination) is not a route now, or None if it is one."""
@@ -843,6 +945,7 @@ class RoutingTable:
 
     def _forget_adverts(self, neighbour: PeerId, link: _Link, now: float) -> None:
         adverts, link.adverts = link.adverts, {}
+        link.dependents = {}
         self._unindex_all(neighbour, adverts)
         self._unref_paths(adverts.values(), now)
         for destination in adverts:
@@ -881,6 +984,8 @@ class RoutingTable:
         for destination in link.sent:
             link.sent[destination] = _UNKNOWN
             link.mark(destination, now)
+        link.sent_base.clear()
+        link.sent_deps.clear()
         for destination in self._routes:
             link.mark(destination, now)
         link.records_sent.clear()
@@ -1031,14 +1136,13 @@ class RoutingTable:
             OverlayType.ROUTE_UPDATE, head + (sent.tail if sent is not None else _EMPTY_TAIL)
         )
 
-    def _too_long(self, link: _Link, route: Route, items: list[Item]) -> bool:
-        """Whether ``route``'s path cannot carry the ids ``link``'s neighbour does not know yet in
-        one message; then their definitions go ahead (in ``items``) unless already on their way."""
-        entry = RouteEntry(route.path, route.metric)
+    def _too_long(self, link: _Link, entry: RouteEntry, items: list[Item]) -> bool:
+        """Whether ``entry`` cannot carry the ids ``link``'s neighbour does not know yet in one
+        message; then their definitions go ahead (in ``items``) unless already on their way."""
         if HEADER_LEN + COUNTS_LEN + item_size(entry, set(), link.out_ids) <= self._budget:
             return False
         new = [
-            hop for hop in dict.fromkeys(route.path) if hop not in link.out_ids and hop not in link.defining
+            hop for hop in dict.fromkeys(entry.hops) if hop not in link.out_ids and hop not in link.defining
         ]
         chunk = (self._budget - HEADER_LEN - COUNTS_LEN) // 32
         for i in range(0, len(new), chunk):
@@ -1071,54 +1175,127 @@ class RoutingTable:
             self.counters["records_sent"] += 1
             items.append(record)
         link.pending_records.clear()
-        for destination in link.pending:
-            routes = self._routes.get(destination)
-            want: Route | str | None = None
-            if routes is not None and routes[0].next_hop == neighbour:
-                # It only needs to know that it is our next hop (children, knows_route_of): a short
-                # path that changes only when our next hop does, no records, no metric.
-                want = _VIA_IT
-            elif routes is not None and self._advertisable(routes[0]):
-                want = routes[0]
-                theirs = link.adverts.get(destination)
-                if (
-                    theirs is not None
-                    and theirs.valid
-                    and theirs.path is not None
-                    and theirs.metric < want.metric
-                ):
-                    # It has a better route than ours without us: it would never choose ours,
-                    # so it gets no path (nor the records for it); when its route gets worse
-                    # than ours or goes, it tells us and gets ours (see the module docstring).
-                    want = _ELSEWHERE
-            sent = link.sent.get(destination)
-            if sent is None and want is None:
-                continue
-            if sent is not None and want is not None and _same(sent, want):
-                continue
-            if want is None:
-                del link.sent[destination]
-                items.append(destination)
-                continue
-            if not isinstance(want, str) and self._too_long(link, want, items):
-                link.deferred.add(destination)  # back when its ids are acknowledged
-                continue
-            link.sent[destination] = want
-            if want is _ELSEWHERE:
-                self.counters["elsewhere_sent"] += 1
-                items.append(Elsewhere(destination))
-                continue
-            if isinstance(want, str):
-                hops = (neighbour,) if destination == neighbour else (neighbour, destination)
-                items.append(RouteEntry(hops, 0))
-                continue
-            self.counters["paths_sent"] += 1
-            items.append(RouteEntry(want.path, want.metric))
-        link.pending.clear()
+        routes_of = self._routes
+
+        def depth(destination: PeerId) -> int:
+            routes = routes_of.get(destination)
+            return len(routes[0].path) if routes is not None else 0
+
+        while link.pending:
+            # Nearer destinations first: a path goes out after the paths it may be based on.
+            batch, link.pending = sorted(link.pending, key=depth), {}
+            for destination in batch:
+                self._item_for(neighbour, link, destination, items)
+        link.pending_at = math.inf
         for origin in link.wants:
             items.append(Want(origin))
         link.wants.clear()
         return items
+
+    def _item_for(self, neighbour: PeerId, link: _Link, destination: PeerId, items: list[Item]) -> None:
+        """What ``neighbour`` should now hear about ``destination``, if it holds something else."""
+        routes = self._routes.get(destination)
+        want: Route | str | None = None
+        if routes is not None and routes[0].next_hop == neighbour:
+            # It only needs to know that it is our next hop (children, knows_route_of): a short
+            # path that changes only when our next hop does, no records, no metric.
+            want = _VIA_IT
+        elif routes is not None and self._advertisable(routes[0]):
+            want = routes[0]
+            theirs = link.adverts.get(destination)
+            if (
+                theirs is not None
+                and theirs.valid
+                and theirs.path is not None
+                and theirs.metric < want.metric
+            ):
+                # It has a better route than ours without us: it would never choose ours,
+                # so it gets no path (nor the records for it); when its route gets worse
+                # than ours or goes, it tells us and gets ours (see the module docstring).
+                want = _ELSEWHERE
+        sent = link.sent.get(destination)
+        if sent is None and want is None:
+            return
+        if sent is not None and want is not None and _same(sent, want):
+            return
+        if want is None:
+            self._set_sent(link, destination, None, None)
+            items.append(destination)
+            return
+        if want is _ELSEWHERE:
+            self._set_sent(link, destination, want, None)
+            self.counters["elsewhere_sent"] += 1
+            items.append(Elsewhere(destination))
+            return
+        if isinstance(want, str):
+            self._set_sent(link, destination, want, None)
+            hops = (neighbour,) if destination == neighbour else (neighbour, destination)
+            items.append(RouteEntry(hops, 0))
+            return
+        entry, base = self._entry(link, want)
+        if self._too_long(link, entry, items):
+            link.deferred.add(destination)  # back when its ids are acknowledged
+            return
+        self._set_sent(link, destination, want, base)
+        self.counters["paths_sent"] += 1
+        if base is not None:
+            self.counters["paths_based"] += 1
+        items.append(entry)
+
+    def _entry(self, link: _Link, route: Route) -> tuple[RouteEntry, PeerId | None]:
+        """``route`` as an entry for ``link``'s neighbour: based on the deepest destination on
+        its path (of the few looked at) that the neighbour holds our path to, as a prefix of
+        this one, else the whole path."""
+        path = route.path
+        k = len(path)
+        sent = link.sent
+        for j in dict.fromkeys((k - 1, k - 2, k - 3, 1)):
+            if not 1 <= j < k:
+                continue
+            base = sent.get(path[j - 1])
+            if isinstance(base, Route) and len(base.path) == j and base.path == path[:j]:
+                delta = route.metric - base.metric
+                if 0 <= delta < INFINITY:
+                    return RouteEntry(path[j - 1 :], delta, True), path[j - 1]
+        return RouteEntry(path, route.metric), None
+
+    def _set_sent(
+        self, link: _Link, destination: PeerId, value: Route | str | None, base: PeerId | None
+    ) -> None:
+        """Record what ``link``'s neighbour will hold for ``destination`` (None: nothing) and
+        what it will derive, in turn, for the destinations we sent based on it: the same paths
+        built on the new one (nothing to send for them when that is still our route), or
+        unknown (they will be sent again) when that path cannot be built on."""
+        sent, sent_base, sent_deps = link.sent, link.sent_base, link.sent_deps
+        old_base = sent_base.pop(destination, None)
+        if old_base is not None:
+            self._undepend(sent_deps, old_base, destination)
+        if base is not None:
+            sent_base[destination] = base
+            sent_deps.setdefault(base, []).append(destination)
+        stack: list[tuple[PeerId, Route | str | None]] = [(destination, value)]
+        max_path, now = self.config.max_path, self._now
+        while stack:
+            x, new = stack.pop()
+            old = sent.pop(x, None)
+            if new is not None:
+                sent[x] = new
+            deps = sent_deps.get(x)
+            if not deps or new is old:
+                continue
+            for dep in list(deps):
+                link.mark(dep, now)
+                was = sent.get(dep)
+                derived: Route | str = _UNKNOWN
+                if isinstance(old, Route) and isinstance(new, Route) and isinstance(was, Route):
+                    path = new.path + was.path[len(old.path) :]
+                    metric = new.metric + was.metric - old.metric
+                    if len(path) < max_path and metric < INFINITY and len(set(path)) == len(path):
+                        derived = Route(dep, path[0], path, metric, 0, 0.0)
+                if derived is _UNKNOWN:  # it will be sent again: no longer built on x
+                    del sent_base[dep]
+                    self._undepend(sent_deps, x, dep)
+                stack.append((dep, derived))
 
     # -- timers --------------------------------------------------------------------------------
 

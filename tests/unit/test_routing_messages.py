@@ -38,6 +38,11 @@ _u32 = st.integers(0, 2**32 - 1)
 _peer = st.sampled_from(PEERS)
 _entry = st.builds(
     RouteEntry, st.lists(_peer, min_size=1, max_size=6).map(tuple), st.integers(0, INFINITY - 1)
+) | st.builds(  # based: the first id is the base
+    RouteEntry,
+    st.lists(_peer, min_size=2, max_size=6).map(tuple),
+    st.integers(0, INFINITY - 1),
+    st.just(True),
 )
 
 
@@ -112,6 +117,8 @@ def test_malformed_messages_raise_decode_error() -> None:
         "index out of range": body(routes_one, b"\x00\x01" + b"\x00\x05\x01\x00\x01"),
         "metric infinity": body(routes_one, b"\x00\x01" + b"\xff\xff\x01\x00\x00"),
         "no hops": body(routes_one, b"\x00\x01" + b"\x00\x05\x00"),
+        "no based hops": body(routes_one, b"\x00\x01" + b"\x00\x05\x80"),
+        "a base alone": body(routes_one, b"\x00\x01" + b"\x00\x05\x81\x00\x00"),
         "repeated id": body(b"\x00\x02" + a.key + a.key, b"\x00\x01" + b"\x00\x05\x02\x00\x00\x00\x01"),
         "pure ack with routes": encode_update(RouteUpdate(1, 2, routes=(RouteEntry((a,), 1),)))[:5]
         + b"\x00\x00\x00\x00"
@@ -190,6 +197,10 @@ def test_entries_are_validated() -> None:
         RouteEntry((), 1)
     with pytest.raises(ValueError):
         RouteEntry((PEERS[0],), INFINITY)
+    with pytest.raises(ValueError):
+        RouteEntry((PEERS[0],), 1, based=True)  # a base and nothing after it
+    with pytest.raises(ValueError):
+        RouteEntry(tuple(PEERS[:1]) * 128, 1)  # the hops byte's top bit marks a based entry
     with pytest.raises(ValueError):
         RouteUpdate(2**32, 1)
     assert RouteEntry((PEERS[0], PEERS[1]), 3).destination == PEERS[1]

@@ -907,4 +907,96 @@ def test_a_route_longer_than_one_packet_of_new_ids_still_crosses_a_link() -> Non
     assert net.walk("n0", "n44") == names
     assert net.walk("n44", "n0") == names[::-1]
     assert len(net.path("n0", "n44")) == 44
-    assert sum(t.counters["paths_deferred"] for t in net.tables.values()) > 0
+    # Each path went out based on the one before it: a new id or two each, never a whole path.
+    assert net.tables["n1"].counters["paths_based"] >= 40
+    assert sum(t.counters["paths_deferred"] for t in net.tables.values()) == 0
+
+
+def test_a_path_whose_new_ids_do_not_fit_one_packet_waits_for_their_definitions() -> None:
+    # A advertises one destination 45 hops away and nothing on the way: solo cannot base that
+    # path on any other, and its 45 new ids (32 bytes each) do not fit one packet to B.
+    solo = _Solo()
+    line = ["A", *(f"h{i}" for i in range(44))]
+    solo.up("A")
+    records = [_rec("A", 1, "solo", line[1])]
+    for i in range(1, len(line)):
+        records.append(_rec(line[i], 1, *line[i - 1 : i + 2 : 2]))
+    solo.send("A", 0.0, records, [(line[1:], 100)])
+    far = identity(line[-1]).peer_id
+    t = solo.table
+    assert [r.next_hop for r in t.routes(far)] == [identity("A").peer_id]
+    b = solo.up("B", 1.0)
+    known: dict[int, PeerId] = {}
+
+    def to_b(now: float) -> list[RouteUpdate]:
+        out = []
+        for dst, packet in t.messages_to_send(now):
+            assert len(packet) <= t.config.max_packet
+            if dst != b:
+                continue  # acks and our record to A
+            update = decode_update(packet[len(OVERLAY_PREFIX) + 1 :], known=known)
+            known.update(enumerate(update.defined, update.first_index))
+            out.append(update)
+        return out
+
+    first = to_b(1.0)
+    assert t.counters["paths_deferred"] == 1
+    assert far not in {e.destination for u in first for e in u.routes}  # it waits ...
+    assert far in {p for u in first for p in u.defined}  # ... while its ids go ahead
+    # B acknowledges those messages: the path follows, its ids named by index alone.
+    acks = tuple(u.msg_no for u in first)
+    solo.receive("B", RouteUpdate(9, 1, first[0].epoch, acks), 1.1)
+    then = [e for u in to_b(1.2) for e in u.routes if e.destination == far]
+    assert len(then) == 1 and then[0].based and then[0].hops == tuple(identity(h).peer_id for h in line)
+
+
+def test_a_change_upstream_moves_the_paths_built_on_it_without_sending_them() -> None:
+    # A line A-B-C-D-E-F-G: B sends A its paths to D..G based on its path to C, C's on B's
+    # direct one. When the C-D link gets slower, B's metrics to D..G all grow by the same amount:
+    # B sends A one entry (D's); A derives E, F and G from it.
+    net = VNet("ABCDEFG")
+    for x, y in itertools.pairwise("ABCDEFG"):
+        net.link(x, y)
+    net.settle()
+    a, b = net.tables["A"], net.tables["B"]
+    assert b.counters["paths_based"] >= 4
+    sent, derived = b.counters["paths_sent"], a.counters["adverts_derived"]
+    before = b.routes(net.pid("G"))[0].metric
+    net.sample("C", "D", 0.05)
+    net.sample("D", "C", 0.05)
+    net.run(5.0)  # past the cost hold: the new cost is used
+    net.sample("C", "D", 0.05)
+    net.sample("D", "C", 0.05)
+    net.settle()
+    link_cost = a._links[net.pid("B")].cost
+    for dest in "DEFG":
+        route = a.routes(net.pid(dest))[0]
+        assert route.metric == b.routes(net.pid(dest))[0].metric + link_cost
+        assert [net.names[p] for p in route.path] == list("BCDEFG"[: "BCDEFG".index(dest) + 1])
+    assert b.routes(net.pid("G"))[0].metric > before  # the slower link is in its metric
+    assert b.counters["paths_sent"] - sent <= 2  # D's (and maybe C's re-check), not one per destination
+    assert a.counters["adverts_derived"] - derived >= 3  # E, F and G
+
+
+def test_bases_that_come_back_to_their_destination_are_refused() -> None:
+    solo = _Solo()
+    solo.up("M")
+    _star(solo, "M", ["x", "y"], 1.0)
+    t = solo.table
+    x, y = identity("x").peer_id, identity("y").peer_id
+    assert t.next_hop(x) == t.next_hop(y) == identity("M").peer_id
+
+    def based(*entries: tuple[PeerId, PeerId]) -> None:
+        no = solo.msg_no["M"] = solo.msg_no["M"] + 1
+        routes = tuple(RouteEntry(pair, 5, True) for pair in entries)
+        solo.receive("M", RouteUpdate(7, no, routes=routes), 2.0)
+
+    based((x, y))  # y: M's path to x, then y (x and y list no link: unattested, no route)
+    assert t.next_hop(y) is None and t.next_hop(x) is not None
+    based((y, x))  # x built on y built on x
+    assert t.counters["drop_path_loop"] == 1
+    assert t.next_hop(x) is None and t.next_hop(y) is None  # x refused, y derived from nothing
+    based((x, x))  # a base that is its own destination: a path with a repeated id
+    solo.send("M", 3.0, routes=[(["x"], 100)])  # an honest path again: both come back
+    assert t.next_hop(x) == identity("M").peer_id
+    assert t.counters["drop_path_loop"] >= 2
