@@ -941,6 +941,9 @@ class RoutingSim:
                 self.at(t, self.start_broadcast)
         shown = [self.now, self.cpu()]
         self.window_counters("warmup", t0)
+        if warm_end <= t0:  # no warmup: the measured window starts now
+            self.window_counters("start", t0)
+            self.sent_each_second = [sum(self.bytes_sent)]
         while self.now < end:  # the run, by steps of a second (the warmup's end is a step's end)
             step_end = min(end, self.now + 1.0)
             if self.now < warm_end:

@@ -115,6 +115,8 @@ def test_churn_is_measured_after_the_warmup() -> None:
     assert churn_repairs and all(r.started >= t0 + 5.0 for r in churn_repairs)
     started = sim.metrics.probes["sent"] + sim.metrics.probes["partitioned"]
     assert 800 < started < 1030  # 40 a second from the warmup's end to 2 s before the end: ~920
+    no_warmup = _churn(fail_fraction=0.1, down_time=5.0, duration=5.0, warmup=0.0).window
+    assert no_warmup["start"]["t"] == no_warmup["warmup"]["t"]
 
 
 def test_routing_traffic_breakdown_adds_up_and_link_events_are_counted() -> None:
