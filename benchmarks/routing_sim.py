@@ -20,7 +20,14 @@ failures, probes and broadcasts. Phases:
 2. churn for ``--duration`` virtual seconds: every link fails independently (Poisson) and comes back
    after an exponential down time of mean ``--down-time``, so that ``--fail-fraction`` of the links
    are down on average (a failure is seen at once: ``link_down`` on both ends; packets in flight on
-   the link are lost). Meanwhile ``--probe-rate`` data probes a second from random sources to random
+   the link are lost). With ``--start stationary`` (the default) the phase starts in the steady
+   state: each link is taken down at its start with probability ``--fail-fraction`` (memoryless, its
+   remaining down time is exponential of mean ``--down-time``), the others are up until their first
+   failure; ``--start all-up`` starts with every link up (then a short run stays below the target
+   fraction). The first ``--warmup`` seconds (at most half the phase) absorb the burst of those first
+   failures: the figures below marked "measured window" count only after them (the warmup's traffic
+   is reported apart), and the failures whose convergence is measured are picked after them.
+   Meanwhile ``--probe-rate`` data probes a second (after the warmup) from random sources to random
    reachable destinations, forwarded hop by hop along ``next_hop`` with the links' delays, and a
    broadcast from a random node every ``1/--broadcast-rate`` seconds;
 3. isolated failures: every link back up, then ``--isolated`` single link failures one at a time,
@@ -28,15 +35,23 @@ failures, probes and broadcasts. Phases:
 
 Measured (a table is printed; ``--json`` prints the figures as JSON instead):
 
-* delivery ratio of the probes, and the reasons of the losses;
+* delivery ratio of the probes (measured window), and the reasons of the losses;
 * path stretch: the cost of the path a delivered probe took over the cost of the shortest path (Dijkstra
   on the same link costs, computed when the probe left);
 * convergence after a failure: for sampled (source, destination) pairs whose forwarding path crossed
   the failed link, the time until every pair's hop-by-hop path reaches its destination again
   ("repair"; polled every ``--poll`` s), and for isolated failures also the time of the last route
   change anywhere ("quiet");
-* routing traffic per node: overlay plaintext bytes a second (route updates; broadcasts apart), and
-  an on-the-wire estimate (+29 bytes of hop session header and tag, +28 of UDP/IPv4 per packet);
+* the fraction of links down (time average over the measured window), and the link events (failures
+  and recoveries) a second in it;
+* routing traffic per node over the measured window: overlay plaintext bytes a second (route
+  updates; broadcasts apart), its p99 node and worst 10 s, and an on-the-wire estimate (+29 bytes of
+  hop session header and tag, +28 of UDP/IPv4 per packet); the same over the warmup; routing bytes
+  (network-wide) per link event, which compares runs of different churn; and the bytes and packets
+  by kind, from the head of each ROUTE_UPDATE body (``version | epoch | msg_no``): pure acks
+  (``msg_no`` 0), retransmissions (a ``msg_no`` not above the highest the sender already sent the
+  receiver in that epoch: numbers increase within an epoch), link-up exchanges (the rest of what is
+  sent on a link in the 2 s after it came up), updates (the rest);
 * broadcast redundancy: copies received per node and per broadcast (1.0 is the floor), coverage;
 * memory per route: the Python objects reachable from one node's table (shared objects excluded),
   per destination and per route held (primary and backups);
@@ -73,6 +88,7 @@ import json
 import math
 import random
 import statistics
+import struct
 import sys
 import time
 from collections import Counter, defaultdict
@@ -92,6 +108,16 @@ _ROUTE_UPDATE = int(OverlayType.ROUTE_UPDATE)
 _FLOOD_TYPES = frozenset(
     (int(OverlayType.BROADCAST), int(OverlayType.MULTICAST), int(OverlayType.MEMBERSHIP))
 )
+# The head of a ROUTE_UPDATE body (coremesh/routing/messages.py): version:1 | epoch:4 | msg_no:4.
+_UPDATE_HEAD = struct.Struct("!BII")
+_UPDATE_HEAD_END = _PREFIX_LEN + 1 + _UPDATE_HEAD.size
+# Kinds of routing traffic (``RoutingSim.kind_bytes``): pure acks (msg_no 0), retransmissions (a
+# msg_no of the link's epoch sent before), link-up exchanges (within LINK_UP_WINDOW s of the link
+# coming up), the rest (incremental updates).
+TRAFFIC_KINDS = ("ack", "retransmission", "link_up", "update")
+_ACK, _RTX, _LINK_UP, _UPDATE = range(4)
+LINK_UP_WINDOW = 2.0
+STARTS = ("stationary", "all-up")
 
 
 # ----------------------------------------------------------------------------------------- topology
@@ -343,7 +369,9 @@ class SimParams:
     degree: float = 8.0
     fail_fraction: float = 0.05
     down_time: float = 30.0
-    duration: float = 300.0
+    duration: float = 300.0  # virtual seconds of churn, the warmup included
+    start: str = "stationary"  # churn starts with fail_fraction of the links down, or "all-up"
+    warmup: float = 10.0  # first seconds of churn left out of the measured figures
     seed: int = 1
     min_delay: float = 0.002
     max_delay: float = 0.030
@@ -406,6 +434,8 @@ class RoutingSim:
         make_table: TableFactory = real_table,
         make_flood: FloodFactory | None = real_flood,
     ) -> None:
+        if params.start not in STARTS:
+            raise ValueError(f"start is one of {', '.join(STARTS)}, not {params.start!r}")
         self.p = params
         self.make_table = make_table
         self.rng = random.Random(params.seed)
@@ -418,6 +448,14 @@ class RoutingSim:
         self.verifier = MemoVerifier()
         self.sign_stats: dict[str, float] = {"count": 0, "seconds": 0.0}
         self.up: set[tuple[int, int]] = set()
+        self.up_since: dict[tuple[int, int], float] = {}  # when each link last came up
+        self.link_events = 0  # failures and recoveries (bring_up / take_down)
+        self.down_integral = 0.0  # link-seconds spent down, up to down_integral_at
+        self.down_integral_at = 0.0
+        self.kind_bytes = [0] * len(TRAFFIC_KINDS)  # route updates by kind (TRAFFIC_KINDS), network-wide
+        self.kind_packets = [0] * len(TRAFFIC_KINDS)
+        self._msg_hw: dict[tuple[int, int, int], int] = {}  # (sender, receiver, epoch) -> highest msg_no
+        self.window: dict[str, Any] = {}  # the counters at the start of the measured churn window
         self.bytes_sent = [0] * params.nodes  # route updates, plaintext
         self.packets_sent = [0] * params.nodes
         self.flood_bytes = 0
@@ -480,6 +518,9 @@ class RoutingSim:
                 else:
                     self.bytes_sent[i] += len(data)
                     self.packets_sent[i] += 1
+                    k = self.traffic_kind(i, j, data)
+                    self.kind_bytes[k] += len(data)
+                    self.kind_packets[k] += 1
                 self.push(now + self.delay(i, j), _DELIVER, j, i, data)
         timers = [
             t
@@ -491,6 +532,26 @@ class RoutingSim:
             if node.timer is None or t < node.timer:
                 node.timer = t
                 self.push(t, _TIMER, i, 0, None)
+
+    def traffic_kind(self, i: int, j: int, data: bytes) -> int:
+        """The kind (an index of TRAFFIC_KINDS) of a route update ``i`` sends ``j`` now. Message
+        numbers of an epoch increase, so one sent before is one not above the link's high-water mark."""
+        if len(data) < _UPDATE_HEAD_END or data[_PREFIX_LEN] != _ROUTE_UPDATE:
+            return _UPDATE
+        _, epoch, msg_no = _UPDATE_HEAD.unpack_from(data, _PREFIX_LEN + 1)
+        if msg_no == 0:
+            return _ACK
+        key = (i, j, epoch)
+        if msg_no <= self._msg_hw.get(key, 0):
+            return _RTX
+        self._msg_hw[key] = msg_no
+        since = self.up_since.get((i, j) if i < j else (j, i), -math.inf)
+        return _LINK_UP if self.now - since < LINK_UP_WINDOW else _UPDATE
+
+    def account_links(self) -> None:
+        """Bring the integral of the links down up to now (before the set of links up changes)."""
+        self.down_integral += (len(self.topo.delay) - len(self.up)) * (self.now - self.down_integral_at)
+        self.down_integral_at = self.now
 
     def deliver(self, j: int, i: int, data: bytes) -> None:
         if not self.is_up(i, j):
@@ -568,7 +629,10 @@ class RoutingSim:
             self.flush(x)
 
     def bring_up(self, a: int, b: int) -> None:
+        self.account_links()
+        self.link_events += 1
         self.up.add((a, b))
+        self.up_since[(a, b)] = self.now
         for x, y in ((a, b), (b, a)):
             peer = self.nodes[y].peer_id
             node = self.nodes[x]
@@ -578,6 +642,8 @@ class RoutingSim:
         self.sample(a, b)
 
     def take_down(self, a: int, b: int) -> None:
+        self.account_links()
+        self.link_events += 1
         self.up.discard((a, b))
         for x, y in ((a, b), (b, a)):
             self.nodes[x].table.link_down(self.nodes[y].peer_id, self.now)
@@ -828,23 +894,33 @@ class RoutingSim:
         return None
 
     def churn(self) -> None:
+        """Links fail and recover from ``t0`` to ``t0 + duration``; the figures are measured after the
+        first ``warmup`` seconds (``self.window`` holds the counters at the start of that window)."""
         p = self.p
         t0 = self.now
+        self.window = {}
         if self.over_budget("churn"):
             return
         end = t0 + p.duration
+        warm_end = t0 + self.warmup()
+        if self.warmup() < p.warmup:
+            self.notes.append(f"warmup cut to {self.warmup():g} s: half the {p.duration:g} s of churn")
         links = self.topo.links
         if p.fail_fraction > 0:
             mean_up = p.down_time * (1 - p.fail_fraction) / p.fail_fraction
+            stationary = p.start == "stationary"
             failures = []
             for a, b in links:
-                t = t0 + self.rng.expovariate(1 / mean_up)
+                # stationary: down at t0 with probability fail_fraction (memoryless: its remaining
+                # down time is exponential of mean down_time), else up until its first failure
+                down_first = stationary and self.rng.random() < p.fail_fraction
+                t = t0 if down_first else t0 + self.rng.expovariate(1 / mean_up)
                 while t < end:
                     failures.append((t, a, b))
                     t += self.rng.expovariate(1 / p.down_time)  # down
                     failures.append((t, -1 - a, b))  # recovery marker
                     t += self.rng.expovariate(1 / mean_up)
-            downs = sorted(f for f in failures if f[1] >= 0)
+            downs = sorted(f for f in failures if f[1] >= 0 and f[0] >= warm_end and f[0] > t0)
             step = max(1, len(downs) // max(1, p.measured_failures))
             measured = {(t, a, b) for t, a, b in downs[::step]}
             for t, a, b in failures:
@@ -856,26 +932,56 @@ class RoutingSim:
                 else:
                     self.at(t, lambda a=-1 - a, b=b: self.recover(a, b))
         if p.probe_rate > 0:
-            t = t0
+            t = warm_end
             while (t := t + self.rng.expovariate(p.probe_rate)) < end - 2.0:  # all arrive in the phase
                 self.at(t, self.start_probe)
         if p.broadcast_rate > 0:
             t = t0
             while (t := t + 1 / p.broadcast_rate) < end:
                 self.at(t, self.start_broadcast)
-        down_time = 0.0
-        last = t0
         shown = [self.now, self.cpu()]
-        self.sent_each_second = [sum(self.bytes_sent)]
-        while self.now < end:  # the run, sampling the fraction of links down each second
-            self.run_until(min(end, self.now + 1.0))
-            self.sent_each_second.append(sum(self.bytes_sent))
-            down_time += (len(links) - len(self.up)) * (self.now - last)
-            last = self.now
+        self.window_counters("warmup", t0)
+        if warm_end <= t0:  # no warmup: the measured window starts now
+            self.window_counters("start", t0)
+            self.sent_each_second = [sum(self.bytes_sent)]
+        while self.now < end:  # the run, by steps of a second (the warmup's end is a step's end)
+            step_end = min(end, self.now + 1.0)
+            if self.now < warm_end:
+                step_end = min(step_end, warm_end)
+            self.run_until(step_end)
+            if "start" not in self.window and self.now >= warm_end:
+                self.window_counters("start", self.now)
+                self.sent_each_second = [sum(self.bytes_sent)]
+            elif "start" in self.window:
+                self.sent_each_second.append(sum(self.bytes_sent))
             self.progress("churn", shown)
             if self.now < end and self.over_budget("churn"):
                 break
-        self.down_fraction = down_time / max(1e-9, (self.now - t0) * len(links))
+        if "start" not in self.window:  # cut short in the warmup: an empty measured window
+            self.window_counters("start", self.now)
+            self.sent_each_second = [sum(self.bytes_sent)]
+        self.window_counters("end", self.now)
+        start, stop = self.window["start"], self.window["end"]
+        self.down_fraction = (stop["down_integral"] - start["down_integral"]) / max(
+            1e-9, (stop["t"] - start["t"]) * len(links)
+        )
+
+    def warmup(self) -> float:
+        """The warmup actually used: ``--warmup``, at most half the churn phase."""
+        return max(0.0, min(self.p.warmup, self.p.duration / 2))
+
+    def window_counters(self, name: str, t: float) -> None:
+        """Record the running totals at virtual time ``t`` (now) as ``self.window[name]``."""
+        self.account_links()
+        self.window[name] = {
+            "t": t,
+            "bytes": list(self.bytes_sent),
+            "packets": sum(self.packets_sent),
+            "kind_bytes": list(self.kind_bytes),
+            "kind_packets": list(self.kind_packets),
+            "link_events": self.link_events,
+            "down_integral": self.down_integral,
+        }
 
     def recover(self, a: int, b: int) -> None:
         """A churn failure ends (unless the churn phase is over: every link came back then)."""
@@ -987,22 +1093,34 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
     coverage = sim.route_coverage()
     boot_bytes = sum(sim.bytes_sent) - boot_bytes0
     boot_real = time.process_time() - real0
-    b0, pk0 = sum(sim.bytes_sent), sum(sim.packets_sent)
-    per_node0 = list(sim.bytes_sent)
     churn_t0 = sim.now
     sim.churn()
     churn_s = sim.now - churn_t0
-    churn_bytes = sum(sim.bytes_sent) - b0
-    churn_packets = sum(sim.packets_sent) - pk0
-    per_node = sorted((x - y) / max(1e-9, churn_s) for x, y in zip(sim.bytes_sent, per_node0, strict=True))
+    n = params.nodes
+    win = sim.window or {k: _counters(sim, sim.now) for k in ("warmup", "start", "end")}
+    w0, w1, w2 = win["warmup"], win["start"], win["end"]
+    warm_s, measured_s = w1["t"] - w0["t"], w2["t"] - w1["t"]
+    churn_bytes = sum(w2["bytes"]) - sum(w1["bytes"])  # the measured window, after the warmup
+    churn_packets = w2["packets"] - w1["packets"]
+    per_node = sorted((x - y) / max(1e-9, measured_s) for x, y in zip(w2["bytes"], w1["bytes"], strict=True))
+    warm_bytes, warm_packets = sum(w1["bytes"]) - sum(w0["bytes"]), w1["packets"] - w0["packets"]
+    events = w2["link_events"] - w1["link_events"]
+    per_node_s = max(1e-9, measured_s) * n
+    breakdown = {
+        kind: round((w2["kind_bytes"][k] - w1["kind_bytes"][k]) / per_node_s, 1)
+        for k, kind in enumerate(TRAFFIC_KINDS)
+    }
+    breakdown_packets = {
+        kind: round((w2["kind_packets"][k] - w1["kind_packets"][k]) / per_node_s, 3)
+        for k, kind in enumerate(TRAFFIC_KINDS)
+    }
     churn_real = time.process_time() - real0 - boot_real
     repairs_churn = [r for r in sim.metrics.repairs if r.kind == "churn"]
     sim.isolated_failures()
     repairs_iso = [r for r in sim.metrics.repairs if r.kind == "isolated"]
     m = sim.metrics
-    n = params.nodes
-    rate = churn_bytes / max(1e-9, churn_s) / n
-    wire = (churn_bytes + churn_packets * (TRANSPORT_OVERHEAD + UDP_IP_OVERHEAD)) / max(1e-9, churn_s) / n
+    rate = churn_bytes / per_node_s
+    wire = (churn_bytes + churn_packets * (TRANSPORT_OVERHEAD + UDP_IP_OVERHEAD)) / per_node_s
     bcasts = list(m.broadcasts.values())
     delivered = sum(len(b["delivered"]) for b in bcasts)
     reach = sum(b["reach"] for b in bcasts)
@@ -1030,6 +1148,9 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
         "bootstrap_bytes_per_node": round(boot_bytes / n),
         "bootstrap_route_coverage": round(coverage, 4),
         "churn_virtual_s": churn_s,
+        "churn_start": params.start,
+        "warmup_s": round(warm_s, 2),
+        "measured_virtual_s": round(measured_s, 2),
         "fail_fraction_target": params.fail_fraction,
         "fail_fraction_measured": round(getattr(sim, "down_fraction", 0.0), 4),
         "probes": dict(m.probes),
@@ -1050,7 +1171,14 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
         "routing_wire_bytes_per_node_s": round(wire, 1),
         "routing_bytes_per_node_s_p99": round(pct(per_node, 0.99) or 0, 1),
         "routing_bytes_per_node_s_peak_10s": round(_peak(sim.sent_each_second, 10) / n, 1),
-        "routing_packets_per_node_s": round(churn_packets / max(1e-9, churn_s) / n, 2),
+        "routing_packets_per_node_s": round(churn_packets / per_node_s, 2),
+        "routing_bytes_breakdown": breakdown,
+        "routing_packets_breakdown": breakdown_packets,
+        "warmup_routing_bytes_per_node_s": round(warm_bytes / max(1e-9, warm_s) / n, 1),
+        "warmup_routing_packets_per_node_s": round(warm_packets / max(1e-9, warm_s) / n, 2),
+        "link_events": events,
+        "link_events_per_s": round(events / max(1e-9, measured_s), 3),
+        "routing_bytes_per_link_event": round(churn_bytes / events) if events else None,
         "broadcasts": len(bcasts),
         "broadcast_coverage": round(delivered / max(1, reach), 4),
         "broadcast_copies_per_node": round(m.broadcast_packets / max(1, delivered), 3),
@@ -1077,6 +1205,12 @@ def run(params: SimParams, **factories: Any) -> dict[str, Any]:
     out["cpu_s_total"] = round(time.process_time() - real0, 1)
     out["notes"] = sim.notes
     return out
+
+
+def _counters(sim: RoutingSim, t: float) -> dict[str, Any]:
+    """The running totals of ``sim`` now, as ``RoutingSim.window_counters`` records them."""
+    sim.window_counters("now", t)
+    return sim.window.pop("now")
 
 
 def _peak(totals: list[int], window: int) -> float:
@@ -1119,8 +1253,19 @@ def format_table(r: dict[str, Any]) -> str:
         ("topology", f"{r['nodes']} nodes, {r['links']} links, mean degree {r['mean_degree']}", ""),
         (
             "links down (time average)",
-            f"{r['fail_fraction_measured']:.1%}",
+            f"{r['fail_fraction_measured']:.1%} over {r['measured_virtual_s']:.0f} s "
+            f"(start {r['churn_start']}, after a {r['warmup_s']:g} s warmup)",
             f"{r['fail_fraction_target']:.0%}",
+        ),
+        (
+            "link events (measured)",
+            f"{r['link_events_per_s']:.2f}/s (failures and recoveries), "
+            + (
+                f"{r['routing_bytes_per_link_event'] / 1000:.1f} KB of routing traffic per event"
+                if r["routing_bytes_per_link_event"] is not None
+                else "no event"
+            ),
+            "",
         ),
         ("bootstrap", f"{boot}, {r['bootstrap_bytes_per_node'] / 1000:.0f} KB/node sent", ""),
         ("delivery ratio (probes)", f"{r['delivery_ratio']:.4f} of {r['probes'].get('sent', 0)}", "1.0"),
@@ -1150,6 +1295,20 @@ def format_table(r: dict[str, Any]) -> str:
             f"p99 node {r['routing_bytes_per_node_s_p99']:.0f} B/s, "
             f"worst 10 s {r['routing_bytes_per_node_s_peak_10s']:.0f} B/s",
             "< 10 KB/s (aim < 2 KB/s)",
+        ),
+        (
+            "  by kind (B/s, packets/s)",
+            ", ".join(
+                f"{k} {r['routing_bytes_breakdown'][k]:.0f} ({r['routing_packets_breakdown'][k]:.2f})"
+                for k in TRAFFIC_KINDS
+            ),
+            "",
+        ),
+        (
+            "  in the warmup",
+            f"{r['warmup_routing_bytes_per_node_s']:.0f} B/s plaintext, "
+            f"{r['warmup_routing_packets_per_node_s']:.2f} packets/s (first {r['warmup_s']:g} s of churn)",
+            "",
         ),
         (
             "broadcast copies per node",
@@ -1202,7 +1361,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--down-time", type=float, default=d.down_time, help="mean down time of a failed link (s)"
     )
-    ap.add_argument("--duration", type=float, default=d.duration, help="virtual seconds of churn")
+    ap.add_argument(
+        "--duration", type=float, default=d.duration, help="virtual seconds of churn (warmup included)"
+    )
+    ap.add_argument(
+        "--start",
+        choices=STARTS,
+        default=d.start,
+        help="churn starts with --fail-fraction of the links down (stationary) or every link up",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=d.warmup,
+        help="first virtual seconds of churn left out of the measured figures (at most half of it)",
+    )
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument(
         "--min-delay", type=float, default=d.min_delay, help="one-way delay of a zero-length link (s)"
@@ -1235,6 +1408,8 @@ def main(argv: list[str] | None = None) -> None:
         fail_fraction=a.fail_fraction,
         down_time=a.down_time,
         duration=a.duration,
+        start=a.start,
+        warmup=a.warmup,
         seed=a.seed,
         min_delay=a.min_delay,
         max_delay=a.max_delay,

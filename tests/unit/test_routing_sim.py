@@ -30,6 +30,7 @@ def _params(**kw: object) -> object:
     base = dict(
         nodes=30,
         duration=20.0,
+        warmup=4.0,
         probe_rate=10.0,
         broadcast_rate=0.5,
         isolated=2,
@@ -88,6 +89,81 @@ def test_with_failures_routes_converge_again() -> None:
     assert r["repair_churn_unrepaired"] == 0
 
 
+def _churn(**kw: object) -> object:
+    sim = rs.RoutingSim(_params(isolated=0, probe_rate=2.0, **kw))
+    sim.bootstrap()
+    sim.churn()
+    return sim
+
+
+def test_churn_starts_in_the_stationary_state() -> None:
+    # down times far longer than the run: the fraction down is what the start made it
+    slow = dict(fail_fraction=0.1, down_time=200.0, duration=20.0, warmup=2.0)
+    assert 0.04 <= _churn(**slow).down_fraction <= 0.17  # 120 links, ~12 down from the start
+    assert _churn(start="all-up", **slow).down_fraction < 0.03  # the old start: hardly any
+
+
+def test_churn_is_measured_after_the_warmup() -> None:
+    p = _params(fail_fraction=0.1, down_time=5.0, duration=30.0, warmup=5.0, isolated=0, probe_rate=40.0)
+    sim = rs.RoutingSim(p)
+    sim.bootstrap()
+    t0 = sim.now
+    sim.churn()
+    assert sim.window["start"]["t"] == t0 + 5.0 and sim.window["end"]["t"] == t0 + 30.0
+    assert 0.04 <= sim.down_fraction <= 0.17
+    churn_repairs = [r for r in sim.metrics.repairs if r.kind == "churn"]
+    assert churn_repairs and all(r.started >= t0 + 5.0 for r in churn_repairs)
+    started = sim.metrics.probes["sent"] + sim.metrics.probes["partitioned"]
+    assert 800 < started < 1030  # 40 a second from the warmup's end to 2 s before the end: ~920
+    no_warmup = _churn(fail_fraction=0.1, down_time=5.0, duration=5.0, warmup=0.0).window
+    assert no_warmup["start"]["t"] == no_warmup["warmup"]["t"]
+
+
+def test_routing_traffic_breakdown_adds_up_and_link_events_are_counted() -> None:
+    r = rs.run(_params(fail_fraction=0.1, down_time=5.0, duration=30.0, warmup=5.0, isolated=0))
+    assert (r["churn_start"], r["warmup_s"], r["measured_virtual_s"]) == ("stationary", 5.0, 25.0)
+    kinds = r["routing_bytes_breakdown"]
+    assert set(kinds) == set(rs.TRAFFIC_KINDS)
+    assert abs(sum(kinds.values()) - r["routing_bytes_per_node_s"]) <= 0.05 * len(kinds) + 0.05
+    packets = r["routing_packets_breakdown"]
+    assert abs(sum(packets.values()) - r["routing_packets_per_node_s"]) <= 0.0005 * len(packets) + 0.005
+    assert kinds["ack"] > 0 and kinds["link_up"] > 0 and kinds["update"] > 0
+    assert r["warmup_routing_bytes_per_node_s"] > 0 and r["warmup_routing_packets_per_node_s"] > 0
+    assert r["link_events"] > 10
+    assert r["link_events_per_s"] == pytest.approx(r["link_events"] / 25.0, abs=0.001)
+    network_bytes = r["routing_bytes_per_node_s"] * r["nodes"] * 25.0
+    assert r["routing_bytes_per_link_event"] == pytest.approx(network_bytes / r["link_events"], rel=0.01)
+
+
+def test_traffic_kind_reads_the_update_head() -> None:
+    from coremesh.routing.overlay import OverlayType, overlay_packet
+
+    sim = rs.RoutingSim(_params(nodes=4))
+    sim.now = 10.0
+    sim.up_since[(0, 1)] = 9.0
+
+    def update(epoch: int, msg_no: int) -> bytes:
+        return overlay_packet(OverlayType.ROUTE_UPDATE, rs._UPDATE_HEAD.pack(2, epoch, msg_no) + bytes(20))
+
+    kinds = rs.TRAFFIC_KINDS
+    assert kinds[sim.traffic_kind(0, 1, update(7, 0))] == "ack"
+    assert kinds[sim.traffic_kind(0, 1, update(7, 1))] == "link_up"
+    assert kinds[sim.traffic_kind(0, 1, update(7, 1))] == "retransmission"
+    assert kinds[sim.traffic_kind(1, 0, update(7, 1))] == "link_up"  # the other direction: its own numbers
+    sim.now = 10.5
+    assert kinds[sim.traffic_kind(0, 1, update(7, 3))] == "link_up"
+    assert kinds[sim.traffic_kind(0, 1, update(7, 2))] == "retransmission"  # below the high-water mark
+    sim.now = 11.0
+    assert kinds[sim.traffic_kind(0, 1, update(7, 4))] == "update"
+    assert kinds[sim.traffic_kind(0, 1, update(8, 1))] == "update"  # a new epoch numbers from 1 again
+    assert kinds[sim.traffic_kind(0, 1, b"short")] == "update"
+
+
+def test_start_must_be_known() -> None:
+    with pytest.raises(ValueError, match="start"):
+        rs.RoutingSim(_params(nodes=4, start="half-up"))
+
+
 def test_memo_verifier_gives_the_same_answers_and_checks_once() -> None:
     from coremesh.identity import Identity
 
@@ -105,5 +181,14 @@ def test_memo_verifier_gives_the_same_answers_and_checks_once() -> None:
 def test_main_prints_the_table(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     rs.main([*argv, "--broadcast-rate", "1", "--isolated-gap", "3"])
     out = capsys.readouterr().out
-    for row in ("delivery ratio", "path stretch", "convergence", "routing traffic", "broadcast copies"):
+    for row in (
+        "delivery ratio",
+        "path stretch",
+        "convergence",
+        "routing traffic",
+        "by kind",
+        "in the warmup",
+        "link events",
+        "broadcast copies",
+    ):
         assert row in out
