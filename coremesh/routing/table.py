@@ -171,6 +171,7 @@ class RoutingConfig:
     record_ttl: float = 600.0  # a record nothing references (no link, path, waiting advert) this long goes
     max_path: int = 62  # hops of a route (next hop ... destination); ROUTED's hop limit is 64
     max_record_neighbours: int = 29  # neighbours listed in our record (the oldest links)
+    record_hold: float = 60.0  # a neighbour whose link went down stays listed this long (see _refresh_own)
     default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
     hop_cost: int = 96  # what any link costs (Babel's wired link cost), times its ETX factor
     rtt_min: float = 0.010  # RFC 9616: RTTs below this add nothing (LAN jitter flaps no route) ...
@@ -213,7 +214,14 @@ class RoutingConfig:
                 raise ValueError(f"RoutingConfig.{name} must be positive, got {value!r}")
         if not 0 <= self.rtt_min < self.rtt_max or self.max_rtt_penalty < 0 or self.hop_cost < 0:
             raise ValueError("rtt_min must be >= 0 and below rtt_max; hop_cost, max_rtt_penalty >= 0")
-        for name in ("max_backups", "cost_hold", "switch_margin", "max_record_neighbours", "ack_delay"):
+        for name in (
+            "max_backups",
+            "cost_hold",
+            "switch_margin",
+            "max_record_neighbours",
+            "ack_delay",
+            "record_hold",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be >= 0, got {value!r}")
@@ -404,6 +412,9 @@ class RoutingTable:
         self._records: dict[PeerId, OriginRecord] = {}
         self._own: OriginRecord | None = None
         self._own_listed: frozenset[PeerId] = frozenset()  # the neighbours our record lists
+        # Listed neighbours whose link went down -> when (oldest first): still listed for
+        # record_hold, so that a link that comes back soon changes no record.
+        self._down_listed: dict[PeerId, float] = {}
         self._ids: dict[bytes, PeerId] = {peer_id.key: peer_id}  # interned ids
         self._own_dirty = True
         self._own_dirty_at = now
@@ -437,6 +448,7 @@ class RoutingTable:
             self.link_down(neighbour, now)
         epoch = self._rng.getrandbits(32) or 1
         link = self._links[neighbour] = _Link(epoch, self.config, now)
+        self._down_listed.pop(neighbour, None)
         self._unref.pop(neighbour, None)
         self._own_changed(now)
         link.mark_record(self.peer_id, now)
@@ -450,6 +462,8 @@ class RoutingTable:
         link = self._links.pop(neighbour, None)
         if link is None:
             return
+        if neighbour in self._own_listed and self.config.record_hold > 0:
+            self._down_listed[neighbour] = now
         self._own_changed(now)
         self._unindex_all(neighbour, link.adverts)
         self._unref_paths(link.adverts.values(), now)
@@ -512,12 +526,28 @@ class RoutingTable:
             self._own_dirty = True
             self._own_dirty_at = now
 
+    def _expire_down_listed(self, now: float) -> None:
+        down, hold = self._down_listed, self.config.record_hold
+        while down and next(iter(down.values())) + hold <= now:  # as get_timer computes it
+            del down[next(iter(down))]
+            self._own_changed(now)
+
     def _refresh_own(self, now: float) -> None:
+        """Sign a new record when the neighbours it should list changed: the oldest links, then
+        the neighbours whose link went down less than ``record_hold`` ago. Links fail and come
+        back all the time in a large mesh; a new record for each would have to reach every table
+        with a path through the link (records are ~360 bytes at 8 neighbours: at 100 nodes they
+        were the largest part of the routing traffic under churn). Listing a dead link a while
+        longer lets a liar claim it for that while, no more: our own adverts through it are
+        withdrawn at once, whatever the record says."""
+        self._expire_down_listed(now)
         if not self._own_dirty:
             return
         self._own_dirty = False
+        room = self.config.max_record_neighbours
         oldest = sorted(self._links, key=lambda p: (self._links[p].up_at, p.key))
-        listed = oldest[: self.config.max_record_neighbours]
+        listed = oldest[:room]
+        listed += list(self._down_listed)[: room - len(listed)]
         if self._own is not None and set(self._own.neighbours) == set(listed):
             return
         previous = self._own.seqno if self._own is not None else 0
@@ -1302,6 +1332,8 @@ class RoutingTable:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` or :meth:`messages_to_send` next has work (None: never)."""
         t = self._own_dirty_at if self._own_dirty else math.inf
+        if self._down_listed:
+            t = min(t, next(iter(self._down_listed.values())) + self.config.record_hold)
         interval = self.config.min_update_interval
         for link in self._links.values():
             t = min(t, link.ack_at)

@@ -90,10 +90,18 @@ def test_link_down_moves_to_the_backup_at_once_then_converges() -> None:
     assert net.tables["0"].counters["route_changes"] > changes
     net.tables["1"].link_down(net.pid("0"), net.now)
     net.up.discard(frozenset(("0", "1")))
-    took = net.settle()
-    assert took < 1.0
+    own = net.tables["0"].record(net.pid("0"))
+    net.run(1.0)  # converged within a second ...
     assert net.walk("1", "0") == ["1", "2", "3", "4", "0"]
     assert net.walk("0", "1") == ["0", "4", "3", "2", "1"]
+    # ... and the record still lists the dead link: one that comes back soon changes no record.
+    assert net.tables["0"].record(net.pid("0")) == own
+    took = net.settle()  # record_hold later, a record without it
+    assert 58.0 < took < 62.0
+    new = net.tables["0"].record(net.pid("0"))
+    assert new is not None and own is not None and net.pid("1") not in new.neighbours
+    assert net.pid("1") in own.neighbours
+    assert net.walk("1", "0") == ["1", "2", "3", "4", "0"]
     for a in net.tables:
         for b in net.tables:
             if a != b:
@@ -1000,3 +1008,24 @@ def test_bases_that_come_back_to_their_destination_are_refused() -> None:
     solo.send("M", 3.0, routes=[(["x"], 100)])  # an honest path again: both come back
     assert t.next_hop(x) == identity("M").peer_id
     assert t.counters["drop_path_loop"] >= 2
+
+
+def test_a_link_that_comes_back_within_the_hold_changes_no_record() -> None:
+    net = ring()
+    own = {n: net.tables[n].record(net.pid(n)) for n in net.tables}
+    net.cut("0", "1")
+    net.run(5.0)
+    assert net.walk("0", "1") == ["0", "4", "3", "2", "1"]
+    net.link("0", "1")
+    net.settle()
+    assert net.walk("0", "1") == ["0", "1"]
+    assert {n: net.tables[n].record(net.pid(n)) for n in net.tables} == own  # nothing signed again
+    # Without the hold, both ends sign a record without the link and again with it.
+    net = ring(config=dataclasses.replace(MS_COSTS, record_hold=0.0))
+    own = {n: net.tables[n].record(net.pid(n)) for n in net.tables}
+    net.cut("0", "1")
+    net.run(5.0)
+    net.link("0", "1")
+    net.settle()
+    after = {n: net.tables[n].record(net.pid(n)) for n in net.tables}
+    assert [n for n in own if after[n] != own[n]] == ["0", "1"]
