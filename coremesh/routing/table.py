@@ -1036,6 +1036,8 @@ class RoutingTable:
             advert = link.adverts.get(destination) if link is not None else None
             if link is None or advert is None or not advert.valid or advert.path is None:
                 continue  # valid: attested, without us, no loop (checked on arrival)
+            if len(advert.path) > 2 and self._contradicted(advert.path, destination):
+                continue
             metric = advert.metric + link.cost
             if metric < INFINITY:
                 cands.append((metric, neighbour.key, neighbour, advert.path))
@@ -1067,6 +1069,25 @@ class RoutingTable:
             self.counters["route_changes"] += 1
         if old is None or old[0].path != routes[0].path or old[0].metric != routes[0].metric:
             self._advertise(destination, now)
+
+    def _contradicted(self, path: tuple[PeerId, ...], destination: PeerId) -> bool:
+        """Whether a neighbour on ``path`` (after its first hop) told us itself that it no longer
+        reaches ``destination``, or only through us: then the path is a ghost of a route that
+        is gone (BGP's consistency assertions). When a destination is cut off, the paths
+        through the cut are withdrawn one neighbour at a time, and each table would otherwise
+        try, and advertise, every stale path its other neighbours still offer."""
+        links = self._links
+        for hop in path[1:-1]:
+            link = links.get(hop)
+            if link is not None:
+                theirs = link.adverts.get(destination)
+                if (
+                    theirs is not None
+                    and not theirs.elsewhere
+                    and (theirs.path is None or self.peer_id in theirs.path)
+                ):
+                    return True
+        return False
 
     def _advertise(self, destination: PeerId, now: float) -> None:
         for link in self._links.values():

@@ -1029,3 +1029,23 @@ def test_a_link_that_comes_back_within_the_hold_changes_no_record() -> None:
     net.settle()
     after = {n: net.tables[n].record(net.pid(n)) for n in net.tables}
     assert [n for n in own if after[n] != own[n]] == ["0", "1"]
+
+
+def test_a_cut_off_destination_is_withdrawn_without_trying_the_ghosts_of_its_paths() -> None:
+    # W, A and B are neighbours of each other; d hangs off B alone. When B-d fails, B withdraws
+    # d. W still holds A's path (A, B, d) and A holds W's (W, B, d): stale paths through B, which
+    # B itself just withdrew. Neither is tried or advertised on: both withdraw at once.
+    net = VNet(["W", "A", "B", "d"])
+    for x, y in (("W", "A"), ("W", "B"), ("A", "B"), ("B", "d")):
+        net.link(x, y)
+    net.settle()
+    d = net.pid("d")
+    w, a = net.tables["W"], net.tables["A"]
+    assert [net.names[p] for p in w.routes(d)[1].path] == ["A", "B", "d"]  # W's backup
+    before = {n: dict(t.counters) for n, t in net.tables.items()}
+    net.cut("B", "d")
+    net.settle()
+    assert w.routes(d) == [] and a.routes(d) == []
+    for name, t in (("W", w), ("A", a)):
+        assert t.counters["route_changes"] - before[name]["route_changes"] == 1  # gone, once
+        assert t.counters["paths_sent"] == before[name]["paths_sent"]  # no ghost advertised
