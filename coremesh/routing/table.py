@@ -186,7 +186,7 @@ class RoutingConfig:
     min_rto: float = 0.2
     max_rto: float = 16.0
     max_unacked: int = 1024  # unacked messages per neighbour before a full resend
-    ack_delay: float = 0.02  # a pure ack waits this long for more messages to ack (or an update)
+    ack_delay: float = 0.1  # a pure ack waits this long for more messages to ack (or an update)
     update_rate: float = 100.0  # incoming messages per second per neighbour (token bucket)
     update_burst: float = 1000.0
 

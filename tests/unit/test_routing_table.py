@@ -304,7 +304,7 @@ def test_acks_wait_a_little_and_go_together() -> None:
         net.now += 0.005
     assert a.messages_to_send(net.now) == []  # within ack_delay of the first
     assert a.get_timer() == pytest.approx(net.now - 0.015 + a.config.ack_delay)
-    (dst, packet), *more = a.messages_to_send(net.now + 0.01)
+    (dst, packet), *more = a.messages_to_send(net.now - 0.015 + a.config.ack_delay)
     assert dst == net.pid("M") and more == []
     ack = decode_update(packet[len(OVERLAY_PREFIX) + 1 :])
     assert (ack.msg_no, ack.ack_epoch, sorted(ack.acks)) == (0, 7, [10, 11, 12])
