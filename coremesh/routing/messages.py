@@ -2,7 +2,7 @@
 
 One message (the body after the overlay prefix and the type byte)::
 
-    version:1 | epoch:4 | msg_no:4 | ack_epoch:4 | ack_count:1 | ack:4 * ack_count
+    version:1 | epoch:4 | msg_no:4 | ack_epoch:4 | view:1 | ack_count:1 | ack:4 * ack_count
     | record_count:1 | origin record * record_count          (coremesh/routing/records.py)
     | first_index:2 | id_count:2 | id:32 * id_count         (ids defined here, indices first_index...)
     | route_count:2 | (metric:2 | based:1 bit | hops:7 bits | id_index:2 * hops) * route_count
@@ -10,7 +10,11 @@ One message (the body after the overlay prefix and the type byte)::
     | elsewhere_count:2 | id_index:2 * elsewhere_count
     | want_count:2 | id_index:2 * want_count
 
-``epoch`` is the sender's random number for its current view of the link (new on every link up);
+``epoch`` is the sender's random number for its numbering of messages and ids on the link: new
+when a link comes up, unless the sender still holds both ends' ids from before a short outage; then
+it keeps its epoch (and numbers on) and moves ``view`` on by one instead, which tells the receiver
+that the sender lost what it had been told (the receiver sends it everything again, naming the ids
+by index as before);
 ``msg_no`` numbers the sender's messages within an epoch from 1 (0: a pure ack, which carries
 nothing else and is not acknowledged); ``ack_epoch`` and the acks name the receiver's messages
 that arrived. A route entry's hops are the sender's path without the sender: next hop first,
@@ -58,7 +62,7 @@ MAX_ACKS: Final = 255
 MAX_RECORDS: Final = 255
 MAX_HOPS: Final = 127  # the hops byte's top bit marks a based entry
 MAX_ID_INDEX: Final = 0xFFFF  # id indices of one sender epoch: a sender past it starts a new epoch
-_HEAD = struct.Struct("!BIIIB")
+_HEAD = struct.Struct("!BIIIBB")
 HEADER_LEN: Final = _HEAD.size  # without the acks
 COUNTS_LEN: Final = 1 + 4 + 2 + 2 + 2 + 2  # record count, id table head, route ... want counts
 OVERLAY_OVERHEAD: Final = len(OVERLAY_PREFIX) + 1  # prefix and type byte before a body
@@ -96,6 +100,7 @@ class RouteUpdate:
     withdrawals: tuple[PeerId, ...] = ()
     elsewhere: tuple[PeerId, ...] = ()
     wants: tuple[PeerId, ...] = ()
+    view: int = 0  # the sender's view of the link within its epoch (see the module docstring)
     # What a decoded message's id table defined (from first_index on): the receiver keeps them
     # for the sender's later messages. Not part of the update's meaning.
     first_index: int = field(default=0, compare=False)
@@ -107,6 +112,8 @@ class RouteUpdate:
         for n in (self.epoch, self.msg_no, self.ack_epoch, *self.acks):
             if not 0 <= n < 2**32:
                 raise ValueError("epochs, message and ack numbers fit in 32 bits")
+        if not 0 <= self.view <= 255:
+            raise ValueError("a view number fits in a byte")
         if len(self.acks) > MAX_ACKS or len(self.records) > MAX_RECORDS:
             raise ValueError("too many acks or records in one message")
         if self.msg_no == 0 and (
@@ -128,9 +135,8 @@ def encode_update(
 
 def encode_head(update: RouteUpdate) -> bytes:
     """The header and acks of ``update``'s body (what changes when a message is sent again)."""
-    return _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, len(update.acks)) + struct.pack(
-        f"!{len(update.acks)}I", *update.acks
-    )
+    head = _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, update.view, len(update.acks))
+    return head + struct.pack(f"!{len(update.acks)}I", *update.acks)
 
 
 def encode_tail(
@@ -209,7 +215,7 @@ def decode_update(
     message's definitions from ``first_index`` on, for the caller to keep."""
     if len(body) < HEADER_LEN:
         raise DecodeError("truncated route update")
-    version, epoch, msg_no, ack_epoch, ack_count = _HEAD.unpack_from(body, 0)
+    version, epoch, msg_no, ack_epoch, view, ack_count = _HEAD.unpack_from(body, 0)
     if version != VERSION:
         raise DecodeError(f"unsupported route update version {version}")
     pos = HEADER_LEN
@@ -277,6 +283,7 @@ def decode_update(
         withdrawals,
         elsewhere,
         wants,
+        view,
         first_index=first,
         defined=tuple(peers),
     )

@@ -148,6 +148,26 @@ _UNKNOWN: Final = "unknown"  # in _Link.sent: it may hold anything
 _VIA_IT: Final = "via it"  # in _Link.sent: told that it is our next hop
 _ELSEWHERE: Final = "elsewhere"  # in _Link.sent: told that we route elsewhere, with no path
 _EMPTY_TAIL: Final = encode_tail(RouteUpdate(1, 0))  # a pure ack's body after its acks
+_MAX_DORMANT = 64  # links gone down whose ids we keep (the oldest is forgotten first)
+
+
+@dataclass(slots=True)
+class _Dormant:
+    """What a link that went down keeps for ``dictionary_hold``: its numbering and both ends'
+    ids, so that a link that comes back soon need not define every id again (at 1,000 nodes a
+    whole table's ids are 32 KB each way, and links come back all the time)."""
+
+    at: float
+    epoch: int
+    next_msg_no: int
+    out_ids: dict[PeerId, int]
+    next_index: int
+    in_ids: dict[int, PeerId]
+    peer_epoch: int
+    retired: collections.deque[int]
+    view: int
+    peer_view: int
+    view_no: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +192,7 @@ class RoutingConfig:
     max_path: int = 62  # hops of a route (next hop ... destination); ROUTED's hop limit is 64
     max_record_neighbours: int = 29  # neighbours listed in our record (the oldest links)
     record_hold: float = 60.0  # a neighbour whose link went down stays listed this long (see _refresh_own)
+    dictionary_hold: float = 120.0  # a link that comes back within this keeps its ids (see link_up)
     default_link_cost: int = 96  # before the first RTT sample: one hop, no RTT penalty
     hop_cost: int = 96  # what any link costs (Babel's wired link cost), times its ETX factor
     rtt_min: float = 0.010  # RFC 9616: RTTs below this add nothing (LAN jitter flaps no route) ...
@@ -221,6 +242,7 @@ class RoutingConfig:
             "max_record_neighbours",
             "ack_delay",
             "record_hold",
+            "dictionary_hold",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
@@ -288,6 +310,7 @@ class _Link:
         "out_ids",
         "parked",
         "peer_epoch",
+        "peer_view",
         "pending",
         "pending_acks",
         "pending_at",
@@ -303,6 +326,8 @@ class _Link:
         "srtt",
         "unacked",
         "up_at",
+        "view",
+        "view_no",
         "wants",
     )
 
@@ -319,6 +344,9 @@ class _Link:
         self.deferred: set[PeerId] = set()
         self.peer_epoch: int | None = None
         self.retired: collections.deque[int] = collections.deque(maxlen=_RETIRED_EPOCHS)
+        self.view = 0  # ours within our epoch: moves on when the link resumes (see link_up)
+        self.peer_view = 0  # its, and the number of its first message in that view
+        self.view_no = 0
         self.unacked: dict[int, _Sent] = {}
         # No unacked message is due before this (acks only make it early: a wakeup at a stale
         # value rescans and moves it), so timers and sends never scan the queue when nothing is due.
@@ -415,6 +443,7 @@ class RoutingTable:
         # Listed neighbours whose link went down -> when (oldest first): still listed for
         # record_hold, so that a link that comes back soon changes no record.
         self._down_listed: dict[PeerId, float] = {}
+        self._dormant: dict[PeerId, _Dormant] = {}  # links gone down, oldest first
         self._ids: dict[bytes, PeerId] = {peer_id.key: peer_id}  # interned ids
         self._own_dirty = True
         self._own_dirty_at = now
@@ -449,6 +478,24 @@ class RoutingTable:
         epoch = self._rng.getrandbits(32) or 1
         link = self._links[neighbour] = _Link(epoch, self.config, now)
         self._down_listed.pop(neighbour, None)
+        dormant = self._dormant.pop(neighbour, None)
+        if dormant is not None and now < dormant.at + self.config.dictionary_hold:
+            # It came back soon: same epoch, numbers and ids; a new view tells it that we lost
+            # what it told us (it sends it all again, by index). If it lost our ids meanwhile,
+            # its new epoch makes us define them again, as on any link up.
+            link.epoch, link.next_msg_no, link.next_index = (
+                dormant.epoch,
+                dormant.next_msg_no,
+                dormant.next_index,
+            )
+            link.out_ids, link.in_ids = dormant.out_ids, dormant.in_ids
+            link.peer_epoch, link.retired = dormant.peer_epoch, dormant.retired
+            link.view, link.peer_view, link.view_no = (
+                (dormant.view + 1) % 256,
+                dormant.peer_view,
+                dormant.view_no,
+            )
+            self.counters["links_resumed"] += 1
         self._unref.pop(neighbour, None)
         self._own_changed(now)
         link.mark_record(self.peer_id, now)
@@ -464,6 +511,22 @@ class RoutingTable:
             return
         if neighbour in self._own_listed and self.config.record_hold > 0:
             self._down_listed[neighbour] = now
+        if link.peer_epoch is not None and self.config.dictionary_hold > 0:
+            if len(self._dormant) >= _MAX_DORMANT:
+                del self._dormant[next(iter(self._dormant))]
+            self._dormant[neighbour] = _Dormant(
+                now,
+                link.epoch,
+                link.next_msg_no,
+                link.out_ids,
+                link.next_index,
+                link.in_ids,
+                link.peer_epoch,
+                link.retired,
+                link.view,
+                link.peer_view,
+                link.view_no,
+            )
         self._own_changed(now)
         self._unindex_all(neighbour, link.adverts)
         self._unref_paths(link.adverts.values(), now)
@@ -599,6 +662,16 @@ class RoutingTable:
                 self.counters["peer_epoch_changes"] += 1
             link.peer_epoch = update.epoch
             link.pending_acks.clear()
+            link.peer_view, link.view_no = update.view, update.msg_no
+        elif update.msg_no and update.view != link.peer_view:
+            if update.msg_no < link.view_no:  # from before its current view
+                self.counters["drop_stale_view"] += 1
+                return
+            # It resumed the link: it lost what we told it (and we what it told us before).
+            link.peer_view, link.view_no = update.view, update.msg_no
+            self._forget_adverts(neighbour, link, now)
+            self._resend_all(link, now)
+            self.counters["peer_view_changes"] += 1
         self.counters["updates_received"] += 1
         self._expire(now)
         if update.ack_epoch == link.epoch:
@@ -806,7 +879,11 @@ class RoutingTable:
         self.counters[counter] += 1
 
     def _expire(self, now: float) -> None:
-        """Drop the records nothing referenced for ``record_ttl`` (oldest first: O(1) amortised)."""
+        """Drop the records nothing referenced for ``record_ttl`` (oldest first: O(1) amortised),
+        and the ids of links gone down for ``dictionary_hold``."""
+        dormant, hold = self._dormant, self.config.dictionary_hold
+        while dormant and next(iter(dormant.values())).at + hold <= now:
+            del dormant[next(iter(dormant))]
         unref = self._unref
         limit = now - self.config.record_ttl
         while unref:
@@ -1153,6 +1230,7 @@ class RoutingTable:
                         self._new_epoch(link, now)
                         break
                     link.next_index = first + len(defines)
+                    self.counters["ids_defined"] += len(defines)
                     link.next_msg_no = msg_no + 1
                     rto = self._rto(link)
                     tail = encode_tail(content, link.out_ids, first)
@@ -1181,7 +1259,7 @@ class RoutingTable:
         del link.pending_acks[: len(acks)]
         if not link.pending_acks:
             link.ack_at = math.inf
-        head = encode_head(RouteUpdate(link.epoch, msg_no, link.peer_epoch or 0, acks))
+        head = encode_head(RouteUpdate(link.epoch, msg_no, link.peer_epoch or 0, acks, view=link.view))
         self.counters["updates_sent"] += 1
         return overlay_packet(
             OverlayType.ROUTE_UPDATE, head + (sent.tail if sent is not None else _EMPTY_TAIL)
@@ -1295,16 +1373,13 @@ class RoutingTable:
 
     def _entry(self, link: _Link, route: Route) -> tuple[RouteEntry, PeerId | None]:
         """``route`` as an entry for ``link``'s neighbour: based on the deepest destination on
-        its path (of the few looked at) that the neighbour holds our path to, as a prefix of
-        this one, else the whole path."""
+        its path that the neighbour holds our path to, as a prefix of this one, else the whole
+        path."""
         path = route.path
-        k = len(path)
         sent = link.sent
-        for j in dict.fromkeys((k - 1, k - 2, k - 3, 1)):
-            if not 1 <= j < k:
-                continue
+        for j in range(len(path) - 1, 0, -1):
             base = sent.get(path[j - 1])
-            if isinstance(base, Route) and len(base.path) == j and base.path == path[:j]:
+            if base.__class__ is Route and len(base.path) == j and base.path == path[:j]:
                 delta = route.metric - base.metric
                 if 0 <= delta < INFINITY:
                     return RouteEntry(path[j - 1 :], delta, True), path[j - 1]

@@ -60,6 +60,7 @@ def updates(draw: st.DrawFn) -> RouteUpdate:
         withdrawals=() if empty else tuple(draw(st.lists(_peer, max_size=4))),
         elsewhere=() if empty else tuple(draw(st.lists(_peer, max_size=4))),
         wants=() if empty else tuple(draw(st.lists(_peer, max_size=4))),
+        view=draw(st.integers(0, 255)),
     )
 
 

@@ -19,8 +19,8 @@ from coremesh.routing.table import Route, RoutingConfig, RoutingTable
 from .routing_net import MS_COSTS, WALL, VNet, identity
 
 
-def line() -> VNet:
-    net = VNet("ABC")
+def line(**kw: object) -> VNet:
+    net = VNet("ABC", **kw)  # type: ignore[arg-type]
     net.link("A", "B")
     net.link("B", "C")
     net.settle()
@@ -501,9 +501,18 @@ def test_a_neighbour_that_restarts_its_view_gets_everything_again() -> None:
     net.tables["A"].link_down(net.pid("B"), net.now)
     net.tables["A"].link_up(net.pid("B"), net.now)
     net.settle()
-    assert net.tables["B"].counters["peer_epoch_changes"] == 1
+    # A kept both ends' ids: same epoch, a new view, and B sends it all again by index.
+    assert net.tables["B"].counters["peer_view_changes"] == 1
+    assert net.tables["B"].counters["peer_epoch_changes"] == 0
     assert net.path("A", "C") == ["B", "C"]
     assert net.path("C", "A") == ["B", "A"]
+    # Without the ids kept, a new epoch does the same.
+    net = line(config=dataclasses.replace(MS_COSTS, dictionary_hold=0.0))
+    net.tables["A"].link_down(net.pid("B"), net.now)
+    net.tables["A"].link_up(net.pid("B"), net.now)
+    net.settle()
+    assert net.tables["B"].counters["peer_epoch_changes"] == 1
+    assert net.path("A", "C") == ["B", "C"]
 
 
 def test_malformed_and_foreign_input_is_counted() -> None:
@@ -1049,3 +1058,49 @@ def test_a_cut_off_destination_is_withdrawn_without_trying_the_ghosts_of_its_pat
     for name, t in (("W", w), ("A", a)):
         assert t.counters["route_changes"] - before[name]["route_changes"] == 1  # gone, once
         assert t.counters["paths_sent"] == before[name]["paths_sent"]  # no ghost advertised
+
+
+def test_a_link_that_comes_back_soon_defines_no_id_again() -> None:
+    names = [f"n{i}" for i in range(12)]
+    net = VNet(names)
+    for x, y in itertools.pairwise(names):
+        net.link(x, y)
+    net.settle()
+    a, b = net.tables["n0"], net.tables["n1"]
+    net.cut("n0", "n1")
+    net.run(10.0)
+    defined, paths = b.counters["ids_defined"], b.counters["paths_sent"]
+    net.link("n0", "n1")
+    net.settle()
+    assert net.walk("n0", "n11") == names
+    assert a.counters["links_resumed"] == b.counters["links_resumed"] == 1
+    # The whole table again (a route to each of ten nodes), but no 32-byte id among it.
+    assert b.counters["ids_defined"] == defined
+    assert b.counters["paths_sent"] > paths
+    # Beyond dictionary_hold the ids are forgotten: the next comeback defines them again.
+    net.cut("n0", "n1")
+    net.run(a.config.dictionary_hold + 1.0)
+    defined = b.counters["ids_defined"]
+    net.link("n0", "n1")
+    net.settle()
+    assert net.walk("n0", "n11") == names
+    assert a.counters["links_resumed"] == 1 and b.counters["ids_defined"] - defined >= 10
+
+
+def test_a_resumed_link_whose_other_end_forgot_it_starts_again() -> None:
+    # n0 keeps its ids of the link; n1 lost them (as after a restart): n0's messages name ids
+    # n1 cannot decode until n1's new epoch makes n0 define them all again.
+    net = line()
+    net.cut("A", "B")
+    net.tables["B"]._dormant.clear()
+    net.link("A", "B")
+    net.settle()
+    assert net.tables["A"].counters["links_resumed"] == 1
+    assert net.tables["B"].counters["links_resumed"] == 0
+    assert net.path("A", "C") == ["B", "C"]
+    assert net.path("C", "A") == ["B", "A"]
+    malformed = net.tables["B"].counters["drop_malformed"]
+    net.sample("B", "C", 0.02)
+    net.settle()
+    assert net.tables["B"].counters["drop_malformed"] == malformed
+    assert net.path("A", "C") == ["B", "C"]
