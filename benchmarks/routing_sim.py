@@ -439,6 +439,11 @@ class RoutingSim:
         self.p = params
         self.make_table = make_table
         self.rng = random.Random(params.seed)
+        # The churn schedule, probes, broadcasts and measured failures draw from streams of their
+        # own: two versions of the tables whose bootstraps take different times (and so draw
+        # different numbers of jitter samples) still meet the same failures and the same probes.
+        self.schedule_rng = random.Random(f"{params.seed}/schedule")
+        self.event_rng = random.Random(f"{params.seed}/events")
         self.topo = build_topology(
             params.nodes, params.degree, self.rng, min_delay=params.min_delay, max_delay=params.max_delay
         )
@@ -695,8 +700,8 @@ class RoutingSim:
 
     def start_probe(self) -> None:
         n = self.p.nodes
-        src = self.rng.randrange(n)
-        dst = self.rng.randrange(n - 1)
+        src = self.event_rng.randrange(n)
+        dst = self.event_rng.randrange(n - 1)
         dst += dst >= src
         best = dijkstra(self.topo.adj, self.cost, self.is_up, src, dst)
         if best is None:
@@ -736,7 +741,7 @@ class RoutingSim:
     # ---- broadcasts
 
     def start_broadcast(self) -> None:
-        origin = self.rng.randrange(self.p.nodes)
+        origin = self.event_rng.randrange(self.p.nodes)
         flood = self.nodes[origin].flood
         if flood is None:
             return
@@ -779,10 +784,12 @@ class RoutingSim:
                 for r in self.nodes[x].table.all_routes()
                 if r and r[0].next_hop == peer_y and r[0].destination in self.index
             ]
-            self.rng.shuffle(dests)
+            self.event_rng.shuffle(dests)
             for dst in dests[:2]:
                 # sources whose path to dst goes through x then y
-                srcs = [s for s in self.rng.sample(range(self.p.nodes), min(60, self.p.nodes)) if s != dst]
+                srcs = [
+                    s for s in self.event_rng.sample(range(self.p.nodes), min(60, self.p.nodes)) if s != dst
+                ]
                 for s in srcs:
                     path = self.walk(s, dst)
                     if path is not None and any(
@@ -913,13 +920,13 @@ class RoutingSim:
             for a, b in links:
                 # stationary: down at t0 with probability fail_fraction (memoryless: its remaining
                 # down time is exponential of mean down_time), else up until its first failure
-                down_first = stationary and self.rng.random() < p.fail_fraction
-                t = t0 if down_first else t0 + self.rng.expovariate(1 / mean_up)
+                down_first = stationary and self.schedule_rng.random() < p.fail_fraction
+                t = t0 if down_first else t0 + self.schedule_rng.expovariate(1 / mean_up)
                 while t < end:
                     failures.append((t, a, b))
-                    t += self.rng.expovariate(1 / p.down_time)  # down
+                    t += self.schedule_rng.expovariate(1 / p.down_time)  # down
                     failures.append((t, -1 - a, b))  # recovery marker
-                    t += self.rng.expovariate(1 / mean_up)
+                    t += self.schedule_rng.expovariate(1 / mean_up)
             downs = sorted(f for f in failures if f[1] >= 0 and f[0] >= warm_end and f[0] > t0)
             step = max(1, len(downs) // max(1, p.measured_failures))
             measured = {(t, a, b) for t, a, b in downs[::step]}
@@ -933,7 +940,9 @@ class RoutingSim:
                     self.at(t, lambda a=-1 - a, b=b: self.recover(a, b))
         if p.probe_rate > 0:
             t = warm_end
-            while (t := t + self.rng.expovariate(p.probe_rate)) < end - 2.0:  # all arrive in the phase
+            while (
+                t := t + self.schedule_rng.expovariate(p.probe_rate)
+            ) < end - 2.0:  # all arrive in the phase
                 self.at(t, self.start_probe)
         if p.broadcast_rate > 0:
             t = t0
@@ -1002,7 +1011,7 @@ class RoutingSim:
         for _ in range(p.isolated):
             if self.over_budget("isolated failures"):
                 break
-            a, b = links[self.rng.randrange(len(links))]
+            a, b = links[self.event_rng.randrange(len(links))]
             changes = self.total_route_changes()
             self.measure_failure(a, b, "isolated")
             self.last_route_change = self.now

@@ -2,13 +2,18 @@
 
 One message (the body after the overlay prefix and the type byte)::
 
-    version:1 | epoch:4 | msg_no:4 | ack_epoch:4 | view:1 | ack_count:1 | ack:4 * ack_count
-    | record_count:1 | origin record * record_count          (coremesh/routing/records.py)
-    | first_index:2 | id_count:2 | id:32 * id_count         (ids defined here, indices first_index...)
-    | route_count:2 | (metric:2 | based:1 bit | hops:7 bits | id_index:2 * hops) * route_count
-    | withdrawal_count:2 | id_index:2 * withdrawal_count
-    | elsewhere_count:2 | id_index:2 * elsewhere_count
-    | want_count:2 | id_index:2 * want_count
+    version:1 | epoch:4 | msg_no:4 | view:1 | ack_count:1 | [ack_epoch:4 | ack:4 * ack_count]
+    | sections:1                                            (a bit for each section present, below)
+    | [record_count:1 | origin record * record_count]        (coremesh/routing/records.py)
+    | [first_index:2 | id_count:2 | id:32 * id_count]       (ids defined here, indices first_index...)
+    | [route_count:2 | (metric:2 | based:1 bit | hops:7 bits | id_index:2 * hops) * route_count]
+    | [withdrawal_count:2 | id_index:2 * withdrawal_count]
+    | [elsewhere_count:2 | id_index:2 * elsewhere_count]
+    | [want_count:2 | id_index:2 * want_count]
+
+``ack_epoch`` is there only with acks, and a section only when its bit is set (and then it is not
+empty): most messages carry one or two sections, and a pure ack none (a message is ~30 bytes
+of framing before the 57 of the hop session and UDP, so what it need not carry counts).
 
 ``epoch`` is the sender's random number for its numbering of messages and ids on the link: new
 when a link comes up, unless the sender still holds both ends' ids from before a short outage; then
@@ -62,9 +67,11 @@ MAX_ACKS: Final = 255
 MAX_RECORDS: Final = 255
 MAX_HOPS: Final = 127  # the hops byte's top bit marks a based entry
 MAX_ID_INDEX: Final = 0xFFFF  # id indices of one sender epoch: a sender past it starts a new epoch
-_HEAD = struct.Struct("!BIIIBB")
+_HEAD = struct.Struct("!BIIBB")
 HEADER_LEN: Final = _HEAD.size  # without the acks
-COUNTS_LEN: Final = 1 + 4 + 2 + 2 + 2 + 2  # record count, id table head, route ... want counts
+ACKS_HEAD: Final = 4  # the ack epoch, before acks
+COUNTS_LEN: Final = 1 + 1 + 4 + 2 + 2 + 2 + 2  # at most: sections, record count, id table head, counts
+_RECORDS, _IDS, _ROUTES, _WITHDRAWALS, _ELSEWHERE, _WANTS = (1 << i for i in range(6))
 OVERLAY_OVERHEAD: Final = len(OVERLAY_PREFIX) + 1  # prefix and type byte before a body
 
 
@@ -112,6 +119,8 @@ class RouteUpdate:
         for n in (self.epoch, self.msg_no, self.ack_epoch, *self.acks):
             if not 0 <= n < 2**32:
                 raise ValueError("epochs, message and ack numbers fit in 32 bits")
+        if not self.acks:
+            object.__setattr__(self, "ack_epoch", 0)  # it names the epoch of acks: none, nothing
         if not 0 <= self.view <= 255:
             raise ValueError("a view number fits in a byte")
         if len(self.acks) > MAX_ACKS or len(self.records) > MAX_RECORDS:
@@ -135,8 +144,10 @@ def encode_update(
 
 def encode_head(update: RouteUpdate) -> bytes:
     """The header and acks of ``update``'s body (what changes when a message is sent again)."""
-    head = _HEAD.pack(VERSION, update.epoch, update.msg_no, update.ack_epoch, update.view, len(update.acks))
-    return head + struct.pack(f"!{len(update.acks)}I", *update.acks)
+    head = _HEAD.pack(VERSION, update.epoch, update.msg_no, update.view, len(update.acks))
+    if not update.acks:
+        return head
+    return head + struct.pack(f"!I{len(update.acks)}I", update.ack_epoch, *update.acks)
 
 
 def encode_tail(
@@ -168,22 +179,25 @@ def encode_tail(
     counts = (len(update.routes), len(update.withdrawals), len(update.elsewhere), len(update.wants))
     if max(counts) > 0xFFFF or first_index + len(ids) > MAX_ID_INDEX + 1:
         raise ValueError("too many ids, routes, withdrawals, elsewhere entries or wants in one message")
-    return b"".join(
-        (
-            bytes((len(update.records),)),
-            *(r.encode() for r in update.records),
-            struct.pack("!HH", first_index if ids else 0, len(ids)),
-            *(p.key for p in ids),
-            struct.pack("!H", len(update.routes)),
-            routes,
-            struct.pack("!H", len(update.withdrawals)),
-            withdrawals,
-            struct.pack("!H", len(update.elsewhere)),
-            elsewhere,
-            struct.pack("!H", len(update.wants)),
-            wants,
-        )
-    )
+    out = [b""]
+    sections = 0
+    if update.records:
+        sections |= _RECORDS
+        out += (bytes((len(update.records),)), *(r.encode() for r in update.records))
+    if ids:
+        sections |= _IDS
+        out += (struct.pack("!HH", first_index, len(ids)), *(p.key for p in ids))
+    for bit, count, body in (
+        (_ROUTES, len(update.routes), routes),
+        (_WITHDRAWALS, len(update.withdrawals), withdrawals),
+        (_ELSEWHERE, len(update.elsewhere), elsewhere),
+        (_WANTS, len(update.wants), wants),
+    ):
+        if count:
+            sections |= bit
+            out += (struct.pack("!H", count), body)
+    out[0] = bytes((sections,))
+    return b"".join(out)
 
 
 def defined_ids(update: RouteUpdate, confirmed: Mapping[PeerId, int]) -> list[PeerId]:
@@ -215,20 +229,42 @@ def decode_update(
     message's definitions from ``first_index`` on, for the caller to keep."""
     if len(body) < HEADER_LEN:
         raise DecodeError("truncated route update")
-    version, epoch, msg_no, ack_epoch, view, ack_count = _HEAD.unpack_from(body, 0)
+    version, epoch, msg_no, view, ack_count = _HEAD.unpack_from(body, 0)
     if version != VERSION:
         raise DecodeError(f"unsupported route update version {version}")
     pos = HEADER_LEN
-    acks = _take(body, pos, f"!{ack_count}I")
-    pos += 4 * ack_count
-    record_count = _take(body, pos, "!B")[0]
+    ack_epoch, acks = 0, tuple[int, ...]()
+    if ack_count:
+        ack_epoch, *ack_list = _take(body, pos, f"!I{ack_count}I")
+        acks = tuple(ack_list)
+        pos += ACKS_HEAD + 4 * ack_count
+    sections = _take(body, pos, "!B")[0]
     pos += 1
+    if sections >= 1 << 6:
+        raise DecodeError(f"unknown route update sections {sections:#x}")
+    if msg_no == 0 and sections:
+        raise DecodeError("a pure ack (message number 0) carries routes or records")
+
+    def count(bit: int, fmt: str = "!H") -> int:
+        nonlocal pos
+        if not sections & bit:
+            return 0
+        n = _take(body, pos, fmt)[0]
+        pos += struct.calcsize(fmt)
+        if n == 0:
+            raise DecodeError("an empty route update section")
+        return int(n)
+
     records = []
-    for _ in range(record_count):
+    for _ in range(count(_RECORDS, "!B")):
         record, pos = decode_record_from(body, pos, held)
         records.append(record)
-    first, id_count = _take(body, pos, "!HH")
-    pos += 4
+    first, id_count = 0, 0
+    if sections & _IDS:
+        first, id_count = _take(body, pos, "!HH")
+        pos += 4
+        if id_count == 0:
+            raise DecodeError("an empty route update section")
     if len(body) < pos + 32 * id_count:
         raise DecodeError("truncated route update id table")
     if first + id_count > MAX_ID_INDEX + 1:
@@ -244,10 +280,8 @@ def decode_update(
         if bound is not None and bound != peer:
             raise DecodeError(f"route update redefines id index {i}")
     table = _Ids(peers, first, earlier)
-    route_count = _take(body, pos, "!H")[0]
-    pos += 2
     routes = []
-    for _ in range(route_count):
+    for _ in range(count(_ROUTES)):
         metric, hops = _take(body, pos, "!HB")
         pos += 3
         based = hops >= 0x80
@@ -257,22 +291,17 @@ def decode_update(
         indices = _take(body, pos, f"!{hops}H")
         pos += 2 * hops
         routes.append(RouteEntry(tuple(map(table.peer, indices)), metric, based))
-    withdrawal_count = _take(body, pos, "!H")[0]
-    pos += 2
+    withdrawal_count = count(_WITHDRAWALS)
     withdrawals = tuple(map(table.peer, _take(body, pos, f"!{withdrawal_count}H")))
     pos += 2 * withdrawal_count
-    elsewhere_count = _take(body, pos, "!H")[0]
-    pos += 2
+    elsewhere_count = count(_ELSEWHERE)
     elsewhere = tuple(map(table.peer, _take(body, pos, f"!{elsewhere_count}H")))
     pos += 2 * elsewhere_count
-    want_count = _take(body, pos, "!H")[0]
-    pos += 2
+    want_count = count(_WANTS)
     wants = tuple(map(table.peer, _take(body, pos, f"!{want_count}H")))
     pos += 2 * want_count
     if pos != len(body):
         raise DecodeError("trailing bytes after a route update")
-    if msg_no == 0 and (records or routes or withdrawals or elsewhere or wants or peers):
-        raise DecodeError("a pure ack (message number 0) carries routes or records")
     return RouteUpdate(
         epoch,
         msg_no,

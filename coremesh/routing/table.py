@@ -109,6 +109,7 @@ from ..errors import DecodeError
 from ..identity import PeerId, verify_signature
 from ..ratelimit import TokenBucket
 from .messages import (
+    ACKS_HEAD,
     COUNTS_LEN,
     HEADER_LEN,
     INFINITY,
@@ -1242,7 +1243,7 @@ class RoutingTable:
                     link.last_update = now
                 link.pending_at = math.inf
             while link.pending_acks and now >= link.ack_at:
-                room = (self._budget - HEADER_LEN - COUNTS_LEN) // 4
+                room = (self._budget - HEADER_LEN - ACKS_HEAD - COUNTS_LEN) // 4
                 out.append((neighbour, self._emit(link, 0, None, min(room, MAX_ACKS))))
         return out
 
@@ -1254,7 +1255,7 @@ class RoutingTable:
     def _emit(self, link: _Link, msg_no: int, sent: _Sent | None, max_acks: int = 0) -> bytes:
         """Message ``msg_no`` (``sent``: its content; None: a pure ack) with the acks that fit."""
         if sent is not None:
-            max_acks = min(MAX_ACKS, (self._budget - HEADER_LEN - len(sent.tail)) // 4)
+            max_acks = min(MAX_ACKS, (self._budget - HEADER_LEN - ACKS_HEAD - len(sent.tail)) // 4)
         acks = tuple(link.pending_acks[:max_acks])
         del link.pending_acks[: len(acks)]
         if not link.pending_acks:

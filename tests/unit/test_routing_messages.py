@@ -104,27 +104,32 @@ def test_malformed_messages_raise_decode_error() -> None:
     a, b = PEERS[:2]
     good = encode_update(RouteUpdate(1, 2, routes=(RouteEntry((a, b), 3),), withdrawals=(b,)))
     assert decode_update(good).withdrawals == (b,)
-    head = encode_update(RouteUpdate(1, 2))[: HEADER_LEN + 1]  # header, no acks, no records
-    routes_one = b"\x00\x01" + a.key + b"\x00\x01"
+    head = encode_update(RouteUpdate(1, 2))[:HEADER_LEN]  # header, no acks
+    ids_one = b"\x00\x00\x00\x01" + a.key  # id index 0 is a
 
-    def body(ids: bytes, routes: bytes, withdrawals: bytes = b"\x00\x00") -> bytes:
-        return head + ids + routes + withdrawals + b"\x00\x00" * 2  # no elsewhere entries, no wants
+    def body(sections: int, *parts: bytes) -> bytes:
+        return head + bytes((sections,)) + b"".join(parts)
 
+    def route(entry: bytes) -> bytes:
+        return body(0x06, ids_one, b"\x00\x01" + entry)  # id table and one route entry
+
+    assert decode_update(route(b"\x00\x05\x01\x00\x00")).routes == (RouteEntry((a,), 5),)
     cases = {
         "version": b"\x01" + good[1:],
-        "want index out of range": good[:-2] + b"\x00\x01\x00\x07",
         "trailing": good + b"\x00",
         "truncated": good[:-1],
-        "index out of range": body(routes_one, b"\x00\x01" + b"\x00\x05\x01\x00\x01"),
-        "metric infinity": body(routes_one, b"\x00\x01" + b"\xff\xff\x01\x00\x00"),
-        "no hops": body(routes_one, b"\x00\x01" + b"\x00\x05\x00"),
-        "no based hops": body(routes_one, b"\x00\x01" + b"\x00\x05\x80"),
-        "a base alone": body(routes_one, b"\x00\x01" + b"\x00\x05\x81\x00\x00"),
-        "repeated id": body(b"\x00\x02" + a.key + a.key, b"\x00\x01" + b"\x00\x05\x02\x00\x00\x00\x01"),
-        "pure ack with routes": encode_update(RouteUpdate(1, 2, routes=(RouteEntry((a,), 1),)))[:5]
-        + b"\x00\x00\x00\x00"
-        + encode_update(RouteUpdate(1, 2, routes=(RouteEntry((a,), 1),)))[9:],
-        "bad record": head[:-1] + b"\x00\x01" + bytes(10),
+        "index out of range": route(b"\x00\x05\x01\x00\x01"),
+        "metric infinity": route(b"\xff\xff\x01\x00\x00"),
+        "no hops": route(b"\x00\x05\x00"),
+        "no based hops": route(b"\x00\x05\x80"),
+        "a base alone": route(b"\x00\x05\x81\x00\x00"),
+        "repeated id": body(0x06, b"\x00\x00\x00\x02" + a.key + a.key, b"\x00\x01\x00\x05\x01\x00\x00"),
+        "want index out of range": body(0x22, ids_one, b"\x00\x01\x00\x07"),
+        "pure ack with routes": good[:5] + b"\x00\x00\x00\x00" + good[9:],
+        "bad record": body(0x01, b"\x01" + bytes(10)),
+        "unknown section": body(0x40),
+        "empty section": body(0x04, b"\x00\x00"),
+        "empty id table": body(0x02, b"\x00\x00\x00\x00"),
     }
     for name, data in cases.items():
         with pytest.raises(DecodeError):
@@ -168,7 +173,7 @@ def test_pack_update_keeps_order_and_fits(items: list[object], budget: int) -> N
             wants=tuple(p.wants),
         )
         body = encode_update(update)
-        assert len(body) == p.size <= budget
+        assert len(body) <= p.size <= budget  # size: an upper bound (sections may be left out)
         assert decode_update(body) == update
         flat += [*p.records, *p.routes, *p.withdrawals, *map(Elsewhere, p.elsewhere), *map(Want, p.wants)]
     assert sorted(map(repr, flat)) == sorted(map(repr, items))
