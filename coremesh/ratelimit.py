@@ -38,6 +38,12 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, amount: float, now: float) -> None:
+        """Take ``amount`` tokens, into debt if need be: for work already done, paid afterwards
+        (the bucket has no tokens, and :meth:`consume` refuses, until the debt is repaid)."""
+        self._refill(now)
+        self._tokens -= amount
+
     def idle_full(self, now: float) -> bool:
         """Whether nothing touched the bucket for a whole refill (``capacity / rate`` seconds).
 

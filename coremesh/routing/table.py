@@ -211,6 +211,9 @@ class RoutingConfig:
     ack_delay: float = 0.1  # a pure ack waits this long for more messages to ack (or an update)
     update_rate: float = 100.0  # incoming messages per second per neighbour (token bucket)
     update_burst: float = 1000.0
+    # Adverts derived again per second per neighbour (one based entry may move many: see _rederive)
+    derive_rate: float = 10_000.0
+    derive_burst: float = 100_000.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -229,6 +232,8 @@ class RoutingConfig:
             "max_unacked",
             "update_rate",
             "update_burst",
+            "derive_rate",
+            "derive_burst",
         )
         for name in positive:
             value = getattr(self, name)
@@ -301,6 +306,7 @@ class _Link:
         "deferred",
         "defining",
         "dependents",
+        "derive",
         "epoch",
         "in_ids",
         "last_update",
@@ -366,6 +372,7 @@ class _Link:
         self.records_sent: dict[PeerId, OriginRecord] = {}
         self.last_update = -math.inf
         self.bucket = TokenBucket(config.update_rate, config.update_burst, now)
+        self.derive = TokenBucket(config.derive_rate, config.derive_burst, now)  # see _rederive
         # Records it may pull from us: a neighbour asking again and again gets no more than this.
         self.serve = TokenBucket(4 * config.update_rate, config.update_burst, now)
         self.adverts: dict[PeerId, _Advert] = {}
@@ -636,6 +643,9 @@ class RoutingTable:
             return
         if not link.bucket.consume(1, now):
             self.counters["drop_rate_limited"] += 1
+            return
+        if link.derive.tokens(now) <= 0:  # its last messages made us derive too much: wait
+            self.counters["drop_derive_limited"] += 1
             return
         # Its ids defined in earlier messages hold within its current epoch only.
         epoch = int.from_bytes(body[1:5], "big") if len(body) >= 5 else None
@@ -976,8 +986,12 @@ class RoutingTable:
 
     def _rederive(self, neighbour: PeerId, link: _Link, base: PeerId, now: float) -> None:
         """``base``'s advert changed: derive again the adverts built on it (their own bases'
-        dependents in turn), each then checked and chosen from like a new one."""
+        dependents in turn), each then checked and chosen from like a new one. One entry may
+        move thousands: the work is charged to the neighbour's ``derive`` bucket, whose debt
+        makes us drop its next messages (``drop_derive_limited``) until it is repaid, so that a
+        neighbour moving a base again and again costs us no more than ``derive_rate``."""
         stack = [base]
+        derived = 0
         while stack:
             for destination in list(link.dependents.get(stack.pop(), ())):
                 advert = link.adverts[destination]
@@ -986,6 +1000,7 @@ class RoutingTable:
                 if advert.path == old_path and advert.metric == old_metric:
                     continue
                 self.counters["adverts_derived"] += 1
+                derived += 1
                 self._check_path(link, destination, advert, now)
                 self._ref_path(advert.path)
                 self._unref_paths((_Advert(0, 0, old_path),), now)
@@ -995,6 +1010,8 @@ class RoutingTable:
                     link.mark(destination, now)
                 if destination in link.dependents:
                     stack.append(destination)
+        if derived:
+            link.derive.charge(derived, now)
 
     def _path_fault(self, path: tuple[PeerId, ...]) -> str | None:
         """Why ``path`` (neighbour ... destination) is not a route now, or None if it is one."""

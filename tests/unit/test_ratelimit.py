@@ -92,3 +92,12 @@ def test_a_step_back_in_time_never_adds_tokens(start: float, back: float, draine
     left = bucket.tokens(start)
     assert bucket.tokens(start - back) == left
     assert bucket.tokens(start) == left
+
+
+def test_charge_goes_into_debt_and_consume_waits_for_it_to_be_repaid() -> None:
+    b = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
+    b.charge(8.0, 0.0)  # work already done: 3 tokens in debt
+    assert b.tokens(0.0) == -3.0
+    assert not b.consume(0.5, 0.2)  # -1 banked
+    assert b.consume(0.5, 0.4)  # +1 banked
+    assert b.tokens(10.0) == 5.0  # repaid and capped

@@ -1104,3 +1104,27 @@ def test_a_resumed_link_whose_other_end_forgot_it_starts_again() -> None:
     net.settle()
     assert net.tables["B"].counters["drop_malformed"] == malformed
     assert net.path("A", "C") == ["B", "C"]
+
+
+def test_a_neighbour_moving_a_base_again_and_again_is_made_to_wait() -> None:
+    solo = _Solo(derive_rate=10.0, derive_burst=100.0)
+    solo.up("M")
+    t = solo.table
+    m, b = identity("M").peer_id, identity("b").peer_id
+    leaves = [identity(f"leaf{i}").peer_id for i in range(60)]
+
+    def update(now: float, *routes: RouteEntry) -> None:
+        no = solo.msg_no["M"] = solo.msg_no.get("M", 0) + 1
+        solo.receive("M", RouteUpdate(7, no, routes=routes), now)
+
+    update(1.0, RouteEntry((b,), 100), *(RouteEntry((b, leaf), 10, True) for leaf in leaves))
+    derived = t.counters["adverts_derived"]
+    update(1.0, RouteEntry((b,), 200))  # 60 adverts derived again
+    update(1.0, RouteEntry((b,), 300))  # 60 more: past the burst of 100
+    assert t.counters["adverts_derived"] - derived == 120
+    update(1.0, RouteEntry((b,), 400))  # in debt: dropped before any work
+    assert t.counters["drop_derive_limited"] == 1
+    assert t.counters["adverts_derived"] - derived == 120
+    update(5.0, RouteEntry((b,), 500))  # 40 tokens back after 4 s: out of debt, applied
+    assert t.counters["adverts_derived"] - derived == 180
+    assert t.next_hop(m) == m
