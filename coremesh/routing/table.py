@@ -423,6 +423,11 @@ class RoutingTable:
     ``records_asked`` / ``record_wants_received``: records pulled from / by neighbours,
     ``drop_wants_rate_limited`` past ``4 * update_rate`` a second),
     ``drop_unattested``, ``drop_path_loop``, ``drop_path_too_long``, ``drop_too_many_adverts``.
+    Based entries: ``paths_based`` (of ``paths_sent``), ``adverts_derived`` (derived again when
+    their base moved), ``derived_path_loop`` / ``derived_path_too_long`` (a derivation briefly
+    wrong while the entry built on the moved base is on its way again), ``drop_derive_limited``.
+    Links: ``links_resumed`` (back within ``dictionary_hold``, ids kept), ``peer_view_changes``
+    (a neighbour resumed), ``drop_stale_view``, ``ids_defined`` (32-byte ids sent).
     """
 
     def __init__(
@@ -950,7 +955,10 @@ class RoutingTable:
         if reason == "missing_record":
             self.counters["adverts_waiting"] += 1
         elif reason in ("path_loop", "path_too_long", "unattested"):
-            self.counters[f"drop_{reason}"] += 1
+            # A derived path may be briefly wrong while its base moved and the entry built on it
+            # is on its way again: not a refusal of what the neighbour said.
+            derived = advert.base is not None and reason != "unattested"
+            self.counters[f"derived_{reason}" if derived else f"drop_{reason}"] += 1
             if reason != "unattested":
                 advert.path = None
 
