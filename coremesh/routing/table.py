@@ -756,7 +756,8 @@ class RoutingTable:
                         self.counters["records_unparked"] += 1
                         self._accept_record(parked, now)
             if entry.based:
-                base, suffix = entry.hops[0], entry.hops[1:]
+                # The common suffix, the destination alone, is kept as () (a tuple less per advert).
+                base, suffix = entry.hops[0], entry.hops[1:] if len(entry.hops) > 2 else ()
                 advert = _Advert(update.msg_no, INFINITY, None, base=base, suffix=suffix, delta=entry.metric)
             else:
                 advert = _Advert(update.msg_no, entry.metric, path)
@@ -923,7 +924,7 @@ class RoutingTable:
                 self.counters["drop_path_loop"] += 1
                 advert.base = None  # kept as refused: no path
             else:
-                self._derive(link, advert)
+                self._derive(link, advert, destination)
         self._check_path(link, destination, advert, now)
         link.adverts[destination] = advert
         self._ref_path(advert.path)
@@ -983,14 +984,15 @@ class RoutingTable:
         return True
 
     @staticmethod
-    def _derive(link: _Link, advert: _Advert) -> None:
-        """A based advert's path and metric from its neighbour's advert for the base."""
+    def _derive(link: _Link, advert: _Advert, destination: PeerId) -> None:
+        """A based advert's path and metric from its neighbour's advert for the base (then the
+        suffix: ``destination`` alone when it is empty)."""
         base = link.adverts.get(advert.base) if advert.base is not None else None
         metric = INFINITY if base is None or base.path is None else base.metric + advert.delta
         if base is None or base.path is None or metric >= INFINITY:
             advert.path, advert.metric = None, INFINITY
         else:
-            advert.path, advert.metric = base.path + advert.suffix, metric
+            advert.path, advert.metric = base.path + (advert.suffix or (destination,)), metric
 
     def _rederive(self, neighbour: PeerId, link: _Link, base: PeerId, now: float) -> None:
         """``base``'s advert changed: derive again the adverts built on it (their own bases'
@@ -1004,7 +1006,7 @@ class RoutingTable:
             for destination in list(link.dependents.get(stack.pop(), ())):
                 advert = link.adverts[destination]
                 old_path, old_metric = advert.path, advert.metric
-                self._derive(link, advert)
+                self._derive(link, advert, destination)
                 if advert.path == old_path and advert.metric == old_metric:
                     continue
                 self.counters["adverts_derived"] += 1
@@ -1372,6 +1374,8 @@ class RoutingTable:
         if sent is None and want is None:
             return
         if sent is not None and want is not None and _same(sent, want):
+            if sent is not want:
+                link.sent[destination] = want  # the route itself, not a derived copy of it
             return
         if want is None:
             self._set_sent(link, destination, None, None)
