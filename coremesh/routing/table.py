@@ -1296,8 +1296,9 @@ class RoutingTable:
     def _too_long(self, link: _Link, entry: RouteEntry, items: list[Item]) -> bool:
         """Whether ``entry`` cannot carry the ids ``link``'s neighbour does not know yet in one
         message; then their definitions go ahead (in ``items``) unless already on their way."""
-        if HEADER_LEN + COUNTS_LEN + item_size(entry, set(), link.out_ids) <= self._budget:
-            return False
+        room = self._budget - HEADER_LEN - COUNTS_LEN
+        if 3 + 34 * len(entry.hops) <= room or item_size(entry, set(), link.out_ids) <= room:
+            return False  # (the first test spares the hashing of every hop of most entries)
         new = [
             hop for hop in dict.fromkeys(entry.hops) if hop not in link.out_ids and hop not in link.defining
         ]

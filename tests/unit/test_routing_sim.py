@@ -103,6 +103,26 @@ def test_churn_starts_in_the_stationary_state() -> None:
     assert _churn(start="all-up", **slow).down_fraction < 0.03  # the old start: hardly any
 
 
+def test_links_down_from_the_bootstrap_start_churn_without_a_burst() -> None:
+    p = _params(start="boot-down", fail_fraction=0.1, down_time=200.0, duration=20.0, warmup=2.0)
+    sim = rs.RoutingSim(p)
+    assert sim.bootstrap() is not None  # every route the graph without those links allows
+    assert sim.boot_down and all(not sim.is_up(a, b) for a, b in sim.boot_down)
+    assert sim.route_coverage() == 1.0
+    possible = sim.routes_possible()
+    assert all(possible[i] == len(sim.reachable(i)) - 1 for i in range(p.nodes))
+    events = sim.link_events
+    sim.churn()
+    assert 0.04 <= sim.down_fraction <= 0.17  # down from the start, with down times of 200 s
+    # No burst: the stationary start takes its ~12 links down at once when churn starts.
+    assert sim.window["start"]["link_events"] - events <= 3  # in the 2 s warmup, ~1 expected
+    stationary = rs.RoutingSim(_params(fail_fraction=0.1, down_time=200.0, duration=20.0, warmup=2.0))
+    stationary.bootstrap()
+    events = stationary.link_events
+    stationary.churn()
+    assert stationary.window["start"]["link_events"] - events >= 5
+
+
 def test_churn_is_measured_after_the_warmup() -> None:
     p = _params(fail_fraction=0.1, down_time=5.0, duration=30.0, warmup=5.0, isolated=0, probe_rate=40.0)
     sim = rs.RoutingSim(p)
