@@ -1344,7 +1344,6 @@ class RoutingTable:
             batch, link.pending = sorted(link.pending, key=depth), {}
             for destination in batch:
                 self._item_for(neighbour, link, destination, items)
-        link.pending_at = math.inf
         for origin in link.wants:
             items.append(Want(origin))
         link.wants.clear()
