@@ -68,12 +68,13 @@ Measured (a table is printed; ``--json`` prints the figures as JSON instead):
 Not part of CI (tests/unit/test_routing_sim.py runs a 30-node network). ``--cpu-budget`` cuts the
 phases short when the process has used that much CPU, and the table says so (NOTE lines).
 
-Scale (measured on the shared 2-core box, December 2026, default options): 100 nodes run in ~65 s of
-CPU (bootstrap 8 s, 300 virtual s of churn 55 s); 200 nodes in ~2 min (bootstrap 36 s, 120 s of
-churn 74 s); 1,000 nodes in ~50 min (bootstrap 2,000 s of CPU, 5.2 GB resident; churn ~26 s of CPU
-per virtual second):
+Scale (measured on the shared 2-core box, December 2026, default options): 100 nodes run in ~40 s of
+CPU (bootstrap 6 s, 300 virtual s of churn 28 s); 200 nodes in ~100 s (bootstrap 34 s, 120 s of
+churn 60 s); 500 nodes in ~11 min; 1,000 nodes in over an hour (bootstrap 1,560 s of CPU, 6.5 GB
+resident; churn ~60 s of CPU per virtual second, at 13.6 link events a second):
 
-    .venv/bin/python benchmarks/routing_sim.py --nodes 1000 --duration 60 --cpu-budget 3000 --progress
+    .venv/bin/python benchmarks/routing_sim.py --nodes 1000 --duration 40 --warmup 5 \\
+        --start boot-down --cpu-budget 3600 --progress
 
 What limits it is the volume of path vectors: every node must hear every destination from at
 least the neighbours that may use it (N * degree * N / 2 entries at start-up: "elsewhere" spares
